@@ -1,0 +1,543 @@
+//! `ferrohsm`: the operator command for a ferrohsm HSM.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod demo;
+mod input;
+mod output;
+mod pedargs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferrohsm_core::HsmError;
+
+use pedargs::{DomainImprint, ImprintCommon, Login, NewImprint, SoImprint};
+
+/// Exit codes: what a script can tell apart.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Anything else: I/O, store, crypto failures, a signature that does not verify.
+    pub const FAILURE: u8 = 1;
+    /// Usage error or invalid input (bad flags, malformed PED key file, bad PIN format).
+    pub const USAGE: u8 = 2;
+    /// Authentication failed: wrong key, wrong colour, wrong PIN or password, locked out.
+    pub const AUTH: u8 = 3;
+    /// Refused by policy or separation of duties.
+    pub const REFUSED: u8 = 4;
+    /// Tamper detected, or the store failed its integrity checks.
+    pub const TAMPER: u8 = 5;
+    /// The thing named does not exist or is not in the state needed (e.g. not initialised).
+    pub const STATE: u8 = 6;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 authentication failed,
+4 refused by policy or role, 5 tamper, 6 not found or wrong state.
+
+Secrets (PED PINs, passwords, challenge secrets) are never taken from the command line:
+give them as env:NAME, file:PATH, - (one line of standard input) or prompt.
+
+Example, a whole HSM from nothing:
+  ferrohsm hsm init --label hsm1 --so-m 2 --so-n 3 --so-pin env:SO_PIN
+  ferrohsm partition create --label payments --key ped-keys/FH…-hsm-so-1.pedkey --key …-3.pedkey --pin env:SO_PIN
+  ferrohsm demo        # the whole story, in a fresh directory";
+
+/// ferrohsm: a software HSM with PED-key authentication, partitions and M-of-N quorum.
+#[derive(Parser, Debug)]
+#[command(name = "ferrohsm", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The HSM's data directory.
+    #[arg(long, global = true, env = "FERROHSM_HOME", default_value = "ferrohsm-data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Where PED key files are written and looked for by default.
+    #[arg(long, global = true, env = "FERROHSM_PED_DIR", default_value = "ped-keys", value_name = "DIR")]
+    pub ped_dir: PathBuf,
+    /// Machine-readable output (JSON) for show and list commands.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Command groups.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// The device: initialise, show, zeroize, tamper, policies.
+    #[command(subcommand)]
+    Hsm(HsmCmd),
+    /// Partitions (PKCS#11 tokens): create, initialise, list, delete, policies.
+    #[command(subcommand)]
+    Partition(PartitionCmd),
+    /// Partition roles: Crypto Officer and Crypto User, activation, lockout reset, PIN and secret changes.
+    #[command(subcommand)]
+    Role(RoleCmd),
+    /// PED key files: inspect and duplicate.
+    #[command(subcommand)]
+    Ped(PedCmd),
+    /// Keys in a partition: generate, list, sign, verify, encrypt, decrypt, delete.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Run the whole story non-interactively in a fresh data directory and explain each step.
+    Demo {
+        /// Directory to run in (default: a new temporary directory, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `ferrohsm hsm …`
+#[derive(Subcommand, Debug)]
+pub enum HsmCmd {
+    /// Initialise the HSM: imprint the HSM SO (blue) and the cloning domain (red).
+    #[command(after_help = "\
+Examples:
+  # PED-authenticated, SO split 2 of 3 with a PED PIN, domain on one red key:
+  ferrohsm hsm init --label hsm1 --so-m 2 --so-n 3 --so-pin env:SO_PIN
+  # reuse another HSM's cloning domain:
+  ferrohsm hsm init --label hsm2 --domain-reuse --domain-key red-from-hsm1.pedkey
+  # password-authenticated (for plain PKCS#11 tools):
+  ferrohsm hsm init --label lab --auth password --so-password env:SO_PW --domain-password env:DOMAIN
+  # re-initialise an HSM that has partitions (needs the current SO):
+  ferrohsm hsm init --label hsm1 --key so-1.pedkey --confirm-destroy payments,pki --overwrite")]
+    Init {
+        /// HSM label.
+        #[arg(long)]
+        label: String,
+        /// How roles authenticate.
+        #[arg(long, value_enum, default_value = "ped")]
+        auth: AuthArg,
+        #[command(flatten)]
+        so: SoImprint,
+        #[command(flatten)]
+        domain: DomainImprint,
+        #[command(flatten)]
+        common: ImprintCommon,
+        /// Re-initialisation: the partitions it destroys, all named (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "LABELS")]
+        confirm_destroy: Vec<String>,
+        /// Re-initialisation: the current HSM SO's credential.
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Show serial, state, authentication mode, policies, partitions and roles.
+    Show,
+    /// Destroy all key material irreversibly (device key, partitions, roles, keys).
+    Zeroize {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Zeroize and forget zeroize and tamper notes: as delivered.
+    FactoryReset {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Simulate the tamper switch: zeroize and drop every activation.
+    Tamper {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Simulate a restart: activations end unless auto-activation is allowed.
+    Restart,
+    /// HSM policies (HSM SO).
+    #[command(subcommand)]
+    Policy(HsmPolicyCmd),
+}
+
+/// `ferrohsm hsm policy …`
+#[derive(Subcommand, Debug)]
+pub enum HsmPolicyCmd {
+    /// Show HSM policies.
+    Show,
+    /// Set an HSM policy (HSM SO login).
+    #[command(after_help = "Example:\n  ferrohsm hsm policy set m-of-n off --key so-1.pedkey --key so-2.pedkey --pin env:SO_PIN")]
+    Set {
+        /// Policy name (failed-login-limit, activation, auto-activation, clone-private-keys, clone-secret-keys, m-of-n, remote-ped).
+        name: String,
+        /// on, off, or a number.
+        value: String,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+/// How the HSM authenticates roles.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AuthArg {
+    /// PED keys (files), optional PED PINs and M of N.
+    Ped,
+    /// Passwords.
+    Password,
+}
+
+/// `ferrohsm partition …`
+#[derive(Subcommand, Debug)]
+pub enum PartitionCmd {
+    /// Create a partition (HSM SO login).
+    #[command(after_help = "Example:\n  ferrohsm partition create --label payments --key so-1.pedkey --key so-3.pedkey --pin env:SO_PIN")]
+    Create {
+        /// Partition label (also the PKCS#11 token label).
+        #[arg(long)]
+        label: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List partitions.
+    List,
+    /// Show one partition: policies, domain, roles, object count.
+    Show {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+    },
+    /// Delete a partition and every key in it (HSM SO login).
+    Delete {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Initialise a partition: imprint its Partition SO (blue) and choose its cloning domain.
+    #[command(after_help = "\
+Examples:
+  ferrohsm partition init --partition payments                 # SO on one blue key, HSM's domain
+  ferrohsm partition init --partition payments --domain new    # a new red key for this partition
+  ferrohsm partition init --partition payments --domain new --domain-reuse --domain-key red.pedkey")]
+    Init {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// Cloning domain: the HSM's, or a new/reused one via --domain-* flags.
+        #[arg(long, value_enum, default_value = "hsm")]
+        domain: DomainArg,
+        #[command(flatten)]
+        so: SoImprint,
+        #[command(flatten)]
+        domain_imprint: DomainImprint,
+        #[command(flatten)]
+        common: ImprintCommon,
+        /// Re-initialisation: confirm that the partition's keys are destroyed.
+        #[arg(long)]
+        confirm_destroy: bool,
+        /// Re-initialisation: the current Partition SO's credential.
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Partition policies.
+    #[command(subcommand)]
+    Policy(PartitionPolicyCmd),
+}
+
+/// Which cloning domain.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DomainArg {
+    /// The HSM's cloning domain.
+    Hsm,
+    /// A new domain, or an existing red key's with --domain-reuse.
+    New,
+}
+
+/// `ferrohsm partition policy …`
+#[derive(Subcommand, Debug)]
+pub enum PartitionPolicyCmd {
+    /// Show a partition's effective policies.
+    Show {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+    },
+    /// Set a partition policy (Partition SO login).
+    #[command(after_help = "Example:\n  ferrohsm partition policy set --partition payments activation on")]
+    Set {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// Policy name.
+        name: String,
+        /// on, off, or a number.
+        value: String,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+/// `ferrohsm role …`
+#[derive(Subcommand, Debug)]
+pub enum RoleCmd {
+    /// Initialise the Crypto Officer (Partition SO logs in) or Crypto User (Crypto Officer logs in).
+    #[command(after_help = "\
+Examples:
+  ferrohsm role init --partition payments --role co            # PSO's default key logs in
+  ferrohsm role init --partition payments --role cu --new-pin env:CU_PIN")]
+    Init {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// co or cu.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        new: NewImprint,
+        #[command(flatten)]
+        common: ImprintCommon,
+        /// A new Crypto Officer destroys the partition's keys: confirm.
+        #[arg(long)]
+        confirm_destroy: bool,
+        /// Credential of the role doing it (Partition SO for co, Crypto Officer for cu).
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Show a partition's roles: how they authenticate, failed logins, lockout, activation.
+    Show {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+    },
+    /// Activate the Crypto Officer or Crypto User: afterwards the challenge secret alone logs it in.
+    #[command(after_help = "Example:\n  ferrohsm role activate --partition payments --role co --set-challenge env:CO_CHALLENGE")]
+    Activate {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// co or cu.
+        #[arg(long)]
+        role: String,
+        /// The challenge secret to set: env:NAME, file:PATH, - or prompt.
+        #[arg(long, value_name = "SRC")]
+        set_challenge: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// End an activation (the role itself or the Partition SO with --as so).
+    Deactivate {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// co or cu.
+        #[arg(long)]
+        role: String,
+        /// Who logs in to do it: the role itself (default) or so.
+        #[arg(long = "as")]
+        as_role: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Clear a Crypto Officer's or Crypto User's lockout (Partition SO login).
+    Reset {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// co or cu.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Change (set or remove) a role's PED PIN; its keys stay the same.
+    #[command(after_help = "Example:\n  ferrohsm role change-pin --role hsm-so --key so-1.pedkey --key so-2.pedkey --pin env:OLD --new-pin env:NEW")]
+    ChangePin {
+        /// hsm-so, so, co or cu.
+        #[arg(long)]
+        role: String,
+        /// Partition label (partition roles).
+        #[arg(long)]
+        partition: Option<String>,
+        /// The new PED PIN: env:NAME, file:PATH, - or prompt.
+        #[arg(long, value_name = "SRC", conflicts_with = "remove_pin")]
+        new_pin: Option<String>,
+        /// Remove the PED PIN.
+        #[arg(long)]
+        remove_pin: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Replace a role's secret with a new one (new keys, or a reused key), leaving other roles alone.
+    ChangeSecret {
+        /// hsm-so, so, co or cu.
+        #[arg(long)]
+        role: String,
+        /// Partition label (partition roles).
+        #[arg(long)]
+        partition: Option<String>,
+        #[command(flatten)]
+        new: NewImprint,
+        #[command(flatten)]
+        common: ImprintCommon,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+/// `ferrohsm ped …`
+#[derive(Subcommand, Debug)]
+pub enum PedCmd {
+    /// Show what PED key files hold (colour, type, label, share, PIN flag, origin), never the secret.
+    Show {
+        /// Key files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Copy keys (one, or a whole M-of-N set) to new files that work identically.
+    #[command(after_help = "Example:\n  ferrohsm ped duplicate --from so-1.pedkey --from so-2.pedkey --to backup/so-1.pedkey --to backup/so-2.pedkey")]
+    Duplicate {
+        /// Source key files.
+        #[arg(long, required = true)]
+        from: Vec<PathBuf>,
+        /// Target files, one per source.
+        #[arg(long, required = true)]
+        to: Vec<PathBuf>,
+        /// Write over targets that hold a secret.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+/// Who uses keys: Crypto Officer or Crypto User.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyUser {
+    /// Partition label.
+    #[arg(long)]
+    pub partition: String,
+    /// Log in as co (default) or cu.
+    #[arg(long = "as", default_value = "co")]
+    pub as_role: String,
+    #[command(flatten)]
+    pub login: Login,
+}
+
+/// `ferrohsm key …`
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Generate a key in the partition (Crypto Officer).
+    #[command(after_help = "Example:\n  ferrohsm key generate --partition payments --type ec-p256 --label signer --challenge env:CO_CHALLENGE")]
+    Generate {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Key type: aes-128, aes-192, aes-256, ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519.
+        #[arg(long = "type")]
+        key_type: String,
+        /// Label.
+        #[arg(long)]
+        label: String,
+        /// CKA_ID, hex.
+        #[arg(long, default_value = "")]
+        id: String,
+        /// Allow the key to leave the HSM wrapped (CKA_EXTRACTABLE). Default: never.
+        #[arg(long)]
+        extractable: bool,
+    },
+    /// List the partition's keys.
+    List {
+        #[command(flatten)]
+        user: KeyUser,
+    },
+    /// Delete a key (both halves of a pair) (Crypto Officer).
+    Delete {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Label.
+        #[arg(long)]
+        label: String,
+    },
+    /// Sign a file.
+    #[command(after_help = "Example:\n  ferrohsm key sign --partition payments --label signer --in msg.txt --out msg.sig --challenge env:CO_CHALLENGE")]
+    Sign {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Key label.
+        #[arg(long)]
+        label: String,
+        /// Mechanism (default per key type: ecdsa-sha256, rsa-pkcs1-sha256, ed25519).
+        #[arg(long)]
+        mechanism: Option<String>,
+        /// Data to sign.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Where to write the signature.
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
+    /// Verify a signature (exit 0 if valid, 1 if not).
+    Verify {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Key label.
+        #[arg(long)]
+        label: String,
+        /// Mechanism (default per key type).
+        #[arg(long)]
+        mechanism: Option<String>,
+        /// Signed data.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Signature file.
+        #[arg(long)]
+        signature: PathBuf,
+    },
+    /// Encrypt a file (AES-GCM with a fresh random IV stored in front of the output, or RSA-OAEP).
+    Encrypt {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Key label.
+        #[arg(long)]
+        label: String,
+        /// Plaintext file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Ciphertext file.
+        #[arg(long = "out")]
+        output: PathBuf,
+        /// Additional authenticated data for AES-GCM, as hex.
+        #[arg(long, default_value = "")]
+        aad: String,
+    },
+    /// Decrypt a file made by `key encrypt`.
+    Decrypt {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Key label.
+        #[arg(long)]
+        label: String,
+        /// Ciphertext file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Plaintext file.
+        #[arg(long = "out")]
+        output: PathBuf,
+        /// Additional authenticated data for AES-GCM, as hex.
+        #[arg(long, default_value = "")]
+        aad: String,
+    },
+}
+
+/// Maps an engine error to an exit code.
+pub fn exit_code(e: &HsmError) -> u8 {
+    match e {
+        HsmError::InvalidInput(_) | HsmError::BadPedKey { .. } => exit::USAGE,
+        HsmError::AuthFailed { .. } | HsmError::WrongKey(_) | HsmError::Locked(_) => exit::AUTH,
+        HsmError::Refused(_) => exit::REFUSED,
+        HsmError::Tamper(_) => exit::TAMPER,
+        HsmError::State(_) | HsmError::NotFound(_) => exit::STATE,
+        HsmError::Crypto(_) | HsmError::Store(_) | HsmError::Io { .. } => exit::FAILURE,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ferrohsm: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,1239 @@
+//! The engine: one HSM over its data directory. Every front end (CLI, PKCS#11, server) goes
+//! through [`Hsm`]; it checks role and policy, records an event in the same transaction as
+//! the change, runs the operation and persists.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, hkdf32, KdfParams};
+use crate::error::{HsmError, Result};
+use crate::mechanism::{self, KeySpec, Mechanism, Params};
+use crate::object::{Attributes, KeyOptions, ObjectClass, ObjectInfo, ObjectRecord};
+use crate::ped::{ImprintRequest, Imprinted, Ped, PresentRequest};
+use crate::policy::Policy;
+use crate::role::{AuthMethod, Role, RoleAuth};
+use crate::secret::{Pin, Secret32, SecretBytes};
+use crate::store::{Event, KeyState, ObjectIndex, Store, Txn};
+use crate::time::{now_rfc3339, now_unix};
+
+/// How the HSM's roles authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// PED keys (files), optionally with PED PINs and M of N.
+    Ped,
+    /// Passwords (so plain PKCS#11 tools can set partitions up).
+    Password,
+}
+
+/// A credential presented at login.
+pub enum Credential<'a> {
+    /// Read the role's PED key(s) through a PED.
+    Ped(&'a mut dyn Ped),
+    /// A password (password-authenticated HSM) or, on a PED-authenticated HSM, the challenge
+    /// secret of an activated Crypto Officer or Crypto User.
+    Secret(Pin),
+}
+
+/// A new secret to imprint.
+pub enum NewSecret<'a> {
+    /// Run the PED dialogue (generate, or reuse an existing key's secret).
+    Ped(&'a mut dyn Ped),
+    /// A password (password-authenticated HSM).
+    Password(Pin),
+}
+
+/// Which cloning domain a partition joins.
+pub enum DomainChoice<'a> {
+    /// The HSM's own cloning domain.
+    Hsm,
+    /// A new domain, or an existing red key's (the PED dialogue's reuse answer), or a
+    /// domain password on a password-authenticated HSM.
+    Imprint(NewSecret<'a>),
+}
+
+/// What `hsm init` needs.
+pub struct InitOptions<'a> {
+    /// Label of the HSM.
+    pub label: String,
+    /// PED- or password-authenticated.
+    pub mode: AuthMode,
+    /// The HSM SO's new secret.
+    pub so: NewSecret<'a>,
+    /// The HSM's cloning domain.
+    pub domain: NewSecret<'a>,
+    /// On an initialised HSM: the current HSM SO's credential.
+    pub current_so: Option<Credential<'a>>,
+    /// On an initialised HSM with partitions: their labels, confirming their destruction.
+    pub confirm_destroy: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Device {
+    label: String,
+    mode: AuthMode,
+    initialised: String,
+    policy: Policy,
+    so: RoleAuth,
+    domain: Secret32,
+    domain_id: String,
+    boot_epoch: u64,
+    next_partition: u32,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Activation {
+    kdf: KdfParams,
+    auth: RoleAuth,
+    epoch: u64,
+    since: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Partition {
+    id: u32,
+    label: String,
+    created: String,
+    initialised: Option<String>,
+    policy: Policy,
+    so: Option<RoleAuth>,
+    co: Option<RoleAuth>,
+    cu: Option<RoleAuth>,
+    domain: Option<Secret32>,
+    domain_id: Option<String>,
+    activations: BTreeMap<String, Activation>,
+    next_handle: u64,
+}
+
+impl Partition {
+    fn role(&self, role: Role) -> Option<&RoleAuth> {
+        match role {
+            Role::PartitionSo => self.so.as_ref(),
+            Role::CryptoOfficer => self.co.as_ref(),
+            Role::CryptoUser => self.cu.as_ref(),
+            _ => None,
+        }
+    }
+    fn role_mut(&mut self, role: Role) -> Option<&mut RoleAuth> {
+        match role {
+            Role::PartitionSo => self.so.as_mut(),
+            Role::CryptoOfficer => self.co.as_mut(),
+            Role::CryptoUser => self.cu.as_mut(),
+            _ => None,
+        }
+    }
+    /// Back to "created": roles, domain, activations and objects gone.
+    fn wipe(&mut self) {
+        self.initialised = None;
+        self.so = None;
+        self.co = None;
+        self.cu = None;
+        self.domain = None;
+        self.domain_id = None;
+        self.activations.clear();
+    }
+}
+
+/// A logged-in role. Holds the partition master key for the Crypto Officer and Crypto User,
+/// wiped on drop. A session is only as good as the state it was made from: every operation
+/// re-reads that state and re-checks the role.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    partition: Option<u32>,
+    partition_label: Option<String>,
+    pmk: Option<Secret32>,
+}
+
+impl Session {
+    /// The role logged in.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The partition's label, for partition roles.
+    pub fn partition(&self) -> Option<&str> {
+        self.partition_label.as_deref()
+    }
+}
+
+/// A role as shown to operators.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleInfo {
+    /// Role short name.
+    pub role: String,
+    /// "PED 2 of 3 with PED PIN", "password".
+    pub auth: String,
+    /// Consecutive failed logins.
+    pub failed_logins: u32,
+    /// Locked out.
+    pub locked: bool,
+    /// Activated (challenge secret accepted), and whether that activation is live now.
+    pub activated: bool,
+}
+
+/// A partition as shown to operators.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionInfo {
+    /// Stable numeric id (the PKCS#11 slot is derived from it).
+    pub id: u32,
+    /// Label (the PKCS#11 token label).
+    pub label: String,
+    /// Whether the Partition SO has initialised it.
+    pub initialised: bool,
+    /// Effective policies.
+    pub policy: BTreeMap<String, String>,
+    /// Cloning domain: "hsm", or the domain secret's id.
+    pub domain: Option<String>,
+    /// Number of objects.
+    pub objects: u64,
+    /// Initialised roles.
+    pub roles: Vec<RoleInfo>,
+}
+
+/// The HSM as shown to operators. Nothing secret.
+#[derive(Clone, Debug, Serialize)]
+pub struct HsmInfo {
+    /// Serial number.
+    pub serial: String,
+    /// "initialised", "uninitialised" or "zeroized".
+    pub state: String,
+    /// Label, once initialised.
+    pub label: Option<String>,
+    /// "ped" or "password", once initialised.
+    pub auth_mode: Option<AuthMode>,
+    /// HSM policies.
+    pub policy: BTreeMap<String, String>,
+    /// The HSM SO.
+    pub hsm_so: Option<RoleInfo>,
+    /// Partitions.
+    pub partitions: Vec<PartitionInfo>,
+    /// When and why it was last zeroized.
+    pub last_zeroized: Option<String>,
+    /// A tamper event not yet cleared by re-initialisation.
+    pub tamper: Option<String>,
+    /// Restart counter (activations without auto-activation end at a restart).
+    pub boot_epoch: u64,
+}
+
+fn pid(id: u32) -> String {
+    format!("{id:05}")
+}
+
+fn role_tag(role: Role, partition: Option<u32>) -> String {
+    match partition {
+        Some(p) => format!("p{p}/{}", role.short()),
+        None => role.short().to_string(),
+    }
+}
+
+fn need(role_needed: &str, action: &str, have: Role) -> HsmError {
+    HsmError::Refused(format!("{action} needs the {role_needed}; you are logged in as the {have}"))
+}
+
+/// One HSM.
+pub struct Hsm {
+    store: Store,
+    serial: String,
+}
+
+struct Authenticated {
+    auth: Secret32,
+}
+
+impl Hsm {
+    /// Opens the HSM in `dir`, which must exist.
+    pub fn open(dir: &Path) -> Result<Hsm> {
+        let store = Store::open(dir, false)?;
+        let serial = store.serial()?;
+        Ok(Hsm { store, serial })
+    }
+
+    /// Opens the HSM in `dir`, creating an uninitialised one if there is none.
+    pub fn open_or_create(dir: &Path) -> Result<Hsm> {
+        let store = Store::open(dir, true)?;
+        let serial = store.serial()?;
+        Ok(Hsm { store, serial })
+    }
+
+    /// Serial number.
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// All events recorded so far, oldest first.
+    pub fn events(&self) -> Result<Vec<Event>> {
+        self.store.events()
+    }
+
+    fn ev(&self, event: &str, role: &str, partition: Option<&str>, object: Option<&str>, outcome: &str) -> Event {
+        Event {
+            seq: 0,
+            time: now_rfc3339(),
+            serial: self.serial.clone(),
+            event: event.into(),
+            role: role.into(),
+            partition: partition.map(str::to_owned),
+            object: object.map(str::to_owned),
+            outcome: outcome.into(),
+        }
+    }
+
+    /// Records a refusal that changes nothing else (fail closed: if it cannot be recorded,
+    /// the caller gets the store error instead of the refusal).
+    fn refuse(&mut self, event: &str, role: &str, partition: Option<&str>, err: HsmError) -> HsmError {
+        let e = self.ev(event, role, partition, None, &format!("failure: {err}"));
+        match self.store.event(&e) {
+            Ok(()) => err,
+            Err(store_err) => store_err,
+        }
+    }
+
+    fn device(t: &mut Txn<'_>) -> Result<Device> {
+        t.get("device", "")?.ok_or_else(|| {
+            HsmError::State("the HSM is not initialised; run `ferrohsm hsm init`".into())
+        })
+    }
+
+    fn partition_by_label(t: &mut Txn<'_>, label: &str) -> Result<Partition> {
+        for (_, p) in t.list::<Partition>("partition")? {
+            if p.label == label {
+                return Ok(p);
+            }
+        }
+        Err(HsmError::NotFound(format!("no partition labelled {label:?}")))
+    }
+
+    fn partition_by_id(t: &mut Txn<'_>, id: u32) -> Result<Partition> {
+        t.get("partition", &pid(id))?
+            .ok_or_else(|| HsmError::State("the partition of this session no longer exists".into()))
+    }
+
+    fn role_info(role: Role, a: &RoleAuth, activated: bool) -> RoleInfo {
+        RoleInfo {
+            role: role.short().into(),
+            auth: a.describe(),
+            failed_logins: a.failed,
+            locked: a.locked || a.lock_until.is_some_and(|t| t > now_unix()),
+            activated,
+        }
+    }
+
+    /// Describes the HSM without authentication (labels, states, policies; nothing secret).
+    pub fn info(&mut self) -> Result<HsmInfo> {
+        let serial = self.serial.clone();
+        let last_zeroized = self.store.meta("zeroized")?;
+        let tamper = self.store.meta("tamper")?;
+        if self.store.key_state() == KeyState::Absent {
+            return Ok(HsmInfo {
+                serial,
+                state: if last_zeroized.is_some() { "zeroized".into() } else { "uninitialised".into() },
+                label: None,
+                auth_mode: None,
+                policy: BTreeMap::new(),
+                hsm_so: None,
+                partitions: vec![],
+                last_zeroized,
+                tamper,
+                boot_epoch: 0,
+            });
+        }
+        self.store.read(|t| {
+            let d = Self::device(t)?;
+            let mut partitions = Vec::new();
+            for (_, p) in t.list::<Partition>("partition")? {
+                let eff = p.policy.effective(&d.policy);
+                let mut roles = Vec::new();
+                for r in [Role::PartitionSo, Role::CryptoOfficer, Role::CryptoUser] {
+                    if let Some(a) = p.role(r) {
+                        let live = p.activations.get(r.short()).is_some_and(|act| {
+                            eff.activation && (act.epoch == d.boot_epoch || eff.auto_activation)
+                        });
+                        roles.push(Self::role_info(r, a, live));
+                    }
+                }
+                partitions.push(PartitionInfo {
+                    id: p.id,
+                    label: p.label.clone(),
+                    initialised: p.initialised.is_some(),
+                    policy: eff.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    domain: p.domain_id.clone().map(|id| if id == d.domain_id { "hsm".into() } else { id }),
+                    objects: t.count_objects(p.id)?,
+                    roles,
+                });
+            }
+            Ok(HsmInfo {
+                serial,
+                state: "initialised".into(),
+                label: Some(d.label.clone()),
+                auth_mode: Some(d.mode),
+                policy: d.policy.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                hsm_so: Some(Self::role_info(Role::HsmSo, &d.so, false)),
+                partitions,
+                last_zeroized,
+                tamper,
+                boot_epoch: d.boot_epoch,
+            })
+        })
+    }
+
+    /// Runs the imprint of a new secret and returns the authenticator and how it is made.
+    fn imprint(&self, secret: NewSecret<'_>, t: crate::pedkey::SecretType, label: String, mode: AuthMode, allow_m_of_n: bool)
+        -> Result<(AuthMethod, Secret32, Option<Imprinted>)>
+    {
+        match (secret, mode) {
+            (NewSecret::Ped(ped), AuthMode::Ped) => {
+                let req = ImprintRequest { secret_type: t, label, origin_serial: self.serial.clone(), allow_m_of_n };
+                let imp = ped.imprint(&req, Secret32::random())?;
+                let pin_kdf = imp.pin.as_ref().map(|_| KdfParams::fresh());
+                let auth = crypto::mix_pin(&imp.secret, imp.pin.as_ref(), pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()))?;
+                let method = AuthMethod::Ped {
+                    secret_id: imp.secret_id.clone(),
+                    origin_serial: imp.origin_serial.clone(),
+                    m: imp.m,
+                    n: imp.n,
+                    pin_kdf,
+                };
+                Ok((method, auth, Some(imp)))
+            }
+            (NewSecret::Password(pw), AuthMode::Password) => {
+                let kdf = KdfParams::fresh();
+                let auth = kdf.derive(pw.expose())?;
+                Ok((AuthMethod::Password { kdf }, auth, None))
+            }
+            (NewSecret::Ped(_), AuthMode::Password) => Err(HsmError::InvalidInput(
+                "this HSM is password-authenticated; give a password, not PED keys".into(),
+            )),
+            (NewSecret::Password(_), AuthMode::Ped) => Err(HsmError::InvalidInput(
+                "this HSM is PED-authenticated; imprint PED keys, not a password".into(),
+            )),
+        }
+    }
+
+    /// Imprints a cloning domain: the domain secret itself (shared by every HSM or partition
+    /// in the domain) and its id.
+    fn imprint_domain(&self, secret: NewSecret<'_>, label: String, mode: AuthMode, allow_m_of_n: bool)
+        -> Result<(Secret32, String, Option<Imprinted>)>
+    {
+        match (secret, mode) {
+            (NewSecret::Ped(ped), AuthMode::Ped) => {
+                let req = ImprintRequest { secret_type: crate::pedkey::SecretType::Domain, label, origin_serial: self.serial.clone(), allow_m_of_n };
+                let imp = ped.imprint(&req, Secret32::random())?;
+                // A PIN on a red key protects the key, and the domain value includes it, so
+                // every member HSM must be given the same PIN.
+                let value = match &imp.pin {
+                    Some(pin) => hkdf32(pin.expose(), imp.secret.expose(), &[b"ferrohsm domain with pin v1"]),
+                    None => imp.secret.clone(),
+                };
+                Ok((value, imp.secret_id.clone(), Some(imp)))
+            }
+            (NewSecret::Password(pw), AuthMode::Password) => {
+                // Deterministic, so the same domain string gives the same domain everywhere.
+                let kdf = KdfParams { m_kib: 19 * 1024, t: 2, p: 1, salt: hex::encode(b"ferrohsm domain") };
+                let value = kdf.derive(pw.expose())?;
+                let id = hex::encode(&crypto::hmac_sha256(value.expose(), &[b"domain id"])[..16]);
+                Ok((value, id, None))
+            }
+            _ => Err(HsmError::InvalidInput("the cloning domain must be given the way this HSM authenticates (PED key or password)".into())),
+        }
+    }
+
+    /// Initialises (or re-initialises) the HSM: imprints the HSM SO and the cloning domain,
+    /// makes a new device key. Re-initialising needs the current HSM SO and, if partitions
+    /// exist, their labels in `confirm_destroy`. The dialogues run before anything is
+    /// destroyed, so a refused or failed dialogue leaves the HSM as it was.
+    pub fn init(&mut self, opts: InitOptions<'_>) -> Result<Vec<Imprinted>> {
+        let label = opts.label.trim().to_string();
+        if label.is_empty() || label.len() > 32 {
+            return Err(HsmError::InvalidInput("an HSM label is 1 to 32 characters".into()));
+        }
+        if self.store.key_state() == KeyState::Present {
+            let Some(cred) = opts.current_so else {
+                return Err(self.refuse("hsm-init", "none", None, HsmError::Refused(
+                    "the HSM is already initialised; re-initialising needs the current HSM SO's key (or zeroize first)".into())));
+            };
+            let s = self.login(Role::HsmSo, None, cred)?;
+            let existing: Vec<(String, u64)> = self.store.read(|t| {
+                let mut v = Vec::new();
+                for (_, p) in t.list::<Partition>("partition")? {
+                    let n = t.count_objects(p.id)?;
+                    v.push((p.label, n));
+                }
+                Ok(v)
+            })?;
+            let mut want: Vec<&String> = existing.iter().map(|(l, _)| l).collect();
+            let mut given: Vec<&String> = opts.confirm_destroy.iter().collect();
+            want.sort();
+            given.sort();
+            if want != given {
+                let list: Vec<String> = existing.iter().map(|(l, n)| format!("{l} ({n} objects)")).collect();
+                return Err(self.refuse("hsm-init", s.role.short(), None, HsmError::Refused(format!(
+                    "re-initialising destroys partitions {} and every key in them; confirm by naming them all: --confirm-destroy {}",
+                    list.join(", "),
+                    existing.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>().join(",")
+                ))));
+            }
+        }
+        let (so_method, so_auth, so_imp) = self.imprint(opts.so, crate::pedkey::SecretType::So, format!("HSM SO of {}", self.serial), opts.mode, true)?;
+        let (domain, domain_id, dom_imp) = self.imprint_domain(opts.domain, format!("cloning domain of {}", self.serial), opts.mode, true)?;
+
+        if self.store.key_state() == KeyState::Present {
+            self.store.destroy_key_material("re-initialisation")?;
+        }
+        self.store.new_device_key()?;
+        let dk = self.store.device_key()?.clone();
+        let device = Device {
+            label: label.clone(),
+            mode: opts.mode,
+            initialised: now_rfc3339(),
+            policy: Policy::hsm_default(),
+            so: RoleAuth::new(&dk, &role_tag(Role::HsmSo, None), so_method, &so_auth, None),
+            domain,
+            domain_id,
+            boot_epoch: 1,
+            next_partition: 1,
+        };
+        let e = self.ev("hsm-init", "hsm-so", None, Some(&label), "success");
+        self.store.write(|t| {
+            t.put("device", "", &device)?;
+            t.event(&e)
+        })?;
+        Ok(so_imp.into_iter().chain(dom_imp).collect())
+    }
+
+    /// Destroys all key material irreversibly: device key, roles, partitions, objects. The
+    /// serial and the event history remain. Anyone at the device may do this.
+    pub fn zeroize(&mut self, reason: &str) -> Result<()> {
+        let e = self.ev("zeroize", "device", None, None, &format!("success: {reason}"));
+        self.store.event(&e)?;
+        self.store.destroy_key_material(reason)
+    }
+
+    /// Zeroize, and also forget the last zeroize and tamper notes: the HSM is as delivered.
+    pub fn factory_reset(&mut self) -> Result<()> {
+        self.zeroize("factory reset")?;
+        self.store.set_meta("zeroized", "")?;
+        let e = self.ev("factory-reset", "device", None, None, "success");
+        self.store.event(&e)?;
+        self.store.read(|_| Ok(()))?;
+        // An empty note reads as "never zeroized" for display.
+        Ok(())
+    }
+
+    /// The tamper switch: zeroize, which drops every activation with the partitions, and
+    /// leave a tamper note that `hsm show` reports until the HSM is initialised again.
+    pub fn tamper(&mut self) -> Result<()> {
+        let e = self.ev("tamper", "device", None, None, "tamper switch: zeroizing");
+        self.store.event(&e)?;
+        self.store.destroy_key_material("tamper")?;
+        self.store.set_meta("tamper", &format!("tamper switch at {}", now_rfc3339()))
+    }
+
+    /// A restart of the HSM: activations end unless auto-activation is allowed.
+    pub fn restart(&mut self) -> Result<u64> {
+        let e = self.ev("restart", "device", None, None, "success");
+        self.store.write(|t| {
+            let mut d = Self::device(t)?;
+            d.boot_epoch += 1;
+            t.put("device", "", &d)?;
+            t.event(&e)?;
+            Ok(d.boot_epoch)
+        })
+    }
+
+    /// Logs a role in. PED credentials rebuild the role's secret from its keys (and PIN);
+    /// a secret is a password, or an activated role's challenge secret. Failed attempts are
+    /// counted and persisted before this returns; reaching the limit locks the role, zeroizes
+    /// the partition (Partition SO) or zeroizes the HSM (HSM SO).
+    pub fn login(&mut self, role: Role, partition: Option<&str>, cred: Credential<'_>) -> Result<Session> {
+        if role == Role::Auditor {
+            return Err(HsmError::State("the Auditor role is not available in this release".into()));
+        }
+        if role.in_partition() != partition.is_some() {
+            return Err(HsmError::InvalidInput(if role.in_partition() {
+                format!("the {role} logs in to a partition; name it with --partition")
+            } else {
+                format!("the {role} is not a partition role; do not name a partition")
+            }));
+        }
+        let who = match partition {
+            Some(p) => format!("{role} of {p}"),
+            None => role.to_string(),
+        };
+        // Read what is needed to compute the authenticator, outside the write lock.
+        let (mode, part_id, auth_state, activation, eff) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            match partition {
+                None => Ok((d.mode, None, Some(d.so.clone()), None, d.policy.clone())),
+                Some(l) => {
+                    let p = Self::partition_by_label(t, l)?;
+                    let eff = p.policy.effective(&d.policy);
+                    let act = p.activations.get(role.short()).cloned().filter(|a| {
+                        eff.activation && (a.epoch == d.boot_epoch || eff.auto_activation)
+                    });
+                    Ok((d.mode, Some(p.id), p.role(role).cloned(), act, eff))
+                }
+            }
+        })?;
+        let ev_name = "login";
+        let Some(auth_state) = auth_state else {
+            let e = HsmError::State(format!("the {who} is not initialised"));
+            return Err(self.refuse(ev_name, role.short(), partition, e));
+        };
+        if let Err(e) = auth_state.check_not_locked(&who, now_unix()) {
+            return Err(self.refuse(ev_name, role.short(), partition, e));
+        }
+        let tag = role_tag(role, part_id);
+
+        // Compute the candidate authenticator, and which verifier it is checked against.
+        let mut via_activation = false;
+        let candidate: Result<Authenticated> = match cred {
+            Credential::Ped(ped) => {
+                if mode != AuthMode::Ped {
+                    return Err(HsmError::InvalidInput("this HSM is password-authenticated; log in with a password".into()));
+                }
+                let presented = match ped.present(&PresentRequest { secret_type: role.secret_type(), role: who.clone() }) {
+                    Ok(p) => p,
+                    Err(e) => return Err(self.refuse(ev_name, role.short(), partition, e)),
+                };
+                let AuthMethod::Ped { secret_id, pin_kdf, .. } = &auth_state.method else {
+                    return Err(HsmError::Tamper("role method disagrees with HSM mode".into()));
+                };
+                if &presented.secret_id != secret_id {
+                    Err(HsmError::AuthFailed { role: who.clone(), reason: format!(
+                        "the presented key holds another secret (\"{}\", from HSM {})", presented.label, presented.origin_serial), remaining: None })
+                } else {
+                    match (pin_kdf, &presented.pin) {
+                        (Some(_), None) => return Err(HsmError::InvalidInput(format!("the {who} key is protected by a PED PIN; give it with --pin"))),
+                        (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k).map(|auth| Authenticated { auth }),
+                        (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh()).map(|auth| Authenticated { auth }),
+                    }
+                }
+            }
+            Credential::Secret(pw) => match (&auth_state.method, mode) {
+                (AuthMethod::Password { kdf }, AuthMode::Password) => kdf.derive(pw.expose()).map(|auth| Authenticated { auth }),
+                (_, AuthMode::Ped) => {
+                    if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
+                        return Err(HsmError::InvalidInput(format!("the {who} logs in with PED keys, not a secret")));
+                    }
+                    let Some(act) = &activation else {
+                        let e = HsmError::Refused(format!(
+                            "the {who} is not activated{}; log in with the PED key, or activate first",
+                            if eff.activation { "" } else { " (partition policy activation is off)" }));
+                        return Err(self.refuse(ev_name, role.short(), partition, e));
+                    };
+                    via_activation = true;
+                    act.kdf.derive(pw.expose()).map(|auth| Authenticated { auth })
+                }
+                _ => Err(HsmError::Tamper("role method disagrees with HSM mode".into())),
+            },
+        };
+        let candidate = candidate?;
+
+        // Check and count under the write lock, against freshly read state.
+        let dk = self.store.device_key()?.clone();
+        let act_tag = format!("{tag}/activation");
+        let limit_co_cu = eff.failed_login_limit;
+        let serial = self.serial.clone();
+        let who2 = who.clone();
+        let part_label = partition.map(str::to_owned);
+        let outcome = self.store.write(|t| {
+            let mut d = Self::device(t)?;
+            let mut p = match part_id { Some(id) => Some(Self::partition_by_id(t, id)?), None => None };
+            let state = match &mut p { Some(p) => p.role(role).cloned(), None => Some(d.so.clone()) }
+                .ok_or_else(|| HsmError::State(format!("the {who2} is not initialised")))?;
+            state.check_not_locked(&who2, now_unix())?;
+            let (ok, pmk) = if via_activation {
+                let act = p.as_ref().and_then(|p| p.activations.get(role.short()))
+                    .ok_or_else(|| HsmError::Refused(format!("the {who2} is no longer activated")))?;
+                let ok = act.auth.matches(&dk, &act_tag, &candidate.auth);
+                (ok, if ok { act.auth.unwrap_pmk(&dk, &act_tag, &candidate.auth)? } else { None })
+            } else {
+                let ok = state.matches(&dk, &tag, &candidate.auth);
+                (ok, if ok { state.unwrap_pmk(&dk, &tag, &candidate.auth)? } else { None })
+            };
+            let mut ev = Event { seq: 0, time: now_rfc3339(), serial: serial.clone(), event: "login".into(),
+                role: role.short().into(), partition: part_label.clone(), object: None, outcome: String::new() };
+            let limit = role.failed_login_limit(limit_co_cu);
+            let mut new_state = state.clone();
+            let result;
+            if ok {
+                new_state.failed = 0;
+                new_state.lock_until = None;
+                ev.outcome = if via_activation { "success (challenge secret)".into() } else { "success".into() };
+                result = Ok(pmk);
+            } else {
+                new_state.failed += 1;
+                let remaining = limit.saturating_sub(new_state.failed);
+                let mut consequence = None;
+                if new_state.failed >= limit {
+                    match role {
+                        Role::HsmSo => consequence = Some("zeroize-hsm"),
+                        Role::PartitionSo => consequence = Some("zeroize-partition"),
+                        Role::Auditor => new_state.lock_until = Some(now_unix() + 600),
+                        _ => new_state.locked = true,
+                    }
+                }
+                let reason = if via_activation { "wrong challenge secret".to_string() } else { "wrong PED key, PED PIN or password".to_string() };
+                ev.outcome = format!("failure: {reason} ({} of {limit})", new_state.failed);
+                result = Err(match consequence {
+                    Some("zeroize-hsm") => HsmError::Locked(format!("{limit} failed HSM SO logins: the HSM has been zeroized")),
+                    Some(_) => HsmError::Locked(format!("{limit} failed Partition SO logins: partition {} has been zeroized", part_label.clone().unwrap_or_default())),
+                    None if new_state.locked => HsmError::Locked(format!("{reason}: the {who2} is now locked after {limit} failed logins; the Partition SO must reset it")),
+                    None if new_state.lock_until.is_some() => HsmError::Locked(format!("{reason}: the {who2} is locked out for 10 minutes")),
+                    None => HsmError::AuthFailed { role: who2.clone(), reason, remaining: Some(remaining) },
+                });
+                if consequence == Some("zeroize-partition") {
+                    if let Some(p) = &mut p {
+                        t.delete_partition_objects(p.id)?;
+                        p.wipe();
+                    }
+                }
+            }
+            match &mut p {
+                Some(p) if p.initialised.is_some() => { if let Some(r) = p.role_mut(role) { *r = new_state; } }
+                Some(_) => {}
+                None => d.so = new_state,
+            }
+            if let Some(p) = &p { t.put("partition", &pid(p.id), p)?; }
+            t.put("device", "", &d)?;
+            t.event(&ev)?;
+            Ok(result)
+        })?;
+        match outcome {
+            Ok(pmk) => Ok(Session { role, partition: part_id, partition_label: partition.map(str::to_owned), pmk }),
+            Err(e) => {
+                if matches!(&e, HsmError::Locked(m) if m.contains("the HSM has been zeroized")) {
+                    self.store.destroy_key_material("3 failed HSM SO logins")?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets an HSM policy (HSM SO only).
+    pub fn set_hsm_policy(&mut self, s: &Session, name: &str, value: &str) -> Result<()> {
+        if s.role != Role::HsmSo {
+            return Err(self.refuse("hsm-policy", s.role.short(), s.partition(), need("HSM SO", "changing HSM policy", s.role)));
+        }
+        let e = self.ev("hsm-policy", "hsm-so", None, Some(&format!("{name}={value}")), "success");
+        self.store.write(|t| {
+            let mut d = Self::device(t)?;
+            d.policy.set(name, value)?;
+            t.put("device", "", &d)?;
+            t.event(&e)
+        })
+    }
+
+    /// Sets a policy of the session's partition (Partition SO only). A value the HSM policy
+    /// forbids is refused, naming the HSM policy.
+    pub fn set_partition_policy(&mut self, s: &Session, name: &str, value: &str) -> Result<()> {
+        if s.role != Role::PartitionSo {
+            return Err(self.refuse("partition-policy", s.role.short(), s.partition(), need("Partition SO", "changing partition policy", s.role)));
+        }
+        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev("partition-policy", "so", s.partition(), Some(&format!("{name}={value}")), "success");
+        self.store.write(|t| {
+            let d = Self::device(t)?;
+            let mut p = Self::partition_by_id(t, id)?;
+            p.policy.set(name, value)?;
+            let over = p.policy.exceeds(&d.policy);
+            if over.contains(&name) {
+                return Err(HsmError::Refused(format!("HSM policy {name} is off; the HSM SO must allow it first")));
+            }
+            if !p.policy.activation {
+                p.activations.clear();
+            }
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })
+    }
+
+    /// Creates a partition (HSM SO only). Its id is the next free number and never changes.
+    pub fn create_partition(&mut self, s: &Session, label: &str) -> Result<u32> {
+        if s.role != Role::HsmSo {
+            return Err(self.refuse("partition-create", s.role.short(), s.partition(), need("HSM SO", "creating a partition", s.role)));
+        }
+        let label = label.trim();
+        if label.is_empty() || label.len() > 32 {
+            return Err(HsmError::InvalidInput("a partition label is 1 to 32 characters (it becomes the PKCS#11 token label)".into()));
+        }
+        let e = self.ev("partition-create", "hsm-so", Some(label), None, "success");
+        self.store.write(|t| {
+            let mut d = Self::device(t)?;
+            if t.list::<Partition>("partition")?.iter().any(|(_, p)| p.label == label) {
+                return Err(HsmError::InvalidInput(format!("a partition labelled {label:?} exists already")));
+            }
+            let id = d.next_partition;
+            d.next_partition += 1;
+            let p = Partition {
+                id,
+                label: label.to_string(),
+                created: now_rfc3339(),
+                initialised: None,
+                policy: Policy::partition_default(),
+                so: None, co: None, cu: None,
+                domain: None, domain_id: None,
+                activations: BTreeMap::new(),
+                next_handle: 1,
+            };
+            t.put("partition", &pid(id), &p)?;
+            t.put("device", "", &d)?;
+            t.event(&e)?;
+            Ok(id)
+        })
+    }
+
+    /// Deletes a partition and every object in it (HSM SO only).
+    pub fn delete_partition(&mut self, s: &Session, label: &str) -> Result<u64> {
+        if s.role != Role::HsmSo {
+            return Err(self.refuse("partition-delete", s.role.short(), s.partition(), need("HSM SO", "deleting a partition", s.role)));
+        }
+        let e = self.ev("partition-delete", "hsm-so", Some(label), None, "success");
+        self.store.write(|t| {
+            let p = Self::partition_by_label(t, label)?;
+            let n = t.delete_partition_objects(p.id)?;
+            t.delete("partition", &pid(p.id))?;
+            t.event(&e)?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Initialises a created partition: imprints its Partition SO and joins a cloning domain.
+    /// Re-initialising an initialised partition needs its current Partition SO and destroys
+    /// its roles and objects.
+    pub fn init_partition(&mut self, label: &str, so: NewSecret<'_>, domain: DomainChoice<'_>, current_so: Option<Credential<'_>>) -> Result<Vec<Imprinted>> {
+        let (mode, hsm_policy, initialised, hsm_domain) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_label(t, label)?;
+            Ok((d.mode, d.policy.clone(), p.initialised.is_some(), (d.domain.clone(), d.domain_id.clone())))
+        })?;
+        if initialised {
+            let Some(cred) = current_so else {
+                return Err(self.refuse("partition-init", "none", Some(label), HsmError::Refused(format!(
+                    "partition {label} is initialised; re-initialising it needs its current Partition SO and destroys its keys"))));
+            };
+            self.login(Role::PartitionSo, Some(label), cred)?;
+        }
+        let (so_method, so_auth, so_imp) = self.imprint(so, crate::pedkey::SecretType::So, format!("Partition SO of {label}"), mode, hsm_policy.m_of_n)?;
+        let (dom, dom_id, dom_imp) = match domain {
+            DomainChoice::Hsm => (hsm_domain.0, hsm_domain.1, None),
+            DomainChoice::Imprint(secret) => self.imprint_domain(secret, format!("cloning domain of {label}"), mode, hsm_policy.m_of_n)?,
+        };
+        let dk = self.store.device_key()?.clone();
+        let e = self.ev("partition-init", "so", Some(label), None, "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_label(t, label)?;
+            t.delete_partition_objects(p.id)?;
+            p.wipe();
+            p.so = Some(RoleAuth::new(&dk, &role_tag(Role::PartitionSo, Some(p.id)), so_method, &so_auth, None));
+            p.domain = Some(dom);
+            p.domain_id = Some(dom_id);
+            p.initialised = Some(now_rfc3339());
+            t.put("partition", &pid(p.id), &p)?;
+            t.event(&e)
+        })?;
+        Ok(so_imp.into_iter().chain(dom_imp).collect())
+    }
+
+    /// Initialises the Crypto Officer (by the Partition SO) or the Crypto User (by the Crypto
+    /// Officer). A new Crypto Officer gets a new partition master key, so re-initialising it
+    /// destroys the partition's objects and needs `confirm_destroy`.
+    pub fn init_role(&mut self, s: &Session, role: Role, secret: NewSecret<'_>, confirm_destroy: bool) -> Result<Option<Imprinted>> {
+        let action = format!("initialising the {role}");
+        match (role, s.role) {
+            (Role::CryptoOfficer, Role::PartitionSo) | (Role::CryptoUser, Role::CryptoOfficer) => {}
+            (Role::CryptoOfficer, have) => return Err(self.refuse("role-init", have.short(), s.partition(), need("Partition SO", &action, have))),
+            (Role::CryptoUser, have) => return Err(self.refuse("role-init", have.short(), s.partition(), need("Crypto Officer", &action, have))),
+            _ => return Err(HsmError::InvalidInput(format!("{role} is not initialised with `role init`"))),
+        }
+        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let (mode, allow_mofn, exists, objects) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_id(t, id)?;
+            let n = t.count_objects(id)?;
+            Ok((d.mode, p.policy.effective(&d.policy).m_of_n, p.role(role).is_some(), n))
+        })?;
+        if role == Role::CryptoOfficer && exists && !confirm_destroy {
+            return Err(self.refuse("role-init", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "the Crypto Officer exists; a new one gets a new partition key, which destroys the partition's {objects} object(s) and its Crypto User: confirm with --confirm-destroy"))));
+        }
+        let label = s.partition_label.clone().unwrap_or_default();
+        let (method, auth, imp) = self.imprint(secret, role.secret_type(), format!("{role} of {label}"), mode, allow_mofn)?;
+        let dk = self.store.device_key()?.clone();
+        let pmk = match role {
+            Role::CryptoOfficer => Secret32::random(),
+            _ => s.pmk.clone().ok_or_else(|| HsmError::State("session holds no partition key".into()))?,
+        };
+        let e = self.ev("role-init", s.role.short(), s.partition(), Some(role.short()), "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let ra = RoleAuth::new(&dk, &role_tag(role, Some(id)), method, &auth, Some(&pmk));
+            if role == Role::CryptoOfficer {
+                t.delete_partition_objects(id)?;
+                p.cu = None;
+                p.activations.clear();
+                p.co = Some(ra);
+            } else {
+                p.activations.remove(role.short());
+                p.cu = Some(ra);
+            }
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })?;
+        Ok(imp)
+    }
+
+    /// Clears a Crypto Officer's or Crypto User's lockout (Partition SO only).
+    pub fn reset_role(&mut self, s: &Session, role: Role) -> Result<()> {
+        if s.role != Role::PartitionSo {
+            return Err(self.refuse("role-reset", s.role.short(), s.partition(), need("Partition SO", "resetting a lockout", s.role)));
+        }
+        if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
+            return Err(HsmError::InvalidInput("only the Crypto Officer or Crypto User can be reset".into()));
+        }
+        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev("role-reset", "so", s.partition(), Some(role.short()), "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let r = p.role_mut(role).ok_or_else(|| HsmError::State(format!("the {role} is not initialised")))?;
+            r.failed = 0;
+            r.locked = false;
+            r.lock_until = None;
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })
+    }
+
+    /// Activates the session's Crypto Officer or Crypto User: caches its PED secret inside the
+    /// HSM so that `challenge` alone logs it in, until deactivation, a policy change, a restart
+    /// (unless auto-activation) or zeroize.
+    pub fn activate(&mut self, s: &Session, challenge: Pin) -> Result<()> {
+        if !matches!(s.role, Role::CryptoOfficer | Role::CryptoUser) {
+            return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "activation is for the Crypto Officer or Crypto User; you are logged in as the {}", s.role))));
+        }
+        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let pmk = s.pmk.clone().ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
+        let (mode, eff, epoch) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_id(t, id)?;
+            Ok((d.mode, p.policy.effective(&d.policy), d.boot_epoch))
+        })?;
+        if mode != AuthMode::Ped {
+            return Err(HsmError::Refused("activation applies to PED-authenticated HSMs; on this HSM the password is the login".into()));
+        }
+        if !eff.activation {
+            return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(
+                "partition policy activation is off; the Partition SO must allow it (`ferrohsm partition policy set activation on`)".into())));
+        }
+        let kdf = KdfParams::fresh();
+        let auth = kdf.derive(challenge.expose())?;
+        let dk = self.store.device_key()?.clone();
+        let tag = format!("{}/activation", role_tag(s.role, Some(id)));
+        let act = Activation {
+            kdf: kdf.clone(),
+            auth: RoleAuth::new(&dk, &tag, AuthMethod::Password { kdf }, &auth, Some(&pmk)),
+            epoch,
+            since: now_rfc3339(),
+        };
+        let e = self.ev("activate", s.role.short(), s.partition(), None, "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            p.activations.insert(s.role.short().to_string(), act);
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })
+    }
+
+    /// Ends an activation (by the role itself or the Partition SO).
+    pub fn deactivate(&mut self, s: &Session, role: Role) -> Result<bool> {
+        let allowed = s.role == Role::PartitionSo || s.role == role;
+        if !allowed || !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
+            return Err(self.refuse("deactivate", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "deactivating the {role} needs that role or the Partition SO; you are logged in as the {}", s.role))));
+        }
+        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev("deactivate", s.role.short(), s.partition(), Some(role.short()), "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let was = p.activations.remove(role.short()).is_some();
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)?;
+            Ok(was)
+        })
+    }
+
+    /// Replaces the session role's secret (the `changepw` of PED HSMs): a new secret through
+    /// the PED dialogue (or a new password). Other roles are untouched.
+    pub fn change_secret(&mut self, s: &Session, secret: NewSecret<'_>) -> Result<Option<Imprinted>> {
+        let (mode, allow) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let allow = match s.partition { Some(id) => Self::partition_by_id(t, id)?.policy.effective(&d.policy).m_of_n, None => d.policy.m_of_n };
+            Ok((d.mode, allow))
+        })?;
+        let label = match &s.partition_label { Some(l) => format!("{} of {l}", s.role), None => format!("{} of {}", s.role, self.serial) };
+        let (method, auth, imp) = self.imprint(secret, s.role.secret_type(), label, mode, allow)?;
+        self.replace_auth(s, method, &auth, "role-change-secret")?;
+        Ok(imp)
+    }
+
+    /// Changes (sets or removes) the PED PIN of the session's role, keeping its secret. The
+    /// caller presents the role's keys again so the secret can be re-mixed with the new PIN.
+    pub fn change_pin(&mut self, s: &Session, ped: &mut dyn Ped, new_pin: Option<Pin>) -> Result<()> {
+        let who = s.role.to_string();
+        let presented = ped.present(&PresentRequest { secret_type: s.role.secret_type(), role: who.clone() })?;
+        let (method, dk) = {
+            let cur = self.current_auth(s)?;
+            (cur.method, self.store.device_key()?.clone())
+        };
+        let AuthMethod::Ped { secret_id, origin_serial, m, n, pin_kdf } = method else {
+            return Err(HsmError::Refused("PED PINs apply to PED-authenticated HSMs".into()));
+        };
+        if presented.secret_id != secret_id {
+            return Err(HsmError::WrongKey(format!("the presented key holds another secret than the {who}'s")));
+        }
+        // Prove the old PIN before replacing it.
+        let old = crypto::mix_pin(&presented.secret, if pin_kdf.is_some() { presented.pin.as_ref() } else { None }, pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()))?;
+        let cur = self.current_auth(s)?;
+        let tag = role_tag(s.role, s.partition);
+        if !cur.matches(&dk, &tag, &old) {
+            return Err(HsmError::AuthFailed { role: who, reason: "the current PED PIN is wrong".into(), remaining: None });
+        }
+        let new_kdf = new_pin.as_ref().map(|_| KdfParams::fresh());
+        let auth = crypto::mix_pin(&presented.secret, new_pin.as_ref(), new_kdf.as_ref().unwrap_or(&KdfParams::fresh()))?;
+        let method = AuthMethod::Ped { secret_id, origin_serial, m, n, pin_kdf: new_kdf };
+        self.replace_auth(s, method, &auth, "role-change-pin")
+    }
+
+    fn current_auth(&mut self, s: &Session) -> Result<RoleAuth> {
+        self.store.read(|t| match s.partition {
+            None => Ok(Self::device(t)?.so),
+            Some(id) => Self::partition_by_id(t, id)?.role(s.role).cloned()
+                .ok_or_else(|| HsmError::State(format!("the {} is not initialised", s.role))),
+        })
+    }
+
+    fn replace_auth(&mut self, s: &Session, method: AuthMethod, auth: &Secret32, event: &str) -> Result<()> {
+        let dk = self.store.device_key()?.clone();
+        let tag = role_tag(s.role, s.partition);
+        let ra = RoleAuth::new(&dk, &tag, method, auth, s.pmk.as_ref());
+        let e = self.ev(event, s.role.short(), s.partition(), None, "success");
+        self.store.write(|t| {
+            match s.partition {
+                None => {
+                    let mut d = Self::device(t)?;
+                    d.so = ra;
+                    t.put("device", "", &d)?;
+                }
+                Some(id) => {
+                    let mut p = Self::partition_by_id(t, id)?;
+                    let slot = p.role_mut(s.role).ok_or_else(|| HsmError::State(format!("the {} is not initialised", s.role)))?;
+                    *slot = ra;
+                    t.put("partition", &pid(id), &p)?;
+                }
+            }
+            t.event(&e)
+        })
+    }
+
+    // ---- objects ----
+
+    fn key_user(&mut self, s: &Session, action: &str, write: bool) -> Result<(u32, Secret32)> {
+        let ok = match s.role {
+            Role::CryptoOfficer => true,
+            Role::CryptoUser => !write,
+            _ => false,
+        };
+        if !ok {
+            let msg = match s.role {
+                Role::CryptoUser => format!("{action} needs the Crypto Officer; the Crypto User may only use existing keys"),
+                Role::PartitionSo | Role::HsmSo => format!("{action} needs the Crypto Officer{}; security officers never use partition keys", if write { "" } else { " or Crypto User" }),
+                other => format!("{action} needs the Crypto Officer; you are logged in as the {other}"),
+            };
+            return Err(self.refuse(if write { "key-create" } else { "key-use" }, s.role.short(), s.partition(), HsmError::Refused(msg)));
+        }
+        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let pmk = s.pmk.clone().ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
+        Ok((id, pmk))
+    }
+
+    fn material_aad(partition: u32, handle: u64) -> Vec<u8> {
+        format!("keymat\0{partition}\0{handle}").into_bytes()
+    }
+
+    /// Generates a key (secret key, or private and public key pair) in the session's partition
+    /// (Crypto Officer only). Returns the handles made.
+    pub fn generate_key(&mut self, s: &Session, spec: KeySpec, opts: &KeyOptions) -> Result<Vec<u64>> {
+        let (id, pmk) = self.key_user(s, "creating keys", true)?;
+        if opts.label.is_empty() || opts.label.len() > 128 {
+            return Err(HsmError::InvalidInput("a key label is 1 to 128 characters".into()));
+        }
+        let g = mechanism::generate(spec)?;
+        let now = now_rfc3339();
+        let base = Attributes {
+            class: ObjectClass::SecretKey,
+            spec,
+            label: opts.label.clone(),
+            id: opts.id.clone(),
+            token: true,
+            private: true,
+            sensitive: true,
+            extractable: opts.extractable,
+            always_sensitive: true,
+            never_extractable: !opts.extractable,
+            local: true,
+            modifiable: true,
+            destroyable: true,
+            sign: false,
+            verify: false,
+            encrypt: false,
+            decrypt: false,
+            created: now,
+        };
+        let e = self.ev("key-generate", s.role.short(), s.partition(), Some(&format!("{} ({spec})", opts.label)), "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            if t.object_handles(id, Some(&opts.label))?.len() > 0 {
+                return Err(HsmError::InvalidInput(format!("a key labelled {:?} exists already in {}", opts.label, p.label)));
+            }
+            let mut handles = Vec::new();
+            let put = |t: &mut Txn<'_>, p: &mut Partition, attrs: Attributes, public: Option<Vec<u8>>, secret: Option<&SecretBytes>| -> Result<u64> {
+                let h = p.next_handle;
+                p.next_handle += 1;
+                let material = secret.map(|m| crypto::seal(&pmk, &Self::material_aad(id, h), m.expose()));
+                let rec = ObjectRecord { attrs, public, material };
+                let pt = zeroize::Zeroizing::new(serde_json::to_vec(&rec).map_err(|e| HsmError::Store(e.to_string()))?);
+                t.put_object(id, h, &ObjectIndex { class: rec.attrs.class.name(), label: &rec.attrs.label, id: &rec.attrs.id }, &pt)?;
+                Ok(h)
+            };
+            if spec.is_symmetric() {
+                let a = Attributes { encrypt: true, decrypt: true, ..base.clone() };
+                handles.push(put(t, &mut p, a, None, Some(&g.private))?);
+            } else {
+                let can_encrypt = spec.default_encrypt().is_some();
+                let private = Attributes { class: ObjectClass::PrivateKey, sign: true, decrypt: can_encrypt, ..base.clone() };
+                let public = Attributes {
+                    class: ObjectClass::PublicKey, private: false, sensitive: false, extractable: true,
+                    always_sensitive: false, never_extractable: false, verify: true, encrypt: can_encrypt, ..base.clone()
+                };
+                handles.push(put(t, &mut p, private, g.public.clone(), Some(&g.private))?);
+                handles.push(put(t, &mut p, public, g.public.clone(), None)?);
+            }
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)?;
+            Ok(handles)
+        })
+    }
+
+    fn load(t: &mut Txn<'_>, partition: u32, handle: u64) -> Result<ObjectRecord> {
+        let row = t.get_object(partition, handle)?.ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+        let rec: ObjectRecord = serde_json::from_slice(row.plaintext.expose())
+            .map_err(|e| HsmError::Tamper(format!("object {handle} does not decode: {e}")))?;
+        Ok(rec)
+    }
+
+    /// Lists the session's partition's objects (Crypto Officer or Crypto User), optionally
+    /// only those with a label (found through the index, not by scanning).
+    pub fn list_objects(&mut self, s: &Session, label: Option<&str>) -> Result<Vec<ObjectInfo>> {
+        let (id, _) = self.key_user(s, "listing keys", false)?;
+        self.store.read(|t| {
+            let mut out = Vec::new();
+            for h in t.object_handles(id, label)? {
+                let rec = Self::load(t, id, h)?;
+                if label.is_some_and(|l| l != rec.attrs.label) {
+                    return Err(HsmError::Tamper(format!("object {h}'s index does not match its sealed label")));
+                }
+                out.push(ObjectInfo { handle: h, attrs: rec.attrs, public: rec.public });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Finds the one key with `label` of `class`.
+    pub fn find_key(&mut self, s: &Session, label: &str, class: ObjectClass) -> Result<ObjectInfo> {
+        let found: Vec<ObjectInfo> = self.list_objects(s, Some(label))?.into_iter().filter(|o| o.attrs.class == class).collect();
+        match found.len() {
+            0 => Err(HsmError::NotFound(format!("no {} labelled {label:?}", class.name()))),
+            1 => Ok(found.into_iter().next().expect("one element")),
+            n => Err(HsmError::InvalidInput(format!("{n} {}s are labelled {label:?}; use a handle", class.name()))),
+        }
+    }
+
+    fn private_material(&mut self, id: u32, pmk: &Secret32, handle: u64) -> Result<(Attributes, Option<Vec<u8>>, SecretBytes)> {
+        let rec = self.store.read(|t| Self::load(t, id, handle))?;
+        let sealed = rec.material.as_ref().ok_or_else(|| HsmError::InvalidInput(format!("object {handle} holds no secret or private key")))?;
+        let m = crypto::open(pmk, &Self::material_aad(id, handle), sealed, &format!("key material of object {handle}"))?;
+        Ok((rec.attrs, rec.public, m))
+    }
+
+    /// Signs with a private key (Crypto Officer or Crypto User).
+    pub fn sign(&mut self, s: &Session, handle: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+        let (id, pmk) = self.key_user(s, "signing", false)?;
+        let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
+        if !attrs.sign {
+            return Err(HsmError::Refused(format!("key {:?} may not sign (CKA_SIGN is false)", attrs.label)));
+        }
+        mechanism::sign(attrs.spec, &m, mech, data)
+    }
+
+    /// Verifies with a public key (Crypto Officer or Crypto User). `Ok(false)`: bad signature.
+    pub fn verify(&mut self, s: &Session, handle: u64, mech: Mechanism, data: &[u8], sig: &[u8]) -> Result<bool> {
+        let (id, _) = self.key_user(s, "verifying", false)?;
+        let rec = self.store.read(|t| Self::load(t, id, handle))?;
+        if !rec.attrs.verify {
+            return Err(HsmError::Refused(format!("key {:?} may not verify (CKA_VERIFY is false)", rec.attrs.label)));
+        }
+        let public = rec.public.ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
+        mechanism::verify(rec.attrs.spec, &public, mech, data, sig)
+    }
+
+    /// Encrypts with a secret key or an RSA public key (Crypto Officer or Crypto User).
+    pub fn encrypt(&mut self, s: &Session, handle: u64, mech: Mechanism, p: &Params, data: &[u8]) -> Result<Vec<u8>> {
+        let (id, pmk) = self.key_user(s, "encrypting", false)?;
+        let rec = self.store.read(|t| Self::load(t, id, handle))?;
+        if !rec.attrs.encrypt {
+            return Err(HsmError::Refused(format!("key {:?} may not encrypt (CKA_ENCRYPT is false)", rec.attrs.label)));
+        }
+        if rec.attrs.class == ObjectClass::SecretKey {
+            let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
+            mechanism::encrypt(attrs.spec, m.expose(), mech, p, data)
+        } else {
+            let public = rec.public.ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
+            mechanism::encrypt(rec.attrs.spec, &public, mech, p, data)
+        }
+    }
+
+    /// Decrypts with a secret or private key (Crypto Officer or Crypto User).
+    pub fn decrypt(&mut self, s: &Session, handle: u64, mech: Mechanism, p: &Params, data: &[u8]) -> Result<SecretBytes> {
+        let (id, pmk) = self.key_user(s, "decrypting", false)?;
+        let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
+        if !attrs.decrypt {
+            return Err(HsmError::Refused(format!("key {:?} may not decrypt (CKA_DECRYPT is false)", attrs.label)));
+        }
+        mechanism::decrypt(attrs.spec, &m, mech, p, data)
+    }
+
+    /// Destroys an object (Crypto Officer only).
+    pub fn destroy_object(&mut self, s: &Session, handle: u64) -> Result<()> {
+        let (id, _) = self.key_user(s, "deleting keys", true)?;
+        let serial = self.serial.clone();
+        let role = s.role.short().to_string();
+        let part = s.partition_label.clone();
+        self.store.write(|t| {
+            let rec = Self::load(t, id, handle)?;
+            if !rec.attrs.destroyable {
+                return Err(HsmError::Refused(format!("key {:?} is not destroyable (CKA_DESTROYABLE is false)", rec.attrs.label)));
+            }
+            t.delete_object(id, handle)?;
+            t.event(&Event { seq: 0, time: now_rfc3339(), serial, event: "key-delete".into(), role, partition: part,
+                object: Some(rec.attrs.label.clone()), outcome: "success".into() })
+        })
+    }
+}

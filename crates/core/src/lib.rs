@@ -1,0 +1,26 @@
+//! ferrohsm's engine: one HSM's whole state behind [`hsm::Hsm`].
+//!
+//! - [`pedkey`] and [`ped`]: PED key files and the PED dialogue;
+//! - [`shamir`]: M-of-N splitting; [`crypto`]: sealing, KDFs, PIN mixing;
+//! - [`store`]: the sealed SQLite store; [`role`], [`policy`]: authentication and rules;
+//! - [`object`], [`mechanism`]: keys and what applications do with them.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod crypto;
+pub mod error;
+pub mod hsm;
+pub mod mechanism;
+pub mod object;
+pub mod ped;
+pub mod pedkey;
+pub mod policy;
+pub mod role;
+pub mod secret;
+pub mod shamir;
+pub mod store;
+pub mod time;
+
+pub use error::{HsmError, Result};
+pub use hsm::{AuthMode, Credential, DomainChoice, Hsm, InitOptions, NewSecret, Session};
+pub use role::Role;

@@ -1,0 +1,131 @@
+//! Objects in a partition: keys with PKCS#11-style attributes. Key material is sealed under
+//! the partition master key (which only the Crypto Officer, Crypto User or an activation can
+//! unwrap) and the record as a whole under the store key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mechanism::KeySpec;
+
+/// Object class (`CKA_CLASS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectClass {
+    /// `CKO_SECRET_KEY`.
+    SecretKey,
+    /// `CKO_PRIVATE_KEY`.
+    PrivateKey,
+    /// `CKO_PUBLIC_KEY`.
+    PublicKey,
+}
+
+impl ObjectClass {
+    /// Stable name, as indexed in the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectClass::SecretKey => "secret-key",
+            ObjectClass::PrivateKey => "private-key",
+            ObjectClass::PublicKey => "public-key",
+        }
+    }
+}
+
+/// The attributes of a key object. Booleans follow PKCS#11 meanings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    /// `CKA_CLASS`.
+    pub class: ObjectClass,
+    /// Algorithm and size.
+    pub spec: KeySpec,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`, hex in records.
+    #[serde(with = "hex_bytes")]
+    pub id: Vec<u8>,
+    /// `CKA_TOKEN`: persists in the partition.
+    pub token: bool,
+    /// `CKA_PRIVATE`: visible only after login.
+    pub private: bool,
+    /// `CKA_SENSITIVE`: value never readable in clear.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`: may leave wrapped.
+    pub extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`: sensitive since creation.
+    pub always_sensitive: bool,
+    /// `CKA_NEVER_EXTRACTABLE`: never extractable since creation.
+    pub never_extractable: bool,
+    /// `CKA_LOCAL`: generated inside this HSM.
+    pub local: bool,
+    /// `CKA_MODIFIABLE`.
+    pub modifiable: bool,
+    /// `CKA_DESTROYABLE`.
+    pub destroyable: bool,
+    /// `CKA_SIGN`.
+    pub sign: bool,
+    /// `CKA_VERIFY`.
+    pub verify: bool,
+    /// `CKA_ENCRYPT`.
+    pub encrypt: bool,
+    /// `CKA_DECRYPT`.
+    pub decrypt: bool,
+    /// When created (UTC).
+    pub created: String,
+}
+
+/// A key as callers see it: handle, attributes and (for public keys) the public value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Handle, stable for the object's life within its partition.
+    pub handle: u64,
+    /// Attributes.
+    pub attrs: Attributes,
+    /// SubjectPublicKeyInfo DER, for public keys.
+    #[serde(with = "hex_opt")]
+    pub public: Option<Vec<u8>>,
+}
+
+/// What is stored per object (opened from the store).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ObjectRecord {
+    pub attrs: Attributes,
+    #[serde(with = "hex_opt")]
+    pub public: Option<Vec<u8>>,
+    /// Key material sealed under the partition master key.
+    #[serde(with = "hex_opt")]
+    pub material: Option<Vec<u8>>,
+}
+
+/// Options when generating a key.
+#[derive(Clone, Debug)]
+pub struct KeyOptions {
+    /// Label.
+    pub label: String,
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// May the key leave the HSM wrapped (`CKA_EXTRACTABLE`)? Defaults to no.
+    pub extractable: bool,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
