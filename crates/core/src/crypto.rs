@@ -124,17 +124,9 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// Fresh parameters with a new random salt: 19 MiB, 2 passes, 1 lane (OWASP's
-    /// recommended Argon2id floor). `FERROHSM_KDF_FAST=1` lowers the cost for test suites only;
-    /// it is recorded in the parameters, so a verifier made that way stays cheap to check and
-    /// is easy to spot.
+    /// recommended Argon2id floor).
     pub fn fresh() -> Self {
-        let fast = std::env::var("FERROHSM_KDF_FAST").is_ok_and(|v| v == "1");
-        KdfParams {
-            m_kib: if fast { 256 } else { 19 * 1024 },
-            t: if fast { 1 } else { 2 },
-            p: 1,
-            salt: random_hex_id(16),
-        }
+        KdfParams { m_kib: 19 * 1024, t: 2, p: 1, salt: random_hex_id(16) }
     }
 
     /// Runs Argon2id over `input` with these parameters.

@@ -593,6 +593,7 @@ impl Hsm {
 
         // Compute the candidate authenticator, and which verifier it is checked against.
         let mut via_activation = false;
+        let mut other_secret: Option<String> = None;
         let candidate: Result<Authenticated> = match cred {
             Credential::Ped(ped) => {
                 if mode != AuthMode::Ped {
@@ -606,14 +607,15 @@ impl Hsm {
                     return Err(HsmError::Tamper("role method disagrees with HSM mode".into()));
                 };
                 if &presented.secret_id != secret_id {
-                    Err(HsmError::AuthFailed { role: who.clone(), reason: format!(
-                        "the presented key holds another secret (\"{}\", from HSM {})", presented.label, presented.origin_serial), remaining: None })
-                } else {
-                    match (pin_kdf, &presented.pin) {
-                        (Some(_), None) => return Err(HsmError::InvalidInput(format!("the {who} key is protected by a PED PIN; give it with --pin"))),
-                        (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k).map(|auth| Authenticated { auth }),
-                        (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh()).map(|auth| Authenticated { auth }),
-                    }
+                    // Still checked (and so counted) like any wrong secret; only the message
+                    // is more helpful.
+                    other_secret = Some(format!(
+                        "the presented key holds another secret (\"{}\", from HSM {})", presented.label, presented.origin_serial));
+                }
+                match (pin_kdf, &presented.pin) {
+                    (Some(_), None) => return Err(HsmError::InvalidInput(format!("the {who} key is protected by a PED PIN; give it with --pin"))),
+                    (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k).map(|auth| Authenticated { auth }),
+                    (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh()).map(|auth| Authenticated { auth }),
                 }
             }
             Credential::Secret(pw) => match (&auth_state.method, mode) {
@@ -680,7 +682,11 @@ impl Hsm {
                         _ => new_state.locked = true,
                     }
                 }
-                let reason = if via_activation { "wrong challenge secret".to_string() } else { "wrong PED key, PED PIN or password".to_string() };
+                let reason = match &other_secret {
+                    Some(r) => r.clone(),
+                    None if via_activation => "wrong challenge secret".to_string(),
+                    None => "wrong PED key, PED PIN or password".to_string(),
+                };
                 ev.outcome = format!("failure: {reason} ({} of {limit})", new_state.failed);
                 result = Err(match consequence {
                     Some("zeroize-hsm") => HsmError::Locked(format!("{limit} failed HSM SO logins: the HSM has been zeroized")),
