@@ -11,13 +11,25 @@ use ferrohsm_core::{AuthMode, Hsm, HsmError, Role, Session};
 
 use crate::input::{self, Kind};
 use crate::pedargs::{Login, LoginCred};
-use crate::{exit, output, AuthArg, Cli, Cmd, DomainArg, HsmCmd, HsmPolicyCmd, KeyCmd, KeyUser, PartitionCmd, PartitionPolicyCmd, PedCmd, RoleCmd};
+use crate::{
+    exit, output, AuthArg, Cli, Cmd, DomainArg, HsmCmd, HsmPolicyCmd, KeyCmd, KeyUser,
+    PartitionCmd, PartitionPolicyCmd, PedCmd, RoleCmd,
+};
 
 type R<T> = Result<T, HsmError>;
 
 /// File-name-safe form of a label.
 fn safe(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Default key-file prefix for a role: `<serial>-hsm-so`, `<serial>-<partition>-co`, ….
@@ -29,14 +41,25 @@ pub fn key_prefix(serial: &str, partition: Option<&str>, what: &str) -> String {
 }
 
 fn mode(hsm: &mut Hsm) -> R<AuthMode> {
-    hsm.info()?.auth_mode.ok_or_else(|| HsmError::State("the HSM is not initialised; run `ferrohsm hsm init`".into()))
+    hsm.info()?.auth_mode.ok_or_else(|| {
+        HsmError::State("the HSM is not initialised; run `ferrohsm hsm init`".into())
+    })
 }
 
 /// Logs `role` in with the command's login flags.
-pub fn login(hsm: &mut Hsm, ped_dir: &Path, l: &Login, role: Role, partition: Option<&str>) -> R<Session> {
+pub fn login(
+    hsm: &mut Hsm,
+    ped_dir: &Path,
+    l: &Login,
+    role: Role,
+    partition: Option<&str>,
+) -> R<Session> {
     let password = mode(hsm)? == AuthMode::Password;
     let prefix = key_prefix(hsm.serial(), partition, role.short());
-    let who = match partition { Some(p) => format!("{role} of {p}"), None => role.to_string() };
+    let who = match partition {
+        Some(p) => format!("{role} of {p}"),
+        None => role.to_string(),
+    };
     let mut cred = l.credential(ped_dir, &prefix, password, &who)?;
     hsm.login(role, partition, cred.as_credential())
 }
@@ -44,7 +67,11 @@ pub fn login(hsm: &mut Hsm, ped_dir: &Path, l: &Login, role: Role, partition: Op
 fn report_imprints(imps: &[Imprinted]) {
     for i in imps {
         if i.reused {
-            eprintln!("PED: reused existing secret {} (from HSM {})", &i.secret_id[..8], i.origin_serial);
+            eprintln!(
+                "PED: reused existing secret {} (from HSM {})",
+                &i.secret_id[..8],
+                i.origin_serial
+            );
         }
         for w in &i.written {
             eprintln!("PED: wrote {}", w.display());
@@ -67,7 +94,12 @@ fn need_yes(yes: bool, what: &str) -> R<()> {
 
 /// Runs a command; returns the exit code.
 pub fn run(cli: Cli) -> R<u8> {
-    let Cli { data_dir, ped_dir, json, cmd } = cli;
+    let Cli {
+        data_dir,
+        ped_dir,
+        json,
+        cmd,
+    } = cli;
     match cmd {
         Cmd::Demo { dir } => crate::demo::run(dir),
         Cmd::Ped(c) => ped(c, json),
@@ -100,7 +132,11 @@ fn ped(c: PedCmd, json: bool) -> R<u8> {
             }
             Ok(exit::OK)
         }
-        PedCmd::Duplicate { from, to, overwrite } => {
+        PedCmd::Duplicate {
+            from,
+            to,
+            overwrite,
+        } => {
             let infos = ferrohsm_core::ped::duplicate_keys(&from, &to, overwrite)?;
             for (i, t) in infos.iter().zip(&to) {
                 println!("{} <- {}", t.display(), i.summary());
@@ -112,17 +148,48 @@ fn ped(c: PedCmd, json: bool) -> R<u8> {
 
 fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
     match c {
-        HsmCmd::Init { label, auth, so, domain, common, confirm_destroy, login: l } => {
+        HsmCmd::Init {
+            label,
+            auth,
+            so,
+            domain,
+            common,
+            confirm_destroy,
+            login: l,
+        } => {
             let mut hsm = Hsm::open_or_create(dir)?;
             let serial = hsm.serial().to_string();
             let password = matches!(auth, AuthArg::Password);
-            let mode = if password { AuthMode::Password } else { AuthMode::Ped };
+            let mode = if password {
+                AuthMode::Password
+            } else {
+                AuthMode::Ped
+            };
             let mut current = if hsm.info()?.state == "initialised" {
                 let was_password = hsm.info()?.auth_mode == Some(AuthMode::Password);
-                Some(l.credential(ped_dir, &key_prefix(&serial, None, "hsm-so"), was_password, "current HSM SO")?)
-            } else { None };
-            let mut so_s = so.build(&common, ped_dir, &key_prefix(&serial, None, "hsm-so"), password, "HSM SO")?;
-            let mut dom_s = domain.build(&common, ped_dir, &key_prefix(&serial, None, "domain"), password, "HSM cloning domain")?;
+                Some(l.credential(
+                    ped_dir,
+                    &key_prefix(&serial, None, "hsm-so"),
+                    was_password,
+                    "current HSM SO",
+                )?)
+            } else {
+                None
+            };
+            let mut so_s = so.build(
+                &common,
+                ped_dir,
+                &key_prefix(&serial, None, "hsm-so"),
+                password,
+                "HSM SO",
+            )?;
+            let mut dom_s = domain.build(
+                &common,
+                ped_dir,
+                &key_prefix(&serial, None, "domain"),
+                password,
+                "HSM cloning domain",
+            )?;
             let imps = hsm.init(InitOptions {
                 label,
                 mode,
@@ -132,23 +199,43 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 confirm_destroy,
             })?;
             report_imprints(&imps);
-            done(format!("HSM {serial} initialised ({})", if password { "password-authenticated" } else { "PED-authenticated" }))
+            done(format!(
+                "HSM {serial} initialised ({})",
+                if password {
+                    "password-authenticated"
+                } else {
+                    "PED-authenticated"
+                }
+            ))
         }
         HsmCmd::Show => {
             let mut hsm = Hsm::open(dir)?;
             let info = hsm.info()?;
-            if json { output::json(&info) } else { output::hsm(&info) }
+            if json {
+                output::json(&info)
+            } else {
+                output::hsm(&info)
+            }
             Ok(exit::OK)
         }
         HsmCmd::Zeroize { yes } => {
             let mut hsm = Hsm::open(dir)?;
-            need_yes(yes, "Zeroize destroys every key, role and partition of this HSM irreversibly.")?;
+            need_yes(
+                yes,
+                "Zeroize destroys every key, role and partition of this HSM irreversibly.",
+            )?;
             hsm.zeroize("zeroize command")?;
-            done(format!("HSM {} zeroized: all key material destroyed", hsm.serial()))
+            done(format!(
+                "HSM {} zeroized: all key material destroyed",
+                hsm.serial()
+            ))
         }
         HsmCmd::FactoryReset { yes } => {
             let mut hsm = Hsm::open(dir)?;
-            need_yes(yes, "Factory reset destroys every key, role and partition of this HSM irreversibly.")?;
+            need_yes(
+                yes,
+                "Factory reset destroys every key, role and partition of this HSM irreversibly.",
+            )?;
             hsm.factory_reset()?;
             done(format!("HSM {} reset to factory state", hsm.serial()))
         }
@@ -156,20 +243,36 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             let mut hsm = Hsm::open(dir)?;
             need_yes(yes, "The tamper switch zeroizes the HSM.")?;
             hsm.tamper()?;
-            done(format!("HSM {} tampered: zeroized, every activation dropped", hsm.serial()))
+            done(format!(
+                "HSM {} tampered: zeroized, every activation dropped",
+                hsm.serial()
+            ))
         }
         HsmCmd::Restart => {
             let mut hsm = Hsm::open(dir)?;
             let epoch = hsm.restart()?;
-            done(format!("HSM {} restarted (boot {epoch}); activations without auto-activation have ended", hsm.serial()))
+            done(format!(
+                "HSM {} restarted (boot {epoch}); activations without auto-activation have ended",
+                hsm.serial()
+            ))
         }
         HsmCmd::Policy(HsmPolicyCmd::Show) => {
             let mut hsm = Hsm::open(dir)?;
             let info = hsm.info()?;
-            if json { output::json(&info.policy) } else { for (k, v) in &info.policy { println!("{k} = {v}"); } }
+            if json {
+                output::json(&info.policy)
+            } else {
+                for (k, v) in &info.policy {
+                    println!("{k} = {v}");
+                }
+            }
             Ok(exit::OK)
         }
-        HsmCmd::Policy(HsmPolicyCmd::Set { name, value, login: l }) => {
+        HsmCmd::Policy(HsmPolicyCmd::Set {
+            name,
+            value,
+            login: l,
+        }) => {
             let mut hsm = Hsm::open(dir)?;
             let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
             hsm.set_hsm_policy(&s, &name, &value)?;
@@ -194,52 +297,133 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
                 println!("no partitions");
             } else {
                 for p in &info.partitions {
-                    println!("{:>4}  {:<20} {:<12} {} object(s)", p.id, p.label, if p.initialised { "initialised" } else { "created" }, p.objects);
+                    println!(
+                        "{:>4}  {:<20} {:<12} {} object(s)",
+                        p.id,
+                        p.label,
+                        if p.initialised {
+                            "initialised"
+                        } else {
+                            "created"
+                        },
+                        p.objects
+                    );
                 }
             }
             Ok(exit::OK)
         }
         PartitionCmd::Show { partition } => {
             let info = hsm.info()?;
-            let p = info.partitions.iter().find(|p| p.label == partition)
-                .ok_or_else(|| HsmError::NotFound(format!("no partition labelled {partition:?}")))?;
-            if json { output::json(p) } else { output::partition(p) }
+            let p = info
+                .partitions
+                .iter()
+                .find(|p| p.label == partition)
+                .ok_or_else(|| {
+                    HsmError::NotFound(format!("no partition labelled {partition:?}"))
+                })?;
+            if json {
+                output::json(p)
+            } else {
+                output::partition(p)
+            }
             Ok(exit::OK)
         }
-        PartitionCmd::Delete { partition, yes, login: l } => {
-            need_yes(yes, &format!("Deleting partition {partition} destroys every key in it."))?;
+        PartitionCmd::Delete {
+            partition,
+            yes,
+            login: l,
+        } => {
+            need_yes(
+                yes,
+                &format!("Deleting partition {partition} destroys every key in it."),
+            )?;
             let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
             let n = hsm.delete_partition(&s, &partition)?;
             done(format!("partition {partition} deleted with {n} object(s)"))
         }
-        PartitionCmd::Init { partition, domain, so, domain_imprint, common, confirm_destroy, login: l } => {
+        PartitionCmd::Init {
+            partition,
+            domain,
+            so,
+            domain_imprint,
+            common,
+            confirm_destroy,
+            login: l,
+        } => {
             let serial = hsm.serial().to_string();
             let password = mode(&mut hsm)? == AuthMode::Password;
-            let initialised = hsm.info()?.partitions.iter().any(|p| p.label == partition && p.initialised);
+            let initialised = hsm
+                .info()?
+                .partitions
+                .iter()
+                .any(|p| p.label == partition && p.initialised);
             let mut current = if initialised {
                 if !confirm_destroy {
                     return Err(HsmError::Refused(format!("partition {partition} is initialised; re-initialising destroys its keys: add --confirm-destroy and the current Partition SO's credential")));
                 }
-                Some(l.credential(ped_dir, &key_prefix(&serial, Some(&partition), "so"), password, &format!("Partition SO of {partition}"))?)
-            } else { None };
-            let mut so_s = so.build(&common, ped_dir, &key_prefix(&serial, Some(&partition), "so"), password, &format!("Partition SO of {partition}"))?;
+                Some(l.credential(
+                    ped_dir,
+                    &key_prefix(&serial, Some(&partition), "so"),
+                    password,
+                    &format!("Partition SO of {partition}"),
+                )?)
+            } else {
+                None
+            };
+            let mut so_s = so.build(
+                &common,
+                ped_dir,
+                &key_prefix(&serial, Some(&partition), "so"),
+                password,
+                &format!("Partition SO of {partition}"),
+            )?;
             let mut dom_s = match domain {
                 DomainArg::Hsm => None,
-                DomainArg::New => Some(domain_imprint.build(&common, ped_dir, &key_prefix(&serial, Some(&partition), "domain"), password, &format!("cloning domain of {partition}"))?),
+                DomainArg::New => Some(domain_imprint.build(
+                    &common,
+                    ped_dir,
+                    &key_prefix(&serial, Some(&partition), "domain"),
+                    password,
+                    &format!("cloning domain of {partition}"),
+                )?),
             };
-            let choice = match dom_s.as_mut() { None => DomainChoice::Hsm, Some(d) => DomainChoice::Imprint(d.as_new_secret()) };
-            let imps = hsm.init_partition(&partition, so_s.as_new_secret(), choice, current.as_mut().map(LoginCred::as_credential))?;
+            let choice = match dom_s.as_mut() {
+                None => DomainChoice::Hsm,
+                Some(d) => DomainChoice::Imprint(d.as_new_secret()),
+            };
+            let imps = hsm.init_partition(
+                &partition,
+                so_s.as_new_secret(),
+                choice,
+                current.as_mut().map(LoginCred::as_credential),
+            )?;
             report_imprints(&imps);
             done(format!("partition {partition} initialised; next: `ferrohsm role init --partition {partition} --role co`"))
         }
         PartitionCmd::Policy(PartitionPolicyCmd::Show { partition }) => {
             let info = hsm.info()?;
-            let p = info.partitions.iter().find(|p| p.label == partition)
-                .ok_or_else(|| HsmError::NotFound(format!("no partition labelled {partition:?}")))?;
-            if json { output::json(&p.policy) } else { for (k, v) in &p.policy { println!("{k} = {v}"); } }
+            let p = info
+                .partitions
+                .iter()
+                .find(|p| p.label == partition)
+                .ok_or_else(|| {
+                    HsmError::NotFound(format!("no partition labelled {partition:?}"))
+                })?;
+            if json {
+                output::json(&p.policy)
+            } else {
+                for (k, v) in &p.policy {
+                    println!("{k} = {v}");
+                }
+            }
             Ok(exit::OK)
         }
-        PartitionCmd::Policy(PartitionPolicyCmd::Set { partition, name, value, login: l }) => {
+        PartitionCmd::Policy(PartitionPolicyCmd::Set {
+            partition,
+            name,
+            value,
+            login: l,
+        }) => {
             let s = login(&mut hsm, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
             hsm.set_partition_policy(&s, &name, &value)?;
             done(format!("partition {partition} policy {name} = {value}"))
@@ -250,7 +434,9 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
 fn partition_role(s: &str) -> R<Role> {
     let r = Role::parse(s)?;
     if !matches!(r, Role::CryptoOfficer | Role::CryptoUser) {
-        return Err(HsmError::InvalidInput(format!("--role takes co or cu here, not {s}")));
+        return Err(HsmError::InvalidInput(format!(
+            "--role takes co or cu here, not {s}"
+        )));
     }
     Ok(r)
 }
@@ -259,24 +445,55 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
     let mut hsm = Hsm::open(dir)?;
     let serial = hsm.serial().to_string();
     match c {
-        RoleCmd::Init { partition, role, new, common, confirm_destroy, login: l } => {
+        RoleCmd::Init {
+            partition,
+            role,
+            new,
+            common,
+            confirm_destroy,
+            login: l,
+        } => {
             let role = partition_role(&role)?;
-            let by = if role == Role::CryptoOfficer { Role::PartitionSo } else { Role::CryptoOfficer };
+            let by = if role == Role::CryptoOfficer {
+                Role::PartitionSo
+            } else {
+                Role::CryptoOfficer
+            };
             let password = mode(&mut hsm)? == AuthMode::Password;
             let s = login(&mut hsm, ped_dir, &l, by, Some(&partition))?;
-            let mut secret = new.build(&common, ped_dir, &key_prefix(&serial, Some(&partition), role.short()), password, &format!("{role} of {partition}"))?;
+            let mut secret = new.build(
+                &common,
+                ped_dir,
+                &key_prefix(&serial, Some(&partition), role.short()),
+                password,
+                &format!("{role} of {partition}"),
+            )?;
             let imp = hsm.init_role(&s, role, secret.as_new_secret(), confirm_destroy)?;
             report_imprints(&imp.into_iter().collect::<Vec<_>>());
             done(format!("{role} of {partition} initialised"))
         }
         RoleCmd::Show { partition } => {
             let info = hsm.info()?;
-            let p = info.partitions.iter().find(|p| p.label == partition)
-                .ok_or_else(|| HsmError::NotFound(format!("no partition labelled {partition:?}")))?;
-            if json { output::json(&p.roles) } else { output::partition(p) }
+            let p = info
+                .partitions
+                .iter()
+                .find(|p| p.label == partition)
+                .ok_or_else(|| {
+                    HsmError::NotFound(format!("no partition labelled {partition:?}"))
+                })?;
+            if json {
+                output::json(&p.roles)
+            } else {
+                output::partition(p)
+            }
             Ok(exit::OK)
         }
-        RoleCmd::Activate { partition, role, set_challenge, login: l } => {
+        RoleCmd::Activate {
+            partition,
+            role,
+            set_challenge,
+            login: l,
+        } => {
             let role = partition_role(&role)?;
             let s = login(&mut hsm, ped_dir, &l, role, Some(&partition))?;
             let src = set_challenge.unwrap_or_else(|| "prompt".into());
@@ -284,20 +501,44 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             hsm.activate(&s, ch)?;
             done(format!("{role} of {partition} activated: its challenge secret now logs it in (`--challenge`)"))
         }
-        RoleCmd::Deactivate { partition, role, as_role, login: l } => {
+        RoleCmd::Deactivate {
+            partition,
+            role,
+            as_role,
+            login: l,
+        } => {
             let role = partition_role(&role)?;
-            let by = match as_role { Some(a) => Role::parse(&a)?, None => role };
+            let by = match as_role {
+                Some(a) => Role::parse(&a)?,
+                None => role,
+            };
             let s = login(&mut hsm, ped_dir, &l, by, Some(&partition))?;
             let was = hsm.deactivate(&s, role)?;
-            done(if was { format!("{role} of {partition} deactivated") } else { format!("{role} of {partition} was not activated") })
+            done(if was {
+                format!("{role} of {partition} deactivated")
+            } else {
+                format!("{role} of {partition} was not activated")
+            })
         }
-        RoleCmd::Reset { partition, role, login: l } => {
+        RoleCmd::Reset {
+            partition,
+            role,
+            login: l,
+        } => {
             let role = partition_role(&role)?;
             let s = login(&mut hsm, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
             hsm.reset_role(&s, role)?;
-            done(format!("{role} of {partition}: failed logins cleared, unlocked"))
+            done(format!(
+                "{role} of {partition}: failed logins cleared, unlocked"
+            ))
         }
-        RoleCmd::ChangePin { role, partition, new_pin, remove_pin, login: l } => {
+        RoleCmd::ChangePin {
+            role,
+            partition,
+            new_pin,
+            remove_pin,
+            login: l,
+        } => {
             let role = Role::parse(&role)?;
             let s = login(&mut hsm, ped_dir, &l, role, partition.as_deref())?;
             let pin = match (new_pin, remove_pin) {
@@ -305,22 +546,52 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 (Some(src), false) => Some(input::read(&src, Kind::PedPin, "new PED PIN")?),
                 (None, false) => Some(input::prompt_secret(Kind::PedPin, "new PED PIN")?),
             };
-            let who = match &partition { Some(p) => format!("{role} of {p}"), None => role.to_string() };
-            let LoginCred::Ped(mut ped) = l.credential(ped_dir, &key_prefix(&serial, partition.as_deref(), role.short()), false, &who)? else {
-                return Err(HsmError::InvalidInput("change-pin takes the role's PED keys (--key, --pin)".into()));
+            let who = match &partition {
+                Some(p) => format!("{role} of {p}"),
+                None => role.to_string(),
+            };
+            let LoginCred::Ped(mut ped) = l.credential(
+                ped_dir,
+                &key_prefix(&serial, partition.as_deref(), role.short()),
+                false,
+                &who,
+            )?
+            else {
+                return Err(HsmError::InvalidInput(
+                    "change-pin takes the role's PED keys (--key, --pin)".into(),
+                ));
             };
             hsm.change_pin(&s, &mut ped, pin)?;
-            done(format!("PED PIN of the {who} changed; its keys are unchanged"))
+            done(format!(
+                "PED PIN of the {who} changed; its keys are unchanged"
+            ))
         }
-        RoleCmd::ChangeSecret { role, partition, new, common, login: l } => {
+        RoleCmd::ChangeSecret {
+            role,
+            partition,
+            new,
+            common,
+            login: l,
+        } => {
             let role = Role::parse(&role)?;
             let password = mode(&mut hsm)? == AuthMode::Password;
             let s = login(&mut hsm, ped_dir, &l, role, partition.as_deref())?;
-            let who = match &partition { Some(p) => format!("{role} of {p}"), None => role.to_string() };
-            let mut secret = new.build(&common, ped_dir, &key_prefix(&serial, partition.as_deref(), role.short()), password, &who)?;
+            let who = match &partition {
+                Some(p) => format!("{role} of {p}"),
+                None => role.to_string(),
+            };
+            let mut secret = new.build(
+                &common,
+                ped_dir,
+                &key_prefix(&serial, partition.as_deref(), role.short()),
+                password,
+                &who,
+            )?;
             let imp = hsm.change_secret(&s, secret.as_new_secret())?;
             report_imprints(&imp.into_iter().collect::<Vec<_>>());
-            done(format!("secret of the {who} replaced; the old keys no longer log in"))
+            done(format!(
+                "secret of the {who} replaced; the old keys no longer log in"
+            ))
         }
     }
 }
@@ -341,18 +612,40 @@ fn write_file(p: &PathBuf, data: &[u8]) -> R<()> {
 fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
     let mut hsm = Hsm::open(dir)?;
     match c {
-        KeyCmd::Generate { user, key_type, label, id, extractable } => {
+        KeyCmd::Generate {
+            user,
+            key_type,
+            label,
+            id,
+            extractable,
+        } => {
             let spec: KeySpec = key_type.parse()?;
-            let id = hex::decode(&id).map_err(|_| HsmError::InvalidInput("--id takes hex".into()))?;
+            let id =
+                hex::decode(&id).map_err(|_| HsmError::InvalidInput("--id takes hex".into()))?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
-            let handles = hsm.generate_key(&s, spec, &KeyOptions { label: label.clone(), id, extractable })?;
+            let handles = hsm.generate_key(
+                &s,
+                spec,
+                &KeyOptions {
+                    label: label.clone(),
+                    id,
+                    extractable,
+                },
+            )?;
             let hs: Vec<String> = handles.iter().map(u64::to_string).collect();
-            done(format!("generated {spec} key {label:?} (handle(s) {})", hs.join(", ")))
+            done(format!(
+                "generated {spec} key {label:?} (handle(s) {})",
+                hs.join(", ")
+            ))
         }
         KeyCmd::List { user } => {
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let list = hsm.list_objects(&s, None)?;
-            if json { output::json(&list) } else { output::objects(&list) }
+            if json {
+                output::json(&list)
+            } else {
+                output::objects(&list)
+            }
             Ok(exit::OK)
         }
         KeyCmd::Delete { user, label } => {
@@ -364,18 +657,38 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             for o in &found {
                 hsm.destroy_object(&s, o.handle)?;
             }
-            done(format!("deleted {} object(s) labelled {label:?}", found.len()))
+            done(format!(
+                "deleted {} object(s) labelled {label:?}",
+                found.len()
+            ))
         }
-        KeyCmd::Sign { user, label, mechanism, input, output } => {
+        KeyCmd::Sign {
+            user,
+            label,
+            mechanism,
+            input,
+            output,
+        } => {
             let data = read_file(&input)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = hsm.find_key(&s, &label, ObjectClass::PrivateKey)?;
             let mech = pick(mechanism, key.attrs.spec.default_sign(), key.attrs.spec)?;
             let sig = hsm.sign(&s, key.handle, mech, &data)?;
             write_file(&output, &sig)?;
-            done(format!("signed {} with {label:?} ({mech}): {} bytes to {}", input.display(), sig.len(), output.display()))
+            done(format!(
+                "signed {} with {label:?} ({mech}): {} bytes to {}",
+                input.display(),
+                sig.len(),
+                output.display()
+            ))
         }
-        KeyCmd::Verify { user, label, mechanism, input, signature } => {
+        KeyCmd::Verify {
+            user,
+            label,
+            mechanism,
+            input,
+            signature,
+        } => {
             let data = read_file(&input)?;
             let sig = read_file(&signature)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
@@ -388,46 +701,96 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 Ok(exit::FAILURE)
             }
         }
-        KeyCmd::Encrypt { user, label, input, output, aad } => {
+        KeyCmd::Encrypt {
+            user,
+            label,
+            input,
+            output,
+            aad,
+        } => {
             let data = read_file(&input)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = find_cipher_key(&mut hsm, &s, &label, true)?;
             let mech = pick(None, key.attrs.spec.default_encrypt(), key.attrs.spec)?;
             let mut iv = vec![0u8; if mech == Mechanism::AesGcm { 12 } else { 0 }];
             ferrohsm_core::crypto::fill_random(&mut iv);
-            let p = Params { iv: iv.clone(), aad: hex::decode(&aad).map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))? };
+            let p = Params {
+                iv: iv.clone(),
+                aad: hex::decode(&aad)
+                    .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
+            };
             let ct = hsm.encrypt(&s, key.handle, mech, &p, &data)?;
             write_file(&output, &[iv, ct].concat())?;
-            done(format!("encrypted {} with {label:?} ({mech}) to {}", input.display(), output.display()))
+            done(format!(
+                "encrypted {} with {label:?} ({mech}) to {}",
+                input.display(),
+                output.display()
+            ))
         }
-        KeyCmd::Decrypt { user, label, input, output, aad } => {
+        KeyCmd::Decrypt {
+            user,
+            label,
+            input,
+            output,
+            aad,
+        } => {
             let data = read_file(&input)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = find_cipher_key(&mut hsm, &s, &label, false)?;
             let mech = pick(None, key.attrs.spec.default_encrypt(), key.attrs.spec)?;
             let (iv, ct) = if mech == Mechanism::AesGcm {
-                if data.len() < 12 + 16 { return Err(HsmError::InvalidInput(format!("{} is too short to be AES-GCM output", input.display()))); }
+                if data.len() < 12 + 16 {
+                    return Err(HsmError::InvalidInput(format!(
+                        "{} is too short to be AES-GCM output",
+                        input.display()
+                    )));
+                }
                 data.split_at(12)
-            } else { (&data[..0], &data[..]) };
-            let p = Params { iv: iv.to_vec(), aad: hex::decode(&aad).map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))? };
+            } else {
+                (&data[..0], &data[..])
+            };
+            let p = Params {
+                iv: iv.to_vec(),
+                aad: hex::decode(&aad)
+                    .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
+            };
             let pt = hsm.decrypt(&s, key.handle, mech, &p, ct)?;
             write_file(&output, pt.expose())?;
-            done(format!("decrypted {} with {label:?} ({mech}) to {}", input.display(), output.display()))
+            done(format!(
+                "decrypted {} with {label:?} ({mech}) to {}",
+                input.display(),
+                output.display()
+            ))
         }
     }
 }
 
-fn find_cipher_key(hsm: &mut Hsm, s: &Session, label: &str, encrypt: bool) -> R<ferrohsm_core::object::ObjectInfo> {
+fn find_cipher_key(
+    hsm: &mut Hsm,
+    s: &Session,
+    label: &str,
+    encrypt: bool,
+) -> R<ferrohsm_core::object::ObjectInfo> {
     let all = hsm.list_objects(s, Some(label))?;
     let want = |c: ObjectClass| all.iter().find(|o| o.attrs.class == c).cloned();
     want(ObjectClass::SecretKey)
-        .or_else(|| want(if encrypt { ObjectClass::PublicKey } else { ObjectClass::PrivateKey }))
+        .or_else(|| {
+            want(if encrypt {
+                ObjectClass::PublicKey
+            } else {
+                ObjectClass::PrivateKey
+            })
+        })
         .ok_or_else(|| HsmError::NotFound(format!("no key labelled {label:?}")))
 }
 
 fn pick(given: Option<String>, default: Option<Mechanism>, spec: KeySpec) -> R<Mechanism> {
     match given {
         Some(m) => m.parse(),
-        None => default.ok_or_else(|| HsmError::InvalidInput(format!("a {spec} key has no default mechanism for this; name one with --mechanism"))),
+        None => default.ok_or_else(|| {
+            HsmError::InvalidInput(format!(
+                "a {spec} key has no default mechanism for this; name one with --mechanism"
+            ))
+        }),
     }
 }

@@ -27,9 +27,14 @@ fn ok(msg: impl AsRef<str>) {
 /// refused is a broken HSM, so that is an error.
 fn refused<T>(what: &str, r: R<T>) -> R<()> {
     match r {
-        Ok(_) => Err(HsmError::State(format!("demo: {what} was allowed, but must be refused"))),
+        Ok(_) => Err(HsmError::State(format!(
+            "demo: {what} was allowed, but must be refused"
+        ))),
         Err(e) => {
-            println!("    refused as it must be: {what}\n      -> {e} (exit code {})", crate::exit_code(&e));
+            println!(
+                "    refused as it must be: {what}\n      -> {e} (exit code {})",
+                crate::exit_code(&e)
+            );
             Ok(())
         }
     }
@@ -42,11 +47,17 @@ fn random_digits(n: usize) -> String {
 }
 
 fn keys(dir: &Path, prefix: &str, idx: &[u8]) -> Vec<PathBuf> {
-    idx.iter().map(|i| dir.join(format!("{prefix}-{i}.pedkey"))).collect()
+    idx.iter()
+        .map(|i| dir.join(format!("{prefix}-{i}.pedkey")))
+        .collect()
 }
 
 fn ped(keys: Vec<PathBuf>, pin: Option<&Pin>) -> LocalPed {
-    LocalPed::new(PedAnswers { keys, pin: pin.cloned(), ..Default::default() })
+    LocalPed::new(PedAnswers {
+        keys,
+        pin: pin.cloned(),
+        ..Default::default()
+    })
 }
 
 /// Runs the demo in `dir` (or a temporary directory).
@@ -56,14 +67,20 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     let root = match dir {
         Some(d) => {
             if d.join("ferrohsm-data").exists() {
-                return Err(HsmError::InvalidInput(format!("{} already holds a demo HSM; give a fresh directory", d.display())));
+                return Err(HsmError::InvalidInput(format!(
+                    "{} already holds a demo HSM; give a fresh directory",
+                    d.display()
+                )));
             }
             tmp_used = false;
             d
         }
         None => {
             tmp_used = true;
-            tmp = tempfile::Builder::new().prefix("ferrohsm-demo-").tempdir().map_err(|e| HsmError::io("tmp", e))?;
+            tmp = tempfile::Builder::new()
+                .prefix("ferrohsm-demo-")
+                .tempdir()
+                .map_err(|e| HsmError::io("tmp", e))?;
             tmp.path().to_path_buf()
         }
     };
@@ -72,7 +89,10 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     let peds = root.join("ped-keys");
     let mut n = 0;
 
-    println!("ferrohsm demo: a PED-authenticated HSM from nothing, in {}", root.display());
+    println!(
+        "ferrohsm demo: a PED-authenticated HSM from nothing, in {}",
+        root.display()
+    );
     println!("(PED PINs and challenge secrets are random, held in memory, and never printed.)");
 
     step(&mut n, "Initialise the HSM: HSM SO split 2 of 3 on blue keys with a PED PIN; cloning domain on a red key");
@@ -81,130 +101,321 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     let so_pin = Pin::ped_pin(&random_digits(6))?;
     let so_prefix = key_prefix(&serial, None, "hsm-so");
     let dom_prefix = key_prefix(&serial, None, "domain");
-    let mut so_ped = LocalPed::new(PedAnswers { keys: keys(&peds, &so_prefix, &[1, 2, 3]), m: 2, n: 3, pin: Some(so_pin.clone()), ..Default::default() });
-    let mut dom_ped = LocalPed::new(PedAnswers { keys: keys(&peds, &dom_prefix, &[1]), duplicates: 1, ..Default::default() });
+    let mut so_ped = LocalPed::new(PedAnswers {
+        keys: keys(&peds, &so_prefix, &[1, 2, 3]),
+        m: 2,
+        n: 3,
+        pin: Some(so_pin.clone()),
+        ..Default::default()
+    });
+    let mut dom_ped = LocalPed::new(PedAnswers {
+        keys: keys(&peds, &dom_prefix, &[1]),
+        duplicates: 1,
+        ..Default::default()
+    });
     hsm.init(InitOptions {
-        label: "demo-hsm".into(), mode: AuthMode::Ped,
-        so: NewSecret::Ped(&mut so_ped), domain: NewSecret::Ped(&mut dom_ped),
-        current_so: None, confirm_destroy: vec![],
+        label: "demo-hsm".into(),
+        mode: AuthMode::Ped,
+        so: NewSecret::Ped(&mut so_ped),
+        domain: NewSecret::Ped(&mut dom_ped),
+        current_so: None,
+        confirm_destroy: vec![],
     })?;
     ok(format!("HSM {serial} initialised, PED-authenticated; 3 blue keys, any 2 with the PIN log the HSM SO in; red key plus one backup copy"));
 
     step(&mut n, "HSM SO logs in with blue keys 1 and 3 (of 3) and the PED PIN, creates partition \"payments\"");
-    let so = hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[1, 3]), Some(&so_pin))))?;
+    let so = hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[1, 3]), Some(&so_pin))),
+    )?;
     hsm.create_partition(&so, "payments")?;
     ok("partition payments created (id 1, PKCS#11 slot 1)");
 
-    step(&mut n, "A wrong PED PIN counts as a failed login, and the next correct login still works");
+    step(
+        &mut n,
+        "A wrong PED PIN counts as a failed login, and the next correct login still works",
+    );
     let wrong = Pin::ped_pin(&format!("{}9", random_digits(5)))?;
-    let wrong = if wrong.expose() == so_pin.expose() { Pin::ped_pin("00000")? } else { wrong };
-    match hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[2, 3]), Some(&wrong)))) {
+    let wrong = if wrong.expose() == so_pin.expose() {
+        Pin::ped_pin("00000")?
+    } else {
+        wrong
+    };
+    match hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[2, 3]), Some(&wrong))),
+    ) {
         Err(e @ HsmError::AuthFailed { .. }) => println!("    failed as it must: {e}"),
         Err(e) => return Err(e),
         Ok(_) => return Err(HsmError::State("demo: a wrong PED PIN logged in".into())),
     }
-    hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[2, 3]), Some(&so_pin))))?;
+    hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[2, 3]), Some(&so_pin))),
+    )?;
     ok("correct PIN accepted; the failed-login counter is back to 0 (3 in a row would zeroize the HSM)");
 
-    step(&mut n, "Partition SO initialises \"payments\" (one blue key, no PIN) in the HSM's cloning domain");
+    step(
+        &mut n,
+        "Partition SO initialises \"payments\" (one blue key, no PIN) in the HSM's cloning domain",
+    );
     let pso_prefix = key_prefix(&serial, Some("payments"), "so");
-    let mut pso_ped = LocalPed::new(PedAnswers { keys: keys(&peds, &pso_prefix, &[1]), ..Default::default() });
-    hsm.init_partition("payments", NewSecret::Ped(&mut pso_ped), DomainChoice::Hsm, None)?;
-    let pso = hsm.login(Role::PartitionSo, Some("payments"), Credential::Ped(&mut ped(keys(&peds, &pso_prefix, &[1]), None)))?;
+    let mut pso_ped = LocalPed::new(PedAnswers {
+        keys: keys(&peds, &pso_prefix, &[1]),
+        ..Default::default()
+    });
+    hsm.init_partition(
+        "payments",
+        NewSecret::Ped(&mut pso_ped),
+        DomainChoice::Hsm,
+        None,
+    )?;
+    let pso = hsm.login(
+        Role::PartitionSo,
+        Some("payments"),
+        Credential::Ped(&mut ped(keys(&peds, &pso_prefix, &[1]), None)),
+    )?;
     hsm.set_partition_policy(&pso, "activation", "on")?;
     hsm.set_partition_policy(&pso, "failed-login-limit", "5")?;
     ok("Partition SO imprinted; policies activation=on, failed-login-limit=5");
 
-    step(&mut n, "Partition SO initialises the Crypto Officer (black key)");
+    step(
+        &mut n,
+        "Partition SO initialises the Crypto Officer (black key)",
+    );
     let co_prefix = key_prefix(&serial, Some("payments"), "co");
-    let mut co_ped = LocalPed::new(PedAnswers { keys: keys(&peds, &co_prefix, &[1]), ..Default::default() });
-    hsm.init_role(&pso, Role::CryptoOfficer, NewSecret::Ped(&mut co_ped), false)?;
+    let mut co_ped = LocalPed::new(PedAnswers {
+        keys: keys(&peds, &co_prefix, &[1]),
+        ..Default::default()
+    });
+    hsm.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Ped(&mut co_ped),
+        false,
+    )?;
     ok("Crypto Officer imprinted; a new partition master key now wraps every key in payments");
 
-    step(&mut n, "Crypto Officer logs in with the black key and activates with a challenge secret");
-    let co = hsm.login(Role::CryptoOfficer, Some("payments"), Credential::Ped(&mut ped(keys(&peds, &co_prefix, &[1]), None)))?;
+    step(
+        &mut n,
+        "Crypto Officer logs in with the black key and activates with a challenge secret",
+    );
+    let co = hsm.login(
+        Role::CryptoOfficer,
+        Some("payments"),
+        Credential::Ped(&mut ped(keys(&peds, &co_prefix, &[1]), None)),
+    )?;
     let challenge = Pin::password(&ferrohsm_core::crypto::random_hex_id(12))?;
     hsm.activate(&co, challenge.clone())?;
-    let co = hsm.login(Role::CryptoOfficer, Some("payments"), Credential::Secret(challenge.clone()))?;
+    let co = hsm.login(
+        Role::CryptoOfficer,
+        Some("payments"),
+        Credential::Secret(challenge.clone()),
+    )?;
     ok("activated: applications now log the Crypto Officer in with the challenge secret alone");
 
-    step(&mut n, "Crypto Officer generates AES-256, EC P-256 and RSA-2048 keys inside the HSM");
-    for (spec, label) in [(KeySpec::Aes256, "data-key"), (KeySpec::EcP256, "ec-signer"), (KeySpec::Rsa2048, "rsa-signer")] {
-        let h = hsm.generate_key(&co, spec, &KeyOptions { label: label.into(), id: vec![], extractable: false })?;
-        ok(format!("{spec} {label:?} -> handle(s) {h:?}, sensitive, never extractable"));
+    step(
+        &mut n,
+        "Crypto Officer generates AES-256, EC P-256 and RSA-2048 keys inside the HSM",
+    );
+    for (spec, label) in [
+        (KeySpec::Aes256, "data-key"),
+        (KeySpec::EcP256, "ec-signer"),
+        (KeySpec::Rsa2048, "rsa-signer"),
+    ] {
+        let h = hsm.generate_key(
+            &co,
+            spec,
+            &KeyOptions {
+                label: label.into(),
+                id: vec![],
+                extractable: false,
+            },
+        )?;
+        ok(format!(
+            "{spec} {label:?} -> handle(s) {h:?}, sensitive, never extractable"
+        ));
     }
 
-    step(&mut n, "Sign and verify with both key pairs; encrypt and decrypt with AES-GCM");
+    step(
+        &mut n,
+        "Sign and verify with both key pairs; encrypt and decrypt with AES-GCM",
+    );
     let msg = b"pay 100 EUR to account 42";
     for label in ["ec-signer", "rsa-signer"] {
         let private = hsm.find_key(&co, label, ObjectClass::PrivateKey)?;
         let public = hsm.find_key(&co, label, ObjectClass::PublicKey)?;
-        let mech = private.attrs.spec.default_sign().ok_or_else(|| HsmError::State("no sign mechanism".into()))?;
+        let mech = private
+            .attrs
+            .spec
+            .default_sign()
+            .ok_or_else(|| HsmError::State("no sign mechanism".into()))?;
         let sig = hsm.sign(&co, private.handle, mech, msg)?;
         let good = hsm.verify(&co, public.handle, mech, msg, &sig)?;
         let bad = hsm.verify(&co, public.handle, mech, b"pay 999 EUR to account 42", &sig)?;
         if !good || bad {
-            return Err(HsmError::State(format!("demo: {label} verification gave valid={good}, tampered={bad}")));
+            return Err(HsmError::State(format!(
+                "demo: {label} verification gave valid={good}, tampered={bad}"
+            )));
         }
         ok(format!("{label}: {mech} signature of {} bytes verifies; the same signature on an altered message does not", sig.len()));
     }
     let aes = hsm.find_key(&co, "data-key", ObjectClass::SecretKey)?;
     let mut iv = vec![0u8; 12];
     ferrohsm_core::crypto::fill_random(&mut iv);
-    let p = Params { iv, aad: b"record 7".to_vec() };
+    let p = Params {
+        iv,
+        aad: b"record 7".to_vec(),
+    };
     let ct = hsm.encrypt(&co, aes.handle, Mechanism::AesGcm, &p, msg)?;
     let pt = hsm.decrypt(&co, aes.handle, Mechanism::AesGcm, &p, &ct)?;
     if pt.expose() != msg {
         return Err(HsmError::State("demo: AES-GCM round trip differs".into()));
     }
-    ok(format!("AES-256-GCM: {} bytes of ciphertext and tag decrypt back to the message", ct.len()));
+    ok(format!(
+        "AES-256-GCM: {} bytes of ciphertext and tag decrypt back to the message",
+        ct.len()
+    ));
 
-    step(&mut n, "Crypto Officer initialises the Crypto User (gray key); the Crypto User signs");
+    step(
+        &mut n,
+        "Crypto Officer initialises the Crypto User (gray key); the Crypto User signs",
+    );
     let cu_prefix = key_prefix(&serial, Some("payments"), "cu");
-    let mut cu_ped = LocalPed::new(PedAnswers { keys: keys(&peds, &cu_prefix, &[1]), ..Default::default() });
+    let mut cu_ped = LocalPed::new(PedAnswers {
+        keys: keys(&peds, &cu_prefix, &[1]),
+        ..Default::default()
+    });
     hsm.init_role(&co, Role::CryptoUser, NewSecret::Ped(&mut cu_ped), false)?;
-    let cu = hsm.login(Role::CryptoUser, Some("payments"), Credential::Ped(&mut ped(keys(&peds, &cu_prefix, &[1]), None)))?;
+    let cu = hsm.login(
+        Role::CryptoUser,
+        Some("payments"),
+        Credential::Ped(&mut ped(keys(&peds, &cu_prefix, &[1]), None)),
+    )?;
     let ec = hsm.find_key(&cu, "ec-signer", ObjectClass::PrivateKey)?;
     hsm.sign(&cu, ec.handle, Mechanism::EcdsaSha256, msg)?;
     ok("Crypto User signed with ec-signer (read-only use)");
 
     step(&mut n, "One refused action at each role boundary");
-    refused("the Crypto User generates a key",
-        hsm.generate_key(&cu, KeySpec::Aes256, &KeyOptions { label: "cu-key".into(), id: vec![], extractable: false }))?;
-    refused("the Crypto User deletes a key", hsm.destroy_object(&cu, ec.handle))?;
-    refused("the Partition SO signs with a partition key", hsm.sign(&pso, ec.handle, Mechanism::EcdsaSha256, msg))?;
-    refused("the HSM SO lists the partition's keys", hsm.list_objects(&so, None))?;
-    refused("the HSM SO changes a partition policy", hsm.set_partition_policy(&so, "activation", "off"))?;
-    refused("the Crypto Officer creates a partition", hsm.create_partition(&co, "rogue"))?;
-    refused("the Crypto Officer initialises another Crypto Officer",
-        hsm.init_role(&co, Role::CryptoOfficer, NewSecret::Ped(&mut ped(vec![], None)), true))?;
-    refused("a red (cloning domain) key presented for the HSM SO",
-        hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(keys(&peds, &dom_prefix, &[1]), None))))?;
-    refused("one blue key of a 2-of-3 set", hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[2]), Some(&so_pin)))))?;
+    refused(
+        "the Crypto User generates a key",
+        hsm.generate_key(
+            &cu,
+            KeySpec::Aes256,
+            &KeyOptions {
+                label: "cu-key".into(),
+                id: vec![],
+                extractable: false,
+            },
+        ),
+    )?;
+    refused(
+        "the Crypto User deletes a key",
+        hsm.destroy_object(&cu, ec.handle),
+    )?;
+    refused(
+        "the Partition SO signs with a partition key",
+        hsm.sign(&pso, ec.handle, Mechanism::EcdsaSha256, msg),
+    )?;
+    refused(
+        "the HSM SO lists the partition's keys",
+        hsm.list_objects(&so, None),
+    )?;
+    refused(
+        "the HSM SO changes a partition policy",
+        hsm.set_partition_policy(&so, "activation", "off"),
+    )?;
+    refused(
+        "the Crypto Officer creates a partition",
+        hsm.create_partition(&co, "rogue"),
+    )?;
+    refused(
+        "the Crypto Officer initialises another Crypto Officer",
+        hsm.init_role(
+            &co,
+            Role::CryptoOfficer,
+            NewSecret::Ped(&mut ped(vec![], None)),
+            true,
+        ),
+    )?;
+    refused(
+        "a red (cloning domain) key presented for the HSM SO",
+        hsm.login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(keys(&peds, &dom_prefix, &[1]), None)),
+        ),
+    )?;
+    refused(
+        "one blue key of a 2-of-3 set",
+        hsm.login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(keys(&peds, &so_prefix, &[2]), Some(&so_pin))),
+        ),
+    )?;
 
-    step(&mut n, "A restart ends the activation (auto-activation is off)");
+    step(
+        &mut n,
+        "A restart ends the activation (auto-activation is off)",
+    );
     hsm.restart()?;
-    refused("the challenge secret after a restart", hsm.login(Role::CryptoOfficer, Some("payments"), Credential::Secret(challenge)))?;
+    refused(
+        "the challenge secret after a restart",
+        hsm.login(
+            Role::CryptoOfficer,
+            Some("payments"),
+            Credential::Secret(challenge),
+        ),
+    )?;
 
-    step(&mut n, "The trail of events the engine recorded (the witnessed Merkle audit log builds on these)");
+    step(
+        &mut n,
+        "The trail of events the engine recorded (the witnessed Merkle audit log builds on these)",
+    );
     let events = hsm.events()?;
-    let failures = events.iter().filter(|e| e.outcome.starts_with("failure")).count();
-    println!("    {} events, {} of them failures or refusals; the last five:", events.len(), failures);
+    let failures = events
+        .iter()
+        .filter(|e| e.outcome.starts_with("failure"))
+        .count();
+    println!(
+        "    {} events, {} of them failures or refusals; the last five:",
+        events.len(),
+        failures
+    );
     for e in events.iter().rev().take(5).rev() {
-        println!("      #{:<3} {} {:<16} {:<6} {:<9} {}", e.seq, e.time, e.event, e.role, e.partition.clone().unwrap_or_default(), e.outcome);
+        println!(
+            "      #{:<3} {} {:<16} {:<6} {:<9} {}",
+            e.seq,
+            e.time,
+            e.event,
+            e.role,
+            e.partition.clone().unwrap_or_default(),
+            e.outcome
+        );
     }
 
     step(&mut n, "Where the PED key files are (each is one secret or one share; keep them like physical keys)");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&peds).map_err(|e| HsmError::io(&peds, e))?
-        .filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&peds)
+        .map_err(|e| HsmError::io(&peds, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
     for f in &files {
         if let Ok(Some(k)) = ferrohsm_core::pedkey::PedKey::read(f) {
             println!("    {}  {}", f.display(), k.info.summary());
         }
     }
-    println!("    data directory: {} (device.key, hsm.db)", data.display());
-    if tmp_note { println!("    (a temporary directory, removed when the demo ends; `ferrohsm demo --dir DIR` keeps it)"); }
+    println!(
+        "    data directory: {} (device.key, hsm.db)",
+        data.display()
+    );
+    if tmp_note {
+        println!("    (a temporary directory, removed when the demo ends; `ferrohsm demo --dir DIR` keeps it)");
+    }
 
     println!("\ndemo complete: {n} steps, every refusal refused, every signature checked.");
     Ok(crate::exit::OK)

@@ -26,17 +26,24 @@ fn check(kind: Kind, s: &str) -> Result<Pin, HsmError> {
 /// Reads a secret from a source description (see module docs).
 pub fn read(source: &str, kind: Kind, what: &str) -> Result<Pin, HsmError> {
     if let Some(name) = source.strip_prefix("env:") {
-        let v = std::env::var(name).map_err(|_| HsmError::InvalidInput(format!("{what}: environment variable {name} is not set")))?;
+        let v = std::env::var(name).map_err(|_| {
+            HsmError::InvalidInput(format!("{what}: environment variable {name} is not set"))
+        })?;
         return check(kind, &v);
     }
     if let Some(path) = source.strip_prefix("file:") {
-        let v = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| HsmError::io(path, e))?);
+        let v = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| HsmError::io(path, e))?,
+        );
         let line = v.lines().next().unwrap_or("");
         return check(kind, line);
     }
     if source == "-" {
         let mut line = zeroize::Zeroizing::new(String::new());
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| HsmError::io("<stdin>", e))?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| HsmError::io("<stdin>", e))?;
         return check(kind, &line);
     }
     if source == "prompt" {
@@ -50,9 +57,13 @@ pub fn read(source: &str, kind: Kind, what: &str) -> Result<Pin, HsmError> {
 /// Asks at the terminal, without echo.
 pub fn prompt_secret(kind: Kind, what: &str) -> Result<Pin, HsmError> {
     if !std::io::stdin().is_terminal() {
-        return Err(HsmError::InvalidInput(format!("{what} is needed and there is no terminal to ask; pass it as env:NAME or file:PATH")));
+        return Err(HsmError::InvalidInput(format!(
+            "{what} is needed and there is no terminal to ask; pass it as env:NAME or file:PATH"
+        )));
     }
-    let v = zeroize::Zeroizing::new(rpassword::prompt_password(format!("{what}: ")).map_err(|e| HsmError::io("<tty>", e))?);
+    let v = zeroize::Zeroizing::new(
+        rpassword::prompt_password(format!("{what}: ")).map_err(|e| HsmError::io("<tty>", e))?,
+    );
     check(kind, &v)
 }
 
@@ -69,7 +80,11 @@ pub fn ask(question: &str, default: &str) -> String {
         return default.to_string();
     }
     let s = s.trim();
-    if s.is_empty() { default.to_string() } else { s.to_string() }
+    if s.is_empty() {
+        default.to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Asks a yes/no question; only "y" or "yes" count as yes.

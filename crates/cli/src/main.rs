@@ -50,10 +50,22 @@ Example, a whole HSM from nothing:
 #[command(name = "ferrohsm", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The HSM's data directory.
-    #[arg(long, global = true, env = "FERROHSM_HOME", default_value = "ferrohsm-data", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERROHSM_HOME",
+        default_value = "ferrohsm-data",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
     /// Where PED key files are written and looked for by default.
-    #[arg(long, global = true, env = "FERROHSM_PED_DIR", default_value = "ped-keys", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERROHSM_PED_DIR",
+        default_value = "ped-keys",
+        value_name = "DIR"
+    )]
     pub ped_dir: PathBuf,
     /// Machine-readable output (JSON) for show and list commands.
     #[arg(long, global = true)]
@@ -155,7 +167,9 @@ pub enum HsmPolicyCmd {
     /// Show HSM policies.
     Show,
     /// Set an HSM policy (HSM SO login).
-    #[command(after_help = "Example:\n  ferrohsm hsm policy set m-of-n off --key so-1.pedkey --key so-2.pedkey --pin env:SO_PIN")]
+    #[command(
+        after_help = "Example:\n  ferrohsm hsm policy set m-of-n off --key so-1.pedkey --key so-2.pedkey --pin env:SO_PIN"
+    )]
     Set {
         /// Policy name (failed-login-limit, activation, auto-activation, clone-private-keys, clone-secret-keys, m-of-n, remote-ped).
         name: String,
@@ -179,7 +193,9 @@ pub enum AuthArg {
 #[derive(Subcommand, Debug)]
 pub enum PartitionCmd {
     /// Create a partition (HSM SO login).
-    #[command(after_help = "Example:\n  ferrohsm partition create --label payments --key so-1.pedkey --key so-3.pedkey --pin env:SO_PIN")]
+    #[command(
+        after_help = "Example:\n  ferrohsm partition create --label payments --key so-1.pedkey --key so-3.pedkey --pin env:SO_PIN"
+    )]
     Create {
         /// Partition label (also the PKCS#11 token label).
         #[arg(long)]
@@ -256,7 +272,9 @@ pub enum PartitionPolicyCmd {
         partition: String,
     },
     /// Set a partition policy (Partition SO login).
-    #[command(after_help = "Example:\n  ferrohsm partition policy set --partition payments activation on")]
+    #[command(
+        after_help = "Example:\n  ferrohsm partition policy set --partition payments activation on"
+    )]
     Set {
         /// Partition label.
         #[arg(long)]
@@ -303,7 +321,9 @@ Examples:
         partition: String,
     },
     /// Activate the Crypto Officer or Crypto User: afterwards the challenge secret alone logs it in.
-    #[command(after_help = "Example:\n  ferrohsm role activate --partition payments --role co --set-challenge env:CO_CHALLENGE")]
+    #[command(
+        after_help = "Example:\n  ferrohsm role activate --partition payments --role co --set-challenge env:CO_CHALLENGE"
+    )]
     Activate {
         /// Partition label.
         #[arg(long)]
@@ -343,7 +363,9 @@ Examples:
         login: Login,
     },
     /// Change (set or remove) a role's PED PIN; its keys stay the same.
-    #[command(after_help = "Example:\n  ferrohsm role change-pin --role hsm-so --key so-1.pedkey --key so-2.pedkey --pin env:OLD --new-pin env:NEW")]
+    #[command(
+        after_help = "Example:\n  ferrohsm role change-pin --role hsm-so --key so-1.pedkey --key so-2.pedkey --pin env:OLD --new-pin env:NEW"
+    )]
     ChangePin {
         /// hsm-so, so, co or cu.
         #[arg(long)]
@@ -387,7 +409,9 @@ pub enum PedCmd {
         files: Vec<PathBuf>,
     },
     /// Copy keys (one, or a whole M-of-N set) to new files that work identically.
-    #[command(after_help = "Example:\n  ferrohsm ped duplicate --from so-1.pedkey --from so-2.pedkey --to backup/so-1.pedkey --to backup/so-2.pedkey")]
+    #[command(
+        after_help = "Example:\n  ferrohsm ped duplicate --from so-1.pedkey --from so-2.pedkey --to backup/so-1.pedkey --to backup/so-2.pedkey"
+    )]
     Duplicate {
         /// Source key files.
         #[arg(long, required = true)]
@@ -418,7 +442,9 @@ pub struct KeyUser {
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
     /// Generate a key in the partition (Crypto Officer).
-    #[command(after_help = "Example:\n  ferrohsm key generate --partition payments --type ec-p256 --label signer --challenge env:CO_CHALLENGE")]
+    #[command(
+        after_help = "Example:\n  ferrohsm key generate --partition payments --type ec-p256 --label signer --challenge env:CO_CHALLENGE"
+    )]
     Generate {
         #[command(flatten)]
         user: KeyUser,
@@ -449,7 +475,9 @@ pub enum KeyCmd {
         label: String,
     },
     /// Sign a file.
-    #[command(after_help = "Example:\n  ferrohsm key sign --partition payments --label signer --in msg.txt --out msg.sig --challenge env:CO_CHALLENGE")]
+    #[command(
+        after_help = "Example:\n  ferrohsm key sign --partition payments --label signer --in msg.txt --out msg.sig --challenge env:CO_CHALLENGE"
+    )]
     Sign {
         #[command(flatten)]
         user: KeyUser,

@@ -29,9 +29,23 @@ fn role_line(r: &RoleInfo) -> String {
 /// One partition in detail.
 pub fn partition(p: &PartitionInfo) {
     println!("partition {} (id {}, PKCS#11 slot {})", p.label, p.id, p.id);
-    println!("  state:    {}", if p.initialised { "initialised" } else { "created (not initialised)" });
+    println!(
+        "  state:    {}",
+        if p.initialised {
+            "initialised"
+        } else {
+            "created (not initialised)"
+        }
+    );
     if let Some(d) = &p.domain {
-        println!("  domain:   {}", if d == "hsm" { "the HSM's cloning domain".to_string() } else { format!("own cloning domain {d}") });
+        println!(
+            "  domain:   {}",
+            if d == "hsm" {
+                "the HSM's cloning domain".to_string()
+            } else {
+                format!("own cloning domain {d}")
+            }
+        );
     }
     println!("  objects:  {}", p.objects);
     for r in &p.roles {
@@ -55,13 +69,20 @@ pub fn hsm(i: &HsmInfo) {
         println!("  label:      {l}");
     }
     if let Some(m) = &i.auth_mode {
-        println!("  auth:       {}", match m {
-            ferrohsm_core::AuthMode::Ped => "PED-authenticated (PED keys, optional PED PINs, M of N)",
-            ferrohsm_core::AuthMode::Password => "password-authenticated",
-        });
+        println!(
+            "  auth:       {}",
+            match m {
+                ferrohsm_core::AuthMode::Ped =>
+                    "PED-authenticated (PED keys, optional PED PINs, M of N)",
+                ferrohsm_core::AuthMode::Password => "password-authenticated",
+            }
+        );
     }
     if let Some(so) = &i.hsm_so {
-        println!("  HSM SO:     {}", role_line(so).trim_start_matches("hsm-so").trim());
+        println!(
+            "  HSM SO:     {}",
+            role_line(so).trim_start_matches("hsm-so").trim()
+        );
     }
     if !i.policy.is_empty() {
         let pol: Vec<String> = i.policy.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -81,14 +102,33 @@ pub fn objects(list: &[ObjectInfo]) {
         println!("no keys");
         return;
     }
-    println!("{:>6}  {:<12} {:<9} {:<24} flags", "handle", "class", "type", "label");
+    println!(
+        "{:>6}  {:<12} {:<9} {:<24} flags",
+        "handle", "class", "type", "label"
+    );
     for o in list {
         let a = &o.attrs;
         let mut flags = Vec::new();
-        for (on, n) in [(a.sign, "sign"), (a.verify, "verify"), (a.encrypt, "encrypt"), (a.decrypt, "decrypt"),
-            (a.sensitive, "sensitive"), (a.extractable, "extractable"), (a.local, "local")] {
-            if on { flags.push(n); }
+        for (on, n) in [
+            (a.sign, "sign"),
+            (a.verify, "verify"),
+            (a.encrypt, "encrypt"),
+            (a.decrypt, "decrypt"),
+            (a.sensitive, "sensitive"),
+            (a.extractable, "extractable"),
+            (a.local, "local"),
+        ] {
+            if on {
+                flags.push(n);
+            }
         }
-        println!("{:>6}  {:<12} {:<9} {:<24} {}", o.handle, a.class.name(), a.spec.to_string(), a.label, flags.join(","));
+        println!(
+            "{:>6}  {:<12} {:<9} {:<24} {}",
+            o.handle,
+            a.class.name(),
+            a.spec.to_string(),
+            a.label,
+            flags.join(",")
+        );
     }
 }

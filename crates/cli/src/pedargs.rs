@@ -30,7 +30,10 @@ pub struct Login {
 
 /// The PED keys for logging in as `prefix` (a role): explicit or the default files.
 pub fn default_keys(ped_dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    (1..=16).map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey"))).filter(|p| p.exists()).collect()
+    (1..=16)
+        .map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey")))
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// Owns what a [`Credential`] borrows.
@@ -54,35 +57,74 @@ impl LoginCred {
 impl Login {
     /// Whether anything was given.
     pub fn given(&self) -> bool {
-        !self.key.is_empty() || self.pin.is_some() || self.password.is_some() || self.challenge.is_some()
+        !self.key.is_empty()
+            || self.pin.is_some()
+            || self.password.is_some()
+            || self.challenge.is_some()
     }
 
     /// Builds the credential. `password_mode` selects a password over PED keys.
-    pub fn credential(&self, ped_dir: &Path, prefix: &str, password_mode: bool, who: &str) -> Result<LoginCred, HsmError> {
+    pub fn credential(
+        &self,
+        ped_dir: &Path,
+        prefix: &str,
+        password_mode: bool,
+        who: &str,
+    ) -> Result<LoginCred, HsmError> {
         if let Some(src) = &self.challenge {
-            return Ok(LoginCred::Secret(input::read(src, Kind::Password, &format!("challenge secret of the {who}"))?));
+            return Ok(LoginCred::Secret(input::read(
+                src,
+                Kind::Password,
+                &format!("challenge secret of the {who}"),
+            )?));
         }
         if password_mode {
             let src = self.password.clone().unwrap_or_else(|| "prompt".into());
-            return Ok(LoginCred::Secret(input::read(&src, Kind::Password, &format!("password of the {who}"))?));
+            return Ok(LoginCred::Secret(input::read(
+                &src,
+                Kind::Password,
+                &format!("password of the {who}"),
+            )?));
         }
         if self.password.is_some() {
             return Err(HsmError::InvalidInput("this HSM is PED-authenticated; log in with --key (and --pin), or --challenge when activated".into()));
         }
-        let keys = if self.key.is_empty() { default_keys(ped_dir, prefix) } else { self.key.clone() };
+        let keys = if self.key.is_empty() {
+            default_keys(ped_dir, prefix)
+        } else {
+            self.key.clone()
+        };
         if keys.is_empty() {
             return Err(HsmError::InvalidInput(format!(
                 "no PED key for the {who}: name it with --key FILE (looked for {}/{prefix}-N.pedkey)", ped_dir.display())));
         }
         let pin = match &self.pin {
-            Some(src) => Some(input::read(src, Kind::PedPin, &format!("PED PIN of the {who}"))?),
+            Some(src) => Some(input::read(
+                src,
+                Kind::PedPin,
+                &format!("PED PIN of the {who}"),
+            )?),
             None => {
                 // Ask only if the key says it needs one and someone is there to answer.
-                let needs = PedKey::read(&keys[0]).ok().flatten().is_some_and(|k| k.info.pin_protected);
-                if needs && input::interactive() { Some(input::prompt_secret(Kind::PedPin, &format!("PED PIN of the {who}"))?) } else { None }
+                let needs = PedKey::read(&keys[0])
+                    .ok()
+                    .flatten()
+                    .is_some_and(|k| k.info.pin_protected);
+                if needs && input::interactive() {
+                    Some(input::prompt_secret(
+                        Kind::PedPin,
+                        &format!("PED PIN of the {who}"),
+                    )?)
+                } else {
+                    None
+                }
             }
         };
-        Ok(LoginCred::Ped(LocalPed::new(PedAnswers { keys, pin, ..Default::default() })))
+        Ok(LoginCred::Ped(LocalPed::new(PedAnswers {
+            keys,
+            pin,
+            ..Default::default()
+        })))
     }
 }
 
@@ -170,21 +212,54 @@ impl NewSecretOwned {
     }
 }
 
-fn imprint(f: &ImprintFlags, common: &ImprintCommon, ped_dir: &Path, prefix: &str, password_mode: bool, what: &str) -> Result<NewSecretOwned, HsmError> {
+fn imprint(
+    f: &ImprintFlags,
+    common: &ImprintCommon,
+    ped_dir: &Path,
+    prefix: &str,
+    password_mode: bool,
+    what: &str,
+) -> Result<NewSecretOwned, HsmError> {
     if password_mode {
         let src = f.password.clone().unwrap_or_else(|| "prompt".into());
-        return Ok(NewSecretOwned::Password(input::read(&src, Kind::Password, &format!("new password of the {what}"))?));
+        return Ok(NewSecretOwned::Password(input::read(
+            &src,
+            Kind::Password,
+            &format!("new password of the {what}"),
+        )?));
     }
     if f.password.is_some() {
-        return Err(HsmError::InvalidInput("this HSM is PED-authenticated; imprint PED keys, not a password".into()));
+        return Err(HsmError::InvalidInput(
+            "this HSM is PED-authenticated; imprint PED keys, not a password".into(),
+        ));
     }
     let tty = input::interactive();
-    let reuse = f.reuse || (tty && f.key.is_empty() && f.m.is_none() && input::confirm(&format!("PED: reuse an existing {what} key?")));
+    let reuse = f.reuse
+        || (tty
+            && f.key.is_empty()
+            && f.m.is_none()
+            && input::confirm(&format!("PED: reuse an existing {what} key?")));
     let (m, n) = if reuse {
         (1, 1)
     } else {
-        let m = f.m.unwrap_or_else(|| if tty { input::ask(&format!("PED: M (keys needed to rebuild the {what})"), "1").parse().unwrap_or(0) } else { 1 });
-        let n = f.n.unwrap_or_else(|| if tty && f.m.is_none() { input::ask("PED: N (keys to make)", &m.to_string()).parse().unwrap_or(0) } else { m.max(1) });
+        let m = f.m.unwrap_or_else(|| {
+            if tty {
+                input::ask(&format!("PED: M (keys needed to rebuild the {what})"), "1")
+                    .parse()
+                    .unwrap_or(0)
+            } else {
+                1
+            }
+        });
+        let n = f.n.unwrap_or_else(|| {
+            if tty && f.m.is_none() {
+                input::ask("PED: N (keys to make)", &m.to_string())
+                    .parse()
+                    .unwrap_or(0)
+            } else {
+                m.max(1)
+            }
+        });
         (m, n)
     };
     let keys = if !f.key.is_empty() {
@@ -192,10 +267,16 @@ fn imprint(f: &ImprintFlags, common: &ImprintCommon, ped_dir: &Path, prefix: &st
     } else if reuse {
         default_keys(ped_dir, prefix)
     } else {
-        (1..=n).map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey"))).collect()
+        (1..=n)
+            .map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey")))
+            .collect()
     };
     let pin = match (&f.pin, f.no_pin) {
-        (Some(src), _) => Some(input::read(src, Kind::PedPin, &format!("PED PIN for the {what}"))?),
+        (Some(src), _) => Some(input::read(
+            src,
+            Kind::PedPin,
+            &format!("PED PIN for the {what}"),
+        )?),
         (None, true) => None,
         (None, false) if tty && !reuse => {
             if input::confirm(&format!("PED: protect the {what} with a PED PIN?")) {
@@ -205,17 +286,45 @@ fn imprint(f: &ImprintFlags, common: &ImprintCommon, ped_dir: &Path, prefix: &st
                     return Err(HsmError::InvalidInput("the two PED PINs differ".into()));
                 }
                 Some(a)
-            } else { None }
+            } else {
+                None
+            }
         }
         (None, false) if tty && reuse => {
-            let needs = keys.first().and_then(|k| PedKey::read(k).ok().flatten()).is_some_and(|k| k.info.pin_protected);
-            if needs { Some(input::prompt_secret(Kind::PedPin, "PED PIN of the reused key")?) } else { None }
+            let needs = keys
+                .first()
+                .and_then(|k| PedKey::read(k).ok().flatten())
+                .is_some_and(|k| k.info.pin_protected);
+            if needs {
+                Some(input::prompt_secret(
+                    Kind::PedPin,
+                    "PED PIN of the reused key",
+                )?)
+            } else {
+                None
+            }
         }
         (None, false) => None,
     };
-    let ped = LocalPed::new(PedAnswers { keys, reuse, m, n, pin, overwrite: common.overwrite, duplicates: common.duplicates });
+    let ped = LocalPed::new(PedAnswers {
+        keys,
+        reuse,
+        m,
+        n,
+        pin,
+        overwrite: common.overwrite,
+        duplicates: common.duplicates,
+    });
     let ped = if tty && !common.overwrite {
-        ped.with_confirm(Box::new(|path, info| input::confirm(&format!("PED: {} holds {}. Overwrite?", path.display(), info.summary()))))
-    } else { ped };
+        ped.with_confirm(Box::new(|path, info| {
+            input::confirm(&format!(
+                "PED: {} holds {}. Overwrite?",
+                path.display(),
+                info.summary()
+            ))
+        }))
+    } else {
+        ped
+    };
     Ok(NewSecretOwned::Ped(ped))
 }

@@ -100,7 +100,8 @@ pub fn open(key: &Secret32, aad: &[u8], sealed: &[u8], what: &str) -> Result<Sec
     }
     let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, key.expose()).map_err(|_| bad())?;
     let k = aead::LessSafeKey::new(unbound);
-    let nonce = aead::Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| bad())?;
+    let nonce =
+        aead::Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| bad())?;
     let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
     let pt = k
         .open_in_place(nonce, aead::Aad::from(aad), &mut body)
@@ -126,7 +127,12 @@ impl KdfParams {
     /// Fresh parameters with a new random salt: 19 MiB, 2 passes, 1 lane (OWASP's
     /// recommended Argon2id floor).
     pub fn fresh() -> Self {
-        KdfParams { m_kib: 19 * 1024, t: 2, p: 1, salt: random_hex_id(16) }
+        KdfParams {
+            m_kib: 19 * 1024,
+            t: 2,
+            p: 1,
+            salt: random_hex_id(16),
+        }
     }
 
     /// Runs Argon2id over `input` with these parameters.
@@ -167,7 +173,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn cheap() -> KdfParams {
-        KdfParams { m_kib: 64, t: 1, p: 1, salt: "00112233445566778899aabbccddeeff".into() }
+        KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+            salt: "00112233445566778899aabbccddeeff".into(),
+        }
     }
 
     #[test]
@@ -175,12 +186,21 @@ mod tests {
         let k = Secret32::random();
         let s = seal(&k, b"record/a", b"payload");
         assert_eq!(open(&k, b"record/a", &s, "t").unwrap().expose(), b"payload");
-        assert!(matches!(open(&k, b"record/b", &s, "t"), Err(HsmError::Tamper(_))));
-        assert!(matches!(open(&Secret32::random(), b"record/a", &s, "t"), Err(HsmError::Tamper(_))));
+        assert!(matches!(
+            open(&k, b"record/b", &s, "t"),
+            Err(HsmError::Tamper(_))
+        ));
+        assert!(matches!(
+            open(&Secret32::random(), b"record/a", &s, "t"),
+            Err(HsmError::Tamper(_))
+        ));
         for i in 0..s.len() {
             let mut t = s.clone();
             t[i] ^= 0x01;
-            assert!(open(&k, b"record/a", &t, "t").is_err(), "flip at {i} undetected");
+            assert!(
+                open(&k, b"record/a", &t, "t").is_err(),
+                "flip at {i} undetected"
+            );
         }
         assert!(open(&k, b"record/a", &s[..s.len() - 1], "t").is_err());
         assert!(open(&k, b"record/a", &[], "t").is_err());

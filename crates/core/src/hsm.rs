@@ -229,7 +229,9 @@ fn role_tag(role: Role, partition: Option<u32>) -> String {
 }
 
 fn need(role_needed: &str, action: &str, have: Role) -> HsmError {
-    HsmError::Refused(format!("{action} needs the {role_needed}; you are logged in as the {have}"))
+    HsmError::Refused(format!(
+        "{action} needs the {role_needed}; you are logged in as the {have}"
+    ))
 }
 
 /// One HSM.
@@ -272,7 +274,14 @@ impl Hsm {
         self.store.events()
     }
 
-    fn ev(&self, event: &str, role: &str, partition: Option<&str>, object: Option<&str>, outcome: &str) -> Event {
+    fn ev(
+        &self,
+        event: &str,
+        role: &str,
+        partition: Option<&str>,
+        object: Option<&str>,
+        outcome: &str,
+    ) -> Event {
         Event {
             seq: 0,
             time: now_rfc3339(),
@@ -287,7 +296,13 @@ impl Hsm {
 
     /// Records a refusal that changes nothing else (fail closed: if it cannot be recorded,
     /// the caller gets the store error instead of the refusal).
-    fn refuse(&mut self, event: &str, role: &str, partition: Option<&str>, err: HsmError) -> HsmError {
+    fn refuse(
+        &mut self,
+        event: &str,
+        role: &str,
+        partition: Option<&str>,
+        err: HsmError,
+    ) -> HsmError {
         let e = self.ev(event, role, partition, None, &format!("failure: {err}"));
         match self.store.event(&e) {
             Ok(()) => err,
@@ -307,7 +322,9 @@ impl Hsm {
                 return Ok(p);
             }
         }
-        Err(HsmError::NotFound(format!("no partition labelled {label:?}")))
+        Err(HsmError::NotFound(format!(
+            "no partition labelled {label:?}"
+        )))
     }
 
     fn partition_by_id(t: &mut Txn<'_>, id: u32) -> Result<Partition> {
@@ -333,7 +350,11 @@ impl Hsm {
         if self.store.key_state() == KeyState::Absent {
             return Ok(HsmInfo {
                 serial,
-                state: if last_zeroized.is_some() { "zeroized".into() } else { "uninitialised".into() },
+                state: if last_zeroized.is_some() {
+                    "zeroized".into()
+                } else {
+                    "uninitialised".into()
+                },
                 label: None,
                 auth_mode: None,
                 policy: BTreeMap::new(),
@@ -362,8 +383,18 @@ impl Hsm {
                     id: p.id,
                     label: p.label.clone(),
                     initialised: p.initialised.is_some(),
-                    policy: eff.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                    domain: p.domain_id.clone().map(|id| if id == d.domain_id { "hsm".into() } else { id }),
+                    policy: eff
+                        .entries()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                    domain: p.domain_id.clone().map(|id| {
+                        if id == d.domain_id {
+                            "hsm".into()
+                        } else {
+                            id
+                        }
+                    }),
                     objects: t.count_objects(p.id)?,
                     roles,
                 });
@@ -373,7 +404,12 @@ impl Hsm {
                 state: "initialised".into(),
                 label: Some(d.label.clone()),
                 auth_mode: Some(d.mode),
-                policy: d.policy.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                policy: d
+                    .policy
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 hsm_so: Some(Self::role_info(Role::HsmSo, &d.so, false)),
                 partitions,
                 last_zeroized,
@@ -384,15 +420,29 @@ impl Hsm {
     }
 
     /// Runs the imprint of a new secret and returns the authenticator and how it is made.
-    fn imprint(&self, secret: NewSecret<'_>, t: crate::pedkey::SecretType, label: String, mode: AuthMode, allow_m_of_n: bool)
-        -> Result<(AuthMethod, Secret32, Option<Imprinted>)>
-    {
+    fn imprint(
+        &self,
+        secret: NewSecret<'_>,
+        t: crate::pedkey::SecretType,
+        label: String,
+        mode: AuthMode,
+        allow_m_of_n: bool,
+    ) -> Result<(AuthMethod, Secret32, Option<Imprinted>)> {
         match (secret, mode) {
             (NewSecret::Ped(ped), AuthMode::Ped) => {
-                let req = ImprintRequest { secret_type: t, label, origin_serial: self.serial.clone(), allow_m_of_n };
+                let req = ImprintRequest {
+                    secret_type: t,
+                    label,
+                    origin_serial: self.serial.clone(),
+                    allow_m_of_n,
+                };
                 let imp = ped.imprint(&req, Secret32::random())?;
                 let pin_kdf = imp.pin.as_ref().map(|_| KdfParams::fresh());
-                let auth = crypto::mix_pin(&imp.secret, imp.pin.as_ref(), pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()))?;
+                let auth = crypto::mix_pin(
+                    &imp.secret,
+                    imp.pin.as_ref(),
+                    pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()),
+                )?;
                 let method = AuthMethod::Ped {
                     secret_id: imp.secret_id.clone(),
                     origin_serial: imp.origin_serial.clone(),
@@ -418,9 +468,13 @@ impl Hsm {
 
     /// Imprints a cloning domain: the domain secret itself (shared by every HSM or partition
     /// in the domain) and its id.
-    fn imprint_domain(&self, secret: NewSecret<'_>, label: String, mode: AuthMode, allow_m_of_n: bool)
-        -> Result<(Secret32, String, Option<Imprinted>)>
-    {
+    fn imprint_domain(
+        &self,
+        secret: NewSecret<'_>,
+        label: String,
+        mode: AuthMode,
+        allow_m_of_n: bool,
+    ) -> Result<(Secret32, String, Option<Imprinted>)> {
         match (secret, mode) {
             (NewSecret::Ped(ped), AuthMode::Ped) => {
                 let req = ImprintRequest { secret_type: crate::pedkey::SecretType::Domain, label, origin_serial: self.serial.clone(), allow_m_of_n };
@@ -451,7 +505,9 @@ impl Hsm {
     pub fn init(&mut self, opts: InitOptions<'_>) -> Result<Vec<Imprinted>> {
         let label = opts.label.trim().to_string();
         if label.is_empty() || label.len() > 32 {
-            return Err(HsmError::InvalidInput("an HSM label is 1 to 32 characters".into()));
+            return Err(HsmError::InvalidInput(
+                "an HSM label is 1 to 32 characters".into(),
+            ));
         }
         if self.store.key_state() == KeyState::Present {
             let Some(cred) = opts.current_so else {
@@ -472,7 +528,10 @@ impl Hsm {
             want.sort();
             given.sort();
             if want != given {
-                let list: Vec<String> = existing.iter().map(|(l, n)| format!("{l} ({n} objects)")).collect();
+                let list: Vec<String> = existing
+                    .iter()
+                    .map(|(l, n)| format!("{l} ({n} objects)"))
+                    .collect();
                 return Err(self.refuse("hsm-init", s.role.short(), None, HsmError::Refused(format!(
                     "re-initialising destroys partitions {} and every key in them; confirm by naming them all: --confirm-destroy {}",
                     list.join(", "),
@@ -480,8 +539,19 @@ impl Hsm {
                 ))));
             }
         }
-        let (so_method, so_auth, so_imp) = self.imprint(opts.so, crate::pedkey::SecretType::So, format!("HSM SO of {}", self.serial), opts.mode, true)?;
-        let (domain, domain_id, dom_imp) = self.imprint_domain(opts.domain, format!("cloning domain of {}", self.serial), opts.mode, true)?;
+        let (so_method, so_auth, so_imp) = self.imprint(
+            opts.so,
+            crate::pedkey::SecretType::So,
+            format!("HSM SO of {}", self.serial),
+            opts.mode,
+            true,
+        )?;
+        let (domain, domain_id, dom_imp) = self.imprint_domain(
+            opts.domain,
+            format!("cloning domain of {}", self.serial),
+            opts.mode,
+            true,
+        )?;
 
         if self.store.key_state() == KeyState::Present {
             self.store.destroy_key_material("re-initialisation")?;
@@ -510,7 +580,13 @@ impl Hsm {
     /// Destroys all key material irreversibly: device key, roles, partitions, objects. The
     /// serial and the event history remain. Anyone at the device may do this.
     pub fn zeroize(&mut self, reason: &str) -> Result<()> {
-        let e = self.ev("zeroize", "device", None, None, &format!("success: {reason}"));
+        let e = self.ev(
+            "zeroize",
+            "device",
+            None,
+            None,
+            &format!("success: {reason}"),
+        );
         self.store.event(&e)?;
         self.store.destroy_key_material(reason)
     }
@@ -532,7 +608,8 @@ impl Hsm {
         let e = self.ev("tamper", "device", None, None, "tamper switch: zeroizing");
         self.store.event(&e)?;
         self.store.destroy_key_material("tamper")?;
-        self.store.set_meta("tamper", &format!("tamper switch at {}", now_rfc3339()))
+        self.store
+            .set_meta("tamper", &format!("tamper switch at {}", now_rfc3339()))
     }
 
     /// A restart of the HSM: activations end unless auto-activation is allowed.
@@ -551,9 +628,16 @@ impl Hsm {
     /// a secret is a password, or an activated role's challenge secret. Failed attempts are
     /// counted and persisted before this returns; reaching the limit locks the role, zeroizes
     /// the partition (Partition SO) or zeroizes the HSM (HSM SO).
-    pub fn login(&mut self, role: Role, partition: Option<&str>, cred: Credential<'_>) -> Result<Session> {
+    pub fn login(
+        &mut self,
+        role: Role,
+        partition: Option<&str>,
+        cred: Credential<'_>,
+    ) -> Result<Session> {
         if role == Role::Auditor {
-            return Err(HsmError::State("the Auditor role is not available in this release".into()));
+            return Err(HsmError::State(
+                "the Auditor role is not available in this release".into(),
+            ));
         }
         if role.in_partition() != partition.is_some() {
             return Err(HsmError::InvalidInput(if role.in_partition() {
@@ -597,32 +681,54 @@ impl Hsm {
         let candidate: Result<Authenticated> = match cred {
             Credential::Ped(ped) => {
                 if mode != AuthMode::Ped {
-                    return Err(HsmError::InvalidInput("this HSM is password-authenticated; log in with a password".into()));
+                    return Err(HsmError::InvalidInput(
+                        "this HSM is password-authenticated; log in with a password".into(),
+                    ));
                 }
-                let presented = match ped.present(&PresentRequest { secret_type: role.secret_type(), role: who.clone() }) {
+                let presented = match ped.present(&PresentRequest {
+                    secret_type: role.secret_type(),
+                    role: who.clone(),
+                }) {
                     Ok(p) => p,
                     Err(e) => return Err(self.refuse(ev_name, role.short(), partition, e)),
                 };
-                let AuthMethod::Ped { secret_id, pin_kdf, .. } = &auth_state.method else {
-                    return Err(HsmError::Tamper("role method disagrees with HSM mode".into()));
+                let AuthMethod::Ped {
+                    secret_id, pin_kdf, ..
+                } = &auth_state.method
+                else {
+                    return Err(HsmError::Tamper(
+                        "role method disagrees with HSM mode".into(),
+                    ));
                 };
                 if &presented.secret_id != secret_id {
                     // Still checked (and so counted) like any wrong secret; only the message
                     // is more helpful.
                     other_secret = Some(format!(
-                        "the presented key holds another secret (\"{}\", from HSM {})", presented.label, presented.origin_serial));
+                        "the presented key holds another secret (\"{}\", from HSM {})",
+                        presented.label, presented.origin_serial
+                    ));
                 }
                 match (pin_kdf, &presented.pin) {
-                    (Some(_), None) => return Err(HsmError::InvalidInput(format!("the {who} key is protected by a PED PIN; give it with --pin"))),
-                    (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k).map(|auth| Authenticated { auth }),
-                    (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh()).map(|auth| Authenticated { auth }),
+                    (Some(_), None) => {
+                        return Err(HsmError::InvalidInput(format!(
+                            "the {who} key is protected by a PED PIN; give it with --pin"
+                        )))
+                    }
+                    (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k)
+                        .map(|auth| Authenticated { auth }),
+                    (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh())
+                        .map(|auth| Authenticated { auth }),
                 }
             }
             Credential::Secret(pw) => match (&auth_state.method, mode) {
-                (AuthMethod::Password { kdf }, AuthMode::Password) => kdf.derive(pw.expose()).map(|auth| Authenticated { auth }),
+                (AuthMethod::Password { kdf }, AuthMode::Password) => {
+                    kdf.derive(pw.expose()).map(|auth| Authenticated { auth })
+                }
                 (_, AuthMode::Ped) => {
                     if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
-                        return Err(HsmError::InvalidInput(format!("the {who} logs in with PED keys, not a secret")));
+                        return Err(HsmError::InvalidInput(format!(
+                            "the {who} logs in with PED keys, not a secret"
+                        )));
                     }
                     let Some(act) = &activation else {
                         let e = HsmError::Refused(format!(
@@ -631,9 +737,13 @@ impl Hsm {
                         return Err(self.refuse(ev_name, role.short(), partition, e));
                     };
                     via_activation = true;
-                    act.kdf.derive(pw.expose()).map(|auth| Authenticated { auth })
+                    act.kdf
+                        .derive(pw.expose())
+                        .map(|auth| Authenticated { auth })
                 }
-                _ => Err(HsmError::Tamper("role method disagrees with HSM mode".into())),
+                _ => Err(HsmError::Tamper(
+                    "role method disagrees with HSM mode".into(),
+                )),
             },
         };
         let candidate = candidate?;
@@ -713,7 +823,12 @@ impl Hsm {
             Ok(result)
         })?;
         match outcome {
-            Ok(pmk) => Ok(Session { role, partition: part_id, partition_label: partition.map(str::to_owned), pmk }),
+            Ok(pmk) => Ok(Session {
+                role,
+                partition: part_id,
+                partition_label: partition.map(str::to_owned),
+                pmk,
+            }),
             Err(e) => {
                 if matches!(&e, HsmError::Locked(m) if m.contains("the HSM has been zeroized")) {
                     self.store.destroy_key_material("3 failed HSM SO logins")?;
@@ -726,9 +841,20 @@ impl Hsm {
     /// Sets an HSM policy (HSM SO only).
     pub fn set_hsm_policy(&mut self, s: &Session, name: &str, value: &str) -> Result<()> {
         if s.role != Role::HsmSo {
-            return Err(self.refuse("hsm-policy", s.role.short(), s.partition(), need("HSM SO", "changing HSM policy", s.role)));
+            return Err(self.refuse(
+                "hsm-policy",
+                s.role.short(),
+                s.partition(),
+                need("HSM SO", "changing HSM policy", s.role),
+            ));
         }
-        let e = self.ev("hsm-policy", "hsm-so", None, Some(&format!("{name}={value}")), "success");
+        let e = self.ev(
+            "hsm-policy",
+            "hsm-so",
+            None,
+            Some(&format!("{name}={value}")),
+            "success",
+        );
         self.store.write(|t| {
             let mut d = Self::device(t)?;
             d.policy.set(name, value)?;
@@ -741,17 +867,32 @@ impl Hsm {
     /// forbids is refused, naming the HSM policy.
     pub fn set_partition_policy(&mut self, s: &Session, name: &str, value: &str) -> Result<()> {
         if s.role != Role::PartitionSo {
-            return Err(self.refuse("partition-policy", s.role.short(), s.partition(), need("Partition SO", "changing partition policy", s.role)));
+            return Err(self.refuse(
+                "partition-policy",
+                s.role.short(),
+                s.partition(),
+                need("Partition SO", "changing partition policy", s.role),
+            ));
         }
-        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
-        let e = self.ev("partition-policy", "so", s.partition(), Some(&format!("{name}={value}")), "success");
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev(
+            "partition-policy",
+            "so",
+            s.partition(),
+            Some(&format!("{name}={value}")),
+            "success",
+        );
         self.store.write(|t| {
             let d = Self::device(t)?;
             let mut p = Self::partition_by_id(t, id)?;
             p.policy.set(name, value)?;
             let over = p.policy.exceeds(&d.policy);
             if over.contains(&name) {
-                return Err(HsmError::Refused(format!("HSM policy {name} is off; the HSM SO must allow it first")));
+                return Err(HsmError::Refused(format!(
+                    "HSM policy {name} is off; the HSM SO must allow it first"
+                )));
             }
             if !p.policy.activation {
                 p.activations.clear();
@@ -764,17 +905,30 @@ impl Hsm {
     /// Creates a partition (HSM SO only). Its id is the next free number and never changes.
     pub fn create_partition(&mut self, s: &Session, label: &str) -> Result<u32> {
         if s.role != Role::HsmSo {
-            return Err(self.refuse("partition-create", s.role.short(), s.partition(), need("HSM SO", "creating a partition", s.role)));
+            return Err(self.refuse(
+                "partition-create",
+                s.role.short(),
+                s.partition(),
+                need("HSM SO", "creating a partition", s.role),
+            ));
         }
         let label = label.trim();
         if label.is_empty() || label.len() > 32 {
-            return Err(HsmError::InvalidInput("a partition label is 1 to 32 characters (it becomes the PKCS#11 token label)".into()));
+            return Err(HsmError::InvalidInput(
+                "a partition label is 1 to 32 characters (it becomes the PKCS#11 token label)"
+                    .into(),
+            ));
         }
         let e = self.ev("partition-create", "hsm-so", Some(label), None, "success");
         self.store.write(|t| {
             let mut d = Self::device(t)?;
-            if t.list::<Partition>("partition")?.iter().any(|(_, p)| p.label == label) {
-                return Err(HsmError::InvalidInput(format!("a partition labelled {label:?} exists already")));
+            if t.list::<Partition>("partition")?
+                .iter()
+                .any(|(_, p)| p.label == label)
+            {
+                return Err(HsmError::InvalidInput(format!(
+                    "a partition labelled {label:?} exists already"
+                )));
             }
             let id = d.next_partition;
             d.next_partition += 1;
@@ -784,8 +938,11 @@ impl Hsm {
                 created: now_rfc3339(),
                 initialised: None,
                 policy: Policy::partition_default(),
-                so: None, co: None, cu: None,
-                domain: None, domain_id: None,
+                so: None,
+                co: None,
+                cu: None,
+                domain: None,
+                domain_id: None,
                 activations: BTreeMap::new(),
                 next_handle: 1,
             };
@@ -799,7 +956,12 @@ impl Hsm {
     /// Deletes a partition and every object in it (HSM SO only).
     pub fn delete_partition(&mut self, s: &Session, label: &str) -> Result<u64> {
         if s.role != Role::HsmSo {
-            return Err(self.refuse("partition-delete", s.role.short(), s.partition(), need("HSM SO", "deleting a partition", s.role)));
+            return Err(self.refuse(
+                "partition-delete",
+                s.role.short(),
+                s.partition(),
+                need("HSM SO", "deleting a partition", s.role),
+            ));
         }
         let e = self.ev("partition-delete", "hsm-so", Some(label), None, "success");
         self.store.write(|t| {
@@ -814,11 +976,22 @@ impl Hsm {
     /// Initialises a created partition: imprints its Partition SO and joins a cloning domain.
     /// Re-initialising an initialised partition needs its current Partition SO and destroys
     /// its roles and objects.
-    pub fn init_partition(&mut self, label: &str, so: NewSecret<'_>, domain: DomainChoice<'_>, current_so: Option<Credential<'_>>) -> Result<Vec<Imprinted>> {
+    pub fn init_partition(
+        &mut self,
+        label: &str,
+        so: NewSecret<'_>,
+        domain: DomainChoice<'_>,
+        current_so: Option<Credential<'_>>,
+    ) -> Result<Vec<Imprinted>> {
         let (mode, hsm_policy, initialised, hsm_domain) = self.store.read(|t| {
             let d = Self::device(t)?;
             let p = Self::partition_by_label(t, label)?;
-            Ok((d.mode, d.policy.clone(), p.initialised.is_some(), (d.domain.clone(), d.domain_id.clone())))
+            Ok((
+                d.mode,
+                d.policy.clone(),
+                p.initialised.is_some(),
+                (d.domain.clone(), d.domain_id.clone()),
+            ))
         })?;
         if initialised {
             let Some(cred) = current_so else {
@@ -827,10 +1000,21 @@ impl Hsm {
             };
             self.login(Role::PartitionSo, Some(label), cred)?;
         }
-        let (so_method, so_auth, so_imp) = self.imprint(so, crate::pedkey::SecretType::So, format!("Partition SO of {label}"), mode, hsm_policy.m_of_n)?;
+        let (so_method, so_auth, so_imp) = self.imprint(
+            so,
+            crate::pedkey::SecretType::So,
+            format!("Partition SO of {label}"),
+            mode,
+            hsm_policy.m_of_n,
+        )?;
         let (dom, dom_id, dom_imp) = match domain {
             DomainChoice::Hsm => (hsm_domain.0, hsm_domain.1, None),
-            DomainChoice::Imprint(secret) => self.imprint_domain(secret, format!("cloning domain of {label}"), mode, hsm_policy.m_of_n)?,
+            DomainChoice::Imprint(secret) => self.imprint_domain(
+                secret,
+                format!("cloning domain of {label}"),
+                mode,
+                hsm_policy.m_of_n,
+            )?,
         };
         let dk = self.store.device_key()?.clone();
         let e = self.ev("partition-init", "so", Some(label), None, "success");
@@ -838,7 +1022,13 @@ impl Hsm {
             let mut p = Self::partition_by_label(t, label)?;
             t.delete_partition_objects(p.id)?;
             p.wipe();
-            p.so = Some(RoleAuth::new(&dk, &role_tag(Role::PartitionSo, Some(p.id)), so_method, &so_auth, None));
+            p.so = Some(RoleAuth::new(
+                &dk,
+                &role_tag(Role::PartitionSo, Some(p.id)),
+                so_method,
+                &so_auth,
+                None,
+            ));
             p.domain = Some(dom);
             p.domain_id = Some(dom_id);
             p.initialised = Some(now_rfc3339());
@@ -851,33 +1041,79 @@ impl Hsm {
     /// Initialises the Crypto Officer (by the Partition SO) or the Crypto User (by the Crypto
     /// Officer). A new Crypto Officer gets a new partition master key, so re-initialising it
     /// destroys the partition's objects and needs `confirm_destroy`.
-    pub fn init_role(&mut self, s: &Session, role: Role, secret: NewSecret<'_>, confirm_destroy: bool) -> Result<Option<Imprinted>> {
+    pub fn init_role(
+        &mut self,
+        s: &Session,
+        role: Role,
+        secret: NewSecret<'_>,
+        confirm_destroy: bool,
+    ) -> Result<Option<Imprinted>> {
         let action = format!("initialising the {role}");
         match (role, s.role) {
             (Role::CryptoOfficer, Role::PartitionSo) | (Role::CryptoUser, Role::CryptoOfficer) => {}
-            (Role::CryptoOfficer, have) => return Err(self.refuse("role-init", have.short(), s.partition(), need("Partition SO", &action, have))),
-            (Role::CryptoUser, have) => return Err(self.refuse("role-init", have.short(), s.partition(), need("Crypto Officer", &action, have))),
-            _ => return Err(HsmError::InvalidInput(format!("{role} is not initialised with `role init`"))),
+            (Role::CryptoOfficer, have) => {
+                return Err(self.refuse(
+                    "role-init",
+                    have.short(),
+                    s.partition(),
+                    need("Partition SO", &action, have),
+                ))
+            }
+            (Role::CryptoUser, have) => {
+                return Err(self.refuse(
+                    "role-init",
+                    have.short(),
+                    s.partition(),
+                    need("Crypto Officer", &action, have),
+                ))
+            }
+            _ => {
+                return Err(HsmError::InvalidInput(format!(
+                    "{role} is not initialised with `role init`"
+                )))
+            }
         }
-        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
         let (mode, allow_mofn, exists, objects) = self.store.read(|t| {
             let d = Self::device(t)?;
             let p = Self::partition_by_id(t, id)?;
             let n = t.count_objects(id)?;
-            Ok((d.mode, p.policy.effective(&d.policy).m_of_n, p.role(role).is_some(), n))
+            Ok((
+                d.mode,
+                p.policy.effective(&d.policy).m_of_n,
+                p.role(role).is_some(),
+                n,
+            ))
         })?;
         if role == Role::CryptoOfficer && exists && !confirm_destroy {
             return Err(self.refuse("role-init", s.role.short(), s.partition(), HsmError::Refused(format!(
                 "the Crypto Officer exists; a new one gets a new partition key, which destroys the partition's {objects} object(s) and its Crypto User: confirm with --confirm-destroy"))));
         }
         let label = s.partition_label.clone().unwrap_or_default();
-        let (method, auth, imp) = self.imprint(secret, role.secret_type(), format!("{role} of {label}"), mode, allow_mofn)?;
+        let (method, auth, imp) = self.imprint(
+            secret,
+            role.secret_type(),
+            format!("{role} of {label}"),
+            mode,
+            allow_mofn,
+        )?;
         let dk = self.store.device_key()?.clone();
         let pmk = match role {
             Role::CryptoOfficer => Secret32::random(),
-            _ => s.pmk.clone().ok_or_else(|| HsmError::State("session holds no partition key".into()))?,
+            _ => s
+                .pmk
+                .clone()
+                .ok_or_else(|| HsmError::State("session holds no partition key".into()))?,
         };
-        let e = self.ev("role-init", s.role.short(), s.partition(), Some(role.short()), "success");
+        let e = self.ev(
+            "role-init",
+            s.role.short(),
+            s.partition(),
+            Some(role.short()),
+            "success",
+        );
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
             let ra = RoleAuth::new(&dk, &role_tag(role, Some(id)), method, &auth, Some(&pmk));
@@ -899,16 +1135,33 @@ impl Hsm {
     /// Clears a Crypto Officer's or Crypto User's lockout (Partition SO only).
     pub fn reset_role(&mut self, s: &Session, role: Role) -> Result<()> {
         if s.role != Role::PartitionSo {
-            return Err(self.refuse("role-reset", s.role.short(), s.partition(), need("Partition SO", "resetting a lockout", s.role)));
+            return Err(self.refuse(
+                "role-reset",
+                s.role.short(),
+                s.partition(),
+                need("Partition SO", "resetting a lockout", s.role),
+            ));
         }
         if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
-            return Err(HsmError::InvalidInput("only the Crypto Officer or Crypto User can be reset".into()));
+            return Err(HsmError::InvalidInput(
+                "only the Crypto Officer or Crypto User can be reset".into(),
+            ));
         }
-        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
-        let e = self.ev("role-reset", "so", s.partition(), Some(role.short()), "success");
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev(
+            "role-reset",
+            "so",
+            s.partition(),
+            Some(role.short()),
+            "success",
+        );
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
-            let r = p.role_mut(role).ok_or_else(|| HsmError::State(format!("the {role} is not initialised")))?;
+            let r = p
+                .role_mut(role)
+                .ok_or_else(|| HsmError::State(format!("the {role} is not initialised")))?;
             r.failed = 0;
             r.locked = false;
             r.lock_until = None;
@@ -925,8 +1178,13 @@ impl Hsm {
             return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(format!(
                 "activation is for the Crypto Officer or Crypto User; you are logged in as the {}", s.role))));
         }
-        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
-        let pmk = s.pmk.clone().ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let pmk = s
+            .pmk
+            .clone()
+            .ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
         let (mode, eff, epoch) = self.store.read(|t| {
             let d = Self::device(t)?;
             let p = Self::partition_by_id(t, id)?;
@@ -965,8 +1223,16 @@ impl Hsm {
             return Err(self.refuse("deactivate", s.role.short(), s.partition(), HsmError::Refused(format!(
                 "deactivating the {role} needs that role or the Partition SO; you are logged in as the {}", s.role))));
         }
-        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
-        let e = self.ev("deactivate", s.role.short(), s.partition(), Some(role.short()), "success");
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev(
+            "deactivate",
+            s.role.short(),
+            s.partition(),
+            Some(role.short()),
+            "success",
+        );
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
             let was = p.activations.remove(role.short()).is_some();
@@ -978,13 +1244,28 @@ impl Hsm {
 
     /// Replaces the session role's secret (the `changepw` of PED HSMs): a new secret through
     /// the PED dialogue (or a new password). Other roles are untouched.
-    pub fn change_secret(&mut self, s: &Session, secret: NewSecret<'_>) -> Result<Option<Imprinted>> {
+    pub fn change_secret(
+        &mut self,
+        s: &Session,
+        secret: NewSecret<'_>,
+    ) -> Result<Option<Imprinted>> {
         let (mode, allow) = self.store.read(|t| {
             let d = Self::device(t)?;
-            let allow = match s.partition { Some(id) => Self::partition_by_id(t, id)?.policy.effective(&d.policy).m_of_n, None => d.policy.m_of_n };
+            let allow = match s.partition {
+                Some(id) => {
+                    Self::partition_by_id(t, id)?
+                        .policy
+                        .effective(&d.policy)
+                        .m_of_n
+                }
+                None => d.policy.m_of_n,
+            };
             Ok((d.mode, allow))
         })?;
-        let label = match &s.partition_label { Some(l) => format!("{} of {l}", s.role), None => format!("{} of {}", s.role, self.serial) };
+        let label = match &s.partition_label {
+            Some(l) => format!("{} of {l}", s.role),
+            None => format!("{} of {}", s.role, self.serial),
+        };
         let (method, auth, imp) = self.imprint(secret, s.role.secret_type(), label, mode, allow)?;
         self.replace_auth(s, method, &auth, "role-change-secret")?;
         Ok(imp)
@@ -992,41 +1273,90 @@ impl Hsm {
 
     /// Changes (sets or removes) the PED PIN of the session's role, keeping its secret. The
     /// caller presents the role's keys again so the secret can be re-mixed with the new PIN.
-    pub fn change_pin(&mut self, s: &Session, ped: &mut dyn Ped, new_pin: Option<Pin>) -> Result<()> {
+    pub fn change_pin(
+        &mut self,
+        s: &Session,
+        ped: &mut dyn Ped,
+        new_pin: Option<Pin>,
+    ) -> Result<()> {
         let who = s.role.to_string();
-        let presented = ped.present(&PresentRequest { secret_type: s.role.secret_type(), role: who.clone() })?;
+        let presented = ped.present(&PresentRequest {
+            secret_type: s.role.secret_type(),
+            role: who.clone(),
+        })?;
         let (method, dk) = {
             let cur = self.current_auth(s)?;
             (cur.method, self.store.device_key()?.clone())
         };
-        let AuthMethod::Ped { secret_id, origin_serial, m, n, pin_kdf } = method else {
-            return Err(HsmError::Refused("PED PINs apply to PED-authenticated HSMs".into()));
+        let AuthMethod::Ped {
+            secret_id,
+            origin_serial,
+            m,
+            n,
+            pin_kdf,
+        } = method
+        else {
+            return Err(HsmError::Refused(
+                "PED PINs apply to PED-authenticated HSMs".into(),
+            ));
         };
         if presented.secret_id != secret_id {
-            return Err(HsmError::WrongKey(format!("the presented key holds another secret than the {who}'s")));
+            return Err(HsmError::WrongKey(format!(
+                "the presented key holds another secret than the {who}'s"
+            )));
         }
         // Prove the old PIN before replacing it.
-        let old = crypto::mix_pin(&presented.secret, if pin_kdf.is_some() { presented.pin.as_ref() } else { None }, pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()))?;
+        let old = crypto::mix_pin(
+            &presented.secret,
+            if pin_kdf.is_some() {
+                presented.pin.as_ref()
+            } else {
+                None
+            },
+            pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()),
+        )?;
         let cur = self.current_auth(s)?;
         let tag = role_tag(s.role, s.partition);
         if !cur.matches(&dk, &tag, &old) {
-            return Err(HsmError::AuthFailed { role: who, reason: "the current PED PIN is wrong".into(), remaining: None });
+            return Err(HsmError::AuthFailed {
+                role: who,
+                reason: "the current PED PIN is wrong".into(),
+                remaining: None,
+            });
         }
         let new_kdf = new_pin.as_ref().map(|_| KdfParams::fresh());
-        let auth = crypto::mix_pin(&presented.secret, new_pin.as_ref(), new_kdf.as_ref().unwrap_or(&KdfParams::fresh()))?;
-        let method = AuthMethod::Ped { secret_id, origin_serial, m, n, pin_kdf: new_kdf };
+        let auth = crypto::mix_pin(
+            &presented.secret,
+            new_pin.as_ref(),
+            new_kdf.as_ref().unwrap_or(&KdfParams::fresh()),
+        )?;
+        let method = AuthMethod::Ped {
+            secret_id,
+            origin_serial,
+            m,
+            n,
+            pin_kdf: new_kdf,
+        };
         self.replace_auth(s, method, &auth, "role-change-pin")
     }
 
     fn current_auth(&mut self, s: &Session) -> Result<RoleAuth> {
         self.store.read(|t| match s.partition {
             None => Ok(Self::device(t)?.so),
-            Some(id) => Self::partition_by_id(t, id)?.role(s.role).cloned()
+            Some(id) => Self::partition_by_id(t, id)?
+                .role(s.role)
+                .cloned()
                 .ok_or_else(|| HsmError::State(format!("the {} is not initialised", s.role))),
         })
     }
 
-    fn replace_auth(&mut self, s: &Session, method: AuthMethod, auth: &Secret32, event: &str) -> Result<()> {
+    fn replace_auth(
+        &mut self,
+        s: &Session,
+        method: AuthMethod,
+        auth: &Secret32,
+        event: &str,
+    ) -> Result<()> {
         let dk = self.store.device_key()?.clone();
         let tag = role_tag(s.role, s.partition);
         let ra = RoleAuth::new(&dk, &tag, method, auth, s.pmk.as_ref());
@@ -1040,7 +1370,9 @@ impl Hsm {
                 }
                 Some(id) => {
                     let mut p = Self::partition_by_id(t, id)?;
-                    let slot = p.role_mut(s.role).ok_or_else(|| HsmError::State(format!("the {} is not initialised", s.role)))?;
+                    let slot = p.role_mut(s.role).ok_or_else(|| {
+                        HsmError::State(format!("the {} is not initialised", s.role))
+                    })?;
                     *slot = ra;
                     t.put("partition", &pid(id), &p)?;
                 }
@@ -1063,10 +1395,20 @@ impl Hsm {
                 Role::PartitionSo | Role::HsmSo => format!("{action} needs the Crypto Officer{}; security officers never use partition keys", if write { "" } else { " or Crypto User" }),
                 other => format!("{action} needs the Crypto Officer; you are logged in as the {other}"),
             };
-            return Err(self.refuse(if write { "key-create" } else { "key-use" }, s.role.short(), s.partition(), HsmError::Refused(msg)));
+            return Err(self.refuse(
+                if write { "key-create" } else { "key-use" },
+                s.role.short(),
+                s.partition(),
+                HsmError::Refused(msg),
+            ));
         }
-        let id = s.partition.ok_or_else(|| HsmError::State("no partition".into()))?;
-        let pmk = s.pmk.clone().ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let pmk = s
+            .pmk
+            .clone()
+            .ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
         Ok((id, pmk))
     }
 
@@ -1076,10 +1418,17 @@ impl Hsm {
 
     /// Generates a key (secret key, or private and public key pair) in the session's partition
     /// (Crypto Officer only). Returns the handles made.
-    pub fn generate_key(&mut self, s: &Session, spec: KeySpec, opts: &KeyOptions) -> Result<Vec<u64>> {
+    pub fn generate_key(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        opts: &KeyOptions,
+    ) -> Result<Vec<u64>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
         if opts.label.is_empty() || opts.label.len() > 128 {
-            return Err(HsmError::InvalidInput("a key label is 1 to 128 characters".into()));
+            return Err(HsmError::InvalidInput(
+                "a key label is 1 to 128 characters".into(),
+            ));
         }
         let g = mechanism::generate(spec)?;
         let now = now_rfc3339();
@@ -1103,31 +1452,77 @@ impl Hsm {
             decrypt: false,
             created: now,
         };
-        let e = self.ev("key-generate", s.role.short(), s.partition(), Some(&format!("{} ({spec})", opts.label)), "success");
+        let e = self.ev(
+            "key-generate",
+            s.role.short(),
+            s.partition(),
+            Some(&format!("{} ({spec})", opts.label)),
+            "success",
+        );
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
-            if t.object_handles(id, Some(&opts.label))?.len() > 0 {
-                return Err(HsmError::InvalidInput(format!("a key labelled {:?} exists already in {}", opts.label, p.label)));
+            if !t.object_handles(id, Some(&opts.label))?.is_empty() {
+                return Err(HsmError::InvalidInput(format!(
+                    "a key labelled {:?} exists already in {}",
+                    opts.label, p.label
+                )));
             }
             let mut handles = Vec::new();
-            let put = |t: &mut Txn<'_>, p: &mut Partition, attrs: Attributes, public: Option<Vec<u8>>, secret: Option<&SecretBytes>| -> Result<u64> {
+            let put = |t: &mut Txn<'_>,
+                       p: &mut Partition,
+                       attrs: Attributes,
+                       public: Option<Vec<u8>>,
+                       secret: Option<&SecretBytes>|
+             -> Result<u64> {
                 let h = p.next_handle;
                 p.next_handle += 1;
-                let material = secret.map(|m| crypto::seal(&pmk, &Self::material_aad(id, h), m.expose()));
-                let rec = ObjectRecord { attrs, public, material };
-                let pt = zeroize::Zeroizing::new(serde_json::to_vec(&rec).map_err(|e| HsmError::Store(e.to_string()))?);
-                t.put_object(id, h, &ObjectIndex { class: rec.attrs.class.name(), label: &rec.attrs.label, id: &rec.attrs.id }, &pt)?;
+                let material =
+                    secret.map(|m| crypto::seal(&pmk, &Self::material_aad(id, h), m.expose()));
+                let rec = ObjectRecord {
+                    attrs,
+                    public,
+                    material,
+                };
+                let pt = zeroize::Zeroizing::new(
+                    serde_json::to_vec(&rec).map_err(|e| HsmError::Store(e.to_string()))?,
+                );
+                t.put_object(
+                    id,
+                    h,
+                    &ObjectIndex {
+                        class: rec.attrs.class.name(),
+                        label: &rec.attrs.label,
+                        id: &rec.attrs.id,
+                    },
+                    &pt,
+                )?;
                 Ok(h)
             };
             if spec.is_symmetric() {
-                let a = Attributes { encrypt: true, decrypt: true, ..base.clone() };
+                let a = Attributes {
+                    encrypt: true,
+                    decrypt: true,
+                    ..base.clone()
+                };
                 handles.push(put(t, &mut p, a, None, Some(&g.private))?);
             } else {
                 let can_encrypt = spec.default_encrypt().is_some();
-                let private = Attributes { class: ObjectClass::PrivateKey, sign: true, decrypt: can_encrypt, ..base.clone() };
+                let private = Attributes {
+                    class: ObjectClass::PrivateKey,
+                    sign: true,
+                    decrypt: can_encrypt,
+                    ..base.clone()
+                };
                 let public = Attributes {
-                    class: ObjectClass::PublicKey, private: false, sensitive: false, extractable: true,
-                    always_sensitive: false, never_extractable: false, verify: true, encrypt: can_encrypt, ..base.clone()
+                    class: ObjectClass::PublicKey,
+                    private: false,
+                    sensitive: false,
+                    extractable: true,
+                    always_sensitive: false,
+                    never_extractable: false,
+                    verify: true,
+                    encrypt: can_encrypt,
+                    ..base.clone()
                 };
                 handles.push(put(t, &mut p, private, g.public.clone(), Some(&g.private))?);
                 handles.push(put(t, &mut p, public, g.public.clone(), None)?);
@@ -1139,7 +1534,9 @@ impl Hsm {
     }
 
     fn load(t: &mut Txn<'_>, partition: u32, handle: u64) -> Result<ObjectRecord> {
-        let row = t.get_object(partition, handle)?.ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+        let row = t
+            .get_object(partition, handle)?
+            .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
         let rec: ObjectRecord = serde_json::from_slice(row.plaintext.expose())
             .map_err(|e| HsmError::Tamper(format!("object {handle} does not decode: {e}")))?;
         Ok(rec)
@@ -1154,9 +1551,15 @@ impl Hsm {
             for h in t.object_handles(id, label)? {
                 let rec = Self::load(t, id, h)?;
                 if label.is_some_and(|l| l != rec.attrs.label) {
-                    return Err(HsmError::Tamper(format!("object {h}'s index does not match its sealed label")));
+                    return Err(HsmError::Tamper(format!(
+                        "object {h}'s index does not match its sealed label"
+                    )));
                 }
-                out.push(ObjectInfo { handle: h, attrs: rec.attrs, public: rec.public });
+                out.push(ObjectInfo {
+                    handle: h,
+                    attrs: rec.attrs,
+                    public: rec.public,
+                });
             }
             Ok(out)
         })
@@ -1164,64 +1567,129 @@ impl Hsm {
 
     /// Finds the one key with `label` of `class`.
     pub fn find_key(&mut self, s: &Session, label: &str, class: ObjectClass) -> Result<ObjectInfo> {
-        let found: Vec<ObjectInfo> = self.list_objects(s, Some(label))?.into_iter().filter(|o| o.attrs.class == class).collect();
+        let found: Vec<ObjectInfo> = self
+            .list_objects(s, Some(label))?
+            .into_iter()
+            .filter(|o| o.attrs.class == class)
+            .collect();
         match found.len() {
-            0 => Err(HsmError::NotFound(format!("no {} labelled {label:?}", class.name()))),
+            0 => Err(HsmError::NotFound(format!(
+                "no {} labelled {label:?}",
+                class.name()
+            ))),
             1 => Ok(found.into_iter().next().expect("one element")),
-            n => Err(HsmError::InvalidInput(format!("{n} {}s are labelled {label:?}; use a handle", class.name()))),
+            n => Err(HsmError::InvalidInput(format!(
+                "{n} {}s are labelled {label:?}; use a handle",
+                class.name()
+            ))),
         }
     }
 
-    fn private_material(&mut self, id: u32, pmk: &Secret32, handle: u64) -> Result<(Attributes, Option<Vec<u8>>, SecretBytes)> {
+    fn private_material(
+        &mut self,
+        id: u32,
+        pmk: &Secret32,
+        handle: u64,
+    ) -> Result<(Attributes, Option<Vec<u8>>, SecretBytes)> {
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        let sealed = rec.material.as_ref().ok_or_else(|| HsmError::InvalidInput(format!("object {handle} holds no secret or private key")))?;
-        let m = crypto::open(pmk, &Self::material_aad(id, handle), sealed, &format!("key material of object {handle}"))?;
+        let sealed = rec.material.as_ref().ok_or_else(|| {
+            HsmError::InvalidInput(format!("object {handle} holds no secret or private key"))
+        })?;
+        let m = crypto::open(
+            pmk,
+            &Self::material_aad(id, handle),
+            sealed,
+            &format!("key material of object {handle}"),
+        )?;
         Ok((rec.attrs, rec.public, m))
     }
 
     /// Signs with a private key (Crypto Officer or Crypto User).
-    pub fn sign(&mut self, s: &Session, handle: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+    pub fn sign(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        mech: Mechanism,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
         let (id, pmk) = self.key_user(s, "signing", false)?;
         let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
         if !attrs.sign {
-            return Err(HsmError::Refused(format!("key {:?} may not sign (CKA_SIGN is false)", attrs.label)));
+            return Err(HsmError::Refused(format!(
+                "key {:?} may not sign (CKA_SIGN is false)",
+                attrs.label
+            )));
         }
         mechanism::sign(attrs.spec, &m, mech, data)
     }
 
     /// Verifies with a public key (Crypto Officer or Crypto User). `Ok(false)`: bad signature.
-    pub fn verify(&mut self, s: &Session, handle: u64, mech: Mechanism, data: &[u8], sig: &[u8]) -> Result<bool> {
+    pub fn verify(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        mech: Mechanism,
+        data: &[u8],
+        sig: &[u8],
+    ) -> Result<bool> {
         let (id, _) = self.key_user(s, "verifying", false)?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         if !rec.attrs.verify {
-            return Err(HsmError::Refused(format!("key {:?} may not verify (CKA_VERIFY is false)", rec.attrs.label)));
+            return Err(HsmError::Refused(format!(
+                "key {:?} may not verify (CKA_VERIFY is false)",
+                rec.attrs.label
+            )));
         }
-        let public = rec.public.ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
+        let public = rec
+            .public
+            .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
         mechanism::verify(rec.attrs.spec, &public, mech, data, sig)
     }
 
     /// Encrypts with a secret key or an RSA public key (Crypto Officer or Crypto User).
-    pub fn encrypt(&mut self, s: &Session, handle: u64, mech: Mechanism, p: &Params, data: &[u8]) -> Result<Vec<u8>> {
+    pub fn encrypt(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        mech: Mechanism,
+        p: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
         let (id, pmk) = self.key_user(s, "encrypting", false)?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         if !rec.attrs.encrypt {
-            return Err(HsmError::Refused(format!("key {:?} may not encrypt (CKA_ENCRYPT is false)", rec.attrs.label)));
+            return Err(HsmError::Refused(format!(
+                "key {:?} may not encrypt (CKA_ENCRYPT is false)",
+                rec.attrs.label
+            )));
         }
         if rec.attrs.class == ObjectClass::SecretKey {
             let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
             mechanism::encrypt(attrs.spec, m.expose(), mech, p, data)
         } else {
-            let public = rec.public.ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
+            let public = rec
+                .public
+                .ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
             mechanism::encrypt(rec.attrs.spec, &public, mech, p, data)
         }
     }
 
     /// Decrypts with a secret or private key (Crypto Officer or Crypto User).
-    pub fn decrypt(&mut self, s: &Session, handle: u64, mech: Mechanism, p: &Params, data: &[u8]) -> Result<SecretBytes> {
+    pub fn decrypt(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        mech: Mechanism,
+        p: &Params,
+        data: &[u8],
+    ) -> Result<SecretBytes> {
         let (id, pmk) = self.key_user(s, "decrypting", false)?;
         let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
         if !attrs.decrypt {
-            return Err(HsmError::Refused(format!("key {:?} may not decrypt (CKA_DECRYPT is false)", attrs.label)));
+            return Err(HsmError::Refused(format!(
+                "key {:?} may not decrypt (CKA_DECRYPT is false)",
+                attrs.label
+            )));
         }
         mechanism::decrypt(attrs.spec, &m, mech, p, data)
     }
@@ -1235,11 +1703,22 @@ impl Hsm {
         self.store.write(|t| {
             let rec = Self::load(t, id, handle)?;
             if !rec.attrs.destroyable {
-                return Err(HsmError::Refused(format!("key {:?} is not destroyable (CKA_DESTROYABLE is false)", rec.attrs.label)));
+                return Err(HsmError::Refused(format!(
+                    "key {:?} is not destroyable (CKA_DESTROYABLE is false)",
+                    rec.attrs.label
+                )));
             }
             t.delete_object(id, handle)?;
-            t.event(&Event { seq: 0, time: now_rfc3339(), serial, event: "key-delete".into(), role, partition: part,
-                object: Some(rec.attrs.label.clone()), outcome: "success".into() })
+            t.event(&Event {
+                seq: 0,
+                time: now_rfc3339(),
+                serial,
+                event: "key-delete".into(),
+                role,
+                partition: part,
+                object: Some(rec.attrs.label.clone()),
+                outcome: "success".into(),
+            })
         })
     }
 }

@@ -60,7 +60,9 @@ impl KeySpec {
         match self {
             KeySpec::EcP256 => Some(Mechanism::EcdsaSha256),
             KeySpec::EcP384 => Some(Mechanism::EcdsaSha384),
-            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => Some(Mechanism::RsaPkcs1Sha256),
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+                Some(Mechanism::RsaPkcs1Sha256)
+            }
             KeySpec::Ed25519 => Some(Mechanism::Ed25519),
             _ => None,
         }
@@ -70,7 +72,9 @@ impl KeySpec {
     pub fn default_encrypt(self) -> Option<Mechanism> {
         match self {
             KeySpec::Aes128 | KeySpec::Aes192 | KeySpec::Aes256 => Some(Mechanism::AesGcm),
-            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => Some(Mechanism::RsaOaepSha256),
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+                Some(Mechanism::RsaOaepSha256)
+            }
             _ => None,
         }
     }
@@ -83,7 +87,11 @@ impl KeySpec {
 
 impl fmt::Display for KeySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = SPECS.iter().find(|(_, s)| s == self).map(|(n, _)| *n).unwrap_or("?");
+        let n = SPECS
+            .iter()
+            .find(|(_, s)| s == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?");
         f.write_str(n)
     }
 }
@@ -91,9 +99,16 @@ impl fmt::Display for KeySpec {
 impl FromStr for KeySpec {
     type Err = HsmError;
     fn from_str(s: &str) -> Result<Self> {
-        SPECS.iter().find(|(n, _)| *n == s).map(|(_, k)| *k).ok_or_else(|| {
-            HsmError::InvalidInput(format!("unknown key type {s:?}; one of: {}", KeySpec::names().join(", ")))
-        })
+        SPECS
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| {
+                HsmError::InvalidInput(format!(
+                    "unknown key type {s:?}; one of: {}",
+                    KeySpec::names().join(", ")
+                ))
+            })
     }
 }
 
@@ -130,7 +145,11 @@ const MECHS: &[(&str, Mechanism)] = &[
 
 impl fmt::Display for Mechanism {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = MECHS.iter().find(|(_, m)| m == self).map(|(n, _)| *n).unwrap_or("?");
+        let n = MECHS
+            .iter()
+            .find(|(_, m)| m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?");
         f.write_str(n)
     }
 }
@@ -138,10 +157,17 @@ impl fmt::Display for Mechanism {
 impl FromStr for Mechanism {
     type Err = HsmError;
     fn from_str(s: &str) -> Result<Self> {
-        MECHS.iter().find(|(n, _)| *n == s).map(|(_, m)| *m).ok_or_else(|| {
-            let all: Vec<_> = MECHS.iter().map(|(n, _)| *n).collect();
-            HsmError::InvalidInput(format!("unknown mechanism {s:?}; one of: {}", all.join(", ")))
-        })
+        MECHS
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                let all: Vec<_> = MECHS.iter().map(|(n, _)| *n).collect();
+                HsmError::InvalidInput(format!(
+                    "unknown mechanism {s:?}; one of: {}",
+                    all.join(", ")
+                ))
+            })
     }
 }
 
@@ -170,17 +196,31 @@ fn failed(what: &str) -> HsmError {
 pub fn generate(spec: KeySpec) -> Result<Generated> {
     Ok(match spec {
         KeySpec::Aes128 | KeySpec::Aes192 | KeySpec::Aes256 => {
-            let len = match spec { KeySpec::Aes128 => 16, KeySpec::Aes192 => 24, _ => 32 };
+            let len = match spec {
+                KeySpec::Aes128 => 16,
+                KeySpec::Aes192 => 24,
+                _ => 32,
+            };
             let mut k = vec![0u8; len];
             crate::crypto::fill_random(&mut k);
-            Generated { private: SecretBytes::new(k), public: None }
+            Generated {
+                private: SecretBytes::new(k),
+                public: None,
+            }
         }
         KeySpec::EcP256 | KeySpec::EcP384 => {
             let alg = ecdsa_alg(spec)?;
-            let kp = signature::EcdsaKeyPair::generate(alg).map_err(|_| failed("EC key generation"))?;
+            let kp =
+                signature::EcdsaKeyPair::generate(alg).map_err(|_| failed("EC key generation"))?;
             let der = kp.to_pkcs8v1().map_err(|_| failed("EC key encoding"))?;
-            let public = kp.public_key().as_der().map_err(|_| failed("EC public key encoding"))?;
-            Generated { private: SecretBytes::new(der.as_ref().to_vec()), public: Some(public.as_ref().to_vec()) }
+            let public = kp
+                .public_key()
+                .as_der()
+                .map_err(|_| failed("EC public key encoding"))?;
+            Generated {
+                private: SecretBytes::new(der.as_ref().to_vec()),
+                public: Some(public.as_ref().to_vec()),
+            }
         }
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
             let size = match spec {
@@ -190,14 +230,29 @@ pub fn generate(spec: KeySpec) -> Result<Generated> {
             };
             let kp = rsa::KeyPair::generate(size).map_err(|_| failed("RSA key generation"))?;
             let der: Pkcs8V1Der = kp.as_der().map_err(|_| failed("RSA key encoding"))?;
-            let public = kp.public_key().as_der().map_err(|_| failed("RSA public key encoding"))?;
-            Generated { private: SecretBytes::new(der.as_ref().to_vec()), public: Some(public.as_ref().to_vec()) }
+            let public = kp
+                .public_key()
+                .as_der()
+                .map_err(|_| failed("RSA public key encoding"))?;
+            Generated {
+                private: SecretBytes::new(der.as_ref().to_vec()),
+                public: Some(public.as_ref().to_vec()),
+            }
         }
         KeySpec::Ed25519 => {
-            let kp = signature::Ed25519KeyPair::generate().map_err(|_| failed("Ed25519 key generation"))?;
-            let der = kp.to_pkcs8v1().map_err(|_| failed("Ed25519 key encoding"))?;
-            let public = kp.public_key().as_der().map_err(|_| failed("Ed25519 public key encoding"))?;
-            Generated { private: SecretBytes::new(der.as_ref().to_vec()), public: Some(public.as_ref().to_vec()) }
+            let kp = signature::Ed25519KeyPair::generate()
+                .map_err(|_| failed("Ed25519 key generation"))?;
+            let der = kp
+                .to_pkcs8v1()
+                .map_err(|_| failed("Ed25519 key encoding"))?;
+            let public = kp
+                .public_key()
+                .as_der()
+                .map_err(|_| failed("Ed25519 public key encoding"))?;
+            Generated {
+                private: SecretBytes::new(der.as_ref().to_vec()),
+                public: Some(public.as_ref().to_vec()),
+            }
         }
     })
 }
@@ -220,10 +275,15 @@ pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) 
         (KeySpec::EcP256, Mechanism::EcdsaSha256) | (KeySpec::EcP384, Mechanism::EcdsaSha384) => {
             let kp = signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, private.expose())
                 .map_err(|_| HsmError::Tamper("stored EC key does not parse".into()))?;
-            let sig = kp.sign(&SystemRandom::new(), data).map_err(|_| failed("ECDSA signing"))?;
+            let sig = kp
+                .sign(&SystemRandom::new(), data)
+                .map_err(|_| failed("ECDSA signing"))?;
             Ok(sig.as_ref().to_vec())
         }
-        (KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096, Mechanism::RsaPkcs1Sha256 | Mechanism::RsaPssSha256) => {
+        (
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096,
+            Mechanism::RsaPkcs1Sha256 | Mechanism::RsaPssSha256,
+        ) => {
             let kp = rsa::KeyPair::from_pkcs8(private.expose())
                 .map_err(|_| HsmError::Tamper("stored RSA key does not parse".into()))?;
             let pad: &'static dyn signature::RsaEncoding = if mech == Mechanism::RsaPssSha256 {
@@ -232,7 +292,8 @@ pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) 
                 &signature::RSA_PKCS1_SHA256
             };
             let mut sig = vec![0u8; kp.public_modulus_len()];
-            kp.sign(pad, &SystemRandom::new(), data, &mut sig).map_err(|_| failed("RSA signing"))?;
+            kp.sign(pad, &SystemRandom::new(), data, &mut sig)
+                .map_err(|_| failed("RSA signing"))?;
             Ok(sig)
         }
         (KeySpec::Ed25519, Mechanism::Ed25519) => {
@@ -245,7 +306,13 @@ pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) 
 }
 
 /// Verifies a signature with a public key (SPKI DER). `Ok(false)` means a bad signature.
-pub fn verify(spec: KeySpec, public: &[u8], mech: Mechanism, data: &[u8], sig: &[u8]) -> Result<bool> {
+pub fn verify(
+    spec: KeySpec,
+    public: &[u8],
+    mech: Mechanism,
+    data: &[u8],
+    sig: &[u8],
+) -> Result<bool> {
     let alg: &'static dyn signature::VerificationAlgorithm = match (spec, mech) {
         (KeySpec::EcP256, Mechanism::EcdsaSha256) => &signature::ECDSA_P256_SHA256_FIXED,
         (KeySpec::EcP384, Mechanism::EcdsaSha384) => &signature::ECDSA_P384_SHA384_FIXED,
@@ -258,7 +325,9 @@ pub fn verify(spec: KeySpec, public: &[u8], mech: Mechanism, data: &[u8], sig: &
         (KeySpec::Ed25519, Mechanism::Ed25519) => &signature::ED25519,
         _ => return Err(mismatch(spec, mech)),
     };
-    Ok(signature::UnparsedPublicKey::new(alg, public).verify(data, sig).is_ok())
+    Ok(signature::UnparsedPublicKey::new(alg, public)
+        .verify(data, sig)
+        .is_ok())
 }
 
 fn aes_key(spec: KeySpec, key: &SecretBytes) -> Result<aead::LessSafeKey> {
@@ -268,17 +337,28 @@ fn aes_key(spec: KeySpec, key: &SecretBytes) -> Result<aead::LessSafeKey> {
         KeySpec::Aes256 => &aead::AES_256_GCM,
         _ => return Err(mismatch(spec, Mechanism::AesGcm)),
     };
-    let k = aead::UnboundKey::new(alg, key.expose()).map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
+    let k = aead::UnboundKey::new(alg, key.expose())
+        .map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
     Ok(aead::LessSafeKey::new(k))
 }
 
 fn gcm_nonce(p: &Params) -> Result<aead::Nonce> {
-    aead::Nonce::try_assume_unique_for_key(&p.iv)
-        .map_err(|_| HsmError::InvalidInput(format!("AES-GCM needs a 12-byte IV; got {} bytes", p.iv.len())))
+    aead::Nonce::try_assume_unique_for_key(&p.iv).map_err(|_| {
+        HsmError::InvalidInput(format!(
+            "AES-GCM needs a 12-byte IV; got {} bytes",
+            p.iv.len()
+        ))
+    })
 }
 
 /// Encrypts. Symmetric mechanisms take the secret key; RSA-OAEP takes the public key (SPKI).
-pub fn encrypt(spec: KeySpec, key: &[u8], mech: Mechanism, p: &Params, data: &[u8]) -> Result<Vec<u8>> {
+pub fn encrypt(
+    spec: KeySpec,
+    key: &[u8],
+    mech: Mechanism,
+    p: &Params,
+    data: &[u8],
+) -> Result<Vec<u8>> {
     match mech {
         Mechanism::AesGcm => {
             let k = aes_key(spec, &SecretBytes::new(key.to_vec()))?;
@@ -287,9 +367,13 @@ pub fn encrypt(spec: KeySpec, key: &[u8], mech: Mechanism, p: &Params, data: &[u
                 .map_err(|_| failed("AES-GCM encryption"))?;
             Ok(buf)
         }
-        Mechanism::RsaOaepSha256 if matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) => {
-            let pk = rsa::PublicEncryptingKey::from_der(key).map_err(|_| HsmError::Tamper("stored RSA public key does not parse".into()))?;
-            let oaep = rsa::OaepPublicEncryptingKey::new(pk).map_err(|_| failed("RSA-OAEP setup"))?;
+        Mechanism::RsaOaepSha256
+            if matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) =>
+        {
+            let pk = rsa::PublicEncryptingKey::from_der(key)
+                .map_err(|_| HsmError::Tamper("stored RSA public key does not parse".into()))?;
+            let oaep =
+                rsa::OaepPublicEncryptingKey::new(pk).map_err(|_| failed("RSA-OAEP setup"))?;
             if data.len() > oaep.max_plaintext_size(&rsa::OAEP_SHA256_MGF1SHA256) {
                 return Err(HsmError::InvalidInput(format!(
                     "RSA-OAEP-SHA256 with this key takes at most {} bytes",
@@ -297,8 +381,10 @@ pub fn encrypt(spec: KeySpec, key: &[u8], mech: Mechanism, p: &Params, data: &[u
                 )));
             }
             let mut out = vec![0u8; oaep.ciphertext_size()];
-            let n = oaep.encrypt(&rsa::OAEP_SHA256_MGF1SHA256, data, &mut out, None)
-                .map_err(|_| failed("RSA-OAEP encryption"))?.len();
+            let n = oaep
+                .encrypt(&rsa::OAEP_SHA256_MGF1SHA256, data, &mut out, None)
+                .map_err(|_| failed("RSA-OAEP encryption"))?
+                .len();
             out.truncate(n);
             Ok(out)
         }
@@ -307,22 +393,36 @@ pub fn encrypt(spec: KeySpec, key: &[u8], mech: Mechanism, p: &Params, data: &[u
 }
 
 /// Decrypts with the secret or private key. A wrong key or altered ciphertext is an error.
-pub fn decrypt(spec: KeySpec, private: &SecretBytes, mech: Mechanism, p: &Params, data: &[u8]) -> Result<SecretBytes> {
+pub fn decrypt(
+    spec: KeySpec,
+    private: &SecretBytes,
+    mech: Mechanism,
+    p: &Params,
+    data: &[u8],
+) -> Result<SecretBytes> {
     match mech {
         Mechanism::AesGcm => {
             let k = aes_key(spec, private)?;
             let mut buf = data.to_vec();
             let n = k
                 .open_in_place(gcm_nonce(p)?, aead::Aad::from(&p.aad), &mut buf)
-                .map_err(|_| HsmError::Crypto("AES-GCM decryption failed: wrong key, IV, AAD or altered ciphertext".into()))?
+                .map_err(|_| {
+                    HsmError::Crypto(
+                        "AES-GCM decryption failed: wrong key, IV, AAD or altered ciphertext"
+                            .into(),
+                    )
+                })?
                 .len();
             buf.truncate(n);
             Ok(SecretBytes::new(buf))
         }
-        Mechanism::RsaOaepSha256 if matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) => {
+        Mechanism::RsaOaepSha256
+            if matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) =>
+        {
             let k = rsa::PrivateDecryptingKey::from_pkcs8(private.expose())
                 .map_err(|_| HsmError::Tamper("stored RSA key does not parse".into()))?;
-            let oaep = rsa::OaepPrivateDecryptingKey::new(k).map_err(|_| failed("RSA-OAEP setup"))?;
+            let oaep =
+                rsa::OaepPrivateDecryptingKey::new(k).map_err(|_| failed("RSA-OAEP setup"))?;
             let mut out = vec![0u8; oaep.min_output_size()];
             let n = oaep
                 .decrypt(&rsa::OAEP_SHA256_MGF1SHA256, data, &mut out, None)
@@ -341,7 +441,12 @@ mod tests {
 
     #[test]
     fn sign_verify_round_trips_and_detects_change() {
-        for spec in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa2048, KeySpec::Ed25519] {
+        for spec in [
+            KeySpec::EcP256,
+            KeySpec::EcP384,
+            KeySpec::Rsa2048,
+            KeySpec::Ed25519,
+        ] {
             let g = generate(spec).unwrap();
             let m = spec.default_sign().unwrap();
             let sig = sign(spec, &g.private, m, b"hello").unwrap();
@@ -356,19 +461,65 @@ mod tests {
 
     #[test]
     fn encrypt_decrypt_round_trips() {
-        let p = Params { iv: vec![7; 12], aad: b"hdr".to_vec() };
+        let p = Params {
+            iv: vec![7; 12],
+            aad: b"hdr".to_vec(),
+        };
         let g = generate(KeySpec::Aes256).unwrap();
-        let ct = encrypt(KeySpec::Aes256, g.private.expose(), Mechanism::AesGcm, &p, b"secret data").unwrap();
+        let ct = encrypt(
+            KeySpec::Aes256,
+            g.private.expose(),
+            Mechanism::AesGcm,
+            &p,
+            b"secret data",
+        )
+        .unwrap();
         assert_eq!(ct.len(), 11 + 16);
-        assert_eq!(decrypt(KeySpec::Aes256, &g.private, Mechanism::AesGcm, &p, &ct).unwrap().expose(), b"secret data");
-        let bad = Params { aad: b"other".to_vec(), ..p.clone() };
+        assert_eq!(
+            decrypt(KeySpec::Aes256, &g.private, Mechanism::AesGcm, &p, &ct)
+                .unwrap()
+                .expose(),
+            b"secret data"
+        );
+        let bad = Params {
+            aad: b"other".to_vec(),
+            ..p.clone()
+        };
         assert!(decrypt(KeySpec::Aes256, &g.private, Mechanism::AesGcm, &bad, &ct).is_err());
-        let short = Params { iv: vec![1; 8], ..p };
-        assert!(encrypt(KeySpec::Aes256, g.private.expose(), Mechanism::AesGcm, &short, b"x").is_err());
+        let short = Params {
+            iv: vec![1; 8],
+            ..p
+        };
+        assert!(encrypt(
+            KeySpec::Aes256,
+            g.private.expose(),
+            Mechanism::AesGcm,
+            &short,
+            b"x"
+        )
+        .is_err());
 
         let r = generate(KeySpec::Rsa2048).unwrap();
-        let ct = encrypt(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaOaepSha256, &Params::default(), b"k").unwrap();
-        assert_eq!(decrypt(KeySpec::Rsa2048, &r.private, Mechanism::RsaOaepSha256, &Params::default(), &ct).unwrap().expose(), b"k");
+        let ct = encrypt(
+            KeySpec::Rsa2048,
+            r.public.as_ref().unwrap(),
+            Mechanism::RsaOaepSha256,
+            &Params::default(),
+            b"k",
+        )
+        .unwrap();
+        assert_eq!(
+            decrypt(
+                KeySpec::Rsa2048,
+                &r.private,
+                Mechanism::RsaOaepSha256,
+                &Params::default(),
+                &ct
+            )
+            .unwrap()
+            .expose(),
+            b"k"
+        );
     }
 
     #[test]
@@ -377,6 +528,9 @@ mod tests {
             assert_eq!(n.parse::<KeySpec>().unwrap().to_string(), n);
         }
         assert!("des".parse::<KeySpec>().is_err());
-        assert_eq!("ecdsa-sha256".parse::<Mechanism>().unwrap(), Mechanism::EcdsaSha256);
+        assert_eq!(
+            "ecdsa-sha256".parse::<Mechanism>().unwrap(),
+            Mechanism::EcdsaSha256
+        );
     }
 }

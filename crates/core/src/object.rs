@@ -126,6 +126,7 @@ mod hex_opt {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -102,7 +102,15 @@ pub struct PedAnswers {
 
 impl Default for PedAnswers {
     fn default() -> Self {
-        PedAnswers { keys: Vec::new(), reuse: false, m: 1, n: 1, pin: None, overwrite: false, duplicates: 0 }
+        PedAnswers {
+            keys: Vec::new(),
+            reuse: false,
+            m: 1,
+            n: 1,
+            pin: None,
+            overwrite: false,
+            duplicates: 0,
+        }
     }
 }
 
@@ -118,7 +126,10 @@ pub struct LocalPed {
 impl LocalPed {
     /// A PED that answers from `answers` alone (scripts, tests).
     pub fn new(answers: PedAnswers) -> Self {
-        LocalPed { answers, confirm: None }
+        LocalPed {
+            answers,
+            confirm: None,
+        }
     }
 
     /// Adds a person to ask before overwriting an occupied key.
@@ -165,7 +176,11 @@ pub fn duplicate_path(key: &Path, k: u8) -> PathBuf {
 
 /// Reads key files and rebuilds the secret they hold, checking that they are of `want` type,
 /// of one secret and one split, without duplicates, and at least M of them.
-pub fn read_set(paths: &[PathBuf], want: SecretType, role: &str) -> Result<(Vec<PedKey>, Secret32)> {
+pub fn read_set(
+    paths: &[PathBuf],
+    want: SecretType,
+    role: &str,
+) -> Result<(Vec<PedKey>, Secret32)> {
     if paths.is_empty() {
         return Err(HsmError::InvalidInput(format!(
             "{role} needs a {} key; name the key file(s) with --key",
@@ -175,7 +190,10 @@ pub fn read_set(paths: &[PathBuf], want: SecretType, role: &str) -> Result<(Vec<
     let mut keys = Vec::with_capacity(paths.len());
     for p in paths {
         let k = PedKey::read(p)?.ok_or_else(|| {
-            HsmError::InvalidInput(format!("{}: no key there (a blank key holds no secret)", p.display()))
+            HsmError::InvalidInput(format!(
+                "{}: no key there (a blank key holds no secret)",
+                p.display()
+            ))
         })?;
         if k.info.secret_type != want {
             return Err(HsmError::WrongKey(format!(
@@ -196,14 +214,24 @@ pub fn read_set(paths: &[PathBuf], want: SecretType, role: &str) -> Result<(Vec<
             )));
         }
         if (k.info.share.m, k.info.share.n) != (first.share.m, first.share.n) {
-            return Err(HsmError::InvalidInput(format!("{} disagrees on M of N with {}", p.display(), paths[0].display())));
+            return Err(HsmError::InvalidInput(format!(
+                "{} disagrees on M of N with {}",
+                p.display(),
+                paths[0].display()
+            )));
         }
     }
     for (i, k) in keys.iter().enumerate() {
-        if let Some(j) = keys[..i].iter().position(|o| o.info.share.index == k.info.share.index) {
+        if let Some(j) = keys[..i]
+            .iter()
+            .position(|o| o.info.share.index == k.info.share.index)
+        {
             return Err(HsmError::InvalidInput(format!(
                 "{} and {} are the same share ({} of {}); each share counts once",
-                paths[j].display(), paths[i].display(), k.info.share.index, k.info.share.n
+                paths[j].display(),
+                paths[i].display(),
+                k.info.share.index,
+                k.info.share.n
             )));
         }
     }
@@ -211,13 +239,19 @@ pub fn read_set(paths: &[PathBuf], want: SecretType, role: &str) -> Result<(Vec<
     if keys.len() < m {
         return Err(HsmError::InvalidInput(format!(
             "{role} is split {} of {}: {} key(s) presented, {} needed",
-            first.share.m, first.share.n, keys.len(), m
+            first.share.m,
+            first.share.n,
+            keys.len(),
+            m
         )));
     }
     let secret = if m == 1 {
         Secret32::from_slice(keys[0].value.expose())?
     } else {
-        let parts: Vec<(u8, &[u8])> = keys[..m].iter().map(|k| (k.info.share.index, k.value.expose())).collect();
+        let parts: Vec<(u8, &[u8])> = keys[..m]
+            .iter()
+            .map(|k| (k.info.share.index, k.value.expose()))
+            .collect();
         let whole = shamir::combine(&parts)?;
         Secret32::from_slice(&whole)?
     };
@@ -237,7 +271,9 @@ impl Ped for LocalPed {
             }
             let mut written = Vec::new();
             if a.duplicates > 0 {
-                let copies: Vec<PathBuf> = a.keys.iter()
+                let copies: Vec<PathBuf> = a
+                    .keys
+                    .iter()
                     .flat_map(|k| (1..=a.duplicates).map(move |d| duplicate_path(k, d)))
                     .collect();
                 self.check_writable(&copies)?;
@@ -263,17 +299,25 @@ impl Ped for LocalPed {
 
         shamir::check_m_of_n(a.m, a.n)?;
         if (a.m, a.n) != (1, 1) && !req.allow_m_of_n {
-            return Err(HsmError::Refused("M of N is disabled by HSM policy (m-of-n=off)".into()));
+            return Err(HsmError::Refused(
+                "M of N is disabled by HSM policy (m-of-n=off)".into(),
+            ));
         }
         if a.keys.len() != a.n as usize {
             return Err(HsmError::InvalidInput(format!(
                 "{} of {} needs {} key file(s); {} given",
-                a.m, a.n, a.n, a.keys.len()
+                a.m,
+                a.n,
+                a.n,
+                a.keys.len()
             )));
         }
         for (i, k) in a.keys.iter().enumerate() {
             if a.keys[..i].contains(k) {
-                return Err(HsmError::InvalidInput(format!("key file {} named twice", k.display())));
+                return Err(HsmError::InvalidInput(format!(
+                    "key file {} named twice",
+                    k.display()
+                )));
             }
         }
         let mut targets = a.keys.clone();
@@ -304,7 +348,12 @@ impl Ped for LocalPed {
                     origin_serial: req.origin_serial.clone(),
                     secret_id: secret_id.clone(),
                     label: req.label.clone(),
-                    share: ShareInfo { set_id: set_id.clone(), index: i as u8 + 1, m: a.m, n: a.n },
+                    share: ShareInfo {
+                        set_id: set_id.clone(),
+                        index: i as u8 + 1,
+                        m: a.m,
+                        n: a.n,
+                    },
                     pin_protected: a.pin.is_some(),
                     created: created.clone(),
                 },
@@ -344,14 +393,22 @@ impl Ped for LocalPed {
             secret_id: info.secret_id.clone(),
             label: info.label.clone(),
             origin_serial: info.origin_serial.clone(),
-            pin: if info.pin_protected { self.answers.pin.clone() } else { None },
+            pin: if info.pin_protected {
+                self.answers.pin.clone()
+            } else {
+                None
+            },
         })
     }
 }
 
 /// Copies keys (one key, or a whole M-of-N set) to new files that work identically. Each
 /// source is verified first; targets that hold a secret are refused unless `overwrite`.
-pub fn duplicate_keys(from: &[PathBuf], to: &[PathBuf], overwrite: bool) -> Result<Vec<PedKeyInfo>> {
+pub fn duplicate_keys(
+    from: &[PathBuf],
+    to: &[PathBuf],
+    overwrite: bool,
+) -> Result<Vec<PedKeyInfo>> {
     if from.len() != to.len() || from.is_empty() {
         return Err(HsmError::InvalidInput(format!(
             "give as many target files as source keys ({} source, {} target)",
@@ -361,9 +418,15 @@ pub fn duplicate_keys(from: &[PathBuf], to: &[PathBuf], overwrite: bool) -> Resu
     }
     let mut keys = Vec::new();
     for f in from {
-        keys.push(PedKey::read(f)?.ok_or_else(|| HsmError::InvalidInput(format!("{}: no key there", f.display())))?);
+        keys.push(
+            PedKey::read(f)?
+                .ok_or_else(|| HsmError::InvalidInput(format!("{}: no key there", f.display())))?,
+        );
     }
-    let mut ped = LocalPed::new(PedAnswers { overwrite, ..Default::default() });
+    let mut ped = LocalPed::new(PedAnswers {
+        overwrite,
+        ..Default::default()
+    });
     ped.check_writable(to)?;
     for (k, t) in keys.iter().zip(to) {
         k.write(t)?;
@@ -376,16 +439,28 @@ mod tests {
     use super::*;
 
     fn req(t: SecretType) -> ImprintRequest {
-        ImprintRequest { secret_type: t, label: "test".into(), origin_serial: "FH1".into(), allow_m_of_n: true }
+        ImprintRequest {
+            secret_type: t,
+            label: "test".into(),
+            origin_serial: "FH1".into(),
+            allow_m_of_n: true,
+        }
     }
 
     #[test]
     fn two_of_three_any_two_rebuild_and_one_does_not() {
         let d = tempfile::tempdir().unwrap();
-        let keys: Vec<PathBuf> = (1..=3).map(|i| d.path().join(format!("so-{i}.pedkey"))).collect();
+        let keys: Vec<PathBuf> = (1..=3)
+            .map(|i| d.path().join(format!("so-{i}.pedkey")))
+            .collect();
         let fresh = Secret32::random();
         let want = fresh.clone();
-        let mut ped = LocalPed::new(PedAnswers { keys: keys.clone(), m: 2, n: 3, ..Default::default() });
+        let mut ped = LocalPed::new(PedAnswers {
+            keys: keys.clone(),
+            m: 2,
+            n: 3,
+            ..Default::default()
+        });
         let out = ped.imprint(&req(SecretType::So), fresh).unwrap();
         assert_eq!(out.written.len(), 3);
         for pair in [[0, 1], [2, 0], [1, 2]] {
@@ -394,7 +469,10 @@ mod tests {
             assert_eq!(s, want);
         }
         let e = read_set(&keys[..1], SecretType::So, "t").unwrap_err();
-        assert!(e.to_string().contains("1 key(s) presented, 2 needed"), "{e}");
+        assert!(
+            e.to_string().contains("1 key(s) presented, 2 needed"),
+            "{e}"
+        );
         let e = read_set(&[keys[0].clone(), keys[0].clone()], SecretType::So, "t").unwrap_err();
         assert!(e.to_string().contains("same share"), "{e}");
     }
@@ -404,32 +482,64 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a: Vec<PathBuf> = (1..=2).map(|i| d.path().join(format!("a{i}"))).collect();
         let b: Vec<PathBuf> = (1..=2).map(|i| d.path().join(format!("b{i}"))).collect();
-        LocalPed::new(PedAnswers { keys: a.clone(), m: 2, n: 2, ..Default::default() })
-            .imprint(&req(SecretType::So), Secret32::random()).unwrap();
-        LocalPed::new(PedAnswers { keys: b.clone(), m: 2, n: 2, ..Default::default() })
-            .imprint(&req(SecretType::So), Secret32::random()).unwrap();
+        LocalPed::new(PedAnswers {
+            keys: a.clone(),
+            m: 2,
+            n: 2,
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::So), Secret32::random())
+        .unwrap();
+        LocalPed::new(PedAnswers {
+            keys: b.clone(),
+            m: 2,
+            n: 2,
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::So), Secret32::random())
+        .unwrap();
         let e = read_set(&[a[0].clone(), b[1].clone()], SecretType::So, "t").unwrap_err();
         assert!(e.to_string().contains("another set"), "{e}");
         let e = read_set(&a, SecretType::Domain, "domain").unwrap_err();
         assert!(matches!(e, HsmError::WrongKey(_)));
-        assert!(e.to_string().contains("blue (security officer)") && e.to_string().contains("red (cloning domain)"), "{e}");
+        assert!(
+            e.to_string().contains("blue (security officer)")
+                && e.to_string().contains("red (cloning domain)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn overwrite_refused_unless_confirmed_and_says_what_key_holds() {
         let d = tempfile::tempdir().unwrap();
         let k = vec![d.path().join("k")];
-        LocalPed::new(PedAnswers { keys: k.clone(), ..Default::default() })
-            .imprint(&req(SecretType::Domain), Secret32::random()).unwrap();
+        LocalPed::new(PedAnswers {
+            keys: k.clone(),
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::Domain), Secret32::random())
+        .unwrap();
         let before = std::fs::read(&k[0]).unwrap();
-        let e = LocalPed::new(PedAnswers { keys: k.clone(), ..Default::default() })
-            .imprint(&req(SecretType::So), Secret32::random()).unwrap_err();
+        let e = LocalPed::new(PedAnswers {
+            keys: k.clone(),
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::So), Secret32::random())
+        .unwrap_err();
         assert!(e.to_string().contains("red (cloning domain)"), "{e}");
-        assert_eq!(std::fs::read(&k[0]).unwrap(), before, "refused imprint changed the key");
+        assert_eq!(
+            std::fs::read(&k[0]).unwrap(),
+            before,
+            "refused imprint changed the key"
+        );
         // A person saying yes allows it.
-        LocalPed::new(PedAnswers { keys: k.clone(), ..Default::default() })
-            .with_confirm(Box::new(|_, _| true))
-            .imprint(&req(SecretType::So), Secret32::random()).unwrap();
+        LocalPed::new(PedAnswers {
+            keys: k.clone(),
+            ..Default::default()
+        })
+        .with_confirm(Box::new(|_, _| true))
+        .imprint(&req(SecretType::So), Secret32::random())
+        .unwrap();
         assert_ne!(std::fs::read(&k[0]).unwrap(), before);
     }
 
@@ -437,17 +547,36 @@ mod tests {
     fn reuse_takes_existing_secret_and_duplicates_work() {
         let d = tempfile::tempdir().unwrap();
         let k = vec![d.path().join("dom")];
-        let first = LocalPed::new(PedAnswers { keys: k.clone(), duplicates: 1, ..Default::default() })
-            .imprint(&req(SecretType::Domain), Secret32::random()).unwrap();
+        let first = LocalPed::new(PedAnswers {
+            keys: k.clone(),
+            duplicates: 1,
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::Domain), Secret32::random())
+        .unwrap();
         assert_eq!(first.written.len(), 2);
         let copy = duplicate_path(&k[0], 1);
-        let again = LocalPed::new(PedAnswers { keys: vec![copy], reuse: true, ..Default::default() })
-            .imprint(&req(SecretType::Domain), Secret32::random()).unwrap();
+        let again = LocalPed::new(PedAnswers {
+            keys: vec![copy],
+            reuse: true,
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::Domain), Secret32::random())
+        .unwrap();
         assert!(again.reused);
         assert_eq!(again.secret, first.secret);
         assert_eq!(again.secret_id, first.secret_id);
-        let e = LocalPed::new(PedAnswers { keys: k, reuse: true, ..Default::default() })
-            .imprint(&req(SecretType::CryptoOfficer), Secret32::random()).unwrap_err();
-        assert!(e.to_string().contains("red (cloning domain)") && e.to_string().contains("black (Crypto Officer)"), "{e}");
+        let e = LocalPed::new(PedAnswers {
+            keys: k,
+            reuse: true,
+            ..Default::default()
+        })
+        .imprint(&req(SecretType::CryptoOfficer), Secret32::random())
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("red (cloning domain)")
+                && e.to_string().contains("black (Crypto Officer)"),
+            "{e}"
+        );
     }
 }

@@ -179,14 +179,21 @@ impl PedKeyInfo {
         let share = if self.share.n == 1 {
             "not split".to_string()
         } else {
-            format!("share {} of {} ({} needed)", self.share.index, self.share.n, self.share.m)
+            format!(
+                "share {} of {} ({} needed)",
+                self.share.index, self.share.n, self.share.m
+            )
         };
         format!(
             "{} key \"{}\", {}, {}, from HSM {}",
             self.secret_type.describe(),
             self.label,
             share,
-            if self.pin_protected { "PED PIN protected" } else { "no PED PIN" },
+            if self.pin_protected {
+                "PED PIN protected"
+            } else {
+                "no PED PIN"
+            },
             self.origin_serial
         )
     }
@@ -195,9 +202,14 @@ impl PedKeyInfo {
 impl PedKey {
     /// Serializes to the file format.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let value = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.value.expose()));
+        let value =
+            Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.value.expose()));
         let check = hex::encode(self.info.check_over(self.value.expose()));
-        let wire = Wire { info: self.info.clone(), value: value.to_string(), check };
+        let wire = Wire {
+            info: self.info.clone(),
+            value: value.to_string(),
+            check,
+        };
         let mut out = Zeroizing::new(serde_json::to_vec_pretty(&wire).expect("PED key serializes"));
         out.push(b'\n');
         let Wire { mut value, .. } = wire;
@@ -208,17 +220,26 @@ impl PedKey {
     /// Parses and verifies a file's bytes. `path` is only used in messages.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
         if bytes.is_empty() {
-            return Err(HsmError::bad_key(path, "file is empty (a blank key holds no secret)"));
+            return Err(HsmError::bad_key(
+                path,
+                "file is empty (a blank key holds no secret)",
+            ));
         }
         if bytes.len() as u64 > MAX_FILE_LEN {
             return Err(HsmError::bad_key(path, "file is too large to be a PED key"));
         }
         // Peek at format/version first so an old or foreign file gets a precise message.
         let peek: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-            HsmError::bad_key(path, format!("not a PED key file (damaged or truncated JSON: {e})"))
+            HsmError::bad_key(
+                path,
+                format!("not a PED key file (damaged or truncated JSON: {e})"),
+            )
         })?;
         if peek.get("format").and_then(|v| v.as_str()) != Some(FORMAT) {
-            return Err(HsmError::bad_key(path, format!("not a PED key file (format is not \"{FORMAT}\")")));
+            return Err(HsmError::bad_key(
+                path,
+                format!("not a PED key file (format is not \"{FORMAT}\")"),
+            ));
         }
         match peek.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == VERSION as u64 => {}
@@ -231,15 +252,25 @@ impl PedKey {
         let value = Zeroizing::new(
             base64::engine::general_purpose::STANDARD
                 .decode(wire.value.as_bytes())
-                .map_err(|_| HsmError::bad_key(path, "secret value is not valid base64 (file damaged)"))?,
+                .map_err(|_| {
+                    HsmError::bad_key(path, "secret value is not valid base64 (file damaged)")
+                })?,
         );
-        let Wire { info, value: mut v, check } = wire;
+        let Wire {
+            info,
+            value: mut v,
+            check,
+        } = wire;
         zeroize::Zeroize::zeroize(&mut v);
         if value.len() != SECRET_LEN {
-            return Err(HsmError::bad_key(path, "secret value has the wrong length (file damaged)"));
+            return Err(HsmError::bad_key(
+                path,
+                "secret value has the wrong length (file damaged)",
+            ));
         }
         let expected = info.check_over(&value);
-        let given = hex::decode(check).map_err(|_| HsmError::bad_key(path, "integrity check field is damaged"))?;
+        let given = hex::decode(check)
+            .map_err(|_| HsmError::bad_key(path, "integrity check field is damaged"))?;
         if !ct_eq(&expected, &given) {
             return Err(HsmError::bad_key(
                 path,
@@ -247,14 +278,28 @@ impl PedKey {
             ));
         }
         if info.colour != info.secret_type.colour() {
-            return Err(HsmError::bad_key(path, format!(
-                "colour {} does not match secret type {:?} (file edited)", info.colour, info.secret_type)));
+            return Err(HsmError::bad_key(
+                path,
+                format!(
+                    "colour {} does not match secret type {:?} (file edited)",
+                    info.colour, info.secret_type
+                ),
+            ));
         }
         let s = &info.share;
         if crate::shamir::check_m_of_n(s.m, s.n).is_err() || s.index == 0 || s.index > s.n {
-            return Err(HsmError::bad_key(path, format!("share {} of {} (M={}) is not a valid share", s.index, s.n, s.m)));
+            return Err(HsmError::bad_key(
+                path,
+                format!(
+                    "share {} of {} (M={}) is not a valid share",
+                    s.index, s.n, s.m
+                ),
+            ));
         }
-        Ok(PedKey { info, value: SecretBytes::new(value.to_vec()) })
+        Ok(PedKey {
+            info,
+            value: SecretBytes::new(value.to_vec()),
+        })
     }
 
     /// Reads and verifies a key file. A missing file is a blank key: `Ok(None)`.
@@ -273,11 +318,16 @@ impl PedKey {
 
     /// Writes the key atomically with owner-only permissions (0600 on Unix).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| HsmError::io(dir, e))?;
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("pedkey"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("pedkey"),
             crate::crypto::random_hex_id(4)
         ));
         let res = (|| -> std::io::Result<()> {
@@ -316,7 +366,12 @@ mod tests {
                 origin_serial: "FH0000000001".into(),
                 secret_id: "aa".repeat(16),
                 label: "HSM SO".into(),
-                share: ShareInfo { set_id: "bb".repeat(16), index: 2, m: 2, n: 3 },
+                share: ShareInfo {
+                    set_id: "bb".repeat(16),
+                    index: 2,
+                    m: 2,
+                    n: 3,
+                },
                 pin_protected: true,
                 created: "2026-11-22T00:00:00Z".into(),
             },
@@ -338,26 +393,42 @@ mod tests {
         let b = sample().to_bytes();
         for len in 0..b.len() - 1 {
             // Trailing whitespace is the only thing that may go.
-            if b[len..].iter().all(|c| c.is_ascii_whitespace()) { continue; }
-            assert!(PedKey::from_bytes(Path::new("k"), &b[..len]).is_err(), "truncated at {len} accepted");
+            if b[len..].iter().all(|c| c.is_ascii_whitespace()) {
+                continue;
+            }
+            assert!(
+                PedKey::from_bytes(Path::new("k"), &b[..len]).is_err(),
+                "truncated at {len} accepted"
+            );
         }
     }
 
     #[test]
     fn edited_label_or_colour_is_rejected() {
         let s = String::from_utf8(sample().to_bytes().to_vec()).unwrap();
-        for (from, to) in [("HSM SO", "HSM S0"), ("\"blue\"", "\"red\""), ("\"index\": 2", "\"index\": 3")] {
+        for (from, to) in [
+            ("HSM SO", "HSM S0"),
+            ("\"blue\"", "\"red\""),
+            ("\"index\": 2", "\"index\": 3"),
+        ] {
             let edited = s.replacen(from, to, 1);
             assert_ne!(edited, s);
             let e = PedKey::from_bytes(Path::new("k"), edited.as_bytes()).unwrap_err();
-            assert!(e.to_string().contains("integrity check failed"), "{from}: {e}");
+            assert!(
+                e.to_string().contains("integrity check failed"),
+                "{from}: {e}"
+            );
         }
     }
 
     #[test]
     fn wrong_format_and_version_have_precise_messages() {
         let s = String::from_utf8(sample().to_bytes().to_vec()).unwrap();
-        let e = PedKey::from_bytes(Path::new("k"), s.replace("\"version\": 1", "\"version\": 9").as_bytes()).unwrap_err();
+        let e = PedKey::from_bytes(
+            Path::new("k"),
+            s.replace("\"version\": 1", "\"version\": 9").as_bytes(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("version 9 is not supported"), "{e}");
         let e = PedKey::from_bytes(Path::new("k"), b"{\"format\":\"x\"}").unwrap_err();
         assert!(e.to_string().contains("not a PED key file"), "{e}");
@@ -373,7 +444,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         assert_eq!(PedKey::read(&p).unwrap().unwrap().info, sample().info);
         assert!(PedKey::read(&d.path().join("none")).unwrap().is_none());

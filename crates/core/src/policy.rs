@@ -44,7 +44,11 @@ impl Policy {
 
     /// A new partition's defaults: no activation until the Partition SO allows it.
     pub fn partition_default() -> Self {
-        Policy { activation: false, auto_activation: false, ..Self::hsm_default() }
+        Policy {
+            activation: false,
+            auto_activation: false,
+            ..Self::hsm_default()
+        }
     }
 
     /// The stricter of a partition policy and the HSM policy.
@@ -62,7 +66,13 @@ impl Policy {
 
     /// Policy names and values, for display.
     pub fn entries(&self) -> Vec<(&'static str, String)> {
-        let b = |v: bool| if v { "on".to_string() } else { "off".to_string() };
+        let b = |v: bool| {
+            if v {
+                "on".to_string()
+            } else {
+                "off".to_string()
+            }
+        };
         vec![
             ("failed-login-limit", self.failed_login_limit.to_string()),
             ("activation", b(self.activation)),
@@ -79,13 +89,21 @@ impl Policy {
         let flag = || match value {
             "on" | "true" | "yes" | "1" => Ok(true),
             "off" | "false" | "no" | "0" => Ok(false),
-            _ => Err(HsmError::InvalidInput(format!("policy {name} takes on or off, not {value:?}"))),
+            _ => Err(HsmError::InvalidInput(format!(
+                "policy {name} takes on or off, not {value:?}"
+            ))),
         };
         match name {
             "failed-login-limit" => {
-                let n: u32 = value.parse().map_err(|_| HsmError::InvalidInput(format!("failed-login-limit takes a number, not {value:?}")))?;
+                let n: u32 = value.parse().map_err(|_| {
+                    HsmError::InvalidInput(format!(
+                        "failed-login-limit takes a number, not {value:?}"
+                    ))
+                })?;
                 if !(1..=MAX_FAILED_LOGINS).contains(&n) {
-                    return Err(HsmError::InvalidInput(format!("failed-login-limit must be 1 to {MAX_FAILED_LOGINS}")));
+                    return Err(HsmError::InvalidInput(format!(
+                        "failed-login-limit must be 1 to {MAX_FAILED_LOGINS}"
+                    )));
                 }
                 self.failed_login_limit = n;
             }
@@ -97,7 +115,10 @@ impl Policy {
             "remote-ped" => self.remote_ped = flag()?,
             _ => {
                 let names: Vec<_> = self.entries().into_iter().map(|(n, _)| n).collect();
-                return Err(HsmError::InvalidInput(format!("unknown policy {name:?}; one of: {}", names.join(", "))));
+                return Err(HsmError::InvalidInput(format!(
+                    "unknown policy {name:?}; one of: {}",
+                    names.join(", ")
+                )));
             }
         }
         Ok(())

@@ -49,7 +49,10 @@ impl Role {
 
     /// Whether the role belongs to a partition.
     pub fn in_partition(self) -> bool {
-        matches!(self, Role::PartitionSo | Role::CryptoOfficer | Role::CryptoUser)
+        matches!(
+            self,
+            Role::PartitionSo | Role::CryptoOfficer | Role::CryptoUser
+        )
     }
 
     /// Failed logins allowed before the consequence, given the effective CO/CU limit.
@@ -57,7 +60,9 @@ impl Role {
         match self {
             Role::HsmSo | Role::Auditor => 3,
             Role::PartitionSo => 10,
-            Role::CryptoOfficer | Role::CryptoUser => co_cu_limit.clamp(1, crate::policy::MAX_FAILED_LOGINS),
+            Role::CryptoOfficer | Role::CryptoUser => {
+                co_cu_limit.clamp(1, crate::policy::MAX_FAILED_LOGINS)
+            }
         }
     }
 
@@ -69,7 +74,11 @@ impl Role {
             "co" | "crypto-officer" => Role::CryptoOfficer,
             "cu" | "crypto-user" => Role::CryptoUser,
             "auditor" => Role::Auditor,
-            _ => return Err(HsmError::InvalidInput(format!("unknown role {s:?}; one of hsm-so, so, co, cu, auditor"))),
+            _ => {
+                return Err(HsmError::InvalidInput(format!(
+                    "unknown role {s:?}; one of hsm-so, so, co, cu, auditor"
+                )))
+            }
         })
     }
 }
@@ -137,21 +146,40 @@ fn verifier_key(dk: &Secret32) -> Secret32 {
 
 /// Verifier of an authenticator for a role tag (e.g. `p1/co`).
 pub fn verifier(dk: &Secret32, tag: &str, auth: &Secret32) -> String {
-    hex::encode(hmac_sha256(verifier_key(dk).expose(), &[tag.as_bytes(), b"\0", auth.expose()]))
+    hex::encode(hmac_sha256(
+        verifier_key(dk).expose(),
+        &[tag.as_bytes(), b"\0", auth.expose()],
+    ))
 }
 
 /// Key-encryption key bound to both the device key and the role's authenticator.
 pub fn role_kek(dk: &Secret32, tag: &str, auth: &Secret32) -> Secret32 {
-    hkdf32(dk.expose(), auth.expose(), &[b"ferrohsm role kek v1\0", tag.as_bytes()])
+    hkdf32(
+        dk.expose(),
+        auth.expose(),
+        &[b"ferrohsm role kek v1\0", tag.as_bytes()],
+    )
 }
 
 impl RoleAuth {
     /// A new role state for an authenticator, optionally wrapping the partition master key.
-    pub fn new(dk: &Secret32, tag: &str, method: AuthMethod, auth: &Secret32, pmk: Option<&Secret32>) -> Self {
+    pub fn new(
+        dk: &Secret32,
+        tag: &str,
+        method: AuthMethod,
+        auth: &Secret32,
+        pmk: Option<&Secret32>,
+    ) -> Self {
         RoleAuth {
             method,
             verifier: verifier(dk, tag, auth),
-            wrapped_pmk: pmk.map(|k| hex::encode(crate::crypto::seal(&role_kek(dk, tag, auth), tag.as_bytes(), k.expose()))),
+            wrapped_pmk: pmk.map(|k| {
+                hex::encode(crate::crypto::seal(
+                    &role_kek(dk, tag, auth),
+                    tag.as_bytes(),
+                    k.expose(),
+                ))
+            }),
             failed: 0,
             locked: false,
             lock_until: None,
@@ -165,10 +193,23 @@ impl RoleAuth {
     }
 
     /// Unwraps the partition master key with a verified authenticator.
-    pub fn unwrap_pmk(&self, dk: &Secret32, tag: &str, auth: &Secret32) -> Result<Option<Secret32>> {
-        let Some(w) = &self.wrapped_pmk else { return Ok(None) };
-        let sealed = hex::decode(w).map_err(|_| HsmError::Tamper(format!("wrapped key of {tag} is damaged")))?;
-        let pmk = crate::crypto::open(&role_kek(dk, tag, auth), tag.as_bytes(), &sealed, &format!("wrapped key of {tag}"))?;
+    pub fn unwrap_pmk(
+        &self,
+        dk: &Secret32,
+        tag: &str,
+        auth: &Secret32,
+    ) -> Result<Option<Secret32>> {
+        let Some(w) = &self.wrapped_pmk else {
+            return Ok(None);
+        };
+        let sealed = hex::decode(w)
+            .map_err(|_| HsmError::Tamper(format!("wrapped key of {tag} is damaged")))?;
+        let pmk = crate::crypto::open(
+            &role_kek(dk, tag, auth),
+            tag.as_bytes(),
+            &sealed,
+            &format!("wrapped key of {tag}"),
+        )?;
         Ok(Some(Secret32::from_slice(pmk.expose())?))
     }
 
@@ -176,8 +217,16 @@ impl RoleAuth {
     pub fn describe(&self) -> String {
         match &self.method {
             AuthMethod::Ped { m, n, pin_kdf, .. } => {
-                let split = if *n == 1 { "PED key".to_string() } else { format!("PED {m} of {n}") };
-                if pin_kdf.is_some() { format!("{split} with PED PIN") } else { split }
+                let split = if *n == 1 {
+                    "PED key".to_string()
+                } else {
+                    format!("PED {m} of {n}")
+                };
+                if pin_kdf.is_some() {
+                    format!("{split} with PED PIN")
+                } else {
+                    split
+                }
             }
             AuthMethod::Password { .. } => "password".into(),
         }
@@ -193,7 +242,10 @@ impl RoleAuth {
         }
         if let Some(t) = self.lock_until {
             if t > now {
-                return Err(HsmError::Locked(format!("{who} is locked out for another {} s after failed logins", t - now)));
+                return Err(HsmError::Locked(format!(
+                    "{who} is locked out for another {} s after failed logins",
+                    t - now
+                )));
             }
         }
         Ok(())

@@ -105,7 +105,10 @@ impl<'de> Deserialize<'de> for SecretBytes {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("hex string")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<SecretBytes, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<SecretBytes, E> {
                 hex::decode(v)
                     .map(SecretBytes)
                     .map_err(|_| E::custom("bad hex in secret field"))

@@ -86,7 +86,9 @@ pub fn combine(shares: &[(u8, &[u8])]) -> Result<Zeroizing<Vec<u8>>> {
     let len = first.1.len();
     for (i, (x, s)) in shares.iter().enumerate() {
         if *x == 0 || *x > MAX_SHARES {
-            return Err(HsmError::InvalidInput(format!("share index {x} out of range")));
+            return Err(HsmError::InvalidInput(format!(
+                "share index {x} out of range"
+            )));
         }
         if s.len() != len {
             return Err(HsmError::InvalidInput("shares differ in length".into()));

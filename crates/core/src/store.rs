@@ -91,7 +91,6 @@ pub struct Store {
     keys: Option<Keys>,
 }
 
-
 /// Index values for an object, in clear (class) or as blind tags (label, id).
 pub struct ObjectIndex<'a> {
     /// Object class name.
@@ -145,12 +144,19 @@ impl Store {
             }
         }
         let conn = open_conn(&db)?;
-        let mut store = Store { dir: dir.to_path_buf(), conn, keys: None };
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            conn,
+            keys: None,
+        };
         if store.meta("format")?.is_none() {
             store.set_meta("format", STORE_FORMAT)?;
             store.set_meta("serial", &new_serial())?;
         } else if store.meta("format")?.as_deref() != Some(STORE_FORMAT) {
-            return Err(HsmError::Tamper(format!("{} is not a {STORE_FORMAT} database", db.display())));
+            return Err(HsmError::Tamper(format!(
+                "{} is not a {STORE_FORMAT} database",
+                db.display()
+            )));
         }
         store.load_device_key()?;
         Ok(store)
@@ -163,14 +169,17 @@ impl Store {
 
     /// The device serial number (fixed when the data directory was made; survives zeroize).
     pub fn serial(&self) -> Result<String> {
-        self.meta("serial")?.ok_or_else(|| HsmError::Tamper("store has no serial".into()))
+        self.meta("serial")?
+            .ok_or_else(|| HsmError::Tamper("store has no serial".into()))
     }
 
     /// Reads a plain metadata value.
     pub fn meta(&self, name: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -185,7 +194,11 @@ impl Store {
 
     /// Whether a device key is loaded.
     pub fn key_state(&self) -> KeyState {
-        if self.keys.is_some() { KeyState::Present } else { KeyState::Absent }
+        if self.keys.is_some() {
+            KeyState::Present
+        } else {
+            KeyState::Absent
+        }
     }
 
     /// The device key, for deriving role-bound keys. Fails if zeroized.
@@ -200,7 +213,9 @@ impl Store {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if expected.is_some() {
-                    return Err(self.tamper("the device key file is missing but the store expects one"));
+                    return Err(
+                        self.tamper("the device key file is missing but the store expects one")
+                    );
                 }
                 return Ok(());
             }
@@ -216,8 +231,15 @@ impl Store {
         let dk = Secret32::from_slice(&bytes[8..40])?;
         match expected {
             Some(c) if crypto::ct_eq(c.as_bytes(), dk_check(&dk).as_bytes()) => {}
-            Some(_) => return Err(self.tamper("the device key does not belong to this store (store or key file swapped)")),
-            None => return Err(self.tamper("a device key is present but the store never had one (store swapped)")),
+            Some(_) => {
+                return Err(self.tamper(
+                    "the device key does not belong to this store (store or key file swapped)",
+                ))
+            }
+            None => {
+                return Err(self
+                    .tamper("a device key is present but the store never had one (store swapped)"))
+            }
         }
         self.keys = Some(derive_keys(&dk));
         self.verify_manifest()
@@ -229,8 +251,14 @@ impl Store {
             Ok(None) => return Err(self.tamper("the sealed manifest is missing")),
             Err(e) => return Err(self.tamper(&e.to_string())),
         };
-        let records: i64 = self.conn.query_row("SELECT COUNT(*) FROM records WHERE kind != 'manifest'", [], |r| r.get(0))?;
-        let objects: i64 = self.conn.query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))?;
+        let records: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM records WHERE kind != 'manifest'",
+            [],
+            |r| r.get(0),
+        )?;
+        let objects: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))?;
         if records != m.records || objects != m.objects {
             return Err(self.tamper(&format!(
                 "the store holds {records} records and {objects} objects but its sealed manifest says {} and {}: rows were deleted or inserted by hand",
@@ -282,7 +310,8 @@ impl Store {
         self.conn.execute("DELETE FROM records", [])?;
         self.conn.execute("DELETE FROM objects", [])?;
         self.set_meta("dk_check", &dk_check(&dk))?;
-        self.conn.execute("DELETE FROM meta WHERE name = 'tamper'", [])?;
+        self.conn
+            .execute("DELETE FROM meta WHERE name = 'tamper'", [])?;
         self.write(|t| {
             t.force_manifest = true;
             Ok(())
@@ -307,16 +336,28 @@ impl Store {
         self.conn.execute_batch(
             "BEGIN IMMEDIATE; DELETE FROM records; DELETE FROM objects; DELETE FROM meta WHERE name = 'dk_check'; COMMIT;",
         )?;
-        self.set_meta("zeroized", &format!("{} ({reason})", crate::time::now_rfc3339()))?;
+        self.set_meta(
+            "zeroized",
+            &format!("{} ({reason})", crate::time::now_rfc3339()),
+        )?;
         self.conn.execute_batch("VACUUM;")?;
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
     /// Runs `f` in one IMMEDIATE transaction: all its writes land together, or none do.
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut t = Txn { tx, keys: self.keys.as_ref(), d_records: 0, d_objects: 0, force_manifest: false };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut t = Txn {
+            tx,
+            keys: self.keys.as_ref(),
+            d_records: 0,
+            d_objects: 0,
+            force_manifest: false,
+        };
         let out = f(&mut t)?;
         t.finish()?;
         Ok(out)
@@ -324,8 +365,16 @@ impl Store {
 
     /// Runs `f` over a consistent snapshot; nothing is written.
     pub fn read<T>(&mut self, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let mut t = Txn { tx, keys: self.keys.as_ref(), d_records: 0, d_objects: 0, force_manifest: false };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut t = Txn {
+            tx,
+            keys: self.keys.as_ref(),
+            d_records: 0,
+            d_objects: 0,
+            force_manifest: false,
+        };
         let out = f(&mut t)?;
         drop(t);
         Ok(out)
@@ -358,7 +407,10 @@ impl Store {
 }
 
 fn zeroized() -> HsmError {
-    HsmError::State("the HSM holds no key material (never initialised, or zeroized); run `ferrohsm hsm init`".into())
+    HsmError::State(
+        "the HSM holds no key material (never initialised, or zeroized); run `ferrohsm hsm init`"
+            .into(),
+    )
 }
 
 fn new_serial() -> String {
@@ -393,10 +445,21 @@ impl Txn<'_> {
     pub fn get<T: DeserializeOwned>(&mut self, kind: &str, id: &str) -> Result<Option<T>> {
         let sealed: Option<Vec<u8>> = self
             .tx
-            .query_row("SELECT sealed FROM records WHERE kind = ?1 AND id = ?2", params![kind, id], |r| r.get(0))
+            .query_row(
+                "SELECT sealed FROM records WHERE kind = ?1 AND id = ?2",
+                params![kind, id],
+                |r| r.get(0),
+            )
             .optional()?;
-        let Some(sealed) = sealed else { return Ok(None) };
-        let pt = crypto::open(&self.keys()?.store, &rec_aad(kind, id), &sealed, &format!("record {kind}/{id}"))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let pt = crypto::open(
+            &self.keys()?.store,
+            &rec_aad(kind, id),
+            &sealed,
+            &format!("record {kind}/{id}"),
+        )?;
         serde_json::from_slice(pt.expose())
             .map(Some)
             .map_err(|e| HsmError::Tamper(format!("record {kind}/{id} does not decode: {e}")))
@@ -405,7 +468,9 @@ impl Txn<'_> {
     /// Every record of a kind, in id order.
     pub fn list<T: DeserializeOwned>(&mut self, kind: &str) -> Result<Vec<(String, T)>> {
         let ids: Vec<String> = {
-            let mut st = self.tx.prepare("SELECT id FROM records WHERE kind = ?1 ORDER BY id")?;
+            let mut st = self
+                .tx
+                .prepare("SELECT id FROM records WHERE kind = ?1 ORDER BY id")?;
             let r = st.query_map([kind], |r| r.get(0))?;
             r.collect::<std::result::Result<_, _>>()?
         };
@@ -420,7 +485,8 @@ impl Txn<'_> {
 
     /// Seals and writes a record.
     pub fn put<T: Serialize>(&mut self, kind: &str, id: &str, value: &T) -> Result<()> {
-        let pt = Zeroizing::new(serde_json::to_vec(value).map_err(|e| HsmError::Store(e.to_string()))?);
+        let pt =
+            Zeroizing::new(serde_json::to_vec(value).map_err(|e| HsmError::Store(e.to_string()))?);
         let sealed = crypto::seal(&self.keys()?.store, &rec_aad(kind, id), &pt);
         let n = self.tx.execute(
             "INSERT INTO records(kind, id, sealed) VALUES (?1, ?2, ?3) ON CONFLICT(kind, id) DO NOTHING",
@@ -431,25 +497,41 @@ impl Txn<'_> {
                 self.d_records += 1;
             }
         } else {
-            self.tx.execute("UPDATE records SET sealed = ?3 WHERE kind = ?1 AND id = ?2", params![kind, id, sealed])?;
+            self.tx.execute(
+                "UPDATE records SET sealed = ?3 WHERE kind = ?1 AND id = ?2",
+                params![kind, id, sealed],
+            )?;
         }
         Ok(())
     }
 
     /// Deletes a record (no error if absent).
     pub fn delete(&mut self, kind: &str, id: &str) -> Result<()> {
-        let n = self.tx.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+        let n = self.tx.execute(
+            "DELETE FROM records WHERE kind = ?1 AND id = ?2",
+            params![kind, id],
+        )?;
         self.d_records -= n as i64;
         Ok(())
     }
 
     /// Blind index tag of a value within a partition.
     fn tag(&self, partition: u32, what: &[u8], value: &[u8]) -> Result<Vec<u8>> {
-        Ok(hmac_sha256(self.keys()?.index.expose(), &[&partition.to_be_bytes(), what, b"\0", value])[..16].to_vec())
+        Ok(hmac_sha256(
+            self.keys()?.index.expose(),
+            &[&partition.to_be_bytes(), what, b"\0", value],
+        )[..16]
+            .to_vec())
     }
 
     /// Seals and writes an object record with its index.
-    pub fn put_object(&mut self, partition: u32, handle: u64, idx: &ObjectIndex<'_>, plaintext: &[u8]) -> Result<()> {
+    pub fn put_object(
+        &mut self,
+        partition: u32,
+        handle: u64,
+        idx: &ObjectIndex<'_>,
+        plaintext: &[u8],
+    ) -> Result<()> {
         let sealed = crypto::seal(&self.keys()?.store, &obj_aad(partition, handle), plaintext);
         let lt = self.tag(partition, b"label", idx.label.as_bytes())?;
         let it = self.tag(partition, b"id", idx.id)?;
@@ -479,9 +561,19 @@ impl Txn<'_> {
                 |r| r.get(0),
             )
             .optional()?;
-        let Some(sealed) = sealed else { return Ok(None) };
-        let pt = crypto::open(&self.keys()?.store, &obj_aad(partition, handle), &sealed, &format!("object {handle}"))?;
-        Ok(Some(SecretBytesRow { handle, plaintext: pt }))
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let pt = crypto::open(
+            &self.keys()?.store,
+            &obj_aad(partition, handle),
+            &sealed,
+            &format!("object {handle}"),
+        )?;
+        Ok(Some(SecretBytesRow {
+            handle,
+            plaintext: pt,
+        }))
     }
 
     /// Handles of a partition's objects, optionally only those with a label (by index).
@@ -494,7 +586,9 @@ impl Txn<'_> {
                 r.collect::<std::result::Result<_, _>>()?
             }
             None => {
-                let mut st = self.tx.prepare_cached("SELECT handle FROM objects WHERE partition = ?1 ORDER BY handle")?;
+                let mut st = self.tx.prepare_cached(
+                    "SELECT handle FROM objects WHERE partition = ?1 ORDER BY handle",
+                )?;
                 let r = st.query_map(params![partition], |r| r.get(0))?;
                 r.collect::<std::result::Result<_, _>>()?
             }
@@ -504,21 +598,31 @@ impl Txn<'_> {
 
     /// Deletes one object.
     pub fn delete_object(&mut self, partition: u32, handle: u64) -> Result<()> {
-        let n = self.tx.execute("DELETE FROM objects WHERE partition = ?1 AND handle = ?2", params![partition, handle as i64])?;
+        let n = self.tx.execute(
+            "DELETE FROM objects WHERE partition = ?1 AND handle = ?2",
+            params![partition, handle as i64],
+        )?;
         self.d_objects -= n as i64;
         Ok(())
     }
 
     /// Deletes every object of a partition; returns how many.
     pub fn delete_partition_objects(&mut self, partition: u32) -> Result<usize> {
-        let n = self.tx.execute("DELETE FROM objects WHERE partition = ?1", params![partition])?;
+        let n = self.tx.execute(
+            "DELETE FROM objects WHERE partition = ?1",
+            params![partition],
+        )?;
         self.d_objects -= n as i64;
         Ok(n)
     }
 
     /// Counts a partition's objects.
     pub fn count_objects(&mut self, partition: u32) -> Result<u64> {
-        let n: i64 = self.tx.query_row("SELECT COUNT(*) FROM objects WHERE partition = ?1", [partition], |r| r.get(0))?;
+        let n: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM objects WHERE partition = ?1",
+            [partition],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
@@ -533,12 +637,21 @@ impl Txn<'_> {
 
     fn finish(mut self) -> Result<()> {
         if self.d_records != 0 || self.d_objects != 0 || self.force_manifest {
-            let mut m: Manifest = if self.force_manifest { Manifest::default() } else {
-                self.get("manifest", "")?.ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))?
+            let mut m: Manifest = if self.force_manifest {
+                Manifest::default()
+            } else {
+                self.get("manifest", "")?
+                    .ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))?
             };
             if self.force_manifest {
-                m.records = self.tx.query_row("SELECT COUNT(*) FROM records WHERE kind != 'manifest'", [], |r| r.get(0))?;
-                m.objects = self.tx.query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))?;
+                m.records = self.tx.query_row(
+                    "SELECT COUNT(*) FROM records WHERE kind != 'manifest'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                m.objects = self
+                    .tx
+                    .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))?;
             } else {
                 m.records += self.d_records;
                 m.objects += self.d_objects;

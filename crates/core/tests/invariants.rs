@@ -21,13 +21,29 @@ fn inv2_edited_record_is_tamper_not_wrong_data() {
     drop(hsm);
     // Flip one byte in the sealed partition record.
     let c = db(&f);
-    let mut blob: Vec<u8> = c.query_row("SELECT sealed FROM records WHERE kind='partition'", [], |r| r.get(0)).unwrap();
+    let mut blob: Vec<u8> = c
+        .query_row(
+            "SELECT sealed FROM records WHERE kind='partition'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     let mid = blob.len() / 2;
     blob[mid] ^= 0x20;
-    c.execute("UPDATE records SET sealed=?1 WHERE kind='partition'", [&blob]).unwrap();
+    c.execute(
+        "UPDATE records SET sealed=?1 WHERE kind='partition'",
+        [&blob],
+    )
+    .unwrap();
     drop(c);
     let mut hsm = Hsm::open(&f.data).unwrap();
-    let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "co")], None))).unwrap_err();
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "co")], None)),
+        )
+        .unwrap_err();
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
     assert!(matches!(hsm.info(), Err(HsmError::Tamper(_))));
 }
@@ -41,21 +57,56 @@ fn inv2_edited_object_and_moved_rows_are_detected() {
     // Copy the AES object's sealed row over the EC private key's row: the AEAD binds each row
     // to its handle, so this must not yield the AES key under the EC handle.
     let c = db(&f);
-    let aes_blob: Vec<u8> = c.query_row("SELECT sealed FROM objects WHERE handle=?1", [aes.handle as i64], |r| r.get(0)).unwrap();
-    c.execute("UPDATE objects SET sealed=?1 WHERE handle=?2", rusqlite::params![aes_blob, ec.handle as i64]).unwrap();
+    let aes_blob: Vec<u8> = c
+        .query_row(
+            "SELECT sealed FROM objects WHERE handle=?1",
+            [aes.handle as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE objects SET sealed=?1 WHERE handle=?2",
+        rusqlite::params![aes_blob, ec.handle as i64],
+    )
+    .unwrap();
     drop(c);
-    let e = hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m").unwrap_err();
+    let e = hsm
+        .sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap_err();
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
     // The AES key itself is untouched and still works.
-    let p = Params { iv: vec![0; 12], aad: vec![] };
-    let ct = hsm.encrypt(&co, aes.handle, Mechanism::AesGcm, &p, b"x").unwrap();
-    assert_eq!(hsm.decrypt(&co, aes.handle, Mechanism::AesGcm, &p, &ct).unwrap().expose(), b"x");
+    let p = Params {
+        iv: vec![0; 12],
+        aad: vec![],
+    };
+    let ct = hsm
+        .encrypt(&co, aes.handle, Mechanism::AesGcm, &p, b"x")
+        .unwrap();
+    assert_eq!(
+        hsm.decrypt(&co, aes.handle, Mechanism::AesGcm, &p, &ct)
+            .unwrap()
+            .expose(),
+        b"x"
+    );
     // Pointing the label index at another row is caught too.
     let c = db(&f);
-    let tag: Vec<u8> = c.query_row("SELECT label_tag FROM objects WHERE handle=?1", [aes.handle as i64], |r| r.get(0)).unwrap();
-    c.execute("UPDATE objects SET label_tag=?1 WHERE handle=?2", rusqlite::params![tag, ec.handle as i64 + 1]).unwrap();
+    let tag: Vec<u8> = c
+        .query_row(
+            "SELECT label_tag FROM objects WHERE handle=?1",
+            [aes.handle as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE objects SET label_tag=?1 WHERE handle=?2",
+        rusqlite::params![tag, ec.handle as i64 + 1],
+    )
+    .unwrap();
     drop(c);
-    assert!(matches!(hsm.list_objects(&co, Some("aes")), Err(HsmError::Tamper(_))));
+    assert!(matches!(
+        hsm.list_objects(&co, Some("aes")),
+        Err(HsmError::Tamper(_))
+    ));
 }
 
 #[test]
@@ -63,10 +114,17 @@ fn inv2_deleted_or_inserted_rows_fail_open() {
     let (f, hsm) = fixture();
     drop(hsm);
     let c = db(&f);
-    let n = c.execute("DELETE FROM objects WHERE handle = (SELECT MAX(handle) FROM objects)", []).unwrap();
+    let n = c
+        .execute(
+            "DELETE FROM objects WHERE handle = (SELECT MAX(handle) FROM objects)",
+            [],
+        )
+        .unwrap();
     assert_eq!(n, 1);
     drop(c);
-    let e = Hsm::open(&f.data).err().expect("a store with a deleted row must not open");
+    let e = Hsm::open(&f.data)
+        .err()
+        .expect("a store with a deleted row must not open");
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
     assert!(e.to_string().contains("deleted or inserted"), "{e}");
 }
@@ -81,7 +139,9 @@ fn inv2_swapped_store_or_key_fails_open() {
     std::fs::copy(b.data.join("hsm.db"), a.data.join("hsm.db")).unwrap();
     let _ = std::fs::remove_file(a.data.join("hsm.db-wal"));
     let _ = std::fs::remove_file(a.data.join("hsm.db-shm"));
-    let e = Hsm::open(&a.data).err().expect("swapped store must not open");
+    let e = Hsm::open(&a.data)
+        .err()
+        .expect("swapped store must not open");
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
     // The device key file truncated.
     let k = std::fs::read(b.data.join("device.key")).unwrap();
@@ -113,21 +173,45 @@ fn inv2_no_secret_in_clear_in_the_data_directory() {
     // An AES key has no public part; the only way to know its value is to encrypt a known
     // block with it. Instead, check the label and PED secrets never appear in clear: the PED
     // key values (which are the role secrets) must not be in any file.
-    hsm.generate_key(&co, KeySpec::Aes128, &KeyOptions { label: "findme-label-zz".into(), id: vec![], extractable: false }).unwrap();
+    hsm.generate_key(
+        &co,
+        KeySpec::Aes128,
+        &KeyOptions {
+            label: "findme-label-zz".into(),
+            id: vec![],
+            extractable: false,
+        },
+    )
+    .unwrap();
     drop(hsm);
     let files = all_bytes(&f.data);
     for k in ["so1", "so2", "dom", "pso", "co", "cu"] {
-        let pk = ferrohsm_core::pedkey::PedKey::read(&key(&f, k)).unwrap().unwrap();
+        let pk = ferrohsm_core::pedkey::PedKey::read(&key(&f, k))
+            .unwrap()
+            .unwrap();
         for (p, b) in &files {
-            assert!(!contains(b, pk.value.expose()), "PED secret {k} in clear in {}", p.display());
+            assert!(
+                !contains(b, pk.value.expose()),
+                "PED secret {k} in clear in {}",
+                p.display()
+            );
         }
     }
     // Object records (attributes, public values, wrapped material) are sealed: no attribute
     // name of the record format appears in clear. (Event records name objects by label by
     // design; labels are not secret.)
     for (p, b) in &files {
-        for field in [&b"\"never_extractable\""[..], b"\"material\"", b"\"wrapped_pmk\"", b"\"verifier\""] {
-            assert!(!contains(b, field), "a record field in clear in {}", p.display());
+        for field in [
+            &b"\"never_extractable\""[..],
+            b"\"material\"",
+            b"\"wrapped_pmk\"",
+            b"\"verifier\"",
+        ] {
+            assert!(
+                !contains(b, field),
+                "a record field in clear in {}",
+                p.display()
+            );
         }
     }
 }
@@ -142,22 +226,43 @@ fn inv3_zeroize_leaves_nothing_recoverable() {
     let mut sealed: Vec<Vec<u8>> = Vec::new();
     for q in ["SELECT sealed FROM records", "SELECT sealed FROM objects"] {
         let mut st = c.prepare(q).unwrap();
-        sealed.extend(st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap().map(Result::unwrap));
+        sealed.extend(
+            st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
     }
     drop(c);
     assert!(sealed.len() >= 6);
     hsm.zeroize("test").unwrap();
     drop(hsm);
     for (p, b) in all_bytes(&f.data) {
-        assert!(!contains(&b, &device_key), "device key survives in {}", p.display());
+        assert!(
+            !contains(&b, &device_key),
+            "device key survives in {}",
+            p.display()
+        );
         for s in &sealed {
             // Any 32-byte run of a sealed record would be a leftover page.
-            assert!(!contains(&b, &s[13..45]), "sealed record survives in {}", p.display());
+            assert!(
+                !contains(&b, &s[13..45]),
+                "sealed record survives in {}",
+                p.display()
+            );
         }
     }
     let mut hsm = Hsm::open(&f.data).unwrap();
     assert_eq!(hsm.info().unwrap().state, "zeroized");
-    let e = hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&f.so_pin)))).unwrap_err();
+    let e = hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(
+                vec![key(&f, "so1"), key(&f, "so2")],
+                Some(&f.so_pin),
+            )),
+        )
+        .unwrap_err();
     assert!(matches!(e, HsmError::State(_)), "{e}");
 }
 
@@ -167,12 +272,19 @@ fn inv3_tamper_zeroizes_and_drops_activation() {
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
     let ch = Pin::password("challenge-secret-1").unwrap();
     hsm.activate(&co, ch.clone()).unwrap();
-    hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch.clone())).unwrap();
+    hsm.login(
+        Role::CryptoOfficer,
+        Some("p"),
+        Credential::Secret(ch.clone()),
+    )
+    .unwrap();
     hsm.tamper().unwrap();
     let info = hsm.info().unwrap();
     assert_eq!(info.state, "zeroized");
     assert!(info.tamper.is_some());
-    assert!(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch)).is_err());
+    assert!(hsm
+        .login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch))
+        .is_err());
     assert!(!f.data.join("device.key").exists());
 }
 
@@ -184,7 +296,11 @@ fn inv4_hsm_so_three_failures_zeroize_and_count_survives_reopen() {
     let wrong = Pin::ped_pin("000000").unwrap();
     let so_keys = || vec![key(&f, "so1"), key(&f, "so3")];
     for left in [2u32, 1] {
-        match hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(so_keys(), Some(&wrong)))) {
+        match hsm.login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(so_keys(), Some(&wrong))),
+        ) {
             Err(HsmError::AuthFailed { remaining, .. }) => assert_eq!(remaining, Some(left)),
             other => panic!("expected AuthFailed, got {other:?}"),
         }
@@ -193,8 +309,17 @@ fn inv4_hsm_so_three_failures_zeroize_and_count_survives_reopen() {
         hsm = Hsm::open(&f.data).unwrap();
         assert_eq!(hsm.info().unwrap().hsm_so.unwrap().failed_logins, 3 - left);
     }
-    let e = hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(so_keys(), Some(&wrong)))).unwrap_err();
-    assert!(matches!(e, HsmError::Locked(_)) && e.to_string().contains("zeroized"), "{e}");
+    let e = hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(so_keys(), Some(&wrong))),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, HsmError::Locked(_)) && e.to_string().contains("zeroized"),
+        "{e}"
+    );
     assert_eq!(hsm.info().unwrap().state, "zeroized");
     assert!(!f.data.join("device.key").exists());
 }
@@ -204,13 +329,25 @@ fn inv4_wrong_pin_then_right_pin_logs_in_and_resets_count() {
     let (f, mut hsm) = fixture();
     let wrong = Pin::ped_pin("000000").unwrap();
     for _ in 0..2 {
-        assert!(hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&wrong)))).is_err());
+        assert!(hsm
+            .login(
+                Role::HsmSo,
+                None,
+                Credential::Ped(&mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&wrong)))
+            )
+            .is_err());
     }
     hsm_so(&f, &mut hsm);
     assert_eq!(hsm.info().unwrap().hsm_so.unwrap().failed_logins, 0);
     // Two more wrong ones are then allowed again without zeroizing.
     for _ in 0..2 {
-        assert!(hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&wrong)))).is_err());
+        assert!(hsm
+            .login(
+                Role::HsmSo,
+                None,
+                Credential::Ped(&mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&wrong)))
+            )
+            .is_err());
     }
     assert_eq!(hsm.info().unwrap().state, "initialised");
 }
@@ -221,11 +358,18 @@ fn inv4_partition_so_ten_failures_zeroize_the_partition_only() {
     // A blue key of another secret (the HSM SO's) presented as the Partition SO: wrong secret.
     let wrong = || ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&f.so_pin));
     for i in 1..10 {
-        let e = hsm.login(Role::PartitionSo, Some("p"), Credential::Ped(&mut wrong())).unwrap_err();
+        let e = hsm
+            .login(Role::PartitionSo, Some("p"), Credential::Ped(&mut wrong()))
+            .unwrap_err();
         assert!(matches!(e, HsmError::AuthFailed { .. }), "attempt {i}: {e}");
     }
-    let e = hsm.login(Role::PartitionSo, Some("p"), Credential::Ped(&mut wrong())).unwrap_err();
-    assert!(e.to_string().contains("partition p has been zeroized"), "{e}");
+    let e = hsm
+        .login(Role::PartitionSo, Some("p"), Credential::Ped(&mut wrong()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("partition p has been zeroized"),
+        "{e}"
+    );
     let info = hsm.info().unwrap();
     assert_eq!(info.state, "initialised", "the HSM survives");
     let p = &info.partitions[0];
@@ -240,22 +384,59 @@ fn inv4_partition_so_ten_failures_zeroize_the_partition_only() {
 fn inv4_crypto_officer_locks_at_policy_limit_until_pso_resets() {
     let (f, mut hsm) = fixture();
     let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
-    hsm.set_partition_policy(&pso, "failed-login-limit", "3").unwrap();
+    hsm.set_partition_policy(&pso, "failed-login-limit", "3")
+        .unwrap();
     // Another partition's black key: right colour, wrong secret.
     let so = hsm_so(&f, &mut hsm);
     hsm.create_partition(&so, "q").unwrap();
-    hsm.init_partition("q", NewSecret::Ped(&mut new_ped(vec![key(&f, "qso")], 1, 1, None)), ferrohsm_core::DomainChoice::Hsm, None).unwrap();
-    let qso = hsm.login(Role::PartitionSo, Some("q"), Credential::Ped(&mut ped(vec![key(&f, "qso")], None))).unwrap();
-    hsm.init_role(&qso, Role::CryptoOfficer, NewSecret::Ped(&mut new_ped(vec![key(&f, "qco")], 1, 1, None)), false).unwrap();
+    hsm.init_partition(
+        "q",
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "qso")], 1, 1, None)),
+        ferrohsm_core::DomainChoice::Hsm,
+        None,
+    )
+    .unwrap();
+    let qso = hsm
+        .login(
+            Role::PartitionSo,
+            Some("q"),
+            Credential::Ped(&mut ped(vec![key(&f, "qso")], None)),
+        )
+        .unwrap();
+    hsm.init_role(
+        &qso,
+        Role::CryptoOfficer,
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "qco")], 1, 1, None)),
+        false,
+    )
+    .unwrap();
     for _ in 0..2 {
-        let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "qco")], None))).unwrap_err();
+        let e = hsm
+            .login(
+                Role::CryptoOfficer,
+                Some("p"),
+                Credential::Ped(&mut ped(vec![key(&f, "qco")], None)),
+            )
+            .unwrap_err();
         assert!(matches!(e, HsmError::AuthFailed { .. }), "{e}");
         assert!(e.to_string().contains("another secret"), "{e}");
     }
-    let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "qco")], None))).unwrap_err();
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "qco")], None)),
+        )
+        .unwrap_err();
     assert!(matches!(e, HsmError::Locked(_)), "{e}");
     // Now even the right key is refused.
-    let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "co")], None))).unwrap_err();
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "co")], None)),
+        )
+        .unwrap_err();
     assert!(matches!(e, HsmError::Locked(_)), "{e}");
     // The CU is not affected; the PSO resets the CO.
     login(&f, &mut hsm, Role::CryptoUser, "cu");
@@ -276,17 +457,43 @@ fn inv4_bad_key_files_and_wrong_colour_are_not_counted_and_change_nothing() {
     std::fs::write(&damaged, &b).unwrap();
     let truncated = f.peds.join("truncated.pedkey");
     std::fs::write(&truncated, &before[..before.len() / 2]).unwrap();
-    for (file, want) in [(damaged, "integrity check failed"), (truncated, "damaged or truncated")] {
-        let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![file], None))).unwrap_err();
+    for (file, want) in [
+        (damaged, "integrity check failed"),
+        (truncated, "damaged or truncated"),
+    ] {
+        let e = hsm
+            .login(
+                Role::CryptoOfficer,
+                Some("p"),
+                Credential::Ped(&mut ped(vec![file], None)),
+            )
+            .unwrap_err();
         assert!(matches!(e, HsmError::BadPedKey { .. }), "{e}");
         assert!(e.to_string().contains(want), "{e}");
     }
-    let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "cu")], None))).unwrap_err();
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "cu")], None)),
+        )
+        .unwrap_err();
     assert!(matches!(e, HsmError::WrongKey(_)), "{e}");
-    assert!(e.to_string().contains("gray (Crypto User)") && e.to_string().contains("black (Crypto Officer)"), "{e}");
+    assert!(
+        e.to_string().contains("gray (Crypto User)")
+            && e.to_string().contains("black (Crypto Officer)"),
+        "{e}"
+    );
     let info = hsm.info().unwrap();
-    let co = info.partitions[0].roles.iter().find(|r| r.role == "co").unwrap();
-    assert_eq!(co.failed_logins, 0, "bad files and wrong colours are not login attempts");
+    let co = info.partitions[0]
+        .roles
+        .iter()
+        .find(|r| r.role == "co")
+        .unwrap();
+    assert_eq!(
+        co.failed_logins, 0,
+        "bad files and wrong colours are not login attempts"
+    );
     assert_eq!(std::fs::read(key(&f, "co")).unwrap(), before);
     login(&f, &mut hsm, Role::CryptoOfficer, "co");
 }
@@ -301,38 +508,85 @@ fn inv5_separation_of_duties() {
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
     let cu = login(&f, &mut hsm, Role::CryptoUser, "cu");
     let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
-    let opts = KeyOptions { label: "x".into(), id: vec![], extractable: false };
+    let opts = KeyOptions {
+        label: "x".into(),
+        id: vec![],
+        extractable: false,
+    };
     let refused = |r: Result<(), HsmError>, needs: &str| {
         let e = r.expect_err("must be refused");
         assert!(matches!(e, HsmError::Refused(_)), "{e}");
-        assert!(e.to_string().contains(needs), "refusal should name {needs}: {e}");
+        assert!(
+            e.to_string().contains(needs),
+            "refusal should name {needs}: {e}"
+        );
     };
     // SOs never use partition keys.
     for s in [&so, &pso] {
-        refused(hsm.sign(s, ec.handle, Mechanism::EcdsaSha256, b"m").map(drop), "Crypto Officer");
+        refused(
+            hsm.sign(s, ec.handle, Mechanism::EcdsaSha256, b"m")
+                .map(drop),
+            "Crypto Officer",
+        );
         refused(hsm.list_objects(s, None).map(drop), "Crypto Officer");
-        refused(hsm.generate_key(s, KeySpec::Aes256, &opts).map(drop), "Crypto Officer");
+        refused(
+            hsm.generate_key(s, KeySpec::Aes256, &opts).map(drop),
+            "Crypto Officer",
+        );
     }
     // The CU cannot create, change or delete.
-    refused(hsm.generate_key(&cu, KeySpec::Aes256, &opts).map(drop), "Crypto Officer");
+    refused(
+        hsm.generate_key(&cu, KeySpec::Aes256, &opts).map(drop),
+        "Crypto Officer",
+    );
     refused(hsm.destroy_object(&cu, ec.handle), "Crypto Officer");
-    refused(hsm.init_role(&cu, Role::CryptoUser, NewSecret::Ped(&mut ped(vec![], None)), false).map(drop), "Crypto Officer");
+    refused(
+        hsm.init_role(
+            &cu,
+            Role::CryptoUser,
+            NewSecret::Ped(&mut ped(vec![], None)),
+            false,
+        )
+        .map(drop),
+        "Crypto Officer",
+    );
     // Only the HSM SO creates partitions and sets HSM policy; only the PSO partition policy.
     for s in [&pso, &co, &cu] {
         refused(hsm.create_partition(s, "z").map(drop), "HSM SO");
         refused(hsm.set_hsm_policy(s, "m-of-n", "off"), "HSM SO");
     }
     for s in [&so, &co, &cu] {
-        refused(hsm.set_partition_policy(s, "activation", "off"), "Partition SO");
+        refused(
+            hsm.set_partition_policy(s, "activation", "off"),
+            "Partition SO",
+        );
         refused(hsm.reset_role(s, Role::CryptoOfficer), "Partition SO");
     }
-    refused(hsm.init_role(&co, Role::CryptoOfficer, NewSecret::Ped(&mut ped(vec![], None)), true).map(drop), "Partition SO");
+    refused(
+        hsm.init_role(
+            &co,
+            Role::CryptoOfficer,
+            NewSecret::Ped(&mut ped(vec![], None)),
+            true,
+        )
+        .map(drop),
+        "Partition SO",
+    );
     // And the CU can use keys.
-    let sig = hsm.sign(&cu, ec.handle, Mechanism::EcdsaSha256, b"m").unwrap();
+    let sig = hsm
+        .sign(&cu, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap();
     let pubk = hsm.find_key(&cu, "ec", ObjectClass::PublicKey).unwrap();
-    assert!(hsm.verify(&cu, pubk.handle, Mechanism::EcdsaSha256, b"m", &sig).unwrap());
+    assert!(hsm
+        .verify(&cu, pubk.handle, Mechanism::EcdsaSha256, b"m", &sig)
+        .unwrap());
     // Every refusal was recorded.
-    let refusals = hsm.events().unwrap().iter().filter(|e| e.outcome.starts_with("failure: refused")).count();
+    let refusals = hsm
+        .events()
+        .unwrap()
+        .iter()
+        .filter(|e| e.outcome.starts_with("failure: refused"))
+        .count();
     assert!(refusals >= 16, "{refusals} refusals recorded");
 }
 
@@ -343,15 +597,48 @@ fn inv7_no_pin_or_secret_in_errors_or_events() {
     let (f, mut hsm) = fixture();
     let wrong = Pin::ped_pin("31415926").unwrap();
     let mut messages = Vec::new();
-    messages.push(hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&wrong)))).unwrap_err().to_string());
-    messages.push(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(Pin::password("guess-this-9876").unwrap())).unwrap_err().to_string());
+    messages.push(
+        hsm.login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&wrong))),
+        )
+        .unwrap_err()
+        .to_string(),
+    );
+    messages.push(
+        hsm.login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Secret(Pin::password("guess-this-9876").unwrap()),
+        )
+        .unwrap_err()
+        .to_string(),
+    );
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
-    hsm.activate(&co, Pin::password("the-challenge-5555").unwrap()).unwrap();
-    messages.push(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(Pin::password("not-the-challenge").unwrap())).unwrap_err().to_string());
+    hsm.activate(&co, Pin::password("the-challenge-5555").unwrap())
+        .unwrap();
+    messages.push(
+        hsm.login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Secret(Pin::password("not-the-challenge").unwrap()),
+        )
+        .unwrap_err()
+        .to_string(),
+    );
     let events = format!("{:?}", hsm.events().unwrap());
-    let mut secrets: Vec<String> = vec!["31415926".into(), "482916".into(), "guess-this-9876".into(), "the-challenge-5555".into(), "not-the-challenge".into()];
+    let mut secrets: Vec<String> = vec![
+        "31415926".into(),
+        "482916".into(),
+        "guess-this-9876".into(),
+        "the-challenge-5555".into(),
+        "not-the-challenge".into(),
+    ];
     for k in ["so1", "so2", "co", "dom"] {
-        let pk = ferrohsm_core::pedkey::PedKey::read(&key(&f, k)).unwrap().unwrap();
+        let pk = ferrohsm_core::pedkey::PedKey::read(&key(&f, k))
+            .unwrap()
+            .unwrap();
         secrets.push(hex::encode(pk.value.expose()));
         use base64::Engine as _;
         secrets.push(base64::engine::general_purpose::STANDARD.encode(pk.value.expose()));

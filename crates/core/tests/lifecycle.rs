@@ -17,30 +17,64 @@ fn activation_challenge_restart_and_auto_activation() {
     let ch = Pin::password("correct horse battery").unwrap();
     hsm.activate(&co, ch.clone()).unwrap();
     // The challenge alone logs in, with the partition key (it can sign).
-    let s = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch.clone())).unwrap();
+    let s = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Secret(ch.clone()),
+        )
+        .unwrap();
     let ec = hsm.find_key(&s, "ec", ObjectClass::PrivateKey).unwrap();
-    hsm.sign(&s, ec.handle, Mechanism::EcdsaSha256, b"m").unwrap();
+    hsm.sign(&s, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap();
     // A wrong challenge counts as a failed login of the CO.
-    let e = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(Pin::password("wrong horse battery").unwrap())).unwrap_err();
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Secret(Pin::password("wrong horse battery").unwrap()),
+        )
+        .unwrap_err();
     assert!(matches!(e, HsmError::AuthFailed { .. }), "{e}");
     // Restart without auto-activation ends it.
     hsm.restart().unwrap();
-    assert!(matches!(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch.clone())), Err(HsmError::Refused(_))));
+    assert!(matches!(
+        hsm.login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Secret(ch.clone())
+        ),
+        Err(HsmError::Refused(_))
+    ));
     // With auto-activation, an activation survives restarts.
     let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
-    hsm.set_partition_policy(&pso, "auto-activation", "on").unwrap();
+    hsm.set_partition_policy(&pso, "auto-activation", "on")
+        .unwrap();
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
     hsm.activate(&co, ch.clone()).unwrap();
     hsm.restart().unwrap();
-    hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch.clone())).unwrap();
+    hsm.login(
+        Role::CryptoOfficer,
+        Some("p"),
+        Credential::Secret(ch.clone()),
+    )
+    .unwrap();
     // Turning activation off drops it.
     hsm.set_partition_policy(&pso, "activation", "off").unwrap();
-    assert!(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch.clone())).is_err());
+    assert!(hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Secret(ch.clone())
+        )
+        .is_err());
     // Deactivation by the role.
     hsm.set_partition_policy(&pso, "activation", "on").unwrap();
     hsm.activate(&co, ch.clone()).unwrap();
     assert!(hsm.deactivate(&co, Role::CryptoOfficer).unwrap());
-    assert!(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch)).is_err());
+    assert!(hsm
+        .login(Role::CryptoOfficer, Some("p"), Credential::Secret(ch))
+        .is_err());
 }
 
 #[test]
@@ -49,14 +83,24 @@ fn hsm_policy_bounds_partition_policy() {
     let so = hsm_so(&f, &mut hsm);
     hsm.set_hsm_policy(&so, "activation", "off").unwrap();
     let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
-    let e = hsm.set_partition_policy(&pso, "activation", "on").unwrap_err();
-    assert!(e.to_string().contains("HSM policy activation is off"), "{e}");
+    let e = hsm
+        .set_partition_policy(&pso, "activation", "on")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("HSM policy activation is off"),
+        "{e}"
+    );
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
-    assert!(matches!(hsm.activate(&co, Pin::password("some challenge").unwrap()), Err(HsmError::Refused(_))));
+    assert!(matches!(
+        hsm.activate(&co, Pin::password("some challenge").unwrap()),
+        Err(HsmError::Refused(_))
+    ));
     // M of N off: a split imprint is refused and nothing is written.
     hsm.set_hsm_policy(&so, "m-of-n", "off").unwrap();
     let keys = vec![key(&f, "x1"), key(&f, "x2")];
-    let e = hsm.change_secret(&co, NewSecret::Ped(&mut new_ped(keys.clone(), 2, 2, None))).unwrap_err();
+    let e = hsm
+        .change_secret(&co, NewSecret::Ped(&mut new_ped(keys.clone(), 2, 2, None)))
+        .unwrap_err();
     assert!(matches!(e, HsmError::Refused(_)), "{e}");
     assert!(!keys[0].exists());
     login(&f, &mut hsm, Role::CryptoOfficer, "co");
@@ -68,20 +112,66 @@ fn reinit_needs_current_so_and_names_every_partition() {
     let mut so = new_ped(vec![key(&f, "new-so")], 1, 1, None);
     let mut dom = new_ped(vec![key(&f, "new-dom")], 1, 1, None);
     // Without the current SO.
-    let e = hsm.init(InitOptions { label: "again".into(), mode: AuthMode::Ped, so: NewSecret::Ped(&mut so), domain: NewSecret::Ped(&mut dom), current_so: None, confirm_destroy: vec![] }).unwrap_err();
+    let e = hsm
+        .init(InitOptions {
+            label: "again".into(),
+            mode: AuthMode::Ped,
+            so: NewSecret::Ped(&mut so),
+            domain: NewSecret::Ped(&mut dom),
+            current_so: None,
+            confirm_destroy: vec![],
+        })
+        .unwrap_err();
     assert!(matches!(e, HsmError::Refused(_)), "{e}");
     // With the SO but without naming the partition.
     let mut cur = ped(vec![key(&f, "so1"), key(&f, "so3")], Some(&f.so_pin));
-    let e = hsm.init(InitOptions { label: "again".into(), mode: AuthMode::Ped, so: NewSecret::Ped(&mut so), domain: NewSecret::Ped(&mut dom), current_so: Some(Credential::Ped(&mut cur)), confirm_destroy: vec![] }).unwrap_err();
-    assert!(e.to_string().contains("destroys partitions p (3 objects)"), "{e}");
-    assert!(!key(&f, "new-so").exists(), "a refused re-init must not write keys");
+    let e = hsm
+        .init(InitOptions {
+            label: "again".into(),
+            mode: AuthMode::Ped,
+            so: NewSecret::Ped(&mut so),
+            domain: NewSecret::Ped(&mut dom),
+            current_so: Some(Credential::Ped(&mut cur)),
+            confirm_destroy: vec![],
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("destroys partitions p (3 objects)"),
+        "{e}"
+    );
+    assert!(
+        !key(&f, "new-so").exists(),
+        "a refused re-init must not write keys"
+    );
     assert_eq!(hsm.info().unwrap().partitions.len(), 1, "state intact");
     // Named: it goes through; old keys no longer work, new ones do.
     let mut cur = ped(vec![key(&f, "so1"), key(&f, "so3")], Some(&f.so_pin));
-    hsm.init(InitOptions { label: "again".into(), mode: AuthMode::Ped, so: NewSecret::Ped(&mut so), domain: NewSecret::Ped(&mut dom), current_so: Some(Credential::Ped(&mut cur)), confirm_destroy: vec!["p".into()] }).unwrap();
+    hsm.init(InitOptions {
+        label: "again".into(),
+        mode: AuthMode::Ped,
+        so: NewSecret::Ped(&mut so),
+        domain: NewSecret::Ped(&mut dom),
+        current_so: Some(Credential::Ped(&mut cur)),
+        confirm_destroy: vec!["p".into()],
+    })
+    .unwrap();
     assert!(hsm.info().unwrap().partitions.is_empty());
-    assert!(hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&f.so_pin)))).is_err());
-    hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "new-so")], None))).unwrap();
+    assert!(hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(
+                vec![key(&f, "so1"), key(&f, "so2")],
+                Some(&f.so_pin)
+            ))
+        )
+        .is_err());
+    hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(vec![key(&f, "new-so")], None)),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -90,16 +180,55 @@ fn change_pin_and_change_secret_touch_only_that_role() {
     let so = hsm_so(&f, &mut hsm);
     // HSM SO: change the PED PIN (same keys).
     let new_pin = Pin::ped_pin("7777").unwrap();
-    hsm.change_pin(&so, &mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&f.so_pin)), Some(new_pin.clone())).unwrap();
-    assert!(hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&f.so_pin)))).is_err());
-    hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&new_pin)))).unwrap();
+    hsm.change_pin(
+        &so,
+        &mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&f.so_pin)),
+        Some(new_pin.clone()),
+    )
+    .unwrap();
+    assert!(hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(
+                vec![key(&f, "so1"), key(&f, "so2")],
+                Some(&f.so_pin)
+            ))
+        )
+        .is_err());
+    hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(
+            vec![key(&f, "so1"), key(&f, "so2")],
+            Some(&new_pin),
+        )),
+    )
+    .unwrap();
     // CO: new secret on a new key; keys stay usable.
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
-    hsm.change_secret(&co, NewSecret::Ped(&mut new_ped(vec![key(&f, "co-new")], 1, 1, None))).unwrap();
-    assert!(hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "co")], None))).is_err());
-    let co = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "co-new")], None))).unwrap();
+    hsm.change_secret(
+        &co,
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "co-new")], 1, 1, None)),
+    )
+    .unwrap();
+    assert!(hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "co")], None))
+        )
+        .is_err());
+    let co = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "co-new")], None)),
+        )
+        .unwrap();
     let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m").unwrap();
+    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap();
     // Others untouched.
     login(&f, &mut hsm, Role::CryptoUser, "cu");
     login(&f, &mut hsm, Role::PartitionSo, "pso");
@@ -111,21 +240,78 @@ fn reused_domain_and_so_keys_work_on_a_second_hsm() {
     let dir2 = f.tmp.path().join("data2");
     let mut h2 = Hsm::open_or_create(&dir2).unwrap();
     // Reuse a red key of another type is refused, naming both types.
-    let mut wrong = LocalPed::new(PedAnswers { keys: vec![key(&f, "dom")], reuse: true, ..Default::default() });
+    let mut wrong = LocalPed::new(PedAnswers {
+        keys: vec![key(&f, "dom")],
+        reuse: true,
+        ..Default::default()
+    });
     let mut dom = new_ped(vec![key(&f, "h2dom")], 1, 1, None);
-    let e = h2.init(InitOptions { label: "two".into(), mode: AuthMode::Ped, so: NewSecret::Ped(&mut wrong), domain: NewSecret::Ped(&mut dom), current_so: None, confirm_destroy: vec![] }).unwrap_err();
-    assert!(e.to_string().contains("red (cloning domain)") && e.to_string().contains("blue (security officer)"), "{e}");
+    let e = h2
+        .init(InitOptions {
+            label: "two".into(),
+            mode: AuthMode::Ped,
+            so: NewSecret::Ped(&mut wrong),
+            domain: NewSecret::Ped(&mut dom),
+            current_so: None,
+            confirm_destroy: vec![],
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("red (cloning domain)")
+            && e.to_string().contains("blue (security officer)"),
+        "{e}"
+    );
     // Reuse the HSM SO keys (2 of 3 + PIN) and the domain on the second HSM.
-    let mut so = LocalPed::new(PedAnswers { keys: vec![key(&f, "so1"), key(&f, "so3")], reuse: true, pin: Some(f.so_pin.clone()), ..Default::default() });
-    let mut dom = LocalPed::new(PedAnswers { keys: vec![key(&f, "dom")], reuse: true, ..Default::default() });
-    h2.init(InitOptions { label: "two".into(), mode: AuthMode::Ped, so: NewSecret::Ped(&mut so), domain: NewSecret::Ped(&mut dom), current_so: None, confirm_destroy: vec![] }).unwrap();
-    let so2 = h2.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(&f, "so2"), key(&f, "so3")], Some(&f.so_pin)))).unwrap();
+    let mut so = LocalPed::new(PedAnswers {
+        keys: vec![key(&f, "so1"), key(&f, "so3")],
+        reuse: true,
+        pin: Some(f.so_pin.clone()),
+        ..Default::default()
+    });
+    let mut dom = LocalPed::new(PedAnswers {
+        keys: vec![key(&f, "dom")],
+        reuse: true,
+        ..Default::default()
+    });
+    h2.init(InitOptions {
+        label: "two".into(),
+        mode: AuthMode::Ped,
+        so: NewSecret::Ped(&mut so),
+        domain: NewSecret::Ped(&mut dom),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .unwrap();
+    let so2 = h2
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(
+                vec![key(&f, "so2"), key(&f, "so3")],
+                Some(&f.so_pin),
+            )),
+        )
+        .unwrap();
     h2.create_partition(&so2, "p2").unwrap();
-    h2.init_partition("p2", NewSecret::Ped(&mut new_ped(vec![key(&f, "p2so")], 1, 1, None)), DomainChoice::Imprint(NewSecret::Ped(&mut LocalPed::new(PedAnswers { keys: vec![key(&f, "dom")], reuse: true, ..Default::default() }))), None).unwrap();
+    h2.init_partition(
+        "p2",
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "p2so")], 1, 1, None)),
+        DomainChoice::Imprint(NewSecret::Ped(&mut LocalPed::new(PedAnswers {
+            keys: vec![key(&f, "dom")],
+            reuse: true,
+            ..Default::default()
+        }))),
+        None,
+    )
+    .unwrap();
     // The partition on HSM 2 is in the same domain as HSM 1's own domain.
     let i1 = hsm.info().unwrap();
     let i2 = h2.info().unwrap();
-    assert_eq!(i2.partitions[0].domain.as_deref(), Some("hsm"), "reused red key = HSM 2's domain, which is HSM 1's");
+    assert_eq!(
+        i2.partitions[0].domain.as_deref(),
+        Some("hsm"),
+        "reused red key = HSM 2's domain, which is HSM 1's"
+    );
     assert_eq!(i1.partitions[0].domain.as_deref(), Some("hsm"));
 }
 
@@ -133,13 +319,44 @@ fn reused_domain_and_so_keys_work_on_a_second_hsm() {
 fn new_crypto_officer_needs_confirmation_and_destroys_objects() {
     let (f, mut hsm) = fixture();
     let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
-    let e = hsm.init_role(&pso, Role::CryptoOfficer, NewSecret::Ped(&mut new_ped(vec![key(&f, "co2")], 1, 1, None)), false).unwrap_err();
-    assert!(e.to_string().contains("destroys the partition's 3 object(s)"), "{e}");
+    let e = hsm
+        .init_role(
+            &pso,
+            Role::CryptoOfficer,
+            NewSecret::Ped(&mut new_ped(vec![key(&f, "co2")], 1, 1, None)),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("destroys the partition's 3 object(s)"),
+        "{e}"
+    );
     assert!(!key(&f, "co2").exists());
-    hsm.init_role(&pso, Role::CryptoOfficer, NewSecret::Ped(&mut new_ped(vec![key(&f, "co2")], 1, 1, None)), true).unwrap();
-    let co = hsm.login(Role::CryptoOfficer, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "co2")], None))).unwrap();
+    hsm.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "co2")], 1, 1, None)),
+        true,
+    )
+    .unwrap();
+    let co = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "co2")], None)),
+        )
+        .unwrap();
     assert!(hsm.list_objects(&co, None).unwrap().is_empty());
-    assert!(hsm.login(Role::CryptoUser, Some("p"), Credential::Ped(&mut ped(vec![key(&f, "cu")], None))).is_err(), "old CU dropped");
+    assert!(
+        hsm.login(
+            Role::CryptoUser,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "cu")], None))
+        )
+        .is_err(),
+        "old CU dropped"
+    );
 }
 
 #[test]
@@ -147,23 +364,87 @@ fn password_authenticated_hsm_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let mut hsm = Hsm::open_or_create(&tmp.path().join("d")).unwrap();
     let pw = |s: &str| Pin::password(s).unwrap();
-    hsm.init(InitOptions { label: "lab".into(), mode: AuthMode::Password, so: NewSecret::Password(pw("hsm-so-password")), domain: NewSecret::Password(pw("domain-string-1")), current_so: None, confirm_destroy: vec![] }).unwrap();
+    hsm.init(InitOptions {
+        label: "lab".into(),
+        mode: AuthMode::Password,
+        so: NewSecret::Password(pw("hsm-so-password")),
+        domain: NewSecret::Password(pw("domain-string-1")),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .unwrap();
     assert_eq!(hsm.info().unwrap().auth_mode, Some(AuthMode::Password));
-    let so = hsm.login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password"))).unwrap();
+    let so = hsm
+        .login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password")))
+        .unwrap();
     hsm.create_partition(&so, "tok").unwrap();
-    hsm.init_partition("tok", NewSecret::Password(pw("partition-so-pw")), DomainChoice::Hsm, None).unwrap();
-    let pso = hsm.login(Role::PartitionSo, Some("tok"), Credential::Secret(pw("partition-so-pw"))).unwrap();
-    hsm.init_role(&pso, Role::CryptoOfficer, NewSecret::Password(pw("user-pin-1234")), false).unwrap();
-    let e = hsm.login(Role::CryptoOfficer, Some("tok"), Credential::Secret(pw("user-pin-9999"))).unwrap_err();
-    assert!(matches!(e, HsmError::AuthFailed { remaining: Some(9), .. }), "{e}");
-    let co = hsm.login(Role::CryptoOfficer, Some("tok"), Credential::Secret(pw("user-pin-1234"))).unwrap();
-    hsm.generate_key(&co, KeySpec::Rsa2048, &KeyOptions { label: "r".into(), id: vec![], extractable: false }).unwrap();
+    hsm.init_partition(
+        "tok",
+        NewSecret::Password(pw("partition-so-pw")),
+        DomainChoice::Hsm,
+        None,
+    )
+    .unwrap();
+    let pso = hsm
+        .login(
+            Role::PartitionSo,
+            Some("tok"),
+            Credential::Secret(pw("partition-so-pw")),
+        )
+        .unwrap();
+    hsm.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Password(pw("user-pin-1234")),
+        false,
+    )
+    .unwrap();
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("tok"),
+            Credential::Secret(pw("user-pin-9999")),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HsmError::AuthFailed {
+                remaining: Some(9),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let co = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("tok"),
+            Credential::Secret(pw("user-pin-1234")),
+        )
+        .unwrap();
+    hsm.generate_key(
+        &co,
+        KeySpec::Rsa2048,
+        &KeyOptions {
+            label: "r".into(),
+            id: vec![],
+            extractable: false,
+        },
+    )
+    .unwrap();
     let r = hsm.find_key(&co, "r", ObjectClass::PrivateKey).unwrap();
-    let sig = hsm.sign(&co, r.handle, Mechanism::RsaPssSha256, b"doc").unwrap();
+    let sig = hsm
+        .sign(&co, r.handle, Mechanism::RsaPssSha256, b"doc")
+        .unwrap();
     let rp = hsm.find_key(&co, "r", ObjectClass::PublicKey).unwrap();
-    assert!(hsm.verify(&co, rp.handle, Mechanism::RsaPssSha256, b"doc", &sig).unwrap());
+    assert!(hsm
+        .verify(&co, rp.handle, Mechanism::RsaPssSha256, b"doc", &sig)
+        .unwrap());
     // PED credentials are refused on a password HSM.
-    assert!(hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![], None))).is_err());
+    assert!(hsm
+        .login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![], None)))
+        .is_err());
 }
 
 #[test]
@@ -177,5 +458,11 @@ fn partition_delete_and_stable_ids() {
     let r = hsm.create_partition(&so, "r").unwrap();
     assert_eq!(r, 3, "ids are never reused");
     let info = hsm.info().unwrap();
-    assert_eq!(info.partitions.iter().map(|p| (p.id, p.label.as_str())).collect::<Vec<_>>(), vec![(2, "q"), (3, "r")]);
+    assert_eq!(
+        info.partitions
+            .iter()
+            .map(|p| (p.id, p.label.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(2, "q"), (3, "r")]
+    );
 }

@@ -22,11 +22,21 @@ pub fn key(f: &Fixture, name: &str) -> PathBuf {
 }
 
 pub fn ped(keys: Vec<PathBuf>, pin: Option<&Pin>) -> LocalPed {
-    LocalPed::new(PedAnswers { keys, pin: pin.cloned(), ..Default::default() })
+    LocalPed::new(PedAnswers {
+        keys,
+        pin: pin.cloned(),
+        ..Default::default()
+    })
 }
 
 pub fn new_ped(keys: Vec<PathBuf>, m: u8, n: u8, pin: Option<&Pin>) -> LocalPed {
-    LocalPed::new(PedAnswers { keys, m, n, pin: pin.cloned(), ..Default::default() })
+    LocalPed::new(PedAnswers {
+        keys,
+        m,
+        n,
+        pin: pin.cloned(),
+        ..Default::default()
+    })
 }
 
 /// A PED-authenticated HSM: SO 2 of 3 with PIN, domain 1 of 1, partition "p" initialised,
@@ -35,7 +45,12 @@ pub fn fixture() -> (Fixture, Hsm) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let peds = tmp.path().join("peds");
-    let f = Fixture { data: data.clone(), peds, so_pin: Pin::ped_pin("482916").unwrap(), tmp };
+    let f = Fixture {
+        data: data.clone(),
+        peds,
+        so_pin: Pin::ped_pin("482916").unwrap(),
+        tmp,
+    };
     let mut hsm = Hsm::open_or_create(&data).unwrap();
     let so_keys = vec![key(&f, "so1"), key(&f, "so2"), key(&f, "so3")];
     hsm.init(InitOptions {
@@ -49,23 +64,72 @@ pub fn fixture() -> (Fixture, Hsm) {
     .unwrap();
     let so = hsm_so(&f, &mut hsm);
     hsm.create_partition(&so, "p").unwrap();
-    hsm.init_partition("p", NewSecret::Ped(&mut new_ped(vec![key(&f, "pso")], 1, 1, None)), DomainChoice::Hsm, None).unwrap();
+    hsm.init_partition(
+        "p",
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "pso")], 1, 1, None)),
+        DomainChoice::Hsm,
+        None,
+    )
+    .unwrap();
     let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
     hsm.set_partition_policy(&pso, "activation", "on").unwrap();
-    hsm.init_role(&pso, Role::CryptoOfficer, NewSecret::Ped(&mut new_ped(vec![key(&f, "co")], 1, 1, None)), false).unwrap();
+    hsm.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "co")], 1, 1, None)),
+        false,
+    )
+    .unwrap();
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
-    hsm.init_role(&co, Role::CryptoUser, NewSecret::Ped(&mut new_ped(vec![key(&f, "cu")], 1, 1, None)), false).unwrap();
-    hsm.generate_key(&co, KeySpec::EcP256, &KeyOptions { label: "ec".into(), id: vec![1], extractable: false }).unwrap();
-    hsm.generate_key(&co, KeySpec::Aes256, &KeyOptions { label: "aes".into(), id: vec![2], extractable: false }).unwrap();
+    hsm.init_role(
+        &co,
+        Role::CryptoUser,
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "cu")], 1, 1, None)),
+        false,
+    )
+    .unwrap();
+    hsm.generate_key(
+        &co,
+        KeySpec::EcP256,
+        &KeyOptions {
+            label: "ec".into(),
+            id: vec![1],
+            extractable: false,
+        },
+    )
+    .unwrap();
+    hsm.generate_key(
+        &co,
+        KeySpec::Aes256,
+        &KeyOptions {
+            label: "aes".into(),
+            id: vec![2],
+            extractable: false,
+        },
+    )
+    .unwrap();
     (f, hsm)
 }
 
 pub fn hsm_so(f: &Fixture, hsm: &mut Hsm) -> Session {
-    hsm.login(Role::HsmSo, None, Credential::Ped(&mut ped(vec![key(f, "so1"), key(f, "so2")], Some(&f.so_pin)))).unwrap()
+    hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(
+            vec![key(f, "so1"), key(f, "so2")],
+            Some(&f.so_pin),
+        )),
+    )
+    .unwrap()
 }
 
 pub fn login(f: &Fixture, hsm: &mut Hsm, role: Role, keyname: &str) -> Session {
-    hsm.login(role, Some("p"), Credential::Ped(&mut ped(vec![key(f, keyname)], None))).unwrap()
+    hsm.login(
+        role,
+        Some("p"),
+        Credential::Ped(&mut ped(vec![key(f, keyname)], None)),
+    )
+    .unwrap()
 }
 
 /// Every byte of every file under `dir`.
