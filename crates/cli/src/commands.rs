@@ -219,16 +219,26 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             Ok(exit::OK)
         }
         HsmCmd::Zeroize { yes } => {
-            let mut hsm = Hsm::open(dir)?;
             need_yes(
                 yes,
                 "Zeroize destroys every key, role and partition of this HSM irreversibly.",
             )?;
-            hsm.zeroize("zeroize command")?;
-            done(format!(
-                "HSM {} zeroized: all key material destroyed",
-                hsm.serial()
-            ))
+            match Hsm::open(dir) {
+                Ok(mut hsm) => {
+                    hsm.zeroize("zeroize command")?;
+                    done(format!(
+                        "HSM {} zeroized: all key material destroyed",
+                        hsm.serial()
+                    ))
+                }
+                // A store that fails its checks can still be destroyed: that is the way out of tamper.
+                Err(HsmError::Tamper(why)) => {
+                    eprintln!("ferrohsm: the store failed its integrity checks ({why}); zeroizing it without reading it");
+                    Hsm::zeroize_unopenable(dir, "zeroize command")?;
+                    done("HSM zeroized: all key material destroyed")
+                }
+                Err(e) => Err(e),
+            }
         }
         HsmCmd::FactoryReset { yes } => {
             let mut hsm = Hsm::open(dir)?;

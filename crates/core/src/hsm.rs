@@ -594,12 +594,29 @@ impl Hsm {
     /// Zeroize, and also forget the last zeroize and tamper notes: the HSM is as delivered.
     pub fn factory_reset(&mut self) -> Result<()> {
         self.zeroize("factory reset")?;
-        self.store.set_meta("zeroized", "")?;
+        self.store.clear_meta("zeroized")?;
+        self.store.clear_meta("tamper")?;
         let e = self.ev("factory-reset", "device", None, None, "success");
-        self.store.event(&e)?;
-        self.store.read(|_| Ok(()))?;
-        // An empty note reads as "never zeroized" for display.
-        Ok(())
+        self.store.event(&e)
+    }
+
+    /// Zeroizes an HSM whose store fails its integrity checks (and so cannot be opened):
+    /// the recovery a real HSM offers after tamper. Destroys the device key and every sealed
+    /// record without reading them; the serial and the event history survive if readable.
+    pub fn zeroize_unopenable(dir: &Path, reason: &str) -> Result<()> {
+        let mut store = Store::open_unverified(dir)?;
+        let serial = store.serial().unwrap_or_default();
+        store.event(&Event {
+            seq: 0,
+            time: now_rfc3339(),
+            serial,
+            event: "zeroize".into(),
+            role: "device".into(),
+            partition: None,
+            object: None,
+            outcome: format!("success: {reason} (store failed its integrity checks)"),
+        })?;
+        store.destroy_key_material(reason)
     }
 
     /// The tamper switch: zeroize, which drops every activation with the partitions, and

@@ -192,6 +192,28 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a plain metadata value.
+    pub fn clear_meta(&self, name: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM meta WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    /// Opens the database without loading or checking the device key: only for destroying
+    /// everything in a store that failed its checks.
+    pub fn open_unverified(dir: &Path) -> Result<Store> {
+        let db = dir.join(DB_FILE);
+        if !db.exists() {
+            return Err(HsmError::State(format!("no HSM at {}", dir.display())));
+        }
+        let conn = open_conn(&db)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            conn,
+            keys: None,
+        })
+    }
+
     /// Whether a device key is loaded.
     pub fn key_state(&self) -> KeyState {
         if self.keys.is_some() {
