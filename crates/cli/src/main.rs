@@ -1,6 +1,7 @@
 //! `ferrohsm`: the operator command for a ferrohsm HSM.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod commands;
 mod demo;
 mod input;
@@ -92,6 +93,9 @@ pub enum Cmd {
     /// Keys in a partition: generate, list, sign, verify, encrypt, decrypt, delete.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// The audit log: Auditor role, show, export, verify, configuration, witnesses.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Run the whole story non-interactively in a fresh data directory and explain each step.
     Demo {
         /// Directory to run in (default: a new temporary directory, removed afterwards).
@@ -422,6 +426,209 @@ pub enum PedCmd {
         /// Write over targets that hold a secret.
         #[arg(long)]
         overwrite: bool,
+    },
+}
+
+/// `ferrohsm audit …`
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Imprint the Auditor (white PED key, or a password); possible before `hsm init`.
+    #[command(after_help = "\
+Examples:
+  ferrohsm audit init                                   # one white key, in the PED directory
+  ferrohsm audit init --new-m 2 --new-n 3 --new-pin prompt
+  ferrohsm audit init --auth password --new-password prompt")]
+    Init {
+        /// PED key(s) or password.
+        #[arg(long, value_enum, default_value = "ped")]
+        auth: AuthArg,
+        #[command(flatten)]
+        new: NewImprint,
+        #[command(flatten)]
+        common: ImprintCommon,
+        /// Re-imprinting: the current Auditor's credential.
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Print (or write) the HSM's audit public key, for verifiers and witnesses. No login.
+    PublicKey {
+        /// Write it to this file too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show records, filtered (Auditor).
+    #[command(
+        after_help = "Example:\n  ferrohsm audit show --event login --role co --since 2026-11-01T00:00:00Z --json"
+    )]
+    Show {
+        /// Only records at or after this UTC time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this UTC time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this event (login, key-use, partition-create, …).
+        #[arg(long)]
+        event: Option<String>,
+        /// Only this role (hsm-so, so, co, cu, auditor, device).
+        #[arg(long)]
+        role: Option<String>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Only failures and refusals.
+        #[arg(long)]
+        failures: bool,
+        /// Only ceremony records still lacking the required witness cosignatures.
+        #[arg(long)]
+        pending_cosignatures: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Export records with proofs and the signed checkpoint, for offline verification (Auditor).
+    #[command(
+        after_help = "Example:\n  ferrohsm audit export --out audit.json --earlier last-month.checkpoint"
+    )]
+    Export {
+        /// Export file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// First record (sequence number).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// A checkpoint a verifier holds: include the proof that the log extends it.
+        #[arg(long, value_name = "FILE")]
+        earlier: Vec<PathBuf>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Verify: the live log (Auditor), or an export file offline with --export (no login).
+    #[command(
+        after_help = "Examples:\n  ferrohsm audit verify\n  ferrohsm audit verify --export audit.json --public-key hsm-audit.vkey --prove 12"
+    )]
+    Verify {
+        /// Verify this export file instead of the live log.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// With --export: the HSM's audit public key file.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// With --export: a checkpoint held before, which the export must extend.
+        #[arg(long, value_name = "FILE")]
+        earlier: Vec<PathBuf>,
+        /// With --export: a witness public key file to check.
+        #[arg(long, value_name = "FILE")]
+        witness: Vec<PathBuf>,
+        /// With --export: prove this record is included.
+        #[arg(long)]
+        prove: Option<u64>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Write the latest signed checkpoint (Auditor), e.g. for witnesses to cosign.
+    Checkpoint {
+        /// File to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Audit configuration (Auditor).
+    #[command(subcommand)]
+    Config(AuditConfigCmd),
+    /// Witnesses: make keys, register, cosign, submit cosignatures.
+    #[command(subcommand)]
+    Witness(WitnessCmd),
+}
+
+/// `ferrohsm audit config …`
+#[derive(Subcommand, Debug)]
+pub enum AuditConfigCmd {
+    /// Show the configuration.
+    Show {
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Change it.
+    #[command(
+        after_help = "Examples:\n  ferrohsm audit config set --key-use strict\n  ferrohsm audit config set --key-use batched --batch-ms 200 --ceremony-cosignatures 3"
+    )]
+    Set {
+        /// Audit key use (sign, verify, encrypt, decrypt): off, strict (durable before the answer) or batched.
+        #[arg(long, value_enum)]
+        key_use: Option<KeyUseArg>,
+        /// With batched: longest a record waits before it is durable, in ms.
+        #[arg(long, default_value_t = 100)]
+        batch_ms: u64,
+        /// Witness cosignatures each ceremony needs.
+        #[arg(long)]
+        ceremony_cosignatures: Option<u32>,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+/// Key-use auditing.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum KeyUseArg {
+    /// Not recorded.
+    Off,
+    /// Durable before the answer.
+    Strict,
+    /// Durable within --batch-ms.
+    Batched,
+}
+
+/// `ferrohsm audit witness …`
+#[derive(Subcommand, Debug)]
+pub enum WitnessCmd {
+    /// Make a witness key pair (on the witness's own machine): private key file, public key printed.
+    Keygen {
+        /// Witness name (no spaces or '+').
+        #[arg(long)]
+        name: String,
+        /// Private key file to create (0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register a witness's public key (Auditor).
+    Add {
+        /// File holding the witness's public key line.
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List registered witnesses (Auditor).
+    List {
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Cosign a checkpoint with a witness key (after checking the HSM's signature). No HSM needed.
+    #[command(
+        after_help = "Example:\n  ferrohsm audit witness cosign --key alice.key --checkpoint cp.txt --public-key hsm-audit.vkey"
+    )]
+    Cosign {
+        /// Witness private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Checkpoint file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The HSM's audit public key file.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Output file (default: over --checkpoint).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Hand cosignatures back to the HSM (Auditor).
+    Submit {
+        /// Cosigned checkpoint file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        login: Login,
     },
 }
 

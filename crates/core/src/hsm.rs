@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{self, AuditConfig, KeyUseAudit, Witness};
+use crate::audit_writer::AuditWriter;
 use crate::crypto::{self, hkdf32, KdfParams};
 use crate::error::{HsmError, Result};
 use crate::mechanism::{self, KeySpec, Mechanism, Params};
@@ -17,6 +19,7 @@ use crate::role::{AuthMethod, Role, RoleAuth};
 use crate::secret::{Pin, Secret32, SecretBytes};
 use crate::store::{Event, KeyState, ObjectIndex, Store, Txn};
 use crate::time::{now_rfc3339, now_unix};
+use ferrohsm_audit::{Export, Record, Report};
 
 /// How the HSM's roles authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +210,8 @@ pub struct HsmInfo {
     pub policy: BTreeMap<String, String>,
     /// The HSM SO.
     pub hsm_so: Option<RoleInfo>,
+    /// The Auditor (independent of initialisation).
+    pub auditor: Option<RoleInfo>,
     /// Partitions.
     pub partitions: Vec<PartitionInfo>,
     /// When and why it was last zeroized.
@@ -216,6 +221,9 @@ pub struct HsmInfo {
     /// Restart counter (activations without auto-activation end at a restart).
     pub boot_epoch: u64,
 }
+
+/// How long the Auditor is locked out after 3 failed logins.
+pub const AUDITOR_LOCKOUT_S: u64 = 600;
 
 fn pid(id: u32) -> String {
     format!("{id:05}")
@@ -238,10 +246,7 @@ fn need(role_needed: &str, action: &str, have: Role) -> HsmError {
 pub struct Hsm {
     store: Store,
     serial: String,
-}
-
-struct Authenticated {
-    auth: Secret32,
+    writer: Option<(KeyUseAudit, AuditWriter)>,
 }
 
 impl Hsm {
@@ -249,14 +254,22 @@ impl Hsm {
     pub fn open(dir: &Path) -> Result<Hsm> {
         let store = Store::open(dir, false)?;
         let serial = store.serial()?;
-        Ok(Hsm { store, serial })
+        Ok(Hsm {
+            store,
+            serial,
+            writer: None,
+        })
     }
 
     /// Opens the HSM in `dir`, creating an uninitialised one if there is none.
     pub fn open_or_create(dir: &Path) -> Result<Hsm> {
         let store = Store::open(dir, true)?;
         let serial = store.serial()?;
-        Ok(Hsm { store, serial })
+        Ok(Hsm {
+            store,
+            serial,
+            writer: None,
+        })
     }
 
     /// Serial number.
@@ -270,7 +283,7 @@ impl Hsm {
     }
 
     /// All events recorded so far, oldest first.
-    pub fn events(&self) -> Result<Vec<Event>> {
+    pub fn events(&mut self) -> Result<Vec<Event>> {
         self.store.events()
     }
 
@@ -347,6 +360,11 @@ impl Hsm {
         let serial = self.serial.clone();
         let last_zeroized = self.store.meta("zeroized")?;
         let tamper = self.store.meta("tamper")?;
+        let auditor = self.store.read(|t| {
+            let Some(keys) = t.audit else { return Ok(None) };
+            Ok(audit::get_state::<RoleAuth>(&t.tx, &keys.root, "auditor")?
+                .map(|a| Self::role_info(Role::Auditor, &a, false)))
+        })?;
         if self.store.key_state() == KeyState::Absent {
             return Ok(HsmInfo {
                 serial,
@@ -359,6 +377,7 @@ impl Hsm {
                 auth_mode: None,
                 policy: BTreeMap::new(),
                 hsm_so: None,
+                auditor,
                 partitions: vec![],
                 last_zeroized,
                 tamper,
@@ -411,6 +430,7 @@ impl Hsm {
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
                 hsm_so: Some(Self::role_info(Role::HsmSo, &d.so, false)),
+                auditor: auditor.clone(),
                 partitions,
                 last_zeroized,
                 tamper,
@@ -591,9 +611,12 @@ impl Hsm {
         self.store.destroy_key_material(reason)
     }
 
-    /// Zeroize, and also forget the last zeroize and tamper notes: the HSM is as delivered.
+    /// Zeroize, and also destroy the audit log, its signing key and the Auditor, and forget
+    /// the zeroize and tamper notes: the HSM is as delivered. Export the log first.
     pub fn factory_reset(&mut self) -> Result<()> {
+        self.writer = None;
         self.zeroize("factory reset")?;
+        self.store.reset_audit()?;
         self.store.clear_meta("zeroized")?;
         self.store.clear_meta("tamper")?;
         let e = self.ev("factory-reset", "device", None, None, "success");
@@ -643,19 +666,16 @@ impl Hsm {
 
     /// Logs a role in. PED credentials rebuild the role's secret from its keys (and PIN);
     /// a secret is a password, or an activated role's challenge secret. Failed attempts are
-    /// counted and persisted before this returns; reaching the limit locks the role, zeroizes
-    /// the partition (Partition SO) or zeroizes the HSM (HSM SO).
+    /// counted and persisted before this returns; reaching the limit zeroizes the HSM (HSM SO,
+    /// 3), zeroizes the partition (Partition SO, 10), locks the role until the Partition SO
+    /// resets it (Crypto Officer and User, 10 or the policy's limit) or locks it out for ten
+    /// minutes (Auditor, 3).
     pub fn login(
         &mut self,
         role: Role,
         partition: Option<&str>,
         cred: Credential<'_>,
     ) -> Result<Session> {
-        if role == Role::Auditor {
-            return Err(HsmError::State(
-                "the Auditor role is not available in this release".into(),
-            ));
-        }
         if role.in_partition() != partition.is_some() {
             return Err(HsmError::InvalidInput(if role.in_partition() {
                 format!("the {role} logs in to a partition; name it with --partition")
@@ -668,53 +688,89 @@ impl Hsm {
             None => role.to_string(),
         };
         // Read what is needed to compute the authenticator, outside the write lock.
-        let (mode, part_id, auth_state, activation, eff) = self.store.read(|t| {
+        struct Pre {
+            mode: AuthMode,
+            part_id: Option<u32>,
+            auth: Option<RoleAuth>,
+            activation: Option<Activation>,
+            policy: Option<Policy>,
+        }
+        let pre = self.store.read(|t| {
+            if role == Role::Auditor {
+                let root = &t
+                    .audit
+                    .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
+                    .root;
+                let a: Option<RoleAuth> = audit::get_state(&t.tx, root, "auditor")?;
+                let mode = match a.as_ref().map(|a| &a.method) {
+                    Some(AuthMethod::Password { .. }) => AuthMode::Password,
+                    _ => AuthMode::Ped,
+                };
+                return Ok(Pre {
+                    mode,
+                    part_id: None,
+                    auth: a,
+                    activation: None,
+                    policy: None,
+                });
+            }
             let d = Self::device(t)?;
             match partition {
-                None => Ok((d.mode, None, Some(d.so.clone()), None, d.policy.clone())),
+                None => Ok(Pre {
+                    mode: d.mode,
+                    part_id: None,
+                    auth: Some(d.so.clone()),
+                    activation: None,
+                    policy: None,
+                }),
                 Some(l) => {
                     let p = Self::partition_by_label(t, l)?;
                     let eff = p.policy.effective(&d.policy);
                     let act = p.activations.get(role.short()).cloned().filter(|a| {
                         eff.activation && (a.epoch == d.boot_epoch || eff.auto_activation)
                     });
-                    Ok((d.mode, Some(p.id), p.role(role).cloned(), act, eff))
+                    Ok(Pre {
+                        mode: d.mode,
+                        part_id: Some(p.id),
+                        auth: p.role(role).cloned(),
+                        activation: act,
+                        policy: Some(eff),
+                    })
                 }
             }
         })?;
-        let ev_name = "login";
-        let Some(auth_state) = auth_state else {
+        let Some(auth_state) = pre.auth else {
             let e = HsmError::State(format!("the {who} is not initialised"));
-            return Err(self.refuse(ev_name, role.short(), partition, e));
+            return Err(self.refuse("login", role.short(), partition, e));
         };
         if let Err(e) = auth_state.check_not_locked(&who, now_unix()) {
-            return Err(self.refuse(ev_name, role.short(), partition, e));
+            return Err(self.refuse("login", role.short(), partition, e));
         }
-        let tag = role_tag(role, part_id);
+        let tag = role_tag(role, pre.part_id);
 
-        // Compute the candidate authenticator, and which verifier it is checked against.
+        // Compute the candidate authenticator, and whether it is checked against an activation.
         let mut via_activation = false;
         let mut other_secret: Option<String> = None;
-        let candidate: Result<Authenticated> = match cred {
+        let candidate = match cred {
             Credential::Ped(ped) => {
-                if mode != AuthMode::Ped {
-                    return Err(HsmError::InvalidInput(
-                        "this HSM is password-authenticated; log in with a password".into(),
-                    ));
+                if pre.mode != AuthMode::Ped {
+                    return Err(HsmError::InvalidInput(format!(
+                        "the {who} logs in with a password, not PED keys"
+                    )));
                 }
                 let presented = match ped.present(&PresentRequest {
                     secret_type: role.secret_type(),
                     role: who.clone(),
                 }) {
                     Ok(p) => p,
-                    Err(e) => return Err(self.refuse(ev_name, role.short(), partition, e)),
+                    Err(e) => return Err(self.refuse("login", role.short(), partition, e)),
                 };
                 let AuthMethod::Ped {
                     secret_id, pin_kdf, ..
                 } = &auth_state.method
                 else {
                     return Err(HsmError::Tamper(
-                        "role method disagrees with HSM mode".into(),
+                        "role method disagrees with its mode".into(),
                     ));
                 };
                 if &presented.secret_id != secret_id {
@@ -731,113 +787,124 @@ impl Hsm {
                             "the {who} key is protected by a PED PIN; give it with --pin"
                         )))
                     }
-                    (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k)
-                        .map(|auth| Authenticated { auth }),
-                    (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh())
-                        .map(|auth| Authenticated { auth }),
+                    (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k)?,
+                    (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh())?,
                 }
             }
-            Credential::Secret(pw) => match (&auth_state.method, mode) {
-                (AuthMethod::Password { kdf }, AuthMode::Password) => {
-                    kdf.derive(pw.expose()).map(|auth| Authenticated { auth })
-                }
+            Credential::Secret(pw) => match (&auth_state.method, pre.mode) {
+                (AuthMethod::Password { kdf }, AuthMode::Password) => kdf.derive(pw.expose())?,
                 (_, AuthMode::Ped) => {
                     if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
                         return Err(HsmError::InvalidInput(format!(
                             "the {who} logs in with PED keys, not a secret"
                         )));
                     }
-                    let Some(act) = &activation else {
+                    let Some(act) = &pre.activation else {
+                        let off = pre.policy.as_ref().is_some_and(|p| !p.activation);
                         let e = HsmError::Refused(format!(
                             "the {who} is not activated{}; log in with the PED key, or activate first",
-                            if eff.activation { "" } else { " (partition policy activation is off)" }));
-                        return Err(self.refuse(ev_name, role.short(), partition, e));
+                            if off { " (partition policy activation is off)" } else { "" }));
+                        return Err(self.refuse("login", role.short(), partition, e));
                     };
                     via_activation = true;
-                    act.kdf
-                        .derive(pw.expose())
-                        .map(|auth| Authenticated { auth })
+                    act.kdf.derive(pw.expose())?
                 }
-                _ => Err(HsmError::Tamper(
-                    "role method disagrees with HSM mode".into(),
-                )),
+                _ => {
+                    return Err(HsmError::Tamper(
+                        "role method disagrees with its mode".into(),
+                    ))
+                }
             },
         };
-        let candidate = candidate?;
 
         // Check and count under the write lock, against freshly read state.
-        let dk = self.store.device_key()?.clone();
+        let dk = match role {
+            Role::Auditor => self.store.audit_keys()?.root.clone(),
+            _ => self.store.device_key()?.clone(),
+        };
         let act_tag = format!("{tag}/activation");
-        let limit_co_cu = eff.failed_login_limit;
-        let serial = self.serial.clone();
+        let co_cu_limit = pre
+            .policy
+            .as_ref()
+            .map_or(crate::policy::MAX_FAILED_LOGINS, |p| p.failed_login_limit);
+        let part_id = pre.part_id;
         let who2 = who.clone();
-        let part_label = partition.map(str::to_owned);
+        let mut ev = self.ev("login", role.short(), partition, None, "");
         let outcome = self.store.write(|t| {
-            let mut d = Self::device(t)?;
-            let mut p = match part_id { Some(id) => Some(Self::partition_by_id(t, id)?), None => None };
-            let state = match &mut p { Some(p) => p.role(role).cloned(), None => Some(d.so.clone()) }
-                .ok_or_else(|| HsmError::State(format!("the {who2} is not initialised")))?;
+            let mut dev = if role == Role::Auditor { None } else { Some(Self::device(t)?) };
+            let mut part = match part_id { Some(id) => Some(Self::partition_by_id(t, id)?), None => None };
+            let state = match (role, &dev, &part) {
+                (Role::Auditor, _, _) => audit::get_state::<RoleAuth>(&t.tx, &dk, "auditor")?,
+                (_, _, Some(p)) => p.role(role).cloned(),
+                (_, Some(d), None) => Some(d.so.clone()),
+                _ => None,
+            }.ok_or_else(|| HsmError::State(format!("the {who2} is not initialised")))?;
             state.check_not_locked(&who2, now_unix())?;
             let (ok, pmk) = if via_activation {
-                let act = p.as_ref().and_then(|p| p.activations.get(role.short()))
+                let act = part.as_ref().and_then(|p| p.activations.get(role.short()))
                     .ok_or_else(|| HsmError::Refused(format!("the {who2} is no longer activated")))?;
-                let ok = act.auth.matches(&dk, &act_tag, &candidate.auth);
-                (ok, if ok { act.auth.unwrap_pmk(&dk, &act_tag, &candidate.auth)? } else { None })
+                let ok = act.auth.matches(&dk, &act_tag, &candidate);
+                (ok, if ok { act.auth.unwrap_pmk(&dk, &act_tag, &candidate)? } else { None })
             } else {
-                let ok = state.matches(&dk, &tag, &candidate.auth);
-                (ok, if ok { state.unwrap_pmk(&dk, &tag, &candidate.auth)? } else { None })
+                let ok = state.matches(&dk, &tag, &candidate);
+                (ok, if ok { state.unwrap_pmk(&dk, &tag, &candidate)? } else { None })
             };
-            let mut ev = Event { seq: 0, time: now_rfc3339(), serial: serial.clone(), event: "login".into(),
-                role: role.short().into(), partition: part_label.clone(), object: None, outcome: String::new() };
-            let limit = role.failed_login_limit(limit_co_cu);
+            let limit = role.failed_login_limit(co_cu_limit);
             let mut new_state = state.clone();
-            let result;
-            if ok {
+            let mut zeroize_hsm = false;
+            let result = if ok {
                 new_state.failed = 0;
                 new_state.lock_until = None;
                 ev.outcome = if via_activation { "success (challenge secret)".into() } else { "success".into() };
-                result = Ok(pmk);
+                Ok(pmk)
             } else {
                 new_state.failed += 1;
-                let remaining = limit.saturating_sub(new_state.failed);
-                let mut consequence = None;
-                if new_state.failed >= limit {
-                    match role {
-                        Role::HsmSo => consequence = Some("zeroize-hsm"),
-                        Role::PartitionSo => consequence = Some("zeroize-partition"),
-                        Role::Auditor => new_state.lock_until = Some(now_unix() + 600),
-                        _ => new_state.locked = true,
-                    }
-                }
                 let reason = match &other_secret {
                     Some(r) => r.clone(),
                     None if via_activation => "wrong challenge secret".to_string(),
                     None => "wrong PED key, PED PIN or password".to_string(),
                 };
                 ev.outcome = format!("failure: {reason} ({} of {limit})", new_state.failed);
-                result = Err(match consequence {
-                    Some("zeroize-hsm") => HsmError::Locked(format!("{limit} failed HSM SO logins: the HSM has been zeroized")),
-                    Some(_) => HsmError::Locked(format!("{limit} failed Partition SO logins: partition {} has been zeroized", part_label.clone().unwrap_or_default())),
-                    None if new_state.locked => HsmError::Locked(format!("{reason}: the {who2} is now locked after {limit} failed logins; the Partition SO must reset it")),
-                    None if new_state.lock_until.is_some() => HsmError::Locked(format!("{reason}: the {who2} is locked out for 10 minutes")),
-                    None => HsmError::AuthFailed { role: who2.clone(), reason, remaining: Some(remaining) },
-                });
-                if consequence == Some("zeroize-partition") {
-                    if let Some(p) = &mut p {
-                        t.delete_partition_objects(p.id)?;
-                        p.wipe();
+                let reached = new_state.failed >= limit;
+                Err(match role {
+                    _ if !reached => HsmError::AuthFailed { role: who2.clone(), reason, remaining: Some(limit - new_state.failed) },
+                    Role::HsmSo => {
+                        zeroize_hsm = true;
+                        HsmError::Locked(format!("{limit} failed HSM SO logins: the HSM has been zeroized"))
                     }
+                    Role::PartitionSo => {
+                        if let Some(p) = &mut part {
+                            t.delete_partition_objects(p.id)?;
+                            p.wipe();
+                        }
+                        HsmError::Locked(format!("{limit} failed Partition SO logins: partition {} has been zeroized", partition.unwrap_or_default()))
+                    }
+                    Role::Auditor => {
+                        new_state.lock_until = Some(now_unix() + AUDITOR_LOCKOUT_S);
+                        HsmError::Locked(format!("{reason}: the Auditor is locked out for {} minutes after {limit} failed logins", AUDITOR_LOCKOUT_S / 60))
+                    }
+                    Role::CryptoOfficer | Role::CryptoUser => {
+                        new_state.locked = true;
+                        HsmError::Locked(format!("{reason}: the {who2} is now locked after {limit} failed logins; the Partition SO must reset it"))
+                    }
+                })
+            };
+            match (role, &mut dev, &mut part) {
+                (Role::Auditor, _, _) => audit::put_state(&t.tx, &dk, "auditor", &new_state)?,
+                (_, _, Some(p)) => {
+                    if let Some(r) = p.role_mut(role) {
+                        *r = new_state;
+                    }
+                    t.put("partition", &pid(p.id), p)?;
                 }
+                (_, Some(d), None) => {
+                    d.so = new_state;
+                    t.put("device", "", d)?;
+                }
+                _ => {}
             }
-            match &mut p {
-                Some(p) if p.initialised.is_some() => { if let Some(r) = p.role_mut(role) { *r = new_state; } }
-                Some(_) => {}
-                None => d.so = new_state,
-            }
-            if let Some(p) = &p { t.put("partition", &pid(p.id), p)?; }
-            t.put("device", "", &d)?;
             t.event(&ev)?;
-            Ok(result)
+            Ok(result.map_err(|e| (e, zeroize_hsm)))
         })?;
         match outcome {
             Ok(pmk) => Ok(Session {
@@ -846,8 +913,8 @@ impl Hsm {
                 partition_label: partition.map(str::to_owned),
                 pmk,
             }),
-            Err(e) => {
-                if matches!(&e, HsmError::Locked(m) if m.contains("the HSM has been zeroized")) {
+            Err((e, zeroize_hsm)) => {
+                if zeroize_hsm {
                     self.store.destroy_key_material("3 failed HSM SO logins")?;
                 }
                 Err(e)
@@ -1637,7 +1704,9 @@ impl Hsm {
                 attrs.label
             )));
         }
-        mechanism::sign(attrs.spec, &m, mech, data)
+        let sig = mechanism::sign(attrs.spec, &m, mech, data)?;
+        self.audit_key_use(s, &attrs.label, &format!("sign {mech}"))?;
+        Ok(sig)
     }
 
     /// Verifies with a public key (Crypto Officer or Crypto User). `Ok(false)`: bad signature.
@@ -1660,7 +1729,13 @@ impl Hsm {
         let public = rec
             .public
             .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
-        mechanism::verify(rec.attrs.spec, &public, mech, data, sig)
+        let ok = mechanism::verify(rec.attrs.spec, &public, mech, data, sig)?;
+        self.audit_key_use(
+            s,
+            &rec.attrs.label,
+            &format!("verify {mech} ({})", if ok { "valid" } else { "invalid" }),
+        )?;
+        Ok(ok)
     }
 
     /// Encrypts with a secret key or an RSA public key (Crypto Officer or Crypto User).
@@ -1680,15 +1755,17 @@ impl Hsm {
                 rec.attrs.label
             )));
         }
-        if rec.attrs.class == ObjectClass::SecretKey {
+        let ct = if rec.attrs.class == ObjectClass::SecretKey {
             let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
-            mechanism::encrypt(attrs.spec, m.expose(), mech, p, data)
+            mechanism::encrypt(attrs.spec, m.expose(), mech, p, data)?
         } else {
             let public = rec
                 .public
                 .ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
-            mechanism::encrypt(rec.attrs.spec, &public, mech, p, data)
-        }
+            mechanism::encrypt(rec.attrs.spec, &public, mech, p, data)?
+        };
+        self.audit_key_use(s, &rec.attrs.label, &format!("encrypt {mech}"))?;
+        Ok(ct)
     }
 
     /// Decrypts with a secret or private key (Crypto Officer or Crypto User).
@@ -1708,7 +1785,9 @@ impl Hsm {
                 attrs.label
             )));
         }
-        mechanism::decrypt(attrs.spec, &m, mech, p, data)
+        let pt = mechanism::decrypt(attrs.spec, &m, mech, p, data)?;
+        self.audit_key_use(s, &attrs.label, &format!("decrypt {mech}"))?;
+        Ok(pt)
     }
 
     /// Destroys an object (Crypto Officer only).
@@ -1737,5 +1816,397 @@ impl Hsm {
                 outcome: "success".into(),
             })
         })
+    }
+
+    // ---- audit ----
+
+    fn auditor_only(&mut self, s: &Session, action: &str) -> Result<()> {
+        if s.role == Role::Auditor {
+            return Ok(());
+        }
+        Err(self.refuse(
+            "audit",
+            s.role.short(),
+            s.partition(),
+            need("Auditor", action, s.role),
+        ))
+    }
+
+    /// Imprints the Auditor (white PED key(s), or a password). Possible before `hsm init`;
+    /// survives re-initialisation and zeroize. Re-imprinting needs the current Auditor.
+    pub fn audit_init(
+        &mut self,
+        secret: NewSecret<'_>,
+        current: Option<Credential<'_>>,
+    ) -> Result<Option<Imprinted>> {
+        let (exists, allow_mofn) = self.store.read(|t| {
+            let root = &t
+                .audit
+                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
+                .root;
+            let exists = audit::get_state::<RoleAuth>(&t.tx, root, "auditor")?.is_some();
+            let allow = if t.get::<Device>("device", "").ok().flatten().is_some() {
+                Self::device(t)?.policy.m_of_n
+            } else {
+                true
+            };
+            Ok((exists, allow))
+        })?;
+        if exists {
+            let Some(cred) = current else {
+                return Err(self.refuse("audit-init", "none", None, HsmError::Refused(
+                    "the Auditor exists; re-imprinting it needs the current Auditor's key or password".into())));
+            };
+            self.login(Role::Auditor, None, cred)?;
+        }
+        let mode = match secret {
+            NewSecret::Ped(_) => AuthMode::Ped,
+            NewSecret::Password(_) => AuthMode::Password,
+        };
+        let (method, auth, imp) = self.imprint(
+            secret,
+            crate::pedkey::SecretType::Auditor,
+            format!("Auditor of {}", self.serial),
+            mode,
+            allow_mofn,
+        )?;
+        let root = self.store.audit_keys()?.root.clone();
+        let ra = RoleAuth::new(&root, &role_tag(Role::Auditor, None), method, &auth, None);
+        let e = self.ev("audit-init", "auditor", None, None, "success");
+        self.store.write(|t| {
+            audit::put_state(&t.tx, &root, "auditor", &ra)?;
+            if audit::get_state::<AuditConfig>(&t.tx, &root, "config")?.is_none() {
+                audit::put_state(&t.tx, &root, "config", &AuditConfig::default())?;
+            }
+            t.event(&e)
+        })?;
+        Ok(imp)
+    }
+
+    /// The HSM's audit verifier key (signed-note form). Public: anyone may have it.
+    pub fn audit_public_key(&self) -> Result<String> {
+        Ok(self.store.audit_keys()?.vkey.clone())
+    }
+
+    fn read_audit_config(&mut self) -> Result<AuditConfig> {
+        self.store.read(|t| {
+            let root = &t
+                .audit
+                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
+                .root;
+            Ok(audit::get_state::<AuditConfig>(&t.tx, root, "config")?.unwrap_or_default())
+        })
+    }
+
+    /// The audit configuration (Auditor only).
+    pub fn audit_config(&mut self, s: &Session) -> Result<AuditConfig> {
+        self.auditor_only(s, "reading the audit configuration")?;
+        self.read_audit_config()
+    }
+
+    /// Changes the audit configuration (Auditor only).
+    pub fn set_audit_config(&mut self, s: &Session, cfg: AuditConfig) -> Result<()> {
+        self.auditor_only(s, "configuring the audit log")?;
+        if let KeyUseAudit::Batched { max_ms } = cfg.key_use {
+            if !(1..=60_000).contains(&max_ms) {
+                return Err(HsmError::InvalidInput(
+                    "batched key-use auditing takes 1 to 60000 ms".into(),
+                ));
+            }
+        }
+        if cfg.ceremony_cosignatures > 16 {
+            return Err(HsmError::InvalidInput(
+                "at most 16 witness cosignatures can be required".into(),
+            ));
+        }
+        let root = self.store.audit_keys()?.root.clone();
+        let e = self.ev(
+            "audit-config",
+            "auditor",
+            None,
+            Some(&format!(
+                "{:?}, ceremony cosignatures {}",
+                cfg.key_use, cfg.ceremony_cosignatures
+            )),
+            "success",
+        );
+        self.store.write(|t| {
+            audit::put_state(&t.tx, &root, "config", &cfg)?;
+            t.event(&e)
+        })
+    }
+
+    /// Every record of the log (Auditor only).
+    pub fn audit_records(&mut self, s: &Session) -> Result<Vec<Record>> {
+        self.auditor_only(s, "reading the audit log")?;
+        self.flush_key_use()?;
+        self.store.events()
+    }
+
+    /// The latest signed checkpoint (Auditor only).
+    pub fn audit_checkpoint(&mut self, s: &Session) -> Result<String> {
+        self.auditor_only(s, "reading the audit log")?;
+        self.flush_key_use()?;
+        self.store
+            .read(|t| audit::latest_checkpoint(&t.tx))?
+            .map(|(_, n)| n)
+            .ok_or_else(|| HsmError::State("the audit log is empty".into()))
+    }
+
+    /// Exports records from `from` (1-based) to the latest checkpoint with their proofs, and
+    /// consistency proofs for the earlier checkpoints of the given sizes plus every checkpoint
+    /// a witness cosigned (Auditor only).
+    pub fn audit_export(&mut self, s: &Session, from: u64, earlier: &[u64]) -> Result<Export> {
+        self.auditor_only(s, "exporting the audit log")?;
+        self.flush_key_use()?;
+        let witnesses = self.witness_keys()?;
+        let e = self.ev(
+            "audit-export",
+            "auditor",
+            None,
+            Some(&format!("from #{from}")),
+            "success",
+        );
+        self.store.write(|t| t.event(&e))?;
+        self.store.read(|t| {
+            let keys = t
+                .audit
+                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?;
+            let mut sizes: Vec<u64> = earlier.to_vec();
+            for (size, note) in audit::checkpoints(&t.tx)? {
+                if !ferrohsm_audit::witness::cosigners(&note, &witnesses).is_empty() {
+                    sizes.push(size);
+                }
+            }
+            sizes.sort_unstable();
+            sizes.dedup();
+            audit::export(&t.tx, keys, from, &sizes)
+        })
+    }
+
+    /// Verifies the whole live log with the HSM's own key, and that every checkpoint it ever
+    /// signed is consistent with the latest (Auditor only).
+    pub fn audit_verify(&mut self, s: &Session) -> Result<Report> {
+        self.auditor_only(s, "verifying the audit log")?;
+        self.flush_key_use()?;
+        let (ex, all) = self.store.read(|t| {
+            let keys = t
+                .audit
+                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?;
+            let all: Vec<(u64, String)> = audit::checkpoints(&t.tx)?;
+            let sizes: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
+            Ok((audit::export(&t.tx, keys, 1, &sizes)?, all))
+        })?;
+        let opts = ferrohsm_audit::VerifyOptions {
+            public_key: Some(self.audit_public_key()?),
+            earlier: all.into_iter().map(|(_, n)| n).collect(),
+            ..Default::default()
+        };
+        ferrohsm_audit::verify_export(&ex, &opts)
+            .map_err(|e| HsmError::Tamper(format!("audit log: {e}")))
+    }
+
+    fn witness_keys(&mut self) -> Result<Vec<String>> {
+        Ok(self.read_witnesses()?.into_iter().map(|w| w.vkey).collect())
+    }
+
+    fn read_witnesses(&mut self) -> Result<Vec<Witness>> {
+        self.store.read(|t| {
+            let root = &t
+                .audit
+                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
+                .root;
+            Ok(audit::get_state::<Vec<Witness>>(&t.tx, root, "witnesses")?.unwrap_or_default())
+        })
+    }
+
+    /// Registered witnesses (Auditor only).
+    pub fn witnesses(&mut self, s: &Session) -> Result<Vec<Witness>> {
+        self.auditor_only(s, "listing witnesses")?;
+        self.read_witnesses()
+    }
+
+    /// Registers a witness by its signed-note verifier key (Auditor only).
+    pub fn add_witness(&mut self, s: &Session, vkey: &str) -> Result<Witness> {
+        self.auditor_only(s, "registering witnesses")?;
+        let vkey = vkey.trim();
+        let v = signed_note::StandardVerifier::new(vkey).map_err(|e| {
+            HsmError::InvalidInput(format!("not a signed-note Ed25519 verifier key ({e:?})"))
+        })?;
+        let w = Witness {
+            name: signed_note::Verifier::name(&v).to_string(),
+            vkey: vkey.to_string(),
+            added: now_rfc3339(),
+        };
+        let root = self.store.audit_keys()?.root.clone();
+        let e = self.ev("witness-add", "auditor", None, Some(&w.name), "success");
+        self.store.write(|t| {
+            let mut list: Vec<Witness> =
+                audit::get_state(&t.tx, &root, "witnesses")?.unwrap_or_default();
+            if list.iter().any(|x| x.name == w.name) {
+                return Err(HsmError::InvalidInput(format!(
+                    "a witness named {} is registered already",
+                    w.name
+                )));
+            }
+            list.push(w.clone());
+            audit::put_state(&t.tx, &root, "witnesses", &list)?;
+            t.event(&e)
+        })?;
+        Ok(w)
+    }
+
+    /// Takes a checkpoint cosigned by witnesses and keeps the registered witnesses'
+    /// signatures on the stored checkpoint. Returns the names of the witnesses whose
+    /// cosignatures verified (Auditor only).
+    pub fn submit_cosigned(&mut self, s: &Session, note: &str) -> Result<Vec<String>> {
+        self.auditor_only(s, "submitting cosignatures")?;
+        let vkey = self.audit_public_key()?;
+        let hsm = signed_note::StandardVerifier::new(&vkey)
+            .map_err(|e| HsmError::Store(format!("{e:?}")))?;
+        let (_, cp) = ferrohsm_audit::verify::open_checkpoint(note, &hsm)
+            .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
+        let witnesses = self.witness_keys()?;
+        let names = ferrohsm_audit::witness::cosigners(note, &witnesses);
+        if names.is_empty() {
+            return Err(HsmError::InvalidInput(
+                "the checkpoint carries no cosignature from a registered witness".into(),
+            ));
+        }
+        let size = cp.size();
+        let e = self.ev(
+            "witness-cosign",
+            "auditor",
+            None,
+            Some(&format!("checkpoint {size}: {}", names.join(", "))),
+            "success",
+        );
+        self.store.write(|t| {
+            let stored: Vec<(u64, String)> = audit::checkpoints(&t.tx)?;
+            let (_, mine) = stored
+                .into_iter()
+                .find(|(s, _)| *s == size)
+                .ok_or_else(|| {
+                    HsmError::InvalidInput(format!("this HSM issued no checkpoint of size {size}"))
+                })?;
+            let merged = merge_signatures(&mine, note)?;
+            audit::store_cosigned(&t.tx, size, &merged)?;
+            t.event(&e)
+        })?;
+        Ok(names)
+    }
+
+    /// Ceremony records not yet covered by a checkpoint carrying the configured number of
+    /// registered witness cosignatures, with the best count they have (Auditor only).
+    pub fn pending_ceremonies(&mut self, s: &Session) -> Result<Vec<(Record, usize)>> {
+        self.auditor_only(s, "reading the audit log")?;
+        let need = self.read_audit_config()?.ceremony_cosignatures as usize;
+        let witnesses = self.witness_keys()?;
+        let (records, cps) = self.store.read(|t| {
+            Ok((
+                audit::records(&t.tx, 0, u64::MAX >> 1)?,
+                audit::checkpoints(&t.tx)?,
+            ))
+        })?;
+        let counted: Vec<(u64, usize)> = cps
+            .iter()
+            .map(|(size, n)| {
+                (
+                    *size,
+                    ferrohsm_audit::witness::cosigners(n, &witnesses).len(),
+                )
+            })
+            .collect();
+        Ok(records
+            .into_iter()
+            .filter(|r| r.is_ceremony())
+            .filter_map(|r| {
+                let best = counted
+                    .iter()
+                    .filter(|(size, _)| *size >= r.seq)
+                    .map(|(_, c)| *c)
+                    .max()
+                    .unwrap_or(0);
+                (best < need).then_some((r, best))
+            })
+            .collect())
+    }
+
+    /// Records a key use as the Auditor configured: not at all, durably before returning
+    /// (strict), or within the configured delay (batched).
+    fn audit_key_use(&mut self, s: &Session, object: &str, what: &str) -> Result<()> {
+        let mode = self.read_audit_config()?.key_use;
+        if mode == KeyUseAudit::Off {
+            return Ok(());
+        }
+        if self.writer.as_ref().map(|(m, _)| *m) != Some(mode) {
+            self.writer = None;
+            let wait = match mode {
+                KeyUseAudit::Batched { max_ms } => std::time::Duration::from_millis(max_ms),
+                _ => std::time::Duration::ZERO,
+            };
+            self.writer = Some((
+                mode,
+                AuditWriter::start(self.store.dir().to_path_buf(), wait)?,
+            ));
+        }
+        let e = self.ev(
+            "key-use",
+            s.role.short(),
+            s.partition(),
+            Some(object),
+            &format!("success: {what}"),
+        );
+        let (_, w) = self.writer.as_ref().expect("writer started above");
+        match mode {
+            KeyUseAudit::Strict => w.strict(e),
+            _ => w.batched(e),
+        }
+    }
+
+    /// Makes every queued key-use record durable now.
+    pub fn flush_key_use(&mut self) -> Result<()> {
+        let healthy = self.writer.as_ref().is_none_or(|(_, w)| w.healthy());
+        self.writer = None; // joins the thread after its last commit
+        if healthy {
+            Ok(())
+        } else {
+            Err(HsmError::Store("the last audit flush failed".into()))
+        }
+    }
+}
+
+/// Adds the signatures of `cosigned` (same checkpoint text) that `mine` lacks.
+fn merge_signatures(mine: &str, cosigned: &str) -> Result<String> {
+    let a = signed_note::Note::from_bytes(mine.as_bytes())
+        .map_err(|e| HsmError::Tamper(format!("stored checkpoint: {e:?}")))?;
+    let b = signed_note::Note::from_bytes(cosigned.as_bytes())
+        .map_err(|e| HsmError::InvalidInput(format!("cosigned checkpoint: {e:?}")))?;
+    if a.text() != b.text() {
+        return Err(HsmError::InvalidInput(
+            "the cosigned checkpoint is not the one this HSM signed".into(),
+        ));
+    }
+    let text = String::from_utf8(a.to_bytes())
+        .map_err(|_| HsmError::Tamper("stored checkpoint is not UTF-8".into()))?;
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let extra = String::from_utf8(b.to_bytes())
+        .map_err(|_| HsmError::InvalidInput("cosigned checkpoint is not UTF-8".into()))?;
+    let body_len = a.text().split(|&c| c == b'\n').count();
+    for l in extra.lines().skip(body_len) {
+        if l.starts_with('\u{2014}') && !lines.iter().any(|x| x == l) {
+            lines.push(l.to_owned());
+        }
+    }
+    let merged = lines.join("\n") + "\n";
+    signed_note::Note::from_bytes(merged.as_bytes())
+        .map_err(|e| HsmError::InvalidInput(format!("merged checkpoint: {e:?}")))?;
+    Ok(merged)
+}
+
+impl Drop for Hsm {
+    fn drop(&mut self) {
+        // Commit queued key-use records before the process goes.
+        self.writer = None;
     }
 }

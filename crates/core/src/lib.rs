@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
+mod audit_writer;
 pub mod crypto;
 pub mod error;
 pub mod hsm;

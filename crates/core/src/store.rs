@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::audit::{self, AuditKeys};
 use crate::crypto::{self, hkdf32, hmac_sha256};
 use crate::error::{HsmError, Result};
 use crate::secret::Secret32;
@@ -25,6 +26,8 @@ use crate::secret::Secret32;
 const DEVICE_KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "hsm.db";
 const DK_MAGIC: &[u8; 8] = b"FHSMDK01";
+const AUDIT_KEY_FILE: &str = "audit.key";
+const AK_MAGIC: &[u8; 8] = b"FHSMAK01";
 const STORE_FORMAT: &str = "ferrohsm-store-1";
 
 const SCHEMA: &str = "
@@ -36,31 +39,10 @@ CREATE TABLE IF NOT EXISTS objects(partition INTEGER NOT NULL, handle INTEGER NO
     PRIMARY KEY(partition, handle));
 CREATE INDEX IF NOT EXISTS objects_by_label ON objects(partition, label_tag);
 CREATE INDEX IF NOT EXISTS objects_by_id ON objects(partition, id_tag);
-CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
-    serial TEXT NOT NULL, event TEXT NOT NULL, role TEXT NOT NULL, partition TEXT,
-    object TEXT, outcome TEXT NOT NULL);
 ";
 
-/// One audit event as the engine emits it. (The witnessed Merkle log builds on these.)
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Event {
-    /// Sequence number (assigned by the store).
-    pub seq: i64,
-    /// UTC time.
-    pub time: String,
-    /// HSM serial.
-    pub serial: String,
-    /// What happened, e.g. `login`, `partition-create`.
-    pub event: String,
-    /// Who did it, e.g. `hsm-so`, `co`.
-    pub role: String,
-    /// Partition label, if any.
-    pub partition: Option<String>,
-    /// Object label or id, if any.
-    pub object: Option<String>,
-    /// `success` or `failure: <reason>`.
-    pub outcome: String,
-}
+/// One audit record as the engine emits it (`seq` is assigned when it is appended).
+pub type Event = ferrohsm_audit::Record;
 
 /// Sealed per-device key material, derived once at open.
 struct Keys {
@@ -89,6 +71,7 @@ pub struct Store {
     dir: PathBuf,
     conn: Connection,
     keys: Option<Keys>,
+    audit: Option<AuditKeys>,
 }
 
 /// Index values for an object, in clear (class) or as blind tags (label, id).
@@ -109,6 +92,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(crate::audit::SCHEMA)?;
     Ok(conn)
 }
 
@@ -148,6 +132,7 @@ impl Store {
             dir: dir.to_path_buf(),
             conn,
             keys: None,
+            audit: None,
         };
         if store.meta("format")?.is_none() {
             store.set_meta("format", STORE_FORMAT)?;
@@ -158,6 +143,7 @@ impl Store {
                 db.display()
             )));
         }
+        store.load_audit_key()?;
         store.load_device_key()?;
         Ok(store)
     }
@@ -207,11 +193,15 @@ impl Store {
             return Err(HsmError::State(format!("no HSM at {}", dir.display())));
         }
         let conn = open_conn(&db)?;
-        Ok(Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             conn,
             keys: None,
-        })
+            audit: None,
+        };
+        // Keep auditing if the audit key is sound; the store itself is about to be destroyed.
+        let _ = store.load_audit_key();
+        Ok(store)
     }
 
     /// Whether a device key is loaded.
@@ -229,11 +219,9 @@ impl Store {
     }
 
     fn load_device_key(&mut self) -> Result<()> {
-        let path = self.dir.join(DEVICE_KEY_FILE);
         let expected = self.meta("dk_check")?;
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let dk = match read_key_file(&self.dir.join(DEVICE_KEY_FILE), DK_MAGIC) {
+            Ok(None) => {
                 if expected.is_some() {
                     return Err(
                         self.tamper("the device key file is missing but the store expects one")
@@ -241,16 +229,10 @@ impl Store {
                 }
                 return Ok(());
             }
-            Err(e) => return Err(HsmError::io(path, e)),
+            Ok(Some(k)) => k,
+            Err(KeyFileError::Damaged) => return Err(self.tamper("the device key file is damaged")),
+            Err(KeyFileError::Io(e)) => return Err(e),
         };
-        if bytes.len() != 48 || &bytes[..8] != DK_MAGIC {
-            return Err(self.tamper("the device key file is damaged"));
-        }
-        let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes[..40]);
-        if !crypto::ct_eq(&sum.as_ref()[..8], &bytes[40..48]) {
-            return Err(self.tamper("the device key file is damaged"));
-        }
-        let dk = Secret32::from_slice(&bytes[8..40])?;
         match expected {
             Some(c) if crypto::ct_eq(c.as_bytes(), dk_check(&dk).as_bytes()) => {}
             Some(_) => {
@@ -265,6 +247,82 @@ impl Store {
         }
         self.keys = Some(derive_keys(&dk));
         self.verify_manifest()
+    }
+
+    /// Loads the audit root key and signing key, making them on first use.
+    fn load_audit_key(&mut self) -> Result<()> {
+        let path = self.dir.join(AUDIT_KEY_FILE);
+        let root = match read_key_file(&path, AK_MAGIC) {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                let has_signer: bool = self.conn.query_row(
+                    "SELECT COUNT(*) FROM audit_state WHERE kind = 'signer'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )? > 0;
+                if has_signer {
+                    return Err(HsmError::Tamper(
+                        "the audit key file is missing; the audit log cannot be extended".into(),
+                    ));
+                }
+                let k = Secret32::random();
+                write_key_file(&self.dir, &path, AK_MAGIC, &k)?;
+                k
+            }
+            Err(KeyFileError::Damaged) => {
+                return Err(HsmError::Tamper("the audit key file is damaged".into()))
+            }
+            Err(KeyFileError::Io(e)) => return Err(e),
+        };
+        let serial = self.serial()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let signer: Option<SignerState> = audit::get_state(&tx, &root, "signer")?;
+        let signer = match signer {
+            Some(s) => s,
+            None => {
+                let (skey, vkey, origin) = audit::new_signing_key(&serial);
+                let st = SignerState {
+                    skey: skey.to_string(),
+                    vkey,
+                    origin,
+                };
+                audit::put_state(&tx, &root, "signer", &st)?;
+                st
+            }
+        };
+        tx.commit()?;
+        self.audit = Some(AuditKeys::new(
+            root,
+            &signer.skey,
+            signer.vkey.clone(),
+            signer.origin.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// The audit keys (verifier key, origin, root), if the audit key loaded.
+    pub fn audit_keys(&self) -> Result<&AuditKeys> {
+        self.audit
+            .as_ref()
+            .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))
+    }
+
+    /// Destroys the whole audit log and its keys, and starts a new one (factory reset only).
+    pub fn reset_audit(&mut self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM audit_log; DELETE FROM audit_hashes; DELETE FROM audit_checkpoints; DELETE FROM audit_state; COMMIT;")?;
+        let path = self.dir.join(AUDIT_KEY_FILE);
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) {
+            let _ = f.write_all(&[0u8; 48]);
+            let _ = f.sync_all();
+        }
+        let _ = std::fs::remove_file(&path);
+        self.audit = None;
+        self.conn.execute_batch("VACUUM;")?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.load_audit_key()
     }
 
     fn verify_manifest(&mut self) -> Result<()> {
@@ -291,12 +349,20 @@ impl Store {
     }
 
     /// Records a tamper event (best effort: the store may be unwritable) and returns the error.
-    fn tamper(&self, reason: &str) -> HsmError {
+    fn tamper(&mut self, reason: &str) -> HsmError {
         let serial = self.meta("serial").ok().flatten().unwrap_or_default();
-        let _ = self.conn.execute(
-            "INSERT INTO events(time, serial, event, role, outcome) VALUES (?1, ?2, 'tamper-detected', 'device', ?3)",
-            params![crate::time::now_rfc3339(), serial, format!("failure: {reason}")],
-        );
+        let e = Event {
+            seq: 0,
+            time: crate::time::now_rfc3339(),
+            serial,
+            event: "tamper-detected".into(),
+            role: "device".into(),
+            partition: None,
+            object: None,
+            outcome: format!("failure: {reason}"),
+        };
+        // Best effort: a store this damaged may not take the record.
+        let _ = self.write(|t| t.event(&e));
         let _ = self.set_meta("tamper", reason);
         HsmError::Tamper(format!("{reason}; the HSM refuses to use this store"))
     }
@@ -305,29 +371,8 @@ impl Store {
     /// owner-only permissions and starts an empty sealed manifest.
     pub fn new_device_key(&mut self) -> Result<()> {
         let dk = Secret32::random();
-        let mut bytes = Zeroizing::new(Vec::with_capacity(48));
-        bytes.extend_from_slice(DK_MAGIC);
-        bytes.extend_from_slice(dk.expose());
-        let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-        bytes.extend_from_slice(&sum.as_ref()[..8]);
         let path = self.dir.join(DEVICE_KEY_FILE);
-        let tmp = self.dir.join(".device.key.tmp");
-        let res = (|| -> std::io::Result<()> {
-            let _ = std::fs::remove_file(&tmp);
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        })();
-        res.map_err(|e| HsmError::io(&path, e))?;
+        write_key_file(&self.dir, &path, DK_MAGIC, &dk)?;
         self.keys = Some(derive_keys(&dk));
         self.conn.execute("DELETE FROM records", [])?;
         self.conn.execute("DELETE FROM objects", [])?;
@@ -376,6 +421,8 @@ impl Store {
         let mut t = Txn {
             tx,
             keys: self.keys.as_ref(),
+            audit: self.audit.as_ref(),
+            appended: false,
             d_records: 0,
             d_objects: 0,
             force_manifest: false,
@@ -393,6 +440,8 @@ impl Store {
         let mut t = Txn {
             tx,
             keys: self.keys.as_ref(),
+            audit: self.audit.as_ref(),
+            appended: false,
             d_records: 0,
             d_objects: 0,
             force_manifest: false,
@@ -407,24 +456,9 @@ impl Store {
         self.write(|t| t.event(e))
     }
 
-    /// All events in order.
-    pub fn events(&self) -> Result<Vec<Event>> {
-        let mut st = self.conn.prepare(
-            "SELECT seq, time, serial, event, role, partition, object, outcome FROM events ORDER BY seq",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(Event {
-                seq: r.get(0)?,
-                time: r.get(1)?,
-                serial: r.get(2)?,
-                event: r.get(3)?,
-                role: r.get(4)?,
-                partition: r.get(5)?,
-                object: r.get(6)?,
-                outcome: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    /// All audit records in order.
+    pub fn events(&mut self) -> Result<Vec<Event>> {
+        self.read(|t| audit::records(&t.tx, 0, u64::MAX >> 1))
     }
 }
 
@@ -443,8 +477,10 @@ fn new_serial() -> String {
 
 /// A transaction over the store.
 pub struct Txn<'a> {
-    tx: rusqlite::Transaction<'a>,
+    pub(crate) tx: rusqlite::Transaction<'a>,
     keys: Option<&'a Keys>,
+    pub(crate) audit: Option<&'a AuditKeys>,
+    appended: bool,
     d_records: i64,
     d_objects: i64,
     force_manifest: bool,
@@ -648,12 +684,17 @@ impl Txn<'_> {
         Ok(n as u64)
     }
 
-    /// Appends an event in this transaction, so it lands with the change it describes.
+    /// Appends an audit record in this transaction, so it lands with the change it describes
+    /// (or not at all). Fails, and so fails the transaction, if the log is unavailable.
     pub fn event(&mut self, e: &Event) -> Result<()> {
-        self.tx.execute(
-            "INSERT INTO events(time, serial, event, role, partition, object, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![e.time, e.serial, e.event, e.role, e.partition, e.object, e.outcome],
-        )?;
+        if self.audit.is_none() {
+            return Err(HsmError::Store(
+                "the audit log is unavailable; refusing to act unrecorded".into(),
+            ));
+        }
+        let mut r = e.clone();
+        audit::append(&self.tx, &mut r)?;
+        self.appended = true;
         Ok(())
     }
 
@@ -680,6 +721,11 @@ impl Txn<'_> {
             }
             self.put("manifest", "", &m)?;
         }
+        if self.appended {
+            if let Some(keys) = self.audit {
+                audit::checkpoint(&self.tx, keys)?;
+            }
+        }
         self.tx.commit()?;
         Ok(())
     }
@@ -691,4 +737,70 @@ pub struct SecretBytesRow {
     pub handle: u64,
     /// The opened record.
     pub plaintext: crate::secret::SecretBytes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignerState {
+    skey: String,
+    vkey: String,
+    origin: String,
+}
+
+impl Drop for SignerState {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.skey);
+    }
+}
+
+enum KeyFileError {
+    Damaged,
+    Io(HsmError),
+}
+
+/// Reads a 48-byte key file (magic, key, checksum). `Ok(None)` if absent.
+fn read_key_file(
+    path: &Path,
+    magic: &[u8; 8],
+) -> std::result::Result<Option<Secret32>, KeyFileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(KeyFileError::Io(HsmError::io(path, e))),
+    };
+    if bytes.len() != 48 || &bytes[..8] != magic {
+        return Err(KeyFileError::Damaged);
+    }
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes[..40]);
+    if !crypto::ct_eq(&sum.as_ref()[..8], &bytes[40..48]) {
+        return Err(KeyFileError::Damaged);
+    }
+    Secret32::from_slice(&bytes[8..40])
+        .map(Some)
+        .map_err(|_| KeyFileError::Damaged)
+}
+
+/// Writes a key file atomically, owner-only, and syncs the directory.
+fn write_key_file(dir: &Path, path: &Path, magic: &[u8; 8], key: &Secret32) -> Result<()> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(48));
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(key.expose());
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    bytes.extend_from_slice(&sum.as_ref()[..8]);
+    let tmp = path.with_extension("tmp");
+    let res = (|| -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    res.map_err(|e| HsmError::io(path, e))
 }

@@ -1,0 +1,371 @@
+//! Offline verification of an export against the HSM's public key.
+
+use signed_note::{Note, StandardVerifier, Verifier as _, VerifierList};
+use tlog_tiles::checkpoint::Checkpoint;
+use tlog_tiles::tlog;
+
+use crate::export::{hash_from_str, Export};
+use crate::record::Record;
+use crate::Hash;
+
+/// Why an export failed to verify. Each names the first bad thing found.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The file is not an export of this format.
+    #[error("malformed export: {0}")]
+    Malformed(String),
+    /// The key given is not a signed-note Ed25519 verifier key, or is not the export's.
+    #[error("public key: {0}")]
+    Key(String),
+    /// The checkpoint's HSM signature is missing or does not verify.
+    #[error("checkpoint signature: {0}")]
+    Signature(String),
+    /// A record was changed, deleted, inserted or reordered.
+    #[error("record #{seq}: {reason}")]
+    Record {
+        /// Sequence number of the first bad record (as expected at that position).
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Records the checkpoint covers are missing at the end.
+    #[error("truncated: the checkpoint covers {size} records but the export stops after #{last}; record #{} is missing", .last + 1)]
+    Truncated {
+        /// Size of the checkpoint.
+        size: u64,
+        /// Last record present.
+        last: u64,
+    },
+    /// Two checkpoints whose trees are inconsistent: the log was rewritten.
+    #[error("fork: {0}")]
+    Fork(String),
+    /// A required witness cosignature is missing or bad.
+    #[error("witness: {0}")]
+    Witness(String),
+    /// A record asked for with `prove` is not in the export.
+    #[error("record #{0} is not in this export")]
+    NotInExport(u64),
+}
+
+/// What the verifier is given besides the export.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// The HSM's verifier key obtained out of band. Without it the export's own key is used,
+    /// which proves integrity but not origin.
+    pub public_key: Option<String>,
+    /// Checkpoints the verifier held before (signed notes): the export must extend them.
+    pub earlier: Vec<String>,
+    /// Witness verifier keys whose cosignatures to check and report.
+    pub witnesses: Vec<String>,
+    /// Fail unless at least this many of `witnesses` cosigned the checkpoint.
+    pub require_cosignatures: usize,
+    /// A record whose inclusion to prove and report.
+    pub prove: Option<u64>,
+}
+
+/// What was verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The log's origin.
+    pub origin: String,
+    /// Checkpoint size (records in the tree).
+    pub size: u64,
+    /// Checkpoint root, base64.
+    pub root: String,
+    /// First record in the export.
+    pub from: u64,
+    /// Records verified.
+    pub records: u64,
+    /// Whether the key was pinned by the caller (otherwise taken from the export).
+    pub key_pinned: bool,
+    /// Sizes of earlier checkpoints proven to be extended by this one.
+    pub extends: Vec<u64>,
+    /// Names of the witnesses whose cosignatures verified.
+    pub cosigned_by: Vec<String>,
+    /// Ceremony records in the export (seq, event).
+    pub ceremonies: Vec<(u64, String)>,
+    /// The record proven included, if asked.
+    pub proved: Option<u64>,
+}
+
+fn verifier(vkey: &str) -> Result<StandardVerifier, VerifyError> {
+    StandardVerifier::new(vkey.trim()).map_err(|e| {
+        VerifyError::Key(format!(
+            "{vkey:?} is not a signed-note verifier key ({e:?})"
+        ))
+    })
+}
+
+/// Parses a checkpoint note signed by `hsm`; returns it with its parsed body.
+pub fn open_checkpoint(
+    note_text: &str,
+    hsm: &StandardVerifier,
+) -> Result<(Note, Checkpoint), VerifyError> {
+    let note = Note::from_bytes(note_text.as_bytes())
+        .map_err(|e| VerifyError::Signature(format!("checkpoint is not a signed note ({e:?})")))?;
+    let list = VerifierList::new(vec![Box::new(hsm.clone())]);
+    note.verify(&list).map_err(|e| {
+        VerifyError::Signature(match e {
+            signed_note::NoteError::UnverifiedNote => {
+                "no signature by the HSM's key (missing, or made by another key)".to_string()
+            }
+            other => format!("forged or damaged ({other:?})"),
+        })
+    })?;
+    let cp = Checkpoint::from_bytes(note.text())
+        .map_err(|_| VerifyError::Malformed("checkpoint body is not a tlog checkpoint".into()))?;
+    Ok((note, cp))
+}
+
+fn proof(v: &[String], what: &str) -> Result<Vec<Hash>, VerifyError> {
+    v.iter()
+        .map(|s| {
+            hash_from_str(s).ok_or_else(|| {
+                VerifyError::Malformed(format!("{what}: a proof hash is not base64 of 32 bytes"))
+            })
+        })
+        .collect()
+}
+
+/// Verifies an export. Returns the first failure, or a report of what was verified.
+pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, VerifyError> {
+    if ex.format != crate::export::FORMAT || ex.version != crate::export::VERSION {
+        return Err(VerifyError::Malformed("unknown format or version".into()));
+    }
+    let key = opts.public_key.as_deref().unwrap_or(&ex.public_key);
+    let hsm = verifier(key)?;
+    if opts.public_key.is_some()
+        && verifier(&ex.public_key)
+            .map(|v| (v.name().to_string(), v.key_id()))
+            .ok()
+            != Some((hsm.name().to_string(), hsm.key_id()))
+    {
+        return Err(VerifyError::Key(
+            "the export names another key than the one you pinned".into(),
+        ));
+    }
+    let (note, cp) = open_checkpoint(&ex.checkpoint, &hsm)?;
+    if cp.origin() != ex.origin {
+        return Err(VerifyError::Malformed(format!(
+            "checkpoint origin {:?} is not the export's {:?}",
+            cp.origin(),
+            ex.origin
+        )));
+    }
+    let (size, root) = (cp.size(), *cp.hash());
+
+    // Records: consecutive, each proven at its own position.
+    let from = match ex.records.first() {
+        Some(r) => Record::from_bytes(r.record.as_bytes())
+            .map(|r| r.seq)
+            .unwrap_or(0),
+        None => size + 1,
+    };
+    if ex.records.first().is_some() && (from == 0 || from > size) {
+        return Err(VerifyError::Record {
+            seq: from,
+            reason: "first record does not parse or lies outside the checkpoint".into(),
+        });
+    }
+    let mut expected = from;
+    let mut ceremonies = Vec::new();
+    for r in &ex.records {
+        let rec = Record::from_bytes(r.record.as_bytes()).map_err(|e| VerifyError::Record {
+            seq: expected,
+            reason: format!("changed: {e}"),
+        })?;
+        if rec.seq != expected {
+            let reason = if rec.seq > expected {
+                format!("missing (the next record present is #{}): deleted", rec.seq)
+            } else {
+                format!(
+                    "out of place: found #{} here (inserted or reordered)",
+                    rec.seq
+                )
+            };
+            return Err(VerifyError::Record {
+                seq: expected,
+                reason,
+            });
+        }
+        if rec.seq > size {
+            return Err(VerifyError::Record {
+                seq: rec.seq,
+                reason: format!("beyond the checkpoint's {size} records (inserted)"),
+            });
+        }
+        let p = proof(&r.proof, &format!("record #{}", rec.seq))?;
+        tlog::check_record(&p, size, root, rec.seq - 1, rec.leaf_hash()).map_err(|_| {
+            VerifyError::Record {
+                seq: rec.seq,
+                reason: "does not match the signed checkpoint: changed, or its proof was".into(),
+            }
+        })?;
+        if rec.is_ceremony() {
+            ceremonies.push((rec.seq, rec.event.clone()));
+        }
+        expected += 1;
+    }
+    if !ex.records.is_empty() && expected != size + 1 {
+        return Err(VerifyError::Truncated {
+            size,
+            last: expected - 1,
+        });
+    }
+
+    // Earlier checkpoints carried by the export.
+    let mut proven: Vec<(u64, Hash)> = Vec::new();
+    for e in &ex.earlier {
+        let (_, old) = open_checkpoint(&e.checkpoint, &hsm)?;
+        check_extends(
+            &old,
+            size,
+            root,
+            &proof(&e.consistency, "consistency proof")?,
+        )?;
+        proven.push((old.size(), *old.hash()));
+    }
+    // Checkpoints the verifier held: each must be proven extended, by the export.
+    for held in &opts.earlier {
+        let (_, old) = open_checkpoint(held, &hsm)?;
+        if old.size() > size {
+            return Err(VerifyError::Fork(format!("you hold a checkpoint of size {} but the export's is {size}: the log was truncated or rolled back", old.size())));
+        }
+        if old.size() == size {
+            if *old.hash() != root {
+                return Err(VerifyError::Fork(format!(
+                    "two checkpoints of size {size} with different trees"
+                )));
+            }
+            continue;
+        }
+        match proven.iter().find(|(s, _)| *s == old.size()) {
+            Some((_, h)) if h == old.hash() => {}
+            Some(_) => return Err(VerifyError::Fork(format!("two checkpoints of size {} with different trees", old.size()))),
+            None => return Err(VerifyError::Fork(format!(
+                "the export carries no consistency proof for your checkpoint of size {}; export with --earlier that checkpoint", old.size()))),
+        }
+    }
+
+    // Witnesses.
+    let mut cosigned_by = Vec::new();
+    for w in &opts.witnesses {
+        let v = verifier(w)?;
+        let list = VerifierList::new(vec![Box::new(v.clone())]);
+        if note.verify(&list).is_ok() {
+            cosigned_by.push(v.name().to_string());
+        }
+    }
+    if cosigned_by.len() < opts.require_cosignatures {
+        return Err(VerifyError::Witness(format!(
+            "{} of the given witnesses cosigned the checkpoint; {} required",
+            cosigned_by.len(),
+            opts.require_cosignatures
+        )));
+    }
+    if let Some(p) = opts.prove {
+        if p < from || p >= expected {
+            return Err(VerifyError::NotInExport(p));
+        }
+    }
+    let mut extends: Vec<u64> = proven.iter().map(|(s, _)| *s).collect();
+    extends.sort_unstable();
+    extends.dedup();
+    Ok(Report {
+        origin: ex.origin.clone(),
+        size,
+        root: crate::export::hash_to_string(&root),
+        from,
+        records: expected.saturating_sub(from),
+        key_pinned: opts.public_key.is_some(),
+        extends,
+        cosigned_by,
+        ceremonies,
+        proved: opts.prove,
+    })
+}
+
+fn check_extends(
+    old: &Checkpoint,
+    size: u64,
+    root: Hash,
+    p: &Vec<Hash>,
+) -> Result<(), VerifyError> {
+    if old.size() > size {
+        return Err(VerifyError::Fork(format!(
+            "an earlier checkpoint has {} records, more than the latest's {size}",
+            old.size()
+        )));
+    }
+    if old.size() == size {
+        return if *old.hash() == root {
+            Ok(())
+        } else {
+            Err(VerifyError::Fork(format!(
+                "two checkpoints of size {size} with different trees"
+            )))
+        };
+    }
+    tlog::check_tree(p, size, root, old.size(), *old.hash())
+        .map_err(|_| VerifyError::Fork(format!("the checkpoint of size {size} does not extend the one of size {}: the log was rewritten", old.size())))
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "verified: log {} at size {} (root {})",
+            self.origin, self.size, self.root
+        )?;
+        writeln!(
+            f,
+            "  checkpoint signed by the HSM's key ({})",
+            if self.key_pinned {
+                "the key given"
+            } else {
+                "taken from the export: pin it with --public-key to prove origin"
+            }
+        )?;
+        if self.records > 0 {
+            writeln!(
+                f,
+                "  records #{}..#{}: {} verified, consecutive, each proven in the tree",
+                self.from, self.size, self.records
+            )?;
+        }
+        match self.extends.as_slice() {
+            [] => {}
+            [one] => writeln!(
+                f,
+                "  extends the earlier checkpoint of size {one} (consistency proven)"
+            )?,
+            many => writeln!(
+                f,
+                "  extends {} earlier checkpoints, sizes {} to {} (consistency proven for each)",
+                many.len(),
+                many[0],
+                many[many.len() - 1]
+            )?,
+        }
+        if !self.cosigned_by.is_empty() {
+            writeln!(f, "  cosigned by: {}", self.cosigned_by.join(", "))?;
+        }
+        for (seq, ev) in &self.ceremonies {
+            writeln!(f, "  ceremony #{seq}: {ev}")?;
+        }
+        if let Some(p) = self.proved {
+            writeln!(
+                f,
+                "  record #{p} is included in the tree of size {}",
+                self.size
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The size a checkpoint note claims (not verified).
+pub fn checkpoint_size(note_text: &str) -> Option<u64> {
+    let note = Note::from_bytes(note_text.as_bytes()).ok()?;
+    Checkpoint::from_bytes(note.text()).ok().map(|c| c.size())
+}

@@ -1,0 +1,318 @@
+//! `ferrohsm audit …`: the Auditor's commands and the witnesses' tools.
+
+use std::path::{Path, PathBuf};
+
+use ferrohsm_audit::{verify_export, witness, Export, VerifyOptions};
+use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
+use ferrohsm_core::{Hsm, HsmError, Role};
+
+use crate::commands::{key_prefix, login};
+use crate::pedargs::LoginCred;
+use crate::{exit, output, AuditCmd, AuditConfigCmd, AuthArg, KeyUseArg, WitnessCmd};
+
+type R<T> = Result<T, HsmError>;
+
+fn text(p: &PathBuf) -> R<String> {
+    let b = std::fs::read(p).map_err(|e| HsmError::io(p, e))?;
+    String::from_utf8(b).map_err(|_| HsmError::InvalidInput(format!("{}: not text", p.display())))
+}
+
+fn write(p: &PathBuf, data: &[u8]) -> R<()> {
+    std::fs::write(p, data).map_err(|e| HsmError::io(p, e))
+}
+
+fn auditor(hsm: &mut Hsm, ped_dir: &Path, l: &crate::pedargs::Login) -> R<ferrohsm_core::Session> {
+    login(hsm, ped_dir, l, Role::Auditor, None)
+}
+
+/// Runs an audit command.
+pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
+    match c {
+        // Commands that need no HSM at all.
+        AuditCmd::Witness(WitnessCmd::Keygen { name, out }) => {
+            let (skey, vkey) =
+                witness::generate(&name).map_err(|e| HsmError::InvalidInput(e.to_string()))?;
+            witness::write_private_key(&out, &skey)
+                .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
+            println!("{vkey}");
+            eprintln!(
+                "private key written to {} (keep it secret); give the line above to the Auditor",
+                out.display()
+            );
+            return Ok(exit::OK);
+        }
+        AuditCmd::Witness(WitnessCmd::Cosign {
+            key,
+            checkpoint,
+            public_key,
+            out,
+        }) => {
+            let skey = zeroize::Zeroizing::new(text(&key)?);
+            let signed = witness::cosign(&text(&checkpoint)?, &skey, &text(&public_key)?)
+                .map_err(|e| HsmError::Refused(format!("not cosigned: {e}")))?;
+            let dest = out.unwrap_or(checkpoint);
+            write(&dest, signed.as_bytes())?;
+            println!("cosigned checkpoint written to {}", dest.display());
+            return Ok(exit::OK);
+        }
+        AuditCmd::Verify {
+            export: Some(file),
+            public_key,
+            earlier,
+            witness,
+            prove,
+            ..
+        } => {
+            let ex = Export::from_bytes(&std::fs::read(&file).map_err(|e| HsmError::io(&file, e))?)
+                .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", file.display())))?;
+            let opts = VerifyOptions {
+                public_key: public_key.as_ref().map(text).transpose()?,
+                earlier: earlier.iter().map(text).collect::<R<_>>()?,
+                witnesses: witness.iter().map(text).collect::<R<_>>()?,
+                require_cosignatures: 0,
+                prove,
+            };
+            return match verify_export(&ex, &opts) {
+                Ok(r) => {
+                    print!("{r}");
+                    Ok(exit::OK)
+                }
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    Ok(exit::TAMPER)
+                }
+            };
+        }
+        _ => {}
+    }
+    let mut hsm = Hsm::open_or_create(dir)?;
+    let serial = hsm.serial().to_string();
+    match c {
+        AuditCmd::Init {
+            auth,
+            new,
+            common,
+            login: l,
+        } => {
+            let existing = hsm.info()?.auditor;
+            let mut current = match &existing {
+                Some(a) => Some(l.credential(
+                    ped_dir,
+                    &key_prefix(&serial, None, "auditor"),
+                    a.auth == "password",
+                    "current Auditor",
+                )?),
+                None => None,
+            };
+            let password = matches!(auth, AuthArg::Password);
+            let mut secret = new.build(
+                &common,
+                ped_dir,
+                &key_prefix(&serial, None, "auditor"),
+                password,
+                "Auditor",
+            )?;
+            let imp = hsm.audit_init(
+                secret.as_new_secret(),
+                current.as_mut().map(LoginCred::as_credential),
+            )?;
+            for i in imp.iter() {
+                for w in &i.written {
+                    eprintln!("PED: wrote {}", w.display());
+                }
+            }
+            println!(
+                "Auditor of HSM {serial} imprinted ({})",
+                if password {
+                    "password"
+                } else {
+                    "white PED key"
+                }
+            );
+            Ok(exit::OK)
+        }
+        AuditCmd::PublicKey { out } => {
+            let k = hsm.audit_public_key()?;
+            if let Some(o) = out {
+                write(&o, format!("{k}\n").as_bytes())?;
+            }
+            println!("{k}");
+            Ok(exit::OK)
+        }
+        AuditCmd::Show {
+            since,
+            until,
+            event,
+            role,
+            partition,
+            failures,
+            pending_cosignatures,
+            login: l,
+        } => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let mut recs: Vec<(ferrohsm_audit::Record, Option<usize>)> = if pending_cosignatures {
+                hsm.pending_ceremonies(&s)?
+                    .into_iter()
+                    .map(|(r, n)| (r, Some(n)))
+                    .collect()
+            } else {
+                hsm.audit_records(&s)?
+                    .into_iter()
+                    .map(|r| (r, None))
+                    .collect()
+            };
+            recs.retain(|(r, _)| {
+                since.as_ref().is_none_or(|t| r.time.as_str() >= t.as_str())
+                    && until.as_ref().is_none_or(|t| r.time.as_str() < t.as_str())
+                    && event.as_ref().is_none_or(|e| &r.event == e)
+                    && role.as_ref().is_none_or(|x| &r.role == x)
+                    && partition
+                        .as_ref()
+                        .is_none_or(|p| r.partition.as_ref() == Some(p))
+                    && (!failures || r.outcome.starts_with("failure"))
+            });
+            if json {
+                output::json(&recs.iter().map(|(r, _)| r).collect::<Vec<_>>());
+            } else {
+                for (r, n) in &recs {
+                    print!(
+                        "#{:<5} {} {:<18} {:<8} {:<10} {:<16} {}",
+                        r.seq,
+                        r.time,
+                        r.event,
+                        r.role,
+                        r.partition.clone().unwrap_or_default(),
+                        r.object.clone().unwrap_or_default(),
+                        r.outcome
+                    );
+                    match n {
+                        Some(n) => println!("  [{n} cosignature(s)]"),
+                        None => println!(),
+                    }
+                }
+                if pending_cosignatures && recs.is_empty() {
+                    println!("every ceremony record carries the required witness cosignatures");
+                }
+            }
+            Ok(exit::OK)
+        }
+        AuditCmd::Export {
+            out,
+            from,
+            earlier,
+            login: l,
+        } => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let mut sizes = Vec::new();
+            for f in &earlier {
+                sizes.push(
+                    ferrohsm_audit::verify::checkpoint_size(&text(f)?).ok_or_else(|| {
+                        HsmError::InvalidInput(format!("{} is not a checkpoint", f.display()))
+                    })?,
+                );
+            }
+            let ex = hsm.audit_export(&s, from, &sizes)?;
+            write(&out, &ex.to_bytes())?;
+            println!(
+                "exported records #{}..#{} with proofs to {}",
+                from.max(1),
+                ferrohsm_audit::verify::checkpoint_size(&ex.checkpoint).unwrap_or(0),
+                out.display()
+            );
+            Ok(exit::OK)
+        }
+        AuditCmd::Verify { login: l, .. } => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let r = hsm.audit_verify(&s)?;
+            print!("{r}");
+            Ok(exit::OK)
+        }
+        AuditCmd::Checkpoint { out, login: l } => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let cp = hsm.audit_checkpoint(&s)?;
+            write(&out, cp.as_bytes())?;
+            println!(
+                "checkpoint of size {} written to {}",
+                ferrohsm_audit::verify::checkpoint_size(&cp).unwrap_or(0),
+                out.display()
+            );
+            Ok(exit::OK)
+        }
+        AuditCmd::Config(AuditConfigCmd::Show { login: l }) => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let c = hsm.audit_config(&s)?;
+            if json {
+                output::json(&c)
+            } else {
+                print_config(&c)
+            }
+            Ok(exit::OK)
+        }
+        AuditCmd::Config(AuditConfigCmd::Set {
+            key_use,
+            batch_ms,
+            ceremony_cosignatures,
+            login: l,
+        }) => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let mut c = hsm.audit_config(&s)?;
+            if let Some(k) = key_use {
+                c.key_use = match k {
+                    KeyUseArg::Off => KeyUseAudit::Off,
+                    KeyUseArg::Strict => KeyUseAudit::Strict,
+                    KeyUseArg::Batched => KeyUseAudit::Batched { max_ms: batch_ms },
+                };
+            }
+            if let Some(k) = ceremony_cosignatures {
+                c.ceremony_cosignatures = k;
+            }
+            hsm.set_audit_config(&s, c.clone())?;
+            print_config(&c);
+            Ok(exit::OK)
+        }
+        AuditCmd::Witness(WitnessCmd::Add {
+            public_key,
+            login: l,
+        }) => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let w = hsm.add_witness(&s, &text(&public_key)?)?;
+            println!("witness {} registered", w.name);
+            Ok(exit::OK)
+        }
+        AuditCmd::Witness(WitnessCmd::List { login: l }) => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let ws = hsm.witnesses(&s)?;
+            if json {
+                output::json(&ws)
+            } else {
+                for w in &ws {
+                    println!("{}  (since {})  {}", w.name, w.added, w.vkey);
+                }
+            }
+            Ok(exit::OK)
+        }
+        AuditCmd::Witness(WitnessCmd::Submit {
+            checkpoint,
+            login: l,
+        }) => {
+            let s = auditor(&mut hsm, ped_dir, &l)?;
+            let names = hsm.submit_cosigned(&s, &text(&checkpoint)?)?;
+            println!("cosignatures kept: {}", names.join(", "));
+            Ok(exit::OK)
+        }
+        // Answered above, before the HSM was opened.
+        AuditCmd::Witness(WitnessCmd::Keygen { .. } | WitnessCmd::Cosign { .. }) => {
+            Err(HsmError::State("witness tools need no HSM".into()))
+        }
+    }
+}
+
+fn print_config(c: &AuditConfig) {
+    let ku = match c.key_use {
+        KeyUseAudit::Off => "off".to_string(),
+        KeyUseAudit::Strict => "strict (durable before the answer)".to_string(),
+        KeyUseAudit::Batched { max_ms } => format!("batched (durable within {max_ms} ms)"),
+    };
+    println!("key-use auditing:        {ku}");
+    println!("ceremony cosignatures:   {}", c.ceremony_cosignatures);
+}

@@ -1,0 +1,321 @@
+//! The audit log inside the store: records appended in the same transaction as the change
+//! they describe, a Merkle tree over them (hashes stored as `tlog_tiles` lays them out), and a
+//! checkpoint signed with the HSM's audit key after every transaction that appended.
+//!
+//! The audit root key (`audit.key`) is separate from the device key: zeroize and
+//! re-initialisation destroy the device key but not the log, its signing key or the Auditor,
+//! so the log stays verifiable across them. Factory reset destroys both.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use signed_note::{Note, StandardSigner};
+use tlog_tiles::checkpoint::Checkpoint;
+use tlog_tiles::tlog::{self, Hash, HashReader};
+
+use ferrohsm_audit::export::{hash_to_string, EarlierCheckpoint, Export, ExportedRecord};
+use ferrohsm_audit::Record;
+
+use crate::error::{HsmError, Result};
+use crate::secret::Secret32;
+
+/// Tables of the log (in `hsm.db`, never deleted by zeroize).
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_log(idx INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_hashes(idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_checkpoints(size INTEGER PRIMARY KEY, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_state(kind TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+";
+
+/// How key use (sign, verify, encrypt, decrypt) is audited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum KeyUseAudit {
+    /// Not recorded.
+    Off,
+    /// Durable before the answer; concurrent operations share one flush.
+    Strict,
+    /// Durable within `max_ms`; after a failed flush every key use is refused until a flush
+    /// succeeds.
+    Batched {
+        /// Longest a record may wait in memory.
+        max_ms: u64,
+    },
+}
+
+/// The Auditor's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditConfig {
+    /// Key-use auditing.
+    pub key_use: KeyUseAudit,
+    /// Witness cosignatures each ceremony-class event needs.
+    pub ceremony_cosignatures: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            key_use: KeyUseAudit::Off,
+            ceremony_cosignatures: 3,
+        }
+    }
+}
+
+/// A registered witness.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Witness {
+    /// Name in the key.
+    pub name: String,
+    /// Signed-note verifier key.
+    pub vkey: String,
+    /// When registered (UTC).
+    pub added: String,
+}
+
+/// The audit signing key and the log's identity, held while the store is open.
+pub struct AuditKeys {
+    pub(crate) root: Secret32,
+    signer: StandardSigner,
+    /// The signed-note verifier key of the HSM's audit key.
+    pub vkey: String,
+    /// The checkpoint origin line.
+    pub origin: String,
+}
+
+impl AuditKeys {
+    pub(crate) fn new(root: Secret32, skey: &str, vkey: String, origin: String) -> Result<Self> {
+        let signer = StandardSigner::new(skey).map_err(|e| {
+            HsmError::Tamper(format!("the audit signing key does not load ({e:?})"))
+        })?;
+        Ok(AuditKeys {
+            root,
+            signer,
+            vkey,
+            origin,
+        })
+    }
+}
+
+/// Makes a new audit signing key for `serial`: (private signed-note key, verifier key, origin).
+pub(crate) fn new_signing_key(serial: &str) -> (zeroize::Zeroizing<String>, String, String) {
+    let origin = format!("ferrohsm/{serial}/audit");
+    let name = format!("ferrohsm-{serial}-audit");
+    let (skey, vkey) = signed_note::generate_key(&mut rand_core::OsRng, &name);
+    (zeroize::Zeroizing::new(skey), vkey, origin)
+}
+
+struct Reader<'a>(&'a Transaction<'a>);
+
+impl HashReader for Reader<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> std::result::Result<Vec<Hash>, tlog::Error> {
+        let mut st = self
+            .0
+            .prepare_cached("SELECT hash FROM audit_hashes WHERE idx = ?1")
+            .map_err(|e| tlog::Error::InvalidInput(e.to_string()))?;
+        indexes
+            .iter()
+            .map(|&i| {
+                let b: Vec<u8> = st
+                    .query_row([i as i64], |r| r.get(0))
+                    .map_err(|e| tlog::Error::InvalidInput(format!("hash {i}: {e}")))?;
+                Ok(Hash(b.try_into().map_err(|_| tlog::Error::MalformedHash)?))
+            })
+            .collect()
+    }
+}
+
+fn log_err(e: impl std::fmt::Display) -> HsmError {
+    HsmError::Store(format!("audit log: {e}"))
+}
+
+/// Number of records in the log.
+pub(crate) fn size(tx: &Transaction<'_>) -> Result<u64> {
+    let n: i64 = tx.query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log", [], |r| {
+        r.get(0)
+    })?;
+    Ok(n as u64)
+}
+
+/// Appends one record (its `seq` is assigned here) and the tree hashes it completes.
+pub(crate) fn append(tx: &Transaction<'_>, rec: &mut Record) -> Result<u64> {
+    let n = size(tx)?;
+    rec.seq = n + 1;
+    let bytes = rec.to_bytes();
+    let hashes = tlog::stored_hashes(n, &bytes, &Reader(tx)).map_err(log_err)?;
+    let base = tlog::stored_hash_index(0, n);
+    let mut ins = tx.prepare_cached("INSERT INTO audit_hashes(idx, hash) VALUES (?1, ?2)")?;
+    for (i, h) in hashes.iter().enumerate() {
+        ins.execute(params![(base + i as u64) as i64, &h.0[..]])?;
+    }
+    tx.prepare_cached("INSERT INTO audit_log(idx, record) VALUES (?1, ?2)")?
+        .execute(params![n as i64, bytes])?;
+    Ok(rec.seq)
+}
+
+/// Signs and stores a checkpoint of the current tree.
+pub(crate) fn checkpoint(tx: &Transaction<'_>, keys: &AuditKeys) -> Result<String> {
+    let n = size(tx)?;
+    let root = tlog::tree_hash(n, &Reader(tx)).map_err(log_err)?;
+    let body = Checkpoint::new(&keys.origin, n, root, "")
+        .map_err(|_| log_err("bad checkpoint"))?
+        .to_bytes();
+    let mut note = Note::new(&body, &[]).map_err(|e| log_err(format!("{e:?}")))?;
+    note.add_sigs(&[&keys.signer])
+        .map_err(|e| log_err(format!("{e:?}")))?;
+    let text = String::from_utf8(note.to_bytes()).map_err(log_err)?;
+    // Keep witness cosignatures already stored for this size.
+    let old: Option<String> = tx
+        .query_row(
+            "SELECT note FROM audit_checkpoints WHERE size = ?1",
+            [n as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if old.is_none() {
+        tx.execute(
+            "INSERT INTO audit_checkpoints(size, note) VALUES (?1, ?2)",
+            params![n as i64, text],
+        )?;
+        return Ok(text);
+    }
+    Ok(old.unwrap_or(text))
+}
+
+/// The latest checkpoint (signed note).
+pub(crate) fn latest_checkpoint(tx: &Transaction<'_>) -> Result<Option<(u64, String)>> {
+    Ok(tx
+        .query_row(
+            "SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// All checkpoints, oldest first.
+pub(crate) fn checkpoints(tx: &Transaction<'_>) -> Result<Vec<(u64, String)>> {
+    let mut st = tx.prepare("SELECT size, note FROM audit_checkpoints ORDER BY size")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Replaces a stored checkpoint's note (same text, more signatures).
+pub(crate) fn store_cosigned(tx: &Transaction<'_>, size: u64, note: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE audit_checkpoints SET note = ?2 WHERE size = ?1",
+        params![size as i64, note],
+    )?;
+    Ok(())
+}
+
+/// Records `[from, to)` (0-based indexes).
+pub(crate) fn records(tx: &Transaction<'_>, from: u64, to: u64) -> Result<Vec<Record>> {
+    let mut st = tx.prepare_cached(
+        "SELECT idx, record FROM audit_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let rows = st.query_map(params![from as i64, to as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (i, b) = row?;
+        let rec = Record::from_bytes(&b)
+            .map_err(|e| HsmError::Tamper(format!("audit record #{}: {e}", i + 1)))?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Builds an export of records from `from` (1-based) to the latest checkpoint, with proofs,
+/// and consistency proofs for the stored checkpoints of the sizes in `earlier`.
+pub(crate) fn export(
+    tx: &Transaction<'_>,
+    keys: &AuditKeys,
+    from: u64,
+    earlier: &[u64],
+) -> Result<Export> {
+    let (size, note) =
+        latest_checkpoint(tx)?.ok_or_else(|| HsmError::State("the audit log is empty".into()))?;
+    let from = from.max(1);
+    let reader = Reader(tx);
+    let mut recs = Vec::new();
+    for r in records(tx, from - 1, size)? {
+        let proof = tlog::prove_record(size, r.seq - 1, &reader).map_err(log_err)?;
+        recs.push(ExportedRecord {
+            record: String::from_utf8(r.to_bytes()).map_err(log_err)?,
+            proof: proof.iter().map(hash_to_string).collect(),
+        });
+    }
+    let mut out_earlier = Vec::new();
+    for &s in earlier {
+        if s >= size || s == 0 {
+            continue;
+        }
+        let cp: Option<String> = tx
+            .query_row(
+                "SELECT note FROM audit_checkpoints WHERE size = ?1",
+                [s as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let cp = cp.ok_or_else(|| {
+            HsmError::NotFound(format!("this HSM issued no checkpoint of size {s}"))
+        })?;
+        let proof = tlog::prove_tree(size, s, &reader).map_err(log_err)?;
+        out_earlier.push(EarlierCheckpoint {
+            checkpoint: cp,
+            consistency: proof.iter().map(hash_to_string).collect(),
+        });
+    }
+    Ok(Export {
+        format: ferrohsm_audit::export::FORMAT.into(),
+        version: ferrohsm_audit::export::VERSION,
+        origin: keys.origin.clone(),
+        public_key: keys.vkey.clone(),
+        checkpoint: note,
+        records: recs,
+        earlier: out_earlier,
+    })
+}
+
+/// Seals an audit state value under the audit root.
+pub(crate) fn put_state<T: Serialize>(
+    tx: &Transaction<'_>,
+    root: &Secret32,
+    kind: &str,
+    v: &T,
+) -> Result<()> {
+    let key = crate::crypto::hkdf32(&[], root.expose(), &[b"ferrohsm audit state v1"]);
+    let pt =
+        zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(|e| HsmError::Store(e.to_string()))?);
+    let sealed = crate::crypto::seal(&key, format!("audit\0{kind}").as_bytes(), &pt);
+    tx.execute("INSERT INTO audit_state(kind, sealed) VALUES (?1, ?2) ON CONFLICT(kind) DO UPDATE SET sealed = excluded.sealed", params![kind, sealed])?;
+    Ok(())
+}
+
+/// Opens an audit state value.
+pub(crate) fn get_state<T: serde::de::DeserializeOwned>(
+    tx: &Transaction<'_>,
+    root: &Secret32,
+    kind: &str,
+) -> Result<Option<T>> {
+    let sealed: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT sealed FROM audit_state WHERE kind = ?1",
+            [kind],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    let key = crate::crypto::hkdf32(&[], root.expose(), &[b"ferrohsm audit state v1"]);
+    let pt = crate::crypto::open(
+        &key,
+        format!("audit\0{kind}").as_bytes(),
+        &sealed,
+        &format!("audit state {kind}"),
+    )?;
+    serde_json::from_slice(pt.expose())
+        .map(Some)
+        .map_err(|e| HsmError::Tamper(format!("audit state {kind} does not decode: {e}")))
+}

@@ -1,0 +1,515 @@
+//! The audit log: export mutations caught by the offline verifier, role separation, the
+//! Auditor's lockout and survival, key-use modes, and fail-closed auditing.
+
+mod common;
+
+use common::*;
+use ferrohsm_audit::export::ExportedRecord;
+use ferrohsm_audit::{verify_export, Export, VerifyError, VerifyOptions};
+use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
+use ferrohsm_core::mechanism::Mechanism;
+use ferrohsm_core::object::ObjectClass;
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{Credential, Hsm, HsmError, NewSecret, Role, Session};
+
+fn with_auditor() -> (Fixture, Hsm, Session) {
+    let (f, mut hsm) = fixture();
+    hsm.audit_init(
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "aud")], 1, 1, None)),
+        None,
+    )
+    .unwrap();
+    let s = auditor(&f, &mut hsm);
+    (f, hsm, s)
+}
+
+fn auditor(f: &Fixture, hsm: &mut Hsm) -> Session {
+    hsm.login(
+        Role::Auditor,
+        None,
+        Credential::Ped(&mut ped(vec![key(f, "aud")], None)),
+    )
+    .unwrap()
+}
+
+fn opts(hsm: &Hsm) -> VerifyOptions {
+    VerifyOptions {
+        public_key: Some(hsm.audit_public_key().unwrap()),
+        ..Default::default()
+    }
+}
+
+fn err(ex: &Export, o: &VerifyOptions) -> VerifyError {
+    verify_export(ex, o).expect_err("the mutation must be caught")
+}
+
+#[test]
+fn intact_export_verifies_and_proves_inclusion() {
+    let (_f, mut hsm, s) = with_auditor();
+    let ex = hsm.audit_export(&s, 1, &[]).unwrap();
+    let n = ex.records.len() as u64;
+    assert!(n > 10);
+    let mut o = opts(&hsm);
+    o.prove = Some(3);
+    let r = verify_export(&ex, &o).unwrap();
+    assert_eq!((r.from, r.records, r.size, r.proved), (1, n, n, Some(3)));
+    assert!(r.ceremonies.iter().any(|(_, e)| e == "hsm-init"));
+    assert!(r.ceremonies.iter().any(|(_, e)| e == "partition-create"));
+    // Through the file format and back.
+    let again = Export::from_bytes(&ex.to_bytes()).unwrap();
+    verify_export(&again, &o).unwrap();
+    o.prove = Some(n + 5);
+    assert_eq!(err(&ex, &o), VerifyError::NotInExport(n + 5));
+}
+
+#[test]
+fn every_mutation_of_an_export_is_caught_and_names_the_first_bad_record() {
+    let (_f, mut hsm, s) = with_auditor();
+    let ex = hsm.audit_export(&s, 1, &[]).unwrap();
+    let o = opts(&hsm);
+
+    // A changed byte in record #5.
+    let mut m = ex.clone();
+    m.records[4].record = m.records[4].record.replacen("\"success", "\"sUccess", 1);
+    assert!(
+        matches!(err(&m, &o), VerifyError::Record { seq: 5, .. }),
+        "{:?}",
+        err(&m, &o)
+    );
+    // A changed byte that breaks the record's JSON.
+    let mut m = ex.clone();
+    m.records[6].record.pop();
+    assert!(matches!(err(&m, &o), VerifyError::Record { seq: 7, .. }));
+    // Deleted record #4.
+    let mut m = ex.clone();
+    m.records.remove(3);
+    let e = err(&m, &o);
+    assert!(
+        matches!(&e, VerifyError::Record { seq: 4, reason } if reason.contains("deleted")),
+        "{e}"
+    );
+    // Inserted: #3 again after #3.
+    let mut m = ex.clone();
+    let dup: ExportedRecord = m.records[2].clone();
+    m.records.insert(3, dup);
+    assert!(matches!(err(&m, &o), VerifyError::Record { seq: 4, .. }));
+    // Reordered #6 and #7.
+    let mut m = ex.clone();
+    m.records.swap(5, 6);
+    assert!(matches!(err(&m, &o), VerifyError::Record { seq: 6, .. }));
+    // Renumbered after a deletion, to hide it: the leaf no longer matches its position.
+    let mut m = ex.clone();
+    m.records.remove(3);
+    let fixed = m.records[3].record.replacen("\"seq\":5", "\"seq\":4", 1);
+    m.records[3].record = fixed;
+    assert!(matches!(err(&m, &o), VerifyError::Record { seq: 4, .. }));
+    // Truncated relative to the checkpoint.
+    let mut m = ex.clone();
+    let n = m.records.len() as u64;
+    m.records.truncate(m.records.len() - 2);
+    assert_eq!(
+        err(&m, &o),
+        VerifyError::Truncated {
+            size: n,
+            last: n - 2
+        }
+    );
+    // A proof hash changed.
+    let mut m = ex.clone();
+    m.records[1].proof[0] = m.records[0].proof[0].clone();
+    assert!(matches!(err(&m, &o), VerifyError::Record { seq: 2, .. }));
+}
+
+#[test]
+fn forged_missing_or_foreign_signatures_are_caught() {
+    let (_f, mut hsm, s) = with_auditor();
+    let ex = hsm.audit_export(&s, 1, &[]).unwrap();
+    let o = opts(&hsm);
+    // Forged: one character of the signature changed.
+    let mut m = ex.clone();
+    let sig_start = m.checkpoint.find("\u{2014} ").unwrap();
+    let pos = m.checkpoint[sig_start..].find(' ').unwrap()
+        + sig_start
+        + 1
+        + m.checkpoint[sig_start..].split(' ').nth(1).unwrap().len()
+        + 10;
+    let mut chars: Vec<char> = m.checkpoint.chars().collect();
+    let idx = m.checkpoint[..pos].chars().count();
+    chars[idx] = if chars[idx] == 'A' { 'B' } else { 'A' };
+    m.checkpoint = chars.into_iter().collect();
+    assert!(
+        matches!(err(&m, &o), VerifyError::Signature(_)),
+        "{:?}",
+        err(&m, &o)
+    );
+    // Missing: the signature line removed.
+    let mut m = ex.clone();
+    let body_end = m.checkpoint.find("\n\n").unwrap();
+    m.checkpoint = format!("{}\n\n", &m.checkpoint[..body_end]);
+    assert!(matches!(err(&m, &o), VerifyError::Signature(_)));
+    // The tree hash in the checkpoint changed (signature no longer covers it).
+    let mut m = ex.clone();
+    let lines: Vec<&str> = ex.checkpoint.split('\n').collect();
+    let new_size = format!("{}", lines[1].parse::<u64>().unwrap() + 1);
+    m.checkpoint =
+        ex.checkpoint
+            .replacen(&format!("\n{}\n", lines[1]), &format!("\n{new_size}\n"), 1);
+    assert!(matches!(err(&m, &o), VerifyError::Signature(_)));
+    // Another HSM's key pinned: refused.
+    let (_g, other) = fixture();
+    let o2 = VerifyOptions {
+        public_key: Some(other.audit_public_key().unwrap()),
+        ..Default::default()
+    };
+    assert!(matches!(err(&ex, &o2), VerifyError::Key(_)));
+    // Another HSM's export presented with this HSM's key embedded: signature does not verify.
+    let (_g2, mut other2, s2) = with_auditor();
+    let mut m = other2.audit_export(&s2, 1, &[]).unwrap();
+    m.public_key = ex.public_key.clone();
+    m.origin = ex.origin.clone();
+    assert!(
+        matches!(err(&m, &o), VerifyError::Signature(_)),
+        "{:?}",
+        err(&m, &o)
+    );
+}
+
+#[test]
+fn later_checkpoint_extends_earlier_and_a_fork_is_caught() {
+    let (f, mut hsm, s) = with_auditor();
+    let early = hsm.audit_checkpoint(&s).unwrap();
+    let early_size = ferrohsm_audit::verify::checkpoint_size(&early).unwrap();
+    // More activity, then an export carrying the proof for the early checkpoint.
+    login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ex = hsm.audit_export(&s, 1, &[early_size]).unwrap();
+    let mut o = opts(&hsm);
+    o.earlier = vec![early.clone()];
+    let r = verify_export(&ex, &o).unwrap();
+    assert!(r.extends.contains(&early_size));
+
+    // A fork: copy the data directory, let the two copies diverge, and check one's export
+    // against a checkpoint the other issued.
+    drop(hsm);
+    let fork_dir = f.tmp.path().join("fork");
+    copy_dir(&f.data, &fork_dir);
+    let mut a = Hsm::open(&f.data).unwrap();
+    let mut b = Hsm::open(&fork_dir).unwrap();
+    a.restart().unwrap();
+    b.restart().unwrap();
+    b.restart().unwrap();
+    let sa = auditor(&f, &mut a);
+    let a_cp = a.audit_checkpoint(&sa).unwrap();
+    let a_size = ferrohsm_audit::verify::checkpoint_size(&a_cp).unwrap();
+    let sb = auditor(&f, &mut b);
+    let bex = b.audit_export(&sb, 1, &[a_size]).unwrap();
+    let mut o = opts(&b);
+    o.earlier = vec![a_cp];
+    let e = err(&bex, &o);
+    assert!(matches!(e, VerifyError::Fork(_)), "{e}");
+    // A held checkpoint newer than the export: the export is a rollback or truncation.
+    let old_b = {
+        let mut x = bex.clone();
+        x.earlier.clear();
+        x
+    };
+    b.restart().unwrap();
+    let big = b.audit_checkpoint(&sb).unwrap();
+    let mut o = opts(&b);
+    o.earlier = vec![big];
+    assert!(matches!(err(&old_b, &o), VerifyError::Fork(_)));
+    // A consistency proof tampered with.
+    let mut x = ex_with_earlier(&mut b, &sb);
+    x.earlier[0].consistency[0] = x.records[0].proof[0].clone();
+    assert!(matches!(err(&x, &opts(&b)), VerifyError::Fork(_)));
+}
+
+fn ex_with_earlier(h: &mut Hsm, s: &Session) -> Export {
+    h.audit_export(s, 1, &[3]).unwrap()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn only_the_auditor_audits_and_the_auditor_does_nothing_else() {
+    let (f, mut hsm, aud) = with_auditor();
+    let sessions = [
+        hsm_so(&f, &mut hsm),
+        login(&f, &mut hsm, Role::PartitionSo, "pso"),
+        login(&f, &mut hsm, Role::CryptoOfficer, "co"),
+        login(&f, &mut hsm, Role::CryptoUser, "cu"),
+    ];
+    let refused = |r: Result<(), HsmError>| {
+        let e = r.expect_err("must be refused");
+        assert!(
+            matches!(e, HsmError::Refused(_)) && e.to_string().contains("Auditor"),
+            "{e}"
+        );
+    };
+    for s in &sessions {
+        refused(hsm.audit_records(s).map(drop));
+        refused(hsm.audit_config(s).map(drop));
+        refused(hsm.set_audit_config(s, AuditConfig::default()));
+        refused(hsm.audit_checkpoint(s).map(drop));
+        refused(hsm.audit_export(s, 1, &[]).map(drop));
+        refused(hsm.audit_verify(s).map(drop));
+        refused(hsm.witnesses(s).map(drop));
+        refused(hsm.add_witness(s, "x+00000000+AQ==").map(drop));
+        refused(hsm.submit_cosigned(s, "x").map(drop));
+        refused(hsm.pending_ceremonies(s).map(drop));
+    }
+    // The Auditor is refused everything else.
+    let co = &sessions[2];
+    let ec = hsm.find_key(co, "ec", ObjectClass::PrivateKey).unwrap();
+    let no = |r: Result<(), HsmError>| assert!(matches!(r, Err(HsmError::Refused(_))));
+    no(hsm.create_partition(&aud, "x").map(drop));
+    no(hsm.set_hsm_policy(&aud, "m-of-n", "off"));
+    no(hsm.set_partition_policy(&aud, "activation", "off"));
+    no(hsm
+        .sign(&aud, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .map(drop));
+    no(hsm.list_objects(&aud, None).map(drop));
+    no(hsm.reset_role(&aud, Role::CryptoOfficer));
+    no(hsm.delete_partition(&aud, "p").map(drop));
+    // And the refusals were recorded.
+    let recs = hsm.audit_records(&aud).unwrap();
+    assert!(
+        recs.iter()
+            .filter(|r| r.event == "audit" && r.outcome.starts_with("failure"))
+            .count()
+            >= 40
+    );
+}
+
+#[test]
+fn auditor_exists_before_init_survives_zeroize_and_reinit_and_locks_for_a_while() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let aud_key = tmp.path().join("aud.pedkey");
+    let mut hsm = Hsm::open_or_create(&data).unwrap();
+    hsm.audit_init(
+        NewSecret::Ped(&mut new_ped(vec![aud_key.clone()], 1, 1, None)),
+        None,
+    )
+    .unwrap();
+    assert_eq!(hsm.info().unwrap().state, "uninitialised");
+    let s = hsm
+        .login(
+            Role::Auditor,
+            None,
+            Credential::Ped(&mut ped(vec![aud_key.clone()], None)),
+        )
+        .unwrap();
+    hsm.audit_verify(&s).unwrap();
+    // Re-imprinting without the current Auditor is refused.
+    assert!(matches!(
+        hsm.audit_init(
+            NewSecret::Ped(&mut new_ped(vec![tmp.path().join("x")], 1, 1, None)),
+            None
+        ),
+        Err(HsmError::Refused(_))
+    ));
+    hsm.zeroize("test").unwrap();
+    let s = hsm
+        .login(
+            Role::Auditor,
+            None,
+            Credential::Ped(&mut ped(vec![aud_key.clone()], None)),
+        )
+        .unwrap();
+    let before = hsm.audit_records(&s).unwrap().len();
+    assert!(hsm
+        .audit_records(&s)
+        .unwrap()
+        .iter()
+        .any(|r| r.event == "zeroize"));
+    hsm.audit_verify(&s).unwrap();
+    // Three wrong keys (a blue key is the wrong colour and not counted; use another white key).
+    let other = tmp.path().join("other-white.pedkey");
+    let (_g, mut h2) = fixture();
+    h2.audit_init(
+        NewSecret::Ped(&mut new_ped(vec![other.clone()], 1, 1, None)),
+        None,
+    )
+    .unwrap();
+    for i in 0..3 {
+        let e = hsm
+            .login(
+                Role::Auditor,
+                None,
+                Credential::Ped(&mut ped(vec![other.clone()], None)),
+            )
+            .unwrap_err();
+        if i < 2 {
+            assert!(matches!(e, HsmError::AuthFailed { .. }), "{e}");
+        } else {
+            assert!(
+                matches!(e, HsmError::Locked(_)) && e.to_string().contains("10 minutes"),
+                "{e}"
+            );
+        }
+    }
+    let e = hsm
+        .login(
+            Role::Auditor,
+            None,
+            Credential::Ped(&mut ped(vec![aud_key.clone()], None)),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, HsmError::Locked(_)),
+        "the right key is locked out too: {e}"
+    );
+    assert!(hsm.info().unwrap().auditor.unwrap().locked);
+    // The failures were audited (read back from the store, bypassing the lockout).
+    assert!(hsm.events().unwrap().len() >= before + 4);
+}
+
+#[test]
+fn key_use_strict_and_batched() {
+    let (f, mut hsm, aud) = with_auditor();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
+    let count = |h: &mut Hsm| {
+        h.events()
+            .unwrap()
+            .iter()
+            .filter(|r| r.event == "key-use")
+            .count()
+    };
+    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap();
+    assert_eq!(count(&mut hsm), 0, "off by default");
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Strict,
+            ceremony_cosignatures: 3,
+        },
+    )
+    .unwrap();
+    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap();
+    // Durable before the answer: another handle on the store sees it at once.
+    let mut other = Hsm::open(&f.data).unwrap();
+    assert_eq!(count(&mut other), 1);
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Batched { max_ms: 50 },
+            ceremony_cosignatures: 3,
+        },
+    )
+    .unwrap();
+    for _ in 0..20 {
+        hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+            .unwrap();
+    }
+    // Within the bound, without any further call on `hsm`.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(count(&mut other), 21);
+    let r = hsm.audit_verify(&aud).unwrap();
+    assert!(r.records >= 21);
+}
+
+/// Installs a trigger that makes every append to the log fail, as a full disk would.
+fn break_log(f: &Fixture) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(f.data.join("hsm.db")).unwrap();
+    c.execute_batch("CREATE TRIGGER broken BEFORE INSERT ON audit_log BEGIN SELECT RAISE(FAIL, 'disk full'); END;").unwrap();
+    c
+}
+
+#[test]
+fn fail_closed_state_changes_are_refused_when_the_log_cannot_be_written() {
+    let (f, mut hsm) = fixture();
+    let so = hsm_so(&f, &mut hsm);
+    let c = break_log(&f);
+    let e = hsm.create_partition(&so, "unrecorded").unwrap_err();
+    assert!(matches!(e, HsmError::Store(_)), "{e}");
+    // A failed login is not silently uncounted either: the login itself fails.
+    let wrong = Pin::ped_pin("999999").unwrap();
+    assert!(hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&wrong)))
+        )
+        .is_err());
+    c.execute_batch("DROP TRIGGER broken;").unwrap();
+    let info = hsm.info().unwrap();
+    assert!(
+        info.partitions.iter().all(|p| p.label != "unrecorded"),
+        "the change must not have happened"
+    );
+    assert_eq!(info.hsm_so.unwrap().failed_logins, 0, "nothing half-done");
+}
+
+#[test]
+fn key_use_strict_refuses_and_batched_recovers_when_the_log_fails() {
+    let (f, mut hsm, aud) = with_auditor();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Strict,
+            ceremony_cosignatures: 3,
+        },
+    )
+    .unwrap();
+    let c = break_log(&f);
+    assert!(matches!(
+        hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m"),
+        Err(HsmError::Store(_))
+    ));
+    c.execute_batch("DROP TRIGGER broken;").unwrap();
+    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .unwrap();
+
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Batched { max_ms: 20 },
+            ceremony_cosignatures: 3,
+        },
+    )
+    .unwrap();
+    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"first")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let c = break_log(&f);
+    hsm.sign(
+        &co,
+        ec.handle,
+        Mechanism::EcdsaSha256,
+        b"answered, then the flush fails",
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let e = hsm
+        .sign(&co, ec.handle, Mechanism::EcdsaSha256, b"refused")
+        .unwrap_err();
+    assert!(e.to_string().contains("refused until it is healthy"), "{e}");
+    c.execute_batch("DROP TRIGGER broken;").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"healthy again")
+        .unwrap();
+    hsm.flush_key_use().unwrap();
+    // The record of the operation that answered before the failure was kept and written.
+    let uses = hsm
+        .events()
+        .unwrap()
+        .iter()
+        .filter(|r| r.event == "key-use")
+        .count();
+    assert_eq!(
+        uses, 4,
+        "strict ok, batched first, batched before failure, batched after"
+    );
+    hsm.audit_verify(&aud).unwrap();
+}
