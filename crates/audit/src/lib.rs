@@ -8,6 +8,7 @@
 
 pub mod export;
 pub mod record;
+pub mod tool;
 pub mod verify;
 pub mod witness;
 

@@ -161,7 +161,7 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
             .unwrap_or(0),
         None => size + 1,
     };
-    if ex.records.first().is_some() && (from == 0 || from > size) {
+    if !ex.records.is_empty() && (from == 0 || from > size) {
         return Err(VerifyError::Record {
             seq: from,
             reason: "first record does not parse or lies outside the checkpoint".into(),

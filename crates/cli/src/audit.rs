@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferrohsm_audit::{verify_export, witness, Export, VerifyOptions};
+use ferrohsm_audit::tool::{run_witness, verify_file, ToolError, VerifyFiles};
 use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
 use ferrohsm_core::{Hsm, HsmError, Role};
 
@@ -12,9 +12,8 @@ use crate::{exit, output, AuditCmd, AuditConfigCmd, AuthArg, KeyUseArg, WitnessC
 
 type R<T> = Result<T, HsmError>;
 
-fn text(p: &PathBuf) -> R<String> {
-    let b = std::fs::read(p).map_err(|e| HsmError::io(p, e))?;
-    String::from_utf8(b).map_err(|_| HsmError::InvalidInput(format!("{}: not text", p.display())))
+fn text(p: &Path) -> R<String> {
+    ferrohsm_audit::tool::text(p).map_err(|e| HsmError::InvalidInput(e.to_string()))
 }
 
 fn write(p: &PathBuf, data: &[u8]) -> R<()> {
@@ -29,31 +28,15 @@ fn auditor(hsm: &mut Hsm, ped_dir: &Path, l: &crate::pedargs::Login) -> R<ferroh
 pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
     match c {
         // Commands that need no HSM at all.
-        AuditCmd::Witness(WitnessCmd::Keygen { name, out }) => {
-            let (skey, vkey) =
-                witness::generate(&name).map_err(|e| HsmError::InvalidInput(e.to_string()))?;
-            witness::write_private_key(&out, &skey)
-                .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
-            println!("{vkey}");
-            eprintln!(
-                "private key written to {} (keep it secret); give the line above to the Auditor",
-                out.display()
-            );
-            return Ok(exit::OK);
-        }
-        AuditCmd::Witness(WitnessCmd::Cosign {
-            key,
-            checkpoint,
-            public_key,
-            out,
-        }) => {
-            let skey = zeroize::Zeroizing::new(text(&key)?);
-            let signed = witness::cosign(&text(&checkpoint)?, &skey, &text(&public_key)?)
-                .map_err(|e| HsmError::Refused(format!("not cosigned: {e}")))?;
-            let dest = out.unwrap_or(checkpoint);
-            write(&dest, signed.as_bytes())?;
-            println!("cosigned checkpoint written to {}", dest.display());
-            return Ok(exit::OK);
+        AuditCmd::Witness(WitnessCmd::Tool(t)) => {
+            return match run_witness(&t) {
+                Ok(out) => {
+                    print!("{out}");
+                    Ok(exit::OK)
+                }
+                Err(ToolError::Failed(m)) => Err(HsmError::Refused(format!("not cosigned: {m}"))),
+                Err(ToolError::Usage(m)) => Err(HsmError::InvalidInput(m)),
+            };
         }
         AuditCmd::Verify {
             export: Some(file),
@@ -63,24 +46,23 @@ pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             prove,
             ..
         } => {
-            let ex = Export::from_bytes(&std::fs::read(&file).map_err(|e| HsmError::io(&file, e))?)
-                .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", file.display())))?;
-            let opts = VerifyOptions {
-                public_key: public_key.as_ref().map(text).transpose()?,
-                earlier: earlier.iter().map(text).collect::<R<_>>()?,
-                witnesses: witness.iter().map(text).collect::<R<_>>()?,
+            let files = VerifyFiles {
+                public_key: public_key.as_deref(),
+                earlier: &earlier,
+                witnesses: &witness,
                 require_cosignatures: 0,
                 prove,
             };
-            return match verify_export(&ex, &opts) {
+            return match verify_file(&file, &files) {
                 Ok(r) => {
                     print!("{r}");
                     Ok(exit::OK)
                 }
-                Err(e) => {
-                    println!("FAILED: {e}");
+                Err(ToolError::Failed(m)) => {
+                    println!("FAILED: {m}");
                     Ok(exit::TAMPER)
                 }
+                Err(ToolError::Usage(m)) => Err(HsmError::InvalidInput(m)),
             };
         }
         _ => {}
@@ -301,8 +283,8 @@ pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             Ok(exit::OK)
         }
         // Answered above, before the HSM was opened.
-        AuditCmd::Witness(WitnessCmd::Keygen { .. } | WitnessCmd::Cosign { .. }) => {
-            Err(HsmError::State("witness tools need no HSM".into()))
+        AuditCmd::Witness(WitnessCmd::Tool(_)) => {
+            Err(HsmError::State("answered without opening the HSM".into()))
         }
     }
 }

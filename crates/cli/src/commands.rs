@@ -324,14 +324,7 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             Ok(exit::OK)
         }
         PartitionCmd::Show { partition } => {
-            let info = hsm.info()?;
-            let p = info
-                .partitions
-                .iter()
-                .find(|p| p.label == partition)
-                .ok_or_else(|| {
-                    HsmError::NotFound(format!("no partition labelled {partition:?}"))
-                })?;
+            let p = &partition_info(&mut hsm, &partition)?;
             if json {
                 output::json(p)
             } else {
@@ -412,14 +405,7 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             done(format!("partition {partition} initialised; next: `ferrohsm role init --partition {partition} --role co`"))
         }
         PartitionCmd::Policy(PartitionPolicyCmd::Show { partition }) => {
-            let info = hsm.info()?;
-            let p = info
-                .partitions
-                .iter()
-                .find(|p| p.label == partition)
-                .ok_or_else(|| {
-                    HsmError::NotFound(format!("no partition labelled {partition:?}"))
-                })?;
+            let p = &partition_info(&mut hsm, &partition)?;
             if json {
                 output::json(&p.policy)
             } else {
@@ -440,6 +426,15 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             done(format!("partition {partition} policy {name} = {value}"))
         }
     }
+}
+
+/// One partition as `hsm show` describes it.
+fn partition_info(hsm: &mut Hsm, label: &str) -> R<ferrohsm_core::hsm::PartitionInfo> {
+    hsm.info()?
+        .partitions
+        .into_iter()
+        .find(|p| p.label == label)
+        .ok_or_else(|| HsmError::NotFound(format!("no partition labelled {label:?}")))
 }
 
 fn partition_role(s: &str) -> R<Role> {
@@ -484,14 +479,7 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             done(format!("{role} of {partition} initialised"))
         }
         RoleCmd::Show { partition } => {
-            let info = hsm.info()?;
-            let p = info
-                .partitions
-                .iter()
-                .find(|p| p.label == partition)
-                .ok_or_else(|| {
-                    HsmError::NotFound(format!("no partition labelled {partition:?}"))
-                })?;
+            let p = &partition_info(&mut hsm, &partition)?;
             if json {
                 output::json(&p.roles)
             } else {

@@ -95,9 +95,23 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     );
     println!("(PED PINs and challenge secrets are random, held in memory, and never printed.)");
 
-    step(&mut n, "Initialise the HSM: HSM SO split 2 of 3 on blue keys with a PED PIN; cloning domain on a red key");
+    step(
+        &mut n,
+        "Imprint the Auditor on a white key, before the HSM itself is initialised",
+    );
     let mut hsm = Hsm::open_or_create(&data)?;
     let serial = hsm.serial().to_string();
+    let aud_prefix = key_prefix(&serial, None, "auditor");
+    hsm.audit_init(
+        NewSecret::Ped(&mut LocalPed::new(PedAnswers {
+            keys: keys(&peds, &aud_prefix, &[1]),
+            ..Default::default()
+        })),
+        None,
+    )?;
+    ok("Auditor imprinted; from now on every action is recorded in a signed Merkle log that only the Auditor reads");
+
+    step(&mut n, "Initialise the HSM: HSM SO split 2 of 3 on blue keys with a PED PIN; cloning domain on a red key");
     let so_pin = Pin::ped_pin(&random_digits(6))?;
     let so_prefix = key_prefix(&serial, None, "hsm-so");
     let dom_prefix = key_prefix(&serial, None, "domain");
@@ -372,23 +386,33 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
         ),
     )?;
 
-    step(
-        &mut n,
-        "The trail of events the engine recorded (the witnessed Merkle audit log builds on these)",
-    );
-    let events = hsm.events()?;
+    step(&mut n, "The Auditor reads the trail, exports it, and it is verified offline with the HSM's public key");
+    refused(
+        "the Crypto User reads the audit log",
+        hsm.audit_records(&cu),
+    )?;
+    let aud = hsm.login(
+        Role::Auditor,
+        None,
+        Credential::Ped(&mut ped(keys(&peds, &aud_prefix, &[1]), None)),
+    )?;
+    refused(
+        "the Auditor signs with a partition key",
+        hsm.sign(&aud, ec.handle, Mechanism::EcdsaSha256, msg),
+    )?;
+    let events = hsm.audit_records(&aud)?;
     let failures = events
         .iter()
         .filter(|e| e.outcome.starts_with("failure"))
         .count();
     println!(
-        "    {} events, {} of them failures or refusals; the last five:",
+        "    {} records, {} of them failures or refusals; the last five:",
         events.len(),
         failures
     );
     for e in events.iter().rev().take(5).rev() {
         println!(
-            "      #{:<3} {} {:<16} {:<6} {:<9} {}",
+            "      #{:<3} {} {:<16} {:<8} {:<9} {}",
             e.seq,
             e.time,
             e.event,
@@ -397,6 +421,33 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
             e.outcome
         );
     }
+    let export = hsm.audit_export(&aud, 1, &[])?;
+    let export_file = root.join("audit-export.json");
+    std::fs::write(&export_file, export.to_bytes()).map_err(|e| HsmError::io(&export_file, e))?;
+    let opts = ferrohsm_audit::VerifyOptions {
+        public_key: Some(hsm.audit_public_key()?),
+        prove: Some(1),
+        ..Default::default()
+    };
+    let report = ferrohsm_audit::verify_export(&export, &opts)
+        .map_err(|e| HsmError::Tamper(e.to_string()))?;
+    for line in report.to_string().lines() {
+        println!("    {line}");
+    }
+    let mut forged = export.clone();
+    forged.records[1].record = forged.records[1].record.replacen("success", "SUCCESS", 1);
+    match ferrohsm_audit::verify_export(&forged, &opts) {
+        Err(e) => println!("    the same export with one record edited fails: {e}"),
+        Ok(_) => {
+            return Err(HsmError::State(
+                "demo: an edited audit export verified".into(),
+            ))
+        }
+    }
+    ok(format!(
+        "export written to {} (anyone can check it: ferrohsm-audit verify FILE --public-key KEY)",
+        export_file.display()
+    ));
 
     step(&mut n, "Where the PED key files are (each is one secret or one share; keep them like physical keys)");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&peds)

@@ -582,15 +582,8 @@ pub enum KeyUseArg {
 /// `ferrohsm audit witness …`
 #[derive(Subcommand, Debug)]
 pub enum WitnessCmd {
-    /// Make a witness key pair (on the witness's own machine): private key file, public key printed.
-    Keygen {
-        /// Witness name (no spaces or '+').
-        #[arg(long)]
-        name: String,
-        /// Private key file to create (0600).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    Tool(ferrohsm_audit::tool::WitnessTool),
     /// Register a witness's public key (Auditor).
     Add {
         /// File holding the witness's public key line.
@@ -603,24 +596,6 @@ pub enum WitnessCmd {
     List {
         #[command(flatten)]
         login: Login,
-    },
-    /// Cosign a checkpoint with a witness key (after checking the HSM's signature). No HSM needed.
-    #[command(
-        after_help = "Example:\n  ferrohsm audit witness cosign --key alice.key --checkpoint cp.txt --public-key hsm-audit.vkey"
-    )]
-    Cosign {
-        /// Witness private key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Checkpoint file.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The HSM's audit public key file.
-        #[arg(long)]
-        public_key: PathBuf,
-        /// Output file (default: over --checkpoint).
-        #[arg(long)]
-        out: Option<PathBuf>,
     },
     /// Hand cosignatures back to the HSM (Auditor).
     Submit {

@@ -727,3 +727,146 @@ fn demo_runs_and_every_group_has_help_with_examples() {
         .success()
         .stdout(predicate::str::contains("Exit codes"));
 }
+
+#[test]
+fn audit_trail_export_verify_and_witnesses_from_the_cli() {
+    let e = Env::new();
+    // The Auditor can exist before the HSM is initialised.
+    e.run(&["audit", "init"]).success();
+    e.run(&["hsm", "init", "--label", "hsm1"]).success();
+    let e2 = &e;
+    let aud = e2.key("auditor-1");
+    // Another role's key for an audit command: wrong colour, exit 3.
+    e2.run(&["audit", "show", "--key", &e2.key("hsm-so-1")])
+        .code(3)
+        .stderr(predicate::str::contains("white (Auditor)"));
+    let out = e2
+        .run(&["--json", "audit", "show", "--key", &aud])
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let recs: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let events: Vec<&str> = recs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(&events[..2], &["audit-init", "hsm-init"]);
+    e2.run(&["audit", "show", "--failures"])
+        .success()
+        .stdout(predicate::str::contains("white (Auditor)"));
+
+    e2.run(&["audit", "public-key", "--out", "hsm.vkey"])
+        .success();
+    e2.run(&["audit", "export", "--out", "ex.json"]).success();
+    e2.run(&[
+        "audit",
+        "verify",
+        "--export",
+        "ex.json",
+        "--public-key",
+        "hsm.vkey",
+        "--prove",
+        "2",
+    ])
+    .success()
+    .stdout(predicate::str::contains("record #2 is included"));
+    e2.run(&["audit", "verify"])
+        .success()
+        .stdout(predicate::str::contains("verified"));
+    // A changed byte in record #2 of the export: exit 5, naming it.
+    let ex = std::fs::read_to_string(e2.file("ex.json")).unwrap();
+    std::fs::write(e2.file("bad.json"), ex.replacen("hsm-init", "hsm-inxt", 1)).unwrap();
+    e2.run(&[
+        "audit",
+        "verify",
+        "--export",
+        "bad.json",
+        "--public-key",
+        "hsm.vkey",
+    ])
+    .code(5)
+    .stdout(predicate::str::contains("FAILED: record #2"));
+
+    // Witnesses: keygen on their machine, registration, cosigning, submission.
+    for w in ["alice", "bob"] {
+        let out = e2
+            .run(&[
+                "audit",
+                "witness",
+                "keygen",
+                "--name",
+                w,
+                "--out",
+                &format!("{w}.key"),
+            ])
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        std::fs::write(e2.file(&format!("{w}.vkey")), out).unwrap();
+        e2.run(&[
+            "audit",
+            "witness",
+            "add",
+            "--public-key",
+            &format!("{w}.vkey"),
+        ])
+        .success();
+    }
+    e2.run(&["audit", "config", "set", "--ceremony-cosignatures", "2"])
+        .success();
+    e2.run(&["audit", "show", "--pending-cosignatures"])
+        .success()
+        .stdout(predicate::str::contains("hsm-init"));
+    e2.run(&["audit", "checkpoint", "--out", "cp.txt"])
+        .success();
+    for w in ["alice", "bob"] {
+        e2.run(&[
+            "audit",
+            "witness",
+            "cosign",
+            "--key",
+            &format!("{w}.key"),
+            "--checkpoint",
+            "cp.txt",
+            "--public-key",
+            "hsm.vkey",
+        ])
+        .success();
+    }
+    e2.run(&["audit", "witness", "submit", "--checkpoint", "cp.txt"])
+        .success()
+        .stdout(predicate::str::contains("alice, bob"));
+    e2.run(&["audit", "show", "--pending-cosignatures"])
+        .success()
+        .stdout(predicate::str::contains(
+            "carries the required witness cosignatures",
+        ));
+    // A witness refuses to cosign a checkpoint the HSM did not sign.
+    let cp = std::fs::read_to_string(e2.file("cp.txt")).unwrap();
+    let lines: Vec<&str> = cp.lines().collect();
+    std::fs::write(
+        e2.file("forged.txt"),
+        cp.replacen(lines[2], "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", 1),
+    )
+    .unwrap();
+    e2.run(&[
+        "audit",
+        "witness",
+        "cosign",
+        "--key",
+        "alice.key",
+        "--checkpoint",
+        "forged.txt",
+        "--public-key",
+        "hsm.vkey",
+    ])
+    .code(4);
+    // Key-use auditing through the CLI.
+    e2.run(&["audit", "config", "set", "--key-use", "strict"])
+        .success()
+        .stdout(predicate::str::contains("strict"));
+}

@@ -247,28 +247,28 @@ pub struct Hsm {
     store: Store,
     serial: String,
     writer: Option<(KeyUseAudit, AuditWriter)>,
+    /// The audit configuration and the store's data version it was read at.
+    audit_cfg: Option<(i64, AuditConfig)>,
 }
 
 impl Hsm {
     /// Opens the HSM in `dir`, which must exist.
     pub fn open(dir: &Path) -> Result<Hsm> {
-        let store = Store::open(dir, false)?;
-        let serial = store.serial()?;
-        Ok(Hsm {
-            store,
-            serial,
-            writer: None,
-        })
+        Self::with_store(Store::open(dir, false)?)
     }
 
     /// Opens the HSM in `dir`, creating an uninitialised one if there is none.
     pub fn open_or_create(dir: &Path) -> Result<Hsm> {
-        let store = Store::open(dir, true)?;
+        Self::with_store(Store::open(dir, true)?)
+    }
+
+    fn with_store(store: Store) -> Result<Hsm> {
         let serial = store.serial()?;
         Ok(Hsm {
             store,
             serial,
             writer: None,
+            audit_cfg: None,
         })
     }
 
@@ -1889,13 +1889,23 @@ impl Hsm {
     }
 
     fn read_audit_config(&mut self) -> Result<AuditConfig> {
-        self.store.read(|t| {
+        // Key use asks on every operation: read it again only when another connection has
+        // committed since (this connection's own changes clear the cache).
+        let version = self.store.data_version()?;
+        if let Some((v, c)) = &self.audit_cfg {
+            if *v == version {
+                return Ok(c.clone());
+            }
+        }
+        let c = self.store.read(|t| {
             let root = &t
                 .audit
                 .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
                 .root;
             Ok(audit::get_state::<AuditConfig>(&t.tx, root, "config")?.unwrap_or_default())
-        })
+        })?;
+        self.audit_cfg = Some((version, c.clone()));
+        Ok(c)
     }
 
     /// The audit configuration (Auditor only).
@@ -1930,6 +1940,7 @@ impl Hsm {
             )),
             "success",
         );
+        self.audit_cfg = None;
         self.store.write(|t| {
             audit::put_state(&t.tx, &root, "config", &cfg)?;
             t.event(&e)

@@ -178,6 +178,14 @@ impl Store {
         Ok(())
     }
 
+    /// Changes whenever another connection (process or thread) commits to the database; used
+    /// to know when cached state must be read again.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
     /// Removes a plain metadata value.
     pub fn clear_meta(&self, name: &str) -> Result<()> {
         self.conn
@@ -415,18 +423,7 @@ impl Store {
 
     /// Runs `f` in one IMMEDIATE transaction: all its writes land together, or none do.
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut t = Txn {
-            tx,
-            keys: self.keys.as_ref(),
-            audit: self.audit.as_ref(),
-            appended: false,
-            d_records: 0,
-            d_objects: 0,
-            force_manifest: false,
-        };
+        let mut t = self.begin(TransactionBehavior::Immediate)?;
         let out = f(&mut t)?;
         t.finish()?;
         Ok(out)
@@ -434,10 +431,13 @@ impl Store {
 
     /// Runs `f` over a consistent snapshot; nothing is written.
     pub fn read<T>(&mut self, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let mut t = Txn {
+        let mut t = self.begin(TransactionBehavior::Deferred)?;
+        f(&mut t)
+    }
+
+    fn begin(&mut self, behavior: TransactionBehavior) -> Result<Txn<'_>> {
+        let tx = self.conn.transaction_with_behavior(behavior)?;
+        Ok(Txn {
             tx,
             keys: self.keys.as_ref(),
             audit: self.audit.as_ref(),
@@ -445,10 +445,7 @@ impl Store {
             d_records: 0,
             d_objects: 0,
             force_manifest: false,
-        };
-        let out = f(&mut t)?;
-        drop(t);
-        Ok(out)
+        })
     }
 
     /// Appends an event in its own transaction (for refusals that change nothing else).

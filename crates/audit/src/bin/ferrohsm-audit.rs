@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ferrohsm_audit::{read_file, verify_export, witness, Export, VerifyOptions};
+use ferrohsm_audit::tool::{run_witness, verify_file, ToolError, VerifyFiles, WitnessTool};
 
 /// Verify a ferrohsm audit export offline; generate witness keys and cosign checkpoints.
 #[derive(Parser)]
@@ -52,44 +52,10 @@ enum Cmd {
     },
     /// Witness tools.
     #[command(subcommand)]
-    Witness(WitnessCmd),
+    Witness(WitnessTool),
 }
 
-#[derive(Subcommand)]
-enum WitnessCmd {
-    /// Make a witness key pair: writes the private key file (0600), prints the public key.
-    Keygen {
-        /// The witness's name (no spaces or '+').
-        #[arg(long)]
-        name: String,
-        /// Private key file to create.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Cosign a checkpoint after checking the HSM's signature on it.
-    Cosign {
-        /// The witness's private key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// The checkpoint (signed note) to cosign.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The HSM's audit public key file.
-        #[arg(long)]
-        public_key: PathBuf,
-        /// Where to write the cosigned checkpoint (default: over --checkpoint).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
-
-fn text(p: &PathBuf) -> Result<String, String> {
-    let b = read_file(p).map_err(|e| e.to_string())?;
-    String::from_utf8(b).map_err(|_| format!("{}: not UTF-8 text", p.display()))
-}
-
-fn run(cli: Cli) -> Result<u8, (u8, String)> {
-    let usage = |e: String| (2u8, e);
+fn run(cli: Cli) -> Result<String, ToolError> {
     match cli.cmd {
         Cmd::Verify {
             export,
@@ -99,75 +65,46 @@ fn run(cli: Cli) -> Result<u8, (u8, String)> {
             require_cosignatures,
             prove,
         } => {
-            let ex = Export::from_bytes(&read_file(&export).map_err(|e| usage(e.to_string()))?)
-                .map_err(|e| usage(format!("{}: {e}", export.display())))?;
-            let opts = VerifyOptions {
-                public_key: public_key.as_ref().map(text).transpose().map_err(usage)?,
-                earlier: earlier
-                    .iter()
-                    .map(text)
-                    .collect::<Result<_, _>>()
-                    .map_err(usage)?,
-                witnesses: witness
-                    .iter()
-                    .map(text)
-                    .collect::<Result<_, _>>()
-                    .map_err(usage)?,
+            let files = VerifyFiles {
+                public_key: public_key.as_deref(),
+                earlier: &earlier,
+                witnesses: &witness,
                 require_cosignatures,
                 prove,
             };
-            let r = verify_export(&ex, &opts).map_err(|e| (1, format!("FAILED: {e}")))?;
-            print!("{r}");
-            if !opts.earlier.is_empty() {
-                println!(
-                    "  extends every checkpoint you gave ({})",
-                    opts.earlier.len()
-                );
+            let r = verify_file(&export, &files)?;
+            let mut out = r.to_string();
+            if !earlier.is_empty() {
+                out.push_str(&format!(
+                    "  extends every checkpoint you gave ({})\n",
+                    earlier.len()
+                ));
             }
-            if !opts.witnesses.is_empty() {
-                println!(
-                    "  {} of {} witnesses given cosigned",
+            if !witness.is_empty() {
+                out.push_str(&format!(
+                    "  {} of {} witnesses given cosigned\n",
                     r.cosigned_by.len(),
-                    opts.witnesses.len()
-                );
+                    witness.len()
+                ));
             }
-            Ok(0)
+            Ok(out)
         }
-        Cmd::Witness(WitnessCmd::Keygen { name, out }) => {
-            let (skey, vkey) = witness::generate(&name).map_err(|e| usage(e.to_string()))?;
-            witness::write_private_key(&out, &skey).map_err(|e| usage(e.to_string()))?;
-            println!("{vkey}");
-            eprintln!(
-                "private key written to {} (keep it secret); give the line above to the Auditor",
-                out.display()
-            );
-            Ok(0)
-        }
-        Cmd::Witness(WitnessCmd::Cosign {
-            key,
-            checkpoint,
-            public_key,
-            out,
-        }) => {
-            let skey = zeroize::Zeroizing::new(text(&key).map_err(usage)?);
-            let note = text(&checkpoint).map_err(usage)?;
-            let hsm = text(&public_key).map_err(usage)?;
-            let signed =
-                witness::cosign(&note, &skey, &hsm).map_err(|e| (1, format!("FAILED: {e}")))?;
-            let dest = out.unwrap_or(checkpoint);
-            std::fs::write(&dest, signed).map_err(|e| usage(format!("{}: {e}", dest.display())))?;
-            println!("cosigned checkpoint written to {}", dest.display());
-            Ok(0)
-        }
+        Cmd::Witness(t) => run_witness(&t),
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(c) => ExitCode::from(c),
-        Err((c, msg)) => {
-            eprintln!("ferrohsm-audit: {msg}");
-            ExitCode::from(c)
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferrohsm-audit: {e}");
+            ExitCode::from(match e {
+                ToolError::Usage(_) => 2,
+                ToolError::Failed(_) => 1,
+            })
         }
     }
 }
