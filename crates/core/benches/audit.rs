@@ -143,11 +143,15 @@ fn sign_rate(dir: &Path, threads: usize) -> f64 {
 /// optionally while another thread signs flat out.
 fn append_rate(dir: &Path, with_signing: bool) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let signer = with_signing.then(|| {
         let d = dir.to_path_buf();
         let stop = stop.clone();
         std::thread::spawn(move || {
+            // Log in before the append loop starts: a writer in a tight loop can starve
+            // another connection's login (a write) of SQLite's lock.
             let (mut h, s, k) = co(&d);
+            let _ = ready_tx.send(());
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 h.sign(&s, k, Mechanism::EcdsaSha256, b"load").unwrap();
@@ -156,6 +160,9 @@ fn append_rate(dir: &Path, with_signing: bool) -> (f64, f64) {
             n
         })
     });
+    if with_signing {
+        ready_rx.recv().unwrap();
+    }
     let mut h = Hsm::open(&dir.join("data")).unwrap();
     let t0 = Instant::now();
     let mut n = 0u64;
