@@ -12,6 +12,7 @@ use crate::{read_file, verify_export, witness, Export, Report, VerifyOptions};
 pub enum WitnessTool {
     /// Make a witness key pair (on the witness's own machine): writes the private key file
     /// (0600) and prints the public key to give to the Auditor.
+    #[command(after_help = "Example:\n  keygen --name alice --out alice.key > alice.vkey")]
     Keygen {
         /// Witness name (no spaces or '+').
         #[arg(long)]

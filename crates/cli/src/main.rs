@@ -79,24 +79,45 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// The device: initialise, show, zeroize, tamper, policies.
+    #[command(
+        after_help = "Example:\n  ferrohsm hsm init --label hsm1 --so-m 2 --so-n 3 --so-pin prompt\n  ferrohsm hsm show"
+    )]
     #[command(subcommand)]
     Hsm(HsmCmd),
     /// Partitions (PKCS#11 tokens): create, initialise, list, delete, policies.
+    #[command(
+        after_help = "Example:\n  ferrohsm partition create --label payments\n  ferrohsm partition init --partition payments"
+    )]
     #[command(subcommand)]
     Partition(PartitionCmd),
     /// Partition roles: Crypto Officer and Crypto User, activation, lockout reset, PIN and secret changes.
+    #[command(
+        after_help = "Example:\n  ferrohsm role init --partition payments --role co\n  ferrohsm role activate --partition payments --role co --set-challenge prompt"
+    )]
     #[command(subcommand)]
     Role(RoleCmd),
     /// PED key files: inspect and duplicate.
+    #[command(
+        after_help = "Example:\n  ferrohsm ped show ped-keys/*.pedkey\n  ferrohsm ped duplicate --from a.pedkey --to backup/a.pedkey"
+    )]
     #[command(subcommand)]
     Ped(PedCmd),
     /// Keys in a partition: generate, list, sign, verify, encrypt, decrypt, delete.
+    #[command(
+        after_help = "Example:\n  ferrohsm key generate --partition payments --type rsa-2048 --label signer --challenge prompt"
+    )]
     #[command(subcommand)]
     Key(KeyCmd),
     /// The audit log: Auditor role, show, export, verify, configuration, witnesses.
+    #[command(
+        after_help = "Example:\n  ferrohsm audit init\n  ferrohsm audit show --failures\n  ferrohsm audit export --out audit.json"
+    )]
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Run the whole story non-interactively in a fresh data directory and explain each step.
+    #[command(
+        after_help = "Example:\n  ferrohsm demo\n  ferrohsm demo --dir /tmp/hsm-demo   # keep the result"
+    )]
     Demo {
         /// Directory to run in (default: a new temporary directory, removed afterwards).
         #[arg(long, value_name = "DIR")]
@@ -139,26 +160,34 @@ Examples:
         login: Login,
     },
     /// Show serial, state, authentication mode, policies, partitions and roles.
+    #[command(after_help = "Example:\n  ferrohsm hsm show\n  ferrohsm hsm show --json")]
     Show,
     /// Destroy all key material irreversibly (device key, partitions, roles, keys).
+    #[command(after_help = "Example:\n  ferrohsm hsm zeroize --yes")]
     Zeroize {
         /// Confirm.
         #[arg(long)]
         yes: bool,
     },
-    /// Zeroize and forget zeroize and tamper notes: as delivered.
+    /// Zeroize, and also destroy the audit log, its key and the Auditor: as delivered.
+    /// Export the audit log first.
+    #[command(
+        after_help = "Example:\n  ferrohsm audit export --out before-reset.json && ferrohsm hsm factory-reset --yes"
+    )]
     FactoryReset {
         /// Confirm.
         #[arg(long)]
         yes: bool,
     },
     /// Simulate the tamper switch: zeroize and drop every activation.
+    #[command(after_help = "Example:\n  ferrohsm hsm tamper --yes && ferrohsm hsm show")]
     Tamper {
         /// Confirm.
         #[arg(long)]
         yes: bool,
     },
     /// Simulate a restart: activations end unless auto-activation is allowed.
+    #[command(after_help = "Example:\n  ferrohsm hsm restart")]
     Restart,
     /// HSM policies (HSM SO).
     #[command(subcommand)]
@@ -169,6 +198,7 @@ Examples:
 #[derive(Subcommand, Debug)]
 pub enum HsmPolicyCmd {
     /// Show HSM policies.
+    #[command(after_help = "Example:\n  ferrohsm hsm policy show --json")]
     Show,
     /// Set an HSM policy (HSM SO login).
     #[command(
@@ -208,14 +238,19 @@ pub enum PartitionCmd {
         login: Login,
     },
     /// List partitions.
+    #[command(after_help = "Example:\n  ferrohsm partition list --json")]
     List,
     /// Show one partition: policies, domain, roles, object count.
+    #[command(after_help = "Example:\n  ferrohsm partition show --partition payments")]
     Show {
         /// Partition label.
         #[arg(long)]
         partition: String,
     },
     /// Delete a partition and every key in it (HSM SO login).
+    #[command(
+        after_help = "Example:\n  ferrohsm partition delete --partition old --yes --key so-1.pedkey --key so-2.pedkey --pin prompt"
+    )]
     Delete {
         /// Partition label.
         #[arg(long)]
@@ -270,6 +305,7 @@ pub enum DomainArg {
 #[derive(Subcommand, Debug)]
 pub enum PartitionPolicyCmd {
     /// Show a partition's effective policies.
+    #[command(after_help = "Example:\n  ferrohsm partition policy show --partition payments")]
     Show {
         /// Partition label.
         #[arg(long)]
@@ -319,6 +355,7 @@ Examples:
         login: Login,
     },
     /// Show a partition's roles: how they authenticate, failed logins, lockout, activation.
+    #[command(after_help = "Example:\n  ferrohsm role show --partition payments --json")]
     Show {
         /// Partition label.
         #[arg(long)]
@@ -342,6 +379,9 @@ Examples:
         login: Login,
     },
     /// End an activation (the role itself or the Partition SO with --as so).
+    #[command(
+        after_help = "Example:\n  ferrohsm role deactivate --partition payments --role co --as so"
+    )]
     Deactivate {
         /// Partition label.
         #[arg(long)]
@@ -356,6 +396,7 @@ Examples:
         login: Login,
     },
     /// Clear a Crypto Officer's or Crypto User's lockout (Partition SO login).
+    #[command(after_help = "Example:\n  ferrohsm role reset --partition payments --role co")]
     Reset {
         /// Partition label.
         #[arg(long)]
@@ -387,6 +428,9 @@ Examples:
         login: Login,
     },
     /// Replace a role's secret with a new one (new keys, or a reused key), leaving other roles alone.
+    #[command(
+        after_help = "Example:\n  ferrohsm role change-secret --role co --partition payments --new-key new-co.pedkey --new-pin prompt"
+    )]
     ChangeSecret {
         /// hsm-so, so, co or cu.
         #[arg(long)]
@@ -407,6 +451,7 @@ Examples:
 #[derive(Subcommand, Debug)]
 pub enum PedCmd {
     /// Show what PED key files hold (colour, type, label, share, PIN flag, origin), never the secret.
+    #[command(after_help = "Example:\n  ferrohsm ped show ped-keys/*.pedkey")]
     Show {
         /// Key files.
         #[arg(required = true)]
@@ -451,6 +496,7 @@ Examples:
         login: Login,
     },
     /// Print (or write) the HSM's audit public key, for verifiers and witnesses. No login.
+    #[command(after_help = "Example:\n  ferrohsm audit public-key --out hsm-audit.vkey")]
     PublicKey {
         /// Write it to this file too.
         #[arg(long)]
@@ -526,6 +572,7 @@ Examples:
         login: Login,
     },
     /// Write the latest signed checkpoint (Auditor), e.g. for witnesses to cosign.
+    #[command(after_help = "Example:\n  ferrohsm audit checkpoint --out cp.txt")]
     Checkpoint {
         /// File to write.
         #[arg(long)]
@@ -545,6 +592,7 @@ Examples:
 #[derive(Subcommand, Debug)]
 pub enum AuditConfigCmd {
     /// Show the configuration.
+    #[command(after_help = "Example:\n  ferrohsm audit config show --json")]
     Show {
         #[command(flatten)]
         login: Login,
@@ -585,6 +633,7 @@ pub enum WitnessCmd {
     #[command(flatten)]
     Tool(ferrohsm_audit::tool::WitnessTool),
     /// Register a witness's public key (Auditor).
+    #[command(after_help = "Example:\n  ferrohsm audit witness add --public-key alice.vkey")]
     Add {
         /// File holding the witness's public key line.
         #[arg(long)]
@@ -593,11 +642,13 @@ pub enum WitnessCmd {
         login: Login,
     },
     /// List registered witnesses (Auditor).
+    #[command(after_help = "Example:\n  ferrohsm audit witness list")]
     List {
         #[command(flatten)]
         login: Login,
     },
     /// Hand cosignatures back to the HSM (Auditor).
+    #[command(after_help = "Example:\n  ferrohsm audit witness submit --checkpoint cp.txt")]
     Submit {
         /// Cosigned checkpoint file.
         #[arg(long)]
@@ -644,11 +695,17 @@ pub enum KeyCmd {
         extractable: bool,
     },
     /// List the partition's keys.
+    #[command(
+        after_help = "Example:\n  ferrohsm key list --partition payments --challenge env:CO_CHALLENGE --json"
+    )]
     List {
         #[command(flatten)]
         user: KeyUser,
     },
     /// Delete a key (both halves of a pair) (Crypto Officer).
+    #[command(
+        after_help = "Example:\n  ferrohsm key delete --partition payments --label old-signer --challenge env:CO_CHALLENGE"
+    )]
     Delete {
         #[command(flatten)]
         user: KeyUser,
@@ -677,6 +734,9 @@ pub enum KeyCmd {
         output: PathBuf,
     },
     /// Verify a signature (exit 0 if valid, 1 if not).
+    #[command(
+        after_help = "Example:\n  ferrohsm key verify --partition payments --label signer --in msg.txt --signature msg.sig --as cu"
+    )]
     Verify {
         #[command(flatten)]
         user: KeyUser,
@@ -694,6 +754,9 @@ pub enum KeyCmd {
         signature: PathBuf,
     },
     /// Encrypt a file (AES-GCM with a fresh random IV stored in front of the output, or RSA-OAEP).
+    #[command(
+        after_help = "Example:\n  ferrohsm key encrypt --partition payments --label data-key --in plain.bin --out cipher.bin --aad 0102"
+    )]
     Encrypt {
         #[command(flatten)]
         user: KeyUser,
@@ -711,6 +774,9 @@ pub enum KeyCmd {
         aad: String,
     },
     /// Decrypt a file made by `key encrypt`.
+    #[command(
+        after_help = "Example:\n  ferrohsm key decrypt --partition payments --label data-key --in cipher.bin --out plain.bin --aad 0102"
+    )]
     Decrypt {
         #[command(flatten)]
         user: KeyUser,
