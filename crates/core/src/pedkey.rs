@@ -258,20 +258,24 @@ impl PedKey {
         );
         let Wire {
             info,
-            value: mut v,
+            value: v,
             check,
         } = wire;
-        zeroize::Zeroize::zeroize(&mut v);
+        let v_canon = Zeroizing::new(v);
         if value.len() != SECRET_LEN {
             return Err(HsmError::bad_key(
                 path,
                 "secret value has the wrong length (file damaged)",
             ));
         }
-        let expected = info.check_over(&value);
-        let given = hex::decode(check)
-            .map_err(|_| HsmError::bad_key(path, "integrity check field is damaged"))?;
-        if !ct_eq(&expected, &given) {
+        // Compare canonical spellings (lowercase hex, padded base64): a file that is not
+        // byte for byte what was written is refused, even if it would decode the same.
+        let expected = hex::encode(info.check_over(&value));
+        let canonical_value =
+            Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*value));
+        if !ct_eq(expected.as_bytes(), check.as_bytes())
+            || !ct_eq(canonical_value.as_bytes(), v_canon.as_bytes())
+        {
             return Err(HsmError::bad_key(
                 path,
                 "integrity check failed: the file was damaged or edited",
