@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ferrohsm_core::hsm::{DomainChoice, InitOptions};
-use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
+use ferrohsm_core::mechanism::{Hash, KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
 use ferrohsm_core::ped::{LocalPed, PedAnswers};
 use ferrohsm_core::secret::Pin;
@@ -310,7 +310,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
         Credential::Ped(&mut ped(keys(&peds, &cu_prefix, &[1]), None)),
     )?;
     let ec = hsm.find_key(&cu, "ec-signer", ObjectClass::PrivateKey)?;
-    hsm.sign(&cu, ec.handle, Mechanism::EcdsaSha256, msg)?;
+    hsm.sign(&cu, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), msg)?;
     ok("Crypto User signed with ec-signer (read-only use)");
 
     step(&mut n, "One refused action at each role boundary");
@@ -332,7 +332,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     )?;
     refused(
         "the Partition SO signs with a partition key",
-        hsm.sign(&pso, ec.handle, Mechanism::EcdsaSha256, msg),
+        hsm.sign(&pso, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), msg),
     )?;
     refused(
         "the HSM SO lists the partition's keys",
@@ -398,7 +398,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     )?;
     refused(
         "the Auditor signs with a partition key",
-        hsm.sign(&aud, ec.handle, Mechanism::EcdsaSha256, msg),
+        hsm.sign(&aud, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), msg),
     )?;
     let events = hsm.audit_records(&aud)?;
     let failures = events

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
 use ferrohsm_core::hsm::InitOptions;
-use ferrohsm_core::mechanism::{KeySpec, Mechanism};
+use ferrohsm_core::mechanism::{Hash, KeySpec, Mechanism};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
 use ferrohsm_core::ped::{LocalPed, PedAnswers};
 use ferrohsm_core::{AuthMode, Credential, DomainChoice, Hsm, NewSecret, Role, Session};
@@ -124,8 +124,13 @@ fn sign_rate(dir: &Path, threads: usize) -> f64 {
                 let (mut h, s, k) = co(&d);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    h.sign(&s, k, Mechanism::EcdsaSha256, b"benchmark message")
-                        .unwrap();
+                    h.sign(
+                        &s,
+                        k,
+                        Mechanism::Ecdsa(Some(Hash::Sha256)),
+                        b"benchmark message",
+                    )
+                    .unwrap();
                     n += 1;
                 }
                 h.flush_key_use().unwrap();
@@ -154,7 +159,8 @@ fn append_rate(dir: &Path, with_signing: bool) -> (f64, f64) {
             let _ = ready_tx.send(());
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                h.sign(&s, k, Mechanism::EcdsaSha256, b"load").unwrap();
+                h.sign(&s, k, Mechanism::Ecdsa(Some(Hash::Sha256)), b"load")
+                    .unwrap();
                 n += 1;
             }
             n

@@ -12,7 +12,9 @@ use crate::audit_writer::AuditWriter;
 use crate::crypto::{self, hkdf32, KdfParams};
 use crate::error::{HsmError, Result};
 use crate::mechanism::{self, KeySpec, Mechanism, Params};
-use crate::object::{Attributes, KeyOptions, ObjectClass, ObjectInfo, ObjectRecord};
+use crate::object::{
+    Attributes, KeyOptions, KeyTemplate, ObjectClass, ObjectFilter, ObjectInfo, ObjectRecord,
+};
 use crate::ped::{ImprintRequest, Imprinted, Ped, PresentRequest};
 use crate::policy::Policy;
 use crate::role::{AuthMethod, Role, RoleAuth};
@@ -1508,6 +1510,27 @@ impl Hsm {
         spec: KeySpec,
         opts: &KeyOptions,
     ) -> Result<Vec<u64>> {
+        self.generate_key_with(
+            s,
+            spec,
+            opts,
+            &KeyTemplate {
+                unique_label: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Generates a key with PKCS#11 template overrides (usages, sensitivity, privacy, a
+    /// different public label or id). Returns the handles made: the secret key, or the
+    /// private key then the public key.
+    pub fn generate_key_with(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<Vec<u64>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
         if opts.label.is_empty() || opts.label.len() > 128 {
             return Err(HsmError::InvalidInput(
@@ -1516,16 +1539,17 @@ impl Hsm {
         }
         let g = mechanism::generate(spec)?;
         let now = now_rfc3339();
+        let sensitive = tpl.sensitive.unwrap_or(true);
         let base = Attributes {
             class: ObjectClass::SecretKey,
             spec,
             label: opts.label.clone(),
             id: opts.id.clone(),
             token: true,
-            private: true,
-            sensitive: true,
+            private: tpl.private.unwrap_or(true),
+            sensitive,
             extractable: opts.extractable,
-            always_sensitive: true,
+            always_sensitive: sensitive,
             never_extractable: !opts.extractable,
             local: true,
             modifiable: true,
@@ -1545,7 +1569,7 @@ impl Hsm {
         );
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
-            if !t.object_handles(id, Some(&opts.label))?.is_empty() {
+            if tpl.unique_label && !t.object_handles(id, Some(&opts.label))?.is_empty() {
                 return Err(HsmError::InvalidInput(format!(
                     "a key labelled {:?} exists already in {}",
                     opts.label, p.label
@@ -1584,8 +1608,10 @@ impl Hsm {
             };
             if spec.is_symmetric() {
                 let a = Attributes {
-                    encrypt: true,
-                    decrypt: true,
+                    encrypt: tpl.encrypt.unwrap_or(true),
+                    decrypt: tpl.decrypt.unwrap_or(true),
+                    sign: tpl.sign.unwrap_or(false),
+                    verify: tpl.verify.unwrap_or(false),
                     ..base.clone()
                 };
                 handles.push(put(t, &mut p, a, None, Some(&g.private))?);
@@ -1593,19 +1619,24 @@ impl Hsm {
                 let can_encrypt = spec.default_encrypt().is_some();
                 let private = Attributes {
                     class: ObjectClass::PrivateKey,
-                    sign: true,
-                    decrypt: can_encrypt,
+                    sign: tpl.sign.unwrap_or(true),
+                    decrypt: tpl.decrypt.unwrap_or(can_encrypt),
                     ..base.clone()
                 };
                 let public = Attributes {
                     class: ObjectClass::PublicKey,
+                    label: tpl
+                        .public_label
+                        .clone()
+                        .unwrap_or_else(|| base.label.clone()),
+                    id: tpl.public_id.clone().unwrap_or_else(|| base.id.clone()),
                     private: false,
                     sensitive: false,
                     extractable: true,
                     always_sensitive: false,
                     never_extractable: false,
-                    verify: true,
-                    encrypt: can_encrypt,
+                    verify: tpl.verify.unwrap_or(true),
+                    encrypt: tpl.encrypt.unwrap_or(can_encrypt),
                     ..base.clone()
                 };
                 handles.push(put(t, &mut p, private, g.public.clone(), Some(&g.private))?);
@@ -1646,6 +1677,84 @@ impl Hsm {
                 });
             }
             Ok(out)
+        })
+    }
+
+    /// Finds objects through the indexes. With a Crypto Officer or Crypto User session, every
+    /// object of its partition; with `None` (a public PKCS#11 session), only objects with
+    /// `CKA_PRIVATE` false of the partition labelled `public_partition`.
+    pub fn find_objects(
+        &mut self,
+        s: Option<&Session>,
+        public_partition: &str,
+        f: &ObjectFilter,
+    ) -> Result<Vec<ObjectInfo>> {
+        let (id, only_public) = match s {
+            Some(s) => (self.key_user(s, "finding keys", false)?.0, false),
+            None => (
+                self.store
+                    .read(|t| Self::partition_by_label(t, public_partition))?
+                    .id,
+                true,
+            ),
+        };
+        self.store.read(|t| {
+            let mut out = Vec::new();
+            for h in t.find_handles(
+                id,
+                f.label.as_deref(),
+                f.id.as_deref(),
+                f.class.map(ObjectClass::name),
+            )? {
+                let rec = Self::load(t, id, h)?;
+                // The index is a hint; the sealed record is the truth.
+                if f.label.as_ref().is_some_and(|l| *l != rec.attrs.label)
+                    || f.id.as_ref().is_some_and(|i| *i != rec.attrs.id)
+                    || f.class.is_some_and(|c| c != rec.attrs.class)
+                {
+                    return Err(HsmError::Tamper(format!(
+                        "object {h}'s index does not match its sealed record"
+                    )));
+                }
+                if only_public && rec.attrs.private {
+                    continue;
+                }
+                out.push(ObjectInfo {
+                    handle: h,
+                    attrs: rec.attrs,
+                    public: rec.public,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// One object's public description (attributes, public value), for a session that may see it.
+    pub fn object_info(
+        &mut self,
+        s: Option<&Session>,
+        public_partition: &str,
+        handle: u64,
+    ) -> Result<ObjectInfo> {
+        let (id, only_public) = match s {
+            Some(s) => (self.key_user(s, "reading keys", false)?.0, false),
+            None => (
+                self.store
+                    .read(|t| Self::partition_by_label(t, public_partition))?
+                    .id,
+                true,
+            ),
+        };
+        let rec = self.store.read(|t| Self::load(t, id, handle))?;
+        if only_public && rec.attrs.private {
+            return Err(HsmError::NotFound(format!(
+                "no object with handle {handle}"
+            )));
+        }
+        Ok(ObjectInfo {
+            handle,
+            attrs: rec.attrs,
+            public: rec.public,
         })
     }
 

@@ -58,10 +58,10 @@ impl KeySpec {
     /// The mechanism a bare `sign` uses with this key.
     pub fn default_sign(self) -> Option<Mechanism> {
         match self {
-            KeySpec::EcP256 => Some(Mechanism::EcdsaSha256),
-            KeySpec::EcP384 => Some(Mechanism::EcdsaSha384),
+            KeySpec::EcP256 => Some(Mechanism::Ecdsa(Some(Hash::Sha256))),
+            KeySpec::EcP384 => Some(Mechanism::Ecdsa(Some(Hash::Sha384))),
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
-                Some(Mechanism::RsaPkcs1Sha256)
+                Some(Mechanism::RsaPkcs1(Hash::Sha256))
             }
             KeySpec::Ed25519 => Some(Mechanism::Ed25519),
             _ => None,
@@ -73,7 +73,7 @@ impl KeySpec {
         match self {
             KeySpec::Aes128 | KeySpec::Aes192 | KeySpec::Aes256 => Some(Mechanism::AesGcm),
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
-                Some(Mechanism::RsaOaepSha256)
+                Some(Mechanism::RsaOaep(Hash::Sha256))
             }
             _ => None,
         }
@@ -112,21 +112,94 @@ impl FromStr for KeySpec {
     }
 }
 
+/// A hash function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hash {
+    /// SHA-1 (digests and OAEP only; not for new signatures).
+    Sha1,
+    /// SHA-224.
+    Sha224,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Hash {
+    fn alg(self) -> &'static aws_lc_rs::digest::Algorithm {
+        use aws_lc_rs::digest;
+        match self {
+            Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Hash::Sha224 => &digest::SHA224,
+            Hash::Sha256 => &digest::SHA256,
+            Hash::Sha384 => &digest::SHA384,
+            Hash::Sha512 => &digest::SHA512,
+        }
+    }
+
+    /// Output length in bytes.
+    pub fn len(self) -> usize {
+        self.alg().output_len
+    }
+
+    /// Always false; a hash has output.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// Hashes `data`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        aws_lc_rs::digest::digest(self.alg(), data)
+            .as_ref()
+            .to_vec()
+    }
+
+    /// The DER DigestInfo prefix that precedes a digest of this hash in PKCS#1 v1.5.
+    fn digest_info_prefix(self) -> &'static [u8] {
+        match self {
+            Hash::Sha1 => &[
+                0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
+                0x14,
+            ],
+            Hash::Sha224 => &[
+                0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x04, 0x05, 0x00, 0x04, 0x1c,
+            ],
+            Hash::Sha256 => &[
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x01, 0x05, 0x00, 0x04, 0x20,
+            ],
+            Hash::Sha384 => &[
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x02, 0x05, 0x00, 0x04, 0x30,
+            ],
+            Hash::Sha512 => &[
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x03, 0x05, 0x00, 0x04, 0x40,
+            ],
+        }
+    }
+}
+
 /// A mechanism: what to do with a key. Parameters that vary per call (IV, AAD) are passed to
 /// the operation, never chosen by the module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mechanism {
-    /// RSASSA-PKCS1-v1_5 with SHA-256 hashing inside.
-    RsaPkcs1Sha256,
-    /// RSASSA-PSS with SHA-256, MGF1-SHA-256, 32-byte salt.
-    RsaPssSha256,
-    /// RSAES-OAEP with SHA-256 and MGF1-SHA-256.
-    RsaOaepSha256,
-    /// ECDSA with SHA-256; signature is raw r‖s.
-    EcdsaSha256,
-    /// ECDSA with SHA-384; signature is raw r‖s.
-    EcdsaSha384,
+    /// RSASSA-PKCS1-v1_5, hashing inside (SHA-256/384/512).
+    RsaPkcs1(Hash),
+    /// RSASSA-PKCS1-v1_5 over a DigestInfo the caller made (`CKM_RSA_PKCS` signing).
+    RsaPkcs1Raw,
+    /// RSASSA-PSS, hashing inside, MGF1 with the same hash, salt as long as the hash.
+    RsaPss(Hash),
+    /// RSAES-OAEP with the hash and MGF1 with the same hash.
+    RsaOaep(Hash),
+    /// ECDSA, hashing inside with the hash given, or over the caller's hash (`None`,
+    /// `CKM_ECDSA`); signature is raw r‖s.
+    Ecdsa(Option<Hash>),
     /// Ed25519 (pure).
     Ed25519,
     /// AES-GCM with the caller's 12-byte IV and AAD; 16-byte tag; output ciphertext‖tag.
@@ -134,11 +207,23 @@ pub enum Mechanism {
 }
 
 const MECHS: &[(&str, Mechanism)] = &[
-    ("rsa-pkcs1-sha256", Mechanism::RsaPkcs1Sha256),
-    ("rsa-pss-sha256", Mechanism::RsaPssSha256),
-    ("rsa-oaep-sha256", Mechanism::RsaOaepSha256),
-    ("ecdsa-sha256", Mechanism::EcdsaSha256),
-    ("ecdsa-sha384", Mechanism::EcdsaSha384),
+    ("rsa-pkcs1-sha256", Mechanism::RsaPkcs1(Hash::Sha256)),
+    ("rsa-pkcs1-sha384", Mechanism::RsaPkcs1(Hash::Sha384)),
+    ("rsa-pkcs1-sha512", Mechanism::RsaPkcs1(Hash::Sha512)),
+    ("rsa-pkcs1", Mechanism::RsaPkcs1Raw),
+    ("rsa-pss-sha256", Mechanism::RsaPss(Hash::Sha256)),
+    ("rsa-pss-sha384", Mechanism::RsaPss(Hash::Sha384)),
+    ("rsa-pss-sha512", Mechanism::RsaPss(Hash::Sha512)),
+    ("rsa-oaep-sha1", Mechanism::RsaOaep(Hash::Sha1)),
+    ("rsa-oaep-sha256", Mechanism::RsaOaep(Hash::Sha256)),
+    ("rsa-oaep-sha384", Mechanism::RsaOaep(Hash::Sha384)),
+    ("rsa-oaep-sha512", Mechanism::RsaOaep(Hash::Sha512)),
+    ("ecdsa", Mechanism::Ecdsa(None)),
+    ("ecdsa-sha1", Mechanism::Ecdsa(Some(Hash::Sha1))),
+    ("ecdsa-sha224", Mechanism::Ecdsa(Some(Hash::Sha224))),
+    ("ecdsa-sha256", Mechanism::Ecdsa(Some(Hash::Sha256))),
+    ("ecdsa-sha384", Mechanism::Ecdsa(Some(Hash::Sha384))),
+    ("ecdsa-sha512", Mechanism::Ecdsa(Some(Hash::Sha512))),
     ("ed25519", Mechanism::Ed25519),
     ("aes-gcm", Mechanism::AesGcm),
 ];
@@ -269,31 +354,120 @@ fn mismatch(spec: KeySpec, mech: Mechanism) -> HsmError {
     HsmError::InvalidInput(format!("mechanism {mech} cannot be used with a {spec} key"))
 }
 
+fn is_rsa(spec: KeySpec) -> bool {
+    matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096)
+}
+
+fn rsa_sign_encoding(mech: Mechanism) -> Option<&'static signature::RsaSignatureEncoding> {
+    Some(match mech {
+        Mechanism::RsaPkcs1(Hash::Sha256) => &signature::RSA_PKCS1_SHA256,
+        Mechanism::RsaPkcs1(Hash::Sha384) => &signature::RSA_PKCS1_SHA384,
+        Mechanism::RsaPkcs1(Hash::Sha512) => &signature::RSA_PKCS1_SHA512,
+        Mechanism::RsaPss(Hash::Sha256) => &signature::RSA_PSS_SHA256,
+        Mechanism::RsaPss(Hash::Sha384) => &signature::RSA_PSS_SHA384,
+        Mechanism::RsaPss(Hash::Sha512) => &signature::RSA_PSS_SHA512,
+        _ => return None,
+    })
+}
+
+fn rsa_verify_params(mech: Mechanism) -> Option<&'static signature::RsaParameters> {
+    Some(match mech {
+        Mechanism::RsaPkcs1(Hash::Sha256) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Mechanism::RsaPkcs1(Hash::Sha384) => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Mechanism::RsaPkcs1(Hash::Sha512) => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Mechanism::RsaPss(Hash::Sha256) => &signature::RSA_PSS_2048_8192_SHA256,
+        Mechanism::RsaPss(Hash::Sha384) => &signature::RSA_PSS_2048_8192_SHA384,
+        Mechanism::RsaPss(Hash::Sha512) => &signature::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// Splits a PKCS#1 v1.5 DigestInfo into its hash and digest.
+fn parse_digest_info(data: &[u8]) -> Result<(Hash, &[u8])> {
+    for h in [
+        Hash::Sha256,
+        Hash::Sha384,
+        Hash::Sha512,
+        Hash::Sha224,
+        Hash::Sha1,
+    ] {
+        let p = h.digest_info_prefix();
+        if data.len() == p.len() + h.len() && data.starts_with(p) {
+            return Ok((h, &data[p.len()..]));
+        }
+    }
+    Err(HsmError::InvalidInput(
+        "CKM_RSA_PKCS signing takes a DigestInfo of SHA-224, -256, -384 or -512".into(),
+    ))
+}
+
+/// The digest an ECDSA key signs over: the caller's hash brought to the curve's length the
+/// way ECDSA reads a hash (shorter: as the same integer, left-padded; longer: leftmost bytes).
+fn ecdsa_digest(spec: KeySpec, hash: &[u8]) -> Result<aws_lc_rs::digest::Digest> {
+    let alg = match spec {
+        KeySpec::EcP256 => Hash::Sha256,
+        KeySpec::EcP384 => Hash::Sha384,
+        _ => {
+            return Err(HsmError::InvalidInput(format!(
+                "{spec} is not an ECDSA key"
+            )))
+        }
+    };
+    let n = alg.len();
+    if hash.is_empty() || hash.len() > 64 {
+        return Err(HsmError::InvalidInput(
+            "ECDSA takes a hash of 1 to 64 bytes".into(),
+        ));
+    }
+    let mut v = vec![0u8; n];
+    if hash.len() >= n {
+        v.copy_from_slice(&hash[..n]);
+    } else {
+        v[n - hash.len()..].copy_from_slice(hash);
+    }
+    aws_lc_rs::digest::Digest::import_less_safe(&v, alg.alg()).map_err(|_| failed("digest import"))
+}
+
+fn ecdsa_input(spec: KeySpec, mech: Mechanism, data: &[u8]) -> Result<aws_lc_rs::digest::Digest> {
+    match mech {
+        Mechanism::Ecdsa(Some(h)) => ecdsa_digest(spec, &h.digest(data)),
+        _ => ecdsa_digest(spec, data),
+    }
+}
+
 /// Signs `data` with a private key.
 pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
     match (spec, mech) {
-        (KeySpec::EcP256, Mechanism::EcdsaSha256) | (KeySpec::EcP384, Mechanism::EcdsaSha384) => {
+        (KeySpec::EcP256 | KeySpec::EcP384, Mechanism::Ecdsa(_)) => {
             let kp = signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, private.expose())
                 .map_err(|_| HsmError::Tamper("stored EC key does not parse".into()))?;
             let sig = kp
-                .sign(&SystemRandom::new(), data)
+                .sign_digest(&ecdsa_input(spec, mech, data)?)
                 .map_err(|_| failed("ECDSA signing"))?;
             Ok(sig.as_ref().to_vec())
         }
-        (
-            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096,
-            Mechanism::RsaPkcs1Sha256 | Mechanism::RsaPssSha256,
-        ) => {
+        (s, Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) | Mechanism::RsaPkcs1Raw)
+            if is_rsa(s) =>
+        {
             let kp = rsa::KeyPair::from_pkcs8(private.expose())
                 .map_err(|_| HsmError::Tamper("stored RSA key does not parse".into()))?;
-            let pad: &'static dyn signature::RsaEncoding = if mech == Mechanism::RsaPssSha256 {
-                &signature::RSA_PSS_SHA256
-            } else {
-                &signature::RSA_PKCS1_SHA256
-            };
             let mut sig = vec![0u8; kp.public_modulus_len()];
-            kp.sign(pad, &SystemRandom::new(), data, &mut sig)
-                .map_err(|_| failed("RSA signing"))?;
+            if mech == Mechanism::RsaPkcs1Raw {
+                let (h, d) = parse_digest_info(data)?;
+                let enc = rsa_sign_encoding(Mechanism::RsaPkcs1(h)).ok_or_else(|| {
+                    HsmError::InvalidInput(format!(
+                        "RSA PKCS#1 v1.5 signing with {h:?} is not supported"
+                    ))
+                })?;
+                let digest = aws_lc_rs::digest::Digest::import_less_safe(d, h.alg())
+                    .map_err(|_| failed("digest import"))?;
+                kp.sign_digest(enc, &digest, &mut sig)
+                    .map_err(|_| failed("RSA signing"))?;
+            } else {
+                let enc = rsa_sign_encoding(mech).ok_or_else(|| mismatch(spec, mech))?;
+                kp.sign(enc, &SystemRandom::new(), data, &mut sig)
+                    .map_err(|_| failed("RSA signing"))?;
+            }
             Ok(sig)
         }
         (KeySpec::Ed25519, Mechanism::Ed25519) => {
@@ -313,21 +487,56 @@ pub fn verify(
     data: &[u8],
     sig: &[u8],
 ) -> Result<bool> {
-    let alg: &'static dyn signature::VerificationAlgorithm = match (spec, mech) {
-        (KeySpec::EcP256, Mechanism::EcdsaSha256) => &signature::ECDSA_P256_SHA256_FIXED,
-        (KeySpec::EcP384, Mechanism::EcdsaSha384) => &signature::ECDSA_P384_SHA384_FIXED,
-        (KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096, Mechanism::RsaPkcs1Sha256) => {
-            &signature::RSA_PKCS1_2048_8192_SHA256
+    match (spec, mech) {
+        (KeySpec::EcP256 | KeySpec::EcP384, Mechanism::Ecdsa(_)) => {
+            let alg: &'static signature::EcdsaVerificationAlgorithm = if spec == KeySpec::EcP256 {
+                &signature::ECDSA_P256_SHA256_FIXED
+            } else {
+                &signature::ECDSA_P384_SHA384_FIXED
+            };
+            let digest = ecdsa_input(spec, mech, data)?;
+            Ok(signature::UnparsedPublicKey::new(alg, public)
+                .verify_digest(&digest, sig)
+                .is_ok())
         }
-        (KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096, Mechanism::RsaPssSha256) => {
-            &signature::RSA_PSS_2048_8192_SHA256
+        (s, Mechanism::RsaPkcs1Raw) if is_rsa(s) => {
+            let (h, d) = match parse_digest_info(data) {
+                Ok(x) => x,
+                Err(_) => return Ok(false),
+            };
+            let Some(params) = rsa_verify_params(Mechanism::RsaPkcs1(h)) else {
+                return Ok(false);
+            };
+            let digest = aws_lc_rs::digest::Digest::import_less_safe(d, h.alg())
+                .map_err(|_| failed("digest import"))?;
+            Ok(signature::UnparsedPublicKey::new(params, public)
+                .verify_digest(&digest, sig)
+                .is_ok())
         }
-        (KeySpec::Ed25519, Mechanism::Ed25519) => &signature::ED25519,
-        _ => return Err(mismatch(spec, mech)),
-    };
-    Ok(signature::UnparsedPublicKey::new(alg, public)
+        (s, Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_)) if is_rsa(s) => {
+            let params = rsa_verify_params(mech).ok_or_else(|| mismatch(spec, mech))?;
+            Ok(signature::UnparsedPublicKey::new(params, public)
+                .verify(data, sig)
+                .is_ok())
+        }
+        (KeySpec::Ed25519, Mechanism::Ed25519) => Ok(signature::UnparsedPublicKey::new(
+            &signature::ED25519,
+            public,
+        )
         .verify(data, sig)
-        .is_ok())
+        .is_ok()),
+        _ => Err(mismatch(spec, mech)),
+    }
+}
+
+fn oaep_alg(mech: Mechanism) -> Option<&'static rsa::OaepAlgorithm> {
+    Some(match mech {
+        Mechanism::RsaOaep(Hash::Sha1) => &rsa::OAEP_SHA1_MGF1SHA1,
+        Mechanism::RsaOaep(Hash::Sha256) => &rsa::OAEP_SHA256_MGF1SHA256,
+        Mechanism::RsaOaep(Hash::Sha384) => &rsa::OAEP_SHA384_MGF1SHA384,
+        Mechanism::RsaOaep(Hash::Sha512) => &rsa::OAEP_SHA512_MGF1SHA512,
+        _ => return None,
+    })
 }
 
 fn aes_key(spec: KeySpec, key: &SecretBytes) -> Result<aead::LessSafeKey> {
@@ -367,22 +576,21 @@ pub fn encrypt(
                 .map_err(|_| failed("AES-GCM encryption"))?;
             Ok(buf)
         }
-        Mechanism::RsaOaepSha256
-            if matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) =>
-        {
+        Mechanism::RsaOaep(_) if is_rsa(spec) => {
+            let alg = oaep_alg(mech).ok_or_else(|| mismatch(spec, mech))?;
             let pk = rsa::PublicEncryptingKey::from_der(key)
                 .map_err(|_| HsmError::Tamper("stored RSA public key does not parse".into()))?;
             let oaep =
                 rsa::OaepPublicEncryptingKey::new(pk).map_err(|_| failed("RSA-OAEP setup"))?;
-            if data.len() > oaep.max_plaintext_size(&rsa::OAEP_SHA256_MGF1SHA256) {
+            if data.len() > oaep.max_plaintext_size(alg) {
                 return Err(HsmError::InvalidInput(format!(
                     "RSA-OAEP-SHA256 with this key takes at most {} bytes",
-                    oaep.max_plaintext_size(&rsa::OAEP_SHA256_MGF1SHA256)
+                    oaep.max_plaintext_size(alg)
                 )));
             }
             let mut out = vec![0u8; oaep.ciphertext_size()];
             let n = oaep
-                .encrypt(&rsa::OAEP_SHA256_MGF1SHA256, data, &mut out, None)
+                .encrypt(alg, data, &mut out, None)
                 .map_err(|_| failed("RSA-OAEP encryption"))?
                 .len();
             out.truncate(n);
@@ -416,22 +624,86 @@ pub fn decrypt(
             buf.truncate(n);
             Ok(SecretBytes::new(buf))
         }
-        Mechanism::RsaOaepSha256
-            if matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) =>
-        {
+        Mechanism::RsaOaep(_) if is_rsa(spec) => {
+            let alg = oaep_alg(mech).ok_or_else(|| mismatch(spec, mech))?;
             let k = rsa::PrivateDecryptingKey::from_pkcs8(private.expose())
                 .map_err(|_| HsmError::Tamper("stored RSA key does not parse".into()))?;
             let oaep =
                 rsa::OaepPrivateDecryptingKey::new(k).map_err(|_| failed("RSA-OAEP setup"))?;
             let mut out = vec![0u8; oaep.min_output_size()];
             let n = oaep
-                .decrypt(&rsa::OAEP_SHA256_MGF1SHA256, data, &mut out, None)
+                .decrypt(alg, data, &mut out, None)
                 .map_err(|_| HsmError::Crypto("RSA-OAEP decryption failed".into()))?
                 .len();
             out.truncate(n);
             Ok(SecretBytes::new(out))
         }
         _ => Err(mismatch(spec, mech)),
+    }
+}
+
+/// DER of the named curve's OID, as `CKA_EC_PARAMS` carries it.
+pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
+    match spec {
+        KeySpec::EcP256 => Some(&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+        KeySpec::EcP384 => Some(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        KeySpec::Ed25519 => Some(&[0x06, 0x03, 0x2b, 0x65, 0x70]),
+        _ => None,
+    }
+}
+
+/// The key spec a `CKA_EC_PARAMS` value names (OID, or the `edwards25519` printable string).
+pub fn spec_from_ec_params(params: &[u8]) -> Option<KeySpec> {
+    const ED25519_NAME: &[u8] = &[
+        0x13, 0x0c, b'e', b'd', b'w', b'a', b'r', b'd', b's', b'2', b'5', b'5', b'1', b'9',
+    ];
+    if params == ED25519_NAME {
+        return Some(KeySpec::Ed25519);
+    }
+    [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Ed25519]
+        .into_iter()
+        .find(|s| ec_params(*s) == Some(params))
+}
+
+/// `CKA_EC_POINT`: the public point (or Ed25519 key) as a DER OCTET STRING, from our SPKI.
+pub fn ec_point(spec: KeySpec, spki: &[u8]) -> Option<Vec<u8>> {
+    let n = match spec {
+        KeySpec::EcP256 => 65,
+        KeySpec::EcP384 => 97,
+        KeySpec::Ed25519 => 32,
+        _ => return None,
+    };
+    // The SPKI ends with BIT STRING { 0 unused bits, point }.
+    if spki.len() < n + 3 || spki[spki.len() - n - 1] != 0 {
+        return None;
+    }
+    let point = &spki[spki.len() - n..];
+    let mut out = vec![0x04, n as u8];
+    out.extend_from_slice(point);
+    Some(out)
+}
+
+/// RSA `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT` (big-endian, no leading zeros) from an SPKI.
+pub fn rsa_components(spki: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let k = rsa::PublicKey::from_der(spki).ok()?;
+    Some((
+        k.modulus().big_endian_without_leading_zero().to_vec(),
+        k.exponent().big_endian_without_leading_zero().to_vec(),
+    ))
+}
+
+/// Bits of an RSA modulus, or the curve size, for `CKA_MODULUS_BITS` and mechanism info.
+pub fn key_bits(spec: KeySpec) -> u32 {
+    match spec {
+        KeySpec::Aes128 => 128,
+        KeySpec::Aes192 => 192,
+        KeySpec::Aes256 => 256,
+        KeySpec::EcP256 => 256,
+        KeySpec::EcP384 => 384,
+        KeySpec::Rsa2048 => 2048,
+        KeySpec::Rsa3072 => 3072,
+        KeySpec::Rsa4096 => 4096,
+        KeySpec::Ed25519 => 255,
     }
 }
 
@@ -503,7 +775,7 @@ mod tests {
         let ct = encrypt(
             KeySpec::Rsa2048,
             r.public.as_ref().unwrap(),
-            Mechanism::RsaOaepSha256,
+            Mechanism::RsaOaep(Hash::Sha256),
             &Params::default(),
             b"k",
         )
@@ -512,7 +784,7 @@ mod tests {
             decrypt(
                 KeySpec::Rsa2048,
                 &r.private,
-                Mechanism::RsaOaepSha256,
+                Mechanism::RsaOaep(Hash::Sha256),
                 &Params::default(),
                 &ct
             )
@@ -523,6 +795,53 @@ mod tests {
     }
 
     #[test]
+    fn prehashed_and_hashed_forms_agree() {
+        // CKM_ECDSA over SHA-256(m) verifies as CKM_ECDSA_SHA256 over m, and vice versa.
+        let g = generate(KeySpec::EcP256).unwrap();
+        let public = g.public.as_ref().unwrap();
+        let h = Hash::Sha256.digest(b"msg");
+        let sig = sign(KeySpec::EcP256, &g.private, Mechanism::Ecdsa(None), &h).unwrap();
+        assert!(verify(KeySpec::EcP256, public, Mechanism::Ecdsa(Some(Hash::Sha256)), b"msg", &sig).unwrap());
+        // A SHA-1-length hash is accepted (left-padded) and a SHA-512 one (truncated).
+        for hh in [Hash::Sha1, Hash::Sha512] {
+            let sig = sign(KeySpec::EcP256, &g.private, Mechanism::Ecdsa(Some(hh)), b"m").unwrap();
+            assert!(verify(KeySpec::EcP256, public, Mechanism::Ecdsa(None), &hh.digest(b"m"), &sig).unwrap());
+        }
+        // CKM_RSA_PKCS over a DigestInfo equals CKM_SHA256_RSA_PKCS over the message.
+        let r = generate(KeySpec::Rsa2048).unwrap();
+        let di = [Hash::Sha256.digest_info_prefix(), &Hash::Sha256.digest(b"doc")].concat();
+        let s1 = sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPkcs1Raw, &di).unwrap();
+        let s2 = sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPkcs1(Hash::Sha256), b"doc").unwrap();
+        assert_eq!(s1, s2, "PKCS#1 v1.5 is deterministic");
+        assert!(verify(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaPkcs1Raw, &di, &s1).unwrap());
+        assert!(sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPkcs1Raw, b"not a digest info").is_err());
+        // PSS and OAEP with other hashes.
+        for h in [Hash::Sha384, Hash::Sha512] {
+            let sig = sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPss(h), b"doc").unwrap();
+            assert!(verify(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaPss(h), b"doc", &sig).unwrap());
+        }
+        for h in [Hash::Sha1, Hash::Sha512] {
+            let ct = encrypt(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaOaep(h), &Params::default(), b"k").unwrap();
+            assert_eq!(decrypt(KeySpec::Rsa2048, &r.private, Mechanism::RsaOaep(h), &Params::default(), &ct).unwrap().expose(), b"k");
+        }
+    }
+
+    #[test]
+    fn public_attributes_from_spki() {
+        for spec in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Ed25519] {
+            let g = generate(spec).unwrap();
+            let p = ec_point(spec, g.public.as_ref().unwrap()).unwrap();
+            assert_eq!(p[0], 0x04);
+            assert_eq!(p.len(), 2 + p[1] as usize);
+            assert_eq!(spec_from_ec_params(ec_params(spec).unwrap()), Some(spec));
+        }
+        let r = generate(KeySpec::Rsa2048).unwrap();
+        let (n, e) = rsa_components(r.public.as_ref().unwrap()).unwrap();
+        assert_eq!(n.len(), 256);
+        assert_eq!(e, vec![1, 0, 1]);
+    }
+
+    #[test]
     fn names_round_trip() {
         for n in KeySpec::names() {
             assert_eq!(n.parse::<KeySpec>().unwrap().to_string(), n);
@@ -530,7 +849,7 @@ mod tests {
         assert!("des".parse::<KeySpec>().is_err());
         assert_eq!(
             "ecdsa-sha256".parse::<Mechanism>().unwrap(),
-            Mechanism::EcdsaSha256
+            Mechanism::Ecdsa(Some(Hash::Sha256))
         );
     }
 }

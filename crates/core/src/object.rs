@@ -105,6 +105,41 @@ pub struct KeyOptions {
     pub extractable: bool,
 }
 
+/// PKCS#11-style overrides for a generated key; `None` keeps the default (private,
+/// sensitive, and the usages natural to the key type).
+#[derive(Clone, Debug, Default)]
+pub struct KeyTemplate {
+    /// `CKA_PRIVATE` of the private or secret key.
+    pub private: Option<bool>,
+    /// `CKA_SENSITIVE` of the private or secret key.
+    pub sensitive: Option<bool>,
+    /// `CKA_SIGN`.
+    pub sign: Option<bool>,
+    /// `CKA_VERIFY`.
+    pub verify: Option<bool>,
+    /// `CKA_ENCRYPT`.
+    pub encrypt: Option<bool>,
+    /// `CKA_DECRYPT`.
+    pub decrypt: Option<bool>,
+    /// Label of the public key, if it differs from the private key's.
+    pub public_label: Option<String>,
+    /// `CKA_ID` of the public key, if it differs.
+    pub public_id: Option<Vec<u8>>,
+    /// Refuse a label already used in the partition (the CLI names keys by label).
+    pub unique_label: bool,
+}
+
+/// What to look objects up by; each given field narrows through an index, never a scan.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectFilter {
+    /// `CKA_LABEL`.
+    pub label: Option<String>,
+    /// `CKA_ID`.
+    pub id: Option<Vec<u8>>,
+    /// `CKA_CLASS`.
+    pub class: Option<ObjectClass>,
+}
+
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

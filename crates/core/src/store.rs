@@ -651,6 +651,36 @@ impl Txn<'_> {
         Ok(rows.into_iter().map(|h| h as u64).collect())
     }
 
+    /// Handles of a partition's objects matching every given index value (label, id, class),
+    /// found through the indexes.
+    pub fn find_handles(
+        &mut self,
+        partition: u32,
+        label: Option<&str>,
+        id: Option<&[u8]>,
+        class: Option<&str>,
+    ) -> Result<Vec<u64>> {
+        let mut sql = String::from("SELECT handle FROM objects WHERE partition = ?1");
+        let mut args: Vec<rusqlite::types::Value> = vec![(partition as i64).into()];
+        if let Some(l) = label {
+            args.push(self.tag(partition, b"label", l.as_bytes())?.into());
+            sql.push_str(&format!(" AND label_tag = ?{}", args.len()));
+        }
+        if let Some(i) = id {
+            args.push(self.tag(partition, b"id", i)?.into());
+            sql.push_str(&format!(" AND id_tag = ?{}", args.len()));
+        }
+        if let Some(c) = class {
+            args.push(c.to_string().into());
+            sql.push_str(&format!(" AND class = ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY handle");
+        let mut st = self.tx.prepare_cached(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))?;
+        let v: Vec<i64> = rows.collect::<std::result::Result<_, _>>()?;
+        Ok(v.into_iter().map(|h| h as u64).collect())
+    }
+
     /// Deletes one object.
     pub fn delete_object(&mut self, partition: u32, handle: u64) -> Result<()> {
         let n = self.tx.execute(

@@ -7,7 +7,7 @@ use common::*;
 use ferrohsm_audit::export::ExportedRecord;
 use ferrohsm_audit::{verify_export, Export, VerifyError, VerifyOptions};
 use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
-use ferrohsm_core::mechanism::Mechanism;
+use ferrohsm_core::mechanism::{Hash, Mechanism};
 use ferrohsm_core::object::ObjectClass;
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{Credential, Hsm, HsmError, NewSecret, Role, Session};
@@ -271,7 +271,7 @@ fn only_the_auditor_audits_and_the_auditor_does_nothing_else() {
     no(hsm.set_hsm_policy(&aud, "m-of-n", "off"));
     no(hsm.set_partition_policy(&aud, "activation", "off"));
     no(hsm
-        .sign(&aud, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .sign(&aud, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .map(drop));
     no(hsm.list_objects(&aud, None).map(drop));
     no(hsm.reset_role(&aud, Role::CryptoOfficer));
@@ -382,7 +382,7 @@ fn key_use_strict_and_batched() {
             .filter(|r| r.event == "key-use")
             .count()
     };
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+    hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
     assert_eq!(count(&mut hsm), 0, "off by default");
     hsm.set_audit_config(
@@ -393,7 +393,7 @@ fn key_use_strict_and_batched() {
         },
     )
     .unwrap();
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+    hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
     // Durable before the answer: another handle on the store sees it at once.
     let mut other = Hsm::open(&f.data).unwrap();
@@ -407,7 +407,7 @@ fn key_use_strict_and_batched() {
     )
     .unwrap();
     for _ in 0..20 {
-        hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
             .unwrap();
     }
     // Within the bound, without any further call on `hsm`.
@@ -464,11 +464,11 @@ fn key_use_strict_refuses_and_batched_recovers_when_the_log_fails() {
     .unwrap();
     let c = break_log(&f);
     assert!(matches!(
-        hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m"),
+        hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m"),
         Err(HsmError::Store(_))
     ));
     c.execute_batch("DROP TRIGGER broken;").unwrap();
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+    hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
 
     hsm.set_audit_config(
@@ -479,26 +479,41 @@ fn key_use_strict_refuses_and_batched_recovers_when_the_log_fails() {
         },
     )
     .unwrap();
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"first")
-        .unwrap();
+    hsm.sign(
+        &co,
+        ec.handle,
+        Mechanism::Ecdsa(Some(Hash::Sha256)),
+        b"first",
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let c = break_log(&f);
     hsm.sign(
         &co,
         ec.handle,
-        Mechanism::EcdsaSha256,
+        Mechanism::Ecdsa(Some(Hash::Sha256)),
         b"answered, then the flush fails",
     )
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let e = hsm
-        .sign(&co, ec.handle, Mechanism::EcdsaSha256, b"refused")
+        .sign(
+            &co,
+            ec.handle,
+            Mechanism::Ecdsa(Some(Hash::Sha256)),
+            b"refused",
+        )
         .unwrap_err();
     assert!(e.to_string().contains("refused until it is healthy"), "{e}");
     c.execute_batch("DROP TRIGGER broken;").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"healthy again")
-        .unwrap();
+    hsm.sign(
+        &co,
+        ec.handle,
+        Mechanism::Ecdsa(Some(Hash::Sha256)),
+        b"healthy again",
+    )
+    .unwrap();
     hsm.flush_key_use().unwrap();
     // The record of the operation that answered before the failure was kept and written.
     let uses = hsm

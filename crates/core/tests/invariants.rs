@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
+use ferrohsm_core::mechanism::{Hash, KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{Credential, Hsm, HsmError, NewSecret, Role};
@@ -71,7 +71,7 @@ fn inv2_edited_object_and_moved_rows_are_detected() {
     .unwrap();
     drop(c);
     let e = hsm
-        .sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap_err();
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
     // The AES key itself is untouched and still works.
@@ -524,7 +524,7 @@ fn inv5_separation_of_duties() {
     // SOs never use partition keys.
     for s in [&so, &pso] {
         refused(
-            hsm.sign(s, ec.handle, Mechanism::EcdsaSha256, b"m")
+            hsm.sign(s, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
                 .map(drop),
             "Crypto Officer",
         );
@@ -574,11 +574,17 @@ fn inv5_separation_of_duties() {
     );
     // And the CU can use keys.
     let sig = hsm
-        .sign(&cu, ec.handle, Mechanism::EcdsaSha256, b"m")
+        .sign(&cu, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
     let pubk = hsm.find_key(&cu, "ec", ObjectClass::PublicKey).unwrap();
     assert!(hsm
-        .verify(&cu, pubk.handle, Mechanism::EcdsaSha256, b"m", &sig)
+        .verify(
+            &cu,
+            pubk.handle,
+            Mechanism::Ecdsa(Some(Hash::Sha256)),
+            b"m",
+            &sig
+        )
         .unwrap());
     // Every refusal was recorded.
     let refusals = hsm

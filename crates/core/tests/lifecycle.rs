@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use ferrohsm_core::hsm::InitOptions;
-use ferrohsm_core::mechanism::{KeySpec, Mechanism};
+use ferrohsm_core::mechanism::{Hash, KeySpec, Mechanism};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
 use ferrohsm_core::ped::{LocalPed, PedAnswers};
 use ferrohsm_core::secret::Pin;
@@ -25,7 +25,7 @@ fn activation_challenge_restart_and_auto_activation() {
         )
         .unwrap();
     let ec = hsm.find_key(&s, "ec", ObjectClass::PrivateKey).unwrap();
-    hsm.sign(&s, ec.handle, Mechanism::EcdsaSha256, b"m")
+    hsm.sign(&s, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
     // A wrong challenge counts as a failed login of the CO.
     let e = hsm
@@ -227,7 +227,7 @@ fn change_pin_and_change_secret_touch_only_that_role() {
         )
         .unwrap();
     let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
-    hsm.sign(&co, ec.handle, Mechanism::EcdsaSha256, b"m")
+    hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
     // Others untouched.
     login(&f, &mut hsm, Role::CryptoUser, "cu");
@@ -435,11 +435,17 @@ fn password_authenticated_hsm_end_to_end() {
     .unwrap();
     let r = hsm.find_key(&co, "r", ObjectClass::PrivateKey).unwrap();
     let sig = hsm
-        .sign(&co, r.handle, Mechanism::RsaPssSha256, b"doc")
+        .sign(&co, r.handle, Mechanism::RsaPss(Hash::Sha256), b"doc")
         .unwrap();
     let rp = hsm.find_key(&co, "r", ObjectClass::PublicKey).unwrap();
     assert!(hsm
-        .verify(&co, rp.handle, Mechanism::RsaPssSha256, b"doc", &sig)
+        .verify(
+            &co,
+            rp.handle,
+            Mechanism::RsaPss(Hash::Sha256),
+            b"doc",
+            &sig
+        )
         .unwrap());
     // PED credentials are refused on a password HSM.
     assert!(hsm
