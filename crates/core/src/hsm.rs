@@ -222,6 +222,9 @@ pub struct HsmInfo {
     pub tamper: Option<String>,
     /// Restart counter (activations without auto-activation end at a restart).
     pub boot_epoch: u64,
+    /// The id the next partition will get (a PKCS#11 module shows it as the spare,
+    /// uninitialised token on password-authenticated HSMs).
+    pub next_partition_id: u32,
 }
 
 /// How long the Auditor is locked out after 3 failed logins.
@@ -384,6 +387,7 @@ impl Hsm {
                 last_zeroized,
                 tamper,
                 boot_epoch: 0,
+                next_partition_id: 0,
             });
         }
         self.store.read(|t| {
@@ -437,6 +441,7 @@ impl Hsm {
                 last_zeroized,
                 tamper,
                 boot_epoch: d.boot_epoch,
+                next_partition_id: d.next_partition,
             })
         })
     }
@@ -998,6 +1003,30 @@ impl Hsm {
                 need("HSM SO", "creating a partition", s.role),
             ));
         }
+        self.insert_partition(label, "hsm-so")
+    }
+
+    /// `C_InitToken` on the spare token of a password-authenticated HSM: creates the partition
+    /// labelled `label` (with the next id) and makes `so_password` its Partition SO's password,
+    /// in the HSM's cloning domain. Refused on PED-authenticated HSMs, where partitions are
+    /// created by the HSM SO with PED keys.
+    pub fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32> {
+        let mode = self.store.read(|t| Ok(Self::device(t)?.mode))?;
+        if mode != AuthMode::Password {
+            return Err(self.refuse("partition-create", "none", Some(label), HsmError::Refused(
+                "tokens of a PED-authenticated HSM are created by the HSM SO (`ferrohsm partition create`)".into())));
+        }
+        let id = self.insert_partition(label, "none")?;
+        self.init_partition(
+            label,
+            NewSecret::Password(so_password),
+            DomainChoice::Hsm,
+            None,
+        )?;
+        Ok(id)
+    }
+
+    fn insert_partition(&mut self, label: &str, by: &str) -> Result<u32> {
         let label = label.trim();
         if label.is_empty() || label.len() > 32 {
             return Err(HsmError::InvalidInput(
@@ -1005,7 +1034,7 @@ impl Hsm {
                     .into(),
             ));
         }
-        let e = self.ev("partition-create", "hsm-so", Some(label), None, "success");
+        let e = self.ev("partition-create", by, Some(label), None, "success");
         self.store.write(|t| {
             let mut d = Self::device(t)?;
             if t.list::<Partition>("partition")?
@@ -1532,7 +1561,7 @@ impl Hsm {
         tpl: &KeyTemplate,
     ) -> Result<Vec<u64>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
-        if opts.label.is_empty() || opts.label.len() > 128 {
+        if opts.label.len() > 128 || (tpl.unique_label && opts.label.is_empty()) {
             return Err(HsmError::InvalidInput(
                 "a key label is 1 to 128 characters".into(),
             ));

@@ -801,28 +801,96 @@ mod tests {
         let public = g.public.as_ref().unwrap();
         let h = Hash::Sha256.digest(b"msg");
         let sig = sign(KeySpec::EcP256, &g.private, Mechanism::Ecdsa(None), &h).unwrap();
-        assert!(verify(KeySpec::EcP256, public, Mechanism::Ecdsa(Some(Hash::Sha256)), b"msg", &sig).unwrap());
+        assert!(verify(
+            KeySpec::EcP256,
+            public,
+            Mechanism::Ecdsa(Some(Hash::Sha256)),
+            b"msg",
+            &sig
+        )
+        .unwrap());
         // A SHA-1-length hash is accepted (left-padded) and a SHA-512 one (truncated).
         for hh in [Hash::Sha1, Hash::Sha512] {
-            let sig = sign(KeySpec::EcP256, &g.private, Mechanism::Ecdsa(Some(hh)), b"m").unwrap();
-            assert!(verify(KeySpec::EcP256, public, Mechanism::Ecdsa(None), &hh.digest(b"m"), &sig).unwrap());
+            let sig = sign(
+                KeySpec::EcP256,
+                &g.private,
+                Mechanism::Ecdsa(Some(hh)),
+                b"m",
+            )
+            .unwrap();
+            assert!(verify(
+                KeySpec::EcP256,
+                public,
+                Mechanism::Ecdsa(None),
+                &hh.digest(b"m"),
+                &sig
+            )
+            .unwrap());
         }
         // CKM_RSA_PKCS over a DigestInfo equals CKM_SHA256_RSA_PKCS over the message.
         let r = generate(KeySpec::Rsa2048).unwrap();
-        let di = [Hash::Sha256.digest_info_prefix(), &Hash::Sha256.digest(b"doc")].concat();
+        let di = [
+            Hash::Sha256.digest_info_prefix(),
+            &Hash::Sha256.digest(b"doc"),
+        ]
+        .concat();
         let s1 = sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPkcs1Raw, &di).unwrap();
-        let s2 = sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPkcs1(Hash::Sha256), b"doc").unwrap();
+        let s2 = sign(
+            KeySpec::Rsa2048,
+            &r.private,
+            Mechanism::RsaPkcs1(Hash::Sha256),
+            b"doc",
+        )
+        .unwrap();
         assert_eq!(s1, s2, "PKCS#1 v1.5 is deterministic");
-        assert!(verify(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaPkcs1Raw, &di, &s1).unwrap());
-        assert!(sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPkcs1Raw, b"not a digest info").is_err());
+        assert!(verify(
+            KeySpec::Rsa2048,
+            r.public.as_ref().unwrap(),
+            Mechanism::RsaPkcs1Raw,
+            &di,
+            &s1
+        )
+        .unwrap());
+        assert!(sign(
+            KeySpec::Rsa2048,
+            &r.private,
+            Mechanism::RsaPkcs1Raw,
+            b"not a digest info"
+        )
+        .is_err());
         // PSS and OAEP with other hashes.
         for h in [Hash::Sha384, Hash::Sha512] {
             let sig = sign(KeySpec::Rsa2048, &r.private, Mechanism::RsaPss(h), b"doc").unwrap();
-            assert!(verify(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaPss(h), b"doc", &sig).unwrap());
+            assert!(verify(
+                KeySpec::Rsa2048,
+                r.public.as_ref().unwrap(),
+                Mechanism::RsaPss(h),
+                b"doc",
+                &sig
+            )
+            .unwrap());
         }
         for h in [Hash::Sha1, Hash::Sha512] {
-            let ct = encrypt(KeySpec::Rsa2048, r.public.as_ref().unwrap(), Mechanism::RsaOaep(h), &Params::default(), b"k").unwrap();
-            assert_eq!(decrypt(KeySpec::Rsa2048, &r.private, Mechanism::RsaOaep(h), &Params::default(), &ct).unwrap().expose(), b"k");
+            let ct = encrypt(
+                KeySpec::Rsa2048,
+                r.public.as_ref().unwrap(),
+                Mechanism::RsaOaep(h),
+                &Params::default(),
+                b"k",
+            )
+            .unwrap();
+            assert_eq!(
+                decrypt(
+                    KeySpec::Rsa2048,
+                    &r.private,
+                    Mechanism::RsaOaep(h),
+                    &Params::default(),
+                    &ct
+                )
+                .unwrap()
+                .expose(),
+                b"k"
+            );
         }
     }
 

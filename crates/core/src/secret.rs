@@ -148,12 +148,14 @@ impl Pin {
         Ok(Pin(s.to_owned()))
     }
 
-    /// A password or challenge secret: 8 to 255 printable characters.
+    /// A password, PKCS#11 PIN or challenge secret: 4 to 255 printable characters. Short
+    /// values are allowed as for smart-card PINs: each guess costs an Argon2id derivation and
+    /// counts against the failed-login limit.
     pub fn password(s: &str) -> Result<Self> {
         let s = s.trim_end_matches(['\r', '\n']);
-        if !(8..=255).contains(&s.chars().count()) || s.chars().any(|c| c.is_control()) {
+        if !(4..=255).contains(&s.chars().count()) || s.chars().any(|c| c.is_control()) {
             return Err(HsmError::InvalidInput(
-                "a password or challenge secret is 8 to 255 printable characters".into(),
+                "a password or challenge secret is 4 to 255 printable characters".into(),
             ));
         }
         Ok(Pin(s.to_owned()))
@@ -192,7 +194,8 @@ mod tests {
         assert!(Pin::ped_pin("12a4").is_err());
         assert!(Pin::ped_pin("1234").is_ok());
         assert!(Pin::ped_pin("12345678901234567").is_err());
-        assert!(Pin::password("short").is_err());
+        assert!(Pin::password("abc").is_err());
+        assert!(Pin::password("1234").is_ok());
         assert!(Pin::password("long enough").is_ok());
     }
 

@@ -1,0 +1,1703 @@
+//! The bodies of the PKCS#11 entry points. Each converts and checks its arguments, calls the
+//! engine, and maps the answer to a `CKR_*` code. Raw pointers are read only through
+//! [`crate::ffi`].
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use std::os::raw::c_void;
+use std::sync::{Arc, Mutex};
+
+use cryptoki_sys::*;
+use ferrohsm_core::hsm::{HsmInfo, PartitionInfo};
+use ferrohsm_core::mechanism::{KeySpec, Mechanism};
+use ferrohsm_core::object::{KeyOptions, KeyTemplate, ObjectClass, ObjectFilter, ObjectInfo};
+use ferrohsm_core::ped::{LocalPed, PedAnswers};
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{AuthMode, Credential, HsmError, NewSecret, Role};
+
+use crate::attrs::{self, Attr};
+use crate::entry::{CK_FUNCTION_LIST_3_0_TABLE, CK_FUNCTION_LIST_TABLE};
+use crate::ffi::{self, out_bytes, padded, put, Rv};
+use crate::mech;
+use crate::state::{
+    self, open_hsm, rv, with_module, with_module_mut, DigestOp, Login, Module, Op, Session,
+};
+
+/// The Crypto User's login type (the vendor value PED-authenticated HSMs use).
+pub const CKU_CRYPTO_USER: CK_USER_TYPE = 0x8000_0001;
+
+const LIBRARY_VERSION: CK_VERSION = CK_VERSION { major: 0, minor: 1 };
+
+fn done(r: Rv) -> CK_RV {
+    match r {
+        Ok(()) => CKR_OK,
+        Err(e) => e,
+    }
+}
+
+// ---------------------------------------------------------------- general
+
+pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
+    done((|| {
+        if !args.is_null() {
+            // SAFETY: non-NULL; PKCS#11 says it points to a CK_C_INITIALIZE_ARGS.
+            let a = unsafe { &*(args as *const CK_C_INITIALIZE_ARGS) };
+            if !a.pReserved.is_null() {
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            let given = [
+                a.CreateMutex.is_some(),
+                a.DestroyMutex.is_some(),
+                a.LockMutex.is_some(),
+                a.UnlockMutex.is_some(),
+            ];
+            if given.iter().any(|g| *g) && !given.iter().all(|g| *g) {
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            // Whatever the flags say, the module is thread-safe with its own locks.
+        }
+        let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
+        if let Some(m) = g.take() {
+            if m.pid == std::process::id() {
+                *g = Some(m);
+                return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
+            }
+            // A forked child: the parent's connections are not ours to close.
+            std::mem::forget(m);
+        }
+        *g = Some(Module {
+            pid: std::process::id(),
+            config: state::Config::load(),
+            sessions: Default::default(),
+            logins: Default::default(),
+            next_handle: 1,
+        });
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_Finalize(reserved: *mut c_void) -> CK_RV {
+    if !reserved.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    let Ok(mut g) = state::MODULE.write() else {
+        return CKR_GENERAL_ERROR;
+    };
+    match g.take() {
+        Some(m) if m.pid == std::process::id() => {
+            drop(m);
+            CKR_OK
+        }
+        Some(m) => {
+            std::mem::forget(m);
+            CKR_CRYPTOKI_NOT_INITIALIZED
+        }
+        None => CKR_CRYPTOKI_NOT_INITIALIZED,
+    }
+}
+
+pub unsafe fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
+    done(with_module(|_| {
+        // SAFETY: put checks for NULL; the caller gives room for a CK_INFO.
+        unsafe {
+            put(
+                info,
+                CK_INFO {
+                    cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
+                    manufacturerID: padded("ferrohsm"),
+                    flags: 0,
+                    libraryDescription: padded("ferrohsm software HSM"),
+                    libraryVersion: LIBRARY_VERSION,
+                },
+            )
+        }
+    }))
+}
+
+pub unsafe fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    // The table is immutable; callers only read through the pointer.
+    // SAFETY: put checks for NULL.
+    done(unsafe { put(pp, &CK_FUNCTION_LIST_TABLE as *const _ as *mut _) })
+}
+
+struct Interface(CK_INTERFACE);
+// SAFETY: the pointers inside point to immutable statics and are never written through.
+unsafe impl Sync for Interface {}
+
+static INTERFACE_NAME: &[u8] = b"PKCS 11\0";
+static INTERFACES: [Interface; 2] = [
+    Interface(CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr() as *mut _,
+        pFunctionList: &CK_FUNCTION_LIST_3_0_TABLE as *const _ as *mut _,
+        flags: 0,
+    }),
+    Interface(CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr() as *mut _,
+        pFunctionList: &CK_FUNCTION_LIST_TABLE as *const _ as *mut _,
+        flags: 0,
+    }),
+];
+
+pub unsafe fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut CK_ULONG) -> CK_RV {
+    done((|| {
+        if count.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // SAFETY: non-NULL per check.
+        let have = unsafe { *count };
+        // SAFETY: as above.
+        unsafe { *count = INTERFACES.len() as CK_ULONG };
+        if list.is_null() {
+            return Ok(());
+        }
+        if (have as usize) < INTERFACES.len() {
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        for (i, itf) in INTERFACES.iter().enumerate() {
+            // SAFETY: the caller gave room for `have >= len` interfaces.
+            unsafe { list.add(i).write(CK_INTERFACE { ..itf.0 }) };
+        }
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_GetInterface(
+    name: *mut CK_UTF8CHAR,
+    version: *mut CK_VERSION,
+    pp: *mut *mut CK_INTERFACE,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    done((|| {
+        if pp.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if !name.is_null() {
+            // SAFETY: a NUL-terminated name per PKCS#11.
+            let n = unsafe { std::ffi::CStr::from_ptr(name as *const std::os::raw::c_char) };
+            if n.to_bytes() != b"PKCS 11" {
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+        }
+        let want = if version.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL per check.
+            Some(unsafe { *version })
+        };
+        if flags != 0 {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let itf = match want {
+            None => &INTERFACES[0],
+            Some(CK_VERSION { major: 3, minor: 0 }) => &INTERFACES[0],
+            Some(CK_VERSION { major: 2, .. }) => &INTERFACES[1],
+            Some(_) => return Err(CKR_ARGUMENTS_BAD),
+        };
+        // SAFETY: non-NULL per check.
+        unsafe { *pp = &itf.0 as *const _ as *mut _ };
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_GetFunctionStatus(_h: CK_SESSION_HANDLE) -> CK_RV {
+    CKR_FUNCTION_NOT_PARALLEL
+}
+
+pub unsafe fn C_CancelFunction(_h: CK_SESSION_HANDLE) -> CK_RV {
+    CKR_FUNCTION_NOT_PARALLEL
+}
+
+// ---------------------------------------------------------------- slots and tokens
+
+/// A slot as the module shows it.
+struct Slot {
+    id: CK_SLOT_ID,
+    partition: Option<PartitionInfo>,
+    mode: AuthMode,
+    serial: String,
+}
+
+fn hsm_info(m: &Module) -> Rv<Option<HsmInfo>> {
+    match open_hsm(&m.config) {
+        Ok(mut h) => h.info().map(Some).map_err(|e| rv(&e)),
+        // No HSM at the configured place: no slots, not an error.
+        Err(CKR_DEVICE_ERROR) if !m.config.data_dir.join("hsm.db").exists() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn slots(m: &Module) -> Rv<Vec<Slot>> {
+    let Some(info) = hsm_info(m)? else {
+        return Ok(vec![]);
+    };
+    let Some(mode) = info.auth_mode else {
+        return Ok(vec![]);
+    };
+    let mut out: Vec<Slot> = info
+        .partitions
+        .iter()
+        .map(|p| Slot {
+            id: p.id as CK_SLOT_ID,
+            partition: Some(p.clone()),
+            mode,
+            serial: info.serial.clone(),
+        })
+        .collect();
+    if mode == AuthMode::Password {
+        // Always one uninitialised token, as SoftHSMv2 shows; C_InitToken makes it a partition
+        // with this same id, so the slot id never changes.
+        out.push(Slot {
+            id: info.next_partition_id as CK_SLOT_ID,
+            partition: None,
+            mode,
+            serial: info.serial.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn slot(m: &Module, id: CK_SLOT_ID) -> Rv<Slot> {
+    slots(m)?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or(CKR_SLOT_ID_INVALID)
+}
+
+pub unsafe fn C_GetSlotList(
+    _present: CK_BBOOL,
+    list: *mut CK_SLOT_ID,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    done(with_module(|m| {
+        let ids: Vec<CK_SLOT_ID> = slots(m)?.iter().map(|s| s.id).collect();
+        if count.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // SAFETY: non-NULL per check.
+        let have = unsafe { *count };
+        // SAFETY: as above.
+        unsafe { *count = ids.len() as CK_ULONG };
+        if list.is_null() {
+            return Ok(());
+        }
+        if (have as usize) < ids.len() {
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            // SAFETY: room for `have >= len` ids per contract.
+            unsafe { list.add(i).write(*id) };
+        }
+        Ok(())
+    }))
+}
+
+pub unsafe fn C_GetSlotInfo(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
+    done(with_module(|m| {
+        let s = slot(m, id)?;
+        let desc = match &s.partition {
+            Some(p) => format!("ferrohsm {} partition {}", s.serial, p.label),
+            None => format!("ferrohsm {} (new token)", s.serial),
+        };
+        // SAFETY: put checks for NULL.
+        unsafe {
+            put(
+                info,
+                CK_SLOT_INFO {
+                    slotDescription: padded(&desc),
+                    manufacturerID: padded("ferrohsm"),
+                    flags: CKF_TOKEN_PRESENT,
+                    hardwareVersion: LIBRARY_VERSION,
+                    firmwareVersion: LIBRARY_VERSION,
+                },
+            )
+        }
+    }))
+}
+
+fn utc_time() -> [u8; 16] {
+    // YYYYMMDDhhmmss00
+    let t = ferrohsm_core::time::now_rfc3339();
+    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
+    padded::<16>(&format!("{digits}00"))
+}
+
+pub unsafe fn C_GetTokenInfo(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
+    done(with_module(|m| {
+        let s = slot(m, id)?;
+        let mut flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_CLOCK_ON_TOKEN;
+        if s.mode == AuthMode::Ped {
+            flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+        }
+        let label = s
+            .partition
+            .as_ref()
+            .map(|p| p.label.clone())
+            .unwrap_or_default();
+        if let Some(p) = &s.partition {
+            if p.initialised {
+                flags |= CKF_TOKEN_INITIALIZED;
+            }
+            if let Some(co) = p.roles.iter().find(|r| r.role == "co") {
+                flags |= CKF_USER_PIN_INITIALIZED;
+                if co.locked {
+                    flags |= CKF_USER_PIN_LOCKED;
+                } else if co.failed_logins > 0 {
+                    flags |= CKF_USER_PIN_COUNT_LOW;
+                }
+            }
+            if let Some(so) = p.roles.iter().find(|r| r.role == "so") {
+                if so.failed_logins > 0 {
+                    flags |= CKF_SO_PIN_COUNT_LOW;
+                }
+            }
+        }
+        let (sessions, rw) = m
+            .sessions
+            .values()
+            .filter_map(|x| x.lock().ok().map(|x| (x.slot, x.flags)))
+            .filter(|(sl, _)| *sl == id)
+            .fold((0, 0), |(a, b), (_, f)| {
+                (a + 1, b + ((f & CKF_RW_SESSION) != 0) as CK_ULONG)
+            });
+        // SAFETY: put checks for NULL.
+        unsafe {
+            put(
+                info,
+                CK_TOKEN_INFO {
+                    label: padded(&label),
+                    manufacturerID: padded("ferrohsm"),
+                    model: padded("ferrohsm"),
+                    serialNumber: padded(&format!("{}{:04}", &s.serial[2..], id % 10_000)),
+                    flags,
+                    ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
+                    ulSessionCount: sessions,
+                    ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
+                    ulRwSessionCount: rw,
+                    ulMaxPinLen: 255,
+                    ulMinPinLen: 4,
+                    ulTotalPublicMemory: CK_UNAVAILABLE_INFORMATION,
+                    ulFreePublicMemory: CK_UNAVAILABLE_INFORMATION,
+                    ulTotalPrivateMemory: CK_UNAVAILABLE_INFORMATION,
+                    ulFreePrivateMemory: CK_UNAVAILABLE_INFORMATION,
+                    hardwareVersion: LIBRARY_VERSION,
+                    firmwareVersion: LIBRARY_VERSION,
+                    utcTime: utc_time(),
+                },
+            )
+        }
+    }))
+}
+
+pub unsafe fn C_GetMechanismList(
+    id: CK_SLOT_ID,
+    list: *mut CK_MECHANISM_TYPE,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    done(with_module(|m| {
+        slot(m, id)?;
+        if count.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // SAFETY: non-NULL per check.
+        let have = unsafe { *count };
+        // SAFETY: as above.
+        unsafe { *count = mech::MECHANISMS.len() as CK_ULONG };
+        if list.is_null() {
+            return Ok(());
+        }
+        if (have as usize) < mech::MECHANISMS.len() {
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        for (i, (t, ..)) in mech::MECHANISMS.iter().enumerate() {
+            // SAFETY: room for `have >= len` entries per contract.
+            unsafe { list.add(i).write(*t) };
+        }
+        Ok(())
+    }))
+}
+
+pub unsafe fn C_GetMechanismInfo(
+    id: CK_SLOT_ID,
+    t: CK_MECHANISM_TYPE,
+    info: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    done(with_module(|m| {
+        slot(m, id)?;
+        let (_, min, max, flags) = mech::MECHANISMS
+            .iter()
+            .find(|(x, ..)| *x == t)
+            .ok_or(CKR_MECHANISM_INVALID)?;
+        // SAFETY: put checks for NULL.
+        unsafe {
+            put(
+                info,
+                CK_MECHANISM_INFO {
+                    ulMinKeySize: *min,
+                    ulMaxKeySize: *max,
+                    flags: *flags,
+                },
+            )
+        }
+    }))
+}
+
+unsafe fn pin_arg(p: *const CK_UTF8CHAR, len: CK_ULONG) -> Rv<Option<Pin>> {
+    if p.is_null() {
+        return if len == 0 {
+            Ok(None)
+        } else {
+            Err(CKR_ARGUMENTS_BAD)
+        };
+    }
+    // SAFETY: valid for len bytes per contract.
+    let b = unsafe { ffi::slice(p, len)? };
+    let s = std::str::from_utf8(b).map_err(|_| CKR_PIN_INVALID)?;
+    Pin::password(s).map(Some).map_err(|_| CKR_PIN_LEN_RANGE)
+}
+
+pub unsafe fn C_InitToken(
+    id: CK_SLOT_ID,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+    label: *mut CK_UTF8CHAR,
+) -> CK_RV {
+    done(with_module(|m| {
+        if m.sessions
+            .values()
+            .any(|s| s.lock().map(|s| s.slot == id).unwrap_or(true))
+        {
+            return Err(CKR_SESSION_EXISTS);
+        }
+        let s = slot(m, id)?;
+        if s.mode != AuthMode::Password {
+            // PED-authenticated: partitions are made with PED keys by the HSM SO (the CLI).
+            return Err(CKR_FUNCTION_NOT_SUPPORTED);
+        }
+        // SAFETY: pin_arg checks for NULL and reads `len` bytes.
+        let so_pin = unsafe { pin_arg(pin, len)? }.ok_or(CKR_PIN_INCORRECT)?;
+        // SAFETY: PKCS#11 fixes the label at 32 bytes; NULL is refused by slice.
+        let label_bytes = unsafe { ffi::slice(label, 32)? };
+        let label = std::str::from_utf8(label_bytes)
+            .map_err(|_| CKR_ARGUMENTS_BAD)?
+            .trim_end_matches([' ', '\0'])
+            .to_string();
+        let mut hsm = open_hsm(&m.config)?;
+        match s.partition {
+            None => {
+                if label.is_empty() {
+                    return Err(CKR_ARGUMENTS_BAD);
+                }
+                hsm.init_token(&label, so_pin).map_err(|e| rv(&e))?;
+            }
+            Some(p) => {
+                // Re-initialisation: the SO PIN must be the current one; every key is destroyed.
+                hsm.init_partition(
+                    &p.label,
+                    NewSecret::Password(so_pin.clone()),
+                    ferrohsm_core::DomainChoice::Hsm,
+                    Some(Credential::Secret(so_pin)),
+                )
+                .map_err(|e| rv(&e))?;
+            }
+        }
+        Ok(())
+    }))
+}
+
+fn role_of(user: CK_USER_TYPE) -> Rv<Role> {
+    match user {
+        CKU_SO => Ok(Role::PartitionSo),
+        CKU_USER => Ok(Role::CryptoOfficer),
+        CKU_CRYPTO_USER => Ok(Role::CryptoUser),
+        _ => Err(CKR_USER_TYPE_INVALID),
+    }
+}
+
+pub unsafe fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let login = login.ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        if login.user != CKU_SO {
+            return Err(CKR_USER_NOT_LOGGED_IN);
+        }
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        let label = s.label.clone();
+        let info = s.hsm.info().map_err(|e| rv(&e))?;
+        let p = info
+            .partitions
+            .iter()
+            .find(|p| p.label == label)
+            .ok_or(CKR_DEVICE_ERROR)?;
+        if info.auth_mode != Some(AuthMode::Password) {
+            return Err(CKR_FUNCTION_NOT_SUPPORTED);
+        }
+        if p.roles.iter().any(|r| r.role == "co") {
+            // Resetting the Crypto Officer would need the partition key, which the SO never
+            // holds; a new Crypto Officer means new keys (`ferrohsm role init --confirm-destroy`).
+            return Err(CKR_ACTION_PROHIBITED);
+        }
+        // SAFETY: pin_arg checks for NULL and reads `len` bytes.
+        let pin = unsafe { pin_arg(pin, len)? }.ok_or(CKR_PIN_INVALID)?;
+        s.hsm
+            .init_role(
+                &login.engine,
+                Role::CryptoOfficer,
+                NewSecret::Password(pin),
+                false,
+            )
+            .map_err(|e| rv(&e))?;
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_SetPIN(
+    h: CK_SESSION_HANDLE,
+    old: *mut CK_UTF8CHAR,
+    old_len: CK_ULONG,
+    new: *mut CK_UTF8CHAR,
+    new_len: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        // SAFETY: pin_arg checks for NULL and reads the given lengths.
+        let (old, new) = unsafe {
+            (
+                pin_arg(old, old_len)?.ok_or(CKR_PIN_INVALID)?,
+                pin_arg(new, new_len)?.ok_or(CKR_PIN_INVALID)?,
+            )
+        };
+        let role = match &login {
+            Some(l) => role_of(l.user)?,
+            None => Role::CryptoOfficer,
+        };
+        let label = s.label.clone();
+        // The old PIN is checked (and counted) like any login.
+        let es = s
+            .hsm
+            .login(role, Some(&label), Credential::Secret(old))
+            .map_err(|e| rv(&e))?;
+        s.hsm
+            .change_secret(&es, NewSecret::Password(new))
+            .map_err(|e| rv(&e))?;
+        Ok(())
+    })())
+}
+
+// ---------------------------------------------------------------- sessions
+
+pub unsafe fn C_OpenSession(
+    id: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _app: *mut c_void,
+    _notify: CK_NOTIFY,
+    ph: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    done((|| {
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+        }
+        if ph.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let (config, label, so_logged_in) = with_module(|m| {
+            let s = slot(m, id)?;
+            let p = s.partition.ok_or(CKR_TOKEN_NOT_RECOGNIZED)?;
+            if !p.initialised {
+                return Err(CKR_TOKEN_NOT_RECOGNIZED);
+            }
+            Ok((
+                m.config.clone(),
+                p.label,
+                m.logins.get(&id).is_some_and(|l| l.user == CKU_SO),
+            ))
+        })?;
+        if so_logged_in && flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
+        }
+        // Each session has its own handle on the store, so sessions run in parallel.
+        let hsm = open_hsm(&config)?;
+        let session = Session {
+            slot: id,
+            label,
+            flags,
+            hsm,
+            find: None,
+            sign: None,
+            verify: None,
+            encrypt: None,
+            decrypt: None,
+            digest: None,
+        };
+        let handle = with_module_mut(|m| {
+            let h = m.next_handle;
+            m.next_handle += 1;
+            m.sessions.insert(h, Arc::new(Mutex::new(session)));
+            Ok(h)
+        })?;
+        // SAFETY: non-NULL per check.
+        unsafe { *ph = handle };
+        Ok(())
+    })())
+}
+
+fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
+    let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
+    let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    // The last session of a token logs its user out.
+    let others = m
+        .sessions
+        .values()
+        .any(|x| x.lock().map(|x| x.slot == slot).unwrap_or(false));
+    if !others {
+        m.logins.remove(&slot);
+    }
+    Ok(())
+}
+
+pub unsafe fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
+    done(with_module_mut(|m| close(m, h)))
+}
+
+pub unsafe fn C_CloseAllSessions(id: CK_SLOT_ID) -> CK_RV {
+    done(with_module_mut(|m| {
+        let hs: Vec<CK_SESSION_HANDLE> = m
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.lock().map(|s| s.slot == id).unwrap_or(false))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in hs {
+            close(m, h)?;
+        }
+        m.logins.remove(&id);
+        Ok(())
+    }))
+}
+
+pub unsafe fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let rw = s.flags & CKF_RW_SESSION != 0;
+        let st = match (login.map(|l| l.user), rw) {
+            (Some(CKU_SO), _) => CKS_RW_SO_FUNCTIONS,
+            (Some(_), true) => CKS_RW_USER_FUNCTIONS,
+            (Some(_), false) => CKS_RO_USER_FUNCTIONS,
+            (None, true) => CKS_RW_PUBLIC_SESSION,
+            (None, false) => CKS_RO_PUBLIC_SESSION,
+        };
+        // SAFETY: put checks for NULL.
+        unsafe {
+            put(
+                info,
+                CK_SESSION_INFO {
+                    slotID: s.slot,
+                    state: st,
+                    flags: s.flags,
+                    ulDeviceError: 0,
+                },
+            )
+        }
+    })())
+}
+
+pub unsafe fn C_Login(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        let role = role_of(user)?;
+        let (s, login) = state::session(h)?;
+        if let Some(l) = login {
+            return Err(if l.user == user {
+                CKR_USER_ALREADY_LOGGED_IN
+            } else {
+                CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+            });
+        }
+        let (slot, label, ped_dir) = {
+            let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+            let ped_dir = with_module(|m| Ok(m.config.ped_dir.clone()))?;
+            (s.slot, s.label.clone(), ped_dir)
+        };
+        if user == CKU_SO {
+            let ro = with_module(|m| {
+                Ok(m.sessions.values().any(|x| {
+                    x.lock()
+                        .map(|x| x.slot == slot && x.flags & CKF_RW_SESSION == 0)
+                        .unwrap_or(false)
+                }))
+            })?;
+            if ro {
+                return Err(CKR_SESSION_READ_ONLY_EXISTS);
+            }
+        }
+        // SAFETY: pin_arg checks for NULL and reads `len` bytes.
+        let pin = unsafe { pin_arg(pin, len) }.map_err(|e| {
+            if e == CKR_PIN_LEN_RANGE {
+                CKR_PIN_INCORRECT
+            } else {
+                e
+            }
+        })?;
+        let engine = {
+            let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+            let mode = s
+                .hsm
+                .info()
+                .map_err(|e| rv(&e))?
+                .auth_mode
+                .ok_or(CKR_DEVICE_ERROR)?;
+            let result = match (mode, pin, role) {
+                (AuthMode::Password, Some(p), _) => {
+                    s.hsm.login(role, Some(&label), Credential::Secret(p))
+                }
+                (AuthMode::Password, None, _) => return Err(CKR_ARGUMENTS_BAD),
+                // An activated Crypto Officer or User: the challenge secret as PIN.
+                (AuthMode::Ped, Some(p), Role::CryptoOfficer | Role::CryptoUser) => {
+                    s.hsm.login(role, Some(&label), Credential::Secret(p))
+                }
+                // Otherwise the PED: the role's key files in the configured PED directory.
+                (AuthMode::Ped, _, _) => {
+                    let prefix = format!("{}-{}-{}", s.hsm.serial(), safe(&label), role.short());
+                    let keys: Vec<_> = (1..=16)
+                        .map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey")))
+                        .filter(|p| p.exists())
+                        .collect();
+                    let pin = std::env::var("FERROHSM_PED_PIN")
+                        .ok()
+                        .and_then(|p| Pin::ped_pin(&p).ok());
+                    let mut ped = LocalPed::new(PedAnswers {
+                        keys,
+                        pin,
+                        ..Default::default()
+                    });
+                    s.hsm.login(role, Some(&label), Credential::Ped(&mut ped))
+                }
+            };
+            result.map_err(|e| match e {
+                HsmError::State(_) if role == Role::CryptoOfficer => CKR_USER_PIN_NOT_INITIALIZED,
+                HsmError::Refused(_) | HsmError::InvalidInput(_) => CKR_PIN_INCORRECT,
+                e => rv(&e),
+            })?
+        };
+        with_module_mut(|m| {
+            if m.logins.contains_key(&slot) {
+                return Err(CKR_USER_ANOTHER_ALREADY_LOGGED_IN);
+            }
+            m.logins.insert(slot, Arc::new(Login { user, engine }));
+            Ok(())
+        })
+    })())
+}
+
+fn safe(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub unsafe fn C_LoginUser(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+    _name: *mut CK_UTF8CHAR,
+    _name_len: CK_ULONG,
+) -> CK_RV {
+    // Users are told apart by type, not name.
+    // SAFETY: forwarded unchanged.
+    unsafe { C_Login(h, user, pin, len) }
+}
+
+pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+        with_module_mut(|m| {
+            m.logins
+                .remove(&slot)
+                .map(drop)
+                .ok_or(CKR_USER_NOT_LOGGED_IN)
+        })
+    })())
+}
+
+pub unsafe fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if flags & CKF_SIGN != 0 {
+            s.sign = None;
+        }
+        if flags & CKF_VERIFY != 0 {
+            s.verify = None;
+        }
+        if flags & CKF_ENCRYPT != 0 {
+            s.encrypt = None;
+        }
+        if flags & CKF_DECRYPT != 0 {
+            s.decrypt = None;
+        }
+        if flags & CKF_DIGEST != 0 {
+            s.digest = None;
+        }
+        if flags & CKF_FIND_OBJECTS != 0 {
+            s.find = None;
+        }
+        Ok(())
+    })())
+}
+
+// ---------------------------------------------------------------- objects
+
+/// The engine session that may see private objects: the Crypto Officer's or User's.
+fn key_session(login: &Option<Arc<Login>>) -> Option<&ferrohsm_core::Session> {
+    login
+        .as_ref()
+        .filter(|l| l.user != CKU_SO)
+        .map(|l| &l.engine)
+}
+
+fn object(s: &mut Session, login: &Option<Arc<Login>>, h: CK_OBJECT_HANDLE) -> Rv<ObjectInfo> {
+    let label = s.label.clone();
+    s.hsm
+        .object_info(key_session(login), &label, h)
+        .map_err(|e| match e {
+            HsmError::NotFound(_) | HsmError::Refused(_) => CKR_OBJECT_HANDLE_INVALID,
+            e => rv(&e),
+        })
+}
+
+pub unsafe fn C_FindObjectsInit(
+    h: CK_SESSION_HANDLE,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if s.find.is_some() {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        // SAFETY: template validity per contract; checked for NULL.
+        let t = unsafe { ffi::template(tpl, n)? };
+        let mut f = ObjectFilter::default();
+        for (ty, v) in &t {
+            match *ty {
+                CKA_LABEL => {
+                    f.label =
+                        Some(String::from_utf8(v.clone()).unwrap_or_else(|_| "\u{fffd}".into()))
+                }
+                CKA_ID => f.id = Some(v.clone()),
+                CKA_CLASS => match attrs::class_of(
+                    ffi::read_ulong(v).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?,
+                ) {
+                    Some(c) => f.class = Some(c),
+                    None => {
+                        // A class this token holds no objects of.
+                        s.find = Some(vec![]);
+                        return Ok(());
+                    }
+                },
+                _ => {}
+            }
+        }
+        let label = s.label.clone();
+        let found = s
+            .hsm
+            .find_objects(key_session(&login), &label, &f)
+            .map_err(|e| rv(&e))?;
+        let mut handles: Vec<CK_OBJECT_HANDLE> = found
+            .iter()
+            .filter(|o| attrs::matches(o, &t))
+            .map(|o| o.handle as CK_OBJECT_HANDLE)
+            .collect();
+        handles.reverse(); // popped from the end, so results come in handle order
+        s.find = Some(handles);
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_FindObjects(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_OBJECT_HANDLE,
+    max: CK_ULONG,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        if out.is_null() || count.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let pending = s.find.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        let mut n = 0;
+        while n < max as usize {
+            let Some(h) = pending.pop() else { break };
+            // SAFETY: room for `max` handles per contract.
+            unsafe { out.add(n).write(h) };
+            n += 1;
+        }
+        // SAFETY: non-NULL per check.
+        unsafe { *count = n as CK_ULONG };
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        s.find.take().map(drop).ok_or(CKR_OPERATION_NOT_INITIALIZED)
+    })())
+}
+
+pub unsafe fn C_GetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    obj: CK_OBJECT_HANDLE,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let o = object(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login, obj)?;
+        if tpl.is_null() && n > 0 {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let mut result = Ok(());
+        for i in 0..n as usize {
+            // SAFETY: `tpl` holds `n` attributes per contract (NULL refused above when n > 0).
+            let a = unsafe { &mut *tpl.add(i) };
+            match attrs::get(&o, a.type_) {
+                Attr::Value(v) => {
+                    if a.pValue.is_null() {
+                        a.ulValueLen = v.len() as CK_ULONG;
+                    } else if (a.ulValueLen as usize) < v.len() {
+                        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                        result = Err(CKR_BUFFER_TOO_SMALL);
+                    } else {
+                        // SAFETY: pValue holds ulValueLen >= v.len() bytes per contract.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len())
+                        };
+                        a.ulValueLen = v.len() as CK_ULONG;
+                    }
+                }
+                Attr::Sensitive => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    result = Err(CKR_ATTRIBUTE_SENSITIVE);
+                }
+                Attr::Invalid => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    result = Err(CKR_ATTRIBUTE_TYPE_INVALID);
+                }
+            }
+        }
+        result
+    })())
+}
+
+pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        object(&mut s, &login, obj)?;
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        s.hsm.destroy_object(es, obj).map_err(|e| rv(&e))
+    })())
+}
+
+// ---------------------------------------------------------------- key generation
+
+/// What a generation template asks for, beyond the algorithm.
+fn read_key_template(
+    t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+    public: bool,
+    opts: &mut KeyOptions,
+    tpl: &mut KeyTemplate,
+    class: CK_OBJECT_CLASS,
+    ktype: CK_KEY_TYPE,
+) -> Rv {
+    for (ty, v) in t {
+        match *ty {
+            CKA_TOKEN => {
+                if !ffi::read_bool(v)? {
+                    // Session objects are not offered yet: say so rather than make a token object.
+                    return Err(CKR_TEMPLATE_INCONSISTENT);
+                }
+            }
+            CKA_CLASS => {
+                if ffi::read_ulong(v)? != class {
+                    return Err(CKR_TEMPLATE_INCONSISTENT);
+                }
+            }
+            CKA_KEY_TYPE => {
+                if ffi::read_ulong(v)? != ktype {
+                    return Err(CKR_TEMPLATE_INCONSISTENT);
+                }
+            }
+            CKA_LABEL => {
+                let l = String::from_utf8(v.clone()).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+                if public {
+                    tpl.public_label = Some(l)
+                } else {
+                    opts.label = l
+                }
+            }
+            CKA_ID => {
+                if public {
+                    tpl.public_id = Some(v.clone())
+                } else {
+                    opts.id = v.clone()
+                }
+            }
+            CKA_PRIVATE => {
+                let b = ffi::read_bool(v)?;
+                if public {
+                    if b {
+                        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                    }
+                } else {
+                    tpl.private = Some(b);
+                }
+            }
+            CKA_SENSITIVE if !public => tpl.sensitive = Some(ffi::read_bool(v)?),
+            CKA_EXTRACTABLE if !public => opts.extractable = ffi::read_bool(v)?,
+            CKA_SIGN => tpl.sign = Some(ffi::read_bool(v)?),
+            CKA_VERIFY => tpl.verify = Some(ffi::read_bool(v)?),
+            CKA_ENCRYPT => tpl.encrypt = Some(ffi::read_bool(v)?),
+            CKA_DECRYPT => tpl.decrypt = Some(ffi::read_bool(v)?),
+            // Capabilities not offered yet: false is fine, true is refused.
+            CKA_WRAP
+            | CKA_UNWRAP
+            | CKA_DERIVE
+            | CKA_SIGN_RECOVER
+            | CKA_VERIFY_RECOVER
+            | CKA_TRUSTED
+            | CKA_WRAP_WITH_TRUSTED => {
+                if ffi::read_bool(v)? {
+                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                }
+            }
+            // Consumed by the caller, or descriptive only.
+            CKA_MODULUS_BITS | CKA_PUBLIC_EXPONENT | CKA_EC_PARAMS | CKA_VALUE_LEN
+            | CKA_SUBJECT | CKA_START_DATE | CKA_END_DATE | CKA_MODIFIABLE | CKA_COPYABLE
+            | CKA_DESTROYABLE => {}
+            CKA_VALUE => return Err(CKR_TEMPLATE_INCONSISTENT),
+            _ => return Err(CKR_ATTRIBUTE_TYPE_INVALID),
+        }
+    }
+    Ok(())
+}
+
+fn find_attr(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], ty: CK_ATTRIBUTE_TYPE) -> Option<&Vec<u8>> {
+    t.iter().find(|(x, _)| *x == ty).map(|(_, v)| v)
+}
+
+fn generate(
+    h: CK_SESSION_HANDLE,
+    spec: KeySpec,
+    priv_t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+    pub_t: Option<&[(CK_ATTRIBUTE_TYPE, Vec<u8>)]>,
+) -> Rv<Vec<u64>> {
+    let (s, login) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    if s.flags & CKF_RW_SESSION == 0 {
+        return Err(CKR_SESSION_READ_ONLY);
+    }
+    let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    let mut opts = KeyOptions {
+        label: String::new(),
+        id: vec![],
+        extractable: false,
+    };
+    let mut tpl = KeyTemplate::default();
+    let kt = attrs::key_type(spec);
+    match pub_t {
+        None => read_key_template(priv_t, false, &mut opts, &mut tpl, CKO_SECRET_KEY, kt)?,
+        Some(p) => {
+            read_key_template(priv_t, false, &mut opts, &mut tpl, CKO_PRIVATE_KEY, kt)?;
+            let mut popts = KeyOptions {
+                label: String::new(),
+                id: vec![],
+                extractable: true,
+            };
+            read_key_template(p, true, &mut popts, &mut tpl, CKO_PUBLIC_KEY, kt)?;
+            // A public template without a label or id takes the private key's.
+        }
+    }
+    s.hsm
+        .generate_key_with(es, spec, &opts, &tpl)
+        .map_err(|e| match e {
+            HsmError::Refused(_) => CKR_USER_NOT_LOGGED_IN,
+            e => rv(&e),
+        })
+}
+
+pub unsafe fn C_GenerateKey(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+    out: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: mech::read and ffi::template check for NULL; validity per contract.
+        let ((code, _), t) = unsafe { (mech::read(m)?, ffi::template(tpl, n)?) };
+        if out.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if code != CKM_AES_KEY_GEN {
+            return Err(CKR_MECHANISM_INVALID);
+        }
+        let len = find_attr(&t, CKA_VALUE_LEN)
+            .ok_or(CKR_TEMPLATE_INCOMPLETE)
+            .and_then(|v| ffi::read_ulong(v))?;
+        let spec = match len {
+            16 => KeySpec::Aes128,
+            24 => KeySpec::Aes192,
+            32 => KeySpec::Aes256,
+            _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+        };
+        let handles = generate(h, spec, &t, None)?;
+        // SAFETY: non-NULL per check.
+        unsafe { *out = handles[0] as CK_OBJECT_HANDLE };
+        Ok(())
+    })())
+}
+
+#[allow(clippy::too_many_arguments)] // the PKCS#11 signature
+pub unsafe fn C_GenerateKeyPair(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    pub_tpl: *mut CK_ATTRIBUTE,
+    pub_n: CK_ULONG,
+    priv_tpl: *mut CK_ATTRIBUTE,
+    priv_n: CK_ULONG,
+    pub_out: *mut CK_OBJECT_HANDLE,
+    priv_out: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: NULL checked inside; validity per contract.
+        let ((code, _), pt, vt) = unsafe {
+            (
+                mech::read(m)?,
+                ffi::template(pub_tpl, pub_n)?,
+                ffi::template(priv_tpl, priv_n)?,
+            )
+        };
+        if pub_out.is_null() || priv_out.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let spec = match code {
+            CKM_RSA_PKCS_KEY_PAIR_GEN => {
+                if let Some(e) = find_attr(&pt, CKA_PUBLIC_EXPONENT) {
+                    let trimmed: Vec<u8> = e.iter().skip_while(|b| **b == 0).copied().collect();
+                    if trimmed != [1, 0, 1] {
+                        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                    }
+                }
+                match find_attr(&pt, CKA_MODULUS_BITS)
+                    .ok_or(CKR_TEMPLATE_INCOMPLETE)
+                    .and_then(|v| ffi::read_ulong(v))?
+                {
+                    2048 => KeySpec::Rsa2048,
+                    3072 => KeySpec::Rsa3072,
+                    4096 => KeySpec::Rsa4096,
+                    _ => return Err(CKR_KEY_SIZE_RANGE),
+                }
+            }
+            CKM_EC_KEY_PAIR_GEN => {
+                let p = find_attr(&pt, CKA_EC_PARAMS)
+                    .or_else(|| find_attr(&vt, CKA_EC_PARAMS))
+                    .ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+                match ferrohsm_core::mechanism::spec_from_ec_params(p) {
+                    Some(s @ (KeySpec::EcP256 | KeySpec::EcP384)) => s,
+                    _ => return Err(CKR_CURVE_NOT_SUPPORTED),
+                }
+            }
+            CKM_EC_EDWARDS_KEY_PAIR_GEN => {
+                if let Some(p) = find_attr(&pt, CKA_EC_PARAMS) {
+                    if ferrohsm_core::mechanism::spec_from_ec_params(p) != Some(KeySpec::Ed25519) {
+                        return Err(CKR_CURVE_NOT_SUPPORTED);
+                    }
+                }
+                KeySpec::Ed25519
+            }
+            _ => return Err(CKR_MECHANISM_INVALID),
+        };
+        let handles = generate(h, spec, &vt, Some(&pt))?;
+        // SAFETY: both non-NULL per check.
+        unsafe {
+            *priv_out = handles[0] as CK_OBJECT_HANDLE;
+            *pub_out = handles[1] as CK_OBJECT_HANDLE;
+        }
+        Ok(())
+    })())
+}
+
+// ---------------------------------------------------------------- crypto
+
+/// Which operation slot of a session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+}
+
+fn slot_of(s: &mut Session, k: Kind) -> &mut Option<Op> {
+    match k {
+        Kind::Sign => &mut s.sign,
+        Kind::Verify => &mut s.verify,
+        Kind::Encrypt => &mut s.encrypt,
+        Kind::Decrypt => &mut s.decrypt,
+    }
+}
+
+unsafe fn op_init(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    k: Kind,
+) -> Rv {
+    let (s, login) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    if slot_of(&mut s, k).is_some() {
+        return Err(CKR_OPERATION_ACTIVE);
+    }
+    if key_session(&login).is_none() {
+        return Err(CKR_USER_NOT_LOGGED_IN);
+    }
+    // SAFETY: mech::read checks for NULL; validity per contract.
+    let (code, p) = unsafe { mech::read(m)? };
+    let o = object(&mut s, &login, key).map_err(|e| {
+        if e == CKR_OBJECT_HANDLE_INVALID {
+            CKR_KEY_HANDLE_INVALID
+        } else {
+            e
+        }
+    })?;
+    let a = &o.attrs;
+    let (allowed, class_ok) = match k {
+        Kind::Sign => (a.sign, a.class == ObjectClass::PrivateKey),
+        Kind::Verify => (a.verify, a.class == ObjectClass::PublicKey),
+        Kind::Encrypt => (a.encrypt, a.class != ObjectClass::PrivateKey),
+        Kind::Decrypt => (a.decrypt, a.class != ObjectClass::PublicKey),
+    };
+    if !class_ok {
+        return Err(CKR_KEY_TYPE_INCONSISTENT);
+    }
+    if !allowed {
+        return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
+    }
+    let (mech, params) = match k {
+        Kind::Sign | Kind::Verify => (mech::sign_mechanism(code, &p, a.spec)?, Default::default()),
+        Kind::Encrypt | Kind::Decrypt => mech::cipher_mechanism(code, &p, a.spec)?,
+    };
+    *slot_of(&mut s, k) = Some(Op {
+        mech,
+        key,
+        params,
+        buffer: vec![],
+    });
+    Ok(())
+}
+
+pub unsafe fn C_SignInit(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: forwarded pointers; checked inside.
+    done(unsafe { op_init(h, m, key, Kind::Sign) })
+}
+pub unsafe fn C_VerifyInit(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: forwarded pointers; checked inside.
+    done(unsafe { op_init(h, m, key, Kind::Verify) })
+}
+pub unsafe fn C_EncryptInit(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: forwarded pointers; checked inside.
+    done(unsafe { op_init(h, m, key, Kind::Encrypt) })
+}
+pub unsafe fn C_DecryptInit(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: forwarded pointers; checked inside.
+    done(unsafe { op_init(h, m, key, Kind::Decrypt) })
+}
+
+unsafe fn update(h: CK_SESSION_HANDLE, k: Kind, data: *const u8, len: CK_ULONG) -> Rv {
+    let (s, _) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let op = slot_of(&mut s, k)
+        .as_mut()
+        .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    // SAFETY: valid for `len` bytes per contract; NULL refused unless len == 0.
+    match unsafe { ffi::slice(data, len) } {
+        Ok(d) => {
+            op.buffer.extend_from_slice(d);
+            Ok(())
+        }
+        Err(e) => {
+            *slot_of(&mut s, k) = None;
+            Err(e)
+        }
+    }
+}
+
+pub unsafe fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { update(h, Kind::Sign, data, len) })
+}
+pub unsafe fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { update(h, Kind::Verify, data, len) })
+}
+
+/// Signs the op's data (plus `extra`), honouring the two-call convention: a length query or
+/// a short buffer leaves the operation active; anything else ends it.
+unsafe fn sign_out(
+    h: CK_SESSION_HANDLE,
+    extra: Option<&[u8]>,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Rv {
+    let (s, login) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let (mech, key) = {
+        let op = s.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        (op.mech, op.key)
+    };
+    let res = (|| {
+        let o = object(&mut s, &login, key)?;
+        // SAFETY: out/out_len validity per contract; checked for NULL inside.
+        if unsafe { ffi::length_only(mech::signature_len(o.attrs.spec), out, out_len)? } {
+            return Ok(true);
+        }
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let mut data = s
+            .sign
+            .as_ref()
+            .map(|o| o.buffer.clone())
+            .unwrap_or_default();
+        if let Some(x) = extra {
+            data.extend_from_slice(x);
+        }
+        let sig = s.hsm.sign(es, key, mech, &data).map_err(|e| match e {
+            HsmError::InvalidInput(_) => CKR_DATA_INVALID,
+            e => rv(&e),
+        })?;
+        // SAFETY: as above.
+        unsafe { out_bytes(&sig, out, out_len)? };
+        Ok(false)
+    })();
+    match res {
+        Ok(true) | Err(CKR_BUFFER_TOO_SMALL) => {}
+        _ => s.sign = None,
+    }
+    res.map(drop)
+}
+
+pub unsafe fn C_Sign(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    sig: *mut CK_BYTE,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: valid for `len` bytes per contract.
+        let d = unsafe { ffi::slice(data, len) }?.to_vec();
+        // SAFETY: forwarded; checked inside.
+        unsafe { sign_out(h, Some(&d), sig, sig_len) }
+    })())
+}
+
+pub unsafe fn C_SignFinal(
+    h: CK_SESSION_HANDLE,
+    sig: *mut CK_BYTE,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { sign_out(h, None, sig, sig_len) })
+}
+
+unsafe fn verify_with(
+    h: CK_SESSION_HANDLE,
+    extra: Option<&[u8]>,
+    sig: *const CK_BYTE,
+    sig_len: CK_ULONG,
+) -> Rv {
+    let (s, login) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    // SAFETY: valid for `sig_len` bytes per contract.
+    let sig = unsafe { ffi::slice(sig, sig_len)? };
+    let o = object(&mut s, &login, op.key)?;
+    if sig.len() != mech::signature_len(o.attrs.spec) {
+        return Err(CKR_SIGNATURE_LEN_RANGE);
+    }
+    let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    let mut data = op.buffer;
+    if let Some(x) = extra {
+        data.extend_from_slice(x);
+    }
+    match s.hsm.verify(es, op.key, op.mech, &data, sig) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CKR_SIGNATURE_INVALID),
+        Err(HsmError::InvalidInput(_)) => Err(CKR_DATA_INVALID),
+        Err(e) => Err(rv(&e)),
+    }
+}
+
+pub unsafe fn C_Verify(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    sig: *mut CK_BYTE,
+    sig_len: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: valid for `len` bytes per contract.
+        let d = match unsafe { ffi::slice(data, len) } {
+            Ok(d) => d.to_vec(),
+            Err(e) => {
+                if let Ok((s, _)) = state::session(h) {
+                    if let Ok(mut s) = s.lock() {
+                        s.verify = None;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        // SAFETY: forwarded; checked inside.
+        unsafe { verify_with(h, Some(&d), sig, sig_len) }
+    })())
+}
+
+pub unsafe fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: CK_ULONG) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { verify_with(h, None, sig, sig_len) })
+}
+
+unsafe fn cipher(
+    h: CK_SESSION_HANDLE,
+    k: Kind,
+    data: *const CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Rv {
+    let (s, login) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let (mech, key, params) = {
+        let op = slot_of(&mut s, k)
+            .as_ref()
+            .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        (op.mech, op.key, op.params.clone())
+    };
+    let res = (|| {
+        // SAFETY: valid for `len` bytes per contract.
+        let d = unsafe { ffi::slice(data, len)? };
+        let o = object(&mut s, &login, key)?;
+        let need = match (mech, k) {
+            (Mechanism::AesGcm, Kind::Encrypt) => d.len() + 16,
+            (Mechanism::AesGcm, _) => d
+                .len()
+                .checked_sub(16)
+                .ok_or(CKR_ENCRYPTED_DATA_LEN_RANGE)?,
+            _ => mech::signature_len(o.attrs.spec),
+        };
+        // SAFETY: out/out_len validity per contract; checked inside.
+        if unsafe { ffi::length_only(need, out, out_len)? } {
+            return Ok(true);
+        }
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let result = match k {
+            Kind::Encrypt => s
+                .hsm
+                .encrypt(es, key, mech, &params, d)
+                .map_err(|e| match e {
+                    HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
+                    e => rv(&e),
+                })?,
+            _ => s
+                .hsm
+                .decrypt(es, key, mech, &params, d)
+                .map_err(|e| match e {
+                    HsmError::Crypto(_) | HsmError::InvalidInput(_) => CKR_ENCRYPTED_DATA_INVALID,
+                    e => rv(&e),
+                })?
+                .expose()
+                .to_vec(),
+        };
+        // SAFETY: as above.
+        unsafe { out_bytes(&result, out, out_len)? };
+        Ok(false)
+    })();
+    match res {
+        Ok(true) | Err(CKR_BUFFER_TOO_SMALL) => {}
+        _ => *slot_of(&mut s, k) = None,
+    }
+    res.map(drop)
+}
+
+pub unsafe fn C_Encrypt(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { cipher(h, Kind::Encrypt, data, len, out, out_len) })
+}
+
+pub unsafe fn C_Decrypt(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { cipher(h, Kind::Decrypt, data, len, out, out_len) })
+}
+
+// ---------------------------------------------------------------- digest and random
+
+pub unsafe fn C_DigestInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if s.digest.is_some() {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        // SAFETY: mech::read checks for NULL.
+        let (code, _) = unsafe { mech::read(m)? };
+        let hash = mech::hash_of(code).ok_or(CKR_MECHANISM_INVALID)?;
+        s.digest = Some(DigestOp {
+            hash,
+            buffer: vec![],
+        });
+        Ok(())
+    })())
+}
+
+unsafe fn digest_out(
+    h: CK_SESSION_HANDLE,
+    extra: Option<&[u8]>,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Rv {
+    let (s, _) = state::session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let op = s.digest.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    // SAFETY: validity per contract; checked inside.
+    match unsafe { ffi::length_only(op.hash.len(), out, out_len) } {
+        Ok(true) => return Ok(()),
+        Err(CKR_BUFFER_TOO_SMALL) => return Err(CKR_BUFFER_TOO_SMALL),
+        Err(e) => {
+            s.digest = None;
+            return Err(e);
+        }
+        Ok(false) => {}
+    }
+    let op = s.digest.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    let mut data = op.buffer;
+    if let Some(x) = extra {
+        data.extend_from_slice(x);
+    }
+    // SAFETY: as above.
+    unsafe { out_bytes(&op.hash.digest(&data), out, out_len) }
+}
+
+pub unsafe fn C_Digest(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: valid for `len` bytes per contract.
+        let d = unsafe { ffi::slice(data, len) }?.to_vec();
+        // SAFETY: forwarded; checked inside.
+        unsafe { digest_out(h, Some(&d), out, out_len) }
+    })())
+}
+
+pub unsafe fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        // SAFETY: valid for `len` bytes per contract.
+        let d = unsafe { ffi::slice(data, len)? };
+        s.digest
+            .as_mut()
+            .ok_or(CKR_OPERATION_NOT_INITIALIZED)?
+            .buffer
+            .extend_from_slice(d);
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_DigestFinal(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { digest_out(h, None, out, out_len) })
+}
+
+pub unsafe fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut CK_BYTE, _len: CK_ULONG) -> CK_RV {
+    done(state::session(h).and(Err(CKR_RANDOM_SEED_NOT_SUPPORTED)))
+}
+
+pub unsafe fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    done((|| {
+        state::session(h)?;
+        if out.is_null() && len > 0 {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: `out` holds `len` bytes per contract (NULL refused above).
+        let buf = unsafe { std::slice::from_raw_parts_mut(out, len as usize) };
+        ferrohsm_core::crypto::fill_random(buf);
+        Ok(())
+    })())
+}

@@ -1,0 +1,227 @@
+//! `CKM_*` codes and their parameters, mapped onto engine mechanisms.
+
+use cryptoki_sys::*;
+use ferrohsm_core::mechanism::{Hash, KeySpec, Mechanism, Params};
+
+use crate::ffi::{self, Rv};
+
+/// Mechanisms offered, with (min key size, max key size, flags) for `C_GetMechanismInfo`.
+pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
+    (CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR),
+    (
+        CKM_EC_KEY_PAIR_GEN,
+        256,
+        384,
+        CKF_GENERATE_KEY_PAIR | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 255, CKF_GENERATE_KEY_PAIR),
+    (CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE),
+    (CKM_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA256_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA384_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA512_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_RSA_PKCS_OAEP, 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
+    (
+        CKM_ECDSA,
+        256,
+        384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (
+        CKM_ECDSA_SHA1,
+        256,
+        384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (
+        CKM_ECDSA_SHA224,
+        256,
+        384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (
+        CKM_ECDSA_SHA256,
+        256,
+        384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (
+        CKM_ECDSA_SHA384,
+        256,
+        384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (
+        CKM_ECDSA_SHA512,
+        256,
+        384,
+        CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
+    (CKM_EDDSA, 255, 255, CKF_SIGN | CKF_VERIFY),
+    (CKM_AES_GCM, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_SHA_1, 0, 0, CKF_DIGEST),
+    (CKM_SHA224, 0, 0, CKF_DIGEST),
+    (CKM_SHA256, 0, 0, CKF_DIGEST),
+    (CKM_SHA384, 0, 0, CKF_DIGEST),
+    (CKM_SHA512, 0, 0, CKF_DIGEST),
+];
+
+/// The hash of a `CKM_SHA*` digest mechanism or `CKM_SHA*` hash-algorithm parameter.
+pub fn hash_of(m: CK_MECHANISM_TYPE) -> Option<Hash> {
+    Some(match m {
+        CKM_SHA_1 => Hash::Sha1,
+        CKM_SHA224 => Hash::Sha224,
+        CKM_SHA256 => Hash::Sha256,
+        CKM_SHA384 => Hash::Sha384,
+        CKM_SHA512 => Hash::Sha512,
+        _ => return None,
+    })
+}
+
+fn mgf_of(h: Hash) -> CK_RSA_PKCS_MGF_TYPE {
+    match h {
+        Hash::Sha1 => CKG_MGF1_SHA1,
+        Hash::Sha224 => CKG_MGF1_SHA224,
+        Hash::Sha256 => CKG_MGF1_SHA256,
+        Hash::Sha384 => CKG_MGF1_SHA384,
+        Hash::Sha512 => CKG_MGF1_SHA512,
+    }
+}
+
+/// Reads the mechanism structure the caller passed.
+///
+/// # Safety
+/// `m` must be NULL or point to a valid `CK_MECHANISM` whose parameter is valid for its length.
+pub unsafe fn read(m: *const CK_MECHANISM) -> Rv<(CK_MECHANISM_TYPE, Vec<u8>)> {
+    if m.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: non-NULL, valid per contract.
+    let m = unsafe { &*m };
+    // SAFETY: pParameter is valid for ulParameterLen bytes per contract.
+    let p = unsafe { ffi::slice(m.pParameter as *const u8, m.ulParameterLen) }
+        .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+    Ok((m.mechanism, p.to_vec()))
+}
+
+fn param<T: Copy>(p: &[u8]) -> Rv<T> {
+    if p.len() != std::mem::size_of::<T>() {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    // SAFETY: the length matches T exactly and T is a plain C struct (Copy, no invariants);
+    // read_unaligned copes with the Vec's alignment.
+    Ok(unsafe { std::ptr::read_unaligned(p.as_ptr() as *const T) })
+}
+
+/// A sign or verify mechanism for a key of `spec`.
+pub fn sign_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<Mechanism> {
+    let m = match code {
+        CKM_RSA_PKCS => Mechanism::RsaPkcs1Raw,
+        CKM_SHA256_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha256),
+        CKM_SHA384_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha384),
+        CKM_SHA512_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha512),
+        CKM_SHA256_RSA_PKCS_PSS | CKM_SHA384_RSA_PKCS_PSS | CKM_SHA512_RSA_PKCS_PSS => {
+            let h = match code {
+                CKM_SHA256_RSA_PKCS_PSS => Hash::Sha256,
+                CKM_SHA384_RSA_PKCS_PSS => Hash::Sha384,
+                _ => Hash::Sha512,
+            };
+            // The engine's PSS uses MGF1 with the same hash and a salt as long as the hash.
+            let pp: CK_RSA_PKCS_PSS_PARAMS = param(p)?;
+            if hash_of(pp.hashAlg) != Some(h) || pp.mgf != mgf_of(h) || pp.sLen as usize != h.len()
+            {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            Mechanism::RsaPss(h)
+        }
+        CKM_ECDSA => Mechanism::Ecdsa(None),
+        CKM_ECDSA_SHA1 => Mechanism::Ecdsa(Some(Hash::Sha1)),
+        CKM_ECDSA_SHA224 => Mechanism::Ecdsa(Some(Hash::Sha224)),
+        CKM_ECDSA_SHA256 => Mechanism::Ecdsa(Some(Hash::Sha256)),
+        CKM_ECDSA_SHA384 => Mechanism::Ecdsa(Some(Hash::Sha384)),
+        CKM_ECDSA_SHA512 => Mechanism::Ecdsa(Some(Hash::Sha512)),
+        CKM_EDDSA => {
+            // Pure Ed25519 only: no parameters, or CK_EDDSA_PARAMS without prehash/context.
+            if !p.is_empty() {
+                let ep: CK_EDDSA_PARAMS = param(p)?;
+                if ep.phFlag != 0 || ep.ulContextDataLen != 0 {
+                    return Err(CKR_MECHANISM_PARAM_INVALID);
+                }
+            }
+            Mechanism::Ed25519
+        }
+        _ => return Err(CKR_MECHANISM_INVALID),
+    };
+    let fits = match m {
+        Mechanism::RsaPkcs1Raw | Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) => {
+            crate::attrs::key_type(spec) == CKK_RSA
+        }
+        Mechanism::Ecdsa(_) => crate::attrs::key_type(spec) == CKK_EC,
+        Mechanism::Ed25519 => spec == KeySpec::Ed25519,
+        _ => false,
+    };
+    if !fits {
+        return Err(CKR_KEY_TYPE_INCONSISTENT);
+    }
+    Ok(m)
+}
+
+/// Signature length for a key and mechanism, for the two-call convention.
+pub fn signature_len(spec: KeySpec) -> usize {
+    match spec {
+        KeySpec::Rsa2048 => 256,
+        KeySpec::Rsa3072 => 384,
+        KeySpec::Rsa4096 => 512,
+        KeySpec::EcP256 | KeySpec::Ed25519 => 64,
+        KeySpec::EcP384 => 96,
+        _ => 0,
+    }
+}
+
+/// An encrypt or decrypt mechanism and its per-call parameters.
+pub fn cipher_mechanism(
+    code: CK_MECHANISM_TYPE,
+    p: &[u8],
+    spec: KeySpec,
+) -> Rv<(Mechanism, Params)> {
+    match code {
+        CKM_AES_GCM => {
+            if crate::attrs::key_type(spec) != CKK_AES {
+                return Err(CKR_KEY_TYPE_INCONSISTENT);
+            }
+            let gp: CK_GCM_PARAMS = param(p)?;
+            // SAFETY: the IV and AAD pointers come from the caller's CK_GCM_PARAMS, valid for
+            // their stated lengths.
+            let iv = unsafe { ffi::slice(gp.pIv as *const u8, gp.ulIvLen) }
+                .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+            // SAFETY: as above.
+            let aad = unsafe { ffi::slice(gp.pAAD as *const u8, gp.ulAADLen) }
+                .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+            if iv.len() != 12 || gp.ulTagBits != 128 {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            Ok((
+                Mechanism::AesGcm,
+                Params {
+                    iv: iv.to_vec(),
+                    aad: aad.to_vec(),
+                },
+            ))
+        }
+        CKM_RSA_PKCS_OAEP => {
+            if crate::attrs::key_type(spec) != CKK_RSA {
+                return Err(CKR_KEY_TYPE_INCONSISTENT);
+            }
+            let op: CK_RSA_PKCS_OAEP_PARAMS = param(p)?;
+            let h = hash_of(op.hashAlg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+            if op.mgf != mgf_of(h) || h == Hash::Sha224 || op.ulSourceDataLen != 0 {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            Ok((Mechanism::RsaOaep(h), Params::default()))
+        }
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}

@@ -1,0 +1,180 @@
+//! The module's state: configuration, sessions, and per-token logins. Behind one lock that is
+//! held only to look things up; each session has its own engine handle (its own connection to
+//! the store) behind its own lock, so sessions on different threads work in parallel.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use cryptoki_sys::*;
+use ferrohsm_core::mechanism::Mechanism;
+use ferrohsm_core::{Hsm, HsmError, Session as EngineSession};
+
+use crate::ffi::Rv;
+
+/// Where the HSM is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The HSM's data directory.
+    pub data_dir: PathBuf,
+    /// Where PED key files are (for logins with a NULL PIN on PED-authenticated HSMs).
+    pub ped_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads the configuration (see the crate docs).
+    pub fn load() -> Config {
+        let mut c = Config {
+            data_dir: std::env::var_os("FERROHSM_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "ferrohsm-data".into()),
+            ped_dir: std::env::var_os("FERROHSM_PED_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "ped-keys".into()),
+        };
+        if let Some(path) = std::env::var_os("FERROHSM_PKCS11_CONF") {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                for line in text.lines() {
+                    let line = line.trim();
+                    if line.starts_with('#') {
+                        continue;
+                    }
+                    if let Some((k, v)) = line.split_once('=') {
+                        let v = PathBuf::from(v.trim().trim_matches('"'));
+                        match k.trim() {
+                            "data_dir" => c.data_dir = v,
+                            "ped_dir" => c.ped_dir = v,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        c
+    }
+}
+
+/// A logged-in user of one token, shared by all of the application's sessions on it.
+pub struct Login {
+    /// `CKU_SO`, `CKU_USER` or the vendor Crypto User type.
+    pub user: CK_USER_TYPE,
+    /// The engine's session (holds the partition key for CO and CU).
+    pub engine: EngineSession,
+}
+
+/// An operation in progress in a session.
+pub struct Op {
+    /// What it does.
+    pub mech: Mechanism,
+    /// With which object.
+    pub key: CK_OBJECT_HANDLE,
+    /// Per-call parameters (IV, AAD).
+    pub params: ferrohsm_core::mechanism::Params,
+    /// Data gathered by multi-part calls.
+    pub buffer: Vec<u8>,
+}
+
+/// A digest in progress.
+pub struct DigestOp {
+    /// The hash.
+    pub hash: ferrohsm_core::mechanism::Hash,
+    /// Data gathered so far.
+    pub buffer: Vec<u8>,
+}
+
+/// One PKCS#11 session.
+pub struct Session {
+    /// The slot (= partition id).
+    pub slot: CK_SLOT_ID,
+    /// The partition's label.
+    pub label: String,
+    /// `CKF_RW_SESSION` and `CKF_SERIAL_SESSION`.
+    pub flags: CK_FLAGS,
+    /// This session's engine handle.
+    pub hsm: Hsm,
+    /// Find results not yet returned.
+    pub find: Option<Vec<CK_OBJECT_HANDLE>>,
+    /// Sign in progress.
+    pub sign: Option<Op>,
+    /// Verify in progress.
+    pub verify: Option<Op>,
+    /// Encrypt in progress.
+    pub encrypt: Option<Op>,
+    /// Decrypt in progress.
+    pub decrypt: Option<Op>,
+    /// Digest in progress.
+    pub digest: Option<DigestOp>,
+}
+
+/// The whole module.
+pub struct Module {
+    /// The process that initialised it (a forked child must initialise again).
+    pub pid: u32,
+    /// Configuration.
+    pub config: Config,
+    /// Sessions by handle.
+    pub sessions: HashMap<CK_SESSION_HANDLE, Arc<Mutex<Session>>>,
+    /// Logins by slot.
+    pub logins: HashMap<CK_SLOT_ID, Arc<Login>>,
+    /// Next session handle.
+    pub next_handle: CK_SESSION_HANDLE,
+}
+
+/// The module state; `None` until `C_Initialize`.
+pub static MODULE: RwLock<Option<Module>> = RwLock::new(None);
+
+/// Runs `f` with the initialised module (read access).
+pub fn with_module<T>(f: impl FnOnce(&Module) -> Rv<T>) -> Rv<T> {
+    let g = MODULE.read().map_err(|_| CKR_GENERAL_ERROR)?;
+    match g.as_ref() {
+        Some(m) if m.pid == std::process::id() => f(m),
+        _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
+    }
+}
+
+/// Runs `f` with the initialised module (write access).
+pub fn with_module_mut<T>(f: impl FnOnce(&mut Module) -> Rv<T>) -> Rv<T> {
+    let mut g = MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
+    match g.as_mut() {
+        Some(m) if m.pid == std::process::id() => f(m),
+        _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
+    }
+}
+
+/// A session and the login of its token, if any.
+pub type SessionAndLogin = (Arc<Mutex<Session>>, Option<Arc<Login>>);
+
+/// The session `h` and the login of its token, if any.
+pub fn session(h: CK_SESSION_HANDLE) -> Rv<SessionAndLogin> {
+    with_module(|m| {
+        let s = m
+            .sessions
+            .get(&h)
+            .cloned()
+            .ok_or(CKR_SESSION_HANDLE_INVALID)?;
+        let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+        Ok((s, m.logins.get(&slot).cloned()))
+    })
+}
+
+/// Opens a fresh engine handle on the configured HSM.
+pub fn open_hsm(c: &Config) -> Rv<Hsm> {
+    Hsm::open(&c.data_dir).map_err(|e| rv(&e))
+}
+
+/// The default mapping of engine errors to return values; call sites refine it where the
+/// standard names a more precise code.
+pub fn rv(e: &HsmError) -> CK_RV {
+    match e {
+        HsmError::InvalidInput(_) => CKR_ARGUMENTS_BAD,
+        HsmError::BadPedKey { .. } => CKR_PIN_INCORRECT,
+        HsmError::AuthFailed { .. } | HsmError::WrongKey(_) => CKR_PIN_INCORRECT,
+        HsmError::Locked(_) => CKR_PIN_LOCKED,
+        HsmError::Refused(_) => CKR_ACTION_PROHIBITED,
+        HsmError::NotFound(_) => CKR_OBJECT_HANDLE_INVALID,
+        HsmError::Crypto(_) => CKR_FUNCTION_FAILED,
+        HsmError::Tamper(_) | HsmError::Store(_) | HsmError::Io { .. } | HsmError::State(_) => {
+            CKR_DEVICE_ERROR
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The module driven through the `cryptoki` crate (a client nobody here wrote), loading the
+//! built `libferrohsm_pkcs11.so` as any application would.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use ferrohsm_core::hsm::InitOptions;
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{AuthMode, Hsm, NewSecret};
+
+/// The module is one per process: tests take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn module_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("libferrohsm_pkcs11.so")
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    p11: Option<Pkcs11>,
+}
+
+impl Fixture {
+    fn p11(&self) -> &Pkcs11 {
+        self.p11.as_ref().expect("module loaded")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // cryptoki does not finalize on drop; the next test initialises again.
+        if let Some(p) = self.p11.take() {
+            let _ = p.finalize();
+        }
+    }
+}
+
+/// A password-authenticated HSM with nothing in it, and the module loaded over it.
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut hsm = Hsm::open_or_create(&data).unwrap();
+    hsm.init(InitOptions {
+        label: "p11".into(),
+        mode: AuthMode::Password,
+        so: NewSecret::Password(Pin::password("hsm-so-pw").unwrap()),
+        domain: NewSecret::Password(Pin::password("domain-pw").unwrap()),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .unwrap();
+    drop(hsm);
+    std::env::set_var("FERROHSM_HOME", &data);
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let p11 = Pkcs11::new(module_path()).unwrap();
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    Fixture {
+        _tmp: tmp,
+        p11: Some(p11),
+    }
+}
+
+fn pin(s: &str) -> AuthPin {
+    AuthPin::new(s.into())
+}
+
+/// Token "tok" initialised through PKCS#11, user PIN set, a user session open.
+fn token(f: &Fixture) -> (Slot, Session) {
+    let slots = f.p11().get_slots_with_token().unwrap();
+    assert_eq!(
+        slots.len(),
+        1,
+        "a password HSM shows one uninitialised token"
+    );
+    let slot = slots[0];
+    assert!(!f.p11().get_token_info(slot).unwrap().token_initialized());
+    f.p11().init_token(slot, &pin("so-pin-1"), "tok").unwrap();
+    let info = f.p11().get_token_info(slot).unwrap();
+    assert_eq!(info.label(), "tok");
+    assert!(info.token_initialized());
+    assert!(!info.user_pin_initialized());
+    let s = f.p11().open_rw_session(slot).unwrap();
+    s.login(UserType::So, Some(&pin("so-pin-1"))).unwrap();
+    s.init_pin(&pin("user-pin-1")).unwrap();
+    s.logout().unwrap();
+    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    (slot, s)
+}
+
+fn err(e: Error) -> RvError {
+    match e {
+        Error::Pkcs11(rv, _) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
+
+#[test]
+fn token_from_nothing_and_stable_slot_ids() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    assert!(f.p11().get_token_info(slot).unwrap().user_pin_initialized());
+    // A new spare token appears; the initialised one keeps its id.
+    let slots = f.p11().get_slots_with_token().unwrap();
+    assert_eq!(slots.len(), 2);
+    assert!(slots.contains(&slot));
+    drop(s);
+    // Reload the module: same ids.
+    let mut f = f;
+    f.p11.take().unwrap().finalize().unwrap();
+    let p11 = Pkcs11::new(module_path()).unwrap();
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    f.p11 = Some(p11);
+    let p11 = f.p11();
+    assert_eq!(p11.get_slots_with_token().unwrap(), slots);
+    assert_eq!(p11.get_token_info(slot).unwrap().label(), "tok");
+    // C_SetPIN, then the old PIN fails and the new one works.
+    let s = p11.open_rw_session(slot).unwrap();
+    s.set_pin(&pin("user-pin-1"), &pin("user-pin-2")).unwrap();
+    assert_eq!(
+        err(s
+            .login(UserType::User, Some(&pin("user-pin-1")))
+            .unwrap_err()),
+        RvError::PinIncorrect
+    );
+    s.login(UserType::User, Some(&pin("user-pin-2"))).unwrap();
+    assert_eq!(
+        err(s
+            .login(UserType::User, Some(&pin("user-pin-2")))
+            .unwrap_err()),
+        RvError::UserAlreadyLoggedIn
+    );
+}
+
+#[test]
+fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let (rsa_pub, rsa_priv) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Verify(true),
+                Attribute::Label(b"rsa".to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::Sensitive(true),
+                Attribute::Label(b"rsa".to_vec()),
+                Attribute::Id(vec![1]),
+            ],
+        )
+        .unwrap();
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (ec_pub, ec_priv) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(p256.clone()),
+                Attribute::Verify(true),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::Id(vec![2]),
+            ],
+        )
+        .unwrap();
+    let (ed_pub, ed_priv) = s
+        .generate_key_pair(
+            &Mechanism::EccEdwardsKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(vec![0x06, 0x03, 0x2b, 0x65, 0x70]),
+            ],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    let data = b"the quick brown fox";
+    let pss = PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: 32.into(),
+    };
+    let cases: Vec<(Mechanism, _, _)> = vec![
+        (Mechanism::Sha256RsaPkcs, rsa_priv, rsa_pub),
+        (Mechanism::Sha384RsaPkcs, rsa_priv, rsa_pub),
+        (Mechanism::Sha256RsaPkcsPss(pss), rsa_priv, rsa_pub),
+        (Mechanism::EcdsaSha256, ec_priv, ec_pub),
+        (Mechanism::EcdsaSha384, ec_priv, ec_pub),
+        (
+            Mechanism::Eddsa(cryptoki::mechanism::eddsa::EddsaParams::new(
+                cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
+            )),
+            ed_priv,
+            ed_pub,
+        ),
+    ];
+    for (m, sk, pk) in &cases {
+        let sig = s.sign(m, *sk, data).unwrap();
+        s.verify(m, *pk, data, &sig).unwrap();
+        assert_eq!(
+            err(s.verify(m, *pk, b"the quick brown fix", &sig).unwrap_err()),
+            RvError::SignatureInvalid,
+            "{m:?}"
+        );
+    }
+    // Raw ECDSA over a SHA-256 digest: 64 bytes r||s, which verifies as ECDSA_SHA256 of the data.
+    let digest = s.digest(&Mechanism::Sha256, data).unwrap();
+    let sig = s.sign(&Mechanism::Ecdsa, ec_priv, &digest).unwrap();
+    assert_eq!(sig.len(), 64);
+    s.verify(&Mechanism::EcdsaSha256, ec_pub, data, &sig)
+        .unwrap();
+    // And outside the module, with the public key it exports.
+    let spki = match &s
+        .get_attributes(ec_pub, &[AttributeType::PublicKeyInfo])
+        .unwrap()[0]
+    {
+        Attribute::PublicKeyInfo(v) => v.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(ferrohsm_core::mechanism::verify(
+        ferrohsm_core::mechanism::KeySpec::EcP256,
+        &spki,
+        ferrohsm_core::mechanism::Mechanism::Ecdsa(Some(ferrohsm_core::mechanism::Hash::Sha256)),
+        data,
+        &sig
+    )
+    .unwrap());
+    // CKM_RSA_PKCS over a DigestInfo equals CKM_SHA256_RSA_PKCS.
+    let mut di = vec![
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    di.extend_from_slice(&digest);
+    assert_eq!(
+        s.sign(&Mechanism::RsaPkcs, rsa_priv, &di).unwrap(),
+        s.sign(&Mechanism::Sha256RsaPkcs, rsa_priv, data).unwrap()
+    );
+    // PSS parameters the engine does not do are refused, not silently changed.
+    let bad = PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: 20.into(),
+    };
+    assert_eq!(
+        err(s
+            .sign(&Mechanism::Sha256RsaPkcsPss(bad), rsa_priv, data)
+            .unwrap_err()),
+        RvError::MechanismParamInvalid
+    );
+    // A key of the wrong type for the mechanism.
+    assert_eq!(
+        err(s.sign(&Mechanism::EcdsaSha256, rsa_priv, data).unwrap_err()),
+        RvError::KeyTypeInconsistent
+    );
+}
+
+#[test]
+fn encrypt_decrypt_aes_gcm_and_rsa_oaep() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let aes = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(b"aes".to_vec()),
+            ],
+        )
+        .unwrap();
+    let mut iv = [7u8; 12];
+    let aad = b"header";
+    let ct = s
+        .encrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into()).unwrap()),
+            aes,
+            b"secret message",
+        )
+        .unwrap();
+    assert_eq!(
+        ct.len(),
+        14 + 16,
+        "ciphertext then tag, with the caller's IV"
+    );
+    let pt = s
+        .decrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into()).unwrap()),
+            aes,
+            &ct,
+        )
+        .unwrap();
+    assert_eq!(pt, b"secret message");
+    // Outside the module: the same key cannot be read, but a tampered ciphertext is refused.
+    let mut bad = ct.clone();
+    bad[0] ^= 1;
+    assert_eq!(
+        err(s
+            .decrypt(
+                &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into()).unwrap()),
+                aes,
+                &bad
+            )
+            .unwrap_err()),
+        RvError::EncryptedDataInvalid
+    );
+    // The module does not pick its own nonce: a 96-bit tag is refused, not changed.
+    assert_eq!(
+        err(s
+            .encrypt(
+                &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 96.into()).unwrap()),
+                aes,
+                b"x"
+            )
+            .unwrap_err()),
+        RvError::MechanismParamInvalid
+    );
+
+    let (rsa_pub, rsa_priv) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::Encrypt(true),
+            ],
+            &[Attribute::Token(true), Attribute::Decrypt(true)],
+        )
+        .unwrap();
+    let oaep = PkcsOaepParams::new(
+        MechanismType::SHA256,
+        PkcsMgfType::MGF1_SHA256,
+        PkcsOaepSource::empty(),
+    );
+    let ct = s
+        .encrypt(&Mechanism::RsaPkcsOaep(oaep), rsa_pub, b"wrapped key")
+        .unwrap();
+    assert_eq!(
+        s.decrypt(&Mechanism::RsaPkcsOaep(oaep), rsa_priv, &ct)
+            .unwrap(),
+        b"wrapped key"
+    );
+}
+
+#[test]
+fn attributes_find_and_privacy() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    let aes = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(16.into()),
+                Attribute::Label(b"k1".to_vec()),
+                Attribute::Id(vec![9]),
+            ],
+        )
+        .unwrap();
+    let (pk, sk) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::Label(b"signer".to_vec()),
+            ],
+            &[Attribute::Token(true), Attribute::Label(b"signer".to_vec())],
+        )
+        .unwrap();
+    // Sensitive and unknown attributes, per the standard.
+    let info = s
+        .get_attribute_info(
+            aes,
+            &[
+                AttributeType::Value,
+                AttributeType::ValueLen,
+                AttributeType::Modulus,
+            ],
+        )
+        .unwrap();
+    assert!(matches!(info[0], AttributeInfo::Sensitive), "{:?}", info[0]);
+    assert!(
+        matches!(info[1], AttributeInfo::Available(n) if n == std::mem::size_of::<cryptoki_sys::CK_ULONG>()),
+        "{:?}",
+        info[1]
+    );
+    assert!(
+        matches!(info[2], AttributeInfo::TypeInvalid),
+        "{:?}",
+        info[2]
+    );
+    let info = s
+        .get_attribute_info(
+            sk,
+            &[AttributeType::PrivateExponent, AttributeType::Modulus],
+        )
+        .unwrap();
+    assert!(matches!(info[0], AttributeInfo::Sensitive), "{:?}", info[0]);
+    assert!(
+        matches!(info[1], AttributeInfo::Available(256)),
+        "{:?}",
+        info[1]
+    );
+    let a = s
+        .get_attributes(
+            aes,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+                AttributeType::Local,
+                AttributeType::KeyType,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        a,
+        vec![
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::AlwaysSensitive(true),
+            Attribute::NeverExtractable(true),
+            Attribute::Local(true),
+            Attribute::KeyType(KeyType::AES)
+        ]
+    );
+    // Find by label, id and class.
+    assert_eq!(
+        s.find_objects(&[Attribute::Label(b"signer".to_vec())])
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.find_objects(&[
+            Attribute::Label(b"signer".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY)
+        ])
+        .unwrap(),
+        vec![sk]
+    );
+    assert_eq!(
+        s.find_objects(&[Attribute::Id(vec![9])]).unwrap(),
+        vec![aes]
+    );
+    assert!(s
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.find_objects(&[]).unwrap().len(), 3);
+    // Before login, only public objects are visible.
+    let public = f.p11().open_ro_session(slot).unwrap();
+    s.logout().unwrap();
+    assert_eq!(public.find_objects(&[]).unwrap(), vec![pk]);
+    assert_eq!(
+        err(public
+            .get_attributes(aes, &[AttributeType::Label])
+            .unwrap_err()),
+        RvError::ObjectHandleInvalid
+    );
+    assert_eq!(
+        err(public
+            .sign(&Mechanism::Sha256RsaPkcs, sk, b"x")
+            .unwrap_err()),
+        RvError::UserNotLoggedIn
+    );
+    // Destroy needs a logged-in, read-write session.
+    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    assert_eq!(
+        err(public.destroy_object(aes).unwrap_err()),
+        RvError::SessionReadOnly
+    );
+    s.destroy_object(aes).unwrap();
+    assert!(s
+        .find_objects(&[Attribute::Id(vec![9])])
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn wrong_pins_count_and_lock_and_errors_are_the_standard_ones() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    s.logout().unwrap();
+    // A wrong PIN does not make the next right one fail.
+    assert_eq!(
+        err(s
+            .login(UserType::User, Some(&pin("wrong-pin")))
+            .unwrap_err()),
+        RvError::PinIncorrect
+    );
+    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    s.logout().unwrap();
+    for _ in 0..9 {
+        assert_eq!(
+            err(s
+                .login(UserType::User, Some(&pin("wrong-pin")))
+                .unwrap_err()),
+            RvError::PinIncorrect
+        );
+    }
+    assert_eq!(
+        err(s
+            .login(UserType::User, Some(&pin("wrong-pin")))
+            .unwrap_err()),
+        RvError::PinLocked
+    );
+    assert_eq!(
+        err(s
+            .login(UserType::User, Some(&pin("user-pin-1")))
+            .unwrap_err()),
+        RvError::PinLocked
+    );
+    assert!(f.p11().get_token_info(slot).unwrap().user_pin_locked());
+    // Bad handles and mechanisms.
+    assert_eq!(
+        err(f
+            .p11()
+            .get_token_info(Slot::try_from(999u64).unwrap())
+            .unwrap_err()),
+        RvError::SlotIdInvalid
+    );
+    let mech = f.p11().get_mechanism_list(slot).unwrap();
+    assert!(
+        mech.contains(&MechanismType::AES_GCM)
+            && mech.contains(&MechanismType::ECDSA)
+            && mech.contains(&MechanismType::EDDSA)
+    );
+    let mi = f
+        .p11()
+        .get_mechanism_info(slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN)
+        .unwrap();
+    assert_eq!(mi.min_key_size(), 2048);
+    assert!(s.generate_random_vec(32).unwrap() != vec![0u8; 32]);
+}
