@@ -717,6 +717,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 iv: iv.clone(),
                 aad: hex::decode(&aad)
                     .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
+                label: vec![],
             };
             let ct = hsm.encrypt(&s, key.handle, mech, &p, &data)?;
             write_file(&output, &[iv, ct].concat())?;
@@ -752,6 +753,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 iv: iv.to_vec(),
                 aad: hex::decode(&aad)
                     .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
+                label: vec![],
             };
             let pt = hsm.decrypt(&s, key.handle, mech, &p, ct)?;
             write_file(&output, pt.expose())?;

@@ -283,6 +283,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     let p = Params {
         iv,
         aad: b"record 7".to_vec(),
+        label: vec![],
     };
     let ct = hsm.encrypt(&co, aes.handle, Mechanism::AesGcm, &p, msg)?;
     let pt = hsm.decrypt(&co, aes.handle, Mechanism::AesGcm, &p, &ct)?;

@@ -1587,6 +1587,9 @@ impl Hsm {
             verify: false,
             encrypt: false,
             decrypt: false,
+            wrap: false,
+            unwrap: false,
+            derive: false,
             created: now,
         };
         let e = self.ev(
@@ -1641,6 +1644,9 @@ impl Hsm {
                     decrypt: tpl.decrypt.unwrap_or(true),
                     sign: tpl.sign.unwrap_or(false),
                     verify: tpl.verify.unwrap_or(false),
+                    wrap: tpl.wrap.unwrap_or(false),
+                    unwrap: tpl.unwrap.unwrap_or(false),
+                    derive: tpl.derive.unwrap_or(false),
                     ..base.clone()
                 };
                 handles.push(put(t, &mut p, a, None, Some(&g.private))?);
@@ -1650,6 +1656,8 @@ impl Hsm {
                     class: ObjectClass::PrivateKey,
                     sign: tpl.sign.unwrap_or(true),
                     decrypt: tpl.decrypt.unwrap_or(can_encrypt),
+                    unwrap: tpl.unwrap.unwrap_or(false),
+                    derive: tpl.derive.unwrap_or(false),
                     ..base.clone()
                 };
                 let public = Attributes {
@@ -1666,6 +1674,8 @@ impl Hsm {
                     never_extractable: false,
                     verify: tpl.verify.unwrap_or(true),
                     encrypt: tpl.encrypt.unwrap_or(can_encrypt),
+                    wrap: tpl.wrap.unwrap_or(false),
+                    derive: tpl.derive.unwrap_or(false),
                     ..base.clone()
                 };
                 handles.push(put(t, &mut p, private, g.public.clone(), Some(&g.private))?);

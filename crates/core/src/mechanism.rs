@@ -263,6 +263,8 @@ pub struct Params {
     pub iv: Vec<u8>,
     /// Additional authenticated data (AES-GCM).
     pub aad: Vec<u8>,
+    /// Label (RSA-OAEP's encoding parameter); empty for none.
+    pub label: Vec<u8>,
 }
 
 /// Fresh key material.
@@ -590,7 +592,12 @@ pub fn encrypt(
             }
             let mut out = vec![0u8; oaep.ciphertext_size()];
             let n = oaep
-                .encrypt(alg, data, &mut out, None)
+                .encrypt(
+                    alg,
+                    data,
+                    &mut out,
+                    (!p.label.is_empty()).then_some(p.label.as_slice()),
+                )
                 .map_err(|_| failed("RSA-OAEP encryption"))?
                 .len();
             out.truncate(n);
@@ -632,7 +639,12 @@ pub fn decrypt(
                 rsa::OaepPrivateDecryptingKey::new(k).map_err(|_| failed("RSA-OAEP setup"))?;
             let mut out = vec![0u8; oaep.min_output_size()];
             let n = oaep
-                .decrypt(alg, data, &mut out, None)
+                .decrypt(
+                    alg,
+                    data,
+                    &mut out,
+                    (!p.label.is_empty()).then_some(p.label.as_slice()),
+                )
                 .map_err(|_| HsmError::Crypto("RSA-OAEP decryption failed".into()))?
                 .len();
             out.truncate(n);
@@ -736,6 +748,7 @@ mod tests {
         let p = Params {
             iv: vec![7; 12],
             aad: b"hdr".to_vec(),
+            ..Default::default()
         };
         let g = generate(KeySpec::Aes256).unwrap();
         let ct = encrypt(

@@ -67,6 +67,15 @@ pub struct Attributes {
     pub encrypt: bool,
     /// `CKA_DECRYPT`.
     pub decrypt: bool,
+    /// `CKA_WRAP`.
+    #[serde(default)]
+    pub wrap: bool,
+    /// `CKA_UNWRAP`.
+    #[serde(default)]
+    pub unwrap: bool,
+    /// `CKA_DERIVE`.
+    #[serde(default)]
+    pub derive: bool,
     /// When created (UTC).
     pub created: String,
 }
@@ -121,6 +130,12 @@ pub struct KeyTemplate {
     pub encrypt: Option<bool>,
     /// `CKA_DECRYPT`.
     pub decrypt: Option<bool>,
+    /// `CKA_WRAP`.
+    pub wrap: Option<bool>,
+    /// `CKA_UNWRAP`.
+    pub unwrap: Option<bool>,
+    /// `CKA_DERIVE`.
+    pub derive: Option<bool>,
     /// Label of the public key, if it differs from the private key's.
     pub public_label: Option<String>,
     /// `CKA_ID` of the public key, if it differs.

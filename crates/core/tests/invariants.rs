@@ -77,7 +77,7 @@ fn inv2_edited_object_and_moved_rows_are_detected() {
     // The AES key itself is untouched and still works.
     let p = Params {
         iv: vec![0; 12],
-        aad: vec![],
+        ..Default::default()
     };
     let ct = hsm
         .encrypt(&co, aes.handle, Mechanism::AesGcm, &p, b"x")

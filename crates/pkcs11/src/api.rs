@@ -1086,14 +1086,12 @@ fn read_key_template(
             CKA_VERIFY => tpl.verify = Some(ffi::read_bool(v)?),
             CKA_ENCRYPT => tpl.encrypt = Some(ffi::read_bool(v)?),
             CKA_DECRYPT => tpl.decrypt = Some(ffi::read_bool(v)?),
-            // Capabilities not offered yet: false is fine, true is refused.
-            CKA_WRAP
-            | CKA_UNWRAP
-            | CKA_DERIVE
-            | CKA_SIGN_RECOVER
-            | CKA_VERIFY_RECOVER
-            | CKA_TRUSTED
-            | CKA_WRAP_WITH_TRUSTED => {
+            // Usage flags recorded on the key (their mechanisms are offered as they land).
+            CKA_WRAP => tpl.wrap = Some(ffi::read_bool(v)?),
+            CKA_UNWRAP => tpl.unwrap = Some(ffi::read_bool(v)?),
+            CKA_DERIVE => tpl.derive = Some(ffi::read_bool(v)?),
+            // Capabilities not offered: false is fine, true is refused.
+            CKA_SIGN_RECOVER | CKA_VERIFY_RECOVER | CKA_TRUSTED | CKA_WRAP_WITH_TRUSTED => {
                 if ffi::read_bool(v)? {
                     return Err(CKR_ATTRIBUTE_VALUE_INVALID);
                 }

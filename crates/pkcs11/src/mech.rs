@@ -208,6 +208,7 @@ pub fn cipher_mechanism(
                 Params {
                     iv: iv.to_vec(),
                     aad: aad.to_vec(),
+                    label: vec![],
                 },
             ))
         }
@@ -217,10 +218,28 @@ pub fn cipher_mechanism(
             }
             let op: CK_RSA_PKCS_OAEP_PARAMS = param(p)?;
             let h = hash_of(op.hashAlg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-            if op.mgf != mgf_of(h) || h == Hash::Sha224 || op.ulSourceDataLen != 0 {
+            if op.mgf != mgf_of(h) || h == Hash::Sha224 {
                 return Err(CKR_MECHANISM_PARAM_INVALID);
             }
-            Ok((Mechanism::RsaOaep(h), Params::default()))
+            let label = if op.ulSourceDataLen == 0 {
+                Vec::new()
+            } else {
+                if op.source != CKZ_DATA_SPECIFIED {
+                    return Err(CKR_MECHANISM_PARAM_INVALID);
+                }
+                // SAFETY: the label pointer comes from the caller's CK_RSA_PKCS_OAEP_PARAMS,
+                // valid for its stated length.
+                unsafe { ffi::slice(op.pSourceData as *const u8, op.ulSourceDataLen) }
+                    .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?
+                    .to_vec()
+            };
+            Ok((
+                Mechanism::RsaOaep(h),
+                Params {
+                    label,
+                    ..Default::default()
+                },
+            ))
         }
         _ => Err(CKR_MECHANISM_INVALID),
     }
