@@ -647,6 +647,22 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             }
             Ok(exit::OK)
         }
+        KeyCmd::Public {
+            user,
+            label,
+            output,
+        } => {
+            let s = user_session(&mut hsm, ped_dir, &user)?;
+            let key = hsm.find_key(&s, &label, ObjectClass::PublicKey)?;
+            let der = key
+                .public
+                .ok_or_else(|| HsmError::State(format!("{label:?} has no public key")))?;
+            write_file(&output, pem("PUBLIC KEY", &der).as_bytes())?;
+            done(format!(
+                "public key of {label:?} written to {}",
+                output.display()
+            ))
+        }
         KeyCmd::Delete { user, label } => {
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let found = hsm.list_objects(&s, Some(&label))?;
@@ -764,6 +780,19 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             ))
         }
     }
+}
+
+/// PEM armour (RFC 7468) around DER.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 fn find_cipher_key(

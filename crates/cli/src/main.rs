@@ -702,6 +702,20 @@ pub enum KeyCmd {
         #[command(flatten)]
         user: KeyUser,
     },
+    /// Write a key pair's public key (X.509 SubjectPublicKeyInfo, PEM) for use outside the HSM.
+    #[command(
+        after_help = "Example:\n  ferrohsm key public --partition payments --label signer --out signer.pem --as cu"
+    )]
+    Public {
+        #[command(flatten)]
+        user: KeyUser,
+        /// Key label.
+        #[arg(long)]
+        label: String,
+        /// PEM file to write.
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
     /// Delete a key (both halves of a pair) (Crypto Officer).
     #[command(
         after_help = "Example:\n  ferrohsm key delete --partition payments --label old-signer --challenge env:CO_CHALLENGE"
