@@ -106,6 +106,9 @@ check "the RSA private key is sensitive and never extractable" \
   bash -c "${U[*]} -O --type privkey --id 01 | grep -q 'Access:.*sensitive, always sensitive, never extractable'"
 refused "the AES key cannot be read out" "CKR_ATTRIBUTE_SENSITIVE\|sensitive\|extract" "${U[@]}" --read-object --type secrkey --id 03 -o aes.bin
 check "nothing was written by the refused read" bash -c '! [ -s aes.bin ]'
+check "pkcs11-tool --test-fork: a forked child initialises the module afresh" "${P[@]}" --test-fork
+check "pkcs11-tool --test-threads: three threads share the module" \
+  bash -c "${P[*]} --test-threads INGISLGI --test-threads GISLGIGI --test-threads SLGISLGI 2>&1 | grep -q 'all threads have ended with CKR_OK'"
 refused "a wrong user PIN is refused" "CKR_PIN_INCORRECT" "${P[@]}" --slot 1 --login --pin 000000 -O
 check "the right PIN still works after a wrong one" "${U[@]}" -O
 check "the Auditor, imprinted afterwards, sees the token's whole history" \

@@ -563,3 +563,126 @@ fn wrong_pins_count_and_lock_and_errors_are_the_standard_ones() {
     assert_eq!(mi.min_key_size(), 2048);
     assert!(s.generate_random_vec(32).unwrap() != vec![0u8; 32]);
 }
+
+#[test]
+fn ped_authenticated_partition_challenge_and_ped_key_logins() {
+    use ferrohsm_core::ped::{LocalPed, PedAnswers};
+    use ferrohsm_core::{Credential, DomainChoice, Role};
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let peds = tmp.path().join("peds");
+    let mut hsm = Hsm::open_or_create(&data).unwrap();
+    let serial = hsm.serial().to_string();
+    let key = |name: &str| peds.join(format!("{serial}-{name}-1.pedkey"));
+    let ped = |k: std::path::PathBuf| {
+        LocalPed::new(PedAnswers {
+            keys: vec![k],
+            ..Default::default()
+        })
+    };
+    hsm.init(InitOptions {
+        label: "ped".into(),
+        mode: AuthMode::Ped,
+        so: NewSecret::Ped(&mut ped(key("hsm-so"))),
+        domain: NewSecret::Ped(&mut ped(key("domain"))),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .unwrap();
+    let so = hsm
+        .login(Role::HsmSo, None, Credential::Ped(&mut ped(key("hsm-so"))))
+        .unwrap();
+    hsm.create_partition(&so, "app").unwrap();
+    hsm.init_partition(
+        "app",
+        NewSecret::Ped(&mut ped(key("app-so"))),
+        DomainChoice::Hsm,
+        None,
+    )
+    .unwrap();
+    let pso = hsm
+        .login(
+            Role::PartitionSo,
+            Some("app"),
+            Credential::Ped(&mut ped(key("app-so"))),
+        )
+        .unwrap();
+    hsm.set_partition_policy(&pso, "activation", "on").unwrap();
+    hsm.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Ped(&mut ped(key("app-co"))),
+        false,
+    )
+    .unwrap();
+    let co = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("app"),
+            Credential::Ped(&mut ped(key("app-co"))),
+        )
+        .unwrap();
+    hsm.activate(&co, Pin::password("app-challenge").unwrap())
+        .unwrap();
+    drop(hsm);
+
+    std::env::set_var("FERROHSM_HOME", &data);
+    std::env::set_var("FERROHSM_PED_DIR", &peds);
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let p11 = Pkcs11::new(module_path()).unwrap();
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let f = Fixture {
+        _tmp: tmp,
+        p11: Some(p11),
+    };
+    let slots = f.p11().get_slots_with_token().unwrap();
+    assert_eq!(slots.len(), 1, "a PED HSM shows no spare token");
+    let info = f.p11().get_token_info(slots[0]).unwrap();
+    assert!(info.protected_authentication_path());
+    assert!(info.user_pin_initialized());
+    // No C_InitToken on a PED-authenticated HSM: partitions are made with PED keys.
+    assert_eq!(
+        err(f
+            .p11()
+            .init_token(slots[0], &pin("whatever"), "x")
+            .unwrap_err()),
+        RvError::FunctionNotSupported
+    );
+    let s = f.p11().open_rw_session(slots[0]).unwrap();
+    // The challenge secret as PIN.
+    assert_eq!(
+        err(s
+            .login(UserType::User, Some(&pin("not-the-challenge")))
+            .unwrap_err()),
+        RvError::PinIncorrect
+    );
+    s.login(UserType::User, Some(&pin("app-challenge")))
+        .unwrap();
+    let (_, k) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+            ],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    s.sign(&Mechanism::EcdsaSha256, k, b"m").unwrap();
+    s.logout().unwrap();
+    // A NULL PIN: the PED, which reads the role's key file from the PED directory.
+    s.login(UserType::User, None).unwrap();
+    s.sign(&Mechanism::EcdsaSha256, k, b"m").unwrap();
+    s.logout().unwrap();
+    s.login(UserType::So, None).unwrap();
+    // The SO never uses partition keys.
+    assert_eq!(
+        err(s.sign(&Mechanism::EcdsaSha256, k, b"m").unwrap_err()),
+        RvError::UserNotLoggedIn
+    );
+    std::env::remove_var("FERROHSM_PED_DIR");
+}
