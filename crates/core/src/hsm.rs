@@ -1639,11 +1639,13 @@ impl Hsm {
                 Ok(h)
             };
             if spec.is_symmetric() {
+                // A generic secret is for MACs; AES and 3DES keys are for encryption.
+                let mac_key = matches!(spec, KeySpec::Generic(_));
                 let a = Attributes {
-                    encrypt: tpl.encrypt.unwrap_or(true),
-                    decrypt: tpl.decrypt.unwrap_or(true),
-                    sign: tpl.sign.unwrap_or(false),
-                    verify: tpl.verify.unwrap_or(false),
+                    encrypt: tpl.encrypt.unwrap_or(!mac_key),
+                    decrypt: tpl.decrypt.unwrap_or(!mac_key),
+                    sign: tpl.sign.unwrap_or(mac_key),
+                    verify: tpl.verify.unwrap_or(mac_key),
                     wrap: tpl.wrap.unwrap_or(false),
                     unwrap: tpl.unwrap.unwrap_or(false),
                     derive: tpl.derive.unwrap_or(false),
@@ -1857,7 +1859,8 @@ impl Hsm {
         Ok(sig)
     }
 
-    /// Verifies with a public key (Crypto Officer or Crypto User). `Ok(false)`: bad signature.
+    /// Verifies with a public key, or a MAC with a secret key (Crypto Officer or Crypto User).
+    /// `Ok(false)`: bad signature.
     pub fn verify(
         &mut self,
         s: &Session,
@@ -1866,7 +1869,7 @@ impl Hsm {
         data: &[u8],
         sig: &[u8],
     ) -> Result<bool> {
-        let (id, _) = self.key_user(s, "verifying", false)?;
+        let (id, pmk) = self.key_user(s, "verifying", false)?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         if !rec.attrs.verify {
             return Err(HsmError::Refused(format!(
@@ -1874,10 +1877,16 @@ impl Hsm {
                 rec.attrs.label
             )));
         }
-        let public = rec
-            .public
-            .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
-        let ok = mechanism::verify(rec.attrs.spec, &public, mech, data, sig)?;
+        let ok = if rec.attrs.class == ObjectClass::SecretKey {
+            let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
+            mechanism::verify(attrs.spec, m.expose(), mech, data, sig)?
+        } else {
+            let public = rec
+                .public
+                .as_ref()
+                .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
+            mechanism::verify(rec.attrs.spec, public, mech, data, sig)?
+        };
         self.audit_key_use(
             s,
             &rec.attrs.label,

@@ -35,6 +35,10 @@ pub enum KeySpec {
     Rsa4096,
     /// Ed25519.
     Ed25519,
+    /// A generic secret (HMAC key) of this many bytes (16 to 64).
+    Generic(u8),
+    /// Triple DES, three keys (24 bytes with parity), for GlobalPlatform and legacy systems.
+    Des3,
 }
 
 const SPECS: &[(&str, KeySpec)] = &[
@@ -47,11 +51,24 @@ const SPECS: &[(&str, KeySpec)] = &[
     ("rsa-3072", KeySpec::Rsa3072),
     ("rsa-4096", KeySpec::Rsa4096),
     ("ed25519", KeySpec::Ed25519),
+    ("des3", KeySpec::Des3),
 ];
 
 impl KeySpec {
     /// Whether this is a secret (symmetric) key rather than a key pair.
     pub fn is_symmetric(self) -> bool {
+        matches!(
+            self,
+            KeySpec::Aes128
+                | KeySpec::Aes192
+                | KeySpec::Aes256
+                | KeySpec::Generic(_)
+                | KeySpec::Des3
+        )
+    }
+
+    /// Whether this is an AES key.
+    pub fn is_aes(self) -> bool {
         matches!(self, KeySpec::Aes128 | KeySpec::Aes192 | KeySpec::Aes256)
     }
 
@@ -64,6 +81,7 @@ impl KeySpec {
                 Some(Mechanism::RsaPkcs1(Hash::Sha256))
             }
             KeySpec::Ed25519 => Some(Mechanism::Ed25519),
+            KeySpec::Generic(_) => Some(Mechanism::Hmac(Hash::Sha256)),
             _ => None,
         }
     }
@@ -80,13 +98,18 @@ impl KeySpec {
     }
 
     /// Every accepted name, for help texts.
-    pub fn names() -> Vec<&'static str> {
-        SPECS.iter().map(|(n, _)| *n).collect()
+    pub fn names() -> Vec<String> {
+        let mut v: Vec<String> = SPECS.iter().map(|(n, _)| n.to_string()).collect();
+        v.push("generic-<128..512 bits>".into());
+        v
     }
 }
 
 impl fmt::Display for KeySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let KeySpec::Generic(n) = self {
+            return write!(f, "generic-{}", *n as u32 * 8);
+        }
         let n = SPECS
             .iter()
             .find(|(_, s)| s == self)
@@ -99,6 +122,16 @@ impl fmt::Display for KeySpec {
 impl FromStr for KeySpec {
     type Err = HsmError;
     fn from_str(s: &str) -> Result<Self> {
+        if let Some(bits) = s.strip_prefix("generic-") {
+            return match bits.parse::<u32>() {
+                Ok(b) if b % 8 == 0 && (128..=512).contains(&b) => {
+                    Ok(KeySpec::Generic((b / 8) as u8))
+                }
+                _ => Err(HsmError::InvalidInput(
+                    "a generic secret is 128 to 512 bits, in whole bytes".into(),
+                )),
+            };
+        }
         SPECS
             .iter()
             .find(|(n, _)| *n == s)
@@ -204,6 +237,22 @@ pub enum Mechanism {
     Ed25519,
     /// AES-GCM with the caller's 12-byte IV and AAD; 16-byte tag; output ciphertext‖tag.
     AesGcm,
+    /// AES-ECB, whole blocks, no padding.
+    AesEcb,
+    /// AES-CBC with the caller's 16-byte IV, whole blocks, no padding.
+    AesCbc,
+    /// AES-CBC with the caller's IV and PKCS#7 padding.
+    AesCbcPad,
+    /// AES-CTR; the caller's 16-byte IV is the initial counter block.
+    AesCtr,
+    /// AES-CMAC (16-byte tag).
+    AesCmac,
+    /// HMAC with a generic secret.
+    Hmac(Hash),
+    /// Triple DES ECB, whole 8-byte blocks.
+    Des3Ecb,
+    /// Triple DES CBC with the caller's 8-byte IV, whole blocks.
+    Des3Cbc,
 }
 
 const MECHS: &[(&str, Mechanism)] = &[
@@ -226,6 +275,17 @@ const MECHS: &[(&str, Mechanism)] = &[
     ("ecdsa-sha512", Mechanism::Ecdsa(Some(Hash::Sha512))),
     ("ed25519", Mechanism::Ed25519),
     ("aes-gcm", Mechanism::AesGcm),
+    ("aes-ecb", Mechanism::AesEcb),
+    ("aes-cbc", Mechanism::AesCbc),
+    ("aes-cbc-pad", Mechanism::AesCbcPad),
+    ("aes-ctr", Mechanism::AesCtr),
+    ("aes-cmac", Mechanism::AesCmac),
+    ("hmac-sha1", Mechanism::Hmac(Hash::Sha1)),
+    ("hmac-sha256", Mechanism::Hmac(Hash::Sha256)),
+    ("hmac-sha384", Mechanism::Hmac(Hash::Sha384)),
+    ("hmac-sha512", Mechanism::Hmac(Hash::Sha512)),
+    ("des3-ecb", Mechanism::Des3Ecb),
+    ("des3-cbc", Mechanism::Des3Cbc),
 ];
 
 impl fmt::Display for Mechanism {
@@ -324,6 +384,31 @@ pub fn generate(spec: KeySpec) -> Result<Generated> {
             Generated {
                 private: SecretBytes::new(der.as_ref().to_vec()),
                 public: Some(public.as_ref().to_vec()),
+            }
+        }
+        KeySpec::Generic(n) => {
+            if !(16..=64).contains(&n) {
+                return Err(HsmError::InvalidInput(
+                    "a generic secret is 16 to 64 bytes".into(),
+                ));
+            }
+            let mut k = vec![0u8; n as usize];
+            crate::crypto::fill_random(&mut k);
+            Generated {
+                private: SecretBytes::new(k),
+                public: None,
+            }
+        }
+        KeySpec::Des3 => {
+            let mut k = vec![0u8; 24];
+            crate::crypto::fill_random(&mut k);
+            // DES keys carry odd parity in each byte's low bit.
+            for b in k.iter_mut() {
+                *b = (*b & 0xfe) | (((*b & 0xfe).count_ones() as u8 & 1) ^ 1);
+            }
+            Generated {
+                private: SecretBytes::new(k),
+                public: None,
             }
         }
         KeySpec::Ed25519 => {
@@ -477,7 +562,57 @@ pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) 
                 .map_err(|_| HsmError::Tamper("stored Ed25519 key does not parse".into()))?;
             Ok(kp.sign(data).as_ref().to_vec())
         }
+        (s, Mechanism::AesCmac | Mechanism::Hmac(_)) if s.is_symmetric() => {
+            mac(s, private.expose(), mech, data)
+        }
         _ => Err(mismatch(spec, mech)),
+    }
+}
+
+/// A MAC (AES-CMAC or HMAC) under a secret key.
+fn mac(spec: KeySpec, key: &[u8], mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+    use aws_lc_rs::{cmac, hmac};
+    match (spec, mech) {
+        (s, Mechanism::AesCmac) if s.is_aes() => {
+            let alg = match s {
+                KeySpec::Aes128 => cmac::AES_128,
+                KeySpec::Aes192 => cmac::AES_192,
+                _ => cmac::AES_256,
+            };
+            let k = cmac::Key::new(alg, key)
+                .map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
+            Ok(cmac::sign(&k, data)
+                .map_err(|_| failed("AES-CMAC"))?
+                .as_ref()
+                .to_vec())
+        }
+        (KeySpec::Generic(_), Mechanism::Hmac(h)) => {
+            let alg = match h {
+                Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                Hash::Sha224 => hmac::HMAC_SHA224,
+                Hash::Sha256 => hmac::HMAC_SHA256,
+                Hash::Sha384 => hmac::HMAC_SHA384,
+                Hash::Sha512 => hmac::HMAC_SHA512,
+            };
+            Ok(hmac::sign(&hmac::Key::new(alg, key), data)
+                .as_ref()
+                .to_vec())
+        }
+        _ => Err(mismatch(spec, mech)),
+    }
+}
+
+/// Length of what `sign` returns for this key and mechanism.
+pub fn signature_len(spec: KeySpec, mech: Mechanism) -> usize {
+    match (spec, mech) {
+        (_, Mechanism::AesCmac) => 16,
+        (_, Mechanism::Hmac(h)) => h.len(),
+        (KeySpec::Rsa2048, _) => 256,
+        (KeySpec::Rsa3072, _) => 384,
+        (KeySpec::Rsa4096, _) => 512,
+        (KeySpec::EcP256 | KeySpec::Ed25519, _) => 64,
+        (KeySpec::EcP384, _) => 96,
+        _ => 0,
     }
 }
 
@@ -527,6 +662,10 @@ pub fn verify(
         )
         .verify(data, sig)
         .is_ok()),
+        // For MACs `public` is the secret key itself; the comparison is constant time.
+        (s, Mechanism::AesCmac | Mechanism::Hmac(_)) if s.is_symmetric() => {
+            Ok(crate::crypto::ct_eq(&mac(s, public, mech, data)?, sig))
+        }
         _ => Err(mismatch(spec, mech)),
     }
 }
@@ -603,8 +742,122 @@ pub fn encrypt(
             out.truncate(n);
             Ok(out)
         }
+        Mechanism::AesEcb
+        | Mechanism::AesCbc
+        | Mechanism::AesCbcPad
+        | Mechanism::AesCtr
+        | Mechanism::Des3Ecb
+        | Mechanism::Des3Cbc => block_cipher(spec, key, mech, p, data, true),
         _ => Err(mismatch(spec, mech)),
     }
+}
+
+/// The block-cipher modes (AES ECB/CBC/CBC-PAD/CTR, 3DES ECB/CBC), both ways, with the caller's IV.
+fn block_cipher(
+    spec: KeySpec,
+    key: &[u8],
+    mech: Mechanism,
+    p: &Params,
+    data: &[u8],
+    encrypt: bool,
+) -> Result<Vec<u8>> {
+    use aws_lc_rs::cipher::{
+        self, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
+        PaddedBlockDecryptingKey, PaddedBlockEncryptingKey, UnboundCipherKey,
+    };
+    use aws_lc_rs::iv::FixedLength;
+    let des = matches!(mech, Mechanism::Des3Ecb | Mechanism::Des3Cbc);
+    // 3DES is offered only where a caller names it: GlobalPlatform SCP02 and card systems
+    // still require it.
+    #[allow(deprecated)]
+    let alg = match (spec, des) {
+        (KeySpec::Aes128, false) => &cipher::AES_128,
+        (KeySpec::Aes192, false) => &cipher::AES_192,
+        (KeySpec::Aes256, false) => &cipher::AES_256,
+        (KeySpec::Des3, true) => &cipher::DES_EDE3_FOR_LEGACY_USE_ONLY,
+        _ => return Err(mismatch(spec, mech)),
+    };
+    let block = if des { 8 } else { 16 };
+    let bad_key = || HsmError::Tamper("stored key has a bad length".into());
+    let unbound = || UnboundCipherKey::new(alg, key).map_err(|_| bad_key());
+    let needs_iv = !matches!(mech, Mechanism::AesEcb | Mechanism::Des3Ecb);
+    if needs_iv && p.iv.len() != block {
+        return Err(HsmError::InvalidInput(format!(
+            "{mech} needs a {block}-byte IV; got {} bytes",
+            p.iv.len()
+        )));
+    }
+    let whole_blocks = !matches!(mech, Mechanism::AesCbcPad | Mechanism::AesCtr);
+    if whole_blocks && data.len() % block != 0 {
+        return Err(HsmError::InvalidInput(format!(
+            "{mech} takes whole {block}-byte blocks; got {} bytes",
+            data.len()
+        )));
+    }
+    let enc_ctx = || -> Result<EncryptionContext> {
+        Ok(match (needs_iv, des) {
+            (false, _) => EncryptionContext::None,
+            (true, false) => EncryptionContext::Iv128(FixedLength::from(
+                <[u8; 16]>::try_from(&p.iv[..]).map_err(|_| failed("IV"))?,
+            )),
+            (true, true) => EncryptionContext::Iv64(FixedLength::from(
+                <[u8; 8]>::try_from(&p.iv[..]).map_err(|_| failed("IV"))?,
+            )),
+        })
+    };
+    let dec_ctx = || -> Result<DecryptionContext> {
+        Ok(match (needs_iv, des) {
+            (false, _) => DecryptionContext::None,
+            (true, false) => DecryptionContext::Iv128(FixedLength::from(
+                <[u8; 16]>::try_from(&p.iv[..]).map_err(|_| failed("IV"))?,
+            )),
+            (true, true) => DecryptionContext::Iv64(FixedLength::from(
+                <[u8; 8]>::try_from(&p.iv[..]).map_err(|_| failed("IV"))?,
+            )),
+        })
+    };
+    let mut buf = data.to_vec();
+    if mech == Mechanism::AesCbcPad {
+        if encrypt {
+            let k = PaddedBlockEncryptingKey::cbc_pkcs7(unbound()?).map_err(|_| bad_key())?;
+            k.less_safe_encrypt(&mut buf, enc_ctx()?)
+                .map_err(|_| failed("AES-CBC encryption"))?;
+            return Ok(buf);
+        }
+        let k = PaddedBlockDecryptingKey::cbc_pkcs7(unbound()?).map_err(|_| bad_key())?;
+        let n = k
+            .decrypt(&mut buf, dec_ctx()?)
+            .map_err(|_| {
+                HsmError::Crypto(
+                    "AES-CBC-PAD decryption failed: wrong key or IV, or bad padding".into(),
+                )
+            })?
+            .len();
+        buf.truncate(n);
+        return Ok(buf);
+    }
+    let mk_enc = |u| match mech {
+        Mechanism::AesEcb | Mechanism::Des3Ecb => EncryptingKey::ecb(u),
+        Mechanism::AesCtr => EncryptingKey::ctr(u),
+        _ => EncryptingKey::cbc(u),
+    };
+    let mk_dec = |u| match mech {
+        Mechanism::AesEcb | Mechanism::Des3Ecb => DecryptingKey::ecb(u),
+        Mechanism::AesCtr => DecryptingKey::ctr(u),
+        _ => DecryptingKey::cbc(u),
+    };
+    if encrypt {
+        mk_enc(unbound()?)
+            .map_err(|_| bad_key())?
+            .less_safe_encrypt(&mut buf, enc_ctx()?)
+            .map_err(|_| failed("encryption"))?;
+    } else {
+        mk_dec(unbound()?)
+            .map_err(|_| bad_key())?
+            .decrypt(&mut buf, dec_ctx()?)
+            .map_err(|_| failed("decryption"))?;
+    }
+    Ok(buf)
 }
 
 /// Decrypts with the secret or private key. A wrong key or altered ciphertext is an error.
@@ -649,6 +902,14 @@ pub fn decrypt(
                 .len();
             out.truncate(n);
             Ok(SecretBytes::new(out))
+        }
+        Mechanism::AesEcb
+        | Mechanism::AesCbc
+        | Mechanism::AesCbcPad
+        | Mechanism::AesCtr
+        | Mechanism::Des3Ecb
+        | Mechanism::Des3Cbc => {
+            block_cipher(spec, private.expose(), mech, p, data, false).map(SecretBytes::new)
         }
         _ => Err(mismatch(spec, mech)),
     }
@@ -716,6 +977,8 @@ pub fn key_bits(spec: KeySpec) -> u32 {
         KeySpec::Rsa3072 => 3072,
         KeySpec::Rsa4096 => 4096,
         KeySpec::Ed25519 => 255,
+        KeySpec::Generic(n) => n as u32 * 8,
+        KeySpec::Des3 => 192,
     }
 }
 
@@ -907,6 +1170,166 @@ mod tests {
         }
     }
 
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    #[test]
+    fn symmetric_known_answers() {
+        let k = h("2b7e151628aed2a6abf7158809cf4f3c");
+        let m = h("6bc1bee22e409f96e93d7e117393172a");
+        // RFC 4493, example 2.
+        let tag = sign(
+            KeySpec::Aes128,
+            &SecretBytes::new(k.clone()),
+            Mechanism::AesCmac,
+            &m,
+        )
+        .unwrap();
+        assert_eq!(hex::encode(&tag), "070a16b46b4d4144f79bdd9dd04a287c");
+        assert!(verify(KeySpec::Aes128, &k, Mechanism::AesCmac, &m, &tag).unwrap());
+        assert!(!verify(KeySpec::Aes128, &k, Mechanism::AesCmac, b"other", &tag).unwrap());
+        // NIST SP 800-38A F.1.1 (ECB), F.2.1 (CBC), F.5.1 (CTR), first block.
+        let ecb = encrypt(
+            KeySpec::Aes128,
+            &k,
+            Mechanism::AesEcb,
+            &Params::default(),
+            &m,
+        )
+        .unwrap();
+        assert_eq!(hex::encode(&ecb), "3ad77bb40d7a3660a89ecaf32466ef97");
+        let cbc_p = Params {
+            iv: h("000102030405060708090a0b0c0d0e0f"),
+            ..Default::default()
+        };
+        let cbc = encrypt(KeySpec::Aes128, &k, Mechanism::AesCbc, &cbc_p, &m).unwrap();
+        assert_eq!(hex::encode(&cbc), "7649abac8119b246cee98e9b12e9197d");
+        let ctr_p = Params {
+            iv: h("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"),
+            ..Default::default()
+        };
+        let ctr = encrypt(KeySpec::Aes128, &k, Mechanism::AesCtr, &ctr_p, &m).unwrap();
+        assert_eq!(hex::encode(&ctr), "874d6191b620e3261bef6864990db6ce");
+        for (mech, p, ct) in [
+            (Mechanism::AesEcb, Params::default(), ecb),
+            (Mechanism::AesCbc, cbc_p.clone(), cbc),
+            (Mechanism::AesCtr, ctr_p, ctr),
+        ] {
+            assert_eq!(
+                decrypt(KeySpec::Aes128, &SecretBytes::new(k.clone()), mech, &p, &ct)
+                    .unwrap()
+                    .expose(),
+                m.as_slice()
+            );
+        }
+        // Whole blocks only, and the IV length is the caller's business.
+        assert!(encrypt(KeySpec::Aes128, &k, Mechanism::AesCbc, &cbc_p, &m[..15]).is_err());
+        assert!(encrypt(
+            KeySpec::Aes128,
+            &k,
+            Mechanism::AesCbc,
+            &Params {
+                iv: vec![0; 8],
+                ..Default::default()
+            },
+            &m
+        )
+        .is_err());
+        // CBC with padding: any length, one extra block when aligned.
+        for len in [0usize, 1, 15, 16, 17, 33] {
+            let pt = vec![0x5a; len];
+            let ct = encrypt(KeySpec::Aes128, &k, Mechanism::AesCbcPad, &cbc_p, &pt).unwrap();
+            assert_eq!(ct.len(), (len / 16 + 1) * 16);
+            assert_eq!(
+                decrypt(
+                    KeySpec::Aes128,
+                    &SecretBytes::new(k.clone()),
+                    Mechanism::AesCbcPad,
+                    &cbc_p,
+                    &ct
+                )
+                .unwrap()
+                .expose(),
+                pt.as_slice()
+            );
+        }
+        // RFC 4231 test case 1: HMAC-SHA-256.
+        let hk = vec![0x0b; 20];
+        let mac = sign(
+            KeySpec::Generic(20),
+            &SecretBytes::new(hk.clone()),
+            Mechanism::Hmac(Hash::Sha256),
+            b"Hi There",
+        )
+        .unwrap();
+        assert_eq!(
+            hex::encode(&mac),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert!(verify(
+            KeySpec::Generic(20),
+            &hk,
+            Mechanism::Hmac(Hash::Sha256),
+            b"Hi There",
+            &mac
+        )
+        .unwrap());
+        // 3DES: keys have odd parity; ECB and CBC with a zero IV agree on one block; round trips.
+        let d = generate(KeySpec::Des3).unwrap();
+        assert!(d.private.expose().iter().all(|b| b.count_ones() % 2 == 1));
+        let block = h("0123456789abcdef");
+        let e = encrypt(
+            KeySpec::Des3,
+            d.private.expose(),
+            Mechanism::Des3Ecb,
+            &Params::default(),
+            &block,
+        )
+        .unwrap();
+        let c = encrypt(
+            KeySpec::Des3,
+            d.private.expose(),
+            Mechanism::Des3Cbc,
+            &Params {
+                iv: vec![0; 8],
+                ..Default::default()
+            },
+            &block,
+        )
+        .unwrap();
+        assert_eq!(e, c);
+        assert_ne!(e, block);
+        assert_eq!(
+            decrypt(
+                KeySpec::Des3,
+                &d.private,
+                Mechanism::Des3Ecb,
+                &Params::default(),
+                &e
+            )
+            .unwrap()
+            .expose(),
+            block.as_slice()
+        );
+        // Mechanisms refuse keys of the wrong kind.
+        assert!(sign(
+            KeySpec::Aes128,
+            &SecretBytes::new(k.clone()),
+            Mechanism::Hmac(Hash::Sha256),
+            &m
+        )
+        .is_err());
+        assert!(encrypt(
+            KeySpec::Des3,
+            d.private.expose(),
+            Mechanism::AesCbc,
+            &cbc_p,
+            &m
+        )
+        .is_err());
+    }
+
     #[test]
     fn public_attributes_from_spki() {
         for spec in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Ed25519] {
@@ -924,9 +1347,15 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for n in KeySpec::names() {
+        let concrete = KeySpec::names()
+            .into_iter()
+            .filter(|n| !n.contains('<'))
+            .chain(["generic-256".to_string()]);
+        for n in concrete {
             assert_eq!(n.parse::<KeySpec>().unwrap().to_string(), n);
         }
+        assert!("generic-100".parse::<KeySpec>().is_err());
+        assert!("generic-64".parse::<KeySpec>().is_err());
         assert!("des".parse::<KeySpec>().is_err());
         assert_eq!(
             "ecdsa-sha256".parse::<Mechanism>().unwrap(),

@@ -1164,17 +1164,24 @@ pub unsafe fn C_GenerateKey(
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        if code != CKM_AES_KEY_GEN {
-            return Err(CKR_MECHANISM_INVALID);
-        }
-        let len = find_attr(&t, CKA_VALUE_LEN)
-            .ok_or(CKR_TEMPLATE_INCOMPLETE)
-            .and_then(|v| ffi::read_ulong(v))?;
-        let spec = match len {
-            16 => KeySpec::Aes128,
-            24 => KeySpec::Aes192,
-            32 => KeySpec::Aes256,
-            _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+        let len = || {
+            find_attr(&t, CKA_VALUE_LEN)
+                .ok_or(CKR_TEMPLATE_INCOMPLETE)
+                .and_then(|v| ffi::read_ulong(v))
+        };
+        let spec = match code {
+            CKM_AES_KEY_GEN => match len()? {
+                16 => KeySpec::Aes128,
+                24 => KeySpec::Aes192,
+                32 => KeySpec::Aes256,
+                _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            },
+            CKM_GENERIC_SECRET_KEY_GEN => match len()? {
+                n @ 16..=64 => KeySpec::Generic(n as u8),
+                _ => return Err(CKR_KEY_SIZE_RANGE),
+            },
+            CKM_DES3_KEY_GEN => KeySpec::Des3,
+            _ => return Err(CKR_MECHANISM_INVALID),
         };
         let handles = generate(h, spec, &t, None)?;
         // SAFETY: non-NULL per check.
@@ -1298,8 +1305,9 @@ unsafe fn op_init(
     })?;
     let a = &o.attrs;
     let (allowed, class_ok) = match k {
-        Kind::Sign => (a.sign, a.class == ObjectClass::PrivateKey),
-        Kind::Verify => (a.verify, a.class == ObjectClass::PublicKey),
+        // Secret keys sign and verify with MAC mechanisms (checked with the mechanism below).
+        Kind::Sign => (a.sign, a.class != ObjectClass::PublicKey),
+        Kind::Verify => (a.verify, a.class != ObjectClass::PrivateKey),
         Kind::Encrypt => (a.encrypt, a.class != ObjectClass::PrivateKey),
         Kind::Decrypt => (a.decrypt, a.class != ObjectClass::PublicKey),
     };
@@ -1309,8 +1317,12 @@ unsafe fn op_init(
     if !allowed {
         return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
     }
-    let (mech, params) = match k {
-        Kind::Sign | Kind::Verify => (mech::sign_mechanism(code, &p, a.spec)?, Default::default()),
+    let (mech, params, ctr_bits) = match k {
+        Kind::Sign | Kind::Verify => (
+            mech::sign_mechanism(code, &p, a.spec)?,
+            Default::default(),
+            128,
+        ),
         Kind::Encrypt | Kind::Decrypt => mech::cipher_mechanism(code, &p, a.spec)?,
     };
     *slot_of(&mut s, k) = Some(Op {
@@ -1318,6 +1330,7 @@ unsafe fn op_init(
         key,
         params,
         buffer: vec![],
+        ctr_bits,
     });
     Ok(())
 }
@@ -1400,7 +1413,13 @@ unsafe fn sign_out(
     let res = (|| {
         let o = object(&mut s, &login, key)?;
         // SAFETY: out/out_len validity per contract; checked for NULL inside.
-        if unsafe { ffi::length_only(mech::signature_len(o.attrs.spec), out, out_len)? } {
+        if unsafe {
+            ffi::length_only(
+                ferrohsm_core::mechanism::signature_len(o.attrs.spec, mech),
+                out,
+                out_len,
+            )?
+        } {
             return Ok(true);
         }
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
@@ -1463,7 +1482,7 @@ unsafe fn verify_with(
     // SAFETY: valid for `sig_len` bytes per contract.
     let sig = unsafe { ffi::slice(sig, sig_len)? };
     let o = object(&mut s, &login, op.key)?;
-    if sig.len() != mech::signature_len(o.attrs.spec) {
+    if sig.len() != ferrohsm_core::mechanism::signature_len(o.attrs.spec, op.mech) {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
     let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
@@ -1519,11 +1538,11 @@ unsafe fn cipher(
 ) -> Rv {
     let (s, login) = state::session(h)?;
     let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-    let (mech, key, params) = {
+    let (mech, key, params, ctr_bits) = {
         let op = slot_of(&mut s, k)
             .as_ref()
             .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-        (op.mech, op.key, op.params.clone())
+        (op.mech, op.key, op.params.clone(), op.ctr_bits)
     };
     let res = (|| {
         // SAFETY: valid for `len` bytes per contract.
@@ -1535,7 +1554,38 @@ unsafe fn cipher(
                 .len()
                 .checked_sub(16)
                 .ok_or(CKR_ENCRYPTED_DATA_LEN_RANGE)?,
-            _ => mech::signature_len(o.attrs.spec),
+            (Mechanism::AesCbcPad, Kind::Encrypt) => (d.len() / 16 + 1) * 16,
+            (Mechanism::AesCbcPad, _) => {
+                if d.is_empty() || d.len() % 16 != 0 {
+                    return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+                }
+                d.len()
+            }
+            (
+                Mechanism::AesEcb | Mechanism::AesCbc | Mechanism::Des3Ecb | Mechanism::Des3Cbc,
+                _,
+            ) => {
+                let block = if matches!(mech, Mechanism::Des3Ecb | Mechanism::Des3Cbc) {
+                    8
+                } else {
+                    16
+                };
+                if d.len() % block != 0 {
+                    return Err(if k == Kind::Encrypt {
+                        CKR_DATA_LEN_RANGE
+                    } else {
+                        CKR_ENCRYPTED_DATA_LEN_RANGE
+                    });
+                }
+                d.len()
+            }
+            (Mechanism::AesCtr, _) => {
+                if mech::ctr_would_wrap(&params.iv, ctr_bits, d.len()) {
+                    return Err(CKR_DATA_LEN_RANGE);
+                }
+                d.len()
+            }
+            _ => ferrohsm_core::mechanism::signature_len(o.attrs.spec, mech),
         };
         // SAFETY: out/out_len validity per contract; checked inside.
         if unsafe { ffi::length_only(need, out, out_len)? } {

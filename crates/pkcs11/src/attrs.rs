@@ -47,6 +47,8 @@ pub fn key_type(s: KeySpec) -> CK_KEY_TYPE {
         KeySpec::EcP256 | KeySpec::EcP384 => CKK_EC,
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => CKK_RSA,
         KeySpec::Ed25519 => CKK_EC_EDWARDS,
+        KeySpec::Generic(_) => CKK_GENERIC_SECRET,
+        KeySpec::Des3 => CKK_DES3,
     }
 }
 
@@ -55,6 +57,8 @@ fn keygen_mechanism(s: KeySpec) -> CK_MECHANISM_TYPE {
         CKK_AES => CKM_AES_KEY_GEN,
         CKK_EC => CKM_EC_KEY_PAIR_GEN,
         CKK_RSA => CKM_RSA_PKCS_KEY_PAIR_GEN,
+        CKK_GENERIC_SECRET => CKM_GENERIC_SECRET_KEY_GEN,
+        CKK_DES3 => CKM_DES3_KEY_GEN,
         _ => CKM_EC_EDWARDS_KEY_PAIR_GEN,
     }
 }

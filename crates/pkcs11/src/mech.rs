@@ -62,6 +62,19 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     ),
     (CKM_EDDSA, 255, 255, CKF_SIGN | CKF_VERIFY),
     (CKM_AES_GCM, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_ECB, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CBC, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CBC_PAD, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CTR, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CMAC, 16, 32, CKF_SIGN | CKF_VERIFY),
+    (CKM_GENERIC_SECRET_KEY_GEN, 16, 64, CKF_GENERATE),
+    (CKM_SHA_1_HMAC, 16, 64, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA256_HMAC, 16, 64, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA384_HMAC, 16, 64, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA512_HMAC, 16, 64, CKF_SIGN | CKF_VERIFY),
+    (CKM_DES3_KEY_GEN, 24, 24, CKF_GENERATE),
+    (CKM_DES3_ECB, 24, 24, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_DES3_CBC, 24, 24, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_SHA_1, 0, 0, CKF_DIGEST),
     (CKM_SHA224, 0, 0, CKF_DIGEST),
     (CKM_SHA256, 0, 0, CKF_DIGEST),
@@ -153,9 +166,16 @@ pub fn sign_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<Me
             }
             Mechanism::Ed25519
         }
+        CKM_AES_CMAC => Mechanism::AesCmac,
+        CKM_SHA_1_HMAC => Mechanism::Hmac(Hash::Sha1),
+        CKM_SHA256_HMAC => Mechanism::Hmac(Hash::Sha256),
+        CKM_SHA384_HMAC => Mechanism::Hmac(Hash::Sha384),
+        CKM_SHA512_HMAC => Mechanism::Hmac(Hash::Sha512),
         _ => return Err(CKR_MECHANISM_INVALID),
     };
     let fits = match m {
+        Mechanism::AesCmac => spec.is_aes(),
+        Mechanism::Hmac(_) => matches!(spec, KeySpec::Generic(_)),
         Mechanism::RsaPkcs1Raw | Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) => {
             crate::attrs::key_type(spec) == CKK_RSA
         }
@@ -169,24 +189,12 @@ pub fn sign_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<Me
     Ok(m)
 }
 
-/// Signature length for a key and mechanism, for the two-call convention.
-pub fn signature_len(spec: KeySpec) -> usize {
-    match spec {
-        KeySpec::Rsa2048 => 256,
-        KeySpec::Rsa3072 => 384,
-        KeySpec::Rsa4096 => 512,
-        KeySpec::EcP256 | KeySpec::Ed25519 => 64,
-        KeySpec::EcP384 => 96,
-        _ => 0,
-    }
-}
-
 /// An encrypt or decrypt mechanism and its per-call parameters.
 pub fn cipher_mechanism(
     code: CK_MECHANISM_TYPE,
     p: &[u8],
     spec: KeySpec,
-) -> Rv<(Mechanism, Params)> {
+) -> Rv<(Mechanism, Params, u32)> {
     match code {
         CKM_AES_GCM => {
             if crate::attrs::key_type(spec) != CKK_AES {
@@ -210,6 +218,54 @@ pub fn cipher_mechanism(
                     aad: aad.to_vec(),
                     label: vec![],
                 },
+                128,
+            ))
+        }
+        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_CTR | CKM_DES3_ECB | CKM_DES3_CBC => {
+            let des = matches!(code, CKM_DES3_ECB | CKM_DES3_CBC);
+            if (des && spec != KeySpec::Des3) || (!des && !spec.is_aes()) {
+                return Err(CKR_KEY_TYPE_INCONSISTENT);
+            }
+            let (m, iv) = match code {
+                CKM_AES_ECB => (Mechanism::AesEcb, vec![]),
+                CKM_DES3_ECB => (Mechanism::Des3Ecb, vec![]),
+                CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_DES3_CBC => {
+                    let want = if des { 8 } else { 16 };
+                    if p.len() != want {
+                        return Err(CKR_MECHANISM_PARAM_INVALID);
+                    }
+                    let m = match code {
+                        CKM_AES_CBC => Mechanism::AesCbc,
+                        CKM_AES_CBC_PAD => Mechanism::AesCbcPad,
+                        _ => Mechanism::Des3Cbc,
+                    };
+                    (m, p.to_vec())
+                }
+                _ => {
+                    let cp: CK_AES_CTR_PARAMS = param(p)?;
+                    // The engine counts over all 128 bits; a smaller counter field gives the
+                    // same blocks until it would wrap, which is refused per message.
+                    if cp.ulCounterBits == 0 || cp.ulCounterBits > 128 {
+                        return Err(CKR_MECHANISM_PARAM_INVALID);
+                    }
+                    (Mechanism::AesCtr, cp.cb.to_vec())
+                }
+            };
+            if !p.is_empty() && matches!(m, Mechanism::AesEcb | Mechanism::Des3Ecb) {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            let bits = if m == Mechanism::AesCtr {
+                param::<CK_AES_CTR_PARAMS>(p)?.ulCounterBits as u32
+            } else {
+                128
+            };
+            Ok((
+                m,
+                Params {
+                    iv,
+                    ..Default::default()
+                },
+                bits,
             ))
         }
         CKM_RSA_PKCS_OAEP => {
@@ -239,8 +295,37 @@ pub fn cipher_mechanism(
                     label,
                     ..Default::default()
                 },
+                128,
             ))
         }
         _ => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// Whether AES-CTR with a counter field of `bits` starting at `iv` would wrap within `len` bytes
+/// (the engine counts over all 128 bits, so a wrap of a smaller field would differ).
+pub fn ctr_would_wrap(iv: &[u8], bits: u32, len: usize) -> bool {
+    if bits >= 128 || iv.len() != 16 {
+        return false;
+    }
+    let counter = u128::from_be_bytes(iv.try_into().unwrap_or([0; 16])) & ((1u128 << bits) - 1);
+    let blocks = len.div_ceil(16) as u128;
+    counter
+        .checked_add(blocks)
+        .is_none_or(|end| end > (1u128 << bits))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ctr_wrap_is_caught_only_when_it_would_happen() {
+        let mut iv = [0u8; 16];
+        iv[15] = 0xfe;
+        // An 8-bit counter at 0xfe has room for two blocks.
+        assert!(!super::ctr_would_wrap(&iv, 8, 32));
+        assert!(super::ctr_would_wrap(&iv, 8, 33));
+        // A full 128-bit counter never wraps for any realistic length.
+        assert!(!super::ctr_would_wrap(&iv, 128, 1 << 20));
+        assert!(!super::ctr_would_wrap(&[0; 16], 32, 16 * 1000));
     }
 }

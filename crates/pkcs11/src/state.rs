@@ -72,6 +72,8 @@ pub struct Op {
     pub params: ferrohsm_core::mechanism::Params,
     /// Data gathered by multi-part calls.
     pub buffer: Vec<u8>,
+    /// AES-CTR counter width in bits (128 otherwise).
+    pub ctr_bits: u32,
 }
 
 /// A digest in progress.

@@ -686,3 +686,51 @@ fn ped_authenticated_partition_challenge_and_ped_key_logins() {
     );
     std::env::remove_var("FERROHSM_PED_DIR");
 }
+
+#[test]
+fn symmetric_mechanisms_block_modes_macs_and_3des() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let aes = s.generate_key(&Mechanism::AesKeyGen, &[Attribute::Token(true), Attribute::ValueLen(16.into()), Attribute::Sign(true), Attribute::Verify(true)]).unwrap();
+    let iv = [0x42u8; 16];
+    let p: Vec<u8> = (0u8..48).collect();
+    // CBC semantics, checked with the token's own ECB: C1 = E(P1 xor IV), C2 = E(P2 xor C1).
+    let cbc = s.encrypt(&Mechanism::AesCbc(iv), aes, &p).unwrap();
+    let x1: Vec<u8> = p[..16].iter().zip(iv).map(|(a, b)| a ^ b).collect();
+    assert_eq!(s.encrypt(&Mechanism::AesEcb, aes, &x1).unwrap(), cbc[..16]);
+    let x2: Vec<u8> = p[16..32].iter().zip(&cbc[..16]).map(|(a, b)| a ^ b).collect();
+    assert_eq!(s.encrypt(&Mechanism::AesEcb, aes, &x2).unwrap(), cbc[16..32]);
+    assert_eq!(s.decrypt(&Mechanism::AesCbc(iv), aes, &cbc).unwrap(), p);
+    assert_eq!(err(s.encrypt(&Mechanism::AesCbc(iv), aes, &p[..20]).unwrap_err()), RvError::DataLenRange);
+    // CBC with padding: any length.
+    for len in [0usize, 5, 16, 31] {
+        let ct = s.encrypt(&Mechanism::AesCbcPad(iv), aes, &p[..len]).unwrap();
+        assert_eq!(ct.len(), (len / 16 + 1) * 16);
+        assert_eq!(s.decrypt(&Mechanism::AesCbcPad(iv), aes, &ct).unwrap(), &p[..len]);
+    }
+    // AES-CMAC: verifies, and a changed byte does not.
+    let tag = s.sign(&Mechanism::AesCMac, aes, b"message").unwrap();
+    assert_eq!(tag.len(), 16);
+    s.verify(&Mechanism::AesCMac, aes, b"message", &tag).unwrap();
+    assert_eq!(err(s.verify(&Mechanism::AesCMac, aes, b"messagE", &tag).unwrap_err()), RvError::SignatureInvalid);
+    // HMAC with a generic secret, which is sensitive like any secret key.
+    let hk = s.generate_key(&Mechanism::GenericSecretKeyGen, &[Attribute::Token(true), Attribute::ValueLen(32.into())]).unwrap();
+    let mac = s.sign(&Mechanism::Sha256Hmac, hk, b"data").unwrap();
+    assert_eq!(mac.len(), 32);
+    s.verify(&Mechanism::Sha256Hmac, hk, b"data", &mac).unwrap();
+    assert_eq!(err(s.verify(&Mechanism::Sha256Hmac, hk, b"datA", &mac).unwrap_err()), RvError::SignatureInvalid);
+    assert!(matches!(s.get_attribute_info(hk, &[AttributeType::Value]).unwrap()[0], AttributeInfo::Sensitive));
+    assert_eq!(s.get_attributes(hk, &[AttributeType::KeyType]).unwrap(), vec![Attribute::KeyType(KeyType::GENERIC_SECRET)]);
+    // HMAC needs a generic secret; CMAC an AES key.
+    assert_eq!(err(s.sign(&Mechanism::Sha256Hmac, aes, b"x").unwrap_err()), RvError::KeyTypeInconsistent);
+    assert_eq!(err(s.sign(&Mechanism::AesCMac, hk, b"x").unwrap_err()), RvError::KeyTypeInconsistent);
+    // A generic secret encrypts nothing unless asked to.
+    assert_eq!(err(s.encrypt(&Mechanism::AesEcb, hk, &[0; 16]).unwrap_err()), RvError::KeyFunctionNotPermitted);
+    // 3DES.
+    let des = s.generate_key(&Mechanism::Des3KeyGen, &[Attribute::Token(true)]).unwrap();
+    let ct = s.encrypt(&Mechanism::Des3Cbc([7; 8]), des, &p[..16]).unwrap();
+    assert_eq!(s.decrypt(&Mechanism::Des3Cbc([7; 8]), des, &ct).unwrap(), &p[..16]);
+    let e = s.encrypt(&Mechanism::Des3Ecb, des, &p[..8]).unwrap();
+    assert_eq!(s.decrypt(&Mechanism::Des3Ecb, des, &e).unwrap(), &p[..8]);
+}
