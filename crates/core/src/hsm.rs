@@ -1567,31 +1567,7 @@ impl Hsm {
             ));
         }
         let g = mechanism::generate(spec)?;
-        let now = now_rfc3339();
-        let sensitive = tpl.sensitive.unwrap_or(true);
-        let base = Attributes {
-            class: ObjectClass::SecretKey,
-            spec,
-            label: opts.label.clone(),
-            id: opts.id.clone(),
-            token: true,
-            private: tpl.private.unwrap_or(true),
-            sensitive,
-            extractable: opts.extractable,
-            always_sensitive: sensitive,
-            never_extractable: !opts.extractable,
-            local: true,
-            modifiable: true,
-            destroyable: true,
-            sign: false,
-            verify: false,
-            encrypt: false,
-            decrypt: false,
-            wrap: false,
-            unwrap: false,
-            derive: false,
-            created: now,
-        };
+        let (attrs, public_attrs) = Self::key_attributes(spec, opts, tpl, true);
         let e = self.ev(
             "key-generate",
             s.role.short(),
@@ -1607,85 +1583,313 @@ impl Hsm {
                     opts.label, p.label
                 )));
             }
-            let mut handles = Vec::new();
-            let put = |t: &mut Txn<'_>,
-                       p: &mut Partition,
-                       attrs: Attributes,
-                       public: Option<Vec<u8>>,
-                       secret: Option<&SecretBytes>|
-             -> Result<u64> {
-                let h = p.next_handle;
-                p.next_handle += 1;
-                let material =
-                    secret.map(|m| crypto::seal(&pmk, &Self::material_aad(id, h), m.expose()));
-                let rec = ObjectRecord {
-                    attrs,
-                    public,
-                    material,
-                };
-                let pt = zeroize::Zeroizing::new(
-                    serde_json::to_vec(&rec).map_err(|e| HsmError::Store(e.to_string()))?,
-                );
-                t.put_object(
-                    id,
-                    h,
-                    &ObjectIndex {
-                        class: rec.attrs.class.name(),
-                        label: &rec.attrs.label,
-                        id: &rec.attrs.id,
-                    },
-                    &pt,
-                )?;
-                Ok(h)
-            };
-            if spec.is_symmetric() {
-                // A generic secret is for MACs; AES and 3DES keys are for encryption.
-                let mac_key = matches!(spec, KeySpec::Generic(_));
-                let a = Attributes {
-                    encrypt: tpl.encrypt.unwrap_or(!mac_key),
-                    decrypt: tpl.decrypt.unwrap_or(!mac_key),
-                    sign: tpl.sign.unwrap_or(mac_key),
-                    verify: tpl.verify.unwrap_or(mac_key),
-                    wrap: tpl.wrap.unwrap_or(false),
-                    unwrap: tpl.unwrap.unwrap_or(false),
-                    derive: tpl.derive.unwrap_or(false),
-                    ..base.clone()
-                };
-                handles.push(put(t, &mut p, a, None, Some(&g.private))?);
-            } else {
-                let can_encrypt = spec.default_encrypt().is_some();
-                let private = Attributes {
-                    class: ObjectClass::PrivateKey,
-                    sign: tpl.sign.unwrap_or(true),
-                    decrypt: tpl.decrypt.unwrap_or(can_encrypt),
-                    unwrap: tpl.unwrap.unwrap_or(false),
-                    derive: tpl.derive.unwrap_or(false),
-                    ..base.clone()
-                };
-                let public = Attributes {
-                    class: ObjectClass::PublicKey,
-                    label: tpl
-                        .public_label
-                        .clone()
-                        .unwrap_or_else(|| base.label.clone()),
-                    id: tpl.public_id.clone().unwrap_or_else(|| base.id.clone()),
-                    private: false,
-                    sensitive: false,
-                    extractable: true,
-                    always_sensitive: false,
-                    never_extractable: false,
-                    verify: tpl.verify.unwrap_or(true),
-                    encrypt: tpl.encrypt.unwrap_or(can_encrypt),
-                    wrap: tpl.wrap.unwrap_or(false),
-                    derive: tpl.derive.unwrap_or(false),
-                    ..base.clone()
-                };
-                handles.push(put(t, &mut p, private, g.public.clone(), Some(&g.private))?);
-                handles.push(put(t, &mut p, public, g.public.clone(), None)?);
+            let mut handles = vec![Self::put_key(
+                t,
+                &mut p,
+                &pmk,
+                attrs,
+                g.public.clone(),
+                Some(&g.private),
+            )?];
+            if let Some(pa) = public_attrs {
+                handles.push(Self::put_key(t, &mut p, &pmk, pa, g.public.clone(), None)?);
             }
             t.put("partition", &pid(id), &p)?;
             t.event(&e)?;
             Ok(handles)
+        })
+    }
+
+    /// The attributes of a new key (and, for a key pair, of its public half) from its spec,
+    /// options and template. `local` keys were generated here; others (unwrapped) were not,
+    /// so they are never "always sensitive" or "never extractable".
+    fn key_attributes(
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+        local: bool,
+    ) -> (Attributes, Option<Attributes>) {
+        let sensitive = tpl.sensitive.unwrap_or(true);
+        let base = Attributes {
+            class: ObjectClass::SecretKey,
+            spec,
+            label: opts.label.clone(),
+            id: opts.id.clone(),
+            token: true,
+            private: tpl.private.unwrap_or(true),
+            sensitive,
+            extractable: opts.extractable,
+            always_sensitive: local && sensitive,
+            never_extractable: local && !opts.extractable,
+            local,
+            modifiable: true,
+            destroyable: true,
+            sign: false,
+            verify: false,
+            encrypt: false,
+            decrypt: false,
+            wrap: false,
+            unwrap: false,
+            derive: false,
+            wrap_with_trusted: tpl.wrap_with_trusted.unwrap_or(false),
+            trusted: false,
+            created: now_rfc3339(),
+        };
+        if spec.is_symmetric() {
+            // A generic secret is for MACs; AES and 3DES keys are for encryption.
+            let mac_key = matches!(spec, KeySpec::Generic(_));
+            let a = Attributes {
+                encrypt: tpl.encrypt.unwrap_or(!mac_key),
+                decrypt: tpl.decrypt.unwrap_or(!mac_key),
+                sign: tpl.sign.unwrap_or(mac_key),
+                verify: tpl.verify.unwrap_or(mac_key),
+                wrap: tpl.wrap.unwrap_or(false),
+                unwrap: tpl.unwrap.unwrap_or(false),
+                derive: tpl.derive.unwrap_or(false),
+                ..base
+            };
+            return (a, None);
+        }
+        let can_encrypt = spec.default_encrypt().is_some();
+        let public = Attributes {
+            class: ObjectClass::PublicKey,
+            label: tpl
+                .public_label
+                .clone()
+                .unwrap_or_else(|| base.label.clone()),
+            id: tpl.public_id.clone().unwrap_or_else(|| base.id.clone()),
+            private: false,
+            sensitive: false,
+            extractable: true,
+            always_sensitive: false,
+            never_extractable: false,
+            verify: tpl.verify.unwrap_or(true),
+            encrypt: tpl.encrypt.unwrap_or(can_encrypt),
+            wrap: tpl.wrap.unwrap_or(false),
+            derive: tpl.derive.unwrap_or(false),
+            wrap_with_trusted: false,
+            ..base.clone()
+        };
+        let private = Attributes {
+            class: ObjectClass::PrivateKey,
+            sign: tpl.sign.unwrap_or(true),
+            decrypt: tpl.decrypt.unwrap_or(can_encrypt),
+            unwrap: tpl.unwrap.unwrap_or(false),
+            derive: tpl.derive.unwrap_or(false),
+            ..base
+        };
+        (private, Some(public))
+    }
+
+    /// Seals and stores one key object; returns its handle.
+    fn put_key(
+        t: &mut Txn<'_>,
+        p: &mut Partition,
+        pmk: &Secret32,
+        attrs: Attributes,
+        public: Option<Vec<u8>>,
+        secret: Option<&SecretBytes>,
+    ) -> Result<u64> {
+        let id = p.id;
+        let h = p.next_handle;
+        p.next_handle += 1;
+        let material = secret.map(|m| crypto::seal(pmk, &Self::material_aad(id, h), m.expose()));
+        let rec = ObjectRecord {
+            attrs,
+            public,
+            material,
+        };
+        let pt = zeroize::Zeroizing::new(
+            serde_json::to_vec(&rec).map_err(|e| HsmError::Store(e.to_string()))?,
+        );
+        t.put_object(
+            id,
+            h,
+            &ObjectIndex {
+                class: rec.attrs.class.name(),
+                label: &rec.attrs.label,
+                id: &rec.attrs.id,
+            },
+            &pt,
+        )?;
+        Ok(h)
+    }
+
+    /// Checks that `target` may be wrapped by `wrapper` and returns both records: the target
+    /// must be extractable (`CKA_EXTRACTABLE`), the wrapper allowed to wrap (`CKA_WRAP`), and a
+    /// `CKA_WRAP_WITH_TRUSTED` target needs a trusted wrapper.
+    fn wrap_check(
+        &mut self,
+        s: &Session,
+        wrapper: u64,
+        target: u64,
+    ) -> Result<(u32, Secret32, ObjectRecord, ObjectRecord)> {
+        let (id, pmk) = self.key_user(s, "wrapping keys", false)?;
+        let (w, k) = self
+            .store
+            .read(|t| Ok((Self::load(t, id, wrapper)?, Self::load(t, id, target)?)))?;
+        match Self::wrap_refusal(&w, &k) {
+            None => Ok((id, pmk, w, k)),
+            // A refused export is recorded like any refusal.
+            Some(e) => Err(self.refuse("key-wrap", s.role.short(), s.partition(), e)),
+        }
+    }
+
+    fn wrap_refusal(w: &ObjectRecord, k: &ObjectRecord) -> Option<HsmError> {
+        if k.attrs.class == ObjectClass::PublicKey {
+            return Some(HsmError::InvalidInput(
+                "a public key is not wrapped; read it instead".into(),
+            ));
+        }
+        if !k.attrs.extractable {
+            return Some(HsmError::Refused(format!(
+                "key {:?} is not extractable (CKA_EXTRACTABLE is false): it never leaves the HSM",
+                k.attrs.label
+            )));
+        }
+        if k.attrs.wrap_with_trusted && !w.attrs.trusted {
+            return Some(HsmError::Refused(format!(
+                "key {:?} may be wrapped only by a trusted key (CKA_WRAP_WITH_TRUSTED)",
+                k.attrs.label
+            )));
+        }
+        if !w.attrs.wrap {
+            return Some(HsmError::Refused(format!(
+                "key {:?} may not wrap (CKA_WRAP is false)",
+                w.attrs.label
+            )));
+        }
+        None
+    }
+
+    /// Length of what [`Hsm::wrap_key`] would return (for the two-call convention).
+    pub fn wrapped_key_len(
+        &mut self,
+        s: &Session,
+        wrapper: u64,
+        mech: Mechanism,
+        target: u64,
+    ) -> Result<usize> {
+        let (id, pmk, w, _) = self.wrap_check(s, wrapper, target)?;
+        let (_, _, m) = self.private_material(id, &pmk, target)?;
+        Ok(mechanism::wrapped_len(w.attrs.spec, mech, m.len()))
+    }
+
+    /// Exports a secret or private key wrapped under another key of the partition (AES KW/KWP,
+    /// or RSA-OAEP for secret keys), when the attributes allow it. Always audited, durably,
+    /// before the wrapped key is returned.
+    pub fn wrap_key(
+        &mut self,
+        s: &Session,
+        wrapper: u64,
+        mech: Mechanism,
+        p: &Params,
+        target: u64,
+    ) -> Result<Vec<u8>> {
+        let (id, pmk, w, k) = self.wrap_check(s, wrapper, target)?;
+        let (_, _, m) = self.private_material(id, &pmk, target)?;
+        let wrapping_key = if w.attrs.class == ObjectClass::SecretKey {
+            self.private_material(id, &pmk, wrapper)?
+                .2
+                .expose()
+                .to_vec()
+        } else {
+            w.public.clone().ok_or_else(|| {
+                HsmError::InvalidInput("the wrapping key has no public value".into())
+            })?
+        };
+        let out = mechanism::wrap(w.attrs.spec, &wrapping_key, mech, p, m.expose())?;
+        let e = self.ev(
+            "key-wrap",
+            s.role.short(),
+            s.partition(),
+            Some(&k.attrs.label),
+            &format!("success: wrapped under {:?} with {mech}", w.attrs.label),
+        );
+        self.store.write(|t| t.event(&e))?;
+        Ok(out)
+    }
+
+    /// Imports a wrapped key as a new object (Crypto Officer). `spec` names the key type for a
+    /// secret key (`None`: AES, sized by what unwraps); a private key's type comes from its
+    /// PKCS#8 encoding. The new key is not
+    /// local, not always sensitive and not never extractable, as PKCS#11 requires.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unwrap_key(
+        &mut self,
+        s: &Session,
+        unwrapper: u64,
+        mech: Mechanism,
+        p: &Params,
+        wrapped: &[u8],
+        class: ObjectClass,
+        spec: Option<KeySpec>,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
+        let (attrs, _, key) = self.private_material(id, &pmk, unwrapper)?;
+        if !attrs.unwrap {
+            return Err(HsmError::Refused(format!(
+                "key {:?} may not unwrap (CKA_UNWRAP is false)",
+                attrs.label
+            )));
+        }
+        let m = mechanism::unwrap(attrs.spec, &key, mech, p, wrapped)?;
+        let (spec, public) = match class {
+            ObjectClass::PrivateKey => {
+                let (spec, public) = mechanism::identify_private_key(m.expose())?;
+                (spec, Some(public))
+            }
+            ObjectClass::SecretKey => {
+                let spec = match spec {
+                    Some(sp) if sp.is_symmetric() => sp,
+                    Some(sp) => {
+                        return Err(HsmError::InvalidInput(format!(
+                            "{sp} is not a secret key type"
+                        )))
+                    }
+                    // None: an AES key, sized by what unwraps.
+                    None => match m.len() {
+                        16 => KeySpec::Aes128,
+                        24 => KeySpec::Aes192,
+                        32 => KeySpec::Aes256,
+                        n => {
+                            return Err(HsmError::InvalidInput(format!(
+                                "the unwrapped key is {n} bytes, not an AES key"
+                            )))
+                        }
+                    },
+                };
+                if m.len() * 8 != mechanism::key_bits(spec) as usize {
+                    return Err(HsmError::InvalidInput(format!(
+                        "the unwrapped key is {} bytes, not a {spec} key",
+                        m.len()
+                    )));
+                }
+                (spec, None)
+            }
+            ObjectClass::PublicKey => {
+                return Err(HsmError::InvalidInput(
+                    "public keys are not unwrapped".into(),
+                ))
+            }
+        };
+        let (a, _) = Self::key_attributes(spec, opts, tpl, false);
+        let a = Attributes { class, ..a };
+        let e = self.ev(
+            "key-unwrap",
+            s.role.short(),
+            s.partition(),
+            Some(&opts.label),
+            &format!("success: {spec} unwrapped with {:?} ({mech})", attrs.label),
+        );
+        self.store.write(|t| {
+            let mut part = Self::partition_by_id(t, id)?;
+            let h = Self::put_key(t, &mut part, &pmk, a, public, Some(&m))?;
+            t.put("partition", &pid(id), &part)?;
+            t.event(&e)?;
+            Ok(h)
         })
     }
 

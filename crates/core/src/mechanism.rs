@@ -253,6 +253,12 @@ pub enum Mechanism {
     Des3Ecb,
     /// Triple DES CBC with the caller's 8-byte IV, whole blocks.
     Des3Cbc,
+    /// AES key wrap (RFC 3394, `CKM_AES_KEY_WRAP`): keys of whole 8-byte blocks.
+    AesKw,
+    /// AES key wrap with padding (RFC 5649, `CKM_AES_KEY_WRAP_KWP`): keys of any length.
+    AesKwp,
+    /// PKCS#7 padding to whole 8-byte blocks, then RFC 3394 (`CKM_AES_KEY_WRAP_PAD`).
+    AesKwPkcs7,
 }
 
 const MECHS: &[(&str, Mechanism)] = &[
@@ -286,6 +292,9 @@ const MECHS: &[(&str, Mechanism)] = &[
     ("hmac-sha512", Mechanism::Hmac(Hash::Sha512)),
     ("des3-ecb", Mechanism::Des3Ecb),
     ("des3-cbc", Mechanism::Des3Cbc),
+    ("aes-kw", Mechanism::AesKw),
+    ("aes-kwp", Mechanism::AesKwp),
+    ("aes-kw-pkcs7", Mechanism::AesKwPkcs7),
 ];
 
 impl fmt::Display for Mechanism {
@@ -915,6 +924,151 @@ pub fn decrypt(
     }
 }
 
+/// Wraps key material (a raw secret key or a PKCS#8 private key) under a wrapping key: AES
+/// KW/KWP with a secret AES key, or RSA-OAEP with an RSA public key (SPKI).
+pub fn wrap(
+    wrapper_spec: KeySpec,
+    wrapper: &[u8],
+    mech: Mechanism,
+    p: &Params,
+    key: &[u8],
+) -> Result<Vec<u8>> {
+    use aws_lc_rs::key_wrap::{AesKek, KeyWrap, KeyWrapPadded, AES_128, AES_256};
+    match mech {
+        Mechanism::AesKwPkcs7 => {
+            let pad = 8 - key.len() % 8;
+            let mut padded = zeroize::Zeroizing::new(key.to_vec());
+            padded.extend(std::iter::repeat_n(pad as u8, pad));
+            wrap(wrapper_spec, wrapper, Mechanism::AesKw, p, &padded)
+        }
+        Mechanism::AesKw | Mechanism::AesKwp => {
+            let cipher = match wrapper_spec {
+                KeySpec::Aes128 => &AES_128,
+                KeySpec::Aes256 => &AES_256,
+                _ => return Err(mismatch(wrapper_spec, mech)),
+            };
+            let kek = AesKek::new(cipher, wrapper)
+                .map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
+            let mut out = vec![0u8; key.len().div_ceil(8) * 8 + 8];
+            let n = if mech == Mechanism::AesKw {
+                if key.len() % 8 != 0 || key.len() < 16 {
+                    return Err(HsmError::InvalidInput("AES key wrap (KW) takes keys of whole 8-byte blocks, at least 16 bytes; use KWP".into()));
+                }
+                kek.wrap(key, &mut out)
+                    .map_err(|_| failed("AES key wrap"))?
+                    .len()
+            } else {
+                kek.wrap_with_padding(key, &mut out)
+                    .map_err(|_| failed("AES key wrap"))?
+                    .len()
+            };
+            out.truncate(n);
+            Ok(out)
+        }
+        Mechanism::RsaOaep(_) => encrypt(wrapper_spec, wrapper, mech, p, key),
+        _ => Err(mismatch(wrapper_spec, mech)),
+    }
+}
+
+/// Unwraps what [`wrap`] made. A wrong key or altered input is an error, never wrong material.
+pub fn unwrap(
+    unwrapper_spec: KeySpec,
+    unwrapper: &SecretBytes,
+    mech: Mechanism,
+    p: &Params,
+    wrapped: &[u8],
+) -> Result<SecretBytes> {
+    use aws_lc_rs::key_wrap::{AesKek, KeyWrap, KeyWrapPadded, AES_128, AES_256};
+    match mech {
+        Mechanism::AesKwPkcs7 => {
+            let m = unwrap(unwrapper_spec, unwrapper, Mechanism::AesKw, p, wrapped)?;
+            let b = m.expose();
+            let pad = b.last().copied().unwrap_or(0) as usize;
+            let ok = (1..=8).contains(&pad)
+                && pad <= b.len()
+                && b[b.len() - pad..].iter().all(|x| *x as usize == pad);
+            if !ok {
+                return Err(HsmError::Crypto("unwrap failed: bad padding".into()));
+            }
+            Ok(SecretBytes::new(b[..b.len() - pad].to_vec()))
+        }
+        Mechanism::AesKw | Mechanism::AesKwp => {
+            let cipher = match unwrapper_spec {
+                KeySpec::Aes128 => &AES_128,
+                KeySpec::Aes256 => &AES_256,
+                _ => return Err(mismatch(unwrapper_spec, mech)),
+            };
+            let kek = AesKek::new(cipher, unwrapper.expose())
+                .map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
+            let mut out = vec![0u8; wrapped.len()];
+            let bad = || {
+                HsmError::Crypto("unwrap failed: wrong key, or the wrapped key was altered".into())
+            };
+            let n = if mech == Mechanism::AesKw {
+                kek.unwrap(wrapped, &mut out).map_err(|_| bad())?.len()
+            } else {
+                kek.unwrap_with_padding(wrapped, &mut out)
+                    .map_err(|_| bad())?
+                    .len()
+            };
+            out.truncate(n);
+            Ok(SecretBytes::new(out))
+        }
+        Mechanism::RsaOaep(_) => decrypt(unwrapper_spec, unwrapper, mech, p, wrapped),
+        _ => Err(mismatch(unwrapper_spec, mech)),
+    }
+}
+
+/// Length of what [`wrap`] returns for `key_len` bytes of key material.
+pub fn wrapped_len(wrapper_spec: KeySpec, mech: Mechanism, key_len: usize) -> usize {
+    match mech {
+        Mechanism::AesKw | Mechanism::AesKwp => key_len.div_ceil(8) * 8 + 8,
+        Mechanism::AesKwPkcs7 => (key_len / 8 + 1) * 8 + 8,
+        _ => signature_len(wrapper_spec, mech),
+    }
+}
+
+/// Identifies a PKCS#8 private key this HSM can hold: its spec and public key (SPKI).
+pub fn identify_private_key(pkcs8: &[u8]) -> Result<(KeySpec, Vec<u8>)> {
+    if let Ok(kp) = rsa::KeyPair::from_pkcs8(pkcs8) {
+        let spec = match kp.public_modulus_len() {
+            256 => KeySpec::Rsa2048,
+            384 => KeySpec::Rsa3072,
+            512 => KeySpec::Rsa4096,
+            n => {
+                return Err(HsmError::InvalidInput(format!(
+                    "RSA keys of {} bits are not held here",
+                    n * 8
+                )))
+            }
+        };
+        let public = kp
+            .public_key()
+            .as_der()
+            .map_err(|_| failed("RSA public key encoding"))?;
+        return Ok((spec, public.as_ref().to_vec()));
+    }
+    for spec in [KeySpec::EcP256, KeySpec::EcP384] {
+        if let Ok(kp) = signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, pkcs8) {
+            let public = kp
+                .public_key()
+                .as_der()
+                .map_err(|_| failed("EC public key encoding"))?;
+            return Ok((spec, public.as_ref().to_vec()));
+        }
+    }
+    if let Ok(kp) = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8) {
+        let public = kp
+            .public_key()
+            .as_der()
+            .map_err(|_| failed("Ed25519 public key encoding"))?;
+        return Ok((KeySpec::Ed25519, public.as_ref().to_vec()));
+    }
+    Err(HsmError::InvalidInput(
+        "the unwrapped data is not a PKCS#8 RSA, EC P-256/P-384 or Ed25519 private key".into(),
+    ))
+}
+
 /// DER of the named curve's OID, as `CKA_EC_PARAMS` carries it.
 pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
     match spec {
@@ -1328,6 +1482,73 @@ mod tests {
             &m
         )
         .is_err());
+    }
+
+    #[test]
+    fn key_wrap_known_answers() {
+        // RFC 3394 §4.1: 128-bit KEK wraps 128 bits of key data.
+        let kek = h("000102030405060708090a0b0c0d0e0f");
+        let key = h("00112233445566778899aabbccddeeff");
+        let w = wrap(
+            KeySpec::Aes128,
+            &kek,
+            Mechanism::AesKw,
+            &Params::default(),
+            &key,
+        )
+        .unwrap();
+        assert_eq!(
+            hex::encode(&w),
+            "1fa68b0a8112b447aef34bd8fb5a7b829d3e862371d2cfe5"
+        );
+        assert_eq!(
+            unwrap(
+                KeySpec::Aes128,
+                &SecretBytes::new(kek.clone()),
+                Mechanism::AesKw,
+                &Params::default(),
+                &w
+            )
+            .unwrap()
+            .expose(),
+            key.as_slice()
+        );
+        // RFC 5649 §6: 192-bit KEK is not offered here (aws-lc has 128 and 256); check KWP
+        // round trips at odd lengths and that KW refuses them.
+        let k256 = h("000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f");
+        for len in [1usize, 7, 8, 20, 33] {
+            let m = vec![0xa5; len];
+            // KW-PAD needs two semiblocks after padding, so at least 8 bytes of key.
+            let mechs: &[Mechanism] = if len >= 8 {
+                &[Mechanism::AesKwp, Mechanism::AesKwPkcs7]
+            } else {
+                &[Mechanism::AesKwp]
+            };
+            for &mech in mechs {
+                let w = wrap(KeySpec::Aes256, &k256, mech, &Params::default(), &m).unwrap();
+                assert_eq!(w.len(), wrapped_len(KeySpec::Aes256, mech, len));
+                assert_eq!(
+                    unwrap(
+                        KeySpec::Aes256,
+                        &SecretBytes::new(k256.clone()),
+                        mech,
+                        &Params::default(),
+                        &w
+                    )
+                    .unwrap()
+                    .expose(),
+                    m.as_slice()
+                );
+            }
+            assert!(wrap(
+                KeySpec::Aes256,
+                &k256,
+                Mechanism::AesKw,
+                &Params::default(),
+                &m
+            )
+            .is_err());
+        }
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub struct Attributes {
     /// `CKA_DERIVE`.
     #[serde(default)]
     pub derive: bool,
+    /// `CKA_WRAP_WITH_TRUSTED`: may be wrapped only by a trusted key.
+    #[serde(default)]
+    pub wrap_with_trusted: bool,
+    /// `CKA_TRUSTED`: a trusted wrapping key. Never set by this HSM (only a security officer
+    /// could, and security officers never touch keys), so `wrap_with_trusted` keys stay in.
+    #[serde(default)]
+    pub trusted: bool,
     /// When created (UTC).
     pub created: String,
 }
@@ -136,6 +143,8 @@ pub struct KeyTemplate {
     pub unwrap: Option<bool>,
     /// `CKA_DERIVE`.
     pub derive: Option<bool>,
+    /// `CKA_WRAP_WITH_TRUSTED`.
+    pub wrap_with_trusted: Option<bool>,
     /// Label of the public key, if it differs from the private key's.
     pub public_label: Option<String>,
     /// `CKA_ID` of the public key, if it differs.

@@ -662,3 +662,170 @@ fn inv7_no_pin_or_secret_in_errors_or_events() {
         }
     }
 }
+
+// ---------------------------------------------------------------- invariant 1: keys leave only wrapped, and only when allowed
+
+#[test]
+fn inv1_keys_leave_only_wrapped_and_only_when_attributes_allow() {
+    use ferrohsm_core::object::KeyTemplate;
+    let (f, mut hsm) = fixture();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let kek_tpl = KeyTemplate {
+        wrap: Some(true),
+        unwrap: Some(true),
+        ..Default::default()
+    };
+    let kek = hsm
+        .generate_key_with(
+            &co,
+            KeySpec::Aes256,
+            &KeyOptions {
+                label: "kek".into(),
+                id: vec![],
+                extractable: false,
+            },
+            &kek_tpl,
+        )
+        .unwrap()[0];
+    let movable = hsm
+        .generate_key(
+            &co,
+            KeySpec::Aes128,
+            &KeyOptions {
+                label: "movable".into(),
+                id: vec![],
+                extractable: true,
+            },
+        )
+        .unwrap()[0];
+    let fixed = hsm
+        .find_key(&co, "aes", ObjectClass::SecretKey)
+        .unwrap()
+        .handle;
+    let p = Params::default();
+    // A key generated non-extractable never leaves, wrapped or not.
+    let e = hsm
+        .wrap_key(&co, kek, Mechanism::AesKwp, &p, fixed)
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Refused(m) if m.contains("not extractable")),
+        "{e}"
+    );
+    // A key that may not wrap cannot be used to wrap.
+    let e = hsm
+        .wrap_key(&co, movable, Mechanism::AesKwp, &p, kek)
+        .unwrap_err();
+    assert!(matches!(e, HsmError::Refused(_)), "{e}");
+    // CKA_WRAP_WITH_TRUSTED: no key here is trusted, so such a key stays in.
+    let guarded = hsm
+        .generate_key_with(
+            &co,
+            KeySpec::Aes128,
+            &KeyOptions {
+                label: "guarded".into(),
+                id: vec![],
+                extractable: true,
+            },
+            &KeyTemplate {
+                wrap_with_trusted: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap()[0];
+    let e = hsm
+        .wrap_key(&co, kek, Mechanism::AesKwp, &p, guarded)
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Refused(m) if m.contains("trusted")),
+        "{e}"
+    );
+    // Allowed: out wrapped, back in as a new, non-local key that is the same key.
+    let wrapped = hsm
+        .wrap_key(&co, kek, Mechanism::AesKwp, &p, movable)
+        .unwrap();
+    assert_eq!(wrapped.len(), 16 + 8);
+    let back = hsm
+        .unwrap_key(
+            &co,
+            kek,
+            Mechanism::AesKwp,
+            &p,
+            &wrapped,
+            ObjectClass::SecretKey,
+            None,
+            &KeyOptions {
+                label: "back".into(),
+                id: vec![],
+                extractable: false,
+            },
+            &KeyTemplate::default(),
+        )
+        .unwrap();
+    let gcm = Params {
+        iv: vec![3; 12],
+        ..Default::default()
+    };
+    assert_eq!(
+        hsm.encrypt(&co, movable, Mechanism::AesGcm, &gcm, b"same key?")
+            .unwrap(),
+        hsm.encrypt(&co, back, Mechanism::AesGcm, &gcm, b"same key?")
+            .unwrap()
+    );
+    let info = hsm.list_objects(&co, Some("back")).unwrap().remove(0).attrs;
+    assert!(!info.local && !info.always_sensitive && !info.never_extractable && info.sensitive);
+    // A changed byte of the wrapped key is refused, never a different key.
+    let mut bad = wrapped.clone();
+    bad[3] ^= 1;
+    assert!(matches!(
+        hsm.unwrap_key(
+            &co,
+            kek,
+            Mechanism::AesKwp,
+            &p,
+            &bad,
+            ObjectClass::SecretKey,
+            None,
+            &KeyOptions {
+                label: "bad".into(),
+                id: vec![],
+                extractable: false
+            },
+            &KeyTemplate::default()
+        ),
+        Err(HsmError::Crypto(_))
+    ));
+    // The Crypto User may use keys, not import them.
+    let cu = login(&f, &mut hsm, Role::CryptoUser, "cu");
+    assert!(matches!(
+        hsm.unwrap_key(
+            &cu,
+            kek,
+            Mechanism::AesKwp,
+            &p,
+            &wrapped,
+            ObjectClass::SecretKey,
+            None,
+            &KeyOptions {
+                label: "cu".into(),
+                id: vec![],
+                extractable: false
+            },
+            &KeyTemplate::default()
+        ),
+        Err(HsmError::Refused(_))
+    ));
+    // Every export and import is in the audit trail, durably, with what and by which key.
+    let ev = hsm.events().unwrap();
+    assert!(ev.iter().any(|e| e.event == "key-wrap"
+        && e.object.as_deref() == Some("movable")
+        && e.outcome.contains("\"kek\"")));
+    assert!(ev
+        .iter()
+        .any(|e| e.event == "key-unwrap" && e.object.as_deref() == Some("back")));
+    assert!(
+        ev.iter().any(|e| e.event == "key-wrap"
+            && e.outcome.starts_with("failure")
+            && e.outcome.contains("not extractable")),
+        "a refused export must be recorded"
+    );
+}

@@ -637,7 +637,9 @@ pub unsafe extern "C" fn C_WrapKey(
     arg5: *mut CK_BYTE,
     arg6: *mut CK_ULONG,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_WrapKey;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_WrapKey(arg1, arg2, arg3, arg4, arg5, arg6) })
 }
 
 #[no_mangle]
@@ -651,7 +653,9 @@ pub unsafe extern "C" fn C_UnwrapKey(
     arg7: CK_ULONG,
     arg8: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_UnwrapKey;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_UnwrapKey(arg1, arg2, arg3, arg4, arg5, arg6, arg7, arg8) })
 }
 
 #[no_mangle]

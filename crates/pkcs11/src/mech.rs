@@ -23,7 +23,15 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
-    (CKM_RSA_PKCS_OAEP, 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
+    (
+        CKM_RSA_PKCS_OAEP,
+        2048,
+        4096,
+        CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP,
+    ),
+    (CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP),
+    (CKM_AES_KEY_WRAP_KWP, 16, 32, CKF_WRAP | CKF_UNWRAP),
+    (CKM_AES_KEY_WRAP_PAD, 16, 32, CKF_WRAP | CKF_UNWRAP),
     (
         CKM_ECDSA,
         256,
@@ -313,6 +321,38 @@ pub fn ctr_would_wrap(iv: &[u8], bits: u32, len: usize) -> bool {
     counter
         .checked_add(blocks)
         .is_none_or(|end| end > (1u128 << bits))
+}
+
+/// A key-wrapping mechanism and its parameters, for a wrapping key of `spec`.
+pub fn wrap_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<(Mechanism, Params)> {
+    match code {
+        // CKM_AES_KEY_WRAP (RFC 3394) and CKM_AES_KEY_WRAP_KWP (RFC 5649); the default IVs only.
+        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_KWP | CKM_AES_KEY_WRAP_PAD => {
+            if !matches!(spec, KeySpec::Aes128 | KeySpec::Aes256) {
+                return Err(CKR_WRAPPING_KEY_TYPE_INCONSISTENT);
+            }
+            if !p.is_empty() {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            let m = match code {
+                CKM_AES_KEY_WRAP => Mechanism::AesKw,
+                CKM_AES_KEY_WRAP_KWP => Mechanism::AesKwp,
+                _ => Mechanism::AesKwPkcs7,
+            };
+            Ok((m, Params::default()))
+        }
+        CKM_RSA_PKCS_OAEP => {
+            let (m, params, _) = cipher_mechanism(code, p, spec).map_err(|e| {
+                if e == CKR_KEY_TYPE_INCONSISTENT {
+                    CKR_WRAPPING_KEY_TYPE_INCONSISTENT
+                } else {
+                    e
+                }
+            })?;
+            Ok((m, params))
+        }
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
 }
 
 #[cfg(test)]

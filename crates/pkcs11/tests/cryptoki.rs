@@ -692,45 +692,306 @@ fn symmetric_mechanisms_block_modes_macs_and_3des() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
     let (_slot, s) = token(&f);
-    let aes = s.generate_key(&Mechanism::AesKeyGen, &[Attribute::Token(true), Attribute::ValueLen(16.into()), Attribute::Sign(true), Attribute::Verify(true)]).unwrap();
+    let aes = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(16.into()),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+            ],
+        )
+        .unwrap();
     let iv = [0x42u8; 16];
     let p: Vec<u8> = (0u8..48).collect();
     // CBC semantics, checked with the token's own ECB: C1 = E(P1 xor IV), C2 = E(P2 xor C1).
     let cbc = s.encrypt(&Mechanism::AesCbc(iv), aes, &p).unwrap();
     let x1: Vec<u8> = p[..16].iter().zip(iv).map(|(a, b)| a ^ b).collect();
     assert_eq!(s.encrypt(&Mechanism::AesEcb, aes, &x1).unwrap(), cbc[..16]);
-    let x2: Vec<u8> = p[16..32].iter().zip(&cbc[..16]).map(|(a, b)| a ^ b).collect();
-    assert_eq!(s.encrypt(&Mechanism::AesEcb, aes, &x2).unwrap(), cbc[16..32]);
+    let x2: Vec<u8> = p[16..32]
+        .iter()
+        .zip(&cbc[..16])
+        .map(|(a, b)| a ^ b)
+        .collect();
+    assert_eq!(
+        s.encrypt(&Mechanism::AesEcb, aes, &x2).unwrap(),
+        cbc[16..32]
+    );
     assert_eq!(s.decrypt(&Mechanism::AesCbc(iv), aes, &cbc).unwrap(), p);
-    assert_eq!(err(s.encrypt(&Mechanism::AesCbc(iv), aes, &p[..20]).unwrap_err()), RvError::DataLenRange);
+    assert_eq!(
+        err(s
+            .encrypt(&Mechanism::AesCbc(iv), aes, &p[..20])
+            .unwrap_err()),
+        RvError::DataLenRange
+    );
     // CBC with padding: any length.
     for len in [0usize, 5, 16, 31] {
-        let ct = s.encrypt(&Mechanism::AesCbcPad(iv), aes, &p[..len]).unwrap();
+        let ct = s
+            .encrypt(&Mechanism::AesCbcPad(iv), aes, &p[..len])
+            .unwrap();
         assert_eq!(ct.len(), (len / 16 + 1) * 16);
-        assert_eq!(s.decrypt(&Mechanism::AesCbcPad(iv), aes, &ct).unwrap(), &p[..len]);
+        assert_eq!(
+            s.decrypt(&Mechanism::AesCbcPad(iv), aes, &ct).unwrap(),
+            &p[..len]
+        );
     }
     // AES-CMAC: verifies, and a changed byte does not.
     let tag = s.sign(&Mechanism::AesCMac, aes, b"message").unwrap();
     assert_eq!(tag.len(), 16);
-    s.verify(&Mechanism::AesCMac, aes, b"message", &tag).unwrap();
-    assert_eq!(err(s.verify(&Mechanism::AesCMac, aes, b"messagE", &tag).unwrap_err()), RvError::SignatureInvalid);
+    s.verify(&Mechanism::AesCMac, aes, b"message", &tag)
+        .unwrap();
+    assert_eq!(
+        err(s
+            .verify(&Mechanism::AesCMac, aes, b"messagE", &tag)
+            .unwrap_err()),
+        RvError::SignatureInvalid
+    );
     // HMAC with a generic secret, which is sensitive like any secret key.
-    let hk = s.generate_key(&Mechanism::GenericSecretKeyGen, &[Attribute::Token(true), Attribute::ValueLen(32.into())]).unwrap();
+    let hk = s
+        .generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[Attribute::Token(true), Attribute::ValueLen(32.into())],
+        )
+        .unwrap();
     let mac = s.sign(&Mechanism::Sha256Hmac, hk, b"data").unwrap();
     assert_eq!(mac.len(), 32);
     s.verify(&Mechanism::Sha256Hmac, hk, b"data", &mac).unwrap();
-    assert_eq!(err(s.verify(&Mechanism::Sha256Hmac, hk, b"datA", &mac).unwrap_err()), RvError::SignatureInvalid);
-    assert!(matches!(s.get_attribute_info(hk, &[AttributeType::Value]).unwrap()[0], AttributeInfo::Sensitive));
-    assert_eq!(s.get_attributes(hk, &[AttributeType::KeyType]).unwrap(), vec![Attribute::KeyType(KeyType::GENERIC_SECRET)]);
+    assert_eq!(
+        err(s
+            .verify(&Mechanism::Sha256Hmac, hk, b"datA", &mac)
+            .unwrap_err()),
+        RvError::SignatureInvalid
+    );
+    assert!(matches!(
+        s.get_attribute_info(hk, &[AttributeType::Value]).unwrap()[0],
+        AttributeInfo::Sensitive
+    ));
+    assert_eq!(
+        s.get_attributes(hk, &[AttributeType::KeyType]).unwrap(),
+        vec![Attribute::KeyType(KeyType::GENERIC_SECRET)]
+    );
     // HMAC needs a generic secret; CMAC an AES key.
-    assert_eq!(err(s.sign(&Mechanism::Sha256Hmac, aes, b"x").unwrap_err()), RvError::KeyTypeInconsistent);
-    assert_eq!(err(s.sign(&Mechanism::AesCMac, hk, b"x").unwrap_err()), RvError::KeyTypeInconsistent);
+    assert_eq!(
+        err(s.sign(&Mechanism::Sha256Hmac, aes, b"x").unwrap_err()),
+        RvError::KeyTypeInconsistent
+    );
+    assert_eq!(
+        err(s.sign(&Mechanism::AesCMac, hk, b"x").unwrap_err()),
+        RvError::KeyTypeInconsistent
+    );
     // A generic secret encrypts nothing unless asked to.
-    assert_eq!(err(s.encrypt(&Mechanism::AesEcb, hk, &[0; 16]).unwrap_err()), RvError::KeyFunctionNotPermitted);
+    assert_eq!(
+        err(s.encrypt(&Mechanism::AesEcb, hk, &[0; 16]).unwrap_err()),
+        RvError::KeyFunctionNotPermitted
+    );
     // 3DES.
-    let des = s.generate_key(&Mechanism::Des3KeyGen, &[Attribute::Token(true)]).unwrap();
-    let ct = s.encrypt(&Mechanism::Des3Cbc([7; 8]), des, &p[..16]).unwrap();
-    assert_eq!(s.decrypt(&Mechanism::Des3Cbc([7; 8]), des, &ct).unwrap(), &p[..16]);
+    let des = s
+        .generate_key(&Mechanism::Des3KeyGen, &[Attribute::Token(true)])
+        .unwrap();
+    let ct = s
+        .encrypt(&Mechanism::Des3Cbc([7; 8]), des, &p[..16])
+        .unwrap();
+    assert_eq!(
+        s.decrypt(&Mechanism::Des3Cbc([7; 8]), des, &ct).unwrap(),
+        &p[..16]
+    );
     let e = s.encrypt(&Mechanism::Des3Ecb, des, &p[..8]).unwrap();
     assert_eq!(s.decrypt(&Mechanism::Des3Ecb, des, &e).unwrap(), &p[..8]);
+}
+
+#[test]
+fn wrap_and_unwrap_honour_extractable_and_round_trip() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let kek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+            ],
+        )
+        .unwrap();
+    let target = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(16.into()),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .unwrap();
+    let stuck = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::Token(true), Attribute::ValueLen(16.into())],
+        )
+        .unwrap();
+    // Not extractable: never leaves.
+    assert_eq!(
+        err(s
+            .wrap_key(&Mechanism::AesKeyWrapPad, kek, stuck)
+            .unwrap_err()),
+        RvError::KeyUnextractable
+    );
+    // A key without CKA_WRAP cannot wrap, even an extractable key.
+    assert_eq!(
+        err(s
+            .wrap_key(&Mechanism::AesKeyWrapPad, stuck, target)
+            .unwrap_err()),
+        RvError::KeyFunctionNotPermitted
+    );
+    for m in [Mechanism::AesKeyWrap, Mechanism::AesKeyWrapPad] {
+        let wrapped = s.wrap_key(&m, kek, target).unwrap();
+        // KW: 16 + 8; KW-PAD: a whole padding block more.
+        assert_eq!(
+            wrapped.len(),
+            if matches!(m, Mechanism::AesKeyWrap) {
+                24
+            } else {
+                32
+            }
+        );
+        let back = s
+            .unwrap_key(
+                &m,
+                kek,
+                &wrapped,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(true),
+                    Attribute::Encrypt(true),
+                ],
+            )
+            .unwrap();
+        // Same key: the same ECB block out.
+        assert_eq!(
+            s.encrypt(&Mechanism::AesEcb, back, &[9; 16]).unwrap(),
+            s.encrypt(&Mechanism::AesEcb, target, &[9; 16]).unwrap()
+        );
+        let a = s
+            .get_attributes(
+                back,
+                &[
+                    AttributeType::Local,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::NeverExtractable,
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            a,
+            vec![
+                Attribute::Local(false),
+                Attribute::AlwaysSensitive(false),
+                Attribute::NeverExtractable(false)
+            ]
+        );
+        let mut bad = wrapped.clone();
+        bad[0] ^= 1;
+        assert_eq!(
+            err(s
+                .unwrap_key(
+                    &m,
+                    kek,
+                    &bad,
+                    &[
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(KeyType::AES),
+                        Attribute::Token(true)
+                    ]
+                )
+                .unwrap_err()),
+            RvError::WrappedKeyInvalid
+        );
+    }
+    // RSA-OAEP wraps a secret key; the RSA private key unwraps it.
+    let (rpub, rpriv) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::Wrap(true),
+            ],
+            &[Attribute::Token(true), Attribute::Unwrap(true)],
+        )
+        .unwrap();
+    let oaep = PkcsOaepParams::new(
+        MechanismType::SHA256,
+        PkcsMgfType::MGF1_SHA256,
+        PkcsOaepSource::empty(),
+    );
+    let w = s
+        .wrap_key(&Mechanism::RsaPkcsOaep(oaep), rpub, target)
+        .unwrap();
+    assert_eq!(w.len(), 256);
+    let back = s
+        .unwrap_key(
+            &Mechanism::RsaPkcsOaep(oaep),
+            rpriv,
+            &w,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        s.encrypt(&Mechanism::AesEcb, back, &[1; 16]).unwrap(),
+        s.encrypt(&Mechanism::AesEcb, target, &[1; 16]).unwrap()
+    );
+    // An extractable EC private key travels under KWP and still signs for its public key.
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (ecpub, ecpriv) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(p256)],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::Extractable(true),
+            ],
+        )
+        .unwrap();
+    let w = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, ecpriv).unwrap();
+    let back = s
+        .unwrap_key(
+            &Mechanism::AesKeyWrapPad,
+            kek,
+            &w,
+            &[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Sign(true),
+            ],
+        )
+        .unwrap();
+    let sig = s.sign(&Mechanism::EcdsaSha256, back, b"moved").unwrap();
+    s.verify(&Mechanism::EcdsaSha256, ecpub, b"moved", &sig)
+        .unwrap();
+    // CKA_TRUSTED is the security officer's, and they never touch keys.
+    assert_eq!(
+        err(s
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::ValueLen(16.into()),
+                    Attribute::Trusted(true)
+                ]
+            )
+            .unwrap_err()),
+        RvError::AttributeReadOnly
+    );
 }
