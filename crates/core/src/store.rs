@@ -283,11 +283,22 @@ impl Store {
             Err(KeyFileError::Io(e)) => return Err(e),
         };
         let serial = self.serial()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let signer: Option<SignerState> = audit::get_state(&tx, &root, "signer")?;
-        let signer = match signer {
+        // Read without the write lock: opening the store must not queue behind writers.
+        let existing: Option<SignerState> = {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)?;
+            audit::get_state(&tx, &root, "signer")?
+        };
+        // Only the very first open makes a signing key, under the write lock (and re-checks).
+        let tx = self.conn.transaction_with_behavior(if existing.is_some() {
+            TransactionBehavior::Deferred
+        } else {
+            TransactionBehavior::Immediate
+        })?;
+        let signer = match existing
+            .map_or_else(|| audit::get_state(&tx, &root, "signer"), |s| Ok(Some(s)))?
+        {
             Some(s) => s,
             None => {
                 let (skey, vkey, origin) = audit::new_signing_key(&serial);

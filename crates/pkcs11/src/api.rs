@@ -70,6 +70,7 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             sessions: Default::default(),
             logins: Default::default(),
             next_handle: 1,
+            control: Mutex::new(None),
         });
         Ok(())
     })())
@@ -217,12 +218,32 @@ struct Slot {
 }
 
 fn hsm_info(m: &Module) -> Rv<Option<HsmInfo>> {
-    match open_hsm(&m.config) {
-        Ok(mut h) => h.info().map(Some).map_err(|e| rv(&e)),
-        // No HSM at the configured place: no slots, not an error.
-        Err(CKR_DEVICE_ERROR) if !m.config.data_dir.join("hsm.db").exists() => Ok(None),
-        Err(e) => Err(e),
+    let mut control = m.control.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    // The cached handle may be stale (another process re-initialised or zeroized the HSM):
+    // on failure, try once more with a fresh one.
+    for attempt in 0..2 {
+        if control.is_none() {
+            match open_hsm(&m.config) {
+                Ok(h) => *control = Some(h),
+                // No HSM at the configured place: no slots, not an error.
+                Err(CKR_DEVICE_ERROR) if !m.config.data_dir.join("hsm.db").exists() => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let h = control.as_mut().ok_or(CKR_GENERAL_ERROR)?;
+        match h.info() {
+            Ok(i) => return Ok(Some(i)),
+            Err(e) => {
+                *control = None;
+                if attempt == 1 {
+                    return Err(rv(&e));
+                }
+            }
+        }
     }
+    Err(CKR_GENERAL_ERROR)
 }
 
 fn slots(m: &Module) -> Rv<Vec<Slot>> {

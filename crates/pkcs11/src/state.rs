@@ -120,6 +120,9 @@ pub struct Module {
     pub logins: HashMap<CK_SLOT_ID, Arc<Login>>,
     /// Next session handle.
     pub next_handle: CK_SESSION_HANDLE,
+    /// One engine handle kept for slot and token queries, so that they do not open the store
+    /// each time.
+    pub control: Mutex<Option<Hsm>>,
 }
 
 /// The module state; `None` until `C_Initialize`.
