@@ -18,26 +18,9 @@ use crate::{
 
 type R<T> = Result<T, HsmError>;
 
-/// File-name-safe form of a label.
-fn safe(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Default key-file prefix for a role: `<serial>-hsm-so`, `<serial>-<partition>-co`, ….
+/// Default key-file prefix for a role (see [`ferrohsm_core::ped::default_key_prefix`]).
 pub fn key_prefix(serial: &str, partition: Option<&str>, what: &str) -> String {
-    match partition {
-        Some(p) => format!("{serial}-{}-{what}", safe(p)),
-        None => format!("{serial}-{what}"),
-    }
+    ferrohsm_core::ped::default_key_prefix(serial, partition, what)
 }
 
 fn mode(hsm: &mut Hsm) -> R<AuthMode> {

@@ -28,12 +28,9 @@ pub struct Login {
     pub challenge: Option<String>,
 }
 
-/// The PED keys for logging in as `prefix` (a role): explicit or the default files.
+/// The PED keys for logging in as `prefix` (a role): the default files.
 pub fn default_keys(ped_dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    (1..=16)
-        .map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey")))
-        .filter(|p| p.exists())
-        .collect()
+    ferrohsm_core::ped::default_keys(ped_dir, prefix)
 }
 
 /// Owns what a [`Credential`] borrows.

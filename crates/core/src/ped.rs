@@ -168,6 +168,35 @@ impl LocalPed {
     }
 }
 
+/// The default PED key file prefix for a secret, shared by every front end:
+/// `<serial>-hsm-so`, `<serial>-domain`, `<serial>-<partition>-co`, … (the files are
+/// `<prefix>-1.pedkey` to `<prefix>-N.pedkey`; partition labels are made file-name safe).
+pub fn default_key_prefix(serial: &str, partition: Option<&str>, what: &str) -> String {
+    let safe = |l: &str| -> String {
+        l.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    match partition {
+        Some(p) => format!("{serial}-{}-{what}", safe(p)),
+        None => format!("{serial}-{what}"),
+    }
+}
+
+/// The existing default key files for a prefix, in share order (what a PED finds "inserted").
+pub fn default_keys(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    (1..=shamir::MAX_SHARES)
+        .map(|i| dir.join(format!("{prefix}-{i}.pedkey")))
+        .filter(|p| p.exists())
+        .collect()
+}
+
 /// Where copy `k` (1-based) of a key file goes: `dir/stem.copyK.pedkey`.
 pub fn duplicate_path(key: &Path, k: u8) -> PathBuf {
     let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("key");

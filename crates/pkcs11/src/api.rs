@@ -139,26 +139,9 @@ static INTERFACES: [Interface; 2] = [
 ];
 
 pub unsafe fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut CK_ULONG) -> CK_RV {
-    done((|| {
-        if count.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        // SAFETY: non-NULL per check.
-        let have = unsafe { *count };
-        // SAFETY: as above.
-        unsafe { *count = INTERFACES.len() as CK_ULONG };
-        if list.is_null() {
-            return Ok(());
-        }
-        if (have as usize) < INTERFACES.len() {
-            return Err(CKR_BUFFER_TOO_SMALL);
-        }
-        for (i, itf) in INTERFACES.iter().enumerate() {
-            // SAFETY: the caller gave room for `have >= len` interfaces.
-            unsafe { list.add(i).write(CK_INTERFACE { ..itf.0 }) };
-        }
-        Ok(())
-    })())
+    let list_of: Vec<CK_INTERFACE> = INTERFACES.iter().map(|i| CK_INTERFACE { ..i.0 }).collect();
+    // SAFETY: out_array checks for NULL; validity per contract.
+    done(unsafe { ffi::out_array(&list_of, list, count) })
 }
 
 pub unsafe fn C_GetInterface(
@@ -290,24 +273,8 @@ pub unsafe fn C_GetSlotList(
 ) -> CK_RV {
     done(with_module(|m| {
         let ids: Vec<CK_SLOT_ID> = slots(m)?.iter().map(|s| s.id).collect();
-        if count.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        // SAFETY: non-NULL per check.
-        let have = unsafe { *count };
-        // SAFETY: as above.
-        unsafe { *count = ids.len() as CK_ULONG };
-        if list.is_null() {
-            return Ok(());
-        }
-        if (have as usize) < ids.len() {
-            return Err(CKR_BUFFER_TOO_SMALL);
-        }
-        for (i, id) in ids.iter().enumerate() {
-            // SAFETY: room for `have >= len` ids per contract.
-            unsafe { list.add(i).write(*id) };
-        }
-        Ok(())
+        // SAFETY: out_array checks for NULL; validity per contract.
+        unsafe { ffi::out_array(&ids, list, count) }
     }))
 }
 
@@ -415,24 +382,9 @@ pub unsafe fn C_GetMechanismList(
 ) -> CK_RV {
     done(with_module(|m| {
         slot(m, id)?;
-        if count.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        // SAFETY: non-NULL per check.
-        let have = unsafe { *count };
-        // SAFETY: as above.
-        unsafe { *count = mech::MECHANISMS.len() as CK_ULONG };
-        if list.is_null() {
-            return Ok(());
-        }
-        if (have as usize) < mech::MECHANISMS.len() {
-            return Err(CKR_BUFFER_TOO_SMALL);
-        }
-        for (i, (t, ..)) in mech::MECHANISMS.iter().enumerate() {
-            // SAFETY: room for `have >= len` entries per contract.
-            unsafe { list.add(i).write(*t) };
-        }
-        Ok(())
+        let types: Vec<CK_MECHANISM_TYPE> = mech::MECHANISMS.iter().map(|(t, ..)| *t).collect();
+        // SAFETY: out_array checks for NULL; validity per contract.
+        unsafe { ffi::out_array(&types, list, count) }
     }))
 }
 
@@ -788,11 +740,12 @@ pub unsafe fn C_Login(
                 }
                 // Otherwise the PED: the role's key files in the configured PED directory.
                 (AuthMode::Ped, _, _) => {
-                    let prefix = format!("{}-{}-{}", s.hsm.serial(), safe(&label), role.short());
-                    let keys: Vec<_> = (1..=16)
-                        .map(|i| ped_dir.join(format!("{prefix}-{i}.pedkey")))
-                        .filter(|p| p.exists())
-                        .collect();
+                    let prefix = ferrohsm_core::ped::default_key_prefix(
+                        s.hsm.serial(),
+                        Some(&label),
+                        role.short(),
+                    );
+                    let keys = ferrohsm_core::ped::default_keys(&ped_dir, &prefix);
                     let pin = std::env::var("FERROHSM_PED_PIN")
                         .ok()
                         .and_then(|p| Pin::ped_pin(&p).ok());
@@ -818,19 +771,6 @@ pub unsafe fn C_Login(
             Ok(())
         })
     })())
-}
-
-fn safe(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 pub unsafe fn C_LoginUser(

@@ -62,6 +62,30 @@ pub unsafe fn out_bytes(data: &[u8], out: *mut CK_BYTE, len: *mut CK_ULONG) -> R
     Ok(())
 }
 
+/// The two-call length convention for an array of values (slot ids, mechanism types,
+/// interfaces): a NULL array asks for the count; a short one gets `CKR_BUFFER_TOO_SMALL`.
+///
+/// # Safety
+/// `count` must be NULL or valid for read and write; `out` NULL or valid for `*count` items.
+pub unsafe fn out_array<T: Copy>(items: &[T], out: *mut T, count: *mut CK_ULONG) -> Rv {
+    if count.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: non-NULL, valid per contract.
+    let have = unsafe { *count };
+    // SAFETY: as above.
+    unsafe { *count = items.len() as CK_ULONG };
+    if out.is_null() {
+        return Ok(());
+    }
+    if (have as usize) < items.len() {
+        return Err(CKR_BUFFER_TOO_SMALL);
+    }
+    // SAFETY: `out` holds `have >= len` items per contract, and is not our memory.
+    unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), out, items.len()) };
+    Ok(())
+}
+
 /// Whether a two-call output is a length query or too small, answering it if so, before any
 /// work is done. Returns `Ok(true)` when the caller must stop here (answered).
 ///

@@ -1,0 +1,654 @@
+//! `ferrohsm-bench`: the same PKCS#11 workload against ferrohsm's module and SoftHSMv2 in one
+//! run, alternating, beside raw aws-lc-rs doing the same operation in the same process. Prints
+//! median ops/s with min and max over the rounds, ferrohsm / SoftHSMv2 and ferrohsm / raw.
+//!
+//!     cargo build --release && target/release/ferrohsm-bench \
+//!         --module target/release/libferrohsm_pkcs11.so --softhsm /usr/lib/softhsm/libsofthsm2.so
+//!
+//! Figures, not tests: nothing is asserted, and the machine's noise is visible in min/max.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::KeyPair as _;
+use clap::Parser;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+#[derive(Parser)]
+#[command(about = "Benchmark ferrohsm's PKCS#11 module against SoftHSMv2 and raw aws-lc-rs")]
+struct Args {
+    /// ferrohsm's module.
+    #[arg(long, default_value = "target/release/libferrohsm_pkcs11.so")]
+    module: PathBuf,
+    /// SoftHSMv2's module (Debian package softhsm2).
+    #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+    softhsm: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Alternating rounds per row (median, min and max are over these).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Only rows whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+const USER_PIN: &str = "bench-user-pin";
+/// The message signed in the RSA and Ed25519 rows.
+const MSG: &[u8] = b"benchmark message, 32 bytes long";
+/// A SHA-256 digest for the ECDSA rows (the value does not matter, its length does).
+const DIGEST: [u8; 32] = [0x42; 32];
+const SO_PIN: &str = "bench-so-pin";
+
+/// One loaded module with a token ready and keys made.
+struct Target {
+    name: &'static str,
+    p11: Pkcs11,
+    slot: Slot,
+    _keep: Session,
+    keys: Keys,
+}
+
+#[derive(Clone)]
+struct Keys {
+    rsa: (ObjectHandle, ObjectHandle),
+    ec: (ObjectHandle, ObjectHandle),
+    ed: Option<(ObjectHandle, ObjectHandle)>,
+    aes: ObjectHandle,
+    hmac: ObjectHandle,
+    /// Signatures made by this target, for the verify rows.
+    rsa_sig: Arc<Vec<u8>>,
+    ec_sig: Arc<Vec<u8>>,
+}
+
+fn pin(s: &str) -> AuthPin {
+    AuthPin::new(s.into())
+}
+
+fn load(path: &PathBuf) -> Pkcs11 {
+    let p = Pkcs11::new(path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()));
+    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    p
+}
+
+fn token(name: &'static str, p11: Pkcs11) -> Target {
+    let slot = *p11
+        .get_slots_with_token()
+        .expect("slots")
+        .iter()
+        .find(|s| {
+            !p11.get_token_info(**s)
+                .map(|t| t.token_initialized())
+                .unwrap_or(true)
+        })
+        .expect("an uninitialised token");
+    p11.init_token(slot, &pin(SO_PIN), "bench")
+        .expect("C_InitToken");
+    // SoftHSMv2 moves a token to a new slot id at C_InitToken; find it by label.
+    let slot = *p11
+        .get_slots_with_token()
+        .expect("slots")
+        .iter()
+        .find(|s| {
+            p11.get_token_info(**s)
+                .map(|t| t.label() == "bench")
+                .unwrap_or(false)
+        })
+        .expect("the initialised token");
+    let s = p11.open_rw_session(slot).expect("session");
+    s.login(UserType::So, Some(&pin(SO_PIN))).expect("SO login");
+    s.init_pin(&pin(USER_PIN)).expect("C_InitPIN");
+    s.logout().expect("logout");
+    s.login(UserType::User, Some(&pin(USER_PIN)))
+        .expect("user login");
+    let t = Attribute::Token(true);
+    let rsa = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                t.clone(),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Verify(true),
+            ],
+            &[t.clone(), Attribute::Sign(true), Attribute::Sensitive(true)],
+        )
+        .expect("RSA key");
+    let ec = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                t.clone(),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+                Attribute::Verify(true),
+            ],
+            &[t.clone(), Attribute::Sign(true), Attribute::Sensitive(true)],
+        )
+        .expect("EC key");
+    let ed = s
+        .generate_key_pair(
+            &Mechanism::EccEdwardsKeyPairGen,
+            &[
+                t.clone(),
+                Attribute::EcParams(vec![0x06, 0x03, 0x2b, 0x65, 0x70]),
+                Attribute::Verify(true),
+            ],
+            &[t.clone(), Attribute::Sign(true), Attribute::Sensitive(true)],
+        )
+        .ok();
+    let aes = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                t.clone(),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .expect("AES key");
+    let hmac = s
+        .generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[
+                t.clone(),
+                Attribute::ValueLen(32.into()),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+            ],
+        )
+        .expect("HMAC key");
+    let rsa_sig = Arc::new(
+        s.sign(&Mechanism::Sha256RsaPkcs, rsa.1, MSG)
+            .expect("RSA signature"),
+    );
+    let ec_sig = Arc::new(
+        s.sign(&Mechanism::Ecdsa, ec.1, &DIGEST)
+            .expect("ECDSA signature"),
+    );
+    Target {
+        name,
+        p11,
+        slot,
+        _keep: s,
+        keys: Keys {
+            rsa,
+            ec,
+            ed,
+            aes,
+            hmac,
+            rsa_sig,
+            ec_sig,
+        },
+    }
+}
+
+/// Runs `op` in `threads` threads for `secs`; each thread gets its own `setup()`. Returns ops/s.
+fn rate<S: Send + 'static>(
+    threads: usize,
+    secs: f64,
+    setup: impl Fn() -> S + Send + Sync + 'static,
+    op: impl Fn(&mut S, u64) + Send + Sync + 'static,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let setup = Arc::new(setup);
+    let op = Arc::new(op);
+    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (stop, count, setup, op, ready) = (
+                stop.clone(),
+                count.clone(),
+                setup.clone(),
+                op.clone(),
+                ready.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut st = setup();
+                ready.wait();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    op(&mut st, n);
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    ready.wait();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let el = t0.elapsed().as_secs_f64();
+    for h in hs {
+        h.join().expect("bench thread");
+    }
+    count.load(Ordering::Relaxed) as f64 / el
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// A PKCS#11 operation on one target's keys.
+type P11Op = Arc<dyn Fn(&Session, &Keys, u64) + Send + Sync>;
+/// A raw aws-lc-rs operation and its per-thread state.
+type RawSetup = Arc<dyn Fn() -> Box<dyn FnMut(u64) + Send> + Send + Sync>;
+
+struct Row {
+    name: String,
+    p11: P11Op,
+    raw: Option<RawSetup>,
+}
+
+fn session(t: &Target) -> Session {
+    t.p11.open_rw_session(t.slot).expect("session")
+}
+
+/// Whether the target can do the operation at all (one try, panics caught).
+fn supported(t: &Target, op: &P11Op) -> bool {
+    let s = session(t);
+    let keys = t.keys.clone();
+    let op = op.clone();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&s, &keys, u64::MAX / 2))).is_ok()
+}
+
+fn measure(t: &Target, threads: usize, secs: f64, op: &P11Op) -> f64 {
+    let p11 = t.p11.clone();
+    let slot = t.slot;
+    let keys = t.keys.clone();
+    let op = op.clone();
+    rate(
+        threads,
+        secs,
+        move || p11.open_rw_session(slot).expect("session"),
+        move |s: &mut Session, n| op(s, &keys, n),
+    )
+}
+
+fn measure_raw(threads: usize, secs: f64, raw: &RawSetup) -> f64 {
+    let raw = raw.clone();
+    rate(
+        threads,
+        secs,
+        move || raw(),
+        |f: &mut Box<dyn FnMut(u64) + Send>, n| f(n),
+    )
+}
+
+fn gcm_iv(n: u64) -> [u8; 12] {
+    let mut iv = [0u8; 12];
+    iv[4..].copy_from_slice(&n.to_be_bytes());
+    iv
+}
+
+fn rows(only: &Option<String>) -> Vec<Row> {
+    use aws_lc_rs::{aead, hmac, rand::SystemRandom, rsa, signature};
+    let msg: &'static [u8] = MSG;
+    let pss = PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: 32.into(),
+    };
+    let rsa_raw: RawSetup = Arc::new(|| {
+        let kp = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa");
+        let rng = SystemRandom::new();
+        Box::new(move |_| {
+            let mut sig = vec![0u8; kp.public_modulus_len()];
+            kp.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &rng,
+                b"benchmark message, 32 bytes long",
+                &mut sig,
+            )
+            .expect("sign");
+        })
+    });
+    let pss_raw: RawSetup = Arc::new(|| {
+        let kp = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa");
+        let rng = SystemRandom::new();
+        Box::new(move |_| {
+            let mut sig = vec![0u8; kp.public_modulus_len()];
+            kp.sign(
+                &signature::RSA_PSS_SHA256,
+                &rng,
+                b"benchmark message, 32 bytes long",
+                &mut sig,
+            )
+            .expect("sign");
+        })
+    });
+    let ec_raw: RawSetup = Arc::new(|| {
+        let kp = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+            .expect("ec");
+        let rng = SystemRandom::new();
+        Box::new(move |_| {
+            kp.sign(&rng, b"benchmark message, 32 bytes long")
+                .expect("sign");
+        })
+    });
+    let ed_raw: RawSetup = Arc::new(|| {
+        let kp = signature::Ed25519KeyPair::generate().expect("ed");
+        Box::new(move |_| {
+            std::hint::black_box(kp.sign(b"benchmark message, 32 bytes long"));
+        })
+    });
+    let rsa_v_raw: RawSetup = Arc::new(|| {
+        let kp = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa");
+        let mut sig = vec![0u8; kp.public_modulus_len()];
+        kp.sign(
+            &signature::RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            b"benchmark message, 32 bytes long",
+            &mut sig,
+        )
+        .expect("sign");
+        let pk = kp.public_key().as_ref().to_vec();
+        Box::new(move |_| {
+            signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &pk)
+                .verify(b"benchmark message, 32 bytes long", &sig)
+                .expect("verify");
+        })
+    });
+    let ec_v_raw: RawSetup = Arc::new(|| {
+        let kp = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+            .expect("ec");
+        let sig = kp
+            .sign(&SystemRandom::new(), b"benchmark message, 32 bytes long")
+            .expect("sign")
+            .as_ref()
+            .to_vec();
+        let pk = kp.public_key().as_ref().to_vec();
+        Box::new(move |_| {
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &pk)
+                .verify(b"benchmark message, 32 bytes long", &sig)
+                .expect("verify");
+        })
+    });
+    let gcm_raw = |len: usize| -> RawSetup {
+        Arc::new(move || {
+            let k = aead::LessSafeKey::new(
+                aead::UnboundKey::new(&aead::AES_256_GCM, &[7u8; 32]).expect("aes"),
+            );
+            let data = vec![0x5au8; len];
+            Box::new(move |n| {
+                let mut buf = data.clone();
+                k.seal_in_place_append_tag(
+                    aead::Nonce::assume_unique_for_key(gcm_iv(n)),
+                    aead::Aad::empty(),
+                    &mut buf,
+                )
+                .expect("seal");
+            })
+        })
+    };
+    let hmac_raw: RawSetup = Arc::new(|| {
+        let k = hmac::Key::new(hmac::HMAC_SHA256, &[9u8; 32]);
+        Box::new(move |_| {
+            std::hint::black_box(hmac::sign(&k, &[0x5a; 64]));
+        })
+    });
+    let all = vec![
+        Row {
+            name: "C_Sign RSA-2048 PKCS#1 v1.5 SHA-256".into(),
+            raw: Some(rsa_raw),
+            p11: Arc::new(move |s, k, _| {
+                s.sign(&Mechanism::Sha256RsaPkcs, k.rsa.1, msg)
+                    .expect("sign");
+            }),
+        },
+        Row {
+            name: "C_Sign RSA-2048 PSS SHA-256".into(),
+            raw: Some(pss_raw),
+            p11: Arc::new(move |s, k, _| {
+                s.sign(&Mechanism::Sha256RsaPkcsPss(pss), k.rsa.1, msg)
+                    .expect("sign");
+            }),
+        },
+        // SoftHSMv2 2.6 has no CKM_ECDSA_SHA256: both modules sign the client's SHA-256 digest.
+        Row {
+            name: "C_Sign ECDSA P-256 (SHA-256 digest)".into(),
+            raw: Some(ec_raw),
+            p11: Arc::new(move |s, k, _| {
+                s.sign(&Mechanism::Ecdsa, k.ec.1, &DIGEST).expect("sign");
+            }),
+        },
+        Row {
+            name: "C_Sign Ed25519".into(),
+            raw: Some(ed_raw),
+            p11: Arc::new(move |s, k, _| {
+                if let Some(ed) = k.ed {
+                    s.sign(
+                        &Mechanism::Eddsa(cryptoki::mechanism::eddsa::EddsaParams::new(
+                            cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
+                        )),
+                        ed.1,
+                        msg,
+                    )
+                    .expect("sign");
+                }
+            }),
+        },
+        Row {
+            name: "C_Verify RSA-2048 PKCS#1 v1.5 SHA-256".into(),
+            raw: Some(rsa_v_raw),
+            p11: Arc::new(move |s, k, _| {
+                s.verify(&Mechanism::Sha256RsaPkcs, k.rsa.0, msg, &k.rsa_sig)
+                    .expect("verify");
+            }),
+        },
+        Row {
+            name: "C_Verify ECDSA P-256 (SHA-256 digest)".into(),
+            raw: Some(ec_v_raw),
+            p11: Arc::new(move |s, k, _| {
+                s.verify(&Mechanism::Ecdsa, k.ec.0, &DIGEST, &k.ec_sig)
+                    .expect("verify");
+            }),
+        },
+        Row {
+            name: "C_Encrypt AES-256-GCM 64 B".into(),
+            raw: Some(gcm_raw(64)),
+            p11: Arc::new(move |s, k, n| {
+                let mut iv = gcm_iv(n);
+                s.encrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, &[], 128.into()).expect("gcm")),
+                    k.aes,
+                    &[0x5a; 64],
+                )
+                .expect("encrypt");
+            }),
+        },
+        Row {
+            name: "C_Encrypt AES-256-GCM 4 KiB".into(),
+            raw: Some(gcm_raw(4096)),
+            p11: Arc::new(move |s, k, n| {
+                let mut iv = gcm_iv(n);
+                s.encrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, &[], 128.into()).expect("gcm")),
+                    k.aes,
+                    &[0x5a; 4096],
+                )
+                .expect("encrypt");
+            }),
+        },
+        Row {
+            name: "C_Sign HMAC-SHA-256 64 B".into(),
+            raw: Some(hmac_raw),
+            p11: Arc::new(move |s, k, _| {
+                s.sign(&Mechanism::Sha256Hmac, k.hmac, &[0x5a; 64])
+                    .expect("hmac");
+            }),
+        },
+    ];
+    all.into_iter()
+        .filter(|r| only.as_ref().is_none_or(|o| r.name.contains(o.as_str())))
+        .collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    // Each module gets a fresh, temporary home that touches no real token.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fdata = tmp.path().join("ferrohsm");
+    let mut hsm = ferrohsm_core::Hsm::open_or_create(&fdata).expect("ferrohsm data dir");
+    hsm.init(ferrohsm_core::InitOptions {
+        label: "bench".into(),
+        mode: ferrohsm_core::AuthMode::Password,
+        so: ferrohsm_core::NewSecret::Password(
+            ferrohsm_core::secret::Pin::password("bench-hsm-so").expect("pin"),
+        ),
+        domain: ferrohsm_core::NewSecret::Password(
+            ferrohsm_core::secret::Pin::password("bench-domain").expect("pin"),
+        ),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .expect("HSM init");
+    drop(hsm);
+    std::env::set_var("FERROHSM_HOME", &fdata);
+    let sdir = tmp.path().join("softhsm");
+    std::fs::create_dir_all(sdir.join("tokens")).expect("softhsm dir");
+    let conf = sdir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            sdir.join("tokens").display()
+        ),
+    )
+    .expect("conf");
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+
+    let ferro = token("ferrohsm", load(&args.module));
+    let soft = token("SoftHSMv2", load(&args.softhsm));
+    println!(
+        "ferrohsm-bench: {} s per figure, {} alternating rounds; ops/s median [min..max]",
+        args.seconds, args.rounds
+    );
+    println!(
+        "{:<40} {:>3} {:>26} {:>26} {:>26} {:>8} {:>8}",
+        "operation", "thr", "ferrohsm", "SoftHSMv2", "raw aws-lc-rs", "f/soft", "f/raw"
+    );
+    let fmt = |(m, lo, hi): (f64, f64, f64)| format!("{m:>8.0} [{lo:.0}..{hi:.0}]");
+    // Probing a mechanism a module lacks panics inside the probe; keep that quiet.
+    std::panic::set_hook(Box::new(|_| {}));
+    for row in rows(&args.only) {
+        let (f_ok, s_ok) = (supported(&ferro, &row.p11), supported(&soft, &row.p11));
+        if !f_ok || !s_ok {
+            println!(
+                "{:<40}     {}",
+                row.name,
+                if f_ok {
+                    "SoftHSMv2: n/a (mechanism not offered)"
+                } else {
+                    "ferrohsm: n/a (mechanism not offered)"
+                }
+            );
+            continue;
+        }
+        for threads in [1usize, 2] {
+            let (mut f, mut s, mut r) = (vec![], vec![], vec![]);
+            for _ in 0..args.rounds {
+                f.push(measure(&ferro, threads, args.seconds, &row.p11));
+                s.push(measure(&soft, threads, args.seconds, &row.p11));
+                if let Some(raw) = &row.raw {
+                    r.push(measure_raw(threads, args.seconds, raw));
+                }
+            }
+            let (fs, ss) = (stats(f), stats(s));
+            let rs = (!r.is_empty()).then(|| stats(r));
+            println!(
+                "{:<40} {:>3} {:>26} {:>26} {:>26} {:>8.2} {:>8}",
+                row.name,
+                threads,
+                fmt(fs),
+                fmt(ss),
+                rs.map(fmt).unwrap_or_else(|| "-".into()),
+                fs.0 / ss.0.max(1e-9),
+                rs.map(|r| format!("{:.2}", fs.0 / r.0))
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    // Latencies and rounds that are not per-key operations.
+    for (name, t) in [("ferrohsm", &ferro), ("SoftHSMv2", &soft)] {
+        let s = session(t);
+        let time = |f: &dyn Fn()| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1000.0
+        };
+        let rsa: Vec<f64> = (0..5)
+            .map(|_| {
+                time(&|| {
+                    s.generate_key_pair(
+                        &Mechanism::RsaPkcsKeyPairGen,
+                        &[Attribute::Token(true), Attribute::ModulusBits(2048.into())],
+                        &[Attribute::Token(true)],
+                    )
+                    .expect("keygen");
+                })
+            })
+            .collect();
+        let ec: Vec<f64> = (0..20)
+            .map(|_| {
+                time(&|| {
+                    s.generate_key_pair(
+                        &Mechanism::EccKeyPairGen,
+                        &[
+                            Attribute::Token(true),
+                            Attribute::EcParams(vec![
+                                0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                            ]),
+                        ],
+                        &[Attribute::Token(true)],
+                    )
+                    .expect("keygen");
+                })
+            })
+            .collect();
+        let (rm, rlo, rhi) = stats(rsa);
+        let (em, elo, ehi) = stats(ec);
+        println!(
+            "{:<40} {name:<10} median {rm:8.1} ms [{rlo:.1}..{rhi:.1}]",
+            "C_GenerateKeyPair RSA-2048 latency"
+        );
+        println!(
+            "{:<40} {name:<10} median {em:8.2} ms [{elo:.2}..{ehi:.2}]",
+            "C_GenerateKeyPair EC P-256 latency"
+        );
+        let p11 = t.p11.clone();
+        let slot = t.slot;
+        let open_close = rate(
+            1,
+            args.seconds,
+            move || p11.clone(),
+            move |p, _| {
+                p.open_ro_session(slot)
+                    .expect("open")
+                    .close()
+                    .expect("close");
+            },
+        );
+        println!(
+            "{:<40} {name:<10} {open_close:8.0} rounds/s",
+            "C_OpenSession + C_CloseSession"
+        );
+    }
+    let _ = (ferro.name, soft.name);
+}
