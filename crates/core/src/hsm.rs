@@ -704,10 +704,7 @@ impl Hsm {
         }
         let pre = self.store.read(|t| {
             if role == Role::Auditor {
-                let root = &t
-                    .audit
-                    .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
-                    .root;
+                let root = &t.audit_keys()?.root;
                 let a: Option<RoleAuth> = audit::get_state(&t.tx, root, "auditor")?;
                 let mode = match a.as_ref().map(|a| &a.method) {
                     Some(AuthMethod::Password { .. }) => AuthMode::Password,
@@ -2201,10 +2198,7 @@ impl Hsm {
         current: Option<Credential<'_>>,
     ) -> Result<Option<Imprinted>> {
         let (exists, allow_mofn) = self.store.read(|t| {
-            let root = &t
-                .audit
-                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
-                .root;
+            let root = &t.audit_keys()?.root;
             let exists = audit::get_state::<RoleAuth>(&t.tx, root, "auditor")?.is_some();
             let allow = if t.get::<Device>("device", "").ok().flatten().is_some() {
                 Self::device(t)?.policy.m_of_n
@@ -2259,10 +2253,7 @@ impl Hsm {
             }
         }
         let c = self.store.read(|t| {
-            let root = &t
-                .audit
-                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
-                .root;
+            let root = &t.audit_keys()?.root;
             Ok(audit::get_state::<AuditConfig>(&t.tx, root, "config")?.unwrap_or_default())
         })?;
         self.audit_cfg = Some((version, c.clone()));
@@ -2341,9 +2332,7 @@ impl Hsm {
         );
         self.store.write(|t| t.event(&e))?;
         self.store.read(|t| {
-            let keys = t
-                .audit
-                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?;
+            let keys = t.audit_keys()?;
             let mut sizes: Vec<u64> = earlier.to_vec();
             for (size, note) in audit::checkpoints(&t.tx)? {
                 if !ferrohsm_audit::witness::cosigners(&note, &witnesses).is_empty() {
@@ -2362,9 +2351,7 @@ impl Hsm {
         self.auditor_only(s, "verifying the audit log")?;
         self.flush_key_use()?;
         let (ex, all) = self.store.read(|t| {
-            let keys = t
-                .audit
-                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?;
+            let keys = t.audit_keys()?;
             let all: Vec<(u64, String)> = audit::checkpoints(&t.tx)?;
             let sizes: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
             Ok((audit::export(&t.tx, keys, 1, &sizes)?, all))
@@ -2384,10 +2371,7 @@ impl Hsm {
 
     fn read_witnesses(&mut self) -> Result<Vec<Witness>> {
         self.store.read(|t| {
-            let root = &t
-                .audit
-                .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))?
-                .root;
+            let root = &t.audit_keys()?.root;
             Ok(audit::get_state::<Vec<Witness>>(&t.tx, root, "witnesses")?.unwrap_or_default())
         })
     }

@@ -323,9 +323,7 @@ impl Store {
 
     /// The audit keys (verifier key, origin, root), if the audit key loaded.
     pub fn audit_keys(&self) -> Result<&AuditKeys> {
-        self.audit
-            .as_ref()
-            .ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))
+        audit_available(self.audit.as_ref())
     }
 
     /// Destroys the whole audit log and its keys, and starts a new one (factory reset only).
@@ -494,6 +492,11 @@ pub struct Txn<'a> {
     force_manifest: bool,
 }
 
+/// The audit keys, or the error every caller reports when the audit key did not load.
+fn audit_available(keys: Option<&AuditKeys>) -> Result<&AuditKeys> {
+    keys.ok_or_else(|| HsmError::Store("the audit log is unavailable".into()))
+}
+
 fn rec_aad(kind: &str, id: &str) -> Vec<u8> {
     [b"rec\0".as_slice(), kind.as_bytes(), b"\0", id.as_bytes()].concat()
 }
@@ -502,7 +505,12 @@ fn obj_aad(partition: u32, handle: u64) -> Vec<u8> {
     format!("obj\0{partition}\0{handle}").into_bytes()
 }
 
-impl Txn<'_> {
+impl<'a> Txn<'a> {
+    /// The audit keys of this store; an error when the audit key did not load.
+    pub(crate) fn audit_keys(&self) -> Result<&'a AuditKeys> {
+        audit_available(self.audit)
+    }
+
     fn keys(&self) -> Result<&Keys> {
         self.keys.ok_or_else(zeroized)
     }
