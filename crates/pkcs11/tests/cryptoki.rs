@@ -20,13 +20,17 @@ use ferrohsm_core::{AuthMode, Hsm, NewSecret};
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The module this test run built. `cargo test` leaves the cdylib beside the test binary in
+/// `deps/` (it copies it up to `target/<profile>/` only on `cargo build`, where a stale one
+/// may lie), so the copy in `deps/` comes first.
 fn module_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libferrohsm_pkcs11.so")
+    let deps = exe.parent().unwrap();
+    let fresh = deps.join("libferrohsm_pkcs11.so");
+    if fresh.exists() {
+        return fresh;
+    }
+    deps.parent().unwrap().join("libferrohsm_pkcs11.so")
 }
 
 struct Fixture {
