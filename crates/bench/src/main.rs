@@ -7,6 +7,8 @@
 //!
 //! Figures, not tests: nothing is asserted, and the machine's noise is visible in min/max.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
