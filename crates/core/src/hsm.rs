@@ -1750,13 +1750,7 @@ impl Hsm {
                 k.attrs.label
             )));
         }
-        if !w.attrs.wrap {
-            return Some(HsmError::Refused(format!(
-                "key {:?} may not wrap (CKA_WRAP is false)",
-                w.attrs.label
-            )));
-        }
-        None
+        Self::require_usage(w.attrs.wrap, &w.attrs.label, "wrap", "CKA_WRAP").err()
     }
 
     /// Length of what [`Hsm::wrap_key`] would return (for the two-call convention).
@@ -1767,8 +1761,8 @@ impl Hsm {
         mech: Mechanism,
         target: u64,
     ) -> Result<usize> {
-        let (id, pmk, w, _) = self.wrap_check(s, wrapper, target)?;
-        let (_, _, m) = self.private_material(id, &pmk, target)?;
+        let (id, pmk, w, k) = self.wrap_check(s, wrapper, target)?;
+        let m = Self::open_material(id, &pmk, target, &k)?;
         Ok(mechanism::wrapped_len(w.attrs.spec, mech, m.len()))
     }
 
@@ -1784,10 +1778,9 @@ impl Hsm {
         target: u64,
     ) -> Result<Vec<u8>> {
         let (id, pmk, w, k) = self.wrap_check(s, wrapper, target)?;
-        let (_, _, m) = self.private_material(id, &pmk, target)?;
+        let m = Self::open_material(id, &pmk, target, &k)?;
         let wrapping_key = if w.attrs.class == ObjectClass::SecretKey {
-            self.private_material(id, &pmk, wrapper)?
-                .2
+            Self::open_material(id, &pmk, wrapper, &w)?
                 .expose()
                 .to_vec()
         } else {
@@ -1825,13 +1818,8 @@ impl Hsm {
         tpl: &KeyTemplate,
     ) -> Result<u64> {
         let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
-        let (attrs, _, key) = self.private_material(id, &pmk, unwrapper)?;
-        if !attrs.unwrap {
-            return Err(HsmError::Refused(format!(
-                "key {:?} may not unwrap (CKA_UNWRAP is false)",
-                attrs.label
-            )));
-        }
+        let (attrs, key) = self.private_material(id, &pmk, unwrapper)?;
+        Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")?;
         let m = mechanism::unwrap(attrs.spec, &key, mech, p, wrapped)?;
         let (spec, public) = match class {
             ObjectClass::PrivateKey => {
@@ -2020,23 +2008,44 @@ impl Hsm {
         }
     }
 
+    /// Loads an object and unseals its key material.
     fn private_material(
         &mut self,
         id: u32,
         pmk: &Secret32,
         handle: u64,
-    ) -> Result<(Attributes, Option<Vec<u8>>, SecretBytes)> {
+    ) -> Result<(Attributes, SecretBytes)> {
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
+        let m = Self::open_material(id, pmk, handle, &rec)?;
+        Ok((rec.attrs, m))
+    }
+
+    /// Unseals the key material of an already loaded object (no second store read).
+    fn open_material(
+        id: u32,
+        pmk: &Secret32,
+        handle: u64,
+        rec: &ObjectRecord,
+    ) -> Result<SecretBytes> {
         let sealed = rec.material.as_ref().ok_or_else(|| {
             HsmError::InvalidInput(format!("object {handle} holds no secret or private key"))
         })?;
-        let m = crypto::open(
+        crypto::open(
             pmk,
             &Self::material_aad(id, handle),
             sealed,
             &format!("key material of object {handle}"),
-        )?;
-        Ok((rec.attrs, rec.public, m))
+        )
+    }
+
+    /// The refusal when a key's usage attribute (`CKA_SIGN`, …) does not allow `op`.
+    fn require_usage(allowed: bool, label: &str, op: &str, attribute: &str) -> Result<()> {
+        if allowed {
+            return Ok(());
+        }
+        Err(HsmError::Refused(format!(
+            "key {label:?} may not {op} ({attribute} is false)"
+        )))
     }
 
     /// Signs with a private key (Crypto Officer or Crypto User).
@@ -2048,13 +2057,8 @@ impl Hsm {
         data: &[u8],
     ) -> Result<Vec<u8>> {
         let (id, pmk) = self.key_user(s, "signing", false)?;
-        let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
-        if !attrs.sign {
-            return Err(HsmError::Refused(format!(
-                "key {:?} may not sign (CKA_SIGN is false)",
-                attrs.label
-            )));
-        }
+        let (attrs, m) = self.private_material(id, &pmk, handle)?;
+        Self::require_usage(attrs.sign, &attrs.label, "sign", "CKA_SIGN")?;
         let sig = mechanism::sign(attrs.spec, &m, mech, data)?;
         self.audit_key_use(s, &attrs.label, &format!("sign {mech}"))?;
         Ok(sig)
@@ -2072,15 +2076,10 @@ impl Hsm {
     ) -> Result<bool> {
         let (id, pmk) = self.key_user(s, "verifying", false)?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        if !rec.attrs.verify {
-            return Err(HsmError::Refused(format!(
-                "key {:?} may not verify (CKA_VERIFY is false)",
-                rec.attrs.label
-            )));
-        }
+        Self::require_usage(rec.attrs.verify, &rec.attrs.label, "verify", "CKA_VERIFY")?;
         let ok = if rec.attrs.class == ObjectClass::SecretKey {
-            let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
-            mechanism::verify(attrs.spec, m.expose(), mech, data, sig)?
+            let m = Self::open_material(id, &pmk, handle, &rec)?;
+            mechanism::verify(rec.attrs.spec, m.expose(), mech, data, sig)?
         } else {
             let public = rec
                 .public
@@ -2107,15 +2106,15 @@ impl Hsm {
     ) -> Result<Vec<u8>> {
         let (id, pmk) = self.key_user(s, "encrypting", false)?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        if !rec.attrs.encrypt {
-            return Err(HsmError::Refused(format!(
-                "key {:?} may not encrypt (CKA_ENCRYPT is false)",
-                rec.attrs.label
-            )));
-        }
+        Self::require_usage(
+            rec.attrs.encrypt,
+            &rec.attrs.label,
+            "encrypt",
+            "CKA_ENCRYPT",
+        )?;
         let ct = if rec.attrs.class == ObjectClass::SecretKey {
-            let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
-            mechanism::encrypt(attrs.spec, m.expose(), mech, p, data)?
+            let m = Self::open_material(id, &pmk, handle, &rec)?;
+            mechanism::encrypt(rec.attrs.spec, m.expose(), mech, p, data)?
         } else {
             let public = rec
                 .public
@@ -2136,13 +2135,8 @@ impl Hsm {
         data: &[u8],
     ) -> Result<SecretBytes> {
         let (id, pmk) = self.key_user(s, "decrypting", false)?;
-        let (attrs, _, m) = self.private_material(id, &pmk, handle)?;
-        if !attrs.decrypt {
-            return Err(HsmError::Refused(format!(
-                "key {:?} may not decrypt (CKA_DECRYPT is false)",
-                attrs.label
-            )));
-        }
+        let (attrs, m) = self.private_material(id, &pmk, handle)?;
+        Self::require_usage(attrs.decrypt, &attrs.label, "decrypt", "CKA_DECRYPT")?;
         let pt = mechanism::decrypt(attrs.spec, &m, mech, p, data)?;
         self.audit_key_use(s, &attrs.label, &format!("decrypt {mech}"))?;
         Ok(pt)
