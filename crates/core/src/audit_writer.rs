@@ -178,11 +178,6 @@ fn commit(
     batch: &[Msg],
 ) -> std::result::Result<(), String> {
     store
-        .write(|t| {
-            for e in unflushed.iter().chain(batch.iter().map(|m| &m.event)) {
-                t.event(e)?;
-            }
-            Ok(())
-        })
+        .append_events(unflushed.iter().chain(batch.iter().map(|m| &m.event)))
         .map_err(|e| e.to_string())
 }

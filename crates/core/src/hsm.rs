@@ -2,8 +2,9 @@
 //! through [`Hsm`]; it checks role and policy, records an event in the same transaction as
 //! the change, runs the operation and persists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -142,14 +143,86 @@ impl Partition {
 }
 
 /// A logged-in role. Holds the partition master key for the Crypto Officer and Crypto User,
-/// wiped on drop. A session is only as good as the state it was made from: every operation
-/// re-reads that state and re-checks the role.
+/// wiped on drop, and the keys this login has unsealed (its key cache, dropped with it).
+/// Every operation re-checks the role; keys are served from the cache only while the
+/// store's state generation is the one they were loaded at.
 #[derive(Debug)]
 pub struct Session {
     role: Role,
     partition: Option<u32>,
     partition_label: Option<String>,
     pmk: Option<Secret32>,
+    cache: KeyCache,
+}
+
+/// At most this many keys are kept per login; beyond it keys are loaded per operation.
+const KEY_CACHE_MAX: usize = 4096;
+
+/// The keys a login has unsealed and parsed, by handle, for one state generation of the
+/// store. Any change to the HSM's state (an object created, changed or destroyed, a role,
+/// partition or policy changed, a zeroize), made by any connection of any process, moves the
+/// generation on, and the next lookup empties the cache, so a destroyed or changed key is
+/// never served from it. Audit appends do not move the generation.
+#[derive(Default)]
+struct KeyCache {
+    inner: Mutex<(u64, HashMap<u64, Arc<LoadedKey>>)>,
+}
+
+impl KeyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Arc<LoadedKey>>)> {
+        // Nothing under this lock can panic half-way; a poisoned map is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, generation: u64, handle: u64) -> Option<Arc<LoadedKey>> {
+        let mut g = self.lock();
+        if g.0 != generation {
+            g.1.clear();
+            g.0 = generation;
+            return None;
+        }
+        g.1.get(&handle).cloned()
+    }
+
+    /// Keeps a key loaded after `generation` was read (so it is at least that new).
+    fn put(&self, generation: u64, key: Arc<LoadedKey>) {
+        let mut g = self.lock();
+        if g.0 == generation && g.1.len() < KEY_CACHE_MAX {
+            g.1.insert(key.info.handle, key);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().1.len()
+    }
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyCache({} keys)", self.len())
+    }
+}
+
+/// A key object ready for use: what callers may see of it, and (for private and secret keys)
+/// its material unsealed and parsed once. Obtained from [`Hsm::load_key`]; usable only by a
+/// session of the partition it came from.
+#[derive(Debug)]
+pub struct LoadedKey {
+    /// Handle, attributes and public value.
+    pub info: ObjectInfo,
+    partition: u32,
+    key: Option<mechanism::Key>,
+}
+
+impl LoadedKey {
+    fn material(&self) -> Result<&mechanism::Key> {
+        self.key.as_ref().ok_or_else(|| {
+            HsmError::InvalidInput(format!(
+                "object {} holds no secret or private key",
+                self.info.handle
+            ))
+        })
+    }
 }
 
 impl Session {
@@ -252,8 +325,8 @@ pub struct Hsm {
     store: Store,
     serial: String,
     writer: Option<(KeyUseAudit, AuditWriter)>,
-    /// The audit configuration and the store's data version it was read at.
-    audit_cfg: Option<(i64, AuditConfig)>,
+    /// The audit configuration and the state generation it was read at.
+    audit_cfg: Option<(u64, AuditConfig)>,
 }
 
 impl Hsm {
@@ -916,6 +989,7 @@ impl Hsm {
                 partition: part_id,
                 partition_label: partition.map(str::to_owned),
                 pmk,
+                cache: KeyCache::default(),
             }),
             Err((e, zeroize_hsm)) => {
                 if zeroize_hsm {
@@ -1496,6 +1570,16 @@ impl Hsm {
     // ---- objects ----
 
     fn key_user(&mut self, s: &Session, action: &str, write: bool) -> Result<(u32, Secret32)> {
+        let id = self.key_role(s, action, write)?;
+        let pmk = s
+            .pmk
+            .clone()
+            .ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
+        Ok((id, pmk))
+    }
+
+    /// Checks that the session may use (or, with `write`, create) keys; its partition's id.
+    fn key_role(&mut self, s: &Session, action: &str, write: bool) -> Result<u32> {
         let ok = match s.role {
             Role::CryptoOfficer => true,
             Role::CryptoUser => !write,
@@ -1514,14 +1598,8 @@ impl Hsm {
                 HsmError::Refused(msg),
             ));
         }
-        let id = s
-            .partition
-            .ok_or_else(|| HsmError::State("no partition".into()))?;
-        let pmk = s
-            .pmk
-            .clone()
-            .ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
-        Ok((id, pmk))
+        s.partition
+            .ok_or_else(|| HsmError::State("no partition".into()))
     }
 
     fn material_aad(partition: u32, handle: u64) -> Vec<u8> {
@@ -2048,7 +2126,57 @@ impl Hsm {
         )))
     }
 
-    /// Signs with a private key (Crypto Officer or Crypto User).
+    /// The key object `handle` ready for use (Crypto Officer or Crypto User): from the
+    /// session's key cache while the store has not changed since it was loaded, otherwise
+    /// read, unsealed and parsed now (and cached). Operations started with it use it as it
+    /// was at this call.
+    pub fn load_key(&mut self, s: &Session, handle: u64) -> Result<Arc<LoadedKey>> {
+        let (id, pmk) = self.key_user(s, "using keys", false)?;
+        let generation = self.store.generation()?;
+        if let Some(k) = s.cache.get(generation, handle) {
+            return Ok(k);
+        }
+        let rec = self.store.read(|t| Self::load(t, id, handle))?;
+        let key = match rec.material {
+            Some(_) => Some(mechanism::Key::parse(
+                rec.attrs.spec,
+                Self::open_material(id, &pmk, handle, &rec)?,
+            )?),
+            None => None,
+        };
+        let k = Arc::new(LoadedKey {
+            info: ObjectInfo {
+                handle,
+                attrs: rec.attrs,
+                public: rec.public,
+            },
+            partition: id,
+            key,
+        });
+        s.cache.put(generation, k.clone());
+        Ok(k)
+    }
+
+    /// Checks that `s` may use `k` for `op` (role, partition, the usage attribute).
+    fn may_use(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        op: &str,
+        allowed: bool,
+        attribute: &str,
+    ) -> Result<()> {
+        let id = self.key_role(s, "using keys", false)?;
+        if k.partition != id {
+            return Err(HsmError::NotFound(format!(
+                "no object with handle {} in this partition",
+                k.info.handle
+            )));
+        }
+        Self::require_usage(allowed, &k.info.attrs.label, op, attribute)
+    }
+
+    /// Signs with a private key, or MACs with a secret key (Crypto Officer or Crypto User).
     pub fn sign(
         &mut self,
         s: &Session,
@@ -2056,11 +2184,21 @@ impl Hsm {
         mech: Mechanism,
         data: &[u8],
     ) -> Result<Vec<u8>> {
-        let (id, pmk) = self.key_user(s, "signing", false)?;
-        let (attrs, m) = self.private_material(id, &pmk, handle)?;
-        Self::require_usage(attrs.sign, &attrs.label, "sign", "CKA_SIGN")?;
-        let sig = mechanism::sign(attrs.spec, &m, mech, data)?;
-        self.audit_key_use(s, &attrs.label, &format!("sign {mech}"))?;
+        let k = self.load_key(s, handle)?;
+        self.sign_loaded(s, &k, mech, data)
+    }
+
+    /// [`Hsm::sign`] with a key already loaded.
+    pub fn sign_loaded(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.may_use(s, k, "sign", k.info.attrs.sign, "CKA_SIGN")?;
+        let sig = mechanism::sign(k.material()?, mech, data)?;
+        self.audit_key_use(s, &k.info.attrs.label, format_args!("sign {mech}"))?;
         Ok(sig)
     }
 
@@ -2074,23 +2212,35 @@ impl Hsm {
         data: &[u8],
         sig: &[u8],
     ) -> Result<bool> {
-        let (id, pmk) = self.key_user(s, "verifying", false)?;
-        let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        Self::require_usage(rec.attrs.verify, &rec.attrs.label, "verify", "CKA_VERIFY")?;
-        let ok = if rec.attrs.class == ObjectClass::SecretKey {
-            let m = Self::open_material(id, &pmk, handle, &rec)?;
-            mechanism::verify(rec.attrs.spec, m.expose(), mech, data, sig)?
+        let k = self.load_key(s, handle)?;
+        self.verify_loaded(s, &k, mech, data, sig)
+    }
+
+    /// [`Hsm::verify`] with a key already loaded.
+    pub fn verify_loaded(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        data: &[u8],
+        sig: &[u8],
+    ) -> Result<bool> {
+        self.may_use(s, k, "verify", k.info.attrs.verify, "CKA_VERIFY")?;
+        let ok = if k.info.attrs.class == ObjectClass::SecretKey {
+            mechanism::verify_mac(k.material()?, mech, data, sig)?
         } else {
-            let public = rec
+            let public = k
+                .info
                 .public
                 .as_ref()
                 .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
-            mechanism::verify(rec.attrs.spec, public, mech, data, sig)?
+            mechanism::verify(k.info.attrs.spec, public, mech, data, sig)?
         };
+        let outcome = if ok { "valid" } else { "invalid" };
         self.audit_key_use(
             s,
-            &rec.attrs.label,
-            &format!("verify {mech} ({})", if ok { "valid" } else { "invalid" }),
+            &k.info.attrs.label,
+            format_args!("verify {mech} ({outcome})"),
         )?;
         Ok(ok)
     }
@@ -2104,24 +2254,31 @@ impl Hsm {
         p: &Params,
         data: &[u8],
     ) -> Result<Vec<u8>> {
-        let (id, pmk) = self.key_user(s, "encrypting", false)?;
-        let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        Self::require_usage(
-            rec.attrs.encrypt,
-            &rec.attrs.label,
-            "encrypt",
-            "CKA_ENCRYPT",
-        )?;
-        let ct = if rec.attrs.class == ObjectClass::SecretKey {
-            let m = Self::open_material(id, &pmk, handle, &rec)?;
-            mechanism::encrypt(rec.attrs.spec, m.expose(), mech, p, data)?
+        let k = self.load_key(s, handle)?;
+        self.encrypt_loaded(s, &k, mech, p, data)
+    }
+
+    /// [`Hsm::encrypt`] with a key already loaded.
+    pub fn encrypt_loaded(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        p: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.may_use(s, k, "encrypt", k.info.attrs.encrypt, "CKA_ENCRYPT")?;
+        let ct = if k.info.attrs.class == ObjectClass::SecretKey {
+            mechanism::encrypt(k.material()?, mech, p, data)?
         } else {
-            let public = rec
+            let public = k
+                .info
                 .public
+                .as_ref()
                 .ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
-            mechanism::encrypt(rec.attrs.spec, &public, mech, p, data)?
+            mechanism::encrypt_public(k.info.attrs.spec, public, mech, p, data)?
         };
-        self.audit_key_use(s, &rec.attrs.label, &format!("encrypt {mech}"))?;
+        self.audit_key_use(s, &k.info.attrs.label, format_args!("encrypt {mech}"))?;
         Ok(ct)
     }
 
@@ -2134,11 +2291,22 @@ impl Hsm {
         p: &Params,
         data: &[u8],
     ) -> Result<SecretBytes> {
-        let (id, pmk) = self.key_user(s, "decrypting", false)?;
-        let (attrs, m) = self.private_material(id, &pmk, handle)?;
-        Self::require_usage(attrs.decrypt, &attrs.label, "decrypt", "CKA_DECRYPT")?;
-        let pt = mechanism::decrypt(attrs.spec, &m, mech, p, data)?;
-        self.audit_key_use(s, &attrs.label, &format!("decrypt {mech}"))?;
+        let k = self.load_key(s, handle)?;
+        self.decrypt_loaded(s, &k, mech, p, data)
+    }
+
+    /// [`Hsm::decrypt`] with a key already loaded.
+    pub fn decrypt_loaded(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        p: &Params,
+        data: &[u8],
+    ) -> Result<SecretBytes> {
+        self.may_use(s, k, "decrypt", k.info.attrs.decrypt, "CKA_DECRYPT")?;
+        let pt = mechanism::decrypt(k.material()?, mech, p, data)?;
+        self.audit_key_use(s, &k.info.attrs.label, format_args!("decrypt {mech}"))?;
         Ok(pt)
     }
 
@@ -2238,9 +2406,9 @@ impl Hsm {
     }
 
     fn read_audit_config(&mut self) -> Result<AuditConfig> {
-        // Key use asks on every operation: read it again only when another connection has
-        // committed since (this connection's own changes clear the cache).
-        let version = self.store.data_version()?;
+        // Key use asks on every operation, which has just read the state generation (when it
+        // loaded its key): read the configuration again only when the generation moved on.
+        let version = self.store.last_generation()?;
         if let Some((v, c)) = &self.audit_cfg {
             if *v == version {
                 return Ok(c.clone());
@@ -2484,7 +2652,12 @@ impl Hsm {
 
     /// Records a key use as the Auditor configured: not at all, durably before returning
     /// (strict), or within the configured delay (batched).
-    fn audit_key_use(&mut self, s: &Session, object: &str, what: &str) -> Result<()> {
+    fn audit_key_use(
+        &mut self,
+        s: &Session,
+        object: &str,
+        what: std::fmt::Arguments<'_>,
+    ) -> Result<()> {
         let mode = self.read_audit_config()?.key_use;
         if mode == KeyUseAudit::Off {
             return Ok(());

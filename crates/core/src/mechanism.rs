@@ -438,6 +438,86 @@ pub fn generate(spec: KeySpec) -> Result<Generated> {
     })
 }
 
+/// A private or secret key unsealed and parsed once, for repeated use: what a logged-in
+/// session keeps in its key cache so that an operation does not read, unseal and parse the
+/// key again. Dropping it zeroizes the raw bytes; AWS-LC cleanses the parsed forms as it
+/// frees them.
+pub struct Key {
+    spec: KeySpec,
+    bytes: SecretBytes,
+    parsed: Parsed,
+    /// HMAC keys by hash, made on first use (an HMAC key is two hashed key blocks).
+    hmac: [std::sync::OnceLock<aws_lc_rs::hmac::Key>; 5],
+}
+
+enum Parsed {
+    Rsa(rsa::KeyPair),
+    Ec(signature::EcdsaKeyPair),
+    Ed(signature::Ed25519KeyPair),
+    Aes(aead::LessSafeKey),
+    /// Generic secrets and 3DES keys: used from their bytes.
+    Raw,
+}
+
+impl Key {
+    /// Parses key material of the given spec: PKCS#8 for private keys, raw bytes for secret
+    /// keys. Material that does not parse as its spec says is tamper.
+    pub fn parse(spec: KeySpec, bytes: SecretBytes) -> Result<Key> {
+        let bad = |what: &str| HsmError::Tamper(format!("stored {what} key does not parse"));
+        let parsed = match spec {
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+                Parsed::Rsa(rsa::KeyPair::from_pkcs8(bytes.expose()).map_err(|_| bad("RSA"))?)
+            }
+            KeySpec::EcP256 | KeySpec::EcP384 => Parsed::Ec(
+                signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, bytes.expose())
+                    .map_err(|_| bad("EC"))?,
+            ),
+            KeySpec::Ed25519 => Parsed::Ed(
+                signature::Ed25519KeyPair::from_pkcs8(bytes.expose())
+                    .map_err(|_| bad("Ed25519"))?,
+            ),
+            KeySpec::Aes128 | KeySpec::Aes192 | KeySpec::Aes256 => {
+                Parsed::Aes(aes_key(spec, &bytes)?)
+            }
+            _ => Parsed::Raw,
+        };
+        Ok(Key {
+            spec,
+            bytes,
+            parsed,
+            hmac: Default::default(),
+        })
+    }
+
+    /// The key's algorithm and size.
+    pub fn spec(&self) -> KeySpec {
+        self.spec
+    }
+
+    /// The raw material (PKCS#8 or secret bytes), for wrapping it.
+    pub fn material(&self) -> &SecretBytes {
+        &self.bytes
+    }
+
+    fn hmac_key(&self, h: Hash) -> &aws_lc_rs::hmac::Key {
+        use aws_lc_rs::hmac;
+        let (i, alg) = match h {
+            Hash::Sha1 => (0, hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY),
+            Hash::Sha224 => (1, hmac::HMAC_SHA224),
+            Hash::Sha256 => (2, hmac::HMAC_SHA256),
+            Hash::Sha384 => (3, hmac::HMAC_SHA384),
+            Hash::Sha512 => (4, hmac::HMAC_SHA512),
+        };
+        self.hmac[i].get_or_init(|| hmac::Key::new(alg, self.bytes.expose()))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({}, <redacted>)", self.spec)
+    }
+}
+
 fn ecdsa_alg(spec: KeySpec) -> Result<&'static signature::EcdsaSigningAlgorithm> {
     match spec {
         KeySpec::EcP256 => Ok(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
@@ -531,22 +611,20 @@ fn ecdsa_input(spec: KeySpec, mech: Mechanism, data: &[u8]) -> Result<aws_lc_rs:
     }
 }
 
-/// Signs `data` with a private key.
-pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
-    match (spec, mech) {
-        (KeySpec::EcP256 | KeySpec::EcP384, Mechanism::Ecdsa(_)) => {
-            let kp = signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, private.expose())
-                .map_err(|_| HsmError::Tamper("stored EC key does not parse".into()))?;
+/// Signs `data` with a private key, or MACs it with a secret key.
+pub fn sign(key: &Key, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+    let spec = key.spec;
+    match (&key.parsed, mech) {
+        (Parsed::Ec(kp), Mechanism::Ecdsa(_)) => {
             let sig = kp
                 .sign_digest(&ecdsa_input(spec, mech, data)?)
                 .map_err(|_| failed("ECDSA signing"))?;
             Ok(sig.as_ref().to_vec())
         }
-        (s, Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) | Mechanism::RsaPkcs1Raw)
-            if is_rsa(s) =>
-        {
-            let kp = rsa::KeyPair::from_pkcs8(private.expose())
-                .map_err(|_| HsmError::Tamper("stored RSA key does not parse".into()))?;
+        (
+            Parsed::Rsa(kp),
+            Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) | Mechanism::RsaPkcs1Raw,
+        ) => {
             let mut sig = vec![0u8; kp.public_modulus_len()];
             if mech == Mechanism::RsaPkcs1Raw {
                 let (h, d) = parse_digest_info(data)?;
@@ -566,29 +644,25 @@ pub fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) 
             }
             Ok(sig)
         }
-        (KeySpec::Ed25519, Mechanism::Ed25519) => {
-            let kp = signature::Ed25519KeyPair::from_pkcs8(private.expose())
-                .map_err(|_| HsmError::Tamper("stored Ed25519 key does not parse".into()))?;
-            Ok(kp.sign(data).as_ref().to_vec())
-        }
-        (s, Mechanism::AesCmac | Mechanism::Hmac(_)) if s.is_symmetric() => {
-            mac(s, private.expose(), mech, data)
+        (Parsed::Ed(kp), Mechanism::Ed25519) => Ok(kp.sign(data).as_ref().to_vec()),
+        (Parsed::Aes(_) | Parsed::Raw, Mechanism::AesCmac | Mechanism::Hmac(_)) => {
+            mac(key, mech, data)
         }
         _ => Err(mismatch(spec, mech)),
     }
 }
 
 /// A MAC (AES-CMAC or HMAC) under a secret key.
-fn mac(spec: KeySpec, key: &[u8], mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+fn mac(key: &Key, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
     use aws_lc_rs::{cmac, hmac};
-    match (spec, mech) {
+    match (key.spec, mech) {
         (s, Mechanism::AesCmac) if s.is_aes() => {
             let alg = match s {
                 KeySpec::Aes128 => cmac::AES_128,
                 KeySpec::Aes192 => cmac::AES_192,
                 _ => cmac::AES_256,
             };
-            let k = cmac::Key::new(alg, key)
+            let k = cmac::Key::new(alg, key.bytes.expose())
                 .map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
             Ok(cmac::sign(&k, data)
                 .map_err(|_| failed("AES-CMAC"))?
@@ -596,19 +670,15 @@ fn mac(spec: KeySpec, key: &[u8], mech: Mechanism, data: &[u8]) -> Result<Vec<u8
                 .to_vec())
         }
         (KeySpec::Generic(_), Mechanism::Hmac(h)) => {
-            let alg = match h {
-                Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-                Hash::Sha224 => hmac::HMAC_SHA224,
-                Hash::Sha256 => hmac::HMAC_SHA256,
-                Hash::Sha384 => hmac::HMAC_SHA384,
-                Hash::Sha512 => hmac::HMAC_SHA512,
-            };
-            Ok(hmac::sign(&hmac::Key::new(alg, key), data)
-                .as_ref()
-                .to_vec())
+            Ok(hmac::sign(key.hmac_key(h), data).as_ref().to_vec())
         }
-        _ => Err(mismatch(spec, mech)),
+        (s, _) => Err(mismatch(s, mech)),
     }
+}
+
+/// Checks a MAC (AES-CMAC or HMAC) in constant time. `Ok(false)` means a bad MAC.
+pub fn verify_mac(key: &Key, mech: Mechanism, data: &[u8], mac_value: &[u8]) -> Result<bool> {
+    Ok(crate::crypto::ct_eq(&mac(key, mech, data)?, mac_value))
 }
 
 /// Length of what `sign` returns for this key and mechanism.
@@ -626,6 +696,7 @@ pub fn signature_len(spec: KeySpec, mech: Mechanism) -> usize {
 }
 
 /// Verifies a signature with a public key (SPKI DER). `Ok(false)` means a bad signature.
+/// MACs are checked with [`verify_mac`].
 pub fn verify(
     spec: KeySpec,
     public: &[u8],
@@ -671,10 +742,6 @@ pub fn verify(
         )
         .verify(data, sig)
         .is_ok()),
-        // For MACs `public` is the secret key itself; the comparison is constant time.
-        (s, Mechanism::AesCmac | Mechanism::Hmac(_)) if s.is_symmetric() => {
-            Ok(crate::crypto::ct_eq(&mac(s, public, mech, data)?, sig))
-        }
         _ => Err(mismatch(spec, mech)),
     }
 }
@@ -710,25 +777,40 @@ fn gcm_nonce(p: &Params) -> Result<aead::Nonce> {
     })
 }
 
-/// Encrypts. Symmetric mechanisms take the secret key; RSA-OAEP takes the public key (SPKI).
-pub fn encrypt(
-    spec: KeySpec,
-    key: &[u8],
-    mech: Mechanism,
-    p: &Params,
-    data: &[u8],
-) -> Result<Vec<u8>> {
-    match mech {
-        Mechanism::AesGcm => {
-            let k = aes_key(spec, &SecretBytes::new(key.to_vec()))?;
+/// Encrypts with a secret key.
+pub fn encrypt(key: &Key, mech: Mechanism, p: &Params, data: &[u8]) -> Result<Vec<u8>> {
+    match (&key.parsed, mech) {
+        (Parsed::Aes(k), Mechanism::AesGcm) => {
             let mut buf = data.to_vec();
             k.seal_in_place_append_tag(gcm_nonce(p)?, aead::Aad::from(&p.aad), &mut buf)
                 .map_err(|_| failed("AES-GCM encryption"))?;
             Ok(buf)
         }
+        (
+            _,
+            Mechanism::AesEcb
+            | Mechanism::AesCbc
+            | Mechanism::AesCbcPad
+            | Mechanism::AesCtr
+            | Mechanism::Des3Ecb
+            | Mechanism::Des3Cbc,
+        ) => block_cipher(key.spec, key.bytes.expose(), mech, p, data, true),
+        _ => Err(mismatch(key.spec, mech)),
+    }
+}
+
+/// Encrypts with an RSA public key (SPKI DER): RSA-OAEP.
+pub fn encrypt_public(
+    spec: KeySpec,
+    public: &[u8],
+    mech: Mechanism,
+    p: &Params,
+    data: &[u8],
+) -> Result<Vec<u8>> {
+    match mech {
         Mechanism::RsaOaep(_) if is_rsa(spec) => {
             let alg = oaep_alg(mech).ok_or_else(|| mismatch(spec, mech))?;
-            let pk = rsa::PublicEncryptingKey::from_der(key)
+            let pk = rsa::PublicEncryptingKey::from_der(public)
                 .map_err(|_| HsmError::Tamper("stored RSA public key does not parse".into()))?;
             let oaep =
                 rsa::OaepPublicEncryptingKey::new(pk).map_err(|_| failed("RSA-OAEP setup"))?;
@@ -751,12 +833,6 @@ pub fn encrypt(
             out.truncate(n);
             Ok(out)
         }
-        Mechanism::AesEcb
-        | Mechanism::AesCbc
-        | Mechanism::AesCbcPad
-        | Mechanism::AesCtr
-        | Mechanism::Des3Ecb
-        | Mechanism::Des3Cbc => block_cipher(spec, key, mech, p, data, true),
         _ => Err(mismatch(spec, mech)),
     }
 }
@@ -870,16 +946,10 @@ fn block_cipher(
 }
 
 /// Decrypts with the secret or private key. A wrong key or altered ciphertext is an error.
-pub fn decrypt(
-    spec: KeySpec,
-    private: &SecretBytes,
-    mech: Mechanism,
-    p: &Params,
-    data: &[u8],
-) -> Result<SecretBytes> {
-    match mech {
-        Mechanism::AesGcm => {
-            let k = aes_key(spec, private)?;
+pub fn decrypt(key: &Key, mech: Mechanism, p: &Params, data: &[u8]) -> Result<SecretBytes> {
+    let (spec, private) = (key.spec, &key.bytes);
+    match (&key.parsed, mech) {
+        (Parsed::Aes(k), Mechanism::AesGcm) => {
             let mut buf = data.to_vec();
             let n = k
                 .open_in_place(gcm_nonce(p)?, aead::Aad::from(&p.aad), &mut buf)
@@ -893,7 +963,7 @@ pub fn decrypt(
             buf.truncate(n);
             Ok(SecretBytes::new(buf))
         }
-        Mechanism::RsaOaep(_) if is_rsa(spec) => {
+        (Parsed::Rsa(_), Mechanism::RsaOaep(_)) => {
             let alg = oaep_alg(mech).ok_or_else(|| mismatch(spec, mech))?;
             let k = rsa::PrivateDecryptingKey::from_pkcs8(private.expose())
                 .map_err(|_| HsmError::Tamper("stored RSA key does not parse".into()))?;
@@ -912,14 +982,15 @@ pub fn decrypt(
             out.truncate(n);
             Ok(SecretBytes::new(out))
         }
-        Mechanism::AesEcb
-        | Mechanism::AesCbc
-        | Mechanism::AesCbcPad
-        | Mechanism::AesCtr
-        | Mechanism::Des3Ecb
-        | Mechanism::Des3Cbc => {
-            block_cipher(spec, private.expose(), mech, p, data, false).map(SecretBytes::new)
-        }
+        (
+            _,
+            Mechanism::AesEcb
+            | Mechanism::AesCbc
+            | Mechanism::AesCbcPad
+            | Mechanism::AesCtr
+            | Mechanism::Des3Ecb
+            | Mechanism::Des3Cbc,
+        ) => block_cipher(spec, private.expose(), mech, p, data, false).map(SecretBytes::new),
         _ => Err(mismatch(spec, mech)),
     }
 }
@@ -965,7 +1036,7 @@ pub fn wrap(
             out.truncate(n);
             Ok(out)
         }
-        Mechanism::RsaOaep(_) => encrypt(wrapper_spec, wrapper, mech, p, key),
+        Mechanism::RsaOaep(_) => encrypt_public(wrapper_spec, wrapper, mech, p, key),
         _ => Err(mismatch(wrapper_spec, mech)),
     }
 }
@@ -1014,7 +1085,12 @@ pub fn unwrap(
             out.truncate(n);
             Ok(SecretBytes::new(out))
         }
-        Mechanism::RsaOaep(_) => decrypt(unwrapper_spec, unwrapper, mech, p, wrapped),
+        Mechanism::RsaOaep(_) => decrypt(
+            &Key::parse(unwrapper_spec, unwrapper.clone())?,
+            mech,
+            p,
+            wrapped,
+        ),
         _ => Err(mismatch(unwrapper_spec, mech)),
     }
 }
@@ -1139,6 +1215,43 @@ pub fn key_bits(spec: KeySpec) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The byte-level forms the tests were written against, over the parsed-key API.
+    fn key(spec: KeySpec, bytes: &[u8]) -> Key {
+        Key::parse(spec, SecretBytes::new(bytes.to_vec())).unwrap()
+    }
+    fn sign(spec: KeySpec, private: &SecretBytes, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+        super::sign(&key(spec, private.expose()), mech, data)
+    }
+    fn verify(spec: KeySpec, k: &[u8], mech: Mechanism, data: &[u8], sig: &[u8]) -> Result<bool> {
+        if spec.is_symmetric() {
+            verify_mac(&key(spec, k), mech, data, sig)
+        } else {
+            super::verify(spec, k, mech, data, sig)
+        }
+    }
+    fn encrypt(
+        spec: KeySpec,
+        k: &[u8],
+        mech: Mechanism,
+        p: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        if spec.is_symmetric() {
+            super::encrypt(&key(spec, k), mech, p, data)
+        } else {
+            encrypt_public(spec, k, mech, p, data)
+        }
+    }
+    fn decrypt(
+        spec: KeySpec,
+        private: &SecretBytes,
+        mech: Mechanism,
+        p: &Params,
+        data: &[u8],
+    ) -> Result<SecretBytes> {
+        super::decrypt(&key(spec, private.expose()), mech, p, data)
+    }
 
     #[test]
     fn sign_verify_round_trips_and_detects_change() {

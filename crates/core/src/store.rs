@@ -72,6 +72,33 @@ pub struct Store {
     conn: Connection,
     keys: Option<Keys>,
     audit: Option<AuditKeys>,
+    /// The state generation last read, and the connection's data version it was read at.
+    seen: Option<(i64, u64)>,
+    /// The WAL index (`hsm.db-shm`), read to notice commits without taking a lock.
+    shm: Option<std::fs::File>,
+    /// Its header when `seen` was last confirmed.
+    seen_wal: Option<WalHeader>,
+}
+
+/// The first copy of the WAL-index header (SQLite's documented `-shm` layout: 48 bytes at
+/// offset 0, rewritten by every commit with its change counter, frame count, salts and
+/// checksum). Equal headers mean no commit in between; a torn or unreadable header only
+/// sends the caller to the full check.
+type WalHeader = [u8; 48];
+
+/// Moves the state generation on (in the caller's transaction, if any). It starts at a random
+/// value so that a store made afresh at the same path never repeats a generation that a cache
+/// elsewhere may still hold.
+fn bump_generation(conn: &Connection) -> Result<()> {
+    let mut b = [0u8; 8];
+    crypto::fill_random(&mut b);
+    let start = u64::from_le_bytes(b) >> 2;
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES ('generation', ?1)
+         ON CONFLICT(name) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [start.to_string()],
+    )?;
+    Ok(())
 }
 
 /// Index values for an object, in clear (class) or as blind tags (label, id).
@@ -133,6 +160,9 @@ impl Store {
             conn,
             keys: None,
             audit: None,
+            seen: None,
+            shm: None,
+            seen_wal: None,
         };
         if store.meta("format")?.is_none() {
             store.set_meta("format", STORE_FORMAT)?;
@@ -170,27 +200,100 @@ impl Store {
     }
 
     /// Sets a plain metadata value (nothing secret goes here).
-    pub fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+    pub fn set_meta(&mut self, name: &str, value: &str) -> Result<()> {
         self.conn.execute(
             "INSERT INTO meta(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
             params![name, value],
         )?;
-        Ok(())
+        self.changed()
     }
 
-    /// Changes whenever another connection (process or thread) commits to the database; used
-    /// to know when cached state must be read again.
-    pub fn data_version(&self) -> Result<i64> {
+    /// Changes whenever another connection (process or thread) commits to the database.
+    fn data_version(&self) -> Result<i64> {
         Ok(self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// The state generation: a number that moves on with every change to the HSM's state
+    /// (records, objects, metadata, audit configuration) made through any connection in any
+    /// process, and does not move when only audit records are appended. Caches keyed by it
+    /// are never served after a change. Costs one `PRAGMA data_version` while nothing changed.
+    pub fn generation(&mut self) -> Result<u64> {
+        // Fast path: no commit at all since the generation was last confirmed (one read of
+        // the WAL index, no lock). Anything else takes the locked path below.
+        let wal = self.wal_header();
+        if let (Some(now), Some(then), Some((_, g))) = (wal, self.seen_wal, self.seen) {
+            if now == then {
+                return Ok(g);
+            }
+        }
+        self.seen_wal = wal;
+        let dv = self.data_version()?;
+        if let Some((seen_dv, g)) = self.seen {
+            if seen_dv == dv {
+                return Ok(g);
+            }
+        }
+        let g: Option<String> = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE name = 'generation'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let g = match g {
+            Some(g) => g
+                .parse()
+                .map_err(|_| HsmError::Tamper("the state generation is not a number".into()))?,
+            None => {
+                bump_generation(&self.conn)?;
+                return self.generation();
+            }
+        };
+        self.seen = Some((dv, g));
+        Ok(g)
+    }
+
+    /// The WAL-index header as it is now, if it can be read.
+    fn wal_header(&mut self) -> Option<WalHeader> {
+        use std::os::unix::fs::FileExt;
+        if self.shm.is_none() {
+            self.shm = std::fs::File::open(self.dir.join(format!("{DB_FILE}-shm"))).ok();
+        }
+        let mut h = [0u8; 48];
+        match self.shm.as_ref()?.read_exact_at(&mut h, 0) {
+            Ok(()) => Some(h),
+            Err(_) => {
+                self.shm = None;
+                None
+            }
+        }
+    }
+
+    /// The generation as last read by [`Store::generation`] on this connection (reading it
+    /// when it has not been read since this connection's last change): for values that are
+    /// checked once per operation already.
+    pub fn last_generation(&mut self) -> Result<u64> {
+        match self.seen {
+            Some((_, g)) => Ok(g),
+            None => self.generation(),
+        }
+    }
+
+    /// Records a change made outside [`Store::write`]: moves the generation on and forgets
+    /// the one seen (this connection's own commits do not change its data version).
+    fn changed(&mut self) -> Result<()> {
+        bump_generation(&self.conn)?;
+        self.seen = None;
+        self.seen_wal = None;
+        Ok(())
     }
 
     /// Removes a plain metadata value.
-    pub fn clear_meta(&self, name: &str) -> Result<()> {
+    pub fn clear_meta(&mut self, name: &str) -> Result<()> {
         self.conn
             .execute("DELETE FROM meta WHERE name = ?1", [name])?;
-        Ok(())
+        self.changed()
     }
 
     /// Opens the database without loading or checking the device key: only for destroying
@@ -206,6 +309,9 @@ impl Store {
             conn,
             keys: None,
             audit: None,
+            seen: None,
+            shm: None,
+            seen_wal: None,
         };
         // Keep auditing if the audit key is sound; the store itself is about to be destroyed.
         let _ = store.load_audit_key();
@@ -336,6 +442,7 @@ impl Store {
         }
         let _ = std::fs::remove_file(&path);
         self.audit = None;
+        self.changed()?;
         self.conn.execute_batch("VACUUM;")?;
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -430,12 +537,37 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `f` in one IMMEDIATE transaction: all its writes land together, or none do.
+    /// Runs `f` in one IMMEDIATE transaction: all its writes land together, or none do. The
+    /// state generation moves on in the same transaction.
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
+        self.write_inner(true, f)
+    }
+
+    fn write_inner<T>(
+        &mut self,
+        state_change: bool,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.seen = None;
+        self.seen_wal = None;
         let mut t = self.begin(TransactionBehavior::Immediate)?;
         let out = f(&mut t)?;
+        if state_change {
+            bump_generation(&t.tx)?;
+        }
         t.finish()?;
         Ok(out)
+    }
+
+    /// Appends audit events in one transaction, changing no other state (the state generation
+    /// stays, so caches keyed by it survive key-use auditing).
+    pub fn append_events<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) -> Result<()> {
+        self.write_inner(false, |t| {
+            for e in events {
+                t.event(e)?;
+            }
+            Ok(())
+        })
     }
 
     /// Runs `f` over a consistent snapshot; nothing is written.
@@ -459,7 +591,7 @@ impl Store {
 
     /// Appends an event in its own transaction (for refusals that change nothing else).
     pub fn event(&mut self, e: &Event) -> Result<()> {
-        self.write(|t| t.event(e))
+        self.append_events([e])
     }
 
     /// All audit records in order.

@@ -55,9 +55,10 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             }
             // Whatever the flags say, the module is thread-safe with its own locks.
         }
+        state::watch_forks();
         let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
         if let Some(m) = g.take() {
-            if m.pid == std::process::id() {
+            if m.pid == state::current_pid() {
                 *g = Some(m);
                 return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
             }
@@ -65,7 +66,7 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             std::mem::forget(m);
         }
         *g = Some(Module {
-            pid: std::process::id(),
+            pid: state::current_pid(),
             config: state::Config::load(),
             sessions: Default::default(),
             logins: Default::default(),
@@ -84,7 +85,7 @@ pub unsafe fn C_Finalize(reserved: *mut c_void) -> CK_RV {
         return CKR_GENERAL_ERROR;
     };
     match g.take() {
-        Some(m) if m.pid == std::process::id() => {
+        Some(m) if m.pid == state::current_pid() => {
             drop(m);
             CKR_OK
         }
@@ -791,10 +792,17 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
         let (s, _) = state::session(h)?;
         let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
         with_module_mut(|m| {
-            m.logins
-                .remove(&slot)
-                .map(drop)
-                .ok_or(CKR_USER_NOT_LOGGED_IN)
+            let login = m.logins.remove(&slot).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+            // Operations in progress hold their keys: end them, so that the login's keys
+            // (and its key cache, dropped with `login`) leave memory now.
+            for x in m.sessions.values() {
+                let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+                if x.slot == slot {
+                    x.end_key_operations();
+                }
+            }
+            drop(login);
+            Ok(())
         })
     })())
 }
@@ -1259,19 +1267,15 @@ unsafe fn op_init(
     if slot_of(&mut s, k).is_some() {
         return Err(CKR_OPERATION_ACTIVE);
     }
-    if key_session(&login).is_none() {
-        return Err(CKR_USER_NOT_LOGGED_IN);
-    }
     // SAFETY: mech::read checks for NULL; validity per contract.
     let (code, p) = unsafe { mech::read(m)? };
-    let o = object(&mut s, &login, key).map_err(|e| {
-        if e == CKR_OBJECT_HANDLE_INVALID {
-            CKR_KEY_HANDLE_INVALID
-        } else {
-            e
-        }
+    let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    // The key is looked up once, here; the operation keeps it until it ends.
+    let loaded = s.hsm.load_key(es, key).map_err(|e| match e {
+        HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
+        e => rv(&e),
     })?;
-    let a = &o.attrs;
+    let a = &loaded.info.attrs;
     let (allowed, class_ok) = match k {
         // Secret keys sign and verify with MAC mechanisms (checked with the mechanism below).
         Kind::Sign => (a.sign, a.class != ObjectClass::PublicKey),
@@ -1295,7 +1299,7 @@ unsafe fn op_init(
     };
     *slot_of(&mut s, k) = Some(Op {
         mech,
-        key,
+        key: loaded,
         params,
         buffer: vec![],
         ctr_bits,
@@ -1364,6 +1368,16 @@ pub unsafe fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_U
     done(unsafe { update(h, Kind::Verify, data, len) })
 }
 
+/// The data of a single-part call, or of a multi-part operation plus `extra`, without copying
+/// in the single-part case.
+fn op_data<'a>(buffer: &'a [u8], extra: Option<&'a [u8]>) -> std::borrow::Cow<'a, [u8]> {
+    match extra {
+        Some(x) if buffer.is_empty() => std::borrow::Cow::Borrowed(x),
+        Some(x) => std::borrow::Cow::Owned([buffer, x].concat()),
+        None => std::borrow::Cow::Borrowed(buffer),
+    }
+}
+
 /// Signs the op's data (plus `extra`), honouring the two-call convention: a length query or
 /// a short buffer leaves the operation active; anything else ends it.
 unsafe fn sign_out(
@@ -1373,17 +1387,14 @@ unsafe fn sign_out(
     out_len: *mut CK_ULONG,
 ) -> Rv {
     let (s, login) = state::session(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-    let (mech, key) = {
-        let op = s.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-        (op.mech, op.key)
-    };
+    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let s = &mut *guard;
+    let op = s.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     let res = (|| {
-        let o = object(&mut s, &login, key)?;
         // SAFETY: out/out_len validity per contract; checked for NULL inside.
         if unsafe {
             ffi::length_only(
-                ferrohsm_core::mechanism::signature_len(o.attrs.spec, mech),
+                ferrohsm_core::mechanism::signature_len(op.key.info.attrs.spec, op.mech),
                 out,
                 out_len,
             )?
@@ -1391,18 +1402,14 @@ unsafe fn sign_out(
             return Ok(true);
         }
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-        let mut data = s
-            .sign
-            .as_ref()
-            .map(|o| o.buffer.clone())
-            .unwrap_or_default();
-        if let Some(x) = extra {
-            data.extend_from_slice(x);
-        }
-        let sig = s.hsm.sign(es, key, mech, &data).map_err(|e| match e {
-            HsmError::InvalidInput(_) => CKR_DATA_INVALID,
-            e => rv(&e),
-        })?;
+        let data = op_data(&op.buffer, extra);
+        let sig = s
+            .hsm
+            .sign_loaded(es, &op.key, op.mech, &data)
+            .map_err(|e| match e {
+                HsmError::InvalidInput(_) => CKR_DATA_INVALID,
+                e => rv(&e),
+            })?;
         // SAFETY: as above.
         unsafe { out_bytes(&sig, out, out_len)? };
         Ok(false)
@@ -1423,9 +1430,9 @@ pub unsafe fn C_Sign(
 ) -> CK_RV {
     done((|| {
         // SAFETY: valid for `len` bytes per contract.
-        let d = unsafe { ffi::slice(data, len) }?.to_vec();
+        let d = unsafe { ffi::slice(data, len) }?;
         // SAFETY: forwarded; checked inside.
-        unsafe { sign_out(h, Some(&d), sig, sig_len) }
+        unsafe { sign_out(h, Some(d), sig, sig_len) }
     })())
 }
 
@@ -1449,16 +1456,12 @@ unsafe fn verify_with(
     let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     // SAFETY: valid for `sig_len` bytes per contract.
     let sig = unsafe { ffi::slice(sig, sig_len)? };
-    let o = object(&mut s, &login, op.key)?;
-    if sig.len() != ferrohsm_core::mechanism::signature_len(o.attrs.spec, op.mech) {
+    if sig.len() != ferrohsm_core::mechanism::signature_len(op.key.info.attrs.spec, op.mech) {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
     let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-    let mut data = op.buffer;
-    if let Some(x) = extra {
-        data.extend_from_slice(x);
-    }
-    match s.hsm.verify(es, op.key, op.mech, &data, sig) {
+    let data = op_data(&op.buffer, extra);
+    match s.hsm.verify_loaded(es, &op.key, op.mech, &data, sig) {
         Ok(true) => Ok(()),
         Ok(false) => Err(CKR_SIGNATURE_INVALID),
         Err(HsmError::InvalidInput(_)) => Err(CKR_DATA_INVALID),
@@ -1476,7 +1479,7 @@ pub unsafe fn C_Verify(
     done((|| {
         // SAFETY: valid for `len` bytes per contract.
         let d = match unsafe { ffi::slice(data, len) } {
-            Ok(d) => d.to_vec(),
+            Ok(d) => d,
             Err(e) => {
                 if let Ok((s, _)) = state::session(h) {
                     if let Ok(mut s) = s.lock() {
@@ -1487,7 +1490,7 @@ pub unsafe fn C_Verify(
             }
         };
         // SAFETY: forwarded; checked inside.
-        unsafe { verify_with(h, Some(&d), sig, sig_len) }
+        unsafe { verify_with(h, Some(d), sig, sig_len) }
     })())
 }
 
@@ -1505,17 +1508,17 @@ unsafe fn cipher(
     out_len: *mut CK_ULONG,
 ) -> Rv {
     let (s, login) = state::session(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-    let (mech, key, params, ctr_bits) = {
-        let op = slot_of(&mut s, k)
-            .as_ref()
-            .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-        (op.mech, op.key, op.params.clone(), op.ctr_bits)
-    };
+    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let s = &mut *guard;
+    let op = match k {
+        Kind::Encrypt => s.encrypt.as_ref(),
+        _ => s.decrypt.as_ref(),
+    }
+    .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    let (mech, key, params, ctr_bits) = (op.mech, &op.key, &op.params, op.ctr_bits);
     let res = (|| {
         // SAFETY: valid for `len` bytes per contract.
         let d = unsafe { ffi::slice(data, len)? };
-        let o = object(&mut s, &login, key)?;
         let need = match (mech, k) {
             (Mechanism::AesGcm, Kind::Encrypt) => d.len() + 16,
             (Mechanism::AesGcm, _) => d
@@ -1553,7 +1556,7 @@ unsafe fn cipher(
                 }
                 d.len()
             }
-            _ => ferrohsm_core::mechanism::signature_len(o.attrs.spec, mech),
+            _ => ferrohsm_core::mechanism::signature_len(key.info.attrs.spec, mech),
         };
         // SAFETY: out/out_len validity per contract; checked inside.
         if unsafe { ffi::length_only(need, out, out_len)? } {
@@ -1561,16 +1564,17 @@ unsafe fn cipher(
         }
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let result = match k {
-            Kind::Encrypt => s
-                .hsm
-                .encrypt(es, key, mech, &params, d)
-                .map_err(|e| match e {
-                    HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
-                    e => rv(&e),
-                })?,
+            Kind::Encrypt => {
+                s.hsm
+                    .encrypt_loaded(es, key, mech, params, d)
+                    .map_err(|e| match e {
+                        HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
+                        e => rv(&e),
+                    })?
+            }
             _ => s
                 .hsm
-                .decrypt(es, key, mech, &params, d)
+                .decrypt_loaded(es, key, mech, params, d)
                 .map_err(|e| match e {
                     HsmError::Crypto(_) | HsmError::InvalidInput(_) => CKR_ENCRYPTED_DATA_INVALID,
                     e => rv(&e),
@@ -1584,7 +1588,7 @@ unsafe fn cipher(
     })();
     match res {
         Ok(true) | Err(CKR_BUFFER_TOO_SMALL) => {}
-        _ => *slot_of(&mut s, k) = None,
+        _ => *slot_of(s, k) = None,
     }
     res.map(drop)
 }

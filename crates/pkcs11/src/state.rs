@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use cryptoki_sys::*;
@@ -66,8 +67,8 @@ pub struct Login {
 pub struct Op {
     /// What it does.
     pub mech: Mechanism,
-    /// With which object.
-    pub key: CK_OBJECT_HANDLE,
+    /// With which key, loaded when the operation began.
+    pub key: Arc<ferrohsm_core::hsm::LoadedKey>,
     /// Per-call parameters (IV, AAD).
     pub params: ferrohsm_core::mechanism::Params,
     /// Data gathered by multi-part calls.
@@ -108,6 +109,17 @@ pub struct Session {
     pub digest: Option<DigestOp>,
 }
 
+impl Session {
+    /// Ends every operation that holds a key or a search over private objects (at logout).
+    pub fn end_key_operations(&mut self) {
+        self.sign = None;
+        self.verify = None;
+        self.encrypt = None;
+        self.decrypt = None;
+        self.find = None;
+    }
+}
+
 /// The whole module.
 pub struct Module {
     /// The process that initialised it (a forked child must initialise again).
@@ -125,6 +137,43 @@ pub struct Module {
     pub control: Mutex<Option<Hsm>>,
 }
 
+/// This process's id, or 0 when it must be read again (cleared in a forked child), so that
+/// the check every call makes ("was the module initialised by this process?") needs no
+/// system call.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    // Async-signal-safe: one atomic store.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// This process's id (see [`PID`]).
+pub fn current_pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
+/// Registers the fork handler that keeps [`current_pid`] true in children (once per process).
+pub fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler is a plain function of this library, which is linked with
+        // `-z nodelete` and so is never unloaded while the handler stays registered; it only
+        // performs an atomic store. If registration fails the PID stays unknown (0) and is
+        // read with a system call on each call instead: slower, still correct.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+        if rc != 0 {
+            PID.store(0, Ordering::Relaxed);
+        }
+    });
+}
+
 /// The module state; `None` until `C_Initialize`.
 pub static MODULE: RwLock<Option<Module>> = RwLock::new(None);
 
@@ -132,7 +181,7 @@ pub static MODULE: RwLock<Option<Module>> = RwLock::new(None);
 pub fn with_module<T>(f: impl FnOnce(&Module) -> Rv<T>) -> Rv<T> {
     let g = MODULE.read().map_err(|_| CKR_GENERAL_ERROR)?;
     match g.as_ref() {
-        Some(m) if m.pid == std::process::id() => f(m),
+        Some(m) if m.pid == current_pid() => f(m),
         _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
     }
 }
@@ -141,7 +190,7 @@ pub fn with_module<T>(f: impl FnOnce(&Module) -> Rv<T>) -> Rv<T> {
 pub fn with_module_mut<T>(f: impl FnOnce(&mut Module) -> Rv<T>) -> Rv<T> {
     let mut g = MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
     match g.as_mut() {
-        Some(m) if m.pid == std::process::id() => f(m),
+        Some(m) if m.pid == current_pid() => f(m),
         _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
     }
 }
