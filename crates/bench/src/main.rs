@@ -43,6 +43,15 @@ struct Args {
     /// Only rows whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Internal: switch key-use auditing (off, strict, batched) in the data directory given
+    /// with `--data`, and exit. The benchmark runs itself this way so that the change comes
+    /// from another process, as an Auditor's would (two copies of SQLite in one process must
+    /// never open the same database).
+    #[arg(long, hide = true, requires = "data")]
+    set_key_use: Option<String>,
+    /// Internal: the data directory for `--set-key-use`.
+    #[arg(long, hide = true)]
+    data: Option<PathBuf>,
 }
 
 const USER_PIN: &str = "bench-user-pin";
@@ -51,6 +60,53 @@ const MSG: &[u8] = b"benchmark message, 32 bytes long";
 /// A SHA-256 digest for the ECDSA rows (the value does not matter, its length does).
 const DIGEST: [u8; 32] = [0x42; 32];
 const SO_PIN: &str = "bench-so-pin";
+const AUDITOR_PW: &str = "bench-auditor";
+/// Batched key-use auditing: longest a record waits (the CLI's default).
+const BATCH_MS: u64 = 100;
+
+/// Switches ferrohsm's key-use auditing as the Auditor, from a child process (see
+/// `--set-key-use`); the loaded module sees the change at its next operation.
+fn set_key_use(data: &std::path::Path, mode: ferrohsm_core::audit::KeyUseAudit) {
+    use ferrohsm_core::audit::KeyUseAudit;
+    let name = match mode {
+        KeyUseAudit::Off => "off",
+        KeyUseAudit::Strict => "strict",
+        KeyUseAudit::Batched { .. } => "batched",
+    };
+    let exe = std::env::current_exe().expect("own path");
+    let st = std::process::Command::new(exe)
+        .arg("--set-key-use")
+        .arg(name)
+        .arg("--data")
+        .arg(data)
+        .status()
+        .expect("run self");
+    assert!(st.success(), "switching key-use auditing to {name} failed");
+}
+
+/// The child's half of [`set_key_use`].
+fn set_key_use_here(data: &std::path::Path, mode: &str) {
+    use ferrohsm_core::audit::KeyUseAudit;
+    use ferrohsm_core::{audit::AuditConfig, secret::Pin, Credential, Hsm, Role};
+    let mode = match mode {
+        "off" => KeyUseAudit::Off,
+        "strict" => KeyUseAudit::Strict,
+        _ => KeyUseAudit::Batched { max_ms: BATCH_MS },
+    };
+    let mut h = Hsm::open(data).expect("ferrohsm data dir");
+    let pw = Pin::password(AUDITOR_PW).expect("pin");
+    let a = h
+        .login(Role::Auditor, None, Credential::Secret(pw))
+        .expect("Auditor login");
+    h.set_audit_config(
+        &a,
+        AuditConfig {
+            key_use: mode,
+            ceremony_cosignatures: 0,
+        },
+    )
+    .expect("audit config");
+}
 
 /// One loaded module with a token ready and keys made.
 struct Target {
@@ -504,6 +560,10 @@ fn rows(only: &Option<String>) -> Vec<Row> {
 
 fn main() {
     let args = Args::parse();
+    if let (Some(mode), Some(data)) = (&args.set_key_use, &args.data) {
+        set_key_use_here(data, mode);
+        return;
+    }
     // Each module gets a fresh, temporary home that touches no real token.
     let tmp = tempfile::tempdir().expect("tmp");
     let fdata = tmp.path().join("ferrohsm");
@@ -521,6 +581,13 @@ fn main() {
         confirm_destroy: vec![],
     })
     .expect("HSM init");
+    hsm.audit_init(
+        ferrohsm_core::NewSecret::Password(
+            ferrohsm_core::secret::Pin::password(AUDITOR_PW).expect("pin"),
+        ),
+        None,
+    )
+    .expect("Auditor");
     drop(hsm);
     std::env::set_var("FERROHSM_HOME", &fdata);
     let sdir = tmp.path().join("softhsm");
@@ -587,6 +654,53 @@ fn main() {
             );
         }
     }
+    // From here on a panic is a real failure: let it speak.
+    let _ = std::panic::take_hook();
+    // The signing rows again with every key use audited, against the same rows unaudited
+    // in the same rounds, so that the price of the audit trail is a printed figure.
+    let signing: Vec<Row> = rows(&args.only)
+        .into_iter()
+        .filter(|r| r.name.starts_with("C_Sign") && !r.name.contains("HMAC"))
+        .collect();
+    if !signing.is_empty() {
+        use ferrohsm_core::audit::KeyUseAudit;
+        println!(
+            "{:<40} {:>3} {:>26} {:>26} {:>26} {:>8}",
+            "ferrohsm, every key use audited",
+            "thr",
+            "audit off",
+            "batched",
+            "strict",
+            "b/off s/off"
+        );
+        for row in &signing {
+            for threads in [1usize, 2] {
+                let (mut off, mut batched, mut strict) = (vec![], vec![], vec![]);
+                for _ in 0..args.rounds {
+                    for (mode, out) in [
+                        (KeyUseAudit::Off, &mut off),
+                        (KeyUseAudit::Batched { max_ms: BATCH_MS }, &mut batched),
+                        (KeyUseAudit::Strict, &mut strict),
+                    ] {
+                        set_key_use(&fdata, mode);
+                        out.push(measure(&ferro, threads, args.seconds, &row.p11));
+                    }
+                }
+                set_key_use(&fdata, KeyUseAudit::Off);
+                let (o, b, st) = (stats(off), stats(batched), stats(strict));
+                println!(
+                    "{:<40} {:>3} {:>26} {:>26} {:>26} {:>8.2} {:.2}",
+                    row.name,
+                    threads,
+                    fmt(o),
+                    fmt(b),
+                    fmt(st),
+                    b.0 / o.0.max(1e-9),
+                    st.0 / o.0.max(1e-9)
+                );
+            }
+        }
+    }
     // Latencies and rounds that are not per-key operations.
     for (name, t) in [("ferrohsm", &ferro), ("SoftHSMv2", &soft)] {
         let s = session(t);
@@ -650,6 +764,25 @@ fn main() {
         println!(
             "{:<40} {name:<10} {open_close:8.0} rounds/s",
             "C_OpenSession + C_CloseSession"
+        );
+    }
+    // Last: logging out ends the login every other session of the token shares.
+    for (name, t) in [("ferrohsm", &ferro), ("SoftHSMv2", &soft)] {
+        let _ = session(t).logout();
+        let (p11, slot) = (t.p11.clone(), t.slot);
+        let rounds = rate(
+            1,
+            args.seconds,
+            move || p11.open_rw_session(slot).expect("session"),
+            move |s: &mut Session, _| {
+                s.login(UserType::User, Some(&pin(USER_PIN)))
+                    .expect("login");
+                s.logout().expect("logout");
+            },
+        );
+        println!(
+            "{:<40} {name:<10} {rounds:8.1} rounds/s",
+            "C_Login + C_Logout (user PIN)"
         );
     }
     let _ = (ferro.name, soft.name);

@@ -107,20 +107,48 @@ struct Reader<'a>(&'a Transaction<'a>);
 
 impl HashReader for Reader<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> std::result::Result<Vec<Hash>, tlog::Error> {
-        let mut st = self
-            .0
-            .prepare_cached("SELECT hash FROM audit_hashes WHERE idx = ?1")
-            .map_err(|e| tlog::Error::InvalidInput(e.to_string()))?;
-        indexes
-            .iter()
-            .map(|&i| {
-                let b: Vec<u8> = st
-                    .query_row([i as i64], |r| r.get(0))
-                    .map_err(|e| tlog::Error::InvalidInput(format!("hash {i}: {e}")))?;
-                Ok(Hash(b.try_into().map_err(|_| tlog::Error::MalformedHash)?))
-            })
-            .collect()
+        read_hashes(self.0, None, indexes)
     }
+}
+
+/// What one transaction has appended so far: the log's size, and the hashes it wrote (the
+/// next record's tree hashes are built from them), so that a batch of records costs no
+/// reads of what it just wrote.
+#[derive(Default)]
+pub(crate) struct Appending {
+    size: Option<u64>,
+    written: std::collections::HashMap<u64, Hash>,
+}
+
+/// A reader that sees this transaction's new hashes before the table.
+struct BatchReader<'a>(&'a Transaction<'a>, &'a Appending);
+
+impl HashReader for BatchReader<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> std::result::Result<Vec<Hash>, tlog::Error> {
+        read_hashes(self.0, Some(self.1), indexes)
+    }
+}
+
+fn read_hashes(
+    tx: &Transaction<'_>,
+    batch: Option<&Appending>,
+    indexes: &[u64],
+) -> std::result::Result<Vec<Hash>, tlog::Error> {
+    let mut st = tx
+        .prepare_cached("SELECT hash FROM audit_hashes WHERE idx = ?1")
+        .map_err(|e| tlog::Error::InvalidInput(e.to_string()))?;
+    indexes
+        .iter()
+        .map(|&i| {
+            if let Some(h) = batch.and_then(|b| b.written.get(&i)) {
+                return Ok(Hash(h.0));
+            }
+            let b: Vec<u8> = st
+                .query_row([i as i64], |r| r.get(0))
+                .map_err(|e| tlog::Error::InvalidInput(format!("hash {i}: {e}")))?;
+            Ok(Hash(b.try_into().map_err(|_| tlog::Error::MalformedHash)?))
+        })
+        .collect()
 }
 
 fn log_err(e: impl std::fmt::Display) -> HsmError {
@@ -136,16 +164,23 @@ pub(crate) fn size(tx: &Transaction<'_>) -> Result<u64> {
 }
 
 /// Appends one record (its `seq` is assigned here) and the tree hashes it completes.
-pub(crate) fn append(tx: &Transaction<'_>, rec: &mut Record) -> Result<u64> {
-    let n = size(tx)?;
+/// `batch` carries what earlier appends of the same transaction wrote.
+pub(crate) fn append(tx: &Transaction<'_>, batch: &mut Appending, rec: &mut Record) -> Result<u64> {
+    let n = match batch.size {
+        Some(n) => n,
+        None => size(tx)?,
+    };
     rec.seq = n + 1;
     let bytes = rec.to_bytes();
-    let hashes = tlog::stored_hashes(n, &bytes, &Reader(tx)).map_err(log_err)?;
+    let hashes = tlog::stored_hashes(n, &bytes, &BatchReader(tx, batch)).map_err(log_err)?;
     let base = tlog::stored_hash_index(0, n);
     let mut ins = tx.prepare_cached("INSERT INTO audit_hashes(idx, hash) VALUES (?1, ?2)")?;
     for (i, h) in hashes.iter().enumerate() {
-        ins.execute(params![(base + i as u64) as i64, &h.0[..]])?;
+        let idx = base + i as u64;
+        ins.execute(params![idx as i64, &h.0[..]])?;
+        batch.written.insert(idx, Hash(h.0));
     }
+    batch.size = Some(n + 1);
     tx.prepare_cached("INSERT INTO audit_log(idx, record) VALUES (?1, ?2)")?
         .execute(params![n as i64, bytes])?;
     Ok(rec.seq)

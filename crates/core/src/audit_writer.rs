@@ -147,10 +147,14 @@ fn run(mut store: Store, rx: Receiver<Msg>, max_wait: Duration, healthy: Arc<Ato
             if now >= deadline {
                 break;
             }
-            match rx.recv_timeout(deadline - now) {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+            // Only batched records so far (a writer serves one mode): sleep out the wait
+            // instead of waking for each record, so that senders never have to wake this
+            // thread, then take everything that came.
+            std::thread::sleep(deadline - now);
+            while let Ok(m) = rx.try_recv() {
+                batch.push(m);
             }
+            break;
         }
         let res = commit(&mut store, &unflushed, &batch);
         healthy.store(res.is_ok(), Ordering::Release);

@@ -350,6 +350,13 @@ impl Hsm {
         })
     }
 
+    /// The store's state generation: it moves on with every change of state made through
+    /// any handle in any process (see [`Store::generation`]), so anything read from the HSM
+    /// may be kept while it is unchanged.
+    pub fn state_generation(&mut self) -> Result<u64> {
+        self.store.generation()
+    }
+
     /// Serial number.
     pub fn serial(&self) -> &str {
         &self.serial

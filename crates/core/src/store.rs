@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -74,10 +75,48 @@ pub struct Store {
     audit: Option<AuditKeys>,
     /// The state generation last read, and the connection's data version it was read at.
     seen: Option<(i64, u64)>,
-    /// The WAL index (`hsm.db-shm`), read to notice commits without taking a lock.
-    shm: Option<std::fs::File>,
+    /// The WAL index (`hsm.db-shm`), read to notice commits without taking a lock. Declared
+    /// after `conn` so that the connection closes first.
+    shm: Option<Arc<std::fs::File>>,
     /// Its header when `seen` was last confirmed.
     seen_wal: Option<WalHeader>,
+}
+
+/// Read-only handles on WAL-index files, one per file (path and inode). A handle is closed
+/// only once the file has been replaced and no store uses it: closing any descriptor of a
+/// file drops every POSIX lock the process holds on it, SQLite's own included, so a handle
+/// opened and closed per store would break SQLite's locking for the other connections.
+static SHM_FILES: Mutex<Vec<(PathBuf, u64, Arc<std::fs::File>)>> = Mutex::new(Vec::new());
+
+/// The shared handle on the WAL index of the database at `db`, which a connection of the
+/// caller holds open (so the file cannot be deleted and replaced meanwhile).
+fn shm_handle(db: &Path) -> Option<Arc<std::fs::File>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = PathBuf::from(format!("{}-shm", db.display()));
+    let ino = std::fs::metadata(&path).ok()?.ino();
+    let mut files = SHM_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, f)) = files.iter().find(|(p, i, _)| *p == path && *i == ino) {
+        return Some(f.clone());
+    }
+    // O_NOATIME: this file is read once per operation; updating its access time each time
+    // would cost more than the read.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(&path)
+        .ok()?;
+    if f.metadata().ok()?.ino() != ino {
+        // Replaced between the two looks: keep the handle (closing it is what must not
+        // happen) but do not use it.
+        std::mem::forget(f);
+        return None;
+    }
+    let f = Arc::new(f);
+    // An entry for an older file at this path: every connection to that file is gone (it
+    // was deleted when the last one closed); stores still holding it close it when dropped.
+    files.retain(|(p, _, _)| *p != path);
+    files.push((path, ino, f.clone()));
+    Some(f)
 }
 
 /// The first copy of the WAL-index header (SQLite's documented `-shm` layout: 48 bytes at
@@ -161,7 +200,7 @@ impl Store {
             keys: None,
             audit: None,
             seen: None,
-            shm: None,
+            shm: shm_handle(&db),
             seen_wal: None,
         };
         if store.meta("format")?.is_none() {
@@ -255,19 +294,11 @@ impl Store {
     }
 
     /// The WAL-index header as it is now, if it can be read.
-    fn wal_header(&mut self) -> Option<WalHeader> {
+    fn wal_header(&self) -> Option<WalHeader> {
         use std::os::unix::fs::FileExt;
-        if self.shm.is_none() {
-            self.shm = std::fs::File::open(self.dir.join(format!("{DB_FILE}-shm"))).ok();
-        }
         let mut h = [0u8; 48];
-        match self.shm.as_ref()?.read_exact_at(&mut h, 0) {
-            Ok(()) => Some(h),
-            Err(_) => {
-                self.shm = None;
-                None
-            }
-        }
+        self.shm.as_ref()?.read_exact_at(&mut h, 0).ok()?;
+        Some(h)
     }
 
     /// The generation as last read by [`Store::generation`] on this connection (reading it
@@ -310,7 +341,7 @@ impl Store {
             keys: None,
             audit: None,
             seen: None,
-            shm: None,
+            shm: shm_handle(&db),
             seen_wal: None,
         };
         // Keep auditing if the audit key is sound; the store itself is about to be destroyed.
@@ -583,6 +614,7 @@ impl Store {
             keys: self.keys.as_ref(),
             audit: self.audit.as_ref(),
             appended: false,
+            appending: Default::default(),
             d_records: 0,
             d_objects: 0,
             force_manifest: false,
@@ -619,6 +651,7 @@ pub struct Txn<'a> {
     keys: Option<&'a Keys>,
     pub(crate) audit: Option<&'a AuditKeys>,
     appended: bool,
+    appending: audit::Appending,
     d_records: i64,
     d_objects: i64,
     force_manifest: bool,
@@ -871,7 +904,7 @@ impl<'a> Txn<'a> {
             ));
         }
         let mut r = e.clone();
-        audit::append(&self.tx, &mut r)?;
+        audit::append(&self.tx, &mut self.appending, &mut r)?;
         self.appended = true;
         Ok(())
     }

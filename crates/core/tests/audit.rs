@@ -417,6 +417,44 @@ fn key_use_strict_and_batched() {
     assert!(r.records >= 21);
 }
 
+#[test]
+fn key_use_auditing_switched_by_another_handle_applies_to_the_next_operation() {
+    let (f, mut hsm, _) = with_auditor();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
+    let sign = |h: &mut Hsm| {
+        h.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
+            .unwrap()
+    };
+    sign(&mut hsm);
+    sign(&mut hsm);
+    let key_uses = |f: &Fixture| {
+        Hsm::open(&f.data)
+            .unwrap()
+            .events()
+            .unwrap()
+            .iter()
+            .filter(|r| r.event == "key-use")
+            .count()
+    };
+    assert_eq!(key_uses(&f), 0);
+    // The Auditor, elsewhere, turns strict auditing on: the very next signature is recorded.
+    let mut other = Hsm::open(&f.data).unwrap();
+    let aud = auditor(&f, &mut other);
+    other
+        .set_audit_config(
+            &aud,
+            AuditConfig {
+                key_use: KeyUseAudit::Strict,
+                ceremony_cosignatures: 3,
+            },
+        )
+        .unwrap();
+    drop(other);
+    sign(&mut hsm);
+    assert_eq!(key_uses(&f), 1);
+}
+
 /// Installs a trigger that makes every append to the log fail, as a full disk would.
 fn break_log(f: &Fixture) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(f.data.join("hsm.db")).unwrap();

@@ -3,6 +3,7 @@
 //! [`crate::ffi`].
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
+use std::collections::HashMap;
 use std::os::raw::c_void;
 use std::sync::{Arc, Mutex};
 
@@ -72,6 +73,8 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             logins: Default::default(),
             next_handle: 1,
             control: Mutex::new(None),
+            pool: Mutex::new(Vec::new()),
+            tokens: Mutex::new(None),
         });
         Ok(())
     })())
@@ -258,6 +261,42 @@ fn slots(m: &Module) -> Rv<Vec<Slot>> {
         });
     }
     Ok(out)
+}
+
+/// The label of the token in slot `id` and whether it is initialised, from a copy kept
+/// until the store's state changes (so that opening a session reads nothing while nothing
+/// changed).
+fn token_brief(m: &Module, id: CK_SLOT_ID) -> Rv<(String, bool)> {
+    let generation = {
+        let mut control = m.control.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        control.as_mut().and_then(|h| h.state_generation().ok())
+    };
+    if let Some(g) = generation {
+        let tokens = m.tokens.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if let Some((seen, map)) = tokens.as_ref() {
+            if *seen == g {
+                return map.get(&id).cloned().ok_or(CKR_SLOT_ID_INVALID);
+            }
+        }
+    }
+    let all = slots(m)?;
+    let map: HashMap<CK_SLOT_ID, (String, bool)> = all
+        .into_iter()
+        .map(|s| {
+            let brief = s
+                .partition
+                .map(|p| (p.label, p.initialised))
+                .unwrap_or_default();
+            (s.id, brief)
+        })
+        .collect();
+    let found = map.get(&id).cloned().ok_or(CKR_SLOT_ID_INVALID);
+    // Keyed by the generation read before the slots were: a change in between only makes
+    // the next call read them again.
+    if let Some(g) = generation {
+        *m.tokens.lock().map_err(|_| CKR_GENERAL_ERROR)? = Some((g, map));
+    }
+    found
 }
 
 fn slot(m: &Module, id: CK_SLOT_ID) -> Rv<Slot> {
@@ -579,23 +618,32 @@ pub unsafe fn C_OpenSession(
         if ph.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let (config, label, so_logged_in) = with_module(|m| {
-            let s = slot(m, id)?;
-            let p = s.partition.ok_or(CKR_TOKEN_NOT_RECOGNIZED)?;
-            if !p.initialised {
+        let (config, label, so_logged_in, pooled) = with_module(|m| {
+            let (label, initialised) = token_brief(m, id)?;
+            if !initialised {
                 return Err(CKR_TOKEN_NOT_RECOGNIZED);
             }
             Ok((
                 m.config.clone(),
-                p.label,
+                label,
                 m.logins.get(&id).is_some_and(|l| l.user == CKU_SO),
+                m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop(),
             ))
         })?;
         if so_logged_in && flags & CKF_RW_SESSION == 0 {
+            if let Some(h) = pooled {
+                with_module(|m| {
+                    m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.push(h);
+                    Ok(())
+                })?;
+            }
             return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
         }
         // Each session has its own handle on the store, so sessions run in parallel.
-        let hsm = open_hsm(&config)?;
+        let hsm = match pooled {
+            Some(h) => h,
+            None => open_hsm(&config)?,
+        };
         let session = Session {
             slot: id,
             label,
@@ -623,6 +671,15 @@ pub unsafe fn C_OpenSession(
 fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
     let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    // Keep its engine handle for the next session, unless another thread still holds the
+    // session (it is then dropped with the last reference).
+    if let Ok(session) = Arc::try_unwrap(s) {
+        let session = session.into_inner().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut pool = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if pool.len() < state::POOL_MAX {
+            pool.push(session.hsm);
+        }
+    }
     // The last session of a token logs its user out.
     let others = m
         .sessions

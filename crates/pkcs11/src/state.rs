@@ -135,7 +135,16 @@ pub struct Module {
     /// One engine handle kept for slot and token queries, so that they do not open the store
     /// each time.
     pub control: Mutex<Option<Hsm>>,
+    /// Engine handles of closed sessions, reused by the next `C_OpenSession` (opening one
+    /// opens and verifies the store).
+    pub pool: Mutex<Vec<Hsm>>,
+    /// What `C_OpenSession` needs to know of each slot (label, initialised), and the store's
+    /// state generation it was read at.
+    pub tokens: Mutex<Option<(u64, HashMap<CK_SLOT_ID, (String, bool)>)>>,
 }
+
+/// At most this many idle engine handles are kept.
+pub const POOL_MAX: usize = 16;
 
 /// This process's id, or 0 when it must be read again (cleared in a forked child), so that
 /// the check every call makes ("was the module initialised by this process?") needs no
