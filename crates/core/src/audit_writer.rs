@@ -25,6 +25,8 @@ struct Msg {
 pub(crate) struct AuditWriter {
     tx: Option<Sender<Msg>>,
     healthy: Arc<AtomicBool>,
+    /// Set when the handle is dropped: the writer commits what it has and stops waiting.
+    closing: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -35,12 +37,14 @@ impl AuditWriter {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<std::result::Result<(), String>>(1);
         let healthy = Arc::new(AtomicBool::new(true));
         let h = healthy.clone();
+        let closing = Arc::new(AtomicBool::new(false));
+        let c = closing.clone();
         let handle = std::thread::Builder::new()
             .name("ferrohsm-audit-writer".into())
             .spawn(move || match Store::open(&dir, false) {
                 Ok(store) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(store, rx, max_wait, h);
+                    run(store, rx, max_wait, h, c);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -51,6 +55,7 @@ impl AuditWriter {
             Ok(Ok(())) => Ok(AuditWriter {
                 tx: Some(tx),
                 healthy,
+                closing,
                 handle: Some(handle),
             }),
             Ok(Err(e)) => Err(HsmError::Store(format!("audit writer: {e}"))),
@@ -105,6 +110,7 @@ impl AuditWriter {
 
 impl Drop for AuditWriter {
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
         self.tx.take();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -112,7 +118,13 @@ impl Drop for AuditWriter {
     }
 }
 
-fn run(mut store: Store, rx: Receiver<Msg>, max_wait: Duration, healthy: Arc<AtomicBool>) {
+fn run(
+    mut store: Store,
+    rx: Receiver<Msg>,
+    max_wait: Duration,
+    healthy: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+) {
     // Records of batched operations that already answered: kept until a commit succeeds.
     let mut unflushed: Vec<Event> = Vec::new();
     let retry = max_wait.max(Duration::from_millis(10));
@@ -135,26 +147,24 @@ fn run(mut store: Store, rx: Receiver<Msg>, max_wait: Duration, healthy: Arc<Ato
         };
         let mut batch: Vec<Msg> = first.into_iter().collect();
         let deadline = Instant::now() + max_wait;
-        while !batch.is_empty() {
-            // Whatever is already queued joins this commit.
+        // Whatever is already queued joins this commit.
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        if !batch.is_empty() && batch.iter().all(|m| m.ack.is_none()) {
+            // Only batched records (a writer serves one mode): sleep out the window instead
+            // of waking for each record, so that senders never have to wake this thread;
+            // in short steps, so that a closing handle is not kept waiting.
+            loop {
+                let now = Instant::now();
+                if now >= deadline || closing.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
+            }
             while let Ok(m) = rx.try_recv() {
                 batch.push(m);
             }
-            if batch.iter().any(|m| m.ack.is_some()) {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            // Only batched records so far (a writer serves one mode): sleep out the wait
-            // instead of waking for each record, so that senders never have to wake this
-            // thread, then take everything that came.
-            std::thread::sleep(deadline - now);
-            while let Ok(m) = rx.try_recv() {
-                batch.push(m);
-            }
-            break;
         }
         let res = commit(&mut store, &unflushed, &batch);
         healthy.store(res.is_ok(), Ordering::Release);

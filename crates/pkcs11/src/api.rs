@@ -3,7 +3,6 @@
 //! [`crate::ffi`].
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::collections::HashMap;
 use std::os::raw::c_void;
 use std::sync::{Arc, Mutex};
 
@@ -280,7 +279,7 @@ fn token_brief(m: &Module, id: CK_SLOT_ID) -> Rv<(String, bool)> {
         }
     }
     let all = slots(m)?;
-    let map: HashMap<CK_SLOT_ID, (String, bool)> = all
+    let map: state::TokenBriefs = all
         .into_iter()
         .map(|s| {
             let brief = s

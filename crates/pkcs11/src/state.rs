@@ -140,8 +140,11 @@ pub struct Module {
     pub pool: Mutex<Vec<Hsm>>,
     /// What `C_OpenSession` needs to know of each slot (label, initialised), and the store's
     /// state generation it was read at.
-    pub tokens: Mutex<Option<(u64, HashMap<CK_SLOT_ID, (String, bool)>)>>,
+    pub tokens: Mutex<Option<(u64, TokenBriefs)>>,
 }
+
+/// Per slot: the token's label and whether it is initialised.
+pub type TokenBriefs = HashMap<CK_SLOT_ID, (String, bool)>;
 
 /// At most this many idle engine handles are kept.
 pub const POOL_MAX: usize = 16;
