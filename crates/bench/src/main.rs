@@ -49,9 +49,104 @@ struct Args {
     /// never open the same database).
     #[arg(long, hide = true, requires = "data")]
     set_key_use: Option<String>,
-    /// Internal: the data directory for `--set-key-use`.
+    /// Internal: the data directory for `--set-key-use` and `--populate`.
     #[arg(long, hide = true)]
     data: Option<PathBuf>,
+    /// Internal: add this many AES keys labelled `find-<n>` (numbered on from `--from`) to
+    /// the bench partition in `--data`, and exit.
+    #[arg(long, hide = true, requires = "data")]
+    populate: Option<usize>,
+    /// Internal: first number for `--populate`.
+    #[arg(long, hide = true, default_value_t = 0)]
+    from: usize,
+    /// Largest store for the C_FindObjects rows (1,000, 10,000, then 100,000 objects).
+    #[arg(long, default_value_t = 100_000)]
+    find_max: usize,
+    /// Largest store SoftHSMv2 is filled to for the C_FindObjects rows (it makes each
+    /// object through PKCS#11, a file per object).
+    #[arg(long, default_value_t = 10_000)]
+    softhsm_find_max: usize,
+}
+
+/// Labels of the objects the C_FindObjects rows look up.
+fn find_label(n: usize) -> String {
+    format!("find-{n}")
+}
+
+/// Adds keys `find-<from>`.. to ferrohsm's bench partition from a child process (the bulk
+/// path of the engine, one transaction per 10,000 keys, each key audited).
+fn populate_ferrohsm(data: &std::path::Path, from: usize, count: usize) {
+    let exe = std::env::current_exe().expect("own path");
+    let st = std::process::Command::new(exe)
+        .arg("--populate")
+        .arg(count.to_string())
+        .arg("--from")
+        .arg(from.to_string())
+        .arg("--data")
+        .arg(data)
+        .status()
+        .expect("run self");
+    assert!(st.success(), "populating ferrohsm failed");
+}
+
+/// The child's half of [`populate_ferrohsm`].
+fn populate_here(data: &std::path::Path, from: usize, count: usize) {
+    use ferrohsm_core::mechanism::KeySpec;
+    use ferrohsm_core::object::{KeyOptions, KeyTemplate};
+    use ferrohsm_core::{secret::Pin, Credential, Hsm, Role};
+    let mut h = Hsm::open(data).expect("ferrohsm data dir");
+    let co = h
+        .login(
+            Role::CryptoOfficer,
+            Some("bench"),
+            Credential::Secret(Pin::password(USER_PIN).expect("pin")),
+        )
+        .expect("Crypto Officer login");
+    let all: Vec<KeyOptions> = (from..from + count)
+        .map(|n| KeyOptions {
+            label: find_label(n),
+            id: n.to_be_bytes().to_vec(),
+            extractable: false,
+        })
+        .collect();
+    for chunk in all.chunks(10_000) {
+        h.generate_keys_with(&co, KeySpec::Aes128, chunk, &KeyTemplate::default())
+            .expect("bulk keys");
+    }
+}
+
+/// Adds keys `find-<from>`.. to SoftHSMv2's token through PKCS#11.
+fn populate_p11(t: &Target, from: usize, count: usize) {
+    let s = session(t);
+    for n in from..from + count {
+        s.generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(16.into()),
+                Attribute::Label(find_label(n).into_bytes()),
+            ],
+        )
+        .expect("AES key");
+    }
+}
+
+/// Lookups by label per second, each a C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal
+/// round for one of `n` labels that matches exactly one object.
+fn find_rate(t: &Target, n: usize, secs: f64) -> f64 {
+    let (p11, slot) = (t.p11.clone(), t.slot);
+    rate(
+        1,
+        secs,
+        move || p11.open_ro_session(slot).expect("session"),
+        move |s: &mut Session, i| {
+            let label = find_label((i as usize).wrapping_mul(7919) % n);
+            let found = s
+                .find_objects(&[Attribute::Label(label.into_bytes())])
+                .expect("find");
+            assert_eq!(found.len(), 1, "one object per label");
+        },
+    )
 }
 
 const USER_PIN: &str = "bench-user-pin";
@@ -564,6 +659,10 @@ fn main() {
         set_key_use_here(data, mode);
         return;
     }
+    if let (Some(count), Some(data)) = (args.populate, &args.data) {
+        populate_here(data, args.from, count);
+        return;
+    }
     // Each module gets a fresh, temporary home that touches no real token.
     let tmp = tempfile::tempdir().expect("tmp");
     let fdata = tmp.path().join("ferrohsm");
@@ -765,6 +864,56 @@ fn main() {
             "{:<40} {name:<10} {open_close:8.0} rounds/s",
             "C_OpenSession + C_CloseSession"
         );
+    }
+    // C_FindObjects as the store grows: both stores get the same labels; SoftHSMv2 is
+    // filled only to --softhsm-find-max (through PKCS#11, a file per object).
+    if args
+        .only
+        .as_ref()
+        .is_none_or(|o| "C_FindObjects".contains(o.as_str()))
+    {
+        println!(
+            "{:<40} {:>8} {:>26} {:>26} {:>12}",
+            "C_FindObjects by label (1 match)", "objects", "ferrohsm", "SoftHSMv2", "f/soft"
+        );
+        let mut have = 0usize;
+        let mut first: Option<f64> = None;
+        for n in [1_000usize, 10_000, 100_000] {
+            if n > args.find_max {
+                break;
+            }
+            populate_ferrohsm(&fdata, have, n - have);
+            let soft_ok = n <= args.softhsm_find_max;
+            if soft_ok {
+                populate_p11(&soft, have, n - have);
+            }
+            have = n;
+            let (mut f, mut s) = (vec![], vec![]);
+            for _ in 0..args.rounds {
+                f.push(find_rate(&ferro, n, args.seconds));
+                if soft_ok {
+                    s.push(find_rate(&soft, n, args.seconds));
+                }
+            }
+            let fs = stats(f);
+            let base = *first.get_or_insert(fs.0);
+            let soft_col = if soft_ok {
+                let ss = stats(s);
+                (fmt(ss), format!("{:.2}", fs.0 / ss.0.max(1e-9)))
+            } else {
+                ("not filled".to_string(), "-".to_string())
+            };
+            println!(
+                "{:<40} {:>8} {:>26} {:>26} {:>12}   {:.1} µs/lookup, {:.2}x the 1,000-object time",
+                "C_FindObjects by label (1 match)",
+                n,
+                fmt(fs),
+                soft_col.0,
+                soft_col.1,
+                1e6 / fs.0,
+                base / fs.0
+            );
+        }
     }
     // Last: logging out ends the login every other session of the token shares.
     for (name, t) in [("ferrohsm", &ferro), ("SoftHSMv2", &soft)] {

@@ -1642,43 +1642,77 @@ impl Hsm {
         opts: &KeyOptions,
         tpl: &KeyTemplate,
     ) -> Result<Vec<u64>> {
+        let mut made = self.generate_keys_with(s, spec, std::slice::from_ref(opts), tpl)?;
+        made.pop()
+            .ok_or_else(|| HsmError::State("no key was generated".into()))
+    }
+
+    /// Generates one key per entry of `each` (same spec and template) in one transaction:
+    /// all are made, each with its own audit record, or none is. For provisioning many keys
+    /// at once (card issuance batches); at most 100,000 per call. Returns each key's handles.
+    pub fn generate_keys_with(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        each: &[KeyOptions],
+        tpl: &KeyTemplate,
+    ) -> Result<Vec<Vec<u64>>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
-        if opts.label.len() > 128 || (tpl.unique_label && opts.label.is_empty()) {
+        if each.is_empty() || each.len() > 100_000 {
             return Err(HsmError::InvalidInput(
-                "a key label is 1 to 128 characters".into(),
+                "generate 1 to 100000 keys at a time".into(),
             ));
         }
-        let g = mechanism::generate(spec)?;
-        let (attrs, public_attrs) = Self::key_attributes(spec, opts, tpl, true);
-        let e = self.ev(
-            "key-generate",
-            s.role.short(),
-            s.partition(),
-            Some(&format!("{} ({spec})", opts.label)),
-            "success",
-        );
+        for opts in each {
+            if opts.label.len() > 128 || (tpl.unique_label && opts.label.is_empty()) {
+                return Err(HsmError::InvalidInput(
+                    "a key label is 1 to 128 characters".into(),
+                ));
+            }
+        }
+        let mut made = Vec::with_capacity(each.len());
+        for opts in each {
+            let g = mechanism::generate(spec)?;
+            let (attrs, public_attrs) = Self::key_attributes(spec, opts, tpl, true);
+            let e = self.ev(
+                "key-generate",
+                s.role.short(),
+                s.partition(),
+                Some(&format!("{} ({spec})", opts.label)),
+                "success",
+            );
+            made.push((opts, g, attrs, public_attrs, e));
+        }
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
-            if tpl.unique_label && !t.object_handles(id, Some(&opts.label))?.is_empty() {
-                return Err(HsmError::InvalidInput(format!(
-                    "a key labelled {:?} exists already in {}",
-                    opts.label, p.label
-                )));
-            }
-            let mut handles = vec![Self::put_key(
-                t,
-                &mut p,
-                &pmk,
-                attrs,
-                g.public.clone(),
-                Some(&g.private),
-            )?];
-            if let Some(pa) = public_attrs {
-                handles.push(Self::put_key(t, &mut p, &pmk, pa, g.public.clone(), None)?);
+            let mut out = Vec::with_capacity(made.len());
+            let mut labels = std::collections::HashSet::new();
+            for (opts, g, attrs, public_attrs, e) in made {
+                if tpl.unique_label
+                    && (!labels.insert(opts.label.clone())
+                        || !t.object_handles(id, Some(&opts.label))?.is_empty())
+                {
+                    return Err(HsmError::InvalidInput(format!(
+                        "a key labelled {:?} exists already in {}",
+                        opts.label, p.label
+                    )));
+                }
+                let mut handles = vec![Self::put_key(
+                    t,
+                    &mut p,
+                    &pmk,
+                    attrs,
+                    g.public.clone(),
+                    Some(&g.private),
+                )?];
+                if let Some(pa) = public_attrs {
+                    handles.push(Self::put_key(t, &mut p, &pmk, pa, g.public.clone(), None)?);
+                }
+                t.event(&e)?;
+                out.push(handles);
             }
             t.put("partition", &pid(id), &p)?;
-            t.event(&e)?;
-            Ok(handles)
+            Ok(out)
         })
     }
 

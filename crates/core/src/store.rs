@@ -38,9 +38,15 @@ CREATE TABLE IF NOT EXISTS records(kind TEXT NOT NULL, id TEXT NOT NULL, sealed 
 CREATE TABLE IF NOT EXISTS objects(partition INTEGER NOT NULL, handle INTEGER NOT NULL,
     class TEXT NOT NULL, label_tag BLOB NOT NULL, id_tag BLOB NOT NULL, sealed BLOB NOT NULL,
     PRIMARY KEY(partition, handle));
-CREATE INDEX IF NOT EXISTS objects_by_label ON objects(partition, label_tag);
-CREATE INDEX IF NOT EXISTS objects_by_id ON objects(partition, id_tag);
+DROP INDEX IF EXISTS objects_by_label;
+DROP INDEX IF EXISTS objects_by_id;
+CREATE INDEX IF NOT EXISTS objects_by_label_handle ON objects(partition, label_tag, handle);
+CREATE INDEX IF NOT EXISTS objects_by_id_handle ON objects(partition, id_tag, handle);
+CREATE INDEX IF NOT EXISTS objects_by_class_handle ON objects(partition, class, handle);
 ";
+// The lookup indexes end in `handle` so that a lookup returns its rows in handle order
+// straight from the index: with (partition, label_tag) alone, SQLite prefers the primary
+// key to avoid a sort and scans the whole partition.
 
 /// One audit record as the engine emits it (`seq` is assigned when it is appended).
 pub type Event = ferrohsm_audit::Record;
@@ -632,6 +638,21 @@ impl Store {
     }
 }
 
+/// The lookup `Txn::find_handles` runs: the partition's objects with the given index
+/// values, in handle order.
+fn find_sql(label: bool, id: bool, class: bool) -> String {
+    let mut sql = String::from("SELECT handle FROM objects WHERE partition = ?1");
+    let mut n = 1;
+    for (given, column) in [(label, "label_tag"), (id, "id_tag"), (class, "class")] {
+        if given {
+            n += 1;
+            sql.push_str(&format!(" AND {column} = ?{n}"));
+        }
+    }
+    sql.push_str(" ORDER BY handle");
+    sql
+}
+
 fn zeroized() -> HsmError {
     HsmError::State(
         "the HSM holds no key material (never initialised, or zeroized); run `ferrohsm hsm init`"
@@ -844,21 +865,17 @@ impl<'a> Txn<'a> {
         id: Option<&[u8]>,
         class: Option<&str>,
     ) -> Result<Vec<u64>> {
-        let mut sql = String::from("SELECT handle FROM objects WHERE partition = ?1");
         let mut args: Vec<rusqlite::types::Value> = vec![(partition as i64).into()];
         if let Some(l) = label {
             args.push(self.tag(partition, b"label", l.as_bytes())?.into());
-            sql.push_str(&format!(" AND label_tag = ?{}", args.len()));
         }
         if let Some(i) = id {
             args.push(self.tag(partition, b"id", i)?.into());
-            sql.push_str(&format!(" AND id_tag = ?{}", args.len()));
         }
         if let Some(c) = class {
             args.push(c.to_string().into());
-            sql.push_str(&format!(" AND class = ?{}", args.len()));
         }
-        sql.push_str(" ORDER BY handle");
+        let sql = find_sql(label.is_some(), id.is_some(), class.is_some());
         let mut st = self.tx.prepare_cached(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))?;
         let v: Vec<i64> = rows.collect::<std::result::Result<_, _>>()?;
@@ -1014,4 +1031,47 @@ fn write_key_file(dir: &Path, path: &Path, magic: &[u8; 8], key: &Secret32) -> R
         std::fs::File::open(dir)?.sync_all()
     })();
     res.map_err(|e| HsmError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// C_FindObjects by label, id or class must not scan the partition: every lookup the
+    /// store runs is a SEARCH through an index on that value, with no sort step.
+    #[test]
+    fn object_lookups_search_an_index_and_never_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_conn(&dir.path().join(DB_FILE)).unwrap();
+        for label in [false, true] {
+            for id in [false, true] {
+                for class in [false, true] {
+                    if !(label || id || class) {
+                        continue;
+                    }
+                    let sql = find_sql(label, id, class);
+                    let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+                    let plan: Vec<String> = st
+                        .query_map(
+                            rusqlite::params_from_iter(std::iter::repeat_n(
+                                rusqlite::types::Value::Null,
+                                1 + label as usize + id as usize + class as usize,
+                            )),
+                            |r| r.get::<_, String>(3),
+                        )
+                        .unwrap()
+                        .collect::<std::result::Result<_, _>>()
+                        .unwrap();
+                    let text = plan.join(" | ");
+                    assert!(
+                        text.starts_with("SEARCH objects USING ")
+                            && text.contains("INDEX objects_by_")
+                            && !text.contains("SCAN")
+                            && !text.contains("TEMP B-TREE"),
+                        "{sql}: {text}"
+                    );
+                }
+            }
+        }
+    }
 }

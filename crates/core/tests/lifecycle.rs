@@ -472,3 +472,78 @@ fn partition_delete_and_stable_ids() {
         vec![(2, "q"), (3, "r")]
     );
 }
+
+#[test]
+fn keys_generated_in_bulk_land_together_each_audited_or_not_at_all() {
+    use ferrohsm_core::object::{KeyTemplate, ObjectFilter};
+    let (f, mut hsm) = fixture();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let before = hsm.events().unwrap().len();
+    let opts = |i: usize| KeyOptions {
+        label: format!("card-{i:03}"),
+        id: vec![i as u8],
+        extractable: false,
+    };
+    let tpl = KeyTemplate {
+        unique_label: true,
+        ..Default::default()
+    };
+    let made = hsm
+        .generate_keys_with(
+            &co,
+            KeySpec::Aes256,
+            &(0..40).map(opts).collect::<Vec<_>>(),
+            &tpl,
+        )
+        .unwrap();
+    assert_eq!(made.len(), 40);
+    let found = hsm
+        .find_objects(
+            Some(&co),
+            "p",
+            &ObjectFilter {
+                label: Some("card-017".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].handle, made[17][0]);
+    let generated = |h: &mut Hsm| {
+        h.events()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event == "key-generate")
+            .count()
+    };
+    assert_eq!(hsm.events().unwrap().len(), before + 40);
+    let g = generated(&mut hsm);
+    // A batch that repeats a label (or reuses one) is refused whole: no key, no record.
+    let clash: Vec<KeyOptions> = [41, 42, 41].into_iter().map(opts).collect();
+    let e = hsm
+        .generate_keys_with(&co, KeySpec::Aes256, &clash, &tpl)
+        .unwrap_err();
+    assert!(matches!(e, HsmError::InvalidInput(_)), "{e}");
+    let e = hsm
+        .generate_keys_with(&co, KeySpec::Aes256, &[opts(43), opts(5)], &tpl)
+        .unwrap_err();
+    assert!(matches!(e, HsmError::InvalidInput(_)), "{e}");
+    assert_eq!(generated(&mut hsm), g);
+    assert!(hsm
+        .find_objects(
+            Some(&co),
+            "p",
+            &ObjectFilter {
+                label: Some("card-043".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .is_empty());
+    // Only the Crypto Officer creates keys, in bulk or not.
+    let cu = login(&f, &mut hsm, Role::CryptoUser, "cu");
+    let e = hsm
+        .generate_keys_with(&cu, KeySpec::Aes256, &[opts(44)], &tpl)
+        .unwrap_err();
+    assert!(matches!(e, HsmError::Refused(_)), "{e}");
+}
