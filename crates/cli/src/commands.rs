@@ -670,7 +670,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             let data = read_file(&input)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = hsm.find_key(&s, &label, ObjectClass::PrivateKey)?;
-            let mech = pick(mechanism, key.attrs.spec.default_sign(), key.attrs.spec)?;
+            let mech = pick(mechanism, Use::Sign, key.attrs.key_spec()?)?;
             let sig = hsm.sign(&s, key.handle, mech, &data)?;
             write_file(&output, &sig)?;
             done(format!(
@@ -691,7 +691,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             let sig = read_file(&signature)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = hsm.find_key(&s, &label, ObjectClass::PublicKey)?;
-            let mech = pick(mechanism, key.attrs.spec.default_sign(), key.attrs.spec)?;
+            let mech = pick(mechanism, Use::Sign, key.attrs.key_spec()?)?;
             if hsm.verify(&s, key.handle, mech, &data, &sig)? {
                 done(format!("signature valid ({mech}, key {label:?})"))
             } else {
@@ -709,7 +709,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             let data = read_file(&input)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = find_cipher_key(&mut hsm, &s, &label, true)?;
-            let mech = pick(None, key.attrs.spec.default_encrypt(), key.attrs.spec)?;
+            let mech = pick(None, Use::Encrypt, key.attrs.key_spec()?)?;
             let mut iv = vec![0u8; if mech == Mechanism::AesGcm { 12 } else { 0 }];
             ferrohsm_core::crypto::fill_random(&mut iv);
             let p = Params {
@@ -736,7 +736,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             let data = read_file(&input)?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
             let key = find_cipher_key(&mut hsm, &s, &label, false)?;
-            let mech = pick(None, key.attrs.spec.default_encrypt(), key.attrs.spec)?;
+            let mech = pick(None, Use::Encrypt, key.attrs.key_spec()?)?;
             let (iv, ct) = if mech == Mechanism::AesGcm {
                 if data.len() < 12 + 16 {
                     return Err(HsmError::InvalidInput(format!(
@@ -797,7 +797,17 @@ fn find_cipher_key(
         .ok_or_else(|| HsmError::NotFound(format!("no key labelled {label:?}")))
 }
 
-fn pick(given: Option<String>, default: Option<Mechanism>, spec: KeySpec) -> R<Mechanism> {
+/// What a key is used for, to pick its default mechanism.
+enum Use {
+    Sign,
+    Encrypt,
+}
+
+fn pick(given: Option<String>, usage: Use, spec: KeySpec) -> R<Mechanism> {
+    let default = match usage {
+        Use::Sign => spec.default_sign(),
+        Use::Encrypt => spec.default_encrypt(),
+    };
     match given {
         Some(m) => m.parse(),
         None => default.ok_or_else(|| {

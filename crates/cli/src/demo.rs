@@ -264,7 +264,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
         let public = hsm.find_key(&co, label, ObjectClass::PublicKey)?;
         let mech = private
             .attrs
-            .spec
+            .key_spec()?
             .default_sign()
             .ok_or_else(|| HsmError::State("no sign mechanism".into()))?;
         let sig = hsm.sign(&co, private.handle, mech, msg)?;

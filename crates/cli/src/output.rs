@@ -126,7 +126,7 @@ pub fn objects(list: &[ObjectInfo]) {
             "{:>6}  {:<12} {:<9} {:<24} {}",
             o.handle,
             a.class.name(),
-            a.spec.to_string(),
+            a.spec.map_or_else(|| "-".to_string(), |s| s.to_string()),
             a.label,
             flags.join(",")
         );

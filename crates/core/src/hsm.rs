@@ -14,7 +14,8 @@ use crate::crypto::{self, hkdf32, KdfParams};
 use crate::error::{HsmError, Result};
 use crate::mechanism::{self, KeySpec, Mechanism, Params};
 use crate::object::{
-    Attributes, KeyOptions, KeyTemplate, ObjectClass, ObjectFilter, ObjectInfo, ObjectRecord,
+    Attributes, Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
+    ObjectRecord,
 };
 use crate::ped::{ImprintRequest, Imprinted, Ped, PresentRequest};
 use crate::policy::Policy;
@@ -154,6 +155,9 @@ pub struct Session {
     pmk: Option<Secret32>,
     cache: KeyCache,
 }
+
+/// Largest certificate or data object content, in bytes.
+pub const MAX_OBJECT_CONTENT: usize = 1 << 20;
 
 /// At most this many keys are kept per login; beyond it keys are loaded per operation.
 const KEY_CACHE_MAX: usize = 4096;
@@ -1728,7 +1732,7 @@ impl Hsm {
         let sensitive = tpl.sensitive.unwrap_or(true);
         let base = Attributes {
             class: ObjectClass::SecretKey,
-            spec,
+            spec: Some(spec),
             label: opts.label.clone(),
             id: opts.id.clone(),
             token: true,
@@ -1810,25 +1814,175 @@ impl Hsm {
         let h = p.next_handle;
         p.next_handle += 1;
         let material = secret.map(|m| crypto::seal(pmk, &Self::material_aad(id, h), m.expose()));
-        let rec = ObjectRecord {
-            attrs,
-            public,
-            material,
-        };
-        let pt = zeroize::Zeroizing::new(
-            serde_json::to_vec(&rec).map_err(|e| HsmError::Store(e.to_string()))?,
-        );
-        t.put_object(
+        Self::put_record(
+            t,
             id,
             h,
+            &ObjectRecord {
+                attrs,
+                public,
+                material,
+                content: None,
+            },
+        )?;
+        Ok(h)
+    }
+
+    /// Seals and stores an object record under `handle`, with its index.
+    fn put_record(t: &mut Txn<'_>, partition: u32, handle: u64, rec: &ObjectRecord) -> Result<()> {
+        let pt = zeroize::Zeroizing::new(
+            serde_json::to_vec(rec).map_err(|e| HsmError::Store(e.to_string()))?,
+        );
+        t.put_object(
+            partition,
+            handle,
             &ObjectIndex {
                 class: rec.attrs.class.name(),
                 label: &rec.attrs.label,
                 id: &rec.attrs.id,
             },
             &pt,
-        )?;
-        Ok(h)
+        )
+    }
+
+    /// Stores a certificate or data object in the session's partition (Crypto Officer).
+    /// Returns its handle.
+    pub fn create_object(&mut self, s: &Session, o: NewObject) -> Result<u64> {
+        let (id, _) = self.key_user(s, "creating objects", true)?;
+        if o.label.len() > 128 || o.id.len() > 128 {
+            return Err(HsmError::InvalidInput(
+                "an object label or id is at most 128 bytes".into(),
+            ));
+        }
+        let (class, size) = match &o.content {
+            Content::Certificate {
+                value,
+                subject,
+                issuer,
+                serial,
+                ..
+            } => (
+                ObjectClass::Certificate,
+                value.len() + subject.len() + issuer.len() + serial.len(),
+            ),
+            Content::Data {
+                application,
+                object_id,
+                value,
+            } => (
+                ObjectClass::Data,
+                value.len() + application.len() + object_id.len(),
+            ),
+        };
+        if size > MAX_OBJECT_CONTENT {
+            return Err(HsmError::InvalidInput(format!(
+                "an object holds at most {MAX_OBJECT_CONTENT} bytes; this one has {size}"
+            )));
+        }
+        let attrs = Attributes {
+            class,
+            spec: None,
+            label: o.label,
+            id: o.id,
+            token: true,
+            private: o.private,
+            sensitive: false,
+            extractable: false,
+            always_sensitive: false,
+            never_extractable: false,
+            local: false,
+            modifiable: o.modifiable,
+            destroyable: o.destroyable,
+            sign: false,
+            verify: false,
+            encrypt: false,
+            decrypt: false,
+            wrap: false,
+            unwrap: false,
+            derive: false,
+            wrap_with_trusted: false,
+            trusted: false,
+            created: now_rfc3339(),
+        };
+        let e = self.ev(
+            "object-create",
+            s.role.short(),
+            s.partition(),
+            Some(&format!("{} ({})", attrs.label, class.name())),
+            "success",
+        );
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let h = p.next_handle;
+            p.next_handle += 1;
+            Self::put_record(
+                t,
+                id,
+                h,
+                &ObjectRecord {
+                    attrs,
+                    public: None,
+                    material: None,
+                    content: Some(o.content),
+                },
+            )?;
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)?;
+            Ok(h)
+        })
+    }
+
+    /// Changes an object's label and/or id (Crypto Officer), if it is modifiable
+    /// (`CKA_MODIFIABLE`). Nothing else about an object changes after it is made.
+    pub fn relabel_object(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        label: Option<String>,
+        object_id: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let (id, _) = self.key_user(s, "changing objects", true)?;
+        if label.as_ref().is_some_and(|l| l.len() > 128)
+            || object_id.as_ref().is_some_and(|i| i.len() > 128)
+        {
+            return Err(HsmError::InvalidInput(
+                "an object label or id is at most 128 bytes".into(),
+            ));
+        }
+        let role = s.role.short().to_string();
+        let part = s.partition_label.clone();
+        let serial = self.serial.clone();
+        self.store.write(|t| {
+            let mut rec = Self::load(t, id, handle)?;
+            if !rec.attrs.modifiable {
+                return Err(HsmError::Refused(format!(
+                    "{:?} is not modifiable (CKA_MODIFIABLE is false)",
+                    rec.attrs.label
+                )));
+            }
+            let before = rec.attrs.label.clone();
+            if let Some(l) = label {
+                rec.attrs.label = l;
+            }
+            if let Some(i) = object_id {
+                rec.attrs.id = i;
+            }
+            Self::put_record(t, id, handle, &rec)?;
+            t.event(&Event {
+                seq: 0,
+                time: now_rfc3339(),
+                serial,
+                event: "object-modify".into(),
+                role,
+                partition: part,
+                object: Some(before),
+                outcome: format!(
+                    "success: now labelled {:?}, id {}",
+                    rec.attrs.label,
+                    hex::encode(&rec.attrs.id)
+                ),
+            })
+        })
     }
 
     /// Checks that `target` may be wrapped by `wrapper` and returns both records: the target
@@ -1882,7 +2036,7 @@ impl Hsm {
     ) -> Result<usize> {
         let (id, pmk, w, k) = self.wrap_check(s, wrapper, target)?;
         let m = Self::open_material(id, &pmk, target, &k)?;
-        Ok(mechanism::wrapped_len(w.attrs.spec, mech, m.len()))
+        Ok(mechanism::wrapped_len(w.attrs.key_spec()?, mech, m.len()))
     }
 
     /// Exports a secret or private key wrapped under another key of the partition (AES KW/KWP,
@@ -1907,7 +2061,7 @@ impl Hsm {
                 HsmError::InvalidInput("the wrapping key has no public value".into())
             })?
         };
-        let out = mechanism::wrap(w.attrs.spec, &wrapping_key, mech, p, m.expose())?;
+        let out = mechanism::wrap(w.attrs.key_spec()?, &wrapping_key, mech, p, m.expose())?;
         let e = self.ev(
             "key-wrap",
             s.role.short(),
@@ -1939,7 +2093,7 @@ impl Hsm {
         let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
         let (attrs, key) = self.private_material(id, &pmk, unwrapper)?;
         Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")?;
-        let m = mechanism::unwrap(attrs.spec, &key, mech, p, wrapped)?;
+        let m = mechanism::unwrap(attrs.key_spec()?, &key, mech, p, wrapped)?;
         let (spec, public) = match class {
             ObjectClass::PrivateKey => {
                 let (spec, public) = mechanism::identify_private_key(m.expose())?;
@@ -1973,10 +2127,11 @@ impl Hsm {
                 }
                 (spec, None)
             }
-            ObjectClass::PublicKey => {
-                return Err(HsmError::InvalidInput(
-                    "public keys are not unwrapped".into(),
-                ))
+            ObjectClass::PublicKey | ObjectClass::Certificate | ObjectClass::Data => {
+                return Err(HsmError::InvalidInput(format!(
+                    "only secret and private keys are unwrapped, not {} objects",
+                    class.name()
+                )))
             }
         };
         let (a, _) = Self::key_attributes(spec, opts, tpl, false);
@@ -2023,6 +2178,7 @@ impl Hsm {
                     handle: h,
                     attrs: rec.attrs,
                     public: rec.public,
+                    content: rec.content,
                 });
             }
             Ok(out)
@@ -2072,6 +2228,7 @@ impl Hsm {
                     handle: h,
                     attrs: rec.attrs,
                     public: rec.public,
+                    content: rec.content,
                 });
             }
             Ok(out)
@@ -2104,6 +2261,7 @@ impl Hsm {
             handle,
             attrs: rec.attrs,
             public: rec.public,
+            content: rec.content,
         })
     }
 
@@ -2180,7 +2338,7 @@ impl Hsm {
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         let key = match rec.material {
             Some(_) => Some(mechanism::Key::parse(
-                rec.attrs.spec,
+                rec.attrs.key_spec()?,
                 Self::open_material(id, &pmk, handle, &rec)?,
             )?),
             None => None,
@@ -2190,6 +2348,7 @@ impl Hsm {
                 handle,
                 attrs: rec.attrs,
                 public: rec.public,
+                content: rec.content,
             },
             partition: id,
             key,
@@ -2275,7 +2434,7 @@ impl Hsm {
                 .public
                 .as_ref()
                 .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
-            mechanism::verify(k.info.attrs.spec, public, mech, data, sig)?
+            mechanism::verify(k.info.attrs.key_spec()?, public, mech, data, sig)?
         };
         let outcome = if ok { "valid" } else { "invalid" };
         self.audit_key_use(
@@ -2317,7 +2476,7 @@ impl Hsm {
                 .public
                 .as_ref()
                 .ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
-            mechanism::encrypt_public(k.info.attrs.spec, public, mech, p, data)?
+            mechanism::encrypt_public(k.info.attrs.key_spec()?, public, mech, p, data)?
         };
         self.audit_key_use(s, &k.info.attrs.label, format_args!("encrypt {mech}"))?;
         Ok(ct)

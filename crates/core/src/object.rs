@@ -1,6 +1,7 @@
-//! Objects in a partition: keys with PKCS#11-style attributes. Key material is sealed under
-//! the partition master key (which only the Crypto Officer, Crypto User or an activation can
-//! unwrap) and the record as a whole under the store key.
+//! Objects in a partition: keys with PKCS#11-style attributes, and the certificates and
+//! data objects applications keep beside them. Key material is sealed under the partition
+//! master key (which only the Crypto Officer, Crypto User or an activation can unwrap) and
+//! the record as a whole under the store key.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,10 @@ pub enum ObjectClass {
     PrivateKey,
     /// `CKO_PUBLIC_KEY`.
     PublicKey,
+    /// `CKO_CERTIFICATE` (X.509).
+    Certificate,
+    /// `CKO_DATA`.
+    Data,
 }
 
 impl ObjectClass {
@@ -25,8 +30,71 @@ impl ObjectClass {
             ObjectClass::SecretKey => "secret-key",
             ObjectClass::PrivateKey => "private-key",
             ObjectClass::PublicKey => "public-key",
+            ObjectClass::Certificate => "certificate",
+            ObjectClass::Data => "data",
         }
     }
+
+    /// Whether objects of this class are keys (and so have a [`KeySpec`]).
+    pub fn is_key(self) -> bool {
+        matches!(
+            self,
+            ObjectClass::SecretKey | ObjectClass::PrivateKey | ObjectClass::PublicKey
+        )
+    }
+}
+
+/// What a certificate or data object holds (`CKA_VALUE` and its class's attributes). Never
+/// secret: certificates are public, and a data object's value is readable by whoever may see
+/// the object (`CKA_PRIVATE` objects only after login).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Content {
+    /// An X.509 certificate (`CKC_X_509`).
+    Certificate {
+        /// DER of the certificate (`CKA_VALUE`).
+        #[serde(with = "hex_bytes")]
+        value: Vec<u8>,
+        /// DER of its subject name (`CKA_SUBJECT`).
+        #[serde(with = "hex_bytes")]
+        subject: Vec<u8>,
+        /// DER of its issuer name (`CKA_ISSUER`).
+        #[serde(with = "hex_bytes")]
+        issuer: Vec<u8>,
+        /// DER of its serial number (`CKA_SERIAL_NUMBER`).
+        #[serde(with = "hex_bytes")]
+        serial: Vec<u8>,
+        /// `CKA_CERTIFICATE_CATEGORY` (0 unspecified, 1 token user, 2 authority, 3 other).
+        category: u8,
+    },
+    /// Application data (`CKO_DATA`).
+    Data {
+        /// `CKA_APPLICATION`.
+        application: String,
+        /// DER of `CKA_OBJECT_ID` (empty when not given).
+        #[serde(with = "hex_bytes")]
+        object_id: Vec<u8>,
+        /// `CKA_VALUE`.
+        #[serde(with = "hex_bytes")]
+        value: Vec<u8>,
+    },
+}
+
+/// A certificate or data object to create.
+#[derive(Clone, Debug)]
+pub struct NewObject {
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// `CKA_PRIVATE`: visible only after login.
+    pub private: bool,
+    /// `CKA_MODIFIABLE`.
+    pub modifiable: bool,
+    /// `CKA_DESTROYABLE`.
+    pub destroyable: bool,
+    /// Its class and content.
+    pub content: Content,
 }
 
 /// The attributes of a key object. Booleans follow PKCS#11 meanings.
@@ -34,8 +102,8 @@ impl ObjectClass {
 pub struct Attributes {
     /// `CKA_CLASS`.
     pub class: ObjectClass,
-    /// Algorithm and size.
-    pub spec: KeySpec,
+    /// Algorithm and size, for keys (`None` for certificates and data objects).
+    pub spec: Option<KeySpec>,
     /// `CKA_LABEL`.
     pub label: String,
     /// `CKA_ID`, hex in records.
@@ -97,6 +165,17 @@ pub struct ObjectInfo {
     /// SubjectPublicKeyInfo DER, for public keys.
     #[serde(with = "hex_opt")]
     pub public: Option<Vec<u8>>,
+    /// What a certificate or data object holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+}
+
+impl Attributes {
+    /// The key's algorithm and size; an error for objects that are not keys.
+    pub fn key_spec(&self) -> crate::Result<KeySpec> {
+        self.spec
+            .ok_or_else(|| crate::HsmError::InvalidInput(format!("{:?} is not a key", self.label)))
+    }
 }
 
 /// What is stored per object (opened from the store).
@@ -108,6 +187,9 @@ pub(crate) struct ObjectRecord {
     /// Key material sealed under the partition master key.
     #[serde(with = "hex_opt")]
     pub material: Option<Vec<u8>>,
+    /// What a certificate or data object holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
 }
 
 /// Options when generating a key.

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use cryptoki_sys::*;
 use ferrohsm_core::hsm::{HsmInfo, PartitionInfo};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism};
-use ferrohsm_core::object::{KeyOptions, KeyTemplate, ObjectClass, ObjectFilter, ObjectInfo};
+use ferrohsm_core::object::{
+    Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
+};
 use ferrohsm_core::ped::{LocalPed, PedAnswers};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{AuthMode, Credential, HsmError, NewSecret, Role};
@@ -1051,6 +1053,201 @@ pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK
     })())
 }
 
+/// A certificate or data object from a `C_CreateObject` template, checked per the standard:
+/// the class and (for certificates) the value are required, certificates must be X.509,
+/// attributes the class does not have are refused, and keys are never created in clear
+/// (they enter by generation or unwrapping only).
+fn read_object_template(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Rv<NewObject> {
+    let class = find_attr(t, CKA_CLASS)
+        .ok_or(CKR_TEMPLATE_INCOMPLETE)
+        .and_then(|v| ffi::read_ulong(v))?;
+    let is_cert = match class {
+        CKO_CERTIFICATE => true,
+        CKO_DATA => false,
+        // Clear key material never enters; public keys are made with their private keys.
+        CKO_SECRET_KEY | CKO_PRIVATE_KEY | CKO_PUBLIC_KEY => return Err(CKR_TEMPLATE_INCONSISTENT),
+        _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+    };
+    let bytes = |ty| find_attr(t, ty).cloned().unwrap_or_default();
+    let flag = |ty, default| find_attr(t, ty).map_or(Ok(default), |v| ffi::read_bool(v));
+    if !flag(CKA_TOKEN, false)? {
+        // Session objects are not kept by this token.
+        return Err(CKR_TEMPLATE_INCONSISTENT);
+    }
+    for (ty, v) in t {
+        let allowed = match *ty {
+            CKA_CLASS | CKA_TOKEN | CKA_PRIVATE | CKA_MODIFIABLE | CKA_DESTROYABLE
+            | CKA_COPYABLE | CKA_LABEL | CKA_VALUE => true,
+            CKA_APPLICATION | CKA_OBJECT_ID => !is_cert,
+            CKA_CERTIFICATE_TYPE
+            | CKA_ID
+            | CKA_SUBJECT
+            | CKA_ISSUER
+            | CKA_SERIAL_NUMBER
+            | CKA_CERTIFICATE_CATEGORY
+            | CKA_START_DATE
+            | CKA_END_DATE
+            | CKA_URL
+            | CKA_HASH_OF_SUBJECT_PUBLIC_KEY
+            | CKA_HASH_OF_ISSUER_PUBLIC_KEY
+            | CKA_JAVA_MIDP_SECURITY_DOMAIN
+            | CKA_CHECK_VALUE => is_cert,
+            // Only a security officer may mark a certificate trusted, and none acts here.
+            CKA_TRUSTED => is_cert && !ffi::read_bool(v)?,
+            _ => false,
+        };
+        if !allowed {
+            return Err(if *ty == CKA_TRUSTED {
+                CKR_ATTRIBUTE_VALUE_INVALID
+            } else {
+                CKR_ATTRIBUTE_TYPE_INVALID
+            });
+        }
+    }
+    if flag(CKA_COPYABLE, false)? {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+    }
+    let label = String::from_utf8(bytes(CKA_LABEL)).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+    let content = if is_cert {
+        if let Some(ct) = find_attr(t, CKA_CERTIFICATE_TYPE) {
+            if ffi::read_ulong(ct)? != CKC_X_509 {
+                return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+            }
+        }
+        let category = match find_attr(t, CKA_CERTIFICATE_CATEGORY) {
+            Some(v) => match ffi::read_ulong(v)? {
+                c @ 0..=3 => c as u8,
+                _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            },
+            None => 0,
+        };
+        let value = find_attr(t, CKA_VALUE)
+            .cloned()
+            .ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+        if value.is_empty() {
+            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        }
+        Content::Certificate {
+            value,
+            subject: bytes(CKA_SUBJECT),
+            issuer: bytes(CKA_ISSUER),
+            serial: bytes(CKA_SERIAL_NUMBER),
+            category,
+        }
+    } else {
+        Content::Data {
+            application: String::from_utf8(bytes(CKA_APPLICATION))
+                .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?,
+            object_id: bytes(CKA_OBJECT_ID),
+            value: bytes(CKA_VALUE),
+        }
+    };
+    Ok(NewObject {
+        label,
+        id: bytes(CKA_ID),
+        // Certificates are public by default, data objects private.
+        private: flag(CKA_PRIVATE, !is_cert)?,
+        modifiable: flag(CKA_MODIFIABLE, true)?,
+        destroyable: flag(CKA_DESTROYABLE, true)?,
+        content,
+    })
+}
+
+pub unsafe fn C_CreateObject(
+    h: CK_SESSION_HANDLE,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+    out: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: template validity per contract; checked for NULL.
+        let t = unsafe { ffi::template(tpl, n)? };
+        if out.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let o = read_object_template(&t)?;
+        if s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let handle = s.hsm.create_object(es, o).map_err(|e| match e {
+            HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
+            e => rv(&e),
+        })?;
+        // SAFETY: non-NULL per check.
+        unsafe { *out = handle as CK_OBJECT_HANDLE };
+        Ok(())
+    })())
+}
+
+pub unsafe fn C_SetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    obj: CK_OBJECT_HANDLE,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: template validity per contract; checked for NULL.
+        let t = unsafe { ffi::template(tpl, n)? };
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let o = object(&mut s, &login, obj)?;
+        let (mut label, mut id) = (None, None);
+        for (ty, v) in &t {
+            match *ty {
+                CKA_LABEL => {
+                    label = Some(
+                        String::from_utf8(v.clone()).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?,
+                    )
+                }
+                CKA_ID => id = Some(v.clone()),
+                // Setting an attribute to the value it has is no change.
+                other => match attrs::get(&o, other) {
+                    Attr::Value(cur) if cur == *v => {}
+                    Attr::Invalid => return Err(CKR_ATTRIBUTE_TYPE_INVALID),
+                    _ => return Err(CKR_ATTRIBUTE_READ_ONLY),
+                },
+            }
+        }
+        if s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        if label.is_none() && id.is_none() {
+            return Ok(());
+        }
+        if !o.attrs.modifiable {
+            return Err(CKR_ACTION_PROHIBITED);
+        }
+        s.hsm
+            .relabel_object(es, obj, label, id)
+            .map_err(|e| match e {
+                HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
+                e => rv(&e),
+            })
+    })())
+}
+
+pub unsafe fn C_CopyObject(
+    h: CK_SESSION_HANDLE,
+    obj: CK_OBJECT_HANDLE,
+    _tpl: *mut CK_ATTRIBUTE,
+    _n: CK_ULONG,
+    out: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        object(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login, obj)?;
+        if out.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // Every object here has CKA_COPYABLE false: a key exists once.
+        Err(CKR_ACTION_PROHIBITED)
+    })())
+}
+
 // ---------------------------------------------------------------- key generation
 
 /// What a generation template asks for, beyond the algorithm.
@@ -1332,6 +1529,9 @@ unsafe fn op_init(
         e => rv(&e),
     })?;
     let a = &loaded.info.attrs;
+    let Some(spec) = a.spec else {
+        return Err(CKR_KEY_HANDLE_INVALID);
+    };
     let (allowed, class_ok) = match k {
         // Secret keys sign and verify with MAC mechanisms (checked with the mechanism below).
         Kind::Sign => (a.sign, a.class != ObjectClass::PublicKey),
@@ -1347,14 +1547,15 @@ unsafe fn op_init(
     }
     let (mech, params, ctr_bits) = match k {
         Kind::Sign | Kind::Verify => (
-            mech::sign_mechanism(code, &p, a.spec)?,
+            mech::sign_mechanism(code, &p, spec)?,
             Default::default(),
             128,
         ),
-        Kind::Encrypt | Kind::Decrypt => mech::cipher_mechanism(code, &p, a.spec)?,
+        Kind::Encrypt | Kind::Decrypt => mech::cipher_mechanism(code, &p, spec)?,
     };
     *slot_of(&mut s, k) = Some(Op {
         mech,
+        spec,
         key: loaded,
         params,
         buffer: vec![],
@@ -1450,7 +1651,7 @@ unsafe fn sign_out(
         // SAFETY: out/out_len validity per contract; checked for NULL inside.
         if unsafe {
             ffi::length_only(
-                ferrohsm_core::mechanism::signature_len(op.key.info.attrs.spec, op.mech),
+                ferrohsm_core::mechanism::signature_len(op.spec, op.mech),
                 out,
                 out_len,
             )?
@@ -1512,7 +1713,7 @@ unsafe fn verify_with(
     let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     // SAFETY: valid for `sig_len` bytes per contract.
     let sig = unsafe { ffi::slice(sig, sig_len)? };
-    if sig.len() != ferrohsm_core::mechanism::signature_len(op.key.info.attrs.spec, op.mech) {
+    if sig.len() != ferrohsm_core::mechanism::signature_len(op.spec, op.mech) {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
     let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
@@ -1571,7 +1772,7 @@ unsafe fn cipher(
         _ => s.decrypt.as_ref(),
     }
     .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-    let (mech, key, params, ctr_bits) = (op.mech, &op.key, &op.params, op.ctr_bits);
+    let (mech, key, params, ctr_bits, spec) = (op.mech, &op.key, &op.params, op.ctr_bits, op.spec);
     let res = (|| {
         // SAFETY: valid for `len` bytes per contract.
         let d = unsafe { ffi::slice(data, len)? };
@@ -1612,7 +1813,7 @@ unsafe fn cipher(
                 }
                 d.len()
             }
-            _ => ferrohsm_core::mechanism::signature_len(key.info.attrs.spec, mech),
+            _ => ferrohsm_core::mechanism::signature_len(spec, mech),
         };
         // SAFETY: out/out_len validity per contract; checked inside.
         if unsafe { ffi::length_only(need, out, out_len)? } {
@@ -1799,7 +2000,11 @@ pub unsafe fn C_WrapKey(
         if k.attrs.class == ObjectClass::PublicKey {
             return Err(CKR_KEY_NOT_WRAPPABLE);
         }
-        let (mech, params) = mech::wrap_mechanism(code, &p, w.attrs.spec)?;
+        let (mech, params) = mech::wrap_mechanism(
+            code,
+            &p,
+            w.attrs.spec.ok_or(CKR_WRAPPING_KEY_HANDLE_INVALID)?,
+        )?;
         if matches!(mech, Mechanism::RsaOaep(_)) && k.attrs.class == ObjectClass::PrivateKey {
             // RSA-OAEP cannot carry a whole private key.
             return Err(CKR_KEY_NOT_WRAPPABLE);
@@ -1859,7 +2064,12 @@ pub unsafe fn C_UnwrapKey(
         };
         let u =
             object(&mut s, &login, unwrapping).map_err(|_| CKR_UNWRAPPING_KEY_HANDLE_INVALID)?;
-        let (mech, params) = mech::wrap_mechanism(code, &p, u.attrs.spec).map_err(|e| {
+        let (mech, params) = mech::wrap_mechanism(
+            code,
+            &p,
+            u.attrs.spec.ok_or(CKR_UNWRAPPING_KEY_HANDLE_INVALID)?,
+        )
+        .map_err(|e| {
             if e == CKR_WRAPPING_KEY_TYPE_INCONSISTENT {
                 CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT
             } else {

@@ -2,7 +2,7 @@
 
 use cryptoki_sys::*;
 use ferrohsm_core::mechanism::{self, KeySpec};
-use ferrohsm_core::object::{ObjectClass, ObjectInfo};
+use ferrohsm_core::object::{Content, ObjectClass, ObjectInfo};
 
 use crate::ffi::ulong;
 
@@ -27,6 +27,8 @@ pub fn class_code(c: ObjectClass) -> CK_OBJECT_CLASS {
         ObjectClass::SecretKey => CKO_SECRET_KEY,
         ObjectClass::PrivateKey => CKO_PRIVATE_KEY,
         ObjectClass::PublicKey => CKO_PUBLIC_KEY,
+        ObjectClass::Certificate => CKO_CERTIFICATE,
+        ObjectClass::Data => CKO_DATA,
     }
 }
 
@@ -36,6 +38,8 @@ pub fn class_of(code: CK_OBJECT_CLASS) -> Option<ObjectClass> {
         CKO_SECRET_KEY => Some(ObjectClass::SecretKey),
         CKO_PRIVATE_KEY => Some(ObjectClass::PrivateKey),
         CKO_PUBLIC_KEY => Some(ObjectClass::PublicKey),
+        CKO_CERTIFICATE => Some(ObjectClass::Certificate),
+        CKO_DATA => Some(ObjectClass::Data),
         _ => None,
     }
 }
@@ -63,17 +67,63 @@ fn keygen_mechanism(s: KeySpec) -> CK_MECHANISM_TYPE {
     }
 }
 
+/// Reads attribute `t` of a certificate or data object.
+fn get_content(o: &ObjectInfo, content: &Content, t: CK_ATTRIBUTE_TYPE) -> Attr {
+    let a = &o.attrs;
+    match (t, content) {
+        (CKA_CLASS, _) => Attr::Value(ulong(class_code(a.class))),
+        (CKA_TOKEN, _) => b(a.token),
+        (CKA_PRIVATE, _) => b(a.private),
+        (CKA_MODIFIABLE, _) => b(a.modifiable),
+        (CKA_COPYABLE, _) => b(false),
+        (CKA_DESTROYABLE, _) => b(a.destroyable),
+        (CKA_LABEL, _) => Attr::Value(a.label.as_bytes().to_vec()),
+        (CKA_VALUE, Content::Certificate { value, .. } | Content::Data { value, .. }) => {
+            Attr::Value(value.clone())
+        }
+        (CKA_APPLICATION, Content::Data { application, .. }) => {
+            Attr::Value(application.as_bytes().to_vec())
+        }
+        (CKA_OBJECT_ID, Content::Data { object_id, .. }) => Attr::Value(object_id.clone()),
+        (CKA_CERTIFICATE_TYPE, Content::Certificate { .. }) => Attr::Value(ulong(CKC_X_509)),
+        (CKA_ID, Content::Certificate { .. }) => Attr::Value(a.id.clone()),
+        (CKA_SUBJECT, Content::Certificate { subject, .. }) => Attr::Value(subject.clone()),
+        (CKA_ISSUER, Content::Certificate { issuer, .. }) => Attr::Value(issuer.clone()),
+        (CKA_SERIAL_NUMBER, Content::Certificate { serial, .. }) => Attr::Value(serial.clone()),
+        (CKA_CERTIFICATE_CATEGORY, Content::Certificate { category, .. }) => {
+            Attr::Value(ulong(*category as CK_ULONG))
+        }
+        (CKA_TRUSTED, Content::Certificate { .. }) => b(a.trusted),
+        (CKA_JAVA_MIDP_SECURITY_DOMAIN, Content::Certificate { .. }) => Attr::Value(ulong(0)),
+        (
+            CKA_START_DATE
+            | CKA_END_DATE
+            | CKA_URL
+            | CKA_HASH_OF_SUBJECT_PUBLIC_KEY
+            | CKA_HASH_OF_ISSUER_PUBLIC_KEY
+            | CKA_CHECK_VALUE,
+            Content::Certificate { .. },
+        ) => Attr::Value(vec![]),
+        _ => Attr::Invalid,
+    }
+}
+
 /// Reads attribute `t` of object `o`.
 pub fn get(o: &ObjectInfo, t: CK_ATTRIBUTE_TYPE) -> Attr {
     let a = &o.attrs;
-    let spec = a.spec;
+    let spec = match (&o.content, a.spec) {
+        (Some(c), _) => return get_content(o, c, t),
+        (None, Some(spec)) => spec,
+        // Neither a key nor content: nothing to show but that it exists.
+        (None, None) => return Attr::Invalid,
+    };
     let secret_or_private = a.class != ObjectClass::PublicKey;
     let public = o.public.as_deref();
     match t {
         CKA_CLASS => Attr::Value(ulong(class_code(a.class))),
         CKA_TOKEN => b(a.token),
         CKA_PRIVATE => b(a.private),
-        CKA_MODIFIABLE => b(false),
+        CKA_MODIFIABLE => b(a.modifiable),
         CKA_COPYABLE => b(false),
         CKA_DESTROYABLE => b(a.destroyable),
         CKA_LABEL => Attr::Value(a.label.as_bytes().to_vec()),
@@ -164,7 +214,7 @@ mod tests {
             handle: 1,
             attrs: Attributes {
                 class,
-                spec: KeySpec::Aes256,
+                spec: Some(KeySpec::Aes256),
                 label: "k".into(),
                 id: vec![1],
                 token: true,
@@ -188,6 +238,7 @@ mod tests {
                 created: String::new(),
             },
             public: None,
+            content: None,
         }
     }
 

@@ -204,7 +204,9 @@ pub unsafe extern "C" fn C_CreateObject(
     arg3: CK_ULONG,
     arg4: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_CreateObject;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_CreateObject(arg1, arg2, arg3, arg4) })
 }
 
 #[no_mangle]
@@ -215,7 +217,9 @@ pub unsafe extern "C" fn C_CopyObject(
     arg4: CK_ULONG,
     arg5: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_CopyObject;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_CopyObject(arg1, arg2, arg3, arg4, arg5) })
 }
 
 #[no_mangle]
@@ -253,7 +257,9 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     arg3: *mut CK_ATTRIBUTE,
     arg4: CK_ULONG,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_SetAttributeValue;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_SetAttributeValue(arg1, arg2, arg3, arg4) })
 }
 
 #[no_mangle]

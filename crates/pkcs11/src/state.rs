@@ -67,6 +67,8 @@ pub struct Login {
 pub struct Op {
     /// What it does.
     pub mech: Mechanism,
+    /// The key's algorithm and size.
+    pub spec: ferrohsm_core::mechanism::KeySpec,
     /// With which key, loaded when the operation began.
     pub key: Arc<ferrohsm_core::hsm::LoadedKey>,
     /// Per-call parameters (IV, AAD).

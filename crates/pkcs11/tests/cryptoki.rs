@@ -999,3 +999,161 @@ fn wrap_and_unwrap_honour_extractable_and_round_trip() {
         RvError::AttributeReadOnly
     );
 }
+
+#[test]
+fn certificates_and_data_objects_create_find_read_relabel_and_destroy() {
+    use cryptoki::object::CertificateType;
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    // Any DER will do for the token (it stores and serves, it does not judge).
+    let cert_der = vec![0x30, 0x03, 0x02, 0x01, 0x07];
+    let cert = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Label(b"signer cert".to_vec()),
+            Attribute::Id(vec![0xc1]),
+            Attribute::Subject(vec![0x30, 0x00]),
+            Attribute::Value(cert_der.clone()),
+        ])
+        .unwrap();
+    let data = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Label(b"config".to_vec()),
+            Attribute::Application(b"issuer-app".to_vec()),
+            Attribute::Value(b"not a secret".to_vec()),
+        ])
+        .unwrap();
+    let found = s
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .unwrap();
+    assert_eq!(found, vec![cert]);
+    let v = s
+        .get_attributes(
+            cert,
+            &[
+                AttributeType::Value,
+                AttributeType::CertificateType,
+                AttributeType::Private,
+            ],
+        )
+        .unwrap();
+    assert!(v.contains(&Attribute::Value(cert_der.clone())));
+    assert!(v.contains(&Attribute::CertificateType(CertificateType::X_509)));
+    assert!(v.contains(&Attribute::Private(false)));
+    // Key attributes do not exist on a certificate.
+    let info = s
+        .get_attribute_info(cert, &[AttributeType::KeyType, AttributeType::Sign])
+        .unwrap();
+    assert!(info.iter().all(|i| matches!(i, AttributeInfo::TypeInvalid)));
+    // Relabel: found under the new label only.
+    s.update_attributes(cert, &[Attribute::Label(b"renamed".to_vec())])
+        .unwrap();
+    assert_eq!(
+        s.find_objects(&[Attribute::Label(b"renamed".to_vec())])
+            .unwrap(),
+        vec![cert]
+    );
+    assert!(s
+        .find_objects(&[Attribute::Label(b"signer cert".to_vec())])
+        .unwrap()
+        .is_empty());
+    // An object made unmodifiable keeps its label.
+    let fixed = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Modifiable(false),
+            Attribute::Label(b"fixed".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(
+        err(s
+            .update_attributes(fixed, &[Attribute::Label(b"moved".to_vec())])
+            .unwrap_err()),
+        RvError::ActionProhibited
+    );
+    s.destroy_object(fixed).unwrap();
+    // Changing what a key can do is refused; copying anything is.
+    let aes = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::Token(true), Attribute::ValueLen(16.into())],
+        )
+        .unwrap();
+    assert_eq!(
+        err(s
+            .update_attributes(aes, &[Attribute::Sensitive(false)])
+            .unwrap_err()),
+        RvError::AttributeReadOnly
+    );
+    assert_eq!(
+        err(s.copy_object(cert, &[]).unwrap_err()),
+        RvError::ActionProhibited
+    );
+    // Bad templates get the standard's codes, and create nothing.
+    let before = s.find_objects(&[]).unwrap().len();
+    for (tpl, want) in [
+        (vec![Attribute::Token(true)], RvError::TemplateIncomplete),
+        (
+            vec![
+                Attribute::Class(ObjectClass::CERTIFICATE),
+                Attribute::Token(true),
+            ],
+            RvError::TemplateIncomplete,
+        ),
+        (
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Token(true),
+                Attribute::Value(vec![0; 16]),
+            ],
+            RvError::TemplateInconsistent,
+        ),
+        (
+            vec![
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Sign(true),
+            ],
+            RvError::AttributeTypeInvalid,
+        ),
+        (
+            vec![
+                Attribute::Class(ObjectClass::CERTIFICATE),
+                Attribute::Token(true),
+                Attribute::Trusted(true),
+                Attribute::Value(cert_der.clone()),
+            ],
+            RvError::AttributeValueInvalid,
+        ),
+    ] {
+        assert_eq!(err(s.create_object(&tpl).unwrap_err()), want, "{tpl:?}");
+    }
+    assert_eq!(s.find_objects(&[]).unwrap().len(), before);
+    // Public certificates are visible before login; private data objects are not.
+    let ro = f.p11().open_ro_session(slot).unwrap();
+    s.logout().unwrap();
+    let visible = ro.find_objects(&[]).unwrap();
+    assert!(
+        visible.contains(&cert) && !visible.contains(&data),
+        "{visible:?}"
+    );
+    assert_eq!(
+        err(ro
+            .create_object(&[Attribute::Class(ObjectClass::DATA), Attribute::Token(true)])
+            .unwrap_err()),
+        RvError::SessionReadOnly
+    );
+    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    s.destroy_object(data).unwrap();
+    s.destroy_object(cert).unwrap();
+    assert!(s
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .unwrap()
+        .is_empty());
+}
