@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# End to end through clients nobody here wrote: OpenSC's pkcs11-tool drives the module, and
-# OpenSSL checks what comes out of it (signatures verified outside the token, ciphertexts made
-# outside it decrypted on it). Every check prints PASS or FAIL; the last line is
-# "N passed, M failed", and the exit status is non-zero if anything failed.
+# End to end through clients nobody here wrote: OpenSC's pkcs11-tool, GnuTLS p11tool and
+# certtool, OpenSSL through the Debian pkcs11 engine, Java 17 SunPKCS11 (keytool, jarsigner)
+# and python-pkcs11 drive the module, and OpenSSL checks what comes out of it (signatures
+# verified outside the token, ciphertexts made outside it decrypted on it, certificates made
+# with token keys). Every check prints PASS or FAIL; the last line is "N passed, M failed",
+# and the exit status is non-zero if anything failed.
 #
-#   tests/e2e/run.sh            (after `cargo build`; installs opensc with apt-get if missing)
+#   tests/e2e/run.sh   (after `cargo build`; installs what is missing with apt-get and pip)
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${FERROHSM_BIN:-$ROOT/target/debug/ferrohsm}
 MOD=${FERROHSM_MODULE:-$ROOT/target/debug/libferrohsm_pkcs11.so}
 
-if ! command -v pkcs11-tool >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opensc) >/dev/null 2>&1
-  fi
+ENGINE=/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
+need=()
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+command -v p11tool >/dev/null 2>&1 && command -v certtool >/dev/null 2>&1 || need+=(gnutls-bin)
+[ -f "$ENGINE" ] || need+=(libengine-pkcs11-openssl)
+command -v keytool >/dev/null 2>&1 && command -v jarsigner >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1
 fi
-for t in pkcs11-tool openssl; do
+if ! python3 -c 'import pkcs11' >/dev/null 2>&1; then
+  python3 -m pip install --quiet python-pkcs11 >/dev/null 2>&1 ||
+    python3 -m pip install --quiet --break-system-packages python-pkcs11 >/dev/null 2>&1
+fi
+for t in pkcs11-tool openssl p11tool certtool keytool jarsigner jar python3; do
   command -v "$t" >/dev/null 2>&1 || { echo "FAIL prerequisite: $t is not installed"; echo "0 passed, 1 failed"; exit 1; }
 done
 [ -x "$BIN" ] && [ -f "$MOD" ] || { echo "FAIL prerequisite: build first (cargo build)"; echo "0 passed, 1 failed"; exit 1; }
@@ -111,6 +121,72 @@ check "pkcs11-tool --test-fork: a forked child initialises the module afresh" "$
 # call that wins the race is rightly answered CKR_CRYPTOKI_NOT_INITIALIZED and the check flakes.
 check "pkcs11-tool --test-threads: three threads share the module" \
   bash -c "${P[*]} --test-threads INGISLGI --test-threads P1GISLGIT0 --test-threads P1SLGISLGI 2>&1 | grep -q 'all threads have ended with CKR_OK'"
+# ---- GnuTLS
+export GNUTLS_PIN=123456
+TOK="pkcs11:token=e2e-token"
+check "GnuTLS p11tool lists the token's keys" \
+  bash -c "p11tool --provider '$MOD' --login --list-all '$TOK' | grep -q 'type=private'"
+printf 'cn = "certtool on ferrohsm"\nexpiration_days = 30\nsigning_key\n' > gnutls.tmpl
+check "GnuTLS certtool self-signs a certificate with the token's EC key" \
+  certtool --provider "$MOD" --generate-self-signed --load-privkey "$TOK;id=%02;type=private" \
+    --template gnutls.tmpl --outfile gnutls.pem
+check "OpenSSL verifies the certtool certificate" openssl verify -CAfile gnutls.pem gnutls.pem
+check "the certtool certificate holds the token's EC public key" \
+  bash -c "openssl x509 -in gnutls.pem -pubkey -noout | cmp -s - ec.pem"
+refused "GnuTLS cannot export the private key" "not available\|Error" \
+  p11tool --provider "$MOD" --login --export "$TOK;id=%02;type=private"
+
+# ---- OpenSSL through the pkcs11 engine (libp11)
+KEY="$TOK;id=%01;type=private;pin-value=123456"
+E=(env PKCS11_MODULE_PATH="$MOD" openssl)
+check "openssl req (pkcs11 engine) self-signs a CA certificate with the token's RSA key" \
+  "${E[@]}" req -engine pkcs11 -keyform engine -key "$KEY" -new -x509 -days 30 -sha256 -subj /CN=e2e-ca -out ca.pem
+check "the CA certificate verifies and holds the token's RSA public key" \
+  bash -c "openssl verify -CAfile ca.pem ca.pem && openssl x509 -in ca.pem -pubkey -noout | cmp -s - rsa.pem"
+check "a software key's certificate request" \
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -subj /CN=leaf -out leaf.csr
+check "openssl x509 (pkcs11 engine) issues the certificate with the token's key as CA" \
+  "${E[@]}" x509 -req -engine pkcs11 -CAkeyform engine -CAkey "$KEY" -CA ca.pem -in leaf.csr -days 10 -sha256 -set_serial 7 -out leaf.pem
+check "OpenSSL verifies the issued certificate against the token's CA" openssl verify -CAfile ca.pem leaf.pem
+check "openssl dgst (pkcs11 engine) signs with the token's RSA key" \
+  "${E[@]}" dgst -engine pkcs11 -keyform engine -sign "$KEY" -sha256 -out eng.sig msg.txt
+check "OpenSSL verifies the engine's signature" openssl dgst -sha256 -verify rsa.pem -signature eng.sig msg.txt
+
+# ---- certificates stored on the token
+openssl x509 -in ca.pem -outform DER -out ca.der
+check "pkcs11-tool stores the CA certificate on the token" \
+  "${U[@]}" --write-object ca.der --type cert --id 01 --label e2e-ca
+check "the stored certificate reads back byte for byte" \
+  bash -c "${U[*]} --read-object --type cert --id 01 -o back.der && cmp ca.der back.der"
+
+# ---- Java 17 SunPKCS11: keytool and jarsigner
+printf 'name = ferrohsm\nlibrary = %s\nslot = 1\n' "$MOD" > p11.cfg
+J=(-keystore NONE -storetype PKCS11 -providerClass sun.security.pkcs11.SunPKCS11 -providerArg p11.cfg -storepass 123456)
+check "Java keytool generates an EC key pair on the token and stores its certificate" \
+  keytool -genkeypair "${J[@]}" -alias java-signer -keyalg EC -groupname secp256r1 -sigalg SHA256withECDSA -dname CN=java-signer -validity 30
+check "Java keytool lists it as a private key entry" \
+  bash -c "keytool -list ${J[*]} | grep -q 'java-signer, PrivateKeyEntry'"
+mkdir -p jarsrc && printf 'hello from the jar\n' > jarsrc/hello.txt
+check "a jar to sign" jar cf app.jar -C jarsrc .
+check "Java jarsigner signs the jar with the token's key" \
+  jarsigner "${J[@]}" -sigalg SHA256withECDSA app.jar java-signer
+check "jarsigner -verify accepts the signed jar" bash -c "jarsigner -verify app.jar | grep -q 'jar verified'"
+check "the jar's signature block is an ECDSA one" bash -c "unzip -l app.jar | grep -q 'META-INF/JAVA-SIG.EC'"
+
+# ---- python-pkcs11, several threads
+check "python-pkcs11: 4 threads sign and verify on the token at once" \
+  python3 "$ROOT/tests/e2e/pkcs11_threads.py" "$MOD" e2e-token 123456 02 4 25
+check "python-pkcs11: the private key's value is sensitive" python3 -c "
+import pkcs11, sys
+t = pkcs11.lib('$MOD').get_token(token_label='e2e-token')
+with t.open(user_pin='123456') as s:
+    k = s.get_key(pkcs11.ObjectClass.PRIVATE_KEY, id=bytes([2]))
+    try:
+        k[pkcs11.Attribute.VALUE]
+    except pkcs11.exceptions.AttributeSensitive:
+        sys.exit(0)
+sys.exit(1)"
+
 refused "a wrong user PIN is refused" "CKR_PIN_INCORRECT" "${P[@]}" --slot 1 --login --pin 000000 -O
 check "the right PIN still works after a wrong one" "${U[@]}" -O
 check "the Auditor, imprinted afterwards, sees the token's whole history" \

@@ -823,8 +823,13 @@ pub unsafe fn C_Login(
             })?
         };
         with_module_mut(|m| {
-            if m.logins.contains_key(&slot) {
-                return Err(CKR_USER_ANOTHER_ALREADY_LOGGED_IN);
+            // Another thread's login may have landed while this one checked its PIN.
+            if let Some(l) = m.logins.get(&slot) {
+                return Err(if l.user == user {
+                    CKR_USER_ALREADY_LOGGED_IN
+                } else {
+                    CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+                });
             }
             m.logins.insert(slot, Arc::new(Login { user, engine }));
             Ok(())
