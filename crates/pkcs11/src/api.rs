@@ -1610,9 +1610,13 @@ unsafe fn update(h: CK_SESSION_HANDLE, k: Kind, data: *const u8, len: CK_ULONG) 
         .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     // SAFETY: valid for `len` bytes per contract; NULL refused unless len == 0.
     match unsafe { ffi::slice(data, len) } {
-        Ok(d) => {
+        Ok(d) if op.buffer.len() + d.len() <= MAX_MULTIPART => {
             op.buffer.extend_from_slice(d);
             Ok(())
+        }
+        Ok(_) => {
+            *slot_of(&mut s, k) = None;
+            Err(CKR_DATA_LEN_RANGE)
         }
         Err(e) => {
             *slot_of(&mut s, k) = None;
@@ -1620,6 +1624,9 @@ unsafe fn update(h: CK_SESSION_HANDLE, k: Kind, data: *const u8, len: CK_ULONG) 
         }
     }
 }
+
+/// Most data a multi-part operation gathers (its parts are processed at the final call).
+const MAX_MULTIPART: usize = 64 << 20;
 
 pub unsafe fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
     // SAFETY: forwarded; checked inside.
@@ -1761,11 +1768,14 @@ pub unsafe fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: CK
     done(unsafe { verify_with(h, None, sig, sig_len) })
 }
 
+/// Encrypts or decrypts `data` (single-part), or what `C_*Update` gathered (`data` NULL with
+/// `final_part`), honouring the two-call convention.
 unsafe fn cipher(
     h: CK_SESSION_HANDLE,
     k: Kind,
     data: *const CK_BYTE,
     len: CK_ULONG,
+    final_part: bool,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Rv {
@@ -1779,8 +1789,15 @@ unsafe fn cipher(
     .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     let (mech, key, params, ctr_bits, spec) = (op.mech, &op.key, &op.params, op.ctr_bits, op.spec);
     let res = (|| {
-        // SAFETY: valid for `len` bytes per contract.
-        let d = unsafe { ffi::slice(data, len)? };
+        let d: &[u8] = if final_part {
+            &op.buffer
+        } else if !op.buffer.is_empty() {
+            // C_Encrypt does not end a multi-part operation; C_EncryptFinal does.
+            return Err(CKR_OPERATION_ACTIVE);
+        } else {
+            // SAFETY: valid for `len` bytes per contract.
+            unsafe { ffi::slice(data, len)? }
+        };
         let need = match (mech, k) {
             (Mechanism::AesGcm, Kind::Encrypt) => d.len() + 16,
             (Mechanism::AesGcm, _) => d
@@ -1863,7 +1880,76 @@ pub unsafe fn C_Encrypt(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     // SAFETY: forwarded; checked inside.
-    done(unsafe { cipher(h, Kind::Encrypt, data, len, out, out_len) })
+    done(unsafe { cipher(h, Kind::Encrypt, data, len, false, out, out_len) })
+}
+
+/// `C_EncryptUpdate`/`C_DecryptUpdate`: gathers the part; the output comes at the final
+/// call (the standard allows a part to produce no output).
+unsafe fn cipher_update(
+    h: CK_SESSION_HANDLE,
+    k: Kind,
+    data: *const CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Rv {
+    if out_len.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    // A NULL output asks only how much this part would produce, and consumes nothing.
+    if !out.is_null() {
+        // SAFETY: forwarded; checked inside.
+        unsafe { update(h, k, data, len)? };
+    } else {
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        slot_of(&mut s, k)
+            .as_ref()
+            .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    }
+    // SAFETY: non-NULL per check.
+    unsafe { *out_len = 0 };
+    Ok(())
+}
+
+pub unsafe fn C_EncryptUpdate(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { cipher_update(h, Kind::Encrypt, data, len, out, out_len) })
+}
+
+pub unsafe fn C_EncryptFinal(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { cipher(h, Kind::Encrypt, std::ptr::null(), 0, true, out, out_len) })
+}
+
+pub unsafe fn C_DecryptUpdate(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { cipher_update(h, Kind::Decrypt, data, len, out, out_len) })
+}
+
+pub unsafe fn C_DecryptFinal(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarded; checked inside.
+    done(unsafe { cipher(h, Kind::Decrypt, std::ptr::null(), 0, true, out, out_len) })
 }
 
 pub unsafe fn C_Decrypt(
@@ -1874,7 +1960,7 @@ pub unsafe fn C_Decrypt(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     // SAFETY: forwarded; checked inside.
-    done(unsafe { cipher(h, Kind::Decrypt, data, len, out, out_len) })
+    done(unsafe { cipher(h, Kind::Decrypt, data, len, false, out, out_len) })
 }
 
 // ---------------------------------------------------------------- digest and random

@@ -324,7 +324,9 @@ pub unsafe extern "C" fn C_EncryptUpdate(
     arg4: *mut CK_BYTE,
     arg5: *mut CK_ULONG,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_EncryptUpdate;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_EncryptUpdate(arg1, arg2, arg3, arg4, arg5) })
 }
 
 #[no_mangle]
@@ -333,7 +335,9 @@ pub unsafe extern "C" fn C_EncryptFinal(
     arg2: *mut CK_BYTE,
     arg3: *mut CK_ULONG,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_EncryptFinal;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_EncryptFinal(arg1, arg2, arg3) })
 }
 
 #[no_mangle]
@@ -368,7 +372,9 @@ pub unsafe extern "C" fn C_DecryptUpdate(
     arg4: *mut CK_BYTE,
     arg5: *mut CK_ULONG,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_DecryptUpdate;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_DecryptUpdate(arg1, arg2, arg3, arg4, arg5) })
 }
 
 #[no_mangle]
@@ -377,7 +383,9 @@ pub unsafe extern "C" fn C_DecryptFinal(
     arg2: *mut CK_BYTE,
     arg3: *mut CK_ULONG,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_DecryptFinal;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_DecryptFinal(arg1, arg2, arg3) })
 }
 
 #[no_mangle]

@@ -711,6 +711,27 @@ fn symmetric_mechanisms_block_modes_macs_and_3des() {
     let p: Vec<u8> = (0u8..48).collect();
     // CBC semantics, checked with the token's own ECB: C1 = E(P1 xor IV), C2 = E(P2 xor C1).
     let cbc = s.encrypt(&Mechanism::AesCbc(iv), aes, &p).unwrap();
+    // Multi-part gives what single-part gives, whatever the parts; and back again.
+    s.encrypt_init(&Mechanism::AesCbc(iv), aes).unwrap();
+    let mut parts = Vec::new();
+    for chunk in [&p[..5], &p[5..16], &p[16..]] {
+        parts.extend(s.encrypt_update(chunk).unwrap());
+    }
+    parts.extend(s.encrypt_final().unwrap());
+    assert_eq!(parts, cbc);
+    s.decrypt_init(&Mechanism::AesCbc(iv), aes).unwrap();
+    let mut back = s.decrypt_update(&cbc[..20]).unwrap();
+    back.extend(s.decrypt_update(&cbc[20..]).unwrap());
+    back.extend(s.decrypt_final().unwrap());
+    assert_eq!(back, p);
+    // A multi-part operation in progress blocks another until its final part.
+    s.encrypt_init(&Mechanism::AesCbc(iv), aes).unwrap();
+    s.encrypt_update(&p[..16]).unwrap();
+    assert_eq!(
+        err(s.encrypt(&Mechanism::AesCbc(iv), aes, &p).unwrap_err()),
+        RvError::OperationActive
+    );
+    assert_eq!(s.encrypt_final().unwrap(), cbc[..16]);
     let x1: Vec<u8> = p[..16].iter().zip(iv).map(|(a, b)| a ^ b).collect();
     assert_eq!(s.encrypt(&Mechanism::AesEcb, aes, &x1).unwrap(), cbc[..16]);
     let x2: Vec<u8> = p[16..32]
