@@ -103,6 +103,12 @@ check "OpenSSL verifies the RSA-PSS signature" \
 check "ECDSA P-256 SHA-256 signature made on the token" \
   "${U[@]}" --sign -m ECDSA-SHA256 --id 02 -i msg.txt -o ec.sig --signature-format openssl
 check "OpenSSL verifies the ECDSA signature" openssl dgst -sha256 -verify ec.pem -signature ec.sig msg.txt
+check "EC P-521 key pair generated on the token" "${U[@]}" --keypairgen --key-type EC:secp521r1 --id 04 --label p521
+check "EC P-521 public key exported" \
+  env UPIN=123456 "$BIN" key public --partition e2e-token --label p521 --password env:UPIN --out p521.pem
+check "ECDSA P-521 SHA-512 signature made on the token" \
+  "${U[@]}" --sign -m ECDSA-SHA512 --id 04 -i msg.txt -o p521.sig --signature-format openssl
+check "OpenSSL verifies the P-521 signature" openssl dgst -sha512 -verify p521.pem -signature p521.sig msg.txt
 printf 'pay 999 EUR to account 42\n' > forged
 refused "OpenSSL rejects the ECDSA signature on altered data" "Verification failure" openssl dgst -sha256 -verify ec.pem -signature ec.sig forged
 

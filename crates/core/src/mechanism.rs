@@ -27,6 +27,8 @@ pub enum KeySpec {
     EcP256,
     /// ECDSA/ECDH on NIST P-384.
     EcP384,
+    /// ECDSA/ECDH on NIST P-521.
+    EcP521,
     /// RSA, 2048-bit modulus.
     Rsa2048,
     /// RSA, 3072-bit modulus.
@@ -47,6 +49,7 @@ const SPECS: &[(&str, KeySpec)] = &[
     ("aes-256", KeySpec::Aes256),
     ("ec-p256", KeySpec::EcP256),
     ("ec-p384", KeySpec::EcP384),
+    ("ec-p521", KeySpec::EcP521),
     ("rsa-2048", KeySpec::Rsa2048),
     ("rsa-3072", KeySpec::Rsa3072),
     ("rsa-4096", KeySpec::Rsa4096),
@@ -77,6 +80,7 @@ impl KeySpec {
         match self {
             KeySpec::EcP256 => Some(Mechanism::Ecdsa(Some(Hash::Sha256))),
             KeySpec::EcP384 => Some(Mechanism::Ecdsa(Some(Hash::Sha384))),
+            KeySpec::EcP521 => Some(Mechanism::Ecdsa(Some(Hash::Sha512))),
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
                 Some(Mechanism::RsaPkcs1(Hash::Sha256))
             }
@@ -364,7 +368,7 @@ pub fn generate(spec: KeySpec) -> Result<Generated> {
                 public: None,
             }
         }
-        KeySpec::EcP256 | KeySpec::EcP384 => {
+        KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::EcP521 => {
             let alg = ecdsa_alg(spec)?;
             let kp =
                 signature::EcdsaKeyPair::generate(alg).map_err(|_| failed("EC key generation"))?;
@@ -468,7 +472,7 @@ impl Key {
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
                 Parsed::Rsa(rsa::KeyPair::from_pkcs8(bytes.expose()).map_err(|_| bad("RSA"))?)
             }
-            KeySpec::EcP256 | KeySpec::EcP384 => Parsed::Ec(
+            KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::EcP521 => Parsed::Ec(
                 signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, bytes.expose())
                     .map_err(|_| bad("EC"))?,
             ),
@@ -522,6 +526,7 @@ fn ecdsa_alg(spec: KeySpec) -> Result<&'static signature::EcdsaSigningAlgorithm>
     match spec {
         KeySpec::EcP256 => Ok(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
         KeySpec::EcP384 => Ok(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+        KeySpec::EcP521 => Ok(&signature::ECDSA_P521_SHA512_FIXED_SIGNING),
         _ => Err(HsmError::InvalidInput(format!("{spec} is not an EC key"))),
     }
 }
@@ -583,6 +588,7 @@ fn ecdsa_digest(spec: KeySpec, hash: &[u8]) -> Result<aws_lc_rs::digest::Digest>
     let alg = match spec {
         KeySpec::EcP256 => Hash::Sha256,
         KeySpec::EcP384 => Hash::Sha384,
+        KeySpec::EcP521 => Hash::Sha512,
         _ => {
             return Err(HsmError::InvalidInput(format!(
                 "{spec} is not an ECDSA key"
@@ -691,6 +697,7 @@ pub fn signature_len(spec: KeySpec, mech: Mechanism) -> usize {
         (KeySpec::Rsa4096, _) => 512,
         (KeySpec::EcP256 | KeySpec::Ed25519, _) => 64,
         (KeySpec::EcP384, _) => 96,
+        (KeySpec::EcP521, _) => 132,
         _ => 0,
     }
 }
@@ -705,11 +712,11 @@ pub fn verify(
     sig: &[u8],
 ) -> Result<bool> {
     match (spec, mech) {
-        (KeySpec::EcP256 | KeySpec::EcP384, Mechanism::Ecdsa(_)) => {
-            let alg: &'static signature::EcdsaVerificationAlgorithm = if spec == KeySpec::EcP256 {
-                &signature::ECDSA_P256_SHA256_FIXED
-            } else {
-                &signature::ECDSA_P384_SHA384_FIXED
+        (KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::EcP521, Mechanism::Ecdsa(_)) => {
+            let alg: &'static signature::EcdsaVerificationAlgorithm = match spec {
+                KeySpec::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
+                KeySpec::EcP384 => &signature::ECDSA_P384_SHA384_FIXED,
+                _ => &signature::ECDSA_P521_SHA512_FIXED,
             };
             let digest = ecdsa_input(spec, mech, data)?;
             Ok(signature::UnparsedPublicKey::new(alg, public)
@@ -1124,7 +1131,7 @@ pub fn identify_private_key(pkcs8: &[u8]) -> Result<(KeySpec, Vec<u8>)> {
             .map_err(|_| failed("RSA public key encoding"))?;
         return Ok((spec, public.as_ref().to_vec()));
     }
-    for spec in [KeySpec::EcP256, KeySpec::EcP384] {
+    for spec in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::EcP521] {
         if let Ok(kp) = signature::EcdsaKeyPair::from_pkcs8(ecdsa_alg(spec)?, pkcs8) {
             let public = kp
                 .public_key()
@@ -1141,7 +1148,8 @@ pub fn identify_private_key(pkcs8: &[u8]) -> Result<(KeySpec, Vec<u8>)> {
         return Ok((KeySpec::Ed25519, public.as_ref().to_vec()));
     }
     Err(HsmError::InvalidInput(
-        "the unwrapped data is not a PKCS#8 RSA, EC P-256/P-384 or Ed25519 private key".into(),
+        "the unwrapped data is not a PKCS#8 RSA, EC P-256/P-384/P-521 or Ed25519 private key"
+            .into(),
     ))
 }
 
@@ -1150,6 +1158,7 @@ pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
     match spec {
         KeySpec::EcP256 => Some(&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
         KeySpec::EcP384 => Some(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        KeySpec::EcP521 => Some(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]),
         KeySpec::Ed25519 => Some(&[0x06, 0x03, 0x2b, 0x65, 0x70]),
         _ => None,
     }
@@ -1163,9 +1172,14 @@ pub fn spec_from_ec_params(params: &[u8]) -> Option<KeySpec> {
     if params == ED25519_NAME {
         return Some(KeySpec::Ed25519);
     }
-    [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Ed25519]
-        .into_iter()
-        .find(|s| ec_params(*s) == Some(params))
+    [
+        KeySpec::EcP256,
+        KeySpec::EcP384,
+        KeySpec::EcP521,
+        KeySpec::Ed25519,
+    ]
+    .into_iter()
+    .find(|s| ec_params(*s) == Some(params))
 }
 
 /// `CKA_EC_POINT`: the public point (or Ed25519 key) as a DER OCTET STRING, from our SPKI.
@@ -1173,6 +1187,7 @@ pub fn ec_point(spec: KeySpec, spki: &[u8]) -> Option<Vec<u8>> {
     let n = match spec {
         KeySpec::EcP256 => 65,
         KeySpec::EcP384 => 97,
+        KeySpec::EcP521 => 133,
         KeySpec::Ed25519 => 32,
         _ => return None,
     };
@@ -1181,7 +1196,12 @@ pub fn ec_point(spec: KeySpec, spki: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let point = &spki[spki.len() - n..];
-    let mut out = vec![0x04, n as u8];
+    // OCTET STRING: lengths above 127 take the long form (P-521's 133-byte point).
+    let mut out = if n < 128 {
+        vec![0x04, n as u8]
+    } else {
+        vec![0x04, 0x81, n as u8]
+    };
     out.extend_from_slice(point);
     Some(out)
 }
@@ -1203,6 +1223,7 @@ pub fn key_bits(spec: KeySpec) -> u32 {
         KeySpec::Aes256 => 256,
         KeySpec::EcP256 => 256,
         KeySpec::EcP384 => 384,
+        KeySpec::EcP521 => 521,
         KeySpec::Rsa2048 => 2048,
         KeySpec::Rsa3072 => 3072,
         KeySpec::Rsa4096 => 4096,
@@ -1258,6 +1279,7 @@ mod tests {
         for spec in [
             KeySpec::EcP256,
             KeySpec::EcP384,
+            KeySpec::EcP521,
             KeySpec::Rsa2048,
             KeySpec::Ed25519,
         ] {
@@ -1269,6 +1291,14 @@ mod tests {
             assert!(!verify(spec, public, m, b"hellO", &sig).unwrap(), "{spec}");
             if spec == KeySpec::EcP256 {
                 assert_eq!(sig.len(), 64, "ECDSA signatures are raw r||s");
+            }
+            assert_eq!(sig.len(), signature_len(spec, m), "{spec}");
+            if let Some(point) = ec_point(spec, public) {
+                // DER OCTET STRING: short form up to 127 bytes, long form beyond.
+                let n = point.len();
+                let header = if n - 2 < 128 { 2 } else { 3 };
+                assert_eq!(point[0], 0x04, "{spec}");
+                assert_eq!(point[header - 1] as usize, n - header, "{spec}");
             }
         }
     }

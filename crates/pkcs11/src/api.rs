@@ -1470,7 +1470,7 @@ pub unsafe fn C_GenerateKeyPair(
                     .or_else(|| find_attr(&vt, CKA_EC_PARAMS))
                     .ok_or(CKR_TEMPLATE_INCOMPLETE)?;
                 match ferrohsm_core::mechanism::spec_from_ec_params(p) {
-                    Some(s @ (KeySpec::EcP256 | KeySpec::EcP384)) => s,
+                    Some(s @ (KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::EcP521)) => s,
                     _ => return Err(CKR_CURVE_NOT_SUPPORTED),
                 }
             }

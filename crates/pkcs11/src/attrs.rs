@@ -48,7 +48,7 @@ pub fn class_of(code: CK_OBJECT_CLASS) -> Option<ObjectClass> {
 pub fn key_type(s: KeySpec) -> CK_KEY_TYPE {
     match s {
         KeySpec::Aes128 | KeySpec::Aes192 | KeySpec::Aes256 => CKK_AES,
-        KeySpec::EcP256 | KeySpec::EcP384 => CKK_EC,
+        KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::EcP521 => CKK_EC,
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => CKK_RSA,
         KeySpec::Ed25519 => CKK_EC_EDWARDS,
         KeySpec::Generic(_) => CKK_GENERIC_SECRET,

@@ -202,6 +202,22 @@ fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
             &[Attribute::Token(true), Attribute::Sign(true)],
         )
         .unwrap();
+    let p521 = vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+    let (p521_pub, p521_priv) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(p521.clone())],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    match &s
+        .get_attributes(p521_pub, &[AttributeType::EcPoint])
+        .unwrap()[0]
+    {
+        // DER OCTET STRING, long-form length, of the 133-byte uncompressed point.
+        Attribute::EcPoint(v) => assert_eq!(&v[..4], &[0x04, 0x81, 0x85, 0x04]),
+        other => panic!("{other:?}"),
+    }
     let data = b"the quick brown fox";
     let pss = PkcsPssParams {
         hash_alg: MechanismType::SHA256,
@@ -214,6 +230,7 @@ fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
         (Mechanism::Sha256RsaPkcsPss(pss), rsa_priv, rsa_pub),
         (Mechanism::EcdsaSha256, ec_priv, ec_pub),
         (Mechanism::EcdsaSha384, ec_priv, ec_pub),
+        (Mechanism::EcdsaSha512, p521_priv, p521_pub),
         (
             Mechanism::Eddsa(cryptoki::mechanism::eddsa::EddsaParams::new(
                 cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
