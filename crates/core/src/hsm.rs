@@ -2357,6 +2357,55 @@ impl Hsm {
         Ok(k)
     }
 
+    /// Derives a secret key by ECDH (no KDF) from the EC private key `base` and a peer's
+    /// public point (Crypto Officer; `base` must allow it, `CKA_DERIVE`). The key value is
+    /// the shared secret's rightmost bytes, as many as `spec` needs. The new key is not local,
+    /// and is always sensitive and never extractable only if the base key was too.
+    pub fn derive_ecdh(
+        &mut self,
+        s: &Session,
+        base: u64,
+        peer_point: &[u8],
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let (id, pmk) = self.key_user(s, "deriving keys", true)?;
+        let k = self.load_key(s, base)?;
+        self.may_use(s, &k, "derive", k.info.attrs.derive, "CKA_DERIVE")?;
+        if !spec.is_symmetric() || spec == KeySpec::Des3 {
+            return Err(HsmError::InvalidInput(format!(
+                "ECDH derives AES or generic secret keys, not {spec}"
+            )));
+        }
+        let shared = mechanism::ecdh(k.material()?, peer_point)?;
+        let n = mechanism::key_bits(spec) as usize / 8;
+        let value = shared.expose().len().checked_sub(n).ok_or_else(|| {
+            HsmError::InvalidInput(format!(
+                "the shared secret has {} bytes; a {spec} key needs {n}",
+                shared.expose().len()
+            ))
+        })?;
+        let material = SecretBytes::new(shared.expose()[value..].to_vec());
+        let (mut a, _) = Self::key_attributes(spec, opts, tpl, false);
+        a.always_sensitive = k.info.attrs.always_sensitive && a.sensitive;
+        a.never_extractable = k.info.attrs.never_extractable && !a.extractable;
+        let e = self.ev(
+            "key-derive",
+            s.role.short(),
+            s.partition(),
+            Some(&format!("{} ({spec})", opts.label)),
+            &format!("success: ECDH with {:?}", k.info.attrs.label),
+        );
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let h = Self::put_key(t, &mut p, &pmk, a, None, Some(&material))?;
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)?;
+            Ok(h)
+        })
+    }
+
     /// Checks that `s` may use `k` for `op` (role, partition, the usage attribute).
     fn may_use(
         &mut self,

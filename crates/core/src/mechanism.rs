@@ -682,6 +682,33 @@ fn mac(key: &Key, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// ECDH (PKCS#11 `CKM_ECDH1_DERIVE` with no KDF): the shared secret (the x coordinate)
+/// of an EC private key and a peer's public point (uncompressed, `04 || x || y`).
+pub fn ecdh(key: &Key, peer_point: &[u8]) -> Result<SecretBytes> {
+    use aws_lc_rs::agreement;
+    let alg = match key.spec {
+        KeySpec::EcP256 => &agreement::ECDH_P256,
+        KeySpec::EcP384 => &agreement::ECDH_P384,
+        KeySpec::EcP521 => &agreement::ECDH_P521,
+        s => {
+            return Err(HsmError::InvalidInput(format!(
+                "ECDH needs an EC P-256/P-384/P-521 key, not {s}"
+            )))
+        }
+    };
+    let private = agreement::PrivateKey::from_private_key_der(alg, key.bytes.expose())
+        .map_err(|_| HsmError::Tamper("stored EC key does not parse".into()))?;
+    agreement::agree(
+        &private,
+        agreement::UnparsedPublicKey::new(alg, peer_point),
+        HsmError::InvalidInput(format!(
+            "the peer's public value is not a point on {}",
+            key.spec
+        )),
+        |shared| Ok(SecretBytes::new(shared.to_vec())),
+    )
+}
+
 /// Checks a MAC (AES-CMAC or HMAC) in constant time. `Ok(false)` means a bad MAC.
 pub fn verify_mac(key: &Key, mech: Mechanism, data: &[u8], mac_value: &[u8]) -> Result<bool> {
     Ok(crate::crypto::ct_eq(&mac(key, mech, data)?, mac_value))

@@ -1424,6 +1424,106 @@ pub unsafe fn C_GenerateKey(
     })())
 }
 
+/// The peer's public point from `CK_ECDH1_DERIVE_PARAMS.pPublicData`: the raw uncompressed
+/// point, or the same wrapped in a DER OCTET STRING (both are met in the field).
+fn ecdh_peer_point(spec: KeySpec, public: &[u8]) -> Rv<Vec<u8>> {
+    let raw_len = match spec {
+        KeySpec::EcP256 => 65,
+        KeySpec::EcP384 => 97,
+        KeySpec::EcP521 => 133,
+        _ => return Err(CKR_KEY_TYPE_INCONSISTENT),
+    };
+    if public.len() == raw_len {
+        return Ok(public.to_vec());
+    }
+    let body = match public {
+        [0x04, n, rest @ ..] if (*n as usize) < 0x80 => (rest.len() == *n as usize).then_some(rest),
+        [0x04, 0x81, n, rest @ ..] => (rest.len() == *n as usize).then_some(rest),
+        _ => None,
+    };
+    match body {
+        Some(p) if p.len() == raw_len => Ok(p.to_vec()),
+        _ => Err(CKR_MECHANISM_PARAM_INVALID),
+    }
+}
+
+pub unsafe fn C_DeriveKey(
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    base: CK_OBJECT_HANDLE,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+    out: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    done((|| {
+        // SAFETY: mech::read and ffi::template check for NULL; validity per contract.
+        let ((code, p), t) = unsafe { (mech::read(m)?, ffi::template(tpl, n)?) };
+        if out.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if code != CKM_ECDH1_DERIVE {
+            return Err(CKR_MECHANISM_INVALID);
+        }
+        let params: CK_ECDH1_DERIVE_PARAMS = mech::param(&p)?;
+        if params.kdf != CKD_NULL || params.ulSharedDataLen != 0 {
+            return Err(CKR_MECHANISM_PARAM_INVALID);
+        }
+        // SAFETY: pPublicData is valid for ulPublicDataLen bytes per the caller's params.
+        let public = unsafe { ffi::slice(params.pPublicData as *const u8, params.ulPublicDataLen) }
+            .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?
+            .to_vec();
+        let ktype = find_attr(&t, CKA_KEY_TYPE)
+            .ok_or(CKR_TEMPLATE_INCOMPLETE)
+            .and_then(|v| ffi::read_ulong(v))?;
+        let len = find_attr(&t, CKA_VALUE_LEN)
+            .ok_or(CKR_TEMPLATE_INCOMPLETE)
+            .and_then(|v| ffi::read_ulong(v))?;
+        let spec = match (ktype, len) {
+            (CKK_AES, 16) => KeySpec::Aes128,
+            (CKK_AES, 24) => KeySpec::Aes192,
+            (CKK_AES, 32) => KeySpec::Aes256,
+            (CKK_GENERIC_SECRET, n @ 16..=64) => KeySpec::Generic(n as u8),
+            (CKK_AES | CKK_GENERIC_SECRET, _) => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            _ => return Err(CKR_TEMPLATE_INCONSISTENT),
+        };
+        let mut opts = KeyOptions {
+            label: String::new(),
+            id: vec![],
+            extractable: false,
+        };
+        let mut ktpl = KeyTemplate::default();
+        read_key_template(&t, false, &mut opts, &mut ktpl, CKO_SECRET_KEY, ktype)?;
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        let b = object(&mut s, &login, base).map_err(|e| {
+            if e == CKR_OBJECT_HANDLE_INVALID {
+                CKR_KEY_HANDLE_INVALID
+            } else {
+                e
+            }
+        })?;
+        if b.attrs.class != ObjectClass::PrivateKey {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
+        let point = ecdh_peer_point(b.attrs.spec.ok_or(CKR_KEY_HANDLE_INVALID)?, &public)?;
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let handle = s
+            .hsm
+            .derive_ecdh(es, base, &point, spec, &opts, &ktpl)
+            .map_err(|e| match e {
+                HsmError::Refused(_) => CKR_KEY_FUNCTION_NOT_PERMITTED,
+                HsmError::InvalidInput(_) => CKR_MECHANISM_PARAM_INVALID,
+                e => rv(&e),
+            })?;
+        // SAFETY: non-NULL per check.
+        unsafe { *out = handle as CK_OBJECT_HANDLE };
+        Ok(())
+    })())
+}
+
 #[allow(clippy::too_many_arguments)] // the PKCS#11 signature
 pub unsafe fn C_GenerateKeyPair(
     h: CK_SESSION_HANDLE,

@@ -681,7 +681,9 @@ pub unsafe extern "C" fn C_DeriveKey(
     arg5: CK_ULONG,
     arg6: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    CKR_FUNCTION_NOT_SUPPORTED
+    // SAFETY: the caller passes pointers valid as PKCS#11 defines for C_DeriveKey;
+    // crate::api checks each for NULL before use.
+    guard(|| unsafe { crate::api::C_DeriveKey(arg1, arg2, arg3, arg4, arg5, arg6) })
 }
 
 #[no_mangle]

@@ -69,6 +69,12 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
         CKF_SIGN | CKF_VERIFY | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
     ),
     (CKM_EDDSA, 255, 255, CKF_SIGN | CKF_VERIFY),
+    (
+        CKM_ECDH1_DERIVE,
+        256,
+        521,
+        CKF_DERIVE | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
+    ),
     (CKM_AES_GCM, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_AES_ECB, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_AES_CBC, 16, 32, CKF_ENCRYPT | CKF_DECRYPT),
@@ -128,7 +134,8 @@ pub unsafe fn read(m: *const CK_MECHANISM) -> Rv<(CK_MECHANISM_TYPE, Vec<u8>)> {
     Ok((m.mechanism, p.to_vec()))
 }
 
-fn param<T: Copy>(p: &[u8]) -> Rv<T> {
+/// A mechanism parameter struct from its bytes (the length must match exactly).
+pub fn param<T: Copy>(p: &[u8]) -> Rv<T> {
     if p.len() != std::mem::size_of::<T>() {
         return Err(CKR_MECHANISM_PARAM_INVALID);
     }

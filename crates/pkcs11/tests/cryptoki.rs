@@ -1195,3 +1195,97 @@ fn certificates_and_data_objects_create_find_read_relabel_and_destroy() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn ecdh_derive_agrees_both_ways_and_honours_cka_derive() {
+    use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let pair = |derive: bool| {
+        s.generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(p256.clone())],
+            &[Attribute::Token(true), Attribute::Derive(derive)],
+        )
+        .unwrap()
+    };
+    let point = |pk| match &s.get_attributes(pk, &[AttributeType::EcPoint]).unwrap()[0] {
+        // CKA_EC_POINT is the DER OCTET STRING; the raw point follows its 2-byte header.
+        Attribute::EcPoint(v) => v.clone(),
+        other => panic!("{other:?}"),
+    };
+    let (a_pub, a_priv) = pair(true);
+    let (b_pub, b_priv) = pair(true);
+    let (a_point, b_point) = (point(a_pub), point(b_pub));
+    let aes_tpl = [
+        Attribute::Token(true),
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+    ];
+    // A derives with B's raw point; B with A's point as DER (both encodings are accepted).
+    let ka = s
+        .derive_key(
+            &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &b_point[2..])),
+            a_priv,
+            &aes_tpl,
+        )
+        .unwrap();
+    let kb = s
+        .derive_key(
+            &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &a_point)),
+            b_priv,
+            &aes_tpl,
+        )
+        .unwrap();
+    let (mut iv1, mut iv2) = ([3u8; 12], [3u8; 12]);
+    let ct = s
+        .encrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv1, &[], 128.into()).unwrap()),
+            ka,
+            b"agreed",
+        )
+        .unwrap();
+    let pt = s
+        .decrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv2, &[], 128.into()).unwrap()),
+            kb,
+            &ct,
+        )
+        .unwrap();
+    assert_eq!(pt, b"agreed");
+    // Derived keys are not local; from a never-extractable base they stay never extractable.
+    let v = s
+        .get_attributes(ka, &[AttributeType::Local, AttributeType::NeverExtractable])
+        .unwrap();
+    assert!(v.contains(&Attribute::Local(false)), "{v:?}");
+    assert!(v.contains(&Attribute::NeverExtractable(true)), "{v:?}");
+    // A key without CKA_DERIVE does not derive; a point off the curve is refused.
+    let (_c_pub, c_priv) = pair(false);
+    assert_eq!(
+        err(s
+            .derive_key(
+                &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &a_point)),
+                c_priv,
+                &aes_tpl,
+            )
+            .unwrap_err()),
+        RvError::KeyFunctionNotPermitted
+    );
+    let mut bad = b_point[2..].to_vec();
+    bad[10] ^= 0x55;
+    assert_eq!(
+        err(s
+            .derive_key(
+                &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &bad)),
+                a_priv,
+                &aes_tpl,
+            )
+            .unwrap_err()),
+        RvError::MechanismParamInvalid
+    );
+}
