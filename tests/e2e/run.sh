@@ -123,6 +123,8 @@ check "the RSA private key is sensitive and never extractable" \
 refused "the AES key cannot be read out" "CKR_ATTRIBUTE_SENSITIVE\|sensitive\|extract" "${U[@]}" --read-object --type secrkey --id 03 -o aes.bin
 check "nothing was written by the refused read" bash -c '! [ -s aes.bin ]'
 check "pkcs11-tool --test-fork: a forked child initialises the module afresh" "${P[@]}" --test-fork
+check "pkcs11-tool --test-ec: generate, relabel, sign and delete an EC key pair" \
+  bash -c "${U[*]} --session-rw --test-ec --id 0e --key-type EC:prime256v1 2>&1 | grep -q '==> OK'"
 # Threads 1 and 2 pause a second (P1) so thread 0's C_Initialize comes first; without it, a
 # call that wins the race is rightly answered CKR_CRYPTOKI_NOT_INITIALIZED and the check flakes.
 check "pkcs11-tool --test-threads: three threads share the module" \

@@ -154,7 +154,32 @@ pub struct Session {
     partition_label: Option<String>,
     pmk: Option<Secret32>,
     cache: KeyCache,
+    /// Session objects (`CKA_TOKEN` false) by handle, with the PKCS#11 session owning each.
+    /// Never written anywhere; dropped (and so zeroized) with their owner or the login.
+    session_objects: Mutex<BTreeMap<u64, (u64, Arc<LoadedKey>)>>,
 }
+
+impl Session {
+    fn session_objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (u64, Arc<LoadedKey>)>> {
+        // Only inserts and removes happen under this lock; a poisoned map is still whole.
+        self.session_objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Destroys every session object `owner` (a PKCS#11 session) made, as closing it must.
+    pub fn drop_session_objects(&self, owner: u64) {
+        self.session_objects().retain(|_, (o, _)| *o != owner);
+    }
+
+    fn session_object(&self, handle: u64) -> Option<Arc<LoadedKey>> {
+        self.session_objects().get(&handle).map(|(_, k)| k.clone())
+    }
+}
+
+/// The next session object handle (process-wide, so no two logins share one).
+static NEXT_SESSION_HANDLE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(crate::object::SESSION_HANDLE_BASE);
 
 /// Largest certificate or data object content, in bytes.
 pub const MAX_OBJECT_CONTENT: usize = 1 << 20;
@@ -1001,6 +1026,7 @@ impl Hsm {
                 partition_label: partition.map(str::to_owned),
                 pmk,
                 cache: KeyCache::default(),
+                session_objects: Mutex::new(BTreeMap::new()),
             }),
             Err((e, zeroize_hsm)) => {
                 if zeroize_hsm {
@@ -1646,6 +1672,9 @@ impl Hsm {
         opts: &KeyOptions,
         tpl: &KeyTemplate,
     ) -> Result<Vec<u64>> {
+        if tpl.session_private || tpl.session_public {
+            return self.generate_with_session_objects(s, spec, opts, tpl);
+        }
         let mut made = self.generate_keys_with(s, spec, std::slice::from_ref(opts), tpl)?;
         made.pop()
             .ok_or_else(|| HsmError::State("no key was generated".into()))
@@ -1718,6 +1747,105 @@ impl Hsm {
             t.put("partition", &pid(id), &p)?;
             Ok(out)
         })
+    }
+
+    /// [`Hsm::generate_key_with`] where one half or both are session objects: those stay in
+    /// the login's memory (the creation is still audited); any token half is stored.
+    fn generate_with_session_objects(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<Vec<u64>> {
+        let (id, pmk) = self.key_user(s, "creating keys", true)?;
+        let owner = tpl.session_owner.ok_or_else(|| {
+            HsmError::InvalidInput("session objects need the session that owns them".into())
+        })?;
+        if opts.label.len() > 128 {
+            return Err(HsmError::InvalidInput(
+                "a key label is at most 128 characters".into(),
+            ));
+        }
+        let g = mechanism::generate(spec)?;
+        let (mut attrs, public_attrs) = Self::key_attributes(spec, opts, tpl, true);
+        attrs.token = !tpl.session_private;
+        let public_attrs = public_attrs.map(|mut a| {
+            a.token = !tpl.session_public;
+            a
+        });
+        let e = self.ev(
+            "key-generate",
+            s.role.short(),
+            s.partition(),
+            Some(&format!("{} ({spec}, session object)", opts.label)),
+            "success",
+        );
+        let parsed = mechanism::Key::parse(spec, g.private.clone())?;
+        let new_handle = || NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut halves = vec![(attrs, Some(parsed))];
+        if let Some(pa) = public_attrs {
+            halves.push((pa, None));
+        }
+        let any_token = halves.iter().any(|(a, _)| a.token);
+        let token_handles = if any_token {
+            self.store.write(|t| {
+                let mut p = Self::partition_by_id(t, id)?;
+                let mut hs = Vec::new();
+                for (a, key) in &halves {
+                    if a.token {
+                        let secret = key.as_ref().map(|_| &g.private);
+                        hs.push(Self::put_key(
+                            t,
+                            &mut p,
+                            &pmk,
+                            a.clone(),
+                            g.public.clone(),
+                            secret,
+                        )?);
+                    }
+                }
+                t.put("partition", &pid(id), &p)?;
+                t.event(&e)?;
+                Ok(hs)
+            })?
+        } else {
+            // Nothing stored, so no state changes: only the audit record is written.
+            self.store.event(&e)?;
+            Vec::new()
+        };
+        let mut token_handles = token_handles.into_iter();
+        let mut out = Vec::new();
+        let mut objects = s.session_objects();
+        for (a, key) in halves {
+            if a.token {
+                out.push(
+                    token_handles
+                        .next()
+                        .ok_or_else(|| HsmError::State("a stored half went missing".into()))?,
+                );
+                continue;
+            }
+            let handle = new_handle();
+            objects.insert(
+                handle,
+                (
+                    owner,
+                    Arc::new(LoadedKey {
+                        info: ObjectInfo {
+                            handle,
+                            attrs: a,
+                            public: g.public.clone(),
+                            content: None,
+                        },
+                        partition: id,
+                        key,
+                    }),
+                ),
+            );
+            out.push(handle);
+        }
+        Ok(out)
     }
 
     /// The attributes of a new key (and, for a key pair, of its public half) from its spec,
@@ -2203,7 +2331,7 @@ impl Hsm {
                 true,
             ),
         };
-        self.store.read(|t| {
+        let mut found = self.store.read(|t| {
             let mut out = Vec::new();
             for h in t.find_handles(
                 id,
@@ -2232,7 +2360,20 @@ impl Hsm {
                 });
             }
             Ok(out)
-        })
+        })?;
+        // Then the login's session objects that match (never visible without a login).
+        if let Some(s) = s {
+            for (_, k) in s.session_objects().values() {
+                let a = &k.info.attrs;
+                if f.label.as_ref().is_none_or(|l| *l == a.label)
+                    && f.id.as_ref().is_none_or(|i| *i == a.id)
+                    && f.class.is_none_or(|c| c == a.class)
+                {
+                    found.push(k.info.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// One object's public description (attributes, public value), for a session that may see it.
@@ -2251,6 +2392,12 @@ impl Hsm {
                 true,
             ),
         };
+        if crate::object::is_session_handle(handle) {
+            return s
+                .and_then(|s| s.session_object(handle))
+                .map(|k| k.info.clone())
+                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")));
+        }
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         if only_public && rec.attrs.private {
             return Err(HsmError::NotFound(format!(
@@ -2331,6 +2478,11 @@ impl Hsm {
     /// was at this call.
     pub fn load_key(&mut self, s: &Session, handle: u64) -> Result<Arc<LoadedKey>> {
         let (id, pmk) = self.key_user(s, "using keys", false)?;
+        if crate::object::is_session_handle(handle) {
+            return s
+                .session_object(handle)
+                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")));
+        }
         let generation = self.store.generation()?;
         if let Some(k) = s.cache.get(generation, handle) {
             return Ok(k);
@@ -2562,6 +2714,27 @@ impl Hsm {
     /// Destroys an object (Crypto Officer only).
     pub fn destroy_object(&mut self, s: &Session, handle: u64) -> Result<()> {
         let (id, _) = self.key_user(s, "deleting keys", true)?;
+        if crate::object::is_session_handle(handle) {
+            let k = s
+                .session_object(handle)
+                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+            if !k.info.attrs.destroyable {
+                return Err(HsmError::Refused(format!(
+                    "key {:?} is not destroyable (CKA_DESTROYABLE is false)",
+                    k.info.attrs.label
+                )));
+            }
+            let e = self.ev(
+                "key-delete",
+                s.role.short(),
+                s.partition(),
+                Some(&format!("{} (session object)", k.info.attrs.label)),
+                "success",
+            );
+            self.store.event(&e)?;
+            s.session_objects().remove(&handle);
+            return Ok(());
+        }
         let serial = self.serial.clone();
         let role = s.role.short().to_string();
         let part = s.partition_label.clone();

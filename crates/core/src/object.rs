@@ -233,6 +233,21 @@ pub struct KeyTemplate {
     pub public_id: Option<Vec<u8>>,
     /// Refuse a label already used in the partition (the CLI names keys by label).
     pub unique_label: bool,
+    /// Make the private or secret key a session object (`CKA_TOKEN` false): kept in the
+    /// login's memory only, gone when its owner session closes or the login ends.
+    pub session_private: bool,
+    /// Make the public key a session object.
+    pub session_public: bool,
+    /// The PKCS#11 session that owns this call's session objects.
+    pub session_owner: Option<u64>,
+}
+
+/// Handles at or above this are session objects (never stored).
+pub const SESSION_HANDLE_BASE: u64 = 1 << 48;
+
+/// Whether `handle` names a session object.
+pub fn is_session_handle(handle: u64) -> bool {
+    handle >= SESSION_HANDLE_BASE
 }
 
 /// What to look objects up by; each given field narrows through an index, never a scan.

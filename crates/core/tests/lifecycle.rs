@@ -547,3 +547,68 @@ fn keys_generated_in_bulk_land_together_each_audited_or_not_at_all() {
         .unwrap_err();
     assert!(matches!(e, HsmError::Refused(_)), "{e}");
 }
+
+#[test]
+fn session_objects_are_never_stored_and_go_with_their_owner() {
+    use ferrohsm_core::object::{is_session_handle, KeyTemplate, ObjectFilter};
+    let (f, mut hsm) = fixture();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let opts = KeyOptions {
+        label: "ephemeral".into(),
+        id: vec![],
+        extractable: false,
+    };
+    let tpl = KeyTemplate {
+        session_private: true,
+        session_public: true,
+        session_owner: Some(7),
+        ..Default::default()
+    };
+    let hs = hsm
+        .generate_key_with(&co, KeySpec::EcP256, &opts, &tpl)
+        .unwrap();
+    assert!(hs.iter().all(|h| is_session_handle(*h)), "{hs:?}");
+    let sig = hsm
+        .sign(&co, hs[0], Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
+        .unwrap();
+    assert!(hsm
+        .verify(&co, hs[1], Mechanism::Ecdsa(Some(Hash::Sha256)), b"m", &sig)
+        .unwrap());
+    let by_label = ObjectFilter {
+        label: Some("ephemeral".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        hsm.find_objects(Some(&co), "p", &by_label).unwrap().len(),
+        2
+    );
+    // Another handle on the store (as another process would be) never sees them.
+    let mut other = Hsm::open(&f.data).unwrap();
+    let co2 = login(&f, &mut other, Role::CryptoOfficer, "co");
+    assert!(other
+        .find_objects(Some(&co2), "p", &by_label)
+        .unwrap()
+        .is_empty());
+    // Their creation is on the record all the same.
+    assert!(hsm
+        .events()
+        .unwrap()
+        .iter()
+        .any(|e| e.event == "key-generate"
+            && e.object.as_deref() == Some("ephemeral (ec-p256, session object)")));
+    // Closing the owner (session 7) destroys them; another owner's would stay.
+    co.drop_session_objects(8);
+    assert_eq!(
+        hsm.find_objects(Some(&co), "p", &by_label).unwrap().len(),
+        2
+    );
+    co.drop_session_objects(7);
+    assert!(hsm
+        .find_objects(Some(&co), "p", &by_label)
+        .unwrap()
+        .is_empty());
+    let e = hsm
+        .sign(&co, hs[0], Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
+        .unwrap_err();
+    assert!(matches!(e, HsmError::NotFound(_)), "{e}");
+}

@@ -672,6 +672,10 @@ pub unsafe fn C_OpenSession(
 fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
     let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    // Its session objects go with it.
+    if let Some(l) = m.logins.get(&slot) {
+        l.engine.drop_session_objects(u64::from(h));
+    }
     // Keep its engine handle for the next session, unless another thread still holds the
     // session (it is then dropped with the last reference).
     if let Ok(session) = Arc::try_unwrap(s) {
@@ -1049,7 +1053,9 @@ pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK
     done((|| {
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if s.flags & CKF_RW_SESSION == 0 {
+        if s.flags & CKF_RW_SESSION == 0
+            && !ferrohsm_core::object::is_session_handle(u64::from(obj))
+        {
             return Err(CKR_SESSION_READ_ONLY);
         }
         object(&mut s, &login, obj)?;
@@ -1267,9 +1273,11 @@ fn read_key_template(
     for (ty, v) in t {
         match *ty {
             CKA_TOKEN => {
-                if !ffi::read_bool(v)? {
-                    // Session objects are not offered yet: say so rather than make a token object.
-                    return Err(CKR_TEMPLATE_INCONSISTENT);
+                let session = !ffi::read_bool(v)?;
+                if public {
+                    tpl.session_public = session;
+                } else {
+                    tpl.session_private = session;
                 }
             }
             CKA_CLASS => {
@@ -1353,9 +1361,6 @@ fn generate(
 ) -> Rv<Vec<u64>> {
     let (s, login) = state::session(h)?;
     let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-    if s.flags & CKF_RW_SESSION == 0 {
-        return Err(CKR_SESSION_READ_ONLY);
-    }
     let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     let mut opts = KeyOptions {
         label: String::new(),
@@ -1377,6 +1382,12 @@ fn generate(
             // A public template without a label or id takes the private key's.
         }
     }
+    // Token objects need a read/write session; session objects do not.
+    let token_half = !tpl.session_private || (pub_t.is_some() && !tpl.session_public);
+    if token_half && s.flags & CKF_RW_SESSION == 0 {
+        return Err(CKR_SESSION_READ_ONLY);
+    }
+    tpl.session_owner = Some(u64::from(h));
     s.hsm
         .generate_key_with(es, spec, &opts, &tpl)
         .map_err(|e| match e {
@@ -1493,6 +1504,10 @@ pub unsafe fn C_DeriveKey(
         };
         let mut ktpl = KeyTemplate::default();
         read_key_template(&t, false, &mut opts, &mut ktpl, CKO_SECRET_KEY, ktype)?;
+        if ktpl.session_private {
+            // Derived keys are token objects only.
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
         if s.flags & CKF_RW_SESSION == 0 {
@@ -2304,6 +2319,10 @@ pub unsafe fn C_UnwrapKey(
             class_code,
             kt.unwrap_or(0),
         )?;
+        if ktpl.session_private {
+            // Unwrapped keys are token objects only.
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
         // An AES key is sized by what unwraps unless CKA_VALUE_LEN names it.
         let want_len = find_attr(&t, CKA_VALUE_LEN)
             .map(|v| ffi::read_ulong(v))

@@ -1289,3 +1289,79 @@ fn ecdh_derive_agrees_both_ways_and_honours_cka_derive() {
         RvError::MechanismParamInvalid
     );
 }
+
+#[test]
+fn session_objects_live_in_memory_and_die_with_their_session() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, rw) = token(&f);
+    // A read-only session may make session objects (not token objects).
+    let ro = f.p11().open_ro_session(slot).unwrap();
+    let aes = ro
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Label(b"ephemeral".to_vec()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        err(ro
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[Attribute::Token(true), Attribute::ValueLen(32.into())],
+            )
+            .unwrap_err()),
+        RvError::SessionReadOnly
+    );
+    let v = ro.get_attributes(aes, &[AttributeType::Token]).unwrap();
+    assert_eq!(v, vec![Attribute::Token(false)]);
+    let mut iv = [1u8; 16];
+    let ct = ro
+        .encrypt(&Mechanism::AesCbcPad(iv), aes, b"short lived")
+        .unwrap();
+    assert_eq!(
+        ro.decrypt(&Mechanism::AesCbcPad(iv), aes, &ct).unwrap(),
+        b"short lived"
+    );
+    iv[0] = 0;
+    // Other sessions of the application see it (the engine's tests show it is never stored).
+    let found = rw
+        .find_objects(&[Attribute::Label(b"ephemeral".to_vec())])
+        .unwrap();
+    assert_eq!(found, vec![aes]);
+    // A session key pair: signs, and can be destroyed from a read-only session.
+    let (pk, sk) = ro
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+            ],
+            &[Attribute::Token(false), Attribute::Sign(true)],
+        )
+        .unwrap();
+    let sig = ro.sign(&Mechanism::EcdsaSha256, sk, b"m").unwrap();
+    ro.verify(&Mechanism::EcdsaSha256, pk, b"m", &sig).unwrap();
+    ro.destroy_object(pk).unwrap();
+    assert_eq!(
+        err(ro
+            .verify(&Mechanism::EcdsaSha256, pk, b"m", &sig)
+            .unwrap_err()),
+        RvError::KeyHandleInvalid
+    );
+    // Closing the session that made them destroys the rest.
+    drop(ro);
+    assert!(rw
+        .find_objects(&[Attribute::Label(b"ephemeral".to_vec())])
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        err(rw.sign(&Mechanism::EcdsaSha256, sk, b"m").unwrap_err()),
+        RvError::KeyHandleInvalid
+    );
+}
