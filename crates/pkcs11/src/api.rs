@@ -674,7 +674,7 @@ fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
     // Its session objects go with it.
     if let Some(l) = m.logins.get(&slot) {
-        l.engine.drop_session_objects(u64::from(h));
+        l.engine.drop_session_objects(h);
     }
     // Keep its engine handle for the next session, unless another thread still holds the
     // session (it is then dropped with the last reference).
@@ -1053,9 +1053,7 @@ pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK
     done((|| {
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if s.flags & CKF_RW_SESSION == 0
-            && !ferrohsm_core::object::is_session_handle(u64::from(obj))
-        {
+        if s.flags & CKF_RW_SESSION == 0 && !ferrohsm_core::object::is_session_handle(obj) {
             return Err(CKR_SESSION_READ_ONLY);
         }
         object(&mut s, &login, obj)?;
@@ -1387,7 +1385,7 @@ fn generate(
     if token_half && s.flags & CKF_RW_SESSION == 0 {
         return Err(CKR_SESSION_READ_ONLY);
     }
-    tpl.session_owner = Some(u64::from(h));
+    tpl.session_owner = Some(h);
     s.hsm
         .generate_key_with(es, spec, &opts, &tpl)
         .map_err(|e| match e {
