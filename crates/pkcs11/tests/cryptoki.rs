@@ -1318,7 +1318,7 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
     );
     let v = ro.get_attributes(aes, &[AttributeType::Token]).unwrap();
     assert_eq!(v, vec![Attribute::Token(false)]);
-    let mut iv = [1u8; 16];
+    let iv = [1u8; 16];
     let ct = ro
         .encrypt(&Mechanism::AesCbcPad(iv), aes, b"short lived")
         .unwrap();
@@ -1326,7 +1326,6 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
         ro.decrypt(&Mechanism::AesCbcPad(iv), aes, &ct).unwrap(),
         b"short lived"
     );
-    iv[0] = 0;
     // Other sessions of the application see it (the engine's tests show it is never stored).
     let found = rw
         .find_objects(&[Attribute::Label(b"ephemeral".to_vec())])
