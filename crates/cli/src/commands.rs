@@ -600,11 +600,34 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             label,
             id,
             extractable,
+            count,
         } => {
             let spec: KeySpec = key_type.parse()?;
             let id =
                 hex::decode(&id).map_err(|_| HsmError::InvalidInput("--id takes hex".into()))?;
             let s = user_session(&mut hsm, ped_dir, &user)?;
+            if let Some(n) = count {
+                let each: Vec<KeyOptions> = (1..=n)
+                    .map(|i| KeyOptions {
+                        label: format!("{label}-{i:05}"),
+                        id: i.to_be_bytes().to_vec(),
+                        extractable,
+                    })
+                    .collect();
+                let made = hsm.generate_keys_with(
+                    &s,
+                    spec,
+                    &each,
+                    &ferrohsm_core::object::KeyTemplate {
+                        unique_label: true,
+                        ..Default::default()
+                    },
+                )?;
+                return done(format!(
+                    "generated {} {spec} keys {label}-00001 … {label}-{n:05}",
+                    made.len()
+                ));
+            }
             let handles = hsm.generate_key(
                 &s,
                 spec,

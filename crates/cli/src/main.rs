@@ -676,23 +676,26 @@ pub struct KeyUser {
 pub enum KeyCmd {
     /// Generate a key in the partition (Crypto Officer).
     #[command(
-        after_help = "Example:\n  ferrohsm key generate --partition payments --type ec-p256 --label signer --challenge env:CO_CHALLENGE"
+        after_help = "Examples:\n  ferrohsm key generate --partition payments --type ec-p256 --label signer --challenge env:CO_CHALLENGE\n  ferrohsm key generate --partition issuing --type aes-128 --label card-batch-7 --count 5000 --challenge env:CO_CHALLENGE"
     )]
     Generate {
         #[command(flatten)]
         user: KeyUser,
-        /// Key type: aes-128, aes-192, aes-256, ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519.
+        /// Key type: aes-128, aes-192, aes-256, ec-p256, ec-p384, ec-p521, rsa-2048, rsa-3072, rsa-4096, ed25519.
         #[arg(long = "type")]
         key_type: String,
-        /// Label.
+        /// Label (with --count, the prefix of each label: LABEL-00001, LABEL-00002, …).
         #[arg(long)]
         label: String,
-        /// CKA_ID, hex.
+        /// CKA_ID, hex (with --count, the keys' ids are their numbers).
         #[arg(long, default_value = "")]
         id: String,
         /// Allow the key to leave the HSM wrapped (CKA_EXTRACTABLE). Default: never.
         #[arg(long)]
         extractable: bool,
+        /// Generate this many keys in one transaction (all or none; each one audited).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: Option<u32>,
     },
     /// List the partition's keys.
     #[command(

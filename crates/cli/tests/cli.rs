@@ -288,6 +288,53 @@ fn operator_path_keys_sign_verify_encrypt_decrypt() {
 }
 
 #[test]
+fn key_generate_count_makes_a_numbered_batch_in_one_go() {
+    let e = ready();
+    let co = ["--partition", "pay", "--challenge", "env:CH"];
+    e.run(
+        &[
+            &["key", "generate", "--type", "aes-128", "--label", "card", "--count", "25"][..],
+            &co[..],
+        ]
+        .concat(),
+    )
+    .success()
+    .stdout(predicate::str::contains("generated 25 aes-128 keys card-00001"));
+    let out = e
+        .run(&[&["--json", "key", "list"][..], &co[..]].concat())
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let labels: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["attrs"]["label"].as_str())
+        .collect();
+    assert_eq!(labels.len(), 25);
+    assert!(labels.contains(&"card-00025"));
+    // A second batch whose labels clash is refused whole.
+    e.run(
+        &[
+            &["key", "generate", "--type", "aes-128", "--label", "card", "--count", "2"][..],
+            &co[..],
+        ]
+        .concat(),
+    )
+    .failure();
+    e.run(
+        &[
+            &["key", "generate", "--type", "aes-128", "--label", "x", "--count", "0"][..],
+            &co[..],
+        ]
+        .concat(),
+    )
+    .failure();
+}
+
+#[test]
 fn show_and_list_have_json_and_text() {
     let e = ready();
     let out = e
