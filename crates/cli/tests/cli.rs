@@ -293,13 +293,17 @@ fn key_generate_count_makes_a_numbered_batch_in_one_go() {
     let co = ["--partition", "pay", "--challenge", "env:CH"];
     e.run(
         &[
-            &["key", "generate", "--type", "aes-128", "--label", "card", "--count", "25"][..],
+            &[
+                "key", "generate", "--type", "aes-128", "--label", "card", "--count", "25",
+            ][..],
             &co[..],
         ]
         .concat(),
     )
     .success()
-    .stdout(predicate::str::contains("generated 25 aes-128 keys card-00001"));
+    .stdout(predicate::str::contains(
+        "generated 25 aes-128 keys card-00001",
+    ));
     let out = e
         .run(&[&["--json", "key", "list"][..], &co[..]].concat())
         .success()
@@ -318,7 +322,9 @@ fn key_generate_count_makes_a_numbered_batch_in_one_go() {
     // A second batch whose labels clash is refused whole.
     e.run(
         &[
-            &["key", "generate", "--type", "aes-128", "--label", "card", "--count", "2"][..],
+            &[
+                "key", "generate", "--type", "aes-128", "--label", "card", "--count", "2",
+            ][..],
             &co[..],
         ]
         .concat(),
@@ -326,7 +332,9 @@ fn key_generate_count_makes_a_numbered_batch_in_one_go() {
     .failure();
     e.run(
         &[
-            &["key", "generate", "--type", "aes-128", "--label", "x", "--count", "0"][..],
+            &[
+                "key", "generate", "--type", "aes-128", "--label", "x", "--count", "0",
+            ][..],
             &co[..],
         ]
         .concat(),

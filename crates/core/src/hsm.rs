@@ -1848,6 +1848,72 @@ impl Hsm {
         Ok(out)
     }
 
+    /// Stores a public key brought from outside (Crypto Officer): a token object, or a session
+    /// object when `tpl.session_public` is set. Public keys are not secret, so they may enter
+    /// in clear; they verify and encrypt (never wrap: a trusted wrapping key is an SO's call).
+    pub fn import_public_key(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        spki: Vec<u8>,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let (id, pmk) = self.key_user(s, "importing public keys", true)?;
+        if opts.label.len() > 128 {
+            return Err(HsmError::InvalidInput(
+                "a key label is at most 128 characters".into(),
+            ));
+        }
+        let (_, public) = Self::key_attributes(spec, opts, tpl, false);
+        let mut a =
+            public.ok_or_else(|| HsmError::InvalidInput(format!("{spec} has no public key")))?;
+        a.wrap = false;
+        a.token = !tpl.session_public;
+        let e = self.ev(
+            "key-import",
+            s.role.short(),
+            s.partition(),
+            Some(&format!(
+                "{} ({spec} public key{})",
+                a.label,
+                if a.token { "" } else { ", session object" }
+            )),
+            "success",
+        );
+        if a.token {
+            return self.store.write(|t| {
+                let mut p = Self::partition_by_id(t, id)?;
+                let h = Self::put_key(t, &mut p, &pmk, a, Some(spki), None)?;
+                t.put("partition", &pid(id), &p)?;
+                t.event(&e)?;
+                Ok(h)
+            });
+        }
+        let owner = tpl.session_owner.ok_or_else(|| {
+            HsmError::InvalidInput("session objects need the session that owns them".into())
+        })?;
+        self.store.event(&e)?;
+        let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.session_objects().insert(
+            handle,
+            (
+                owner,
+                Arc::new(LoadedKey {
+                    info: ObjectInfo {
+                        handle,
+                        attrs: a,
+                        public: Some(spki),
+                        content: None,
+                    },
+                    partition: id,
+                    key: None,
+                }),
+            ),
+        );
+        Ok(handle)
+    }
+
     /// The attributes of a new key (and, for a key pair, of its public half) from its spec,
     /// options and template. `local` keys were generated here; others (unwrapped) were not,
     /// so they are never "always sensitive" or "never extractable".

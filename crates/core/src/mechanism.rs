@@ -1180,6 +1180,110 @@ pub fn identify_private_key(pkcs8: &[u8]) -> Result<(KeySpec, Vec<u8>)> {
     ))
 }
 
+/// A DER element: tag, definite length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let n = content.len();
+    let mut out = vec![tag];
+    match n {
+        0..=0x7f => out.push(n as u8),
+        0x80..=0xff => out.extend([0x81, n as u8]),
+        _ => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A DER INTEGER of a big-endian unsigned value.
+fn der_uint(v: &[u8]) -> Vec<u8> {
+    let v = match v.iter().position(|b| *b != 0) {
+        Some(i) => &v[i..],
+        None => &[0u8][..],
+    };
+    let mut c = Vec::with_capacity(v.len() + 1);
+    if v[0] & 0x80 != 0 {
+        c.push(0);
+    }
+    c.extend_from_slice(v);
+    der(0x02, &c)
+}
+
+/// The SubjectPublicKeyInfo of a public key given as PKCS#11 gives it (RSA modulus and
+/// exponent; EC or Edwards curve and point), checked by parsing it back for verification.
+/// Returns the key's spec and the SPKI DER.
+pub fn public_key_from_parts(parts: PublicParts<'_>) -> Result<(KeySpec, Vec<u8>)> {
+    const RSA_ALG: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let bad = |what: &str| HsmError::InvalidInput(format!("not a valid {what} public key"));
+    let bits = |k: &[u8]| {
+        let mut b = vec![0u8];
+        b.extend_from_slice(k);
+        der(0x03, &b)
+    };
+    match parts {
+        PublicParts::Rsa { modulus, exponent } => {
+            let key = der(0x30, &[der_uint(modulus), der_uint(exponent)].concat());
+            let spki = der(0x30, &[RSA_ALG.to_vec(), bits(&key)].concat());
+            let parsed = rsa::PublicKey::from_der(&spki).map_err(|_| bad("RSA"))?;
+            let spec = match parsed.modulus().big_endian_without_leading_zero().len() * 8 {
+                2048 => KeySpec::Rsa2048,
+                3072 => KeySpec::Rsa3072,
+                4096 => KeySpec::Rsa4096,
+                n => {
+                    return Err(HsmError::InvalidInput(format!(
+                        "RSA keys of 2048, 3072 or 4096 bits only, not {n}"
+                    )))
+                }
+            };
+            Ok((spec, spki))
+        }
+        PublicParts::Ec { params, point } => {
+            let spec = spec_from_ec_params(params)
+                .ok_or_else(|| HsmError::InvalidInput("unsupported curve".into()))?;
+            let (alg_id, alg): (Vec<u8>, &'static dyn signature::VerificationAlgorithm) = match spec
+            {
+                KeySpec::Ed25519 => (
+                    der(0x30, &[0x06, 0x03, 0x2b, 0x65, 0x70]),
+                    &signature::ED25519,
+                ),
+                KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::EcP521 => {
+                    let curve = ec_params(spec).ok_or_else(|| bad("EC"))?;
+                    let alg: &'static dyn signature::VerificationAlgorithm = match spec {
+                        KeySpec::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
+                        KeySpec::EcP384 => &signature::ECDSA_P384_SHA384_FIXED,
+                        _ => &signature::ECDSA_P521_SHA512_FIXED,
+                    };
+                    (der(0x30, &[EC_PUBLIC_KEY, curve].concat()), alg)
+                }
+                _ => return Err(bad("EC")),
+            };
+            let spki = der(0x30, &[alg_id, bits(point)].concat());
+            signature::ParsedPublicKey::new(alg, &spki).map_err(|_| bad(&spec.to_string()))?;
+            Ok((spec, spki))
+        }
+    }
+}
+
+/// A public key's parts as PKCS#11 templates carry them.
+#[derive(Clone, Copy, Debug)]
+pub enum PublicParts<'a> {
+    /// `CKA_MODULUS`, `CKA_PUBLIC_EXPONENT`.
+    Rsa {
+        /// Big-endian modulus.
+        modulus: &'a [u8],
+        /// Big-endian public exponent.
+        exponent: &'a [u8],
+    },
+    /// `CKA_EC_PARAMS` and the raw point (uncompressed, or the Ed25519 key).
+    Ec {
+        /// DER of the curve's OID (or the `edwards25519` name).
+        params: &'a [u8],
+        /// The point itself, without the OCTET STRING wrapping of `CKA_EC_POINT`.
+        point: &'a [u8],
+    },
+}
+
 /// DER of the named curve's OID, as `CKA_EC_PARAMS` carries it.
 pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
     match spec {
@@ -1734,6 +1838,50 @@ mod tests {
         let (n, e) = rsa_components(r.public.as_ref().unwrap()).unwrap();
         assert_eq!(n.len(), 256);
         assert_eq!(e, vec![1, 0, 1]);
+    }
+
+    #[test]
+    fn public_keys_rebuilt_from_their_parts_are_the_generated_ones() {
+        for spec in [
+            KeySpec::Rsa2048,
+            KeySpec::EcP256,
+            KeySpec::EcP384,
+            KeySpec::EcP521,
+            KeySpec::Ed25519,
+        ] {
+            let g = generate(spec).unwrap();
+            let spki = g.public.unwrap();
+            let rsa = rsa_components(&spki);
+            let point = ec_point(spec, &spki);
+            let parts = match (&rsa, &point) {
+                (Some((n, e)), _) => PublicParts::Rsa {
+                    modulus: n,
+                    exponent: e,
+                },
+                (None, Some(p)) => PublicParts::Ec {
+                    params: ec_params(spec).unwrap(),
+                    point: &p[if p[1] == 0x81 { 3 } else { 2 }..],
+                },
+                _ => panic!("{spec} has neither RSA nor EC parts"),
+            };
+            let (got, rebuilt) = public_key_from_parts(parts).unwrap();
+            assert_eq!(got, spec);
+            assert_eq!(rebuilt, spki, "{spec}");
+        }
+        // A point off the curve, or a short modulus, is refused.
+        let g = generate(KeySpec::EcP256).unwrap();
+        let mut p = ec_point(KeySpec::EcP256, g.public.as_ref().unwrap()).unwrap();
+        p[20] ^= 1;
+        assert!(public_key_from_parts(PublicParts::Ec {
+            params: ec_params(KeySpec::EcP256).unwrap(),
+            point: &p[2..],
+        })
+        .is_err());
+        assert!(public_key_from_parts(PublicParts::Rsa {
+            modulus: &[0xc5; 128],
+            exponent: &[1, 0, 1],
+        })
+        .is_err());
     }
 
     #[test]

@@ -1073,7 +1073,7 @@ fn read_object_template(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Rv<NewObject> {
     let is_cert = match class {
         CKO_CERTIFICATE => true,
         CKO_DATA => false,
-        // Clear key material never enters; public keys are made with their private keys.
+        // Clear secret or private key material never enters (public keys: see C_CreateObject).
         CKO_SECRET_KEY | CKO_PRIVATE_KEY | CKO_PUBLIC_KEY => return Err(CKR_TEMPLATE_INCONSISTENT),
         _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
     };
@@ -1176,6 +1176,12 @@ pub unsafe fn C_CreateObject(
         }
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if find_attr(&t, CKA_CLASS).map(|v| ffi::read_ulong(v)) == Some(Ok(CKO_PUBLIC_KEY)) {
+            let handle = create_public_key(&mut s, &login, h, &t)?;
+            // SAFETY: non-NULL per check.
+            unsafe { *out = handle as CK_OBJECT_HANDLE };
+            return Ok(());
+        }
         let o = read_object_template(&t)?;
         if s.flags & CKF_RW_SESSION == 0 {
             return Err(CKR_SESSION_READ_ONLY);
@@ -1189,6 +1195,68 @@ pub unsafe fn C_CreateObject(
         unsafe { *out = handle as CK_OBJECT_HANDLE };
         Ok(())
     })())
+}
+
+/// `C_CreateObject` of a public key: RSA from its modulus and exponent, EC or Edwards from
+/// its curve and point (`CKA_EC_POINT` DER-wrapped or raw), checked before it is kept.
+fn create_public_key(
+    s: &mut Session,
+    login: &Option<Arc<Login>>,
+    h: CK_SESSION_HANDLE,
+    t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+) -> Rv<u64> {
+    use ferrohsm_core::mechanism::{public_key_from_parts, PublicParts};
+    let ktype = find_attr(t, CKA_KEY_TYPE)
+        .ok_or(CKR_TEMPLATE_INCOMPLETE)
+        .and_then(|v| ffi::read_ulong(v))?;
+    let need = |ty| find_attr(t, ty).ok_or(CKR_TEMPLATE_INCOMPLETE);
+    let parts = match ktype {
+        CKK_RSA => PublicParts::Rsa {
+            modulus: need(CKA_MODULUS)?,
+            exponent: need(CKA_PUBLIC_EXPONENT)?,
+        },
+        CKK_EC | CKK_EC_EDWARDS => {
+            let p = need(CKA_EC_POINT)?;
+            // The point inside its DER OCTET STRING, or given raw.
+            let point = match p.as_slice() {
+                [0x04, n, rest @ ..] if (*n as usize) < 0x80 && rest.len() == *n as usize => rest,
+                [0x04, 0x81, n, rest @ ..] if rest.len() == *n as usize => rest,
+                raw => raw,
+            };
+            PublicParts::Ec {
+                params: need(CKA_EC_PARAMS)?,
+                point,
+            }
+        }
+        _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+    };
+    let (spec, spki) = public_key_from_parts(parts).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+    if attrs::key_type(spec) != ktype {
+        return Err(CKR_TEMPLATE_INCONSISTENT);
+    }
+    let rest: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> = t
+        .iter()
+        .filter(|(a, _)| !matches!(*a, CKA_MODULUS | CKA_EC_POINT | CKA_PUBLIC_KEY_INFO))
+        .cloned()
+        .collect();
+    let mut opts = KeyOptions {
+        label: String::new(),
+        id: vec![],
+        extractable: true,
+    };
+    let mut tpl = KeyTemplate::default();
+    read_key_template(&rest, true, &mut opts, &mut tpl, CKO_PUBLIC_KEY, ktype)?;
+    if !tpl.session_public && s.flags & CKF_RW_SESSION == 0 {
+        return Err(CKR_SESSION_READ_ONLY);
+    }
+    tpl.session_owner = Some(h);
+    let es = key_session(login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    s.hsm
+        .import_public_key(es, spec, spki, &opts, &tpl)
+        .map_err(|e| match e {
+            HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
+            e => rv(&e),
+        })
 }
 
 pub unsafe fn C_SetAttributeValue(

@@ -1364,3 +1364,107 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
         RvError::KeyHandleInvalid
     );
 }
+
+#[test]
+fn public_keys_enter_in_clear_and_verify() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (ec_pub, ec_priv) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(p256.clone())],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    let (rsa_pub, rsa_priv) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[Attribute::Token(true), Attribute::ModulusBits(2048.into())],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    let get = |o, t| s.get_attributes(o, &[t]).unwrap().remove(0);
+    let Attribute::EcPoint(point) = get(ec_pub, AttributeType::EcPoint) else {
+        panic!("no EC point")
+    };
+    let Attribute::Modulus(n) = get(rsa_pub, AttributeType::Modulus) else {
+        panic!("no modulus")
+    };
+    // The EC key as a session object made in a read-only session; the RSA key as a token object.
+    let ro = f.p11().open_ro_session(slot).unwrap();
+    let ec_in = ro
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(false),
+            Attribute::EcParams(p256.clone()),
+            Attribute::EcPoint(point.clone()),
+            Attribute::Verify(true),
+        ])
+        .unwrap();
+    let rsa_in = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Token(true),
+            Attribute::Label(b"partner".to_vec()),
+            Attribute::Modulus(n.clone()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+        ])
+        .unwrap();
+    for (m, sk, pk) in [
+        (Mechanism::EcdsaSha256, ec_priv, ec_in),
+        (Mechanism::Sha256RsaPkcs, rsa_priv, rsa_in),
+    ] {
+        let sig = s.sign(&m, sk, b"from outside").unwrap();
+        s.verify(&m, pk, b"from outside", &sig).unwrap();
+        assert_eq!(
+            err(s.verify(&m, pk, b"from outsidE", &sig).unwrap_err()),
+            RvError::SignatureInvalid
+        );
+    }
+    // The imported keys read back as they went in, and are not local.
+    assert_eq!(
+        get(ec_in, AttributeType::EcPoint),
+        Attribute::EcPoint(point.clone())
+    );
+    assert_eq!(get(rsa_in, AttributeType::Local), Attribute::Local(false));
+    // Bad parts are refused with the standard's codes.
+    let mut off_curve = point.clone();
+    off_curve[10] ^= 0x40;
+    for (tpl, want) in [
+        (
+            vec![
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(false),
+                Attribute::EcParams(p256.clone()),
+                Attribute::EcPoint(off_curve),
+            ],
+            RvError::AttributeValueInvalid,
+        ),
+        (
+            vec![
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Token(false),
+                Attribute::EcParams(p256.clone()),
+                Attribute::EcPoint(point.clone()),
+            ],
+            RvError::TemplateIncomplete,
+        ),
+        (
+            vec![
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::RSA),
+                Attribute::Token(true),
+                Attribute::Modulus(n.clone()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+            ],
+            RvError::SessionReadOnly,
+        ),
+    ] {
+        assert_eq!(err(ro.create_object(&tpl).unwrap_err()), want, "{tpl:?}");
+    }
+}
