@@ -2543,7 +2543,7 @@ impl Hsm {
     /// read, unsealed and parsed now (and cached). Operations started with it use it as it
     /// was at this call.
     pub fn load_key(&mut self, s: &Session, handle: u64) -> Result<Arc<LoadedKey>> {
-        let (id, pmk) = self.key_user(s, "using keys", false)?;
+        self.key_role(s, "using keys", false)?;
         if crate::object::is_session_handle(handle) {
             return s
                 .session_object(handle)
@@ -2553,6 +2553,8 @@ impl Hsm {
         if let Some(k) = s.cache.get(generation, handle) {
             return Ok(k);
         }
+        // A miss: the partition key is needed to unseal the key.
+        let (id, pmk) = self.key_user(s, "using keys", false)?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         let key = match rec.material {
             Some(_) => Some(mechanism::Key::parse(

@@ -656,10 +656,14 @@ pub unsafe fn C_OpenSession(
             encrypt: None,
             decrypt: None,
             digest: None,
+            login: None,
         };
         let handle = with_module_mut(|m| {
             let h = m.next_handle;
             m.next_handle += 1;
+            // The token's login as it is now (C_Login and C_Logout keep it current).
+            let mut session = session;
+            session.login = m.logins.get(&id).cloned();
             m.sessions.insert(h, Arc::new(Mutex::new(session)));
             Ok(h)
         })?;
@@ -835,7 +839,9 @@ pub unsafe fn C_Login(
                     CKR_USER_ANOTHER_ALREADY_LOGGED_IN
                 });
             }
-            m.logins.insert(slot, Arc::new(Login { user, engine }));
+            let login = Arc::new(Login { user, engine });
+            state::share_login(m, slot, Some(&login))?;
+            m.logins.insert(slot, login);
             Ok(())
         })
     })())
@@ -866,6 +872,7 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
                 let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
                 if x.slot == slot {
                     x.end_key_operations();
+                    x.login = None;
                 }
             }
             drop(login);
@@ -1701,14 +1708,15 @@ unsafe fn op_init(
     key: CK_OBJECT_HANDLE,
     k: Kind,
 ) -> Rv {
-    let (s, login) = state::session(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-    if slot_of(&mut s, k).is_some() {
+    let s = state::session_only(h)?;
+    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let s = &mut *guard;
+    if slot_of(s, k).is_some() {
         return Err(CKR_OPERATION_ACTIVE);
     }
     // SAFETY: mech::read checks for NULL; validity per contract.
     let (code, p) = unsafe { mech::read(m)? };
-    let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     // The key is looked up once, here; the operation keeps it until it ends.
     let loaded = s.hsm.load_key(es, key).map_err(|e| match e {
         HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
@@ -1739,7 +1747,7 @@ unsafe fn op_init(
         ),
         Kind::Encrypt | Kind::Decrypt => mech::cipher_mechanism(code, &p, spec)?,
     };
-    *slot_of(&mut s, k) = Some(Op {
+    *slot_of(s, k) = Some(Op {
         mech,
         spec,
         key: loaded,
@@ -1784,7 +1792,7 @@ pub unsafe fn C_DecryptInit(
 }
 
 unsafe fn update(h: CK_SESSION_HANDLE, k: Kind, data: *const u8, len: CK_ULONG) -> Rv {
-    let (s, _) = state::session(h)?;
+    let s = state::session_only(h)?;
     let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
     let op = slot_of(&mut s, k)
         .as_mut()
@@ -1836,7 +1844,7 @@ unsafe fn sign_out(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Rv {
-    let (s, login) = state::session(h)?;
+    let s = state::session_only(h)?;
     let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
     let s = &mut *guard;
     let op = s.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -1851,7 +1859,7 @@ unsafe fn sign_out(
         } {
             return Ok(true);
         }
-        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let data = op_data(&op.buffer, extra);
         let sig = s
             .hsm
@@ -1901,15 +1909,16 @@ unsafe fn verify_with(
     sig: *const CK_BYTE,
     sig_len: CK_ULONG,
 ) -> Rv {
-    let (s, login) = state::session(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let s = state::session_only(h)?;
+    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let s = &mut *guard;
     let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     // SAFETY: valid for `sig_len` bytes per contract.
     let sig = unsafe { ffi::slice(sig, sig_len)? };
     if sig.len() != ferrohsm_core::mechanism::signature_len(op.spec, op.mech) {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
-    let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     let data = op_data(&op.buffer, extra);
     match s.hsm.verify_loaded(es, &op.key, op.mech, &data, sig) {
         Ok(true) => Ok(()),
@@ -1960,7 +1969,7 @@ unsafe fn cipher(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Rv {
-    let (s, login) = state::session(h)?;
+    let s = state::session_only(h)?;
     let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
     let s = &mut *guard;
     let op = match k {
@@ -2022,7 +2031,7 @@ unsafe fn cipher(
         if unsafe { ffi::length_only(need, out, out_len)? } {
             return Ok(true);
         }
-        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let result = match k {
             Kind::Encrypt => {
                 s.hsm

@@ -109,6 +109,10 @@ pub struct Session {
     pub decrypt: Option<Op>,
     /// Digest in progress.
     pub digest: Option<DigestOp>,
+    /// The token's login, shared by all its sessions, kept in step with [`Module::logins`]
+    /// (set at `C_Login` and `C_OpenSession`, cleared at `C_Logout`) so that an operation
+    /// reads it from its own session without touching shared state.
+    pub login: Option<Arc<Login>>,
 }
 
 impl Session {
@@ -207,6 +211,27 @@ pub fn with_module_mut<T>(f: impl FnOnce(&mut Module) -> Rv<T>) -> Rv<T> {
         Some(m) if m.pid == current_pid() => f(m),
         _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
     }
+}
+
+/// The session `h` (operations take the login from it: see [`Session::login`]).
+pub fn session_only(h: CK_SESSION_HANDLE) -> Rv<Arc<Mutex<Session>>> {
+    with_module(|m| {
+        m.sessions
+            .get(&h)
+            .cloned()
+            .ok_or(CKR_SESSION_HANDLE_INVALID)
+    })
+}
+
+/// Sets the login every session of `slot` sees.
+pub fn share_login(m: &Module, slot: CK_SLOT_ID, login: Option<&Arc<Login>>) -> Rv {
+    for x in m.sessions.values() {
+        let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if x.slot == slot {
+            x.login = login.cloned();
+        }
+    }
+    Ok(())
 }
 
 /// A session and the login of its token, if any.
