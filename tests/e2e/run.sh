@@ -94,6 +94,8 @@ check "OpenSSL reads the RSA public key" openssl pkey -pubin -inform DER -in rsa
 check "EC public key exported (CKA_PUBLIC_KEY_INFO, through the ferrohsm command)" \
   env UPIN=123456 "$BIN" key public --partition e2e-token --label ec --password env:UPIN --out ec.pem
 check "OpenSSL reads the EC public key" openssl pkey -pubin -in ec.pem -noout
+check "pkcs11-tool --read-object exports the same EC public key" \
+  bash -c "${U[*]} --read-object --type pubkey --id 02 -o ec.der && openssl pkey -pubin -inform DER -in ec.der | cmp -s - ec.pem"
 
 check "RSA PKCS#1 v1.5 SHA-256 signature made on the token" "${U[@]}" --sign -m SHA256-RSA-PKCS --id 01 -i msg.txt -o rsa.sig
 check "OpenSSL verifies the RSA PKCS#1 v1.5 signature" openssl dgst -sha256 -verify rsa.pem -signature rsa.sig msg.txt
@@ -123,6 +125,9 @@ check "the RSA private key is sensitive and never extractable" \
 refused "the AES key cannot be read out" "CKR_ATTRIBUTE_SENSITIVE\|sensitive\|extract" "${U[@]}" --read-object --type secrkey --id 03 -o aes.bin
 check "nothing was written by the refused read" bash -c '! [ -s aes.bin ]'
 check "pkcs11-tool --test-fork: a forked child initialises the module afresh" "${P[@]}" --test-fork
+SPY=/usr/lib/x86_64-linux-gnu/pkcs11-spy.so
+check "OpenSC's pkcs11-spy wraps the module and logs its calls" \
+  bash -c "PKCS11SPY='$MOD' PKCS11SPY_OUTPUT='$W/spy.log' pkcs11-tool --module $SPY -L | grep -q e2e-token && grep -q C_GetTokenInfo '$W/spy.log'"
 check "pkcs11-tool --test-ec: generate, relabel, sign and delete an EC key pair" \
   bash -c "${U[*]} --session-rw --test-ec --id 0e --key-type EC:prime256v1 2>&1 | grep -q '==> OK'"
 # Threads 1 and 2 pause a second (P1) so thread 0's C_Initialize comes first; without it, a

@@ -143,6 +143,29 @@ static INTERFACES: [Interface; 2] = [
     }),
 ];
 
+/// The interfaces handed out by `C_GetInterface`: a writable copy, made once and never freed,
+/// because some callers write into the interface they are given (OpenSC's pkcs11-spy swaps
+/// in its own function list), which a static in read-only memory does not survive.
+struct Handed(*mut CK_INTERFACE);
+// SAFETY: the pointer is to a leaked allocation that lives for the process; the module never
+// writes through it after creating it, and callers' writes are theirs to order.
+unsafe impl Send for Handed {}
+// SAFETY: as above.
+unsafe impl Sync for Handed {}
+static HANDED: std::sync::OnceLock<Handed> = std::sync::OnceLock::new();
+
+fn handed(i: usize) -> *mut CK_INTERFACE {
+    let base = HANDED
+        .get_or_init(|| {
+            let copies: Box<[CK_INTERFACE]> =
+                INTERFACES.iter().map(|i| CK_INTERFACE { ..i.0 }).collect();
+            Handed(Box::leak(copies).as_mut_ptr())
+        })
+        .0;
+    // SAFETY: `i` is 0 or 1, within the two-element allocation above.
+    unsafe { base.add(i.min(INTERFACES.len() - 1)) }
+}
+
 pub unsafe fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut CK_ULONG) -> CK_RV {
     let list_of: Vec<CK_INTERFACE> = INTERFACES.iter().map(|i| CK_INTERFACE { ..i.0 }).collect();
     // SAFETY: out_array checks for NULL; validity per contract.
@@ -176,13 +199,12 @@ pub unsafe fn C_GetInterface(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let itf = match want {
-            None => &INTERFACES[0],
-            Some(CK_VERSION { major: 3, minor: 0 }) => &INTERFACES[0],
-            Some(CK_VERSION { major: 2, .. }) => &INTERFACES[1],
+            None | Some(CK_VERSION { major: 3, minor: 0 }) => handed(0),
+            Some(CK_VERSION { major: 2, .. }) => handed(1),
             Some(_) => return Err(CKR_ARGUMENTS_BAD),
         };
         // SAFETY: non-NULL per check.
-        unsafe { *pp = &itf.0 as *const _ as *mut _ };
+        unsafe { *pp = itf };
         Ok(())
     })())
 }
