@@ -114,6 +114,10 @@ check "OpenSSL verifies the P-521 signature" openssl dgst -sha512 -verify p521.p
 printf 'pay 999 EUR to account 42\n' > forged
 refused "OpenSSL rejects the ECDSA signature on altered data" "Verification failure" openssl dgst -sha256 -verify ec.pem -signature ec.sig forged
 
+check "raw CKM_RSA_PKCS signature of arbitrary bytes made on the token" \
+  "${U[@]}" --sign -m RSA-PKCS --id 01 -i msg.txt -o raw.sig
+check "OpenSSL recovers exactly those bytes from the raw signature" \
+  bash -c "openssl pkeyutl -verifyrecover -pubin -inkey rsa.pem -in raw.sig | cmp -s - msg.txt"
 check "OpenSSL encrypts to the token's RSA key with OAEP-SHA256" \
   openssl pkeyutl -encrypt -pubin -inkey rsa.pem -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 -in secret -out oaep.ct
 check "the token decrypts what OpenSSL encrypted" \
@@ -128,6 +132,8 @@ check "pkcs11-tool --test-fork: a forked child initialises the module afresh" "$
 SPY=/usr/lib/x86_64-linux-gnu/pkcs11-spy.so
 check "OpenSC's pkcs11-spy wraps the module and logs its calls" \
   bash -c "PKCS11SPY='$MOD' PKCS11SPY_OUTPUT='$W/spy.log' pkcs11-tool --module $SPY -L | grep -q e2e-token && grep -q C_GetTokenInfo '$W/spy.log'"
+check "pkcs11-tool --test: its whole self-test reports no errors" \
+  bash -c "${U[*]} --test 2>&1 | tail -1 | grep -qx 'No errors'"
 check "pkcs11-tool --test-ec: generate, relabel, sign and delete an EC key pair" \
   bash -c "${U[*]} --session-rw --test-ec --id 0e --key-type EC:prime256v1 2>&1 | grep -q '==> OK'"
 # Threads 1 and 2 pause a second (P1) so thread 0's C_Initialize comes first; without it, a

@@ -442,6 +442,26 @@ pub fn generate(spec: KeySpec) -> Result<Generated> {
     })
 }
 
+/// Raw PKCS#1 v1.5 RSA (`CKM_RSA_PKCS` over bytes that are not a DigestInfo: type-1 padding
+/// of the caller's data, as TLS 1.0/1.1 and some legacy signers use). aws-lc-rs's safe API
+/// has no such operation, so the layer that may call AWS-LC directly (the PKCS#11 module)
+/// provides it. Implementations must use a constant-time, blinded private-key operation
+/// (AWS-LC's `RSA_sign_raw` is).
+pub trait RawRsa: Send + Sync {
+    /// Signs `data` (at most the modulus length less 11 bytes) with the PKCS#8 RSA key.
+    fn sign(&self, pkcs8: &[u8], data: &[u8]) -> Option<Vec<u8>>;
+    /// Whether `sig` is a type-1 padded signature of exactly `data` under the SPKI key.
+    fn verify(&self, spki: &[u8], data: &[u8], sig: &[u8]) -> Option<bool>;
+}
+
+static RAW_RSA: std::sync::OnceLock<&'static dyn RawRsa> = std::sync::OnceLock::new();
+
+/// Installs the raw RSA provider (the first call wins; without one, raw `CKM_RSA_PKCS` takes
+/// DigestInfo input only).
+pub fn install_raw_rsa(provider: &'static dyn RawRsa) {
+    let _ = RAW_RSA.set(provider);
+}
+
 /// A private or secret key unsealed and parsed once, for repeated use: what a logged-in
 /// session keeps in its key cache so that an operation does not read, unseal and parse the
 /// key again. Dropping it zeroizes the raw bytes; AWS-LC cleanses the parsed forms as it
@@ -632,6 +652,19 @@ pub fn sign(key: &Key, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
             Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) | Mechanism::RsaPkcs1Raw,
         ) => {
             let mut sig = vec![0u8; kp.public_modulus_len()];
+            // Raw PKCS#1 v1.5 pads whatever it is given (a DigestInfo of any hash, or other
+            // bytes); without the raw provider, only DigestInfos of hashes aws-lc-rs knows.
+            if let (Mechanism::RsaPkcs1Raw, Some(provider)) = (mech, RAW_RSA.get()) {
+                if data.len() + 11 > kp.public_modulus_len() {
+                    return Err(HsmError::InvalidInput(format!(
+                        "CKM_RSA_PKCS signs at most {} bytes with this key",
+                        kp.public_modulus_len() - 11
+                    )));
+                }
+                return provider
+                    .sign(key.bytes.expose(), data)
+                    .ok_or_else(|| failed("raw RSA signing"));
+            }
             if mech == Mechanism::RsaPkcs1Raw {
                 let (h, d) = parse_digest_info(data)?;
                 let enc = rsa_sign_encoding(Mechanism::RsaPkcs1(h)).ok_or_else(|| {
@@ -751,6 +784,9 @@ pub fn verify(
                 .is_ok())
         }
         (s, Mechanism::RsaPkcs1Raw) if is_rsa(s) => {
+            if let Some(p) = RAW_RSA.get() {
+                return Ok(p.verify(public, data, sig).unwrap_or(false));
+            }
             let (h, d) = match parse_digest_info(data) {
                 Ok(x) => x,
                 Err(_) => return Ok(false),

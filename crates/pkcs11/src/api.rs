@@ -58,6 +58,7 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             // Whatever the flags say, the module is thread-safe with its own locks.
         }
         state::watch_forks();
+        ferrohsm_core::mechanism::install_raw_rsa(&crate::raw_rsa::AwsLcRawRsa);
         let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
         if let Some(m) = g.take() {
             if m.pid == state::current_pid() {
@@ -1883,6 +1884,12 @@ unsafe fn sign_out(
         }
         let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let data = op_data(&op.buffer, extra);
+        // Raw PKCS#1 v1.5 pads the data itself: it must leave room for the padding.
+        if op.mech == Mechanism::RsaPkcs1Raw
+            && data.len() + 11 > ferrohsm_core::mechanism::signature_len(op.spec, op.mech)
+        {
+            return Err(CKR_DATA_LEN_RANGE);
+        }
         let sig = s
             .hsm
             .sign_loaded(es, &op.key, op.mech, &data)

@@ -1,7 +1,9 @@
 //! ferrohsm as a PKCS#11 3.0 module. The C ABI ([`entry`]) is a thin layer: each entry point
 //! catches panics and forwards to [`api`], which converts and checks arguments ([`ffi`]),
 //! maps attributes ([`attrs`]) and mechanisms ([`mech`]), and calls the engine. No panic
-//! crosses the ABI; every entry point returns a `CKR_*` code.
+//! crosses the ABI; every entry point returns a `CKR_*` code. [`raw_rsa`] is the one piece
+//! of cryptography here: AWS-LC's raw RSA, which aws-lc-rs does not expose, handed to the
+//! engine as a provider.
 //!
 //! Configuration: the file named by `FERROHSM_PKCS11_CONF` (lines `data_dir = …` and
 //! `ped_dir = …`), else `FERROHSM_HOME` and `FERROHSM_PED_DIR`, else `./ferrohsm-data` and
@@ -13,6 +15,7 @@ pub mod attrs;
 pub mod entry;
 pub mod ffi;
 pub mod mech;
+pub mod raw_rsa;
 pub mod state;
 
 use cryptoki_sys::{CKR_GENERAL_ERROR, CK_RV};

@@ -280,6 +280,36 @@ fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
         s.sign(&Mechanism::RsaPkcs, rsa_priv, &di).unwrap(),
         s.sign(&Mechanism::Sha256RsaPkcs, rsa_priv, data).unwrap()
     );
+    // CKM_RSA_PKCS over bytes that are not a DigestInfo (type-1 padding of the data itself):
+    // verifies, and a changed message does not.
+    let raw = s
+        .sign(&Mechanism::RsaPkcs, rsa_priv, b"legacy TLS handshake hash")
+        .unwrap();
+    assert_eq!(raw.len(), 256);
+    s.verify(
+        &Mechanism::RsaPkcs,
+        rsa_pub,
+        b"legacy TLS handshake hash",
+        &raw,
+    )
+    .unwrap();
+    assert_eq!(
+        err(s
+            .verify(
+                &Mechanism::RsaPkcs,
+                rsa_pub,
+                b"legacy TLS handshake hasH",
+                &raw
+            )
+            .unwrap_err()),
+        RvError::SignatureInvalid
+    );
+    assert_eq!(
+        err(s
+            .sign(&Mechanism::RsaPkcs, rsa_priv, &[7u8; 246])
+            .unwrap_err()),
+        RvError::DataLenRange
+    );
     // PSS parameters the engine does not do are refused, not silently changed.
     let bad = PkcsPssParams {
         hash_alg: MechanismType::SHA256,

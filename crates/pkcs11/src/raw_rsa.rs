@@ -1,0 +1,99 @@
+//! Raw PKCS#1 v1.5 RSA for `CKM_RSA_PKCS` over data that is not a DigestInfo, through
+//! AWS-LC's `RSA_sign_raw`/`RSA_verify_raw` (constant time, blinded): aws-lc-rs's safe API has
+//! no raw RSA operation, and only this crate may call C. The engine decides when it is used
+//! ([`ferrohsm_core::mechanism::RawRsa`]); this is the call and nothing else.
+
+use aws_lc_sys::{
+    CBS_init, EVP_PKEY_free, EVP_PKEY_get0_RSA, EVP_parse_private_key, EVP_parse_public_key,
+    RSA_sign_raw, RSA_size, RSA_verify_raw, CBS, EVP_PKEY, RSA_PKCS1_PADDING,
+};
+
+/// The provider installed at `C_Initialize`.
+pub struct AwsLcRawRsa;
+
+/// An `EVP_PKEY` freed on drop.
+struct Pkey(*mut EVP_PKEY);
+
+impl Drop for Pkey {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from EVP_parse_*_key, is non-NULL (checked at creation)
+        // and is freed exactly once, here; AWS-LC cleanses private key material as it frees.
+        unsafe { EVP_PKEY_free(self.0) }
+    }
+}
+
+/// Parses DER with `parse` (EVP_parse_private_key or EVP_parse_public_key).
+fn parse(der: &[u8], parse: unsafe extern "C" fn(*mut CBS) -> *mut EVP_PKEY) -> Option<Pkey> {
+    let mut cbs = CBS {
+        data: std::ptr::null(),
+        len: 0,
+    };
+    // SAFETY: CBS_init only records the pointer and length of `der`, which outlives `cbs`;
+    // the parser reads within them and returns a new EVP_PKEY or NULL.
+    let p = unsafe {
+        CBS_init(&mut cbs, der.as_ptr(), der.len());
+        parse(&mut cbs)
+    };
+    (!p.is_null()).then_some(Pkey(p))
+}
+
+/// Runs `op` (RSA_sign_raw or RSA_verify_raw, PKCS#1 v1.5 padding) on `input` with the RSA
+/// key inside `key`; the output, if the operation succeeded.
+fn rsa_raw(
+    key: &Pkey,
+    input: &[u8],
+    op: unsafe extern "C" fn(
+        *mut aws_lc_sys::RSA,
+        *mut usize,
+        *mut u8,
+        usize,
+        *const u8,
+        usize,
+        std::os::raw::c_int,
+    ) -> std::os::raw::c_int,
+) -> Option<Vec<u8>> {
+    // SAFETY: `key.0` is a live EVP_PKEY; get0 borrows its RSA (NULL if it is not RSA), which
+    // lives as long as `key`.
+    let rsa = unsafe { EVP_PKEY_get0_RSA(key.0) };
+    if rsa.is_null() {
+        return None;
+    }
+    // SAFETY: `rsa` is a live RSA key (above).
+    let k = unsafe { RSA_size(rsa) } as usize;
+    let mut out = vec![0u8; k];
+    let mut n = 0usize;
+    // SAFETY: `out` has room for `k` bytes, the most either operation writes; `input` is valid
+    // for its length; `n` receives the length written.
+    let ok = unsafe {
+        op(
+            rsa,
+            &mut n,
+            out.as_mut_ptr(),
+            k,
+            input.as_ptr(),
+            input.len(),
+            RSA_PKCS1_PADDING,
+        )
+    };
+    if ok != 1 || n > k {
+        return None;
+    }
+    out.truncate(n);
+    Some(out)
+}
+
+impl ferrohsm_core::mechanism::RawRsa for AwsLcRawRsa {
+    fn sign(&self, pkcs8: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+        let key = parse(pkcs8, EVP_parse_private_key)?;
+        rsa_raw(&key, data, RSA_sign_raw)
+    }
+
+    fn verify(&self, spki: &[u8], data: &[u8], sig: &[u8]) -> Option<bool> {
+        let key = parse(spki, EVP_parse_public_key)?;
+        // A bad signature fails the padding check: that is an answer (false), not an error.
+        Some(
+            rsa_raw(&key, sig, RSA_verify_raw)
+                .is_some_and(|recovered| ferrohsm_core::crypto::ct_eq(&recovered, data)),
+        )
+    }
+}
