@@ -99,6 +99,13 @@ check "pkcs11-tool --read-object exports the same EC public key" \
 
 check "RSA PKCS#1 v1.5 SHA-256 signature made on the token" "${U[@]}" --sign -m SHA256-RSA-PKCS --id 01 -i msg.txt -o rsa.sig
 check "OpenSSL verifies the RSA PKCS#1 v1.5 signature" openssl dgst -sha256 -verify rsa.pem -signature rsa.sig msg.txt
+check "RSA PKCS#1 v1.5 SHA-1 signature made on the token (legacy, still asked for)" \
+  "${U[@]}" --sign -m SHA1-RSA-PKCS --id 01 -i msg.txt -o sha1.sig
+check "OpenSSL verifies the SHA-1 signature" openssl dgst -sha1 -verify rsa.pem -signature sha1.sig msg.txt
+check "RSA-PSS SHA-1 signature made on the token" \
+  "${U[@]}" --sign -m SHA1-RSA-PKCS-PSS --id 01 -i msg.txt -o pss1.sig
+check "OpenSSL verifies the RSA-PSS SHA-1 signature" \
+  openssl dgst -sha1 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:20 -verify rsa.pem -signature pss1.sig msg.txt
 check "RSA-PSS SHA-256 signature made on the token" "${U[@]}" --sign -m SHA256-RSA-PKCS-PSS --id 01 -i msg.txt -o pss.sig
 check "OpenSSL verifies the RSA-PSS signature" \
   openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32 -verify rsa.pem -signature pss.sig msg.txt

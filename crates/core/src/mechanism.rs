@@ -232,6 +232,8 @@ pub enum Mechanism {
     RsaPkcs1Raw,
     /// RSASSA-PSS, hashing inside, MGF1 with the same hash, salt as long as the hash.
     RsaPss(Hash),
+    /// RSASSA-PSS over the caller's hash (`CKM_RSA_PKCS_PSS`), same MGF1 and salt rule.
+    RsaPssRaw(Hash),
     /// RSAES-OAEP with the hash and MGF1 with the same hash.
     RsaOaep(Hash),
     /// ECDSA, hashing inside with the hash given, or over the caller's hash (`None`,
@@ -266,10 +268,14 @@ pub enum Mechanism {
 }
 
 const MECHS: &[(&str, Mechanism)] = &[
+    ("rsa-pkcs1-sha1", Mechanism::RsaPkcs1(Hash::Sha1)),
+    ("rsa-pkcs1-sha224", Mechanism::RsaPkcs1(Hash::Sha224)),
     ("rsa-pkcs1-sha256", Mechanism::RsaPkcs1(Hash::Sha256)),
     ("rsa-pkcs1-sha384", Mechanism::RsaPkcs1(Hash::Sha384)),
     ("rsa-pkcs1-sha512", Mechanism::RsaPkcs1(Hash::Sha512)),
     ("rsa-pkcs1", Mechanism::RsaPkcs1Raw),
+    ("rsa-pss-sha1", Mechanism::RsaPss(Hash::Sha1)),
+    ("rsa-pss-sha224", Mechanism::RsaPss(Hash::Sha224)),
     ("rsa-pss-sha256", Mechanism::RsaPss(Hash::Sha256)),
     ("rsa-pss-sha384", Mechanism::RsaPss(Hash::Sha384)),
     ("rsa-pss-sha512", Mechanism::RsaPss(Hash::Sha512)),
@@ -452,6 +458,11 @@ pub trait RawRsa: Send + Sync {
     fn sign(&self, pkcs8: &[u8], data: &[u8]) -> Option<Vec<u8>>;
     /// Whether `sig` is a type-1 padded signature of exactly `data` under the SPKI key.
     fn verify(&self, spki: &[u8], data: &[u8], sig: &[u8]) -> Option<bool>;
+    /// RSASSA-PSS of a `hash` digest (MGF1 with the same hash, salt as long as the hash),
+    /// for the hashes aws-lc-rs's PSS does not sign with and for caller-made digests.
+    fn sign_pss(&self, pkcs8: &[u8], hash: Hash, digest: &[u8]) -> Option<Vec<u8>>;
+    /// Whether `sig` is such a PSS signature of `digest`.
+    fn verify_pss(&self, spki: &[u8], hash: Hash, digest: &[u8], sig: &[u8]) -> Option<bool>;
 }
 
 static RAW_RSA: std::sync::OnceLock<&'static dyn RawRsa> = std::sync::OnceLock::new();
@@ -649,7 +660,10 @@ pub fn sign(key: &Key, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
         }
         (
             Parsed::Rsa(kp),
-            Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) | Mechanism::RsaPkcs1Raw,
+            Mechanism::RsaPkcs1(_)
+            | Mechanism::RsaPss(_)
+            | Mechanism::RsaPssRaw(_)
+            | Mechanism::RsaPkcs1Raw,
         ) => {
             let mut sig = vec![0u8; kp.public_modulus_len()];
             // Raw PKCS#1 v1.5 pads whatever it is given (a DigestInfo of any hash, or other
@@ -664,6 +678,35 @@ pub fn sign(key: &Key, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
                 return provider
                     .sign(key.bytes.expose(), data)
                     .ok_or_else(|| failed("raw RSA signing"));
+            }
+            // PSS over a caller's digest, or with SHA-1/SHA-224: through the raw provider.
+            if let Mechanism::RsaPssRaw(h) | Mechanism::RsaPss(h) = mech {
+                if matches!(mech, Mechanism::RsaPssRaw(_)) || rsa_sign_encoding(mech).is_none() {
+                    let digest = match mech {
+                        Mechanism::RsaPssRaw(_) if data.len() != h.len() => {
+                            return Err(HsmError::InvalidInput(format!(
+                                "CKM_RSA_PKCS_PSS with {h:?} signs a {}-byte digest",
+                                h.len()
+                            )))
+                        }
+                        Mechanism::RsaPssRaw(_) => data.to_vec(),
+                        _ => h.digest(data),
+                    };
+                    let provider = RAW_RSA.get().ok_or_else(|| mismatch(spec, mech))?;
+                    return provider
+                        .sign_pss(key.bytes.expose(), h, &digest)
+                        .ok_or_else(|| failed("RSA-PSS signing"));
+                }
+            }
+            // SHA-1 and SHA-224 PKCS#1 v1.5 (legacy, still asked for): aws-lc-rs signs only
+            // SHA-256 and up, so the DigestInfo is built here and padded by the raw provider.
+            if let (Mechanism::RsaPkcs1(h), None, Some(provider)) =
+                (mech, rsa_sign_encoding(mech), RAW_RSA.get())
+            {
+                let di = [h.digest_info_prefix(), &h.digest(data)].concat();
+                return provider
+                    .sign(key.bytes.expose(), &di)
+                    .ok_or_else(|| failed("RSA signing"));
             }
             if mech == Mechanism::RsaPkcs1Raw {
                 let (h, d) = parse_digest_info(data)?;
@@ -799,6 +842,26 @@ pub fn verify(
             Ok(signature::UnparsedPublicKey::new(params, public)
                 .verify_digest(&digest, sig)
                 .is_ok())
+        }
+        (s, Mechanism::RsaPssRaw(h) | Mechanism::RsaPss(h))
+            if is_rsa(s)
+                && (matches!(mech, Mechanism::RsaPssRaw(_))
+                    || rsa_verify_params(mech).is_none()) =>
+        {
+            let provider = RAW_RSA.get().ok_or_else(|| mismatch(spec, mech))?;
+            let digest = match mech {
+                Mechanism::RsaPssRaw(_) if data.len() != h.len() => return Ok(false),
+                Mechanism::RsaPssRaw(_) => data.to_vec(),
+                _ => h.digest(data),
+            };
+            Ok(provider
+                .verify_pss(public, h, &digest, sig)
+                .unwrap_or(false))
+        }
+        (s, Mechanism::RsaPkcs1(h)) if is_rsa(s) && rsa_verify_params(mech).is_none() => {
+            let provider = RAW_RSA.get().ok_or_else(|| mismatch(spec, mech))?;
+            let di = [h.digest_info_prefix(), &h.digest(data)].concat();
+            Ok(provider.verify(public, &di, sig).unwrap_or(false))
         }
         (s, Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_)) if is_rsa(s) => {
             let params = rsa_verify_params(mech).ok_or_else(|| mismatch(spec, mech))?;

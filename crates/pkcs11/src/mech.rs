@@ -17,9 +17,14 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 255, CKF_GENERATE_KEY_PAIR),
     (CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE),
     (CKM_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA1_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA224_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA256_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA384_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA512_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA1_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    (CKM_SHA224_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
@@ -148,22 +153,35 @@ pub fn param<T: Copy>(p: &[u8]) -> Rv<T> {
 pub fn sign_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<Mechanism> {
     let m = match code {
         CKM_RSA_PKCS => Mechanism::RsaPkcs1Raw,
+        CKM_SHA1_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha1),
+        CKM_SHA224_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha224),
         CKM_SHA256_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha256),
         CKM_SHA384_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha384),
         CKM_SHA512_RSA_PKCS => Mechanism::RsaPkcs1(Hash::Sha512),
-        CKM_SHA256_RSA_PKCS_PSS | CKM_SHA384_RSA_PKCS_PSS | CKM_SHA512_RSA_PKCS_PSS => {
-            let h = match code {
-                CKM_SHA256_RSA_PKCS_PSS => Hash::Sha256,
-                CKM_SHA384_RSA_PKCS_PSS => Hash::Sha384,
-                _ => Hash::Sha512,
-            };
+        CKM_RSA_PKCS_PSS
+        | CKM_SHA1_RSA_PKCS_PSS
+        | CKM_SHA224_RSA_PKCS_PSS
+        | CKM_SHA256_RSA_PKCS_PSS
+        | CKM_SHA384_RSA_PKCS_PSS
+        | CKM_SHA512_RSA_PKCS_PSS => {
             // The engine's PSS uses MGF1 with the same hash and a salt as long as the hash.
             let pp: CK_RSA_PKCS_PSS_PARAMS = param(p)?;
-            if hash_of(pp.hashAlg) != Some(h) || pp.mgf != mgf_of(h) || pp.sLen as usize != h.len()
-            {
+            let h = hash_of(pp.hashAlg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+            let named = match code {
+                CKM_SHA1_RSA_PKCS_PSS => Some(Hash::Sha1),
+                CKM_SHA224_RSA_PKCS_PSS => Some(Hash::Sha224),
+                CKM_SHA256_RSA_PKCS_PSS => Some(Hash::Sha256),
+                CKM_SHA384_RSA_PKCS_PSS => Some(Hash::Sha384),
+                CKM_SHA512_RSA_PKCS_PSS => Some(Hash::Sha512),
+                _ => None,
+            };
+            if named.is_some_and(|n| n != h) || pp.mgf != mgf_of(h) || pp.sLen as usize != h.len() {
                 return Err(CKR_MECHANISM_PARAM_INVALID);
             }
-            Mechanism::RsaPss(h)
+            match named {
+                Some(_) => Mechanism::RsaPss(h),
+                None => Mechanism::RsaPssRaw(h),
+            }
         }
         CKM_ECDSA => Mechanism::Ecdsa(None),
         CKM_ECDSA_SHA1 => Mechanism::Ecdsa(Some(Hash::Sha1)),
@@ -191,9 +209,10 @@ pub fn sign_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<Me
     let fits = match m {
         Mechanism::AesCmac => spec.is_aes(),
         Mechanism::Hmac(_) => matches!(spec, KeySpec::Generic(_)),
-        Mechanism::RsaPkcs1Raw | Mechanism::RsaPkcs1(_) | Mechanism::RsaPss(_) => {
-            crate::attrs::key_type(spec) == CKK_RSA
-        }
+        Mechanism::RsaPkcs1Raw
+        | Mechanism::RsaPkcs1(_)
+        | Mechanism::RsaPss(_)
+        | Mechanism::RsaPssRaw(_) => crate::attrs::key_type(spec) == CKK_RSA,
         Mechanism::Ecdsa(_) => crate::attrs::key_type(spec) == CKK_EC,
         Mechanism::Ed25519 => spec == KeySpec::Ed25519,
         _ => false,

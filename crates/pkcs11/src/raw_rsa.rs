@@ -5,8 +5,30 @@
 
 use aws_lc_sys::{
     CBS_init, EVP_PKEY_free, EVP_PKEY_get0_RSA, EVP_parse_private_key, EVP_parse_public_key,
-    RSA_sign_raw, RSA_size, RSA_verify_raw, CBS, EVP_PKEY, RSA_PKCS1_PADDING,
+    EVP_sha1, EVP_sha224, EVP_sha256, EVP_sha384, EVP_sha512, RSA_sign_pss_mgf1, RSA_sign_raw,
+    RSA_size, RSA_verify_pss_mgf1, RSA_verify_raw, CBS, EVP_MD, EVP_PKEY, RSA_PKCS1_PADDING,
 };
+use ferrohsm_core::mechanism::Hash;
+
+/// AWS-LC's digest for `h` (static, never freed).
+fn md(h: Hash) -> *const EVP_MD {
+    // SAFETY: these return pointers to static digest descriptions; no arguments, no state.
+    unsafe {
+        match h {
+            Hash::Sha1 => EVP_sha1(),
+            Hash::Sha224 => EVP_sha224(),
+            Hash::Sha256 => EVP_sha256(),
+            Hash::Sha384 => EVP_sha384(),
+            Hash::Sha512 => EVP_sha512(),
+        }
+    }
+}
+
+/// The RSA key inside `key` (borrowed: lives as long as `key`), or NULL if it is not RSA.
+fn rsa_of(key: &Pkey) -> *mut aws_lc_sys::RSA {
+    // SAFETY: `key.0` is a live EVP_PKEY; get0 borrows its RSA without a new reference.
+    unsafe { EVP_PKEY_get0_RSA(key.0) }
+}
 
 /// The provider installed at `C_Initialize`.
 pub struct AwsLcRawRsa;
@@ -52,9 +74,7 @@ fn rsa_raw(
         std::os::raw::c_int,
     ) -> std::os::raw::c_int,
 ) -> Option<Vec<u8>> {
-    // SAFETY: `key.0` is a live EVP_PKEY; get0 borrows its RSA (NULL if it is not RSA), which
-    // lives as long as `key`.
-    let rsa = unsafe { EVP_PKEY_get0_RSA(key.0) };
+    let rsa = rsa_of(key);
     if rsa.is_null() {
         return None;
     }
@@ -86,6 +106,59 @@ impl ferrohsm_core::mechanism::RawRsa for AwsLcRawRsa {
     fn sign(&self, pkcs8: &[u8], data: &[u8]) -> Option<Vec<u8>> {
         let key = parse(pkcs8, EVP_parse_private_key)?;
         rsa_raw(&key, data, RSA_sign_raw)
+    }
+
+    fn sign_pss(&self, pkcs8: &[u8], hash: Hash, digest: &[u8]) -> Option<Vec<u8>> {
+        let key = parse(pkcs8, EVP_parse_private_key)?;
+        let rsa = rsa_of(&key);
+        if rsa.is_null() || digest.len() != hash.len() {
+            return None;
+        }
+        // SAFETY: `rsa` is live (above).
+        let k = unsafe { RSA_size(rsa) } as usize;
+        let mut out = vec![0u8; k];
+        let mut n = 0usize;
+        // SAFETY: `out` holds `k` bytes, a signature's size; `digest` is valid for its length,
+        // which matches `hash`; salt length = hash length (the module's PSS rule).
+        let ok = unsafe {
+            RSA_sign_pss_mgf1(
+                rsa,
+                &mut n,
+                out.as_mut_ptr(),
+                k,
+                digest.as_ptr(),
+                digest.len(),
+                md(hash),
+                md(hash),
+                hash.len() as std::os::raw::c_int,
+            )
+        };
+        (ok == 1 && n <= k).then(|| {
+            out.truncate(n);
+            out
+        })
+    }
+
+    fn verify_pss(&self, spki: &[u8], hash: Hash, digest: &[u8], sig: &[u8]) -> Option<bool> {
+        let key = parse(spki, EVP_parse_public_key)?;
+        let rsa = rsa_of(&key);
+        if rsa.is_null() {
+            return None;
+        }
+        // SAFETY: `rsa` is live; `digest` and `sig` are valid for their lengths.
+        let ok = unsafe {
+            RSA_verify_pss_mgf1(
+                rsa,
+                digest.as_ptr(),
+                digest.len(),
+                md(hash),
+                md(hash),
+                hash.len() as std::os::raw::c_int,
+                sig.as_ptr(),
+                sig.len(),
+            )
+        };
+        Some(ok == 1)
     }
 
     fn verify(&self, spki: &[u8], data: &[u8], sig: &[u8]) -> Option<bool> {

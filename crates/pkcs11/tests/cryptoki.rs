@@ -224,7 +224,20 @@ fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
         mgf: PkcsMgfType::MGF1_SHA256,
         s_len: 32.into(),
     };
+    let pss1 = PkcsPssParams {
+        hash_alg: MechanismType::SHA1,
+        mgf: PkcsMgfType::MGF1_SHA1,
+        s_len: 20.into(),
+    };
+    let pss224 = PkcsPssParams {
+        hash_alg: MechanismType::SHA224,
+        mgf: PkcsMgfType::MGF1_SHA224,
+        s_len: 28.into(),
+    };
     let cases: Vec<(Mechanism, _, _)> = vec![
+        (Mechanism::Sha1RsaPkcsPss(pss1), rsa_priv, rsa_pub),
+        (Mechanism::Sha1RsaPkcs, rsa_priv, rsa_pub),
+        (Mechanism::Sha224RsaPkcs, rsa_priv, rsa_pub),
         (Mechanism::Sha256RsaPkcs, rsa_priv, rsa_pub),
         (Mechanism::Sha384RsaPkcs, rsa_priv, rsa_pub),
         (Mechanism::Sha256RsaPkcsPss(pss), rsa_priv, rsa_pub),
@@ -309,6 +322,29 @@ fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
             .sign(&Mechanism::RsaPkcs, rsa_priv, &[7u8; 246])
             .unwrap_err()),
         RvError::DataLenRange
+    );
+    // CKM_RSA_PKCS_PSS over the caller's digest verifies as PSS-with-hashing of the data.
+    let sha256 = s.digest(&Mechanism::Sha256, data).unwrap();
+    let raw_pss = s
+        .sign(&Mechanism::RsaPkcsPss(pss), rsa_priv, &sha256)
+        .unwrap();
+    s.verify(&Mechanism::Sha256RsaPkcsPss(pss), rsa_pub, data, &raw_pss)
+        .unwrap();
+    assert!(s
+        .sign(&Mechanism::RsaPkcsPss(pss), rsa_priv, &sha256[..31])
+        .is_err());
+    // And with SHA-224 (cryptoki names no CKM_SHA224_RSA_PKCS_PSS; the raw form covers it).
+    let sha224 = s.digest(&Mechanism::Sha224, data).unwrap();
+    let sig224 = s
+        .sign(&Mechanism::RsaPkcsPss(pss224), rsa_priv, &sha224)
+        .unwrap();
+    s.verify(&Mechanism::RsaPkcsPss(pss224), rsa_pub, &sha224, &sig224)
+        .unwrap();
+    assert_eq!(
+        err(s
+            .verify(&Mechanism::RsaPkcsPss(pss224), rsa_pub, &sha224, &raw_pss)
+            .unwrap_err()),
+        RvError::SignatureInvalid
     );
     // PSS parameters the engine does not do are refused, not silently changed.
     let bad = PkcsPssParams {
