@@ -2187,37 +2187,35 @@ impl Hsm {
         s: &Session,
         wrapper: u64,
         target: u64,
-    ) -> Result<(u32, Secret32, ObjectRecord, ObjectRecord)> {
-        let (id, pmk) = self.key_user(s, "wrapping keys", false)?;
-        let (w, k) = self
-            .store
-            .read(|t| Ok((Self::load(t, id, wrapper)?, Self::load(t, id, target)?)))?;
-        match Self::wrap_refusal(&w, &k) {
-            None => Ok((id, pmk, w, k)),
+    ) -> Result<(Arc<LoadedKey>, Arc<LoadedKey>)> {
+        let w = self.load_key(s, wrapper)?;
+        let k = self.load_key(s, target)?;
+        match Self::wrap_refusal(&w.info.attrs, &k.info.attrs) {
+            None => Ok((w, k)),
             // A refused export is recorded like any refusal.
             Some(e) => Err(self.refuse("key-wrap", s.role.short(), s.partition(), e)),
         }
     }
 
-    fn wrap_refusal(w: &ObjectRecord, k: &ObjectRecord) -> Option<HsmError> {
-        if k.attrs.class == ObjectClass::PublicKey {
+    fn wrap_refusal(w: &Attributes, k: &Attributes) -> Option<HsmError> {
+        if k.class == ObjectClass::PublicKey {
             return Some(HsmError::InvalidInput(
                 "a public key is not wrapped; read it instead".into(),
             ));
         }
-        if !k.attrs.extractable {
+        if !k.extractable {
             return Some(HsmError::Refused(format!(
                 "key {:?} is not extractable (CKA_EXTRACTABLE is false): it never leaves the HSM",
-                k.attrs.label
+                k.label
             )));
         }
-        if k.attrs.wrap_with_trusted && !w.attrs.trusted {
+        if k.wrap_with_trusted && !w.trusted {
             return Some(HsmError::Refused(format!(
                 "key {:?} may be wrapped only by a trusted key (CKA_WRAP_WITH_TRUSTED)",
-                k.attrs.label
+                k.label
             )));
         }
-        Self::require_usage(w.attrs.wrap, &w.attrs.label, "wrap", "CKA_WRAP").err()
+        Self::require_usage(w.wrap, &w.label, "wrap", "CKA_WRAP").err()
     }
 
     /// Length of what [`Hsm::wrap_key`] would return (for the two-call convention).
@@ -2228,14 +2226,18 @@ impl Hsm {
         mech: Mechanism,
         target: u64,
     ) -> Result<usize> {
-        let (id, pmk, w, k) = self.wrap_check(s, wrapper, target)?;
-        let m = Self::open_material(id, &pmk, target, &k)?;
-        Ok(mechanism::wrapped_len(w.attrs.key_spec()?, mech, m.len()))
+        let (w, k) = self.wrap_check(s, wrapper, target)?;
+        let m = k.material()?.material();
+        Ok(mechanism::wrapped_len(
+            w.info.attrs.key_spec()?,
+            mech,
+            m.len(),
+        ))
     }
 
     /// Exports a secret or private key wrapped under another key of the partition (AES KW/KWP,
     /// or RSA-OAEP for secret keys), when the attributes allow it. Always audited, durably,
-    /// before the wrapped key is returned.
+    /// before the wrapped key is returned. Either key may be a session object.
     pub fn wrap_key(
         &mut self,
         s: &Session,
@@ -2244,26 +2246,27 @@ impl Hsm {
         p: &Params,
         target: u64,
     ) -> Result<Vec<u8>> {
-        let (id, pmk, w, k) = self.wrap_check(s, wrapper, target)?;
-        let m = Self::open_material(id, &pmk, target, &k)?;
-        let wrapping_key = if w.attrs.class == ObjectClass::SecretKey {
-            Self::open_material(id, &pmk, wrapper, &w)?
-                .expose()
-                .to_vec()
+        let (w, k) = self.wrap_check(s, wrapper, target)?;
+        let m = k.material()?.material();
+        let wrapping_key: &[u8] = if w.info.attrs.class == ObjectClass::SecretKey {
+            w.material()?.material().expose()
         } else {
-            w.public.clone().ok_or_else(|| {
+            w.info.public.as_deref().ok_or_else(|| {
                 HsmError::InvalidInput("the wrapping key has no public value".into())
             })?
         };
-        let out = mechanism::wrap(w.attrs.key_spec()?, &wrapping_key, mech, p, m.expose())?;
+        let out = mechanism::wrap(w.info.attrs.key_spec()?, wrapping_key, mech, p, m.expose())?;
         let e = self.ev(
             "key-wrap",
             s.role.short(),
             s.partition(),
-            Some(&k.attrs.label),
-            &format!("success: wrapped under {:?} with {mech}", w.attrs.label),
+            Some(&k.info.attrs.label),
+            &format!(
+                "success: wrapped under {:?} with {mech}",
+                w.info.attrs.label
+            ),
         );
-        self.store.write(|t| t.event(&e))?;
+        self.store.event(&e)?;
         Ok(out)
     }
 
@@ -2285,9 +2288,16 @@ impl Hsm {
         tpl: &KeyTemplate,
     ) -> Result<u64> {
         let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
-        let (attrs, key) = self.private_material(id, &pmk, unwrapper)?;
+        let u = self.load_key(s, unwrapper)?;
+        let attrs = &u.info.attrs;
         Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")?;
-        let m = mechanism::unwrap(attrs.key_spec()?, &key, mech, p, wrapped)?;
+        let m = mechanism::unwrap(
+            attrs.key_spec()?,
+            u.material()?.material(),
+            mech,
+            p,
+            wrapped,
+        )?;
         let (spec, public) = match class {
             ObjectClass::PrivateKey => {
                 let (spec, public) = mechanism::identify_private_key(m.expose())?;
@@ -2337,6 +2347,9 @@ impl Hsm {
             Some(&opts.label),
             &format!("success: {spec} unwrapped with {:?} ({mech})", attrs.label),
         );
+        if tpl.session_private {
+            return self.keep_session_key(s, tpl, id, a, public, spec, m, &e);
+        }
         self.store.write(|t| {
             let mut part = Self::partition_by_id(t, id)?;
             let h = Self::put_key(t, &mut part, &pmk, a, public, Some(&m))?;
@@ -2498,18 +2511,6 @@ impl Hsm {
         }
     }
 
-    /// Loads an object and unseals its key material.
-    fn private_material(
-        &mut self,
-        id: u32,
-        pmk: &Secret32,
-        handle: u64,
-    ) -> Result<(Attributes, SecretBytes)> {
-        let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        let m = Self::open_material(id, pmk, handle, &rec)?;
-        Ok((rec.attrs, m))
-    }
-
     /// Unseals the key material of an already loaded object (no second store read).
     fn open_material(
         id: u32,
@@ -2617,6 +2618,9 @@ impl Hsm {
             Some(&format!("{} ({spec})", opts.label)),
             &format!("success: ECDH with {:?}", k.info.attrs.label),
         );
+        if tpl.session_private {
+            return self.keep_session_key(s, tpl, id, a, None, spec, material, &e);
+        }
         self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
             let h = Self::put_key(t, &mut p, &pmk, a, None, Some(&material))?;
@@ -2624,6 +2628,46 @@ impl Hsm {
             t.event(&e)?;
             Ok(h)
         })
+    }
+
+    /// Keeps a new secret or private key as a session object of `tpl.session_owner`, after
+    /// recording its creation (`e`). Returns its handle.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_session_key(
+        &mut self,
+        s: &Session,
+        tpl: &KeyTemplate,
+        partition: u32,
+        mut attrs: Attributes,
+        public: Option<Vec<u8>>,
+        spec: KeySpec,
+        material: SecretBytes,
+        e: &Event,
+    ) -> Result<u64> {
+        let owner = tpl.session_owner.ok_or_else(|| {
+            HsmError::InvalidInput("session objects need the session that owns them".into())
+        })?;
+        let key = mechanism::Key::parse(spec, material)?;
+        self.store.event(e)?;
+        let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        attrs.token = false;
+        s.session_objects().insert(
+            handle,
+            (
+                owner,
+                Arc::new(LoadedKey {
+                    info: ObjectInfo {
+                        handle,
+                        attrs,
+                        public,
+                        content: None,
+                    },
+                    partition,
+                    key: Some(key),
+                }),
+            ),
+        );
+        Ok(handle)
     }
 
     /// Checks that `s` may use `k` for `op` (role, partition, the usage attribute).

@@ -1600,13 +1600,10 @@ pub unsafe fn C_DeriveKey(
         };
         let mut ktpl = KeyTemplate::default();
         read_key_template(&t, false, &mut opts, &mut ktpl, CKO_SECRET_KEY, ktype)?;
-        if ktpl.session_private {
-            // Derived keys are token objects only.
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
+        ktpl.session_owner = Some(h);
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if s.flags & CKF_RW_SESSION == 0 {
+        if !ktpl.session_private && s.flags & CKF_RW_SESSION == 0 {
             return Err(CKR_SESSION_READ_ONLY);
         }
         let b = object(&mut s, &login, base).map_err(|e| {
@@ -2360,9 +2357,6 @@ pub unsafe fn C_UnwrapKey(
         }
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if s.flags & CKF_RW_SESSION == 0 {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         // SAFETY: NULL checks inside; validity per contract.
         let ((code, p), data, t) = unsafe {
@@ -2423,10 +2417,11 @@ pub unsafe fn C_UnwrapKey(
             class_code,
             kt.unwrap_or(0),
         )?;
-        if ktpl.session_private {
-            // Unwrapped keys are token objects only.
-            return Err(CKR_TEMPLATE_INCONSISTENT);
+        // Token objects need a read/write session; session objects do not.
+        if !ktpl.session_private && s.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY);
         }
+        ktpl.session_owner = Some(h);
         // An AES key is sized by what unwraps unless CKA_VALUE_LEN names it.
         let want_len = find_attr(&t, CKA_VALUE_LEN)
             .map(|v| ffi::read_ulong(v))

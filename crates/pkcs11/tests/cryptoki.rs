@@ -1419,6 +1419,57 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
             .unwrap_err()),
         RvError::KeyHandleInvalid
     );
+    // Session keys wrap and unwrap like token keys: an extractable session key leaves under a
+    // token key, and comes back as a session object (in a read-only session) that decrypts
+    // what the original encrypted.
+    let kek = rw
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+            ],
+        )
+        .unwrap();
+    let eph = ro
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(16.into()),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let ct2 = ro
+        .encrypt(&Mechanism::AesCbcPad(iv), eph, b"round trip")
+        .unwrap();
+    let wrapped = ro.wrap_key(&Mechanism::AesKeyWrap, kek, eph).unwrap();
+    let back = ro
+        .unwrap_key(
+            &Mechanism::AesKeyWrap,
+            kek,
+            &wrapped,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        ro.get_attributes(back, &[AttributeType::Token]).unwrap(),
+        vec![Attribute::Token(false)]
+    );
+    assert_eq!(
+        ro.decrypt(&Mechanism::AesCbcPad(iv), back, &ct2).unwrap(),
+        b"round trip"
+    );
     // Closing the session that made them destroys the rest.
     drop(ro);
     assert!(rw
