@@ -197,7 +197,9 @@ check "a jar to sign" jar cf app.jar -C jarsrc .
 check "Java jarsigner signs the jar with the token's key" \
   jarsigner "${J[@]}" -sigalg SHA256withECDSA app.jar java-signer
 check "jarsigner -verify accepts the signed jar" bash -c "jarsigner -verify app.jar | grep -q 'jar verified'"
-check "the jar's signature block is an ECDSA one" bash -c "unzip -l app.jar | grep -q 'META-INF/JAVA-SIG.EC'"
+check "the jar's signature block is an ECDSA one" bash -c "jar tf app.jar | grep -q 'META-INF/JAVA-SIG.EC'"
+check "Java KeyStore and Signature APIs sign on the token; the JDK verifies in software" \
+  bash -c "java '$ROOT/tests/e2e/P11Sign.java' p11.cfg 123456 java-signer | grep -qx OK"
 
 # ---- python-pkcs11, several threads
 check "python-pkcs11: 4 threads sign and verify on the token at once" \

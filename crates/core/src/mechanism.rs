@@ -297,6 +297,7 @@ const MECHS: &[(&str, Mechanism)] = &[
     ("aes-ctr", Mechanism::AesCtr),
     ("aes-cmac", Mechanism::AesCmac),
     ("hmac-sha1", Mechanism::Hmac(Hash::Sha1)),
+    ("hmac-sha224", Mechanism::Hmac(Hash::Sha224)),
     ("hmac-sha256", Mechanism::Hmac(Hash::Sha256)),
     ("hmac-sha384", Mechanism::Hmac(Hash::Sha384)),
     ("hmac-sha512", Mechanism::Hmac(Hash::Sha512)),

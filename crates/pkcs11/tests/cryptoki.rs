@@ -862,6 +862,17 @@ fn symmetric_mechanisms_block_modes_macs_and_3des() {
             &[Attribute::Token(true), Attribute::ValueLen(32.into())],
         )
         .unwrap();
+    // Every HMAC the module offers, at its own length.
+    for (m, n) in [
+        (Mechanism::Sha1Hmac, 20),
+        (Mechanism::Sha224Hmac, 28),
+        (Mechanism::Sha384Hmac, 48),
+        (Mechanism::Sha512Hmac, 64),
+    ] {
+        let t = s.sign(&m, hk, b"data").unwrap();
+        assert_eq!(t.len(), n, "{m:?}");
+        s.verify(&m, hk, b"data", &t).unwrap();
+    }
     let mac = s.sign(&Mechanism::Sha256Hmac, hk, b"data").unwrap();
     assert_eq!(mac.len(), 32);
     s.verify(&Mechanism::Sha256Hmac, hk, b"data", &mac).unwrap();
