@@ -2143,6 +2143,37 @@ impl Hsm {
                 "an object label or id is at most 128 bytes".into(),
             ));
         }
+        if crate::object::is_session_handle(handle) {
+            let k = s
+                .session_object(handle)
+                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+            if !k.info.attrs.modifiable {
+                return Err(HsmError::Refused(format!(
+                    "{:?} is not modifiable (CKA_MODIFIABLE is false)",
+                    k.info.attrs.label
+                )));
+            }
+            let mut info = k.info.clone();
+            if let Some(l) = label {
+                info.attrs.label = l;
+            }
+            if let Some(i) = object_id {
+                info.attrs.id = i;
+            }
+            let renamed = LoadedKey {
+                info,
+                partition: k.partition,
+                key: match &k.key {
+                    Some(key) => Some(mechanism::Key::parse(key.spec(), key.material().clone())?),
+                    None => None,
+                },
+            };
+            // Operations already started keep the old entry; new lookups see the new one.
+            if let Some(entry) = s.session_objects().get_mut(&handle) {
+                entry.1 = Arc::new(renamed);
+            }
+            return Ok(());
+        }
         let role = s.role.short().to_string();
         let part = s.partition_label.clone();
         let serial = self.serial.clone();

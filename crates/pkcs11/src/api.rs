@@ -1318,7 +1318,8 @@ pub unsafe fn C_SetAttributeValue(
                 },
             }
         }
-        if s.flags & CKF_RW_SESSION == 0 {
+        // Session objects may change in a read-only session; token objects may not.
+        if s.flags & CKF_RW_SESSION == 0 && !ferrohsm_core::object::is_session_handle(obj) {
             return Err(CKR_SESSION_READ_ONLY);
         }
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;

@@ -1395,6 +1395,13 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
     );
     let v = ro.get_attributes(aes, &[AttributeType::Token]).unwrap();
     assert_eq!(v, vec![Attribute::Token(false)]);
+    // A session object's label and id change like a token object's.
+    ro.update_attributes(aes, &[Attribute::Id(vec![0x5e])])
+        .unwrap();
+    assert_eq!(
+        ro.find_objects(&[Attribute::Id(vec![0x5e])]).unwrap(),
+        vec![aes]
+    );
     let iv = [1u8; 16];
     let ct = ro
         .encrypt(&Mechanism::AesCbcPad(iv), aes, b"short lived")
