@@ -820,7 +820,9 @@ pub fn exit_code(e: &HsmError) -> u8 {
         HsmError::Refused(_) => exit::REFUSED,
         HsmError::Tamper(_) => exit::TAMPER,
         HsmError::State(_) | HsmError::NotFound(_) => exit::STATE,
-        HsmError::Crypto(_) | HsmError::Store(_) | HsmError::Io { .. } => exit::FAILURE,
+        HsmError::Crypto(_) | HsmError::Store(_) | HsmError::Io { .. } | HsmError::Exhausted(_) => {
+            exit::FAILURE
+        }
     }
 }
 

@@ -59,6 +59,10 @@ pub enum HsmError {
     #[error("crypto: {0}")]
     Crypto(String),
 
+    /// A bounded resource is used up (say, a login's session objects); nothing was changed.
+    #[error("resource limit: {0}")]
+    Exhausted(String),
+
     /// The store could not be read or written.
     #[error("store: {0}")]
     Store(String),

@@ -175,7 +175,21 @@ impl Session {
     fn session_object(&self, handle: u64) -> Option<Arc<LoadedKey>> {
         self.session_objects().get(&handle).map(|(_, k)| k.clone())
     }
+
+    /// Refuses a new session object when the login holds [`MAX_SESSION_OBJECTS`] (`n` more).
+    fn session_room(&self, n: usize) -> Result<()> {
+        if self.session_objects().len() + n > MAX_SESSION_OBJECTS {
+            return Err(HsmError::Exhausted(format!(
+                "this login holds {MAX_SESSION_OBJECTS} session objects; destroy some first"
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// At most this many session objects per login (a hostile or leaking application gets
+/// `CKR_DEVICE_MEMORY`, not the process's memory).
+pub const MAX_SESSION_OBJECTS: usize = 10_000;
 
 /// The next session object handle (process-wide, so no two logins share one).
 static NEXT_SESSION_HANDLE: std::sync::atomic::AtomicU64 =
@@ -1762,6 +1776,7 @@ impl Hsm {
         let owner = tpl.session_owner.ok_or_else(|| {
             HsmError::InvalidInput("session objects need the session that owns them".into())
         })?;
+        s.session_room(2)?;
         if opts.label.len() > 128 {
             return Err(HsmError::InvalidInput(
                 "a key label is at most 128 characters".into(),
@@ -1893,6 +1908,7 @@ impl Hsm {
         let owner = tpl.session_owner.ok_or_else(|| {
             HsmError::InvalidInput("session objects need the session that owns them".into())
         })?;
+        s.session_room(1)?;
         self.store.event(&e)?;
         let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.session_objects().insert(
@@ -2678,6 +2694,7 @@ impl Hsm {
         let owner = tpl.session_owner.ok_or_else(|| {
             HsmError::InvalidInput("session objects need the session that owns them".into())
         })?;
+        s.session_room(1)?;
         let key = mechanism::Key::parse(spec, material)?;
         self.store.event(e)?;
         let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -3296,5 +3313,65 @@ impl Drop for Hsm {
     fn drop(&mut self) {
         // Commit queued key-use records before the process goes.
         self.writer = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A login's session objects are bounded: past the limit a new one is refused with a
+    /// resource error (CKR_DEVICE_MEMORY through PKCS#11), and nothing is added.
+    #[test]
+    fn session_objects_are_bounded_per_login() {
+        let attrs = Attributes {
+            class: ObjectClass::PublicKey,
+            spec: Some(KeySpec::EcP256),
+            label: String::new(),
+            id: vec![],
+            token: false,
+            private: false,
+            sensitive: false,
+            extractable: true,
+            always_sensitive: false,
+            never_extractable: false,
+            local: false,
+            modifiable: true,
+            destroyable: true,
+            sign: false,
+            verify: true,
+            encrypt: false,
+            decrypt: false,
+            wrap: false,
+            unwrap: false,
+            derive: false,
+            wrap_with_trusted: false,
+            trusted: false,
+            created: String::new(),
+        };
+        let one = Arc::new(LoadedKey {
+            info: ObjectInfo {
+                handle: 0,
+                attrs,
+                public: None,
+                content: None,
+            },
+            partition: 1,
+            key: None,
+        });
+        let full: BTreeMap<u64, (u64, Arc<LoadedKey>)> = (0..MAX_SESSION_OBJECTS as u64)
+            .map(|h| (crate::object::SESSION_HANDLE_BASE + h, (1, one.clone())))
+            .collect();
+        let s = Session {
+            role: Role::CryptoOfficer,
+            partition: Some(1),
+            partition_label: None,
+            pmk: None,
+            cache: KeyCache::default(),
+            session_objects: Mutex::new(full),
+        };
+        assert!(matches!(s.session_room(1), Err(HsmError::Exhausted(_))));
+        s.drop_session_objects(1);
+        assert!(s.session_room(2).is_ok());
     }
 }

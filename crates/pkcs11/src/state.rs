@@ -266,6 +266,7 @@ pub fn rv(e: &HsmError) -> CK_RV {
         HsmError::Refused(_) => CKR_ACTION_PROHIBITED,
         HsmError::NotFound(_) => CKR_OBJECT_HANDLE_INVALID,
         HsmError::Crypto(_) => CKR_FUNCTION_FAILED,
+        HsmError::Exhausted(_) => CKR_DEVICE_MEMORY,
         HsmError::Tamper(_) | HsmError::Store(_) | HsmError::Io { .. } | HsmError::State(_) => {
             CKR_DEVICE_ERROR
         }
