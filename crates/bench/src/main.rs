@@ -76,17 +76,30 @@ fn find_label(n: usize) -> String {
 /// Adds keys `find-<from>`.. to ferrohsm's bench partition from a child process (the bulk
 /// path of the engine, one transaction per 10,000 keys, each key audited).
 fn populate_ferrohsm(data: &std::path::Path, from: usize, count: usize) {
+    run_self(
+        &[
+            "--populate",
+            &count.to_string(),
+            "--from",
+            &from.to_string(),
+        ],
+        data,
+        "populating ferrohsm",
+    );
+}
+
+/// Runs this benchmark again as a child process with `args` and `--data DATA`: the engine
+/// must not open the data directory in this process while the module has it open (two
+/// copies of SQLite would break each other's locks).
+fn run_self(args: &[&str], data: &std::path::Path, what: &str) {
     let exe = std::env::current_exe().expect("own path");
     let st = std::process::Command::new(exe)
-        .arg("--populate")
-        .arg(count.to_string())
-        .arg("--from")
-        .arg(from.to_string())
+        .args(args)
         .arg("--data")
         .arg(data)
         .status()
         .expect("run self");
-    assert!(st.success(), "populating ferrohsm failed");
+    assert!(st.success(), "{what} failed");
 }
 
 /// The child's half of [`populate_ferrohsm`].
@@ -168,15 +181,11 @@ fn set_key_use(data: &std::path::Path, mode: ferrohsm_core::audit::KeyUseAudit) 
         KeyUseAudit::Strict => "strict",
         KeyUseAudit::Batched { .. } => "batched",
     };
-    let exe = std::env::current_exe().expect("own path");
-    let st = std::process::Command::new(exe)
-        .arg("--set-key-use")
-        .arg(name)
-        .arg("--data")
-        .arg(data)
-        .status()
-        .expect("run self");
-    assert!(st.success(), "switching key-use auditing to {name} failed");
+    run_self(
+        &["--set-key-use", name],
+        data,
+        &format!("switching key-use auditing to {name}"),
+    );
 }
 
 /// The child's half of [`set_key_use`].

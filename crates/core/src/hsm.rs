@@ -172,8 +172,46 @@ impl Session {
         self.session_objects().retain(|_, (o, _)| *o != owner);
     }
 
-    fn session_object(&self, handle: u64) -> Option<Arc<LoadedKey>> {
-        self.session_objects().get(&handle).map(|(_, k)| k.clone())
+    /// The partition master key this login holds (Crypto Officer and Crypto User).
+    fn pmk(&self) -> Result<&Secret32> {
+        self.pmk
+            .as_ref()
+            .ok_or_else(|| HsmError::State("session holds no partition key".into()))
+    }
+
+    fn session_object(&self, handle: u64) -> Result<Arc<LoadedKey>> {
+        self.session_objects()
+            .get(&handle)
+            .map(|(_, k)| k.clone())
+            .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))
+    }
+
+    /// Keeps a new session object for `owner` (callers check [`Session::session_room`] before
+    /// they record its creation); returns its handle.
+    fn add_session_object(
+        &self,
+        owner: u64,
+        partition: u32,
+        mut attrs: Attributes,
+        public: Option<Vec<u8>>,
+        key: Option<mechanism::Key>,
+    ) -> u64 {
+        let key = key.map(Arc::new);
+        let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        attrs.token = false;
+        let info = ObjectInfo {
+            handle,
+            attrs,
+            public,
+            content: None,
+        };
+        let k = LoadedKey {
+            info,
+            partition,
+            key,
+        };
+        self.session_objects().insert(handle, (owner, Arc::new(k)));
+        handle
     }
 
     /// Refuses a new session object when the login holds [`MAX_SESSION_OBJECTS`] (`n` more).
@@ -190,6 +228,13 @@ impl Session {
 /// At most this many session objects per login (a hostile or leaking application gets
 /// `CKR_DEVICE_MEMORY`, not the process's memory).
 pub const MAX_SESSION_OBJECTS: usize = 10_000;
+
+/// The PKCS#11 session that is to own the session objects a call makes.
+fn session_owner(tpl: &KeyTemplate) -> Result<u64> {
+    tpl.session_owner.ok_or_else(|| {
+        HsmError::InvalidInput("session objects need the session that owns them".into())
+    })
+}
 
 /// The next session object handle (process-wide, so no two logins share one).
 static NEXT_SESSION_HANDLE: std::sync::atomic::AtomicU64 =
@@ -254,12 +299,13 @@ pub struct LoadedKey {
     /// Handle, attributes and public value.
     pub info: ObjectInfo,
     partition: u32,
-    key: Option<mechanism::Key>,
+    /// Shared, so that relabelling a session object does not parse its key again.
+    key: Option<Arc<mechanism::Key>>,
 }
 
 impl LoadedKey {
     fn material(&self) -> Result<&mechanism::Key> {
-        self.key.as_ref().ok_or_else(|| {
+        self.key.as_deref().ok_or_else(|| {
             HsmError::InvalidInput(format!(
                 "object {} holds no secret or private key",
                 self.info.handle
@@ -1622,11 +1668,7 @@ impl Hsm {
 
     fn key_user(&mut self, s: &Session, action: &str, write: bool) -> Result<(u32, Secret32)> {
         let id = self.key_role(s, action, write)?;
-        let pmk = s
-            .pmk
-            .clone()
-            .ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
-        Ok((id, pmk))
+        Ok((id, s.pmk()?.clone()))
     }
 
     /// Checks that the session may use (or, with `write`, create) keys; its partition's id.
@@ -1773,9 +1815,7 @@ impl Hsm {
         tpl: &KeyTemplate,
     ) -> Result<Vec<u64>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
-        let owner = tpl.session_owner.ok_or_else(|| {
-            HsmError::InvalidInput("session objects need the session that owns them".into())
-        })?;
+        let owner = session_owner(tpl)?;
         s.session_room(2)?;
         if opts.label.len() > 128 {
             return Err(HsmError::InvalidInput(
@@ -1797,7 +1837,6 @@ impl Hsm {
             "success",
         );
         let parsed = mechanism::Key::parse(spec, g.private.clone())?;
-        let new_handle = || NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut halves = vec![(attrs, Some(parsed))];
         if let Some(pa) = public_attrs {
             halves.push((pa, None));
@@ -1831,34 +1870,15 @@ impl Hsm {
         };
         let mut token_handles = token_handles.into_iter();
         let mut out = Vec::new();
-        let mut objects = s.session_objects();
         for (a, key) in halves {
-            if a.token {
-                out.push(
-                    token_handles
-                        .next()
-                        .ok_or_else(|| HsmError::State("a stored half went missing".into()))?,
-                );
-                continue;
-            }
-            let handle = new_handle();
-            objects.insert(
-                handle,
-                (
-                    owner,
-                    Arc::new(LoadedKey {
-                        info: ObjectInfo {
-                            handle,
-                            attrs: a,
-                            public: g.public.clone(),
-                            content: None,
-                        },
-                        partition: id,
-                        key,
-                    }),
-                ),
-            );
-            out.push(handle);
+            let h = if a.token {
+                token_handles
+                    .next()
+                    .ok_or_else(|| HsmError::State("a stored half went missing".into()))?
+            } else {
+                s.add_session_object(owner, id, a, g.public.clone(), key)
+            };
+            out.push(h);
         }
         Ok(out)
     }
@@ -1905,29 +1925,10 @@ impl Hsm {
                 Ok(h)
             });
         }
-        let owner = tpl.session_owner.ok_or_else(|| {
-            HsmError::InvalidInput("session objects need the session that owns them".into())
-        })?;
+        let owner = session_owner(tpl)?;
         s.session_room(1)?;
         self.store.event(&e)?;
-        let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        s.session_objects().insert(
-            handle,
-            (
-                owner,
-                Arc::new(LoadedKey {
-                    info: ObjectInfo {
-                        handle,
-                        attrs: a,
-                        public: Some(spki),
-                        content: None,
-                    },
-                    partition: id,
-                    key: None,
-                }),
-            ),
-        );
-        Ok(handle)
+        Ok(s.add_session_object(owner, id, a, Some(spki), None))
     }
 
     /// The attributes of a new key (and, for a key pair, of its public half) from its spec,
@@ -2160,9 +2161,7 @@ impl Hsm {
             ));
         }
         if crate::object::is_session_handle(handle) {
-            let k = s
-                .session_object(handle)
-                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+            let k = s.session_object(handle)?;
             if !k.info.attrs.modifiable {
                 return Err(HsmError::Refused(format!(
                     "{:?} is not modifiable (CKA_MODIFIABLE is false)",
@@ -2179,10 +2178,7 @@ impl Hsm {
             let renamed = LoadedKey {
                 info,
                 partition: k.partition,
-                key: match &k.key {
-                    Some(key) => Some(mechanism::Key::parse(key.spec(), key.material().clone())?),
-                    None => None,
-                },
+                key: k.key.clone(),
             };
             // Operations already started keep the old entry; new lookups see the new one.
             if let Some(entry) = s.session_objects().get_mut(&handle) {
@@ -2519,10 +2515,9 @@ impl Hsm {
             ),
         };
         if crate::object::is_session_handle(handle) {
-            return s
-                .and_then(|s| s.session_object(handle))
-                .map(|k| k.info.clone())
-                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")));
+            let s =
+                s.ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+            return Ok(s.session_object(handle)?.info.clone());
         }
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         if only_public && rec.attrs.private {
@@ -2591,24 +2586,22 @@ impl Hsm {
     /// read, unsealed and parsed now (and cached). Operations started with it use it as it
     /// was at this call.
     pub fn load_key(&mut self, s: &Session, handle: u64) -> Result<Arc<LoadedKey>> {
-        self.key_role(s, "using keys", false)?;
+        let id = self.key_role(s, "using keys", false)?;
         if crate::object::is_session_handle(handle) {
-            return s
-                .session_object(handle)
-                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")));
+            return s.session_object(handle);
         }
         let generation = self.store.generation()?;
         if let Some(k) = s.cache.get(generation, handle) {
             return Ok(k);
         }
         // A miss: the partition key is needed to unseal the key.
-        let (id, pmk) = self.key_user(s, "using keys", false)?;
+        let pmk = s.pmk()?;
         let rec = self.store.read(|t| Self::load(t, id, handle))?;
         let key = match rec.material {
-            Some(_) => Some(mechanism::Key::parse(
+            Some(_) => Some(Arc::new(mechanism::Key::parse(
                 rec.attrs.key_spec()?,
-                Self::open_material(id, &pmk, handle, &rec)?,
-            )?),
+                Self::open_material(id, pmk, handle, &rec)?,
+            )?)),
             None => None,
         };
         let k = Arc::new(LoadedKey {
@@ -2685,37 +2678,17 @@ impl Hsm {
         s: &Session,
         tpl: &KeyTemplate,
         partition: u32,
-        mut attrs: Attributes,
+        attrs: Attributes,
         public: Option<Vec<u8>>,
         spec: KeySpec,
         material: SecretBytes,
         e: &Event,
     ) -> Result<u64> {
-        let owner = tpl.session_owner.ok_or_else(|| {
-            HsmError::InvalidInput("session objects need the session that owns them".into())
-        })?;
+        let owner = session_owner(tpl)?;
         s.session_room(1)?;
         let key = mechanism::Key::parse(spec, material)?;
         self.store.event(e)?;
-        let handle = NEXT_SESSION_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        attrs.token = false;
-        s.session_objects().insert(
-            handle,
-            (
-                owner,
-                Arc::new(LoadedKey {
-                    info: ObjectInfo {
-                        handle,
-                        attrs,
-                        public,
-                        content: None,
-                    },
-                    partition,
-                    key: Some(key),
-                }),
-            ),
-        );
-        Ok(handle)
+        Ok(s.add_session_object(owner, partition, attrs, public, Some(key)))
     }
 
     /// Checks that `s` may use `k` for `op` (role, partition, the usage attribute).
@@ -2875,9 +2848,7 @@ impl Hsm {
     pub fn destroy_object(&mut self, s: &Session, handle: u64) -> Result<()> {
         let (id, _) = self.key_user(s, "deleting keys", true)?;
         if crate::object::is_session_handle(handle) {
-            let k = s
-                .session_object(handle)
-                .ok_or_else(|| HsmError::NotFound(format!("no object with handle {handle}")))?;
+            let k = s.session_object(handle)?;
             if !k.info.attrs.destroyable {
                 return Err(HsmError::Refused(format!(
                     "key {:?} is not destroyable (CKA_DESTROYABLE is false)",

@@ -1413,28 +1413,39 @@ pub fn spec_from_ec_params(params: &[u8]) -> Option<KeySpec> {
     .find(|s| ec_params(*s) == Some(params))
 }
 
+/// Bytes of a public point on the curve of `spec` (uncompressed, or the Ed25519 key).
+fn point_len(spec: KeySpec) -> Option<usize> {
+    match spec {
+        KeySpec::EcP256 => Some(65),
+        KeySpec::EcP384 => Some(97),
+        KeySpec::EcP521 => Some(133),
+        KeySpec::Ed25519 => Some(32),
+        _ => None,
+    }
+}
+
+/// A public point as PKCS#11 callers pass it (`CKA_EC_POINT`, ECDH public data): raw, or
+/// wrapped in a DER OCTET STRING. The raw reading wins when the length is a raw point's,
+/// since a raw point can also look like a short OCTET STRING.
+pub fn point_from_pkcs11(spec: KeySpec, value: &[u8]) -> Option<&[u8]> {
+    let n = point_len(spec)?;
+    if value.len() == n {
+        return Some(value);
+    }
+    let body = value.get(value.len().checked_sub(n)?..)?;
+    // Exactly the OCTET STRING of those bytes, header and all.
+    (der(0x04, body) == value).then_some(body)
+}
+
 /// `CKA_EC_POINT`: the public point (or Ed25519 key) as a DER OCTET STRING, from our SPKI.
 pub fn ec_point(spec: KeySpec, spki: &[u8]) -> Option<Vec<u8>> {
-    let n = match spec {
-        KeySpec::EcP256 => 65,
-        KeySpec::EcP384 => 97,
-        KeySpec::EcP521 => 133,
-        KeySpec::Ed25519 => 32,
-        _ => return None,
-    };
+    let n = point_len(spec)?;
     // The SPKI ends with BIT STRING { 0 unused bits, point }.
     if spki.len() < n + 3 || spki[spki.len() - n - 1] != 0 {
         return None;
     }
-    let point = &spki[spki.len() - n..];
-    // OCTET STRING: lengths above 127 take the long form (P-521's 133-byte point).
-    let mut out = if n < 128 {
-        vec![0x04, n as u8]
-    } else {
-        vec![0x04, 0x81, n as u8]
-    };
-    out.extend_from_slice(point);
-    Some(out)
+    // An OCTET STRING (P-521's 133-byte point takes the long length form).
+    Some(der(0x04, &spki[spki.len() - n..]))
 }
 
 /// RSA `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT` (big-endian, no leading zeros) from an SPKI.
@@ -1982,6 +1993,27 @@ mod tests {
             exponent: &[1, 0, 1],
         })
         .is_err());
+    }
+
+    #[test]
+    fn points_are_read_raw_or_der_wrapped_and_nothing_else() {
+        let raw: Vec<u8> = std::iter::once(0x04)
+            .chain((0u8..64).map(|_| 0x3f))
+            .collect();
+        // A raw point whose second byte looks like a short length is still the raw point.
+        assert_eq!(point_from_pkcs11(KeySpec::EcP256, &raw), Some(&raw[..]));
+        let wrapped = der(0x04, &raw);
+        assert_eq!(point_from_pkcs11(KeySpec::EcP256, &wrapped), Some(&raw[..]));
+        let mut lying = wrapped.clone();
+        lying[1] = 0x05;
+        assert_eq!(point_from_pkcs11(KeySpec::EcP256, &lying), None);
+        assert_eq!(point_from_pkcs11(KeySpec::EcP256, &raw[1..]), None);
+        let p521: Vec<u8> = vec![0x04; 133];
+        assert_eq!(
+            point_from_pkcs11(KeySpec::EcP521, &der(0x04, &p521)),
+            Some(&p521[..])
+        );
+        assert_eq!(point_from_pkcs11(KeySpec::Aes128, &raw), None);
     }
 
     #[test]

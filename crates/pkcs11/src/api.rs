@@ -642,51 +642,39 @@ pub unsafe fn C_OpenSession(
         if ph.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let (config, label, so_logged_in, pooled) = with_module(|m| {
+        let (config, label, pooled) = with_module(|m| {
             let (label, initialised) = token_brief(m, id)?;
             if !initialised {
                 return Err(CKR_TOKEN_NOT_RECOGNIZED);
             }
-            Ok((
-                m.config.clone(),
-                label,
-                m.logins.get(&id).is_some_and(|l| l.user == CKU_SO),
-                m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop(),
-            ))
-        })?;
-        if so_logged_in && flags & CKF_RW_SESSION == 0 {
-            if let Some(h) = pooled {
-                with_module(|m| {
-                    m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.push(h);
-                    Ok(())
-                })?;
+            if flags & CKF_RW_SESSION == 0 && m.logins.get(&id).is_some_and(|l| l.user == CKU_SO) {
+                return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
             }
-            return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
-        }
+            let pooled = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop();
+            Ok((m.config.clone(), label, pooled))
+        })?;
         // Each session has its own handle on the store, so sessions run in parallel.
         let hsm = match pooled {
             Some(h) => h,
             None => open_hsm(&config)?,
         };
-        let session = Session {
-            slot: id,
-            label,
-            flags,
-            hsm,
-            find: None,
-            sign: None,
-            verify: None,
-            encrypt: None,
-            decrypt: None,
-            digest: None,
-            login: None,
-        };
         let handle = with_module_mut(|m| {
             let h = m.next_handle;
             m.next_handle += 1;
-            // The token's login as it is now (C_Login and C_Logout keep it current).
-            let mut session = session;
-            session.login = m.logins.get(&id).cloned();
+            let session = Session {
+                slot: id,
+                label,
+                flags,
+                hsm,
+                find: None,
+                sign: None,
+                verify: None,
+                encrypt: None,
+                decrypt: None,
+                digest: None,
+                // The token's login as it is now (C_Login and C_Logout keep it current).
+                login: m.logins.get(&id).cloned(),
+            };
             m.sessions.insert(h, Arc::new(Mutex::new(session)));
             Ok(h)
         })?;
@@ -940,6 +928,14 @@ fn key_session(login: &Option<Arc<Login>>) -> Option<&ferrohsm_core::Session> {
         .map(|l| &l.engine)
 }
 
+/// Token objects change only in a read/write session; session objects in any session.
+fn may_change(s: &Session, token_object: bool) -> Rv {
+    if token_object && s.flags & CKF_RW_SESSION == 0 {
+        return Err(CKR_SESSION_READ_ONLY);
+    }
+    Ok(())
+}
+
 fn object(s: &mut Session, login: &Option<Arc<Login>>, h: CK_OBJECT_HANDLE) -> Rv<ObjectInfo> {
     let label = s.label.clone();
     s.hsm
@@ -1083,9 +1079,7 @@ pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK
     done((|| {
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if s.flags & CKF_RW_SESSION == 0 && !ferrohsm_core::object::is_session_handle(obj) {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
+        may_change(&s, !ferrohsm_core::object::is_session_handle(obj))?;
         object(&mut s, &login, obj)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         s.hsm.destroy_object(es, obj).map_err(|e| rv(&e))
@@ -1213,9 +1207,8 @@ pub unsafe fn C_CreateObject(
             return Ok(());
         }
         let o = read_object_template(&t)?;
-        if s.flags & CKF_RW_SESSION == 0 {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
+        // Certificates and data objects are token objects.
+        may_change(&s, true)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let handle = s.hsm.create_object(es, o).map_err(|e| match e {
             HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
@@ -1246,17 +1239,12 @@ fn create_public_key(
             exponent: need(CKA_PUBLIC_EXPONENT)?,
         },
         CKK_EC | CKK_EC_EDWARDS => {
-            let p = need(CKA_EC_POINT)?;
-            // The point inside its DER OCTET STRING, or given raw.
-            let point = match p.as_slice() {
-                [0x04, n, rest @ ..] if (*n as usize) < 0x80 && rest.len() == *n as usize => rest,
-                [0x04, 0x81, n, rest @ ..] if rest.len() == *n as usize => rest,
-                raw => raw,
-            };
-            PublicParts::Ec {
-                params: need(CKA_EC_PARAMS)?,
-                point,
-            }
+            let params = need(CKA_EC_PARAMS)?;
+            let spec = ferrohsm_core::mechanism::spec_from_ec_params(params)
+                .ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+            let point = ferrohsm_core::mechanism::point_from_pkcs11(spec, need(CKA_EC_POINT)?)
+                .ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+            PublicParts::Ec { params, point }
         }
         _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
     };
@@ -1276,9 +1264,7 @@ fn create_public_key(
     };
     let mut tpl = KeyTemplate::default();
     read_key_template(&rest, true, &mut opts, &mut tpl, CKO_PUBLIC_KEY, ktype)?;
-    if !tpl.session_public && s.flags & CKF_RW_SESSION == 0 {
-        return Err(CKR_SESSION_READ_ONLY);
-    }
+    may_change(s, !tpl.session_public)?;
     tpl.session_owner = Some(h);
     let es = key_session(login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     s.hsm
@@ -1318,10 +1304,7 @@ pub unsafe fn C_SetAttributeValue(
                 },
             }
         }
-        // Session objects may change in a read-only session; token objects may not.
-        if s.flags & CKF_RW_SESSION == 0 && !ferrohsm_core::object::is_session_handle(obj) {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
+        may_change(&s, !ferrohsm_core::object::is_session_handle(obj))?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         if label.is_none() && id.is_none() {
             return Ok(());
@@ -1479,11 +1462,10 @@ fn generate(
             // A public template without a label or id takes the private key's.
         }
     }
-    // Token objects need a read/write session; session objects do not.
-    let token_half = !tpl.session_private || (pub_t.is_some() && !tpl.session_public);
-    if token_half && s.flags & CKF_RW_SESSION == 0 {
-        return Err(CKR_SESSION_READ_ONLY);
-    }
+    may_change(
+        &s,
+        !tpl.session_private || (pub_t.is_some() && !tpl.session_public),
+    )?;
     tpl.session_owner = Some(h);
     s.hsm
         .generate_key_with(es, spec, &opts, &tpl)
@@ -1530,29 +1512,6 @@ pub unsafe fn C_GenerateKey(
         unsafe { *out = handles[0] as CK_OBJECT_HANDLE };
         Ok(())
     })())
-}
-
-/// The peer's public point from `CK_ECDH1_DERIVE_PARAMS.pPublicData`: the raw uncompressed
-/// point, or the same wrapped in a DER OCTET STRING (both are met in the field).
-fn ecdh_peer_point(spec: KeySpec, public: &[u8]) -> Rv<Vec<u8>> {
-    let raw_len = match spec {
-        KeySpec::EcP256 => 65,
-        KeySpec::EcP384 => 97,
-        KeySpec::EcP521 => 133,
-        _ => return Err(CKR_KEY_TYPE_INCONSISTENT),
-    };
-    if public.len() == raw_len {
-        return Ok(public.to_vec());
-    }
-    let body = match public {
-        [0x04, n, rest @ ..] if (*n as usize) < 0x80 => (rest.len() == *n as usize).then_some(rest),
-        [0x04, 0x81, n, rest @ ..] => (rest.len() == *n as usize).then_some(rest),
-        _ => None,
-    };
-    match body {
-        Some(p) if p.len() == raw_len => Ok(p.to_vec()),
-        _ => Err(CKR_MECHANISM_PARAM_INVALID),
-    }
 }
 
 pub unsafe fn C_DeriveKey(
@@ -1604,9 +1563,7 @@ pub unsafe fn C_DeriveKey(
         ktpl.session_owner = Some(h);
         let (s, login) = state::session(h)?;
         let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if !ktpl.session_private && s.flags & CKF_RW_SESSION == 0 {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
+        may_change(&s, !ktpl.session_private)?;
         let b = object(&mut s, &login, base).map_err(|e| {
             if e == CKR_OBJECT_HANDLE_INVALID {
                 CKR_KEY_HANDLE_INVALID
@@ -1617,11 +1574,16 @@ pub unsafe fn C_DeriveKey(
         if b.attrs.class != ObjectClass::PrivateKey {
             return Err(CKR_KEY_TYPE_INCONSISTENT);
         }
-        let point = ecdh_peer_point(b.attrs.spec.ok_or(CKR_KEY_HANDLE_INVALID)?, &public)?;
+        // pPublicData: the raw point, or the same DER-wrapped (both are met in the field).
+        let point = ferrohsm_core::mechanism::point_from_pkcs11(
+            b.attrs.spec.ok_or(CKR_KEY_HANDLE_INVALID)?,
+            &public,
+        )
+        .ok_or(CKR_MECHANISM_PARAM_INVALID)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let handle = s
             .hsm
-            .derive_ecdh(es, base, &point, spec, &opts, &ktpl)
+            .derive_ecdh(es, base, point, spec, &opts, &ktpl)
             .map_err(|e| match e {
                 HsmError::Refused(_) => CKR_KEY_FUNCTION_NOT_PERMITTED,
                 HsmError::InvalidInput(_) => CKR_MECHANISM_PARAM_INVALID,
@@ -2418,10 +2380,7 @@ pub unsafe fn C_UnwrapKey(
             class_code,
             kt.unwrap_or(0),
         )?;
-        // Token objects need a read/write session; session objects do not.
-        if !ktpl.session_private && s.flags & CKF_RW_SESSION == 0 {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
+        may_change(&s, !ktpl.session_private)?;
         ktpl.session_owner = Some(h);
         // An AES key is sized by what unwraps unless CKA_VALUE_LEN names it.
         let want_len = find_attr(&t, CKA_VALUE_LEN)
