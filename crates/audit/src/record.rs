@@ -51,6 +51,21 @@ impl Record {
         Ok(r)
     }
 
+    /// How many key uses a `key-use` record stands for: 1 for a record written per use
+    /// (strict auditing), `n` for a record of batched auditing, whose outcome ends
+    /// `x<n> until <time>`; `None` for any other record.
+    pub fn key_uses(&self) -> Option<u64> {
+        if self.event != "key-use" {
+            return None;
+        }
+        let counted = self
+            .outcome
+            .rsplit_once(" until ")
+            .and_then(|(head, _)| head.rsplit_once(" x"))
+            .and_then(|(_, n)| n.parse().ok());
+        Some(counted.unwrap_or(1))
+    }
+
     /// Whether this record is a key ceremony.
     pub fn is_ceremony(&self) -> bool {
         CEREMONY_EVENTS.contains(&self.event.as_str()) && self.outcome.starts_with("success")
@@ -82,5 +97,24 @@ mod tests {
         assert_eq!(Record::from_bytes(&b).unwrap(), r);
         let spaced = String::from_utf8(b.clone()).unwrap().replace(",\"", ", \"");
         assert!(Record::from_bytes(spaced.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn key_uses_counts_strict_and_batched_records() {
+        let mut r = Record {
+            seq: 1,
+            time: "2026-11-22T00:00:00Z".into(),
+            serial: "FH1".into(),
+            event: "key-use".into(),
+            role: "cu".into(),
+            partition: Some("p".into()),
+            object: Some("signer".into()),
+            outcome: "success: sign ed25519".into(),
+        };
+        assert_eq!(r.key_uses(), Some(1));
+        r.outcome = "success: sign ed25519 x1234 until 2026-11-22T00:00:00.100Z".into();
+        assert_eq!(r.key_uses(), Some(1234));
+        r.event = "login".into();
+        assert_eq!(r.key_uses(), None);
     }
 }

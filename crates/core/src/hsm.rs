@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, AuditConfig, KeyUseAudit, Witness};
-use crate::audit_writer::AuditWriter;
+use crate::audit_writer::{AuditWriter, KeyUse, UseGroup};
 use crate::crypto::{self, hkdf32, KdfParams};
 use crate::error::{HsmError, Result};
 use crate::mechanism::{self, KeySpec, Mechanism, Params};
@@ -251,9 +251,44 @@ const KEY_CACHE_MAX: usize = 4096;
 /// partition or policy changed, a zeroize), made by any connection of any process, moves the
 /// generation on, and the next lookup empties the cache, so a destroyed or changed key is
 /// never served from it. Audit appends do not move the generation.
-#[derive(Default)]
 struct KeyCache {
     inner: Mutex<(u64, HashMap<u64, Arc<LoadedKey>>)>,
+    /// Names the login this cache belongs to, unique in the process (see [`KeyMemo`]).
+    login: u64,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        static NEXT_LOGIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        KeyCache {
+            inner: Mutex::default(),
+            login: NEXT_LOGIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// The last key a caller loaded, kept by a caller that uses one key again and again (a
+/// PKCS#11 session), so that finding it again touches neither the login's shared key cache
+/// nor its lock. [`Hsm::load_key_memo`] serves it only to the same login at the same state
+/// generation, so it is never served after a change; clear it when the login ends, so that
+/// the key is not kept in memory longer than the login.
+#[derive(Default)]
+pub struct KeyMemo(Option<(u64, u64, Arc<LoadedKey>)>);
+
+impl KeyMemo {
+    /// Forgets the key.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some((_, _, k)) => write!(f, "KeyMemo(key {})", k.info.handle),
+            None => write!(f, "KeyMemo(empty)"),
+        }
+    }
 }
 
 impl KeyCache {
@@ -293,8 +328,8 @@ impl std::fmt::Debug for KeyCache {
 
 /// A key object ready for use: what callers may see of it, and (for private and secret keys)
 /// its material unsealed and parsed once. Obtained from [`Hsm::load_key`]; usable only by a
-/// session of the partition it came from.
-#[derive(Debug)]
+/// session of the partition it came from. Cloning shares the parsed key (no copy of it).
+#[derive(Clone, Debug)]
 pub struct LoadedKey {
     /// Handle, attributes and public value.
     pub info: ObjectInfo,
@@ -2586,36 +2621,60 @@ impl Hsm {
     /// read, unsealed and parsed now (and cached). Operations started with it use it as it
     /// was at this call.
     pub fn load_key(&mut self, s: &Session, handle: u64) -> Result<Arc<LoadedKey>> {
+        self.load_key_memo(s, handle, &mut KeyMemo::default())
+    }
+
+    /// [`Hsm::load_key`], first trying the caller's memo of the last key it loaded (and
+    /// leaving this key there).
+    pub fn load_key_memo(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        memo: &mut KeyMemo,
+    ) -> Result<Arc<LoadedKey>> {
         let id = self.key_role(s, "using keys", false)?;
         if crate::object::is_session_handle(handle) {
             return s.session_object(handle);
         }
         let generation = self.store.generation()?;
-        if let Some(k) = s.cache.get(generation, handle) {
-            return Ok(k);
+        if let Some((login, g, k)) = &memo.0 {
+            if *login == s.cache.login && *g == generation && k.info.handle == handle {
+                return Ok(k.clone());
+            }
         }
-        // A miss: the partition key is needed to unseal the key.
-        let pmk = s.pmk()?;
-        let rec = self.store.read(|t| Self::load(t, id, handle))?;
-        let key = match rec.material {
-            Some(_) => Some(Arc::new(mechanism::Key::parse(
-                rec.attrs.key_spec()?,
-                Self::open_material(id, pmk, handle, &rec)?,
-            )?)),
-            None => None,
+        let k = match s.cache.get(generation, handle) {
+            Some(k) => k,
+            None => {
+                // A miss: the partition key is needed to unseal the key.
+                let pmk = s.pmk()?;
+                let rec = self.store.read(|t| Self::load(t, id, handle))?;
+                let key = match rec.material {
+                    Some(_) => Some(Arc::new(mechanism::Key::parse(
+                        rec.attrs.key_spec()?,
+                        Self::open_material(id, pmk, handle, &rec)?,
+                    )?)),
+                    None => None,
+                };
+                let k = Arc::new(LoadedKey {
+                    info: ObjectInfo {
+                        handle,
+                        attrs: rec.attrs,
+                        public: rec.public,
+                        content: rec.content,
+                    },
+                    partition: id,
+                    key,
+                });
+                s.cache.put(generation, k.clone());
+                k
+            }
         };
-        let k = Arc::new(LoadedKey {
-            info: ObjectInfo {
-                handle,
-                attrs: rec.attrs,
-                public: rec.public,
-                content: rec.content,
-            },
-            partition: id,
-            key,
-        });
-        s.cache.put(generation, k.clone());
-        Ok(k)
+        // The memo gets its own handle on the key (sharing the parsed material), so that the
+        // reference counting of each operation touches memory of this caller only, not the
+        // count every session of the login would otherwise update at once.
+        let own = Arc::new(LoadedKey::clone(&k));
+        memo.0 = Some((s.cache.login, generation, own.clone()));
+        Ok(own)
     }
 
     /// Derives a secret key by ECDH (no KDF) from the EC private key `base` and a peer's
@@ -2732,7 +2791,7 @@ impl Hsm {
     ) -> Result<Vec<u8>> {
         self.may_use(s, k, "sign", k.info.attrs.sign, "CKA_SIGN")?;
         let sig = mechanism::sign(k.material()?, mech, data)?;
-        self.audit_key_use(s, &k.info.attrs.label, format_args!("sign {mech}"))?;
+        self.audit_key_use(s, k, KeyUse::Sign(mech))?;
         Ok(sig)
     }
 
@@ -2770,12 +2829,7 @@ impl Hsm {
                 .ok_or_else(|| HsmError::InvalidInput("not a public key".into()))?;
             mechanism::verify(k.info.attrs.key_spec()?, public, mech, data, sig)?
         };
-        let outcome = if ok { "valid" } else { "invalid" };
-        self.audit_key_use(
-            s,
-            &k.info.attrs.label,
-            format_args!("verify {mech} ({outcome})"),
-        )?;
+        self.audit_key_use(s, k, KeyUse::Verify(mech, ok))?;
         Ok(ok)
     }
 
@@ -2812,7 +2866,7 @@ impl Hsm {
                 .ok_or_else(|| HsmError::InvalidInput("key has no public value".into()))?;
             mechanism::encrypt_public(k.info.attrs.key_spec()?, public, mech, p, data)?
         };
-        self.audit_key_use(s, &k.info.attrs.label, format_args!("encrypt {mech}"))?;
+        self.audit_key_use(s, k, KeyUse::Encrypt(mech))?;
         Ok(ct)
     }
 
@@ -2840,7 +2894,7 @@ impl Hsm {
     ) -> Result<SecretBytes> {
         self.may_use(s, k, "decrypt", k.info.attrs.decrypt, "CKA_DECRYPT")?;
         let pt = mechanism::decrypt(k.material()?, mech, p, data)?;
-        self.audit_key_use(s, &k.info.attrs.label, format_args!("decrypt {mech}"))?;
+        self.audit_key_use(s, k, KeyUse::Decrypt(mech))?;
         Ok(pt)
     }
 
@@ -3204,13 +3258,9 @@ impl Hsm {
     }
 
     /// Records a key use as the Auditor configured: not at all, durably before returning
-    /// (strict), or within the configured delay (batched).
-    fn audit_key_use(
-        &mut self,
-        s: &Session,
-        object: &str,
-        what: std::fmt::Arguments<'_>,
-    ) -> Result<()> {
+    /// (strict: a record per use), or within the configured delay (batched: a record per
+    /// role, key and operation in each window, counting its uses).
+    fn audit_key_use(&mut self, s: &Session, k: &LoadedKey, what: KeyUse) -> Result<()> {
         let mode = self.read_audit_config()?.key_use;
         if mode == KeyUseAudit::Off {
             return Ok(());
@@ -3226,17 +3276,25 @@ impl Hsm {
                 AuditWriter::start(self.store.dir().to_path_buf(), wait)?,
             ));
         }
-        let e = self.ev(
-            "key-use",
-            s.role.short(),
-            s.partition(),
-            Some(object),
-            &format!("success: {what}"),
-        );
+        let object = k.info.attrs.label.as_str();
         let (_, w) = self.writer.as_ref().expect("writer started above");
         match mode {
-            KeyUseAudit::Strict => w.strict(e),
-            _ => w.batched(e),
+            KeyUseAudit::Strict => w.strict(self.ev(
+                "key-use",
+                s.role.short(),
+                s.partition(),
+                Some(object),
+                &format!("success: {what}"),
+            )),
+            _ => w.batched(
+                UseGroup {
+                    role: s.role,
+                    partition: s.partition,
+                    handle: k.info.handle,
+                    what,
+                },
+                || self.ev("key-use", s.role.short(), s.partition(), Some(object), ""),
+            ),
         }
     }
 

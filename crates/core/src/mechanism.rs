@@ -150,7 +150,7 @@ impl FromStr for KeySpec {
 }
 
 /// A hash function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hash {
     /// SHA-1 (digests and OAEP only; not for new signatures).
@@ -223,7 +223,7 @@ impl Hash {
 
 /// A mechanism: what to do with a key. Parameters that vary per call (IV, AAD) are passed to
 /// the operation, never chosen by the module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mechanism {
     /// RSASSA-PKCS1-v1_5, hashing inside (SHA-256/384/512).

@@ -375,12 +375,13 @@ fn key_use_strict_and_batched() {
     let (f, mut hsm, aud) = with_auditor();
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
     let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
-    let count = |h: &mut Hsm| {
+    // Key uses recorded (a batched record counts several).
+    let count = |h: &mut Hsm| -> u64 {
         h.events()
             .unwrap()
             .iter()
-            .filter(|r| r.event == "key-use")
-            .count()
+            .filter_map(|r| r.key_uses())
+            .sum()
     };
     hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
@@ -410,11 +411,89 @@ fn key_use_strict_and_batched() {
         hsm.sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
             .unwrap();
     }
-    // Within the bound, without any further call on `hsm`.
+    // Within the bound, without any further call on `hsm`: every use counted, in far fewer
+    // records than uses, each naming the key, the operation and its time span.
     std::thread::sleep(std::time::Duration::from_millis(400));
     assert_eq!(count(&mut other), 21);
+    let batched: Vec<_> = other
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "key-use" && r.outcome.contains(" until "))
+        .collect();
+    assert!(!batched.is_empty() && batched.len() < 20, "{batched:?}");
+    for r in &batched {
+        assert_eq!(r.object.as_deref(), Some("ec"));
+        assert_eq!(r.role, "co");
+        assert!(
+            r.outcome.starts_with("success: sign ecdsa-sha256 x"),
+            "{}",
+            r.outcome
+        );
+    }
     let r = hsm.audit_verify(&aud).unwrap();
-    assert!(r.records >= 21);
+    assert!(r.records >= 2);
+}
+
+#[test]
+fn batched_key_use_records_count_every_use_per_key_and_operation() {
+    let (f, mut hsm, aud) = with_auditor();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
+    let ec_pub = hsm.find_key(&co, "ec", ObjectClass::PublicKey).unwrap();
+    let aes = hsm.find_key(&co, "aes", ObjectClass::SecretKey).unwrap();
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Batched { max_ms: 60_000 },
+            ceremony_cosignatures: 3,
+        },
+    )
+    .unwrap();
+    let mech = Mechanism::Ecdsa(Some(Hash::Sha256));
+    let mut sig = vec![];
+    for _ in 0..3 {
+        sig = hsm.sign(&co, ec.handle, mech, b"m").unwrap();
+    }
+    for _ in 0..2 {
+        assert!(hsm.verify(&co, ec_pub.handle, mech, b"m", &sig).unwrap());
+    }
+    assert!(!hsm
+        .verify(&co, ec_pub.handle, mech, b"other", &sig)
+        .unwrap());
+    let params = ferrohsm_core::mechanism::Params {
+        iv: vec![1; 12],
+        ..Default::default()
+    };
+    hsm.encrypt(&co, aes.handle, Mechanism::AesGcm, &params, b"data")
+        .unwrap();
+    // The window is a minute: nothing is written yet; closing the writer writes it all.
+    let key_use_records = |h: &mut Hsm| {
+        let mut v: Vec<String> = h
+            .events()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event == "key-use")
+            .map(|r| {
+                let (head, _) = r.outcome.split_once(" until ").expect("batched record");
+                format!("{} {head}", r.object.unwrap_or_default())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(key_use_records(&mut Hsm::open(&f.data).unwrap()).is_empty());
+    hsm.flush_key_use().unwrap();
+    assert_eq!(
+        key_use_records(&mut Hsm::open(&f.data).unwrap()),
+        [
+            "aes success: encrypt aes-gcm x1",
+            "ec success: sign ecdsa-sha256 x3",
+            "ec success: verify ecdsa-sha256 (invalid) x1",
+            "ec success: verify ecdsa-sha256 (valid) x2",
+        ]
+    );
+    hsm.audit_verify(&aud).unwrap();
 }
 
 #[test]
@@ -554,12 +633,12 @@ fn key_use_strict_refuses_and_batched_recovers_when_the_log_fails() {
     .unwrap();
     hsm.flush_key_use().unwrap();
     // The record of the operation that answered before the failure was kept and written.
-    let uses = hsm
+    let uses: u64 = hsm
         .events()
         .unwrap()
         .iter()
-        .filter(|r| r.event == "key-use")
-        .count();
+        .filter_map(|r| r.key_uses())
+        .sum();
     assert_eq!(
         uses, 4,
         "strict ok, batched first, batched before failure, batched after"

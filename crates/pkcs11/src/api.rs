@@ -59,6 +59,7 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
         }
         state::watch_forks();
         ferrohsm_core::mechanism::install_raw_rsa(&crate::raw_rsa::AwsLcRawRsa);
+        ferrohsm_core::store::install_shared_view(crate::shared_view::map);
         let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
         if let Some(m) = g.take() {
             if m.pid == state::current_pid() {
@@ -89,6 +90,7 @@ pub unsafe fn C_Finalize(reserved: *mut c_void) -> CK_RV {
     let Ok(mut g) = state::MODULE.write() else {
         return CKR_GENERAL_ERROR;
     };
+    state::sessions_changed();
     match g.take() {
         Some(m) if m.pid == state::current_pid() => {
             drop(m);
@@ -674,6 +676,7 @@ pub unsafe fn C_OpenSession(
                 digest: None,
                 // The token's login as it is now (C_Login and C_Logout keep it current).
                 login: m.logins.get(&id).cloned(),
+                key_memo: Default::default(),
             };
             m.sessions.insert(h, Arc::new(Mutex::new(session)));
             Ok(h)
@@ -686,6 +689,7 @@ pub unsafe fn C_OpenSession(
 
 fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
+    state::sessions_changed();
     let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
     // Its session objects go with it.
     if let Some(l) = m.logins.get(&slot) {
@@ -1701,10 +1705,13 @@ unsafe fn op_init(
     let (code, p) = unsafe { mech::read(m)? };
     let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     // The key is looked up once, here; the operation keeps it until it ends.
-    let loaded = s.hsm.load_key(es, key).map_err(|e| match e {
-        HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
-        e => rv(&e),
-    })?;
+    let loaded = s
+        .hsm
+        .load_key_memo(es, key, &mut s.key_memo)
+        .map_err(|e| match e {
+            HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
+            e => rv(&e),
+        })?;
     let a = &loaded.info.attrs;
     let Some(spec) = a.spec else {
         return Err(CKR_KEY_HANDLE_INVALID);
@@ -2419,4 +2426,82 @@ pub unsafe fn C_UnwrapKey(
         unsafe { *out = handle };
         Ok(())
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrohsm_core::hsm::InitOptions;
+    use ferrohsm_core::secret::Pin;
+    use ferrohsm_core::{AuthMode, Hsm, NewSecret};
+
+    /// A thread's memo of its last session must never answer for a closed session, nor for
+    /// one of a finalized module.
+    #[test]
+    fn a_closed_session_is_refused_even_to_the_thread_that_used_it_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut hsm = Hsm::open_or_create(&data).unwrap();
+        hsm.init(InitOptions {
+            label: "memo".into(),
+            mode: AuthMode::Password,
+            so: NewSecret::Password(Pin::password("hsm-so-pw").unwrap()),
+            domain: NewSecret::Password(Pin::password("domain-pw").unwrap()),
+            current_so: None,
+            confirm_destroy: vec![],
+        })
+        .unwrap();
+        drop(hsm);
+        std::env::set_var("FERROHSM_HOME", &data);
+        std::env::remove_var("FERROHSM_PKCS11_CONF");
+        // SAFETY (whole test): every pointer passed is to a live local of the right type and
+        // length, as the PKCS#11 contract asks of callers.
+        unsafe {
+            assert_eq!(C_Initialize(std::ptr::null_mut()), CKR_OK);
+            let mut slots = [0 as CK_SLOT_ID; 4];
+            let mut n = slots.len() as CK_ULONG;
+            assert_eq!(C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n), CKR_OK);
+            let slot = slots[0];
+            let mut pin = *b"so-pin-1";
+            let mut label = [b' '; 32];
+            label[..3].copy_from_slice(b"tok");
+            assert_eq!(
+                C_InitToken(slot, pin.as_mut_ptr(), 8, label.as_mut_ptr()),
+                CKR_OK
+            );
+            let open = || {
+                let mut h: CK_SESSION_HANDLE = 0;
+                let rv =
+                    C_OpenSession(slot, CKF_SERIAL_SESSION, std::ptr::null_mut(), None, &mut h);
+                assert_eq!(rv, CKR_OK);
+                h
+            };
+            let mut mech = CK_MECHANISM {
+                mechanism: CKM_ECDSA,
+                pParameter: std::ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            // Found (then refused for want of a login): the session is this thread's memo now.
+            let h = open();
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_USER_NOT_LOGGED_IN);
+            assert_eq!(C_CloseSession(h), CKR_OK);
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_SESSION_HANDLE_INVALID);
+            // The same while another thread's operation still holds the closed session.
+            let h = open();
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_USER_NOT_LOGGED_IN);
+            let in_flight = state::session_only(h).unwrap();
+            assert_eq!(C_CloseSession(h), CKR_OK);
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_SESSION_HANDLE_INVALID);
+            drop(in_flight);
+            // Across finalize and initialize, handles start again: the old memo must not
+            // answer for the new module.
+            let h = open();
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_USER_NOT_LOGGED_IN);
+            assert_eq!(C_Finalize(std::ptr::null_mut()), CKR_OK);
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_CRYPTOKI_NOT_INITIALIZED);
+            assert_eq!(C_Initialize(std::ptr::null_mut()), CKR_OK);
+            assert_eq!(C_SignInit(h, &mut mech, 1), CKR_SESSION_HANDLE_INVALID);
+            assert_eq!(C_Finalize(std::ptr::null_mut()), CKR_OK);
+        }
+    }
 }

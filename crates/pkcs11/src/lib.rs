@@ -3,7 +3,8 @@
 //! maps attributes ([`attrs`]) and mechanisms ([`mech`]), and calls the engine. No panic
 //! crosses the ABI; every entry point returns a `CKR_*` code. [`raw_rsa`] is the one piece
 //! of cryptography here: AWS-LC's raw RSA, which aws-lc-rs does not expose, handed to the
-//! engine as a provider.
+//! engine as a provider; [`shared_view`] maps the store's WAL index so that the engine's
+//! per-operation change check needs no system call.
 //!
 //! Configuration: the file named by `FERROHSM_PKCS11_CONF` (lines `data_dir = …` and
 //! `ped_dir = …`), else `FERROHSM_HOME` and `FERROHSM_PED_DIR`, else `./ferrohsm-data` and
@@ -16,6 +17,7 @@ pub mod entry;
 pub mod ffi;
 pub mod mech;
 pub mod raw_rsa;
+pub mod shared_view;
 pub mod state;
 
 use cryptoki_sys::{CKR_GENERAL_ERROR, CK_RV};

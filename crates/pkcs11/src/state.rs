@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use cryptoki_sys::*;
+use ferrohsm_core::hsm::KeyMemo;
 use ferrohsm_core::mechanism::Mechanism;
 use ferrohsm_core::{Hsm, HsmError, Session as EngineSession};
 
@@ -113,16 +114,21 @@ pub struct Session {
     /// (set at `C_Login` and `C_OpenSession`, cleared at `C_Logout`) so that an operation
     /// reads it from its own session without touching shared state.
     pub login: Option<Arc<Login>>,
+    /// The key this session last used, found again without the login's shared key cache
+    /// (cleared whenever the login changes, so no key outlives its login here).
+    pub key_memo: KeyMemo,
 }
 
 impl Session {
-    /// Ends every operation that holds a key or a search over private objects (at logout).
+    /// Ends every operation that holds a key or a search over private objects, and forgets the
+    /// last key used (at logout).
     pub fn end_key_operations(&mut self) {
         self.sign = None;
         self.verify = None;
         self.encrypt = None;
         self.decrypt = None;
         self.find = None;
+        self.key_memo.clear();
     }
 }
 
@@ -161,8 +167,31 @@ pub const POOL_MAX: usize = 16;
 static PID: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn forget_pid_in_child() {
-    // Async-signal-safe: one atomic store.
+    // Async-signal-safe: atomic operations only. The child's threads-local session memos
+    // (copied from the forking thread) must not outlive the fork either.
     PID.store(0, Ordering::Relaxed);
+    sessions_changed();
+}
+
+/// Moves on whenever a session handle stops being valid (a session closed, the module
+/// finalized or initialised, a fork), so that a thread's memo of its last session
+/// ([`session_only`]) is never used after its session is gone.
+static SESSIONS_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Records that some session handle may no longer be valid (see [`SESSIONS_EPOCH`]).
+pub fn sessions_changed() {
+    SESSIONS_EPOCH.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A thread's memo of its last session: the epoch it was looked up at, its handle, and the
+/// session.
+type SessionMemo = Option<(u64, CK_SESSION_HANDLE, Weak<Mutex<Session>>)>;
+
+thread_local! {
+    /// The session this thread last used, with the epoch it was looked up at. Weak, so that
+    /// a closed session's engine handle is released (or pooled) as if the memo were not there.
+    static LAST_SESSION: std::cell::RefCell<SessionMemo> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// This process's id (see [`PID`]).
@@ -213,14 +242,26 @@ pub fn with_module_mut<T>(f: impl FnOnce(&mut Module) -> Rv<T>) -> Rv<T> {
     }
 }
 
-/// The session `h` (operations take the login from it: see [`Session::login`]).
+/// The session `h` (operations take the login from it: see [`Session::login`]). A thread
+/// that keeps using one session finds it again without the module lock, whose shared counter
+/// two threads calling at once would otherwise contend for on every call.
 pub fn session_only(h: CK_SESSION_HANDLE) -> Rv<Arc<Mutex<Session>>> {
-    with_module(|m| {
+    let epoch = SESSIONS_EPOCH.load(Ordering::SeqCst);
+    let memo = LAST_SESSION.with(|l| match &*l.borrow() {
+        Some((e, lh, s)) if *e == epoch && *lh == h => s.upgrade(),
+        _ => None,
+    });
+    if let Some(s) = memo {
+        return Ok(s);
+    }
+    let s = with_module(|m| {
         m.sessions
             .get(&h)
             .cloned()
             .ok_or(CKR_SESSION_HANDLE_INVALID)
-    })
+    })?;
+    LAST_SESSION.with(|l| *l.borrow_mut() = Some((epoch, h, Arc::downgrade(&s))));
+    Ok(s)
 }
 
 /// Sets the login every session of `slot` sees.
@@ -229,6 +270,7 @@ pub fn share_login(m: &Module, slot: CK_SLOT_ID, login: Option<&Arc<Login>>) -> 
         let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
         if x.slot == slot {
             x.login = login.cloned();
+            x.key_memo.clear();
         }
     }
     Ok(())

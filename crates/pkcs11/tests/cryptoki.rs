@@ -1603,3 +1603,69 @@ fn public_keys_enter_in_clear_and_verify() {
         assert_eq!(err(ro.create_object(&tpl).unwrap_err()), want, "{tpl:?}");
     }
 }
+
+/// The other process of the test below: logs in through the engine, destroys one object and
+/// exits. Runs only when the parent test starts it.
+#[test]
+#[ignore = "helper process for a_key_destroyed_by_another_process_is_refused_at_once"]
+fn helper_destroy_object_in_child_process() {
+    let (Some(dir), Some(handle)) = (
+        std::env::var_os("FH_P11_TEST_DATA"),
+        std::env::var("FH_P11_TEST_HANDLE").ok(),
+    ) else {
+        return;
+    };
+    let mut hsm = Hsm::open(std::path::Path::new(&dir)).unwrap();
+    let co = hsm
+        .login(
+            ferrohsm_core::Role::CryptoOfficer,
+            Some("tok"),
+            ferrohsm_core::Credential::Secret(Pin::password("user-pin-1").unwrap()),
+        )
+        .unwrap();
+    hsm.destroy_object(&co, handle.parse().unwrap()).unwrap();
+}
+
+/// The module notices commits by other processes through its map of the store's WAL index;
+/// a key destroyed elsewhere must be refused by the very next operation, even though this
+/// session has the key loaded and remembered from the operations before.
+#[test]
+fn a_key_destroyed_by_another_process_is_refused_at_once() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (_, ec_priv) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(p256)],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    for _ in 0..3 {
+        s.sign(&Mechanism::Ecdsa, ec_priv, &[7u8; 32]).unwrap();
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_destroy_object_in_child_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(
+            "FH_P11_TEST_DATA",
+            std::env::var_os("FERROHSM_HOME").unwrap(),
+        )
+        .env("FH_P11_TEST_HANDLE", ec_priv.handle().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        err(s.sign(&Mechanism::Ecdsa, ec_priv, &[7u8; 32]).unwrap_err()),
+        RvError::KeyHandleInvalid
+    );
+}
