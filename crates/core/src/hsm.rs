@@ -2870,6 +2870,28 @@ impl Hsm {
         Ok(ct)
     }
 
+    /// [`Hsm::encrypt_loaded`] with a secret key, over the first `len` bytes of `buf` where
+    /// they lie (see [`mechanism::encrypt_in_place`]); returns the ciphertext's length.
+    pub fn encrypt_loaded_in_place(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        p: &Params,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize> {
+        self.may_use(s, k, "encrypt", k.info.attrs.encrypt, "CKA_ENCRYPT")?;
+        if k.info.attrs.class != ObjectClass::SecretKey {
+            return Err(HsmError::InvalidInput(
+                "only secret keys encrypt in place".into(),
+            ));
+        }
+        let n = mechanism::encrypt_in_place(k.material()?, mech, p, buf, len)?;
+        self.audit_key_use(s, k, KeyUse::Encrypt(mech))?;
+        Ok(n)
+    }
+
     /// Decrypts with a secret or private key (Crypto Officer or Crypto User).
     pub fn decrypt(
         &mut self,

@@ -914,10 +914,11 @@ fn gcm_nonce(p: &Params) -> Result<aead::Nonce> {
 /// Encrypts with a secret key.
 pub fn encrypt(key: &Key, mech: Mechanism, p: &Params, data: &[u8]) -> Result<Vec<u8>> {
     match (&key.parsed, mech) {
-        (Parsed::Aes(k), Mechanism::AesGcm) => {
-            let mut buf = data.to_vec();
-            k.seal_in_place_append_tag(gcm_nonce(p)?, aead::Aad::from(&p.aad), &mut buf)
-                .map_err(|_| failed("AES-GCM encryption"))?;
+        (Parsed::Aes(_), Mechanism::AesGcm) => {
+            let mut buf = vec![0; data.len() + GCM_TAG_LEN];
+            buf[..data.len()].copy_from_slice(data);
+            let n = encrypt_in_place(key, mech, p, &mut buf, data.len())?;
+            buf.truncate(n);
             Ok(buf)
         }
         (
@@ -930,6 +931,44 @@ pub fn encrypt(key: &Key, mech: Mechanism, p: &Params, data: &[u8]) -> Result<Ve
             | Mechanism::Des3Cbc,
         ) => block_cipher(key.spec, key.bytes.expose(), mech, p, data, true),
         _ => Err(mismatch(key.spec, mech)),
+    }
+}
+
+/// AES-GCM's tag length (the only one offered).
+pub const GCM_TAG_LEN: usize = 16;
+
+/// Encrypts the first `len` bytes of `buf` where they lie, returning the ciphertext's length,
+/// which must fit in `buf` (AES-GCM: `len` + [`GCM_TAG_LEN`]): for callers that own an
+/// output buffer already, so that the message is not copied again. Other mechanisms than
+/// AES-GCM go through [`encrypt`] and are copied back.
+pub fn encrypt_in_place(
+    key: &Key,
+    mech: Mechanism,
+    p: &Params,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<usize> {
+    let too_small = || HsmError::InvalidInput("the output buffer is too small".into());
+    if len > buf.len() {
+        return Err(too_small());
+    }
+    match (&key.parsed, mech) {
+        (Parsed::Aes(k), Mechanism::AesGcm) => {
+            let (msg, rest) = buf.split_at_mut(len);
+            let tag_out = rest.get_mut(..GCM_TAG_LEN).ok_or_else(too_small)?;
+            let tag = k
+                .seal_in_place_separate_tag(gcm_nonce(p)?, aead::Aad::from(&p.aad), msg)
+                .map_err(|_| failed("AES-GCM encryption"))?;
+            tag_out.copy_from_slice(tag.as_ref());
+            Ok(len + GCM_TAG_LEN)
+        }
+        _ => {
+            let ct = encrypt(key, mech, p, &buf[..len])?;
+            buf.get_mut(..ct.len())
+                .ok_or_else(too_small)?
+                .copy_from_slice(&ct);
+            Ok(ct.len())
+        }
     }
 }
 
@@ -1542,6 +1581,35 @@ mod tests {
                 assert_eq!(point[0], 0x04, "{spec}");
                 assert_eq!(point[header - 1] as usize, n - header, "{spec}");
             }
+        }
+    }
+
+    #[test]
+    fn encrypting_in_place_gives_what_encrypting_a_copy_gives() {
+        let g = generate(KeySpec::Aes256).unwrap();
+        let k = key(KeySpec::Aes256, g.private.expose());
+        let p = Params {
+            iv: vec![9; 16],
+            aad: b"hdr".to_vec(),
+            ..Default::default()
+        };
+        let gcm = Params {
+            iv: vec![9; 12],
+            ..p.clone()
+        };
+        let msg = [0x42u8; 100];
+        for (mech, p) in [(Mechanism::AesGcm, &gcm), (Mechanism::AesCbcPad, &p)] {
+            let want = super::encrypt(&k, mech, p, &msg).unwrap();
+            let mut buf = vec![0u8; want.len() + 5];
+            buf[..msg.len()].copy_from_slice(&msg);
+            let n = encrypt_in_place(&k, mech, p, &mut buf, msg.len()).unwrap();
+            assert_eq!(&buf[..n], &want[..], "{mech}");
+            // No room for the tag or padding: refused, not truncated.
+            let mut short = msg.to_vec();
+            assert!(matches!(
+                encrypt_in_place(&k, mech, p, &mut short, msg.len()),
+                Err(HsmError::InvalidInput(_))
+            ));
         }
     }
 

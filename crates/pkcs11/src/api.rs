@@ -2028,6 +2028,32 @@ unsafe fn cipher(
             return Ok(true);
         }
         let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        if (mech, k) == (Mechanism::AesGcm, Kind::Encrypt) {
+            // Sealed where the caller wants it: one copy of the message, as a direct caller
+            // of the crypto library would make.
+            // SAFETY: length_only confirmed `out` holds at least `need` bytes; nothing else
+            // touches it while `buf` lives.
+            if let Some(buf) = unsafe { ffi::output_with(out, need, d) } {
+                return match s
+                    .hsm
+                    .encrypt_loaded_in_place(es, key, mech, params, buf, d.len())
+                {
+                    Ok(n) => {
+                        // SAFETY: out_len is valid per contract (checked by length_only).
+                        unsafe { ffi::put(out_len, n as CK_ULONG)? };
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        // Leave no copy of the message behind in the output.
+                        buf.fill(0);
+                        Err(match e {
+                            HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
+                            e => rv(&e),
+                        })
+                    }
+                };
+            }
+        }
         let result = match k {
             Kind::Encrypt => {
                 s.hsm

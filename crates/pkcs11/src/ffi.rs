@@ -110,6 +110,32 @@ pub unsafe fn length_only(need: usize, out: *mut CK_BYTE, len: *mut CK_ULONG) ->
     Ok(false)
 }
 
+/// Copies `input` to the start of the caller's output buffer and borrows the buffer's first
+/// `len` bytes (the rest zeroed), so that an operation can finish the output where it lies
+/// instead of copying it there afterwards. `None` when `out` is NULL, `len` is shorter than
+/// `input`, or the two overlap (an in-place call): the caller then takes the copying path.
+///
+/// # Safety
+/// `out` must be NULL or valid for writes of `len` bytes, and not be accessed in any other
+/// way while the borrow lives.
+pub unsafe fn output_with<'a>(out: *mut CK_BYTE, len: usize, input: &[u8]) -> Option<&'a mut [u8]> {
+    if out.is_null() || len < input.len() {
+        return None;
+    }
+    let (o, i) = (out as usize, input.as_ptr() as usize);
+    if o < i.checked_add(input.len())? && i < o.checked_add(len)? {
+        return None;
+    }
+    // SAFETY: `out` is valid for `len >= input.len()` bytes and does not overlap `input`
+    // (checked above). Every byte is written before the slice is formed, so the borrow covers
+    // initialised memory only, whatever the caller's buffer held.
+    unsafe {
+        std::ptr::copy_nonoverlapping(input.as_ptr(), out, input.len());
+        std::ptr::write_bytes(out.add(input.len()), 0, len - input.len());
+        Some(std::slice::from_raw_parts_mut(out, len))
+    }
+}
+
 /// A blank-padded fixed-width field, as PKCS#11 info structures use.
 pub fn padded<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [b' '; N];
@@ -159,4 +185,35 @@ pub unsafe fn template(
             Ok((a.type_, v.to_vec()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_with_copies_and_zero_fills_but_never_aliases_its_input() {
+        let input = [1u8, 2, 3];
+        let mut out = [0xeeu8; 6];
+        // SAFETY: `out` is a live local of 6 bytes, used only through the borrow.
+        let b = unsafe { output_with(out.as_mut_ptr(), 5, &input) }.unwrap();
+        assert_eq!(b, &[1, 2, 3, 0, 0]);
+        assert_eq!(out[5], 0xee, "nothing past the length is touched");
+        // An in-place call (input inside the output) or a short output takes the other path.
+        let mut buf = [0u8; 8];
+        let p = buf.as_mut_ptr();
+        // SAFETY: both views are of the live local `buf`; the function only compares
+        // addresses before refusing.
+        let (inside, over_end) = unsafe {
+            (
+                output_with(p, 8, std::slice::from_raw_parts(p.add(2), 3)),
+                output_with(p.add(4), 4, std::slice::from_raw_parts(p, 6)),
+            )
+        };
+        assert!(inside.is_none() && over_end.is_none());
+        // SAFETY: NULL is refused before any access.
+        assert!(unsafe { output_with(std::ptr::null_mut(), 5, &input) }.is_none());
+        // SAFETY: refused on length before any access.
+        assert!(unsafe { output_with(out.as_mut_ptr(), 2, &input) }.is_none());
+    }
 }
