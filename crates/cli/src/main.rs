@@ -621,9 +621,10 @@ pub enum AuditConfigCmd {
 pub enum KeyUseArg {
     /// Not recorded.
     Off,
-    /// Durable before the answer.
+    /// A record per use, durable before the answer.
     Strict,
-    /// Durable within --batch-ms.
+    /// Every use counted; one record per role, key and operation per --batch-ms window,
+    /// durable within it.
     Batched,
 }
 

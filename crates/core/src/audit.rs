@@ -32,10 +32,11 @@ CREATE TABLE IF NOT EXISTS audit_state(kind TEXT PRIMARY KEY, sealed BLOB NOT NU
 pub enum KeyUseAudit {
     /// Not recorded.
     Off,
-    /// Durable before the answer; concurrent operations share one flush.
+    /// A record per use, durable before the answer; concurrent operations share one flush.
     Strict,
-    /// Durable within `max_ms`; after a failed flush every key use is refused until a flush
-    /// succeeds.
+    /// Every use counted, one record per role, key and operation in each window of
+    /// `max_ms`, durable within it; after a failed flush every key use is refused until a
+    /// flush succeeds.
     Batched {
         /// Longest a record may wait in memory.
         max_ms: u64,
