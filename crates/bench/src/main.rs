@@ -146,10 +146,10 @@ fn populate_p11(t: &Target, from: usize, count: usize) {
 
 /// Lookups by label per second, each a C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal
 /// round for one of `n` labels that matches exactly one object.
-fn find_rate(t: &Target, n: usize, secs: f64) -> f64 {
+fn find_rate(t: &Target, n: usize, threads: usize, secs: f64) -> f64 {
     let (p11, slot) = (t.p11.clone(), t.slot);
     rate(
-        1,
+        threads,
         secs,
         move || p11.open_ro_session(slot).expect("session"),
         move |s: &mut Session, i| {
@@ -160,6 +160,74 @@ fn find_rate(t: &Target, n: usize, secs: f64) -> f64 {
             assert_eq!(found.len(), 1, "one object per label");
         },
     )
+}
+
+/// A key-pair mechanism and its public-key template (the private key is a token object).
+type KeyGen = (Mechanism<'static>, Vec<Attribute>);
+
+/// Milliseconds per C_GenerateKeyPair, `per_thread` of them in each of `threads` threads
+/// running at once, one session each.
+fn keygen_latencies(
+    t: &Target,
+    threads: usize,
+    per_thread: usize,
+    gen: fn() -> KeyGen,
+) -> Vec<f64> {
+    let (p11, slot) = (&t.p11, t.slot);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                sc.spawn(move || {
+                    let s = p11.open_rw_session(slot).expect("session");
+                    let gen = gen();
+                    (0..per_thread.max(1))
+                        .map(|_| {
+                            let t0 = Instant::now();
+                            s.generate_key_pair(&gen.0, &gen.1, &[Attribute::Token(true)])
+                                .expect("keygen");
+                            t0.elapsed().as_secs_f64() * 1000.0
+                        })
+                        .collect::<Vec<f64>>()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("keygen thread"))
+            .collect()
+    })
+}
+
+/// Initialises another token (the module's next uninitialised one) with the bench's PINs,
+/// for rows where each thread needs a token of its own; returns its slot.
+fn extra_token(p11: &Pkcs11, label: &str) -> Slot {
+    let free = *p11
+        .get_slots_with_token()
+        .expect("slots")
+        .iter()
+        .find(|s| {
+            !p11.get_token_info(**s)
+                .map(|t| t.token_initialized())
+                .unwrap_or(true)
+        })
+        .expect("an uninitialised token");
+    p11.init_token(free, &pin(SO_PIN), label)
+        .expect("C_InitToken");
+    // SoftHSMv2 moves a token to a new slot id at C_InitToken; find it by label.
+    let slot = *p11
+        .get_slots_with_token()
+        .expect("slots")
+        .iter()
+        .find(|s| {
+            p11.get_token_info(**s)
+                .map(|t| t.label() == label)
+                .unwrap_or(false)
+        })
+        .expect("the initialised token");
+    let s = p11.open_rw_session(slot).expect("session");
+    s.login(UserType::So, Some(&pin(SO_PIN))).expect("SO login");
+    s.init_pin(&pin(USER_PIN)).expect("C_InitPIN");
+    s.logout().expect("logout");
+    slot
 }
 
 const USER_PIN: &str = "bench-user-pin";
@@ -245,33 +313,8 @@ fn load(path: &PathBuf) -> Pkcs11 {
 }
 
 fn token(name: &'static str, p11: Pkcs11) -> Target {
-    let slot = *p11
-        .get_slots_with_token()
-        .expect("slots")
-        .iter()
-        .find(|s| {
-            !p11.get_token_info(**s)
-                .map(|t| t.token_initialized())
-                .unwrap_or(true)
-        })
-        .expect("an uninitialised token");
-    p11.init_token(slot, &pin(SO_PIN), "bench")
-        .expect("C_InitToken");
-    // SoftHSMv2 moves a token to a new slot id at C_InitToken; find it by label.
-    let slot = *p11
-        .get_slots_with_token()
-        .expect("slots")
-        .iter()
-        .find(|s| {
-            p11.get_token_info(**s)
-                .map(|t| t.label() == "bench")
-                .unwrap_or(false)
-        })
-        .expect("the initialised token");
+    let slot = extra_token(&p11, "bench");
     let s = p11.open_rw_session(slot).expect("session");
-    s.login(UserType::So, Some(&pin(SO_PIN))).expect("SO login");
-    s.init_pin(&pin(USER_PIN)).expect("C_InitPIN");
-    s.logout().expect("logout");
     s.login(UserType::User, Some(&pin(USER_PIN)))
         .expect("user login");
     let t = Attribute::Token(true);
@@ -809,70 +852,57 @@ fn main() {
             }
         }
     }
-    // Latencies and rounds that are not per-key operations.
+    // Latencies and rounds that are not per-key operations, each with one thread and with
+    // two (one session each).
+    let rsa_gen: fn() -> KeyGen = || {
+        (
+            Mechanism::RsaPkcsKeyPairGen,
+            vec![Attribute::Token(true), Attribute::ModulusBits(2048.into())],
+        )
+    };
+    let ec_gen: fn() -> KeyGen = || {
+        (
+            Mechanism::EccKeyPairGen,
+            vec![
+                Attribute::Token(true),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+            ],
+        )
+    };
     for (name, t) in [("ferrohsm", &ferro), ("SoftHSMv2", &soft)] {
-        let s = session(t);
-        let time = |f: &dyn Fn()| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1000.0
-        };
-        let rsa: Vec<f64> = (0..5)
-            .map(|_| {
-                time(&|| {
-                    s.generate_key_pair(
-                        &Mechanism::RsaPkcsKeyPairGen,
-                        &[Attribute::Token(true), Attribute::ModulusBits(2048.into())],
-                        &[Attribute::Token(true)],
-                    )
-                    .expect("keygen");
-                })
-            })
-            .collect();
-        let ec: Vec<f64> = (0..20)
-            .map(|_| {
-                time(&|| {
-                    s.generate_key_pair(
-                        &Mechanism::EccKeyPairGen,
-                        &[
-                            Attribute::Token(true),
-                            Attribute::EcParams(vec![
-                                0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
-                            ]),
-                        ],
-                        &[Attribute::Token(true)],
-                    )
-                    .expect("keygen");
-                })
-            })
-            .collect();
-        let (rm, rlo, rhi) = stats(rsa);
-        let (em, elo, ehi) = stats(ec);
-        println!(
-            "{:<40} {name:<10} median {rm:8.1} ms [{rlo:.1}..{rhi:.1}]",
-            "C_GenerateKeyPair RSA-2048 latency"
-        );
-        println!(
-            "{:<40} {name:<10} median {em:8.2} ms [{elo:.2}..{ehi:.2}]",
-            "C_GenerateKeyPair EC P-256 latency"
-        );
-        let p11 = t.p11.clone();
-        let slot = t.slot;
-        let open_close = rate(
-            1,
-            args.seconds,
-            move || p11.clone(),
-            move |p, _| {
-                p.open_ro_session(slot)
-                    .expect("open")
-                    .close()
-                    .expect("close");
-            },
-        );
-        println!(
-            "{:<40} {name:<10} {open_close:8.0} rounds/s",
-            "C_OpenSession + C_CloseSession"
-        );
+        for threads in [1usize, 2] {
+            for (what, gen, per_thread, digits) in [
+                ("RSA-2048", rsa_gen, 6 / threads, 1),
+                ("EC P-256", ec_gen, 20, 2),
+            ] {
+                let (m, lo, hi) = stats(keygen_latencies(t, threads, per_thread, gen));
+                println!(
+                    "{:<40} {name:<10} {threads} thr median {m:8.digits$} ms [{lo:.digits$}..{hi:.digits$}]",
+                    format!("C_GenerateKeyPair {what} latency")
+                );
+            }
+        }
+        for threads in [1usize, 2] {
+            let p11 = t.p11.clone();
+            let slot = t.slot;
+            let open_close = rate(
+                threads,
+                args.seconds,
+                move || p11.clone(),
+                move |p, _| {
+                    p.open_ro_session(slot)
+                        .expect("open")
+                        .close()
+                        .expect("close");
+                },
+            );
+            println!(
+                "{:<40} {name:<10} {threads} thr {open_close:8.0} rounds/s",
+                "C_OpenSession + C_CloseSession"
+            );
+        }
     }
     // C_FindObjects as the store grows: both stores get the same labels; SoftHSMv2 is
     // filled only to --softhsm-find-max (through PKCS#11, a file per object).
@@ -882,11 +912,11 @@ fn main() {
         .is_none_or(|o| "C_FindObjects".contains(o.as_str()))
     {
         println!(
-            "{:<40} {:>8} {:>26} {:>26} {:>12}",
-            "C_FindObjects by label (1 match)", "objects", "ferrohsm", "SoftHSMv2", "f/soft"
+            "{:<40} {:>8} {:>3} {:>26} {:>26} {:>12}",
+            "C_FindObjects by label (1 match)", "objects", "thr", "ferrohsm", "SoftHSMv2", "f/soft"
         );
         let mut have = 0usize;
-        let mut first: Option<f64> = None;
+        let mut first: [Option<f64>; 2] = [None, None];
         for n in [1_000usize, 10_000, 100_000] {
             if n > args.find_max {
                 break;
@@ -897,51 +927,64 @@ fn main() {
                 populate_p11(&soft, have, n - have);
             }
             have = n;
-            let (mut f, mut s) = (vec![], vec![]);
-            for _ in 0..args.rounds {
-                f.push(find_rate(&ferro, n, args.seconds));
-                if soft_ok {
-                    s.push(find_rate(&soft, n, args.seconds));
+            for threads in [1usize, 2] {
+                let (mut f, mut s) = (vec![], vec![]);
+                for _ in 0..args.rounds {
+                    f.push(find_rate(&ferro, n, threads, args.seconds));
+                    if soft_ok {
+                        s.push(find_rate(&soft, n, threads, args.seconds));
+                    }
                 }
+                let fs = stats(f);
+                let base = *first[threads - 1].get_or_insert(fs.0);
+                let soft_col = if soft_ok {
+                    let ss = stats(s);
+                    (fmt(ss), format!("{:.2}", fs.0 / ss.0.max(1e-9)))
+                } else {
+                    ("not filled".to_string(), "-".to_string())
+                };
+                println!(
+                    "{:<40} {:>8} {:>3} {:>26} {:>26} {:>12}   {:.1} µs/lookup, {:.2}x the 1,000-object time",
+                    "C_FindObjects by label (1 match)",
+                    n,
+                    threads,
+                    fmt(fs),
+                    soft_col.0,
+                    soft_col.1,
+                    1e6 * threads as f64 / fs.0,
+                    base / fs.0
+                );
             }
-            let fs = stats(f);
-            let base = *first.get_or_insert(fs.0);
-            let soft_col = if soft_ok {
-                let ss = stats(s);
-                (fmt(ss), format!("{:.2}", fs.0 / ss.0.max(1e-9)))
-            } else {
-                ("not filled".to_string(), "-".to_string())
-            };
-            println!(
-                "{:<40} {:>8} {:>26} {:>26} {:>12}   {:.1} µs/lookup, {:.2}x the 1,000-object time",
-                "C_FindObjects by label (1 match)",
-                n,
-                fmt(fs),
-                soft_col.0,
-                soft_col.1,
-                1e6 / fs.0,
-                base / fs.0
-            );
         }
     }
-    // Last: logging out ends the login every other session of the token shares.
+    // Last: logging out ends the login every other session of the token shares. With two
+    // threads each logs in and out of its own token (a login belongs to the token, so two
+    // threads on one token would log each other out).
     for (name, t) in [("ferrohsm", &ferro), ("SoftHSMv2", &soft)] {
         let _ = session(t).logout();
-        let (p11, slot) = (t.p11.clone(), t.slot);
-        let rounds = rate(
-            1,
-            args.seconds,
-            move || p11.open_rw_session(slot).expect("session"),
-            move |s: &mut Session, _| {
-                s.login(UserType::User, Some(&pin(USER_PIN)))
-                    .expect("login");
-                s.logout().expect("logout");
-            },
-        );
-        println!(
-            "{:<40} {name:<10} {rounds:8.1} rounds/s",
-            "C_Login + C_Logout (user PIN)"
-        );
+        let second = extra_token(&t.p11, "bench2");
+        for threads in [1usize, 2] {
+            let p11 = t.p11.clone();
+            let slots = [t.slot, second];
+            let next = Arc::new(AtomicU64::new(0));
+            let rounds = rate(
+                threads,
+                args.seconds,
+                move || {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize % 2;
+                    p11.open_rw_session(slots[i]).expect("session")
+                },
+                move |s: &mut Session, _| {
+                    s.login(UserType::User, Some(&pin(USER_PIN)))
+                        .expect("login");
+                    s.logout().expect("logout");
+                },
+            );
+            println!(
+                "{:<40} {name:<10} {threads} thr {rounds:8.1} rounds/s",
+                "C_Login + C_Logout (user PIN)"
+            );
+        }
     }
     let _ = (ferro.name, soft.name);
 }

@@ -778,10 +778,11 @@ pub unsafe fn C_Login(
                 CKR_USER_ANOTHER_ALREADY_LOGGED_IN
             });
         }
-        let (slot, label, ped_dir) = {
+        // The module lock first, never while a session is locked (see `state::MODULE`).
+        let ped_dir = with_module(|m| Ok(m.config.ped_dir.clone()))?;
+        let (slot, label) = {
             let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-            let ped_dir = with_module(|m| Ok(m.config.ped_dir.clone()))?;
-            (s.slot, s.label.clone(), ped_dir)
+            (s.slot, s.label.clone())
         };
         if user == CKU_SO {
             let ro = with_module(|m| {

@@ -222,6 +222,10 @@ pub fn watch_forks() {
 }
 
 /// The module state; `None` until `C_Initialize`.
+///
+/// Lock order: this lock before any session's mutex. Code holding a session's mutex must not
+/// take this lock (a thread logging out holds it for writing while it visits every session,
+/// so the two would wait on each other for ever).
 pub static MODULE: RwLock<Option<Module>> = RwLock::new(None);
 
 /// Runs `f` with the initialised module (read access).

@@ -1669,3 +1669,53 @@ fn a_key_destroyed_by_another_process_is_refused_at_once() {
         RvError::KeyHandleInvalid
     );
 }
+
+/// Two threads logging in and out of two tokens at once (found by the benchmark: a login
+/// took the module lock while holding its session, a logout held the module lock while
+/// visiting every session, and the two waited on each other for ever). A watchdog turns a
+/// deadlock into a failure instead of a hung run.
+#[test]
+fn concurrent_logins_and_logouts_on_two_tokens_never_deadlock() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    s.logout().unwrap();
+    drop(s);
+    let spare = *f
+        .p11()
+        .get_slots_with_token()
+        .unwrap()
+        .iter()
+        .find(|x| !f.p11().get_token_info(**x).unwrap().token_initialized())
+        .expect("a spare token");
+    f.p11().init_token(spare, &pin("so-pin-2"), "tok2").unwrap();
+    let s2 = f.p11().open_rw_session(spare).unwrap();
+    s2.login(UserType::So, Some(&pin("so-pin-2"))).unwrap();
+    s2.init_pin(&pin("user-pin-2")).unwrap();
+    s2.logout().unwrap();
+    drop(s2);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for (slot, user_pin) in [(slot, "user-pin-1"), (spare, "user-pin-2")] {
+        let p11 = f.p11().clone();
+        let done = done_tx.clone();
+        std::thread::spawn(move || {
+            let s = p11.open_rw_session(slot).unwrap();
+            for _ in 0..15 {
+                s.login(UserType::User, Some(&pin(user_pin))).unwrap();
+                s.logout().unwrap();
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for _ in 0..2 {
+        if done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            // The module's locks are stuck for good: unwinding would hang in C_Finalize, and
+            // so would every later test in this process. Fail the whole run loudly instead.
+            eprintln!("DEADLOCK: concurrent C_Login/C_Logout on two tokens never finished");
+            std::process::abort();
+        }
+    }
+}
