@@ -652,8 +652,8 @@ pub unsafe fn C_OpenSession(
             if flags & CKF_RW_SESSION == 0 && m.logins.get(&id).is_some_and(|l| l.user == CKU_SO) {
                 return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
             }
-            let pooled = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop();
-            Ok((m.config.clone(), label, pooled))
+            let (pooled, config) = state::pooled_hsm(m)?;
+            Ok((config, label, pooled))
         })?;
         // Each session has its own handle on the store, so sessions run in parallel.
         let hsm = match pooled {
@@ -699,10 +699,7 @@ fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     // session (it is then dropped with the last reference).
     if let Ok(session) = Arc::try_unwrap(s) {
         let session = session.into_inner().map_err(|_| CKR_GENERAL_ERROR)?;
-        let mut pool = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if pool.len() < state::POOL_MAX {
-            pool.push(session.hsm);
-        }
+        state::pool_hsm(m, session.hsm)?;
     }
     // The last session of a token logs its user out.
     let others = m
@@ -779,7 +776,8 @@ pub unsafe fn C_Login(
             });
         }
         // The module lock first, never while a session is locked (see `state::MODULE`).
-        let ped_dir = with_module(|m| Ok(m.config.ped_dir.clone()))?;
+        let (ped_dir, (pooled, config)) =
+            with_module(|m| Ok((m.config.ped_dir.clone(), state::pooled_hsm(m)?)))?;
         let (slot, label) = {
             let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
             (s.slot, s.label.clone())
@@ -804,27 +802,31 @@ pub unsafe fn C_Login(
                 e
             }
         })?;
-        let engine = {
-            let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-            let mode = s
-                .hsm
+        // The PIN derivation runs on an engine handle of its own, holding no lock: the
+        // session stays free for the module's visits (other logins, logouts, closes).
+        let mut hsm = match pooled {
+            Some(h) => h,
+            None => state::open_hsm(&config)?,
+        };
+        let engine = (|| {
+            let mode = hsm
                 .info()
                 .map_err(|e| rv(&e))?
                 .auth_mode
                 .ok_or(CKR_DEVICE_ERROR)?;
             let result = match (mode, pin, role) {
                 (AuthMode::Password, Some(p), _) => {
-                    s.hsm.login(role, Some(&label), Credential::Secret(p))
+                    hsm.login(role, Some(&label), Credential::Secret(p))
                 }
                 (AuthMode::Password, None, _) => return Err(CKR_ARGUMENTS_BAD),
                 // An activated Crypto Officer or User: the challenge secret as PIN.
                 (AuthMode::Ped, Some(p), Role::CryptoOfficer | Role::CryptoUser) => {
-                    s.hsm.login(role, Some(&label), Credential::Secret(p))
+                    hsm.login(role, Some(&label), Credential::Secret(p))
                 }
                 // Otherwise the PED: the role's key files in the configured PED directory.
                 (AuthMode::Ped, _, _) => {
                     let prefix = ferrohsm_core::ped::default_key_prefix(
-                        s.hsm.serial(),
+                        hsm.serial(),
                         Some(&label),
                         role.short(),
                     );
@@ -837,16 +839,24 @@ pub unsafe fn C_Login(
                         pin,
                         ..Default::default()
                     });
-                    s.hsm.login(role, Some(&label), Credential::Ped(&mut ped))
+                    hsm.login(role, Some(&label), Credential::Ped(&mut ped))
                 }
             };
             result.map_err(|e| match e {
                 HsmError::State(_) if role == Role::CryptoOfficer => CKR_USER_PIN_NOT_INITIALIZED,
                 HsmError::Refused(_) | HsmError::InvalidInput(_) => CKR_PIN_INCORRECT,
                 e => rv(&e),
-            })?
-        };
+            })
+        })();
+        with_module(|m| state::pool_hsm(m, hsm))?;
+        let engine = engine?;
         with_module_mut(|m| {
+            // The session may have been closed while the PIN was checked (it is not locked
+            // meanwhile): a login with no session would outlive the rule that the last
+            // session's close logs out.
+            if !m.sessions.contains_key(&h) {
+                return Err(CKR_SESSION_HANDLE_INVALID);
+            }
             // Another thread's login may have landed while this one checked its PIN.
             if let Some(l) = m.logins.get(&slot) {
                 return Err(if l.user == user {
@@ -2463,9 +2473,9 @@ mod tests {
     use ferrohsm_core::{AuthMode, Hsm, NewSecret};
 
     /// A thread's memo of its last session must never answer for a closed session, nor for
-    /// one of a finalized module.
+    /// one of a finalized module; a session closed during its own login leaves no login.
     #[test]
-    fn a_closed_session_is_refused_even_to_the_thread_that_used_it_last() {
+    fn closed_sessions_are_refused_and_leave_no_login_behind() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let mut hsm = Hsm::open_or_create(&data).unwrap();
@@ -2528,6 +2538,35 @@ mod tests {
             assert_eq!(C_SignInit(h, &mut mech, 1), CKR_CRYPTOKI_NOT_INITIALIZED);
             assert_eq!(C_Initialize(std::ptr::null_mut()), CKR_OK);
             assert_eq!(C_SignInit(h, &mut mech, 1), CKR_SESSION_HANDLE_INVALID);
+
+            // A login checks its PIN without holding its session, so the session can be
+            // closed meanwhile. Whatever the interleaving, no login may outlive the token's
+            // last session.
+            let rw = || {
+                let mut h: CK_SESSION_HANDLE = 0;
+                let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+                let rv = C_OpenSession(slot, flags, std::ptr::null_mut(), None, &mut h);
+                assert_eq!(rv, CKR_OK);
+                h
+            };
+            for _ in 0..3 {
+                let h = rw();
+                let login = std::thread::spawn(move || {
+                    let mut pin = *b"so-pin-1";
+                    C_Login(h, CKU_SO, pin.as_mut_ptr(), 8)
+                });
+                // Most likely while the PIN is being derived (which takes milliseconds); the
+                // assertions below hold for any interleaving.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                assert_eq!(C_CloseSession(h), CKR_OK);
+                let rv = login.join().unwrap();
+                assert!(rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID, "{rv:#x}");
+                let h2 = rw();
+                let mut info: CK_SESSION_INFO = std::mem::zeroed();
+                assert_eq!(C_GetSessionInfo(h2, &mut info), CKR_OK);
+                assert_eq!(info.state, CKS_RW_PUBLIC_SESSION, "nobody is logged in");
+                assert_eq!(C_CloseSession(h2), CKR_OK);
+            }
             assert_eq!(C_Finalize(std::ptr::null_mut()), CKR_OK);
         }
     }

@@ -301,6 +301,24 @@ pub fn open_hsm(c: &Config) -> Rv<Hsm> {
     Hsm::open(&c.data_dir).map_err(|e| rv(&e))
 }
 
+/// An engine handle from the module's pool, or a fresh one: for work that must not hold any
+/// session's lock while it runs (a login's PIN derivation takes tens of milliseconds, and the
+/// module visits every session under its own lock at login and logout). Give it back with
+/// [`pool_hsm`].
+pub fn pooled_hsm(m: &Module) -> Rv<(Option<Hsm>, Config)> {
+    let pooled = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop();
+    Ok((pooled, m.config.clone()))
+}
+
+/// Keeps an idle engine handle for reuse (up to [`POOL_MAX`]; beyond it the handle closes).
+pub fn pool_hsm(m: &Module, hsm: Hsm) -> Rv {
+    let mut pool = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    if pool.len() < POOL_MAX {
+        pool.push(hsm);
+    }
+    Ok(())
+}
+
 /// The default mapping of engine errors to return values; call sites refine it where the
 /// standard names a more precise code.
 pub fn rv(e: &HsmError) -> CK_RV {
