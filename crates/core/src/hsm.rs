@@ -2621,7 +2621,7 @@ impl Hsm {
     /// read, unsealed and parsed now (and cached). Operations started with it use it as it
     /// was at this call.
     pub fn load_key(&mut self, s: &Session, handle: u64) -> Result<Arc<LoadedKey>> {
-        self.load_key_memo(s, handle, &mut KeyMemo::default())
+        self.load_key_via(s, handle, None)
     }
 
     /// [`Hsm::load_key`], first trying the caller's memo of the last key it loaded (and
@@ -2632,12 +2632,21 @@ impl Hsm {
         handle: u64,
         memo: &mut KeyMemo,
     ) -> Result<Arc<LoadedKey>> {
+        self.load_key_via(s, handle, Some(memo))
+    }
+
+    fn load_key_via(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        memo: Option<&mut KeyMemo>,
+    ) -> Result<Arc<LoadedKey>> {
         let id = self.key_role(s, "using keys", false)?;
         if crate::object::is_session_handle(handle) {
             return s.session_object(handle);
         }
         let generation = self.store.generation()?;
-        if let Some((login, g, k)) = &memo.0 {
+        if let Some((login, g, k)) = memo.as_ref().and_then(|m| m.0.as_ref()) {
             if *login == s.cache.login && *g == generation && k.info.handle == handle {
                 return Ok(k.clone());
             }
@@ -2668,6 +2677,9 @@ impl Hsm {
                 s.cache.put(generation, k.clone());
                 k
             }
+        };
+        let Some(memo) = memo else {
+            return Ok(k);
         };
         // The memo gets its own handle on the key (sharing the parsed material), so that the
         // reference counting of each operation touches memory of this caller only, not the

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use cryptoki_sys::*;
 use ferrohsm_core::hsm::{HsmInfo, PartitionInfo};
-use ferrohsm_core::mechanism::{KeySpec, Mechanism};
+use ferrohsm_core::mechanism::{KeySpec, Mechanism, GCM_TAG_LEN};
 use ferrohsm_core::object::{
     Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
 };
@@ -1996,10 +1996,10 @@ unsafe fn cipher(
             unsafe { ffi::slice(data, len)? }
         };
         let need = match (mech, k) {
-            (Mechanism::AesGcm, Kind::Encrypt) => d.len() + 16,
+            (Mechanism::AesGcm, Kind::Encrypt) => d.len() + GCM_TAG_LEN,
             (Mechanism::AesGcm, _) => d
                 .len()
-                .checked_sub(16)
+                .checked_sub(GCM_TAG_LEN)
                 .ok_or(CKR_ENCRYPTED_DATA_LEN_RANGE)?,
             (Mechanism::AesCbcPad, Kind::Encrypt) => (d.len() / 16 + 1) * 16,
             (Mechanism::AesCbcPad, _) => {
@@ -2039,6 +2039,10 @@ unsafe fn cipher(
             return Ok(true);
         }
         let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let encrypt_err = |e: HsmError| match e {
+            HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
+            e => rv(&e),
+        };
         if (mech, k) == (Mechanism::AesGcm, Kind::Encrypt) {
             // Sealed where the caller wants it: one copy of the message, as a direct caller
             // of the crypto library would make.
@@ -2057,23 +2061,16 @@ unsafe fn cipher(
                     Err(e) => {
                         // Leave no copy of the message behind in the output.
                         buf.fill(0);
-                        Err(match e {
-                            HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
-                            e => rv(&e),
-                        })
+                        Err(encrypt_err(e))
                     }
                 };
             }
         }
         let result = match k {
-            Kind::Encrypt => {
-                s.hsm
-                    .encrypt_loaded(es, key, mech, params, d)
-                    .map_err(|e| match e {
-                        HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
-                        e => rv(&e),
-                    })?
-            }
+            Kind::Encrypt => s
+                .hsm
+                .encrypt_loaded(es, key, mech, params, d)
+                .map_err(encrypt_err)?,
             _ => s
                 .hsm
                 .decrypt_loaded(es, key, mech, params, d)
