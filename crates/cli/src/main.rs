@@ -205,7 +205,7 @@ pub enum HsmPolicyCmd {
         after_help = "Example:\n  ferrohsm hsm policy set m-of-n off --key so-1.pedkey --key so-2.pedkey --pin env:SO_PIN"
     )]
     Set {
-        /// Policy name (failed-login-limit, activation, auto-activation, clone-private-keys, clone-secret-keys, m-of-n, remote-ped).
+        /// Policy name (failed-login-limit, activation, auto-activation, clone-private-keys, clone-secret-keys, m-of-n, remote-ped, login-cache-seconds).
         name: String,
         /// on, off, or a number.
         value: String,

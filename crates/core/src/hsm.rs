@@ -12,6 +12,7 @@ use crate::audit::{self, AuditConfig, KeyUseAudit, Witness};
 use crate::audit_writer::{AuditWriter, KeyUse, UseGroup};
 use crate::crypto::{self, hkdf32, KdfParams};
 use crate::error::{HsmError, Result};
+use crate::login_memo;
 use crate::mechanism::{self, KeySpec, Mechanism, Params};
 use crate::object::{
     Attributes, Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
@@ -957,6 +958,14 @@ impl Hsm {
         let tag = role_tag(role, pre.part_id);
 
         // Compute the candidate authenticator, and whether it is checked against an activation.
+        // An application role's password or challenge secret may be served by the login memo.
+        let memo_ttl = match role {
+            Role::CryptoOfficer | Role::CryptoUser => {
+                pre.policy.as_ref().map_or(0, |p| p.login_cache_seconds)
+            }
+            _ => 0,
+        };
+        let mut memo: Option<(&KdfParams, &[u8])> = None;
         let mut via_activation = false;
         let mut other_secret: Option<String> = None;
         let candidate = match cred {
@@ -999,8 +1008,11 @@ impl Hsm {
                     (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh())?,
                 }
             }
-            Credential::Secret(pw) => match (&auth_state.method, pre.mode) {
-                (AuthMethod::Password { kdf }, AuthMode::Password) => kdf.derive(pw.expose())?,
+            Credential::Secret(ref pw) => match (&auth_state.method, pre.mode) {
+                (AuthMethod::Password { kdf }, AuthMode::Password) => {
+                    memo = Some((kdf, pw.expose()));
+                    login_memo::derive(kdf, pw.expose(), memo_ttl)?.0
+                }
                 (_, AuthMode::Ped) => {
                     if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
                         return Err(HsmError::InvalidInput(format!(
@@ -1015,7 +1027,8 @@ impl Hsm {
                         return Err(self.refuse("login", role.short(), partition, e));
                     };
                     via_activation = true;
-                    act.kdf.derive(pw.expose())?
+                    memo = Some((&act.kdf, pw.expose()));
+                    login_memo::derive(&act.kdf, pw.expose(), memo_ttl)?.0
                 }
                 _ => {
                     return Err(HsmError::Tamper(
@@ -1058,6 +1071,9 @@ impl Hsm {
                 (ok, if ok { state.unwrap_pmk(&dk, &tag, &candidate)? } else { None })
             };
             let limit = role.failed_login_limit(co_cu_limit);
+            // A success on a role with no failures to clear changes no state: only its audit
+            // record is written (and key caches keyed on the state generation stay valid).
+            let state_changes = !ok || state.failed != 0 || state.lock_until.is_some();
             let mut new_state = state.clone();
             let mut zeroize_hsm = false;
             let result = if ok {
@@ -1098,6 +1114,7 @@ impl Hsm {
                 })
             };
             match (role, &mut dev, &mut part) {
+                _ if !state_changes => {}
                 (Role::Auditor, _, _) => audit::put_state(&t.tx, &dk, "auditor", &new_state)?,
                 (_, _, Some(p)) => {
                     if let Some(r) = p.role_mut(role) {
@@ -1115,14 +1132,19 @@ impl Hsm {
             Ok(result.map_err(|e| (e, zeroize_hsm)))
         })?;
         match outcome {
-            Ok(pmk) => Ok(Session {
-                role,
-                partition: part_id,
-                partition_label: partition.map(str::to_owned),
-                pmk,
-                cache: KeyCache::default(),
-                session_objects: Mutex::new(BTreeMap::new()),
-            }),
+            Ok(pmk) => {
+                if let Some((kdf, input)) = memo {
+                    login_memo::remember(kdf, input, &candidate, memo_ttl);
+                }
+                Ok(Session {
+                    role,
+                    partition: part_id,
+                    partition_label: partition.map(str::to_owned),
+                    pmk,
+                    cache: KeyCache::default(),
+                    session_objects: Mutex::new(BTreeMap::new()),
+                })
+            }
             Err((e, zeroize_hsm)) => {
                 if zeroize_hsm {
                     self.store.destroy_key_material("3 failed HSM SO logins")?;
@@ -1134,6 +1156,8 @@ impl Hsm {
 
     /// Sets an HSM policy (HSM SO only).
     pub fn set_hsm_policy(&mut self, s: &Session, name: &str, value: &str) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         if s.role != Role::HsmSo {
             return Err(self.refuse(
                 "hsm-policy",
@@ -1160,6 +1184,8 @@ impl Hsm {
     /// Sets a policy of the session's partition (Partition SO only). A value the HSM policy
     /// forbids is refused, naming the HSM policy.
     pub fn set_partition_policy(&mut self, s: &Session, name: &str, value: &str) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         if s.role != Role::PartitionSo {
             return Err(self.refuse(
                 "partition-policy",
@@ -1214,6 +1240,8 @@ impl Hsm {
     /// in the HSM's cloning domain. Refused on PED-authenticated HSMs, where partitions are
     /// created by the HSM SO with PED keys.
     pub fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         let mode = self.store.read(|t| Ok(Self::device(t)?.mode))?;
         if mode != AuthMode::Password {
             return Err(self.refuse("partition-create", "none", Some(label), HsmError::Refused(
@@ -1366,6 +1394,8 @@ impl Hsm {
         secret: NewSecret<'_>,
         confirm_destroy: bool,
     ) -> Result<Option<Imprinted>> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         let action = format!("initialising the {role}");
         match (role, s.role) {
             (Role::CryptoOfficer, Role::PartitionSo) | (Role::CryptoUser, Role::CryptoOfficer) => {}
@@ -1452,6 +1482,8 @@ impl Hsm {
 
     /// Clears a Crypto Officer's or Crypto User's lockout (Partition SO only).
     pub fn reset_role(&mut self, s: &Session, role: Role) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         if s.role != Role::PartitionSo {
             return Err(self.refuse(
                 "role-reset",
@@ -1492,6 +1524,8 @@ impl Hsm {
     /// HSM so that `challenge` alone logs it in, until deactivation, a policy change, a restart
     /// (unless auto-activation) or zeroize.
     pub fn activate(&mut self, s: &Session, challenge: Pin) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         if !matches!(s.role, Role::CryptoOfficer | Role::CryptoUser) {
             return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(format!(
                 "activation is for the Crypto Officer or Crypto User; you are logged in as the {}", s.role))));
@@ -1536,6 +1570,8 @@ impl Hsm {
 
     /// Ends an activation (by the role itself or the Partition SO).
     pub fn deactivate(&mut self, s: &Session, role: Role) -> Result<bool> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         let allowed = s.role == Role::PartitionSo || s.role == role;
         if !allowed || !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
             return Err(self.refuse("deactivate", s.role.short(), s.partition(), HsmError::Refused(format!(
@@ -1597,6 +1633,8 @@ impl Hsm {
         ped: &mut dyn Ped,
         new_pin: Option<Pin>,
     ) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
         let who = s.role.to_string();
         let presented = ped.present(&PresentRequest {
             secret_type: s.role.secret_type(),
@@ -1675,6 +1713,7 @@ impl Hsm {
         auth: &Secret32,
         event: &str,
     ) -> Result<()> {
+        login_memo::forget_all();
         let dk = self.store.device_key()?.clone();
         let tag = role_tag(s.role, s.partition);
         let ra = RoleAuth::new(&dk, &tag, method, auth, s.pmk.as_ref());

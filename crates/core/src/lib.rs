@@ -12,6 +12,7 @@ mod audit_writer;
 pub mod crypto;
 pub mod error;
 pub mod hsm;
+pub mod login_memo;
 pub mod mechanism;
 pub mod object;
 pub mod ped;

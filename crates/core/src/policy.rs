@@ -9,6 +9,17 @@ use crate::error::{HsmError, Result};
 /// Highest failed-login limit for Crypto Officer and Crypto User (the PED-HSM anchor's value).
 pub const MAX_FAILED_LOGINS: u32 = 10;
 
+/// Longest time a process may remember a Crypto Officer's or User's login (see
+/// [`crate::login_memo`]): one hour.
+pub const MAX_LOGIN_CACHE_SECONDS: u32 = 3600;
+
+/// A new partition's login memo: five minutes from the last successful login.
+pub const DEFAULT_LOGIN_CACHE_SECONDS: u32 = 300;
+
+fn default_login_cache_seconds() -> u32 {
+    DEFAULT_LOGIN_CACHE_SECONDS
+}
+
 /// A set of policies (used both for the HSM and for each partition).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -26,6 +37,11 @@ pub struct Policy {
     pub m_of_n: bool,
     /// Whether a remote PED may authenticate.
     pub remote_ped: bool,
+    /// Seconds a process may reuse the stretched password of a Crypto Officer's or User's
+    /// last successful login, counted from that login (0..=3600; 0: every login runs Argon2id).
+    /// Stores written before this policy existed read the default.
+    #[serde(default = "default_login_cache_seconds")]
+    pub login_cache_seconds: u32,
 }
 
 impl Policy {
@@ -39,6 +55,7 @@ impl Policy {
             clone_secret_keys: true,
             m_of_n: true,
             remote_ped: true,
+            login_cache_seconds: MAX_LOGIN_CACHE_SECONDS,
         }
     }
 
@@ -47,6 +64,7 @@ impl Policy {
         Policy {
             activation: false,
             auto_activation: false,
+            login_cache_seconds: DEFAULT_LOGIN_CACHE_SECONDS,
             ..Self::hsm_default()
         }
     }
@@ -61,6 +79,7 @@ impl Policy {
             clone_secret_keys: self.clone_secret_keys && hsm.clone_secret_keys,
             m_of_n: self.m_of_n && hsm.m_of_n,
             remote_ped: self.remote_ped && hsm.remote_ped,
+            login_cache_seconds: self.login_cache_seconds.min(hsm.login_cache_seconds),
         }
     }
 
@@ -81,6 +100,7 @@ impl Policy {
             ("clone-secret-keys", b(self.clone_secret_keys)),
             ("m-of-n", b(self.m_of_n)),
             ("remote-ped", b(self.remote_ped)),
+            ("login-cache-seconds", self.login_cache_seconds.to_string()),
         ]
     }
 
@@ -106,6 +126,19 @@ impl Policy {
                     )));
                 }
                 self.failed_login_limit = n;
+            }
+            "login-cache-seconds" => {
+                let n: u32 = value.parse().map_err(|_| {
+                    HsmError::InvalidInput(format!(
+                        "login-cache-seconds takes a number of seconds, not {value:?}"
+                    ))
+                })?;
+                if n > MAX_LOGIN_CACHE_SECONDS {
+                    return Err(HsmError::InvalidInput(format!(
+                        "login-cache-seconds must be 0 to {MAX_LOGIN_CACHE_SECONDS}"
+                    )));
+                }
+                self.login_cache_seconds = n;
             }
             "activation" => self.activation = flag()?,
             "auto-activation" => self.auto_activation = flag()?,
@@ -155,12 +188,33 @@ mod tests {
     }
 
     #[test]
+    fn login_cache_is_the_shorter_of_both_and_old_stores_read_the_default() {
+        let mut hsm = Policy::hsm_default();
+        let mut p = Policy::partition_default();
+        assert_eq!(
+            p.effective(&hsm).login_cache_seconds,
+            DEFAULT_LOGIN_CACHE_SECONDS
+        );
+        hsm.set("login-cache-seconds", "60").unwrap();
+        assert_eq!(p.effective(&hsm).login_cache_seconds, 60);
+        p.set("login-cache-seconds", "0").unwrap();
+        assert_eq!(p.effective(&hsm).login_cache_seconds, 0);
+        // A policy stored before the field existed.
+        let mut v = serde_json::to_value(Policy::partition_default()).unwrap();
+        v.as_object_mut().unwrap().remove("login_cache_seconds");
+        let old: Policy = serde_json::from_value(v).unwrap();
+        assert_eq!(old.login_cache_seconds, DEFAULT_LOGIN_CACHE_SECONDS);
+    }
+
+    #[test]
     fn bad_values_refused() {
         let mut p = Policy::partition_default();
         assert!(p.set("failed-login-limit", "11").is_err());
         assert!(p.set("failed-login-limit", "0").is_err());
         assert!(p.set("activation", "maybe").is_err());
         assert!(p.set("nonsense", "on").is_err());
+        assert!(p.set("login-cache-seconds", "3601").is_err());
+        assert!(p.set("login-cache-seconds", "-1").is_err());
         assert_eq!(p, Policy::partition_default());
     }
 }

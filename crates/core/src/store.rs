@@ -605,6 +605,7 @@ impl Store {
     /// and truncates its write-ahead log so no old page survives in any file. The event table
     /// and the serial survive.
     pub fn destroy_key_material(&mut self, reason: &str) -> Result<()> {
+        crate::login_memo::forget_all();
         let path = self.dir.join(DEVICE_KEY_FILE);
         if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) {
             let _ = f.write_all(&[0u8; 48]);

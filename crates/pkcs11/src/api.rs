@@ -91,6 +91,8 @@ pub unsafe fn C_Finalize(reserved: *mut c_void) -> CK_RV {
         return CKR_GENERAL_ERROR;
     };
     state::sessions_changed();
+    // Remembered logins (see `login_memo`) end with the application's use of the module.
+    ferrohsm_core::login_memo::forget_all();
     match g.take() {
         Some(m) if m.pid == state::current_pid() => {
             drop(m);
@@ -706,8 +708,8 @@ fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
         .sessions
         .values()
         .any(|x| x.lock().map(|x| x.slot == slot).unwrap_or(false));
-    if !others {
-        m.logins.remove(&slot);
+    if !others && m.logins.remove(&slot).is_some() {
+        ferrohsm_core::login_memo::purge_expired();
     }
     Ok(())
 }
@@ -902,6 +904,7 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
                 }
             }
             drop(login);
+            ferrohsm_core::login_memo::purge_expired();
             Ok(())
         })
     })())
