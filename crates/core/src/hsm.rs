@@ -2840,10 +2840,52 @@ impl Hsm {
         mech: Mechanism,
         data: &[u8],
     ) -> Result<Vec<u8>> {
+        // No slot: one-shot MACs (a context made for one MAC would cost more than it saves).
+        self.sign_with(s, k, mech, data, None, <[u8]>::to_vec)
+    }
+
+    /// [`Hsm::sign_loaded`] for a caller that keeps a [`mechanism::MacSlot`] (a PKCS#11
+    /// session): HMACs go through the slot's reusable context when a provider is installed,
+    /// and the result is handed to `out` (after the use is audited) instead of returned, so a
+    /// MAC needs no allocation.
+    pub fn sign_loaded_into<R>(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        data: &[u8],
+        slot: &mut mechanism::MacSlot,
+        out: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.sign_with(s, k, mech, data, Some(slot), out)
+    }
+
+    fn sign_with<R>(
+        &mut self,
+        s: &Session,
+        k: &LoadedKey,
+        mech: Mechanism,
+        data: &[u8],
+        slot: Option<&mut mechanism::MacSlot>,
+        out: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         self.may_use(s, k, "sign", k.info.attrs.sign, "CKA_SIGN")?;
-        let sig = mechanism::sign(k.material()?, mech, data)?;
-        self.audit_key_use(s, k, KeyUse::Sign(mech))?;
-        Ok(sig)
+        let mut buf = [0u8; mechanism::MAX_MAC_LEN];
+        let mac = match (&k.key, slot) {
+            (Some(key), Some(slot)) => mechanism::mac_into(key, mech, data, slot, &mut buf)?,
+            _ => None,
+        };
+        match mac {
+            Some(n) => {
+                self.audit_key_use(s, k, KeyUse::Sign(mech))?;
+                Ok(out(&buf[..n]))
+            }
+            None => {
+                let sig = mechanism::sign(k.material()?, mech, data)?;
+                self.audit_key_use(s, k, KeyUse::Sign(mech))?;
+                Ok(out(&sig))
+            }
+        }
     }
 
     /// Verifies with a public key, or a MAC with a secret key (Crypto Officer or Crypto User).

@@ -474,6 +474,95 @@ pub fn install_raw_rsa(provider: &'static dyn RawRsa) {
     let _ = RAW_RSA.set(provider);
 }
 
+/// Longest MAC any [`MacContext`] writes (HMAC-SHA-512).
+pub const MAX_MAC_LEN: usize = 64;
+
+/// An HMAC context keyed once and rewound for each MAC (AWS-LC's `HMAC_CTX` with
+/// `HMAC_Init_ex` and no key): a MAC then costs its hashing and nothing else, where aws-lc-rs's
+/// one-shot `hmac::sign` first copies the whole keyed context. Provided by the layer that may
+/// call AWS-LC directly (the PKCS#11 module), like [`RawRsa`]. Implementations wipe the keyed
+/// state when dropped.
+pub trait MacContext: Send {
+    /// The MAC of `data` under the context's key and hash, written to the start of `out`;
+    /// its length, or `None` if the library failed.
+    fn mac(&mut self, data: &[u8], out: &mut [u8; MAX_MAC_LEN]) -> Option<usize>;
+}
+
+/// Makes [`MacContext`]s.
+pub trait MacProvider: Send + Sync {
+    /// A context for HMAC with `hash` under `key`, or `None` if the library refused.
+    fn keyed(&self, hash: Hash, key: &[u8]) -> Option<Box<dyn MacContext>>;
+}
+
+static MAC_PROVIDER: std::sync::OnceLock<&'static dyn MacProvider> = std::sync::OnceLock::new();
+
+/// Installs the MAC context provider (the first call wins; without one, every MAC goes through
+/// aws-lc-rs's one-shot API).
+pub fn install_mac_provider(provider: &'static dyn MacProvider) {
+    let _ = MAC_PROVIDER.set(provider);
+}
+
+/// A caller's reusable HMAC context (one per PKCS#11 session): keyed for the key and hash it
+/// was last used with, and made again when either changes. It identifies the key by its
+/// allocation, held weakly so that the address cannot be reused by another key meanwhile;
+/// it never keeps a key alive, but its context holds the keyed state: clear it when the key
+/// must leave memory (logout).
+#[derive(Default)]
+pub struct MacSlot(Option<(std::sync::Weak<Key>, Hash, Box<dyn MacContext>)>);
+
+impl MacSlot {
+    /// Drops the context (and its keyed state).
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl fmt::Debug for MacSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some((_, h, _)) => write!(f, "MacSlot(HMAC-{h:?}, <redacted>)"),
+            None => write!(f, "MacSlot(empty)"),
+        }
+    }
+}
+
+/// The HMAC of `data` with `key` through `slot`'s context (made or re-keyed as needed), into
+/// `out`; `Ok(None)` when this is not an HMAC of a generic secret or no provider is installed
+/// (the caller then uses [`sign`]).
+pub(crate) fn mac_into(
+    key: &std::sync::Arc<Key>,
+    mech: Mechanism,
+    data: &[u8],
+    slot: &mut MacSlot,
+    out: &mut [u8; MAX_MAC_LEN],
+) -> Result<Option<usize>> {
+    let (KeySpec::Generic(_), Mechanism::Hmac(h)) = (key.spec, mech) else {
+        return Ok(None);
+    };
+    let Some(provider) = MAC_PROVIDER.get() else {
+        return Ok(None);
+    };
+    let same = matches!(&slot.0, Some((k, sh, _)) if *sh == h
+        && std::ptr::eq(k.as_ptr(), std::sync::Arc::as_ptr(key)));
+    if !same {
+        slot.0 = None;
+        let ctx = provider
+            .keyed(h, key.bytes.expose())
+            .ok_or_else(|| failed("HMAC"))?;
+        slot.0 = Some((std::sync::Arc::downgrade(key), h, ctx));
+    }
+    let Some((_, _, ctx)) = &mut slot.0 else {
+        return Ok(None);
+    };
+    match ctx.mac(data, out) {
+        Some(n) if n == h.len() => Ok(Some(n)),
+        _ => {
+            slot.0 = None;
+            Err(failed("HMAC"))
+        }
+    }
+}
+
 /// A private or secret key unsealed and parsed once, for repeated use: what a logged-in
 /// session keeps in its key cache so that an operation does not read, unseal and parse the
 /// key again. Dropping it zeroizes the raw bytes; AWS-LC cleanses the parsed forms as it

@@ -93,8 +93,9 @@ pub struct Store {
 /// forbids: the PKCS#11 module, where every operation pays for the check, installs a maker
 /// ([`install_shared_view`]); without one the store reads the file with `pread`.
 pub trait SharedView: Send + Sync {
-    /// The first 48 bytes as they are now. The copy may be torn by a concurrent writer; the
-    /// caller only ever treats a header equal to an earlier one as "nothing committed".
+    /// The first 48 bytes as they are now, as six native-order words. The copy may be torn by
+    /// a concurrent writer; the caller only ever treats a header equal to an earlier one as
+    /// "nothing committed".
     fn header(&self) -> WalHeader;
 }
 
@@ -124,8 +125,14 @@ impl ShmFile {
             return Some(v.header());
         }
         use std::os::unix::fs::FileExt;
-        let mut h = [0u8; 48];
-        self.file.read_exact_at(&mut h, 0).ok()?;
+        let mut b = [0u8; 48];
+        self.file.read_exact_at(&mut b, 0).ok()?;
+        let mut h: WalHeader = [0; 6];
+        for (w, chunk) in h.iter_mut().zip(b.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(word);
+        }
         Some(h)
     }
 
@@ -182,9 +189,10 @@ fn shm_handle(db: &Path) -> Option<Arc<ShmFile>> {
 
 /// The first copy of the WAL-index header (SQLite's documented `-shm` layout: 48 bytes at
 /// offset 0, rewritten by every commit with its change counter, frame count, salts and
-/// checksum). Equal headers mean no commit in between; a torn or unreadable header only
-/// sends the caller to the full check.
-pub type WalHeader = [u8; 48];
+/// checksum), as six native-order words so that comparing two is six word compares. Equal
+/// headers mean no commit in between; a torn or unreadable header only sends the caller to
+/// the full check.
+pub type WalHeader = [u64; 6];
 
 /// Moves the state generation on (in the caller's transaction, if any). It starts at a random
 /// value so that a store made afresh at the same path never repeats a generation that a cache

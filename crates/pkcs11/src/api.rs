@@ -60,6 +60,7 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
         state::watch_forks();
         ferrohsm_core::mechanism::install_raw_rsa(&crate::raw_rsa::AwsLcRawRsa);
         ferrohsm_core::store::install_shared_view(crate::shared_view::map);
+        ferrohsm_core::mechanism::install_mac_provider(&crate::hmac_ctx::AwsLcMac);
         let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
         if let Some(m) = g.take() {
             if m.pid == state::current_pid() {
@@ -679,6 +680,7 @@ pub unsafe fn C_OpenSession(
                 // The token's login as it is now (C_Login and C_Logout keep it current).
                 login: m.logins.get(&id).cloned(),
                 key_memo: Default::default(),
+                mac: Default::default(),
             };
             m.sessions.insert(h, Arc::new(Mutex::new(session)));
             Ok(h)
@@ -1871,15 +1873,15 @@ unsafe fn sign_out(
         {
             return Err(CKR_DATA_LEN_RANGE);
         }
-        let sig = s
-            .hsm
-            .sign_loaded(es, &op.key, op.mech, &data)
+        s.hsm
+            .sign_loaded_into(es, &op.key, op.mech, &data, &mut s.mac, |sig| {
+                // SAFETY: as above.
+                unsafe { out_bytes(sig, out, out_len) }
+            })
             .map_err(|e| match e {
                 HsmError::InvalidInput(_) => CKR_DATA_INVALID,
                 e => rv(&e),
-            })?;
-        // SAFETY: as above.
-        unsafe { out_bytes(&sig, out, out_len)? };
+            })??;
         Ok(false)
     })();
     match res {

@@ -15,6 +15,7 @@ pub mod attrs;
 #[allow(unsafe_op_in_unsafe_fn)]
 pub mod entry;
 pub mod ffi;
+pub mod hmac_ctx;
 pub mod mech;
 pub mod raw_rsa;
 pub mod shared_view;

@@ -11,7 +11,7 @@ use aws_lc_sys::{
 use ferrohsm_core::mechanism::Hash;
 
 /// AWS-LC's digest for `h` (static, never freed).
-fn md(h: Hash) -> *const EVP_MD {
+pub(crate) fn md(h: Hash) -> *const EVP_MD {
     // SAFETY: these return pointers to static digest descriptions; no arguments, no state.
     unsafe {
         match h {

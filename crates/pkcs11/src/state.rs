@@ -117,6 +117,8 @@ pub struct Session {
     /// The key this session last used, found again without the login's shared key cache
     /// (cleared whenever the login changes, so no key outlives its login here).
     pub key_memo: KeyMemo,
+    /// The HMAC context of the last key it MACed with (keyed state: cleared with the memo).
+    pub mac: ferrohsm_core::mechanism::MacSlot,
 }
 
 impl Session {
@@ -129,6 +131,7 @@ impl Session {
         self.decrypt = None;
         self.find = None;
         self.key_memo.clear();
+        self.mac.clear();
     }
 }
 
@@ -275,6 +278,7 @@ pub fn share_login(m: &Module, slot: CK_SLOT_ID, login: Option<&Arc<Login>>) -> 
         if x.slot == slot {
             x.login = login.cloned();
             x.key_memo.clear();
+            x.mac.clear();
         }
     }
     Ok(())

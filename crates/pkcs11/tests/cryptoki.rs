@@ -1719,3 +1719,57 @@ fn concurrent_logins_and_logouts_on_two_tokens_never_deadlock() {
         }
     }
 }
+
+/// A session keeps one keyed HMAC context (`hmac_ctx.rs`) for the last key and hash it MACed
+/// with: switching key or hash, multi-part MACs and a logout in between must each give the MAC
+/// that the engine's independent verification (aws-lc-rs) accepts, and no other.
+#[test]
+fn hmac_contexts_follow_the_key_and_hash_and_end_with_the_login() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let gen = || {
+        s.generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+            ],
+        )
+        .unwrap()
+    };
+    let (a, b) = (gen(), gen());
+    let msg = [0x5a; 64];
+    let sha256 = Mechanism::Sha256Hmac;
+    let a1 = s.sign(&sha256, a, &msg).unwrap();
+    let b1 = s.sign(&sha256, b, &msg).unwrap();
+    assert_ne!(a1, b1, "another key, another MAC");
+    let a2 = s.sign(&sha256, a, &msg).unwrap();
+    assert_eq!(a1, a2, "back to the first key");
+    s.verify(&sha256, a, &msg, &a1).unwrap();
+    s.verify(&sha256, b, &msg, &b1).unwrap();
+    assert_eq!(
+        err(s.verify(&sha256, b, &msg, &a1).unwrap_err()),
+        RvError::SignatureInvalid
+    );
+    // Another hash on the same key; then the first hash again; each message from scratch.
+    let a512 = s.sign(&Mechanism::Sha512Hmac, a, &msg).unwrap();
+    assert_eq!(a512.len(), 64);
+    s.verify(&Mechanism::Sha512Hmac, a, &msg, &a512).unwrap();
+    for m in [&b""[..], b"x", &msg[..], b"x"] {
+        let t = s.sign(&sha256, a, m).unwrap();
+        s.verify(&sha256, a, m, &t).unwrap();
+    }
+    // Multi-part equals single-part.
+    s.sign_init(&sha256, a).unwrap();
+    s.sign_update(&msg[..10]).unwrap();
+    s.sign_update(&msg[10..]).unwrap();
+    assert_eq!(s.sign_final().unwrap(), a1);
+    // After a logout the key is refused; after a new login it gives the same MAC.
+    s.logout().unwrap();
+    assert!(s.sign(&sha256, a, &msg).is_err());
+    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    assert_eq!(s.sign(&sha256, a, &msg).unwrap(), a1);
+}
