@@ -565,6 +565,15 @@ impl Hsm {
         }
     }
 
+    /// How roles authenticate ("ped" or "password"), or `None` before initialisation: what a
+    /// login needs to know, without [`Hsm::info`]'s walk over every partition and its objects.
+    pub fn auth_mode(&mut self) -> Result<Option<AuthMode>> {
+        if self.store.key_state() == KeyState::Absent {
+            return Ok(None);
+        }
+        self.store.read(|t| Ok(Some(Self::device(t)?.mode)))
+    }
+
     /// Describes the HSM without authentication (labels, states, policies; nothing secret).
     pub fn info(&mut self) -> Result<HsmInfo> {
         let serial = self.serial.clone();

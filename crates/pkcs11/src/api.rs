@@ -814,9 +814,8 @@ pub unsafe fn C_Login(
         };
         let engine = (|| {
             let mode = hsm
-                .info()
+                .auth_mode()
                 .map_err(|e| rv(&e))?
-                .auth_mode
                 .ok_or(CKR_DEVICE_ERROR)?;
             let result = match (mode, pin, role) {
                 (AuthMode::Password, Some(p), _) => {
