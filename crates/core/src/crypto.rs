@@ -168,17 +168,25 @@ pub fn mix_pin(secret: &Secret32, pin: Option<&Pin>, kdf: &KdfParams) -> Result<
 }
 
 #[cfg(test)]
+impl KdfParams {
+    /// Parameters that derive in microseconds, for unit tests only.
+    pub(crate) fn cheap_for_tests(salt: &str) -> Self {
+        KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+            salt: salt.into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn cheap() -> KdfParams {
-        KdfParams {
-            m_kib: 64,
-            t: 1,
-            p: 1,
-            salt: "00112233445566778899aabbccddeeff".into(),
-        }
+        KdfParams::cheap_for_tests("00112233445566778899aabbccddeeff")
     }
 
     #[test]

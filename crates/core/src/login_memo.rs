@@ -160,13 +160,9 @@ pub fn len() -> usize {
 mod tests {
     use super::*;
 
+    /// Cheap parameters with a salt of their own (another role's, in effect).
     fn cheap() -> KdfParams {
-        KdfParams {
-            m_kib: 64,
-            t: 1,
-            p: 1,
-            salt: crate::crypto::random_hex_id(16),
-        }
+        KdfParams::cheap_for_tests(&crate::crypto::random_hex_id(16))
     }
 
     #[test]

@@ -542,24 +542,24 @@ pub(crate) fn mac_into(
     let Some(provider) = MAC_PROVIDER.get() else {
         return Ok(None);
     };
-    let same = matches!(&slot.0, Some((k, sh, _)) if *sh == h
-        && std::ptr::eq(k.as_ptr(), std::sync::Arc::as_ptr(key)));
-    if !same {
-        slot.0 = None;
-        let ctx = provider
-            .keyed(h, key.bytes.expose())
-            .ok_or_else(|| failed("HMAC"))?;
-        slot.0 = Some((std::sync::Arc::downgrade(key), h, ctx));
-    }
-    let Some((_, _, ctx)) = &mut slot.0 else {
-        return Ok(None);
+    // Taken out while in use: a failed MAC leaves the slot empty, to be keyed afresh.
+    let (for_key, mut ctx) = match slot.0.take() {
+        Some((k, sh, ctx)) if sh == h && std::ptr::eq(k.as_ptr(), std::sync::Arc::as_ptr(key)) => {
+            (k, ctx)
+        }
+        _ => (
+            std::sync::Arc::downgrade(key),
+            provider
+                .keyed(h, key.bytes.expose())
+                .ok_or_else(|| failed("HMAC"))?,
+        ),
     };
     match ctx.mac(data, out) {
-        Some(n) if n == h.len() => Ok(Some(n)),
-        _ => {
-            slot.0 = None;
-            Err(failed("HMAC"))
+        Some(n) if n == h.len() => {
+            slot.0 = Some((for_key, h, ctx));
+            Ok(Some(n))
         }
+        _ => Err(failed("HMAC")),
     }
 }
 

@@ -361,44 +361,9 @@ fn new_crypto_officer_needs_confirmation_and_destroys_objects() {
 
 #[test]
 fn password_authenticated_hsm_end_to_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut hsm = Hsm::open_or_create(&tmp.path().join("d")).unwrap();
+    let (_tmp, mut hsm) = password_hsm();
     let pw = |s: &str| Pin::password(s).unwrap();
-    hsm.init(InitOptions {
-        label: "lab".into(),
-        mode: AuthMode::Password,
-        so: NewSecret::Password(pw("hsm-so-password")),
-        domain: NewSecret::Password(pw("domain-string-1")),
-        current_so: None,
-        confirm_destroy: vec![],
-    })
-    .unwrap();
     assert_eq!(hsm.info().unwrap().auth_mode, Some(AuthMode::Password));
-    let so = hsm
-        .login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password")))
-        .unwrap();
-    hsm.create_partition(&so, "tok").unwrap();
-    hsm.init_partition(
-        "tok",
-        NewSecret::Password(pw("partition-so-pw")),
-        DomainChoice::Hsm,
-        None,
-    )
-    .unwrap();
-    let pso = hsm
-        .login(
-            Role::PartitionSo,
-            Some("tok"),
-            Credential::Secret(pw("partition-so-pw")),
-        )
-        .unwrap();
-    hsm.init_role(
-        &pso,
-        Role::CryptoOfficer,
-        NewSecret::Password(pw("user-pin-1234")),
-        false,
-    )
-    .unwrap();
     let e = hsm
         .login(
             Role::CryptoOfficer,

@@ -4,10 +4,13 @@
 //! password or policy ends what was remembered. One test in its own binary, because the memo
 //! is process-wide and tests in one binary run side by side.
 
+mod common;
+
+use common::password_hsm;
 use ferrohsm_core::login_memo;
 use ferrohsm_core::policy::DEFAULT_LOGIN_CACHE_SECONDS;
 use ferrohsm_core::secret::Pin;
-use ferrohsm_core::{AuthMode, Credential, DomainChoice, Hsm, HsmError, InitOptions, NewSecret};
+use ferrohsm_core::{Credential, Hsm, HsmError, NewSecret};
 use ferrohsm_core::{Role, Session};
 
 fn pw(s: &str) -> Pin {
@@ -33,36 +36,8 @@ fn pso(hsm: &mut Hsm) -> Session {
 
 #[test]
 fn a_remembered_login_changes_no_rule_of_logging_in() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut hsm = Hsm::open_or_create(&tmp.path().join("d")).unwrap();
-    hsm.init(InitOptions {
-        label: "lab".into(),
-        mode: AuthMode::Password,
-        so: NewSecret::Password(pw("hsm-so-password")),
-        domain: NewSecret::Password(pw("domain-string-1")),
-        current_so: None,
-        confirm_destroy: vec![],
-    })
-    .unwrap();
-    let so = hsm
-        .login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password")))
-        .unwrap();
-    hsm.create_partition(&so, "tok").unwrap();
-    hsm.init_partition(
-        "tok",
-        NewSecret::Password(pw("partition-so-pw")),
-        DomainChoice::Hsm,
-        None,
-    )
-    .unwrap();
-    let p = pso(&mut hsm);
-    hsm.init_role(
-        &p,
-        Role::CryptoOfficer,
-        NewSecret::Password(pw("user-pin-1234")),
-        false,
-    )
-    .unwrap();
+    let (_tmp, mut hsm) = password_hsm();
+    pso(&mut hsm);
     let info = hsm.info().unwrap();
     let tok = info.partitions.iter().find(|x| x.label == "tok").unwrap();
     assert_eq!(

@@ -1,4 +1,5 @@
-//! Shared setup: a PED-authenticated HSM with a partition, its roles and keys.
+//! Shared setup: a PED-authenticated HSM with a partition, its roles and keys; and a
+//! password-authenticated one.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -148,4 +149,48 @@ pub fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A password-authenticated HSM in a temporary directory (kept alive by the returned guard):
+/// partition "tok" in the HSM's domain, its Partition SO's password "partition-so-pw", and a
+/// Crypto Officer with the password "user-pin-1234".
+pub fn password_hsm() -> (tempfile::TempDir, Hsm) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hsm = Hsm::open_or_create(&tmp.path().join("d")).unwrap();
+    let pw = |s: &str| Pin::password(s).unwrap();
+    hsm.init(InitOptions {
+        label: "lab".into(),
+        mode: AuthMode::Password,
+        so: NewSecret::Password(pw("hsm-so-password")),
+        domain: NewSecret::Password(pw("domain-string-1")),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .unwrap();
+    let so = hsm
+        .login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password")))
+        .unwrap();
+    hsm.create_partition(&so, "tok").unwrap();
+    hsm.init_partition(
+        "tok",
+        NewSecret::Password(pw("partition-so-pw")),
+        DomainChoice::Hsm,
+        None,
+    )
+    .unwrap();
+    let pso = hsm
+        .login(
+            Role::PartitionSo,
+            Some("tok"),
+            Credential::Secret(pw("partition-so-pw")),
+        )
+        .unwrap();
+    hsm.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Password(pw("user-pin-1234")),
+        false,
+    )
+    .unwrap();
+    (tmp, hsm)
 }
