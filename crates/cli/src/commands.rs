@@ -85,6 +85,7 @@ pub fn run(cli: Cli) -> R<u8> {
     } = cli;
     match cmd {
         Cmd::Demo { dir } => crate::demo::run(dir),
+        Cmd::Server(a) => crate::serve::run(a, &data_dir),
         Cmd::Ped(c) => ped(c, json),
         Cmd::Hsm(c) => hsm_cmd(c, &data_dir, &ped_dir, json),
         Cmd::Partition(c) => partition_cmd(c, &data_dir, &ped_dir, json),

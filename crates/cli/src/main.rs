@@ -7,6 +7,7 @@ mod demo;
 mod input;
 mod output;
 mod pedargs;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,12 @@ pub struct Cli {
 /// Command groups.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Run the HSM as a server: the boundary that applications and operators reach over a
+    /// Unix socket. It owns the data directory while it runs.
+    #[command(
+        after_help = "Examples:\n  ferrohsm server --print-default-config > /etc/ferrohsm/server.toml\n  ferrohsm server --config /etc/ferrohsm/server.toml --check-config\n  ferrohsm server --config /etc/ferrohsm/server.toml\n  ferrohsm server --socket /tmp/hsm.sock     # no file: defaults, the data directory from --data-dir"
+    )]
+    Server(serve::ServerArgs),
     /// The device: initialise, show, zeroize, tamper, policies.
     #[command(
         after_help = "Example:\n  ferrohsm hsm init --label hsm1 --so-m 2 --so-n 3 --so-pin prompt\n  ferrohsm hsm show"
@@ -817,10 +824,13 @@ pub enum KeyCmd {
 pub fn exit_code(e: &HsmError) -> u8 {
     match e {
         HsmError::InvalidInput(_) | HsmError::BadPedKey { .. } => exit::USAGE,
-        HsmError::AuthFailed { .. } | HsmError::WrongKey(_) | HsmError::Locked(_) => exit::AUTH,
+        HsmError::AuthFailed { .. }
+        | HsmError::WrongKey(_)
+        | HsmError::Locked(_)
+        | HsmError::NotLoggedIn(_) => exit::AUTH,
         HsmError::Refused(_) => exit::REFUSED,
         HsmError::Tamper(_) => exit::TAMPER,
-        HsmError::State(_) | HsmError::NotFound(_) => exit::STATE,
+        HsmError::State(_) | HsmError::NotFound(_) | HsmError::InUse(_) => exit::STATE,
         HsmError::Crypto(_) | HsmError::Store(_) | HsmError::Io { .. } | HsmError::Exhausted(_) => {
             exit::FAILURE
         }

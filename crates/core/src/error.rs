@@ -63,6 +63,16 @@ pub enum HsmError {
     #[error("resource limit: {0}")]
     Exhausted(String),
 
+    /// The call names a login that does not exist (never made, logged out, or ended by a
+    /// closed connection, zeroize or tamper).
+    #[error("not logged in: {0}")]
+    NotLoggedIn(String),
+
+    /// The data directory is held by another process (a server, or embedded users when a
+    /// server wants it); the message names the process.
+    #[error("in use: {0}")]
+    InUse(String),
+
     /// The store could not be read or written.
     #[error("store: {0}")]
     Store(String),

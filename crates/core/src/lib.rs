@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod audit;
 mod audit_writer;
 pub mod crypto;
+pub mod dir_lock;
 pub mod error;
 pub mod hsm;
 pub mod login_memo;

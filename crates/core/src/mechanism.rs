@@ -279,6 +279,11 @@ const MECHS: &[(&str, Mechanism)] = &[
     ("rsa-pss-sha256", Mechanism::RsaPss(Hash::Sha256)),
     ("rsa-pss-sha384", Mechanism::RsaPss(Hash::Sha384)),
     ("rsa-pss-sha512", Mechanism::RsaPss(Hash::Sha512)),
+    ("rsa-pss-raw-sha1", Mechanism::RsaPssRaw(Hash::Sha1)),
+    ("rsa-pss-raw-sha224", Mechanism::RsaPssRaw(Hash::Sha224)),
+    ("rsa-pss-raw-sha256", Mechanism::RsaPssRaw(Hash::Sha256)),
+    ("rsa-pss-raw-sha384", Mechanism::RsaPssRaw(Hash::Sha384)),
+    ("rsa-pss-raw-sha512", Mechanism::RsaPssRaw(Hash::Sha512)),
     ("rsa-oaep-sha1", Mechanism::RsaOaep(Hash::Sha1)),
     ("rsa-oaep-sha256", Mechanism::RsaOaep(Hash::Sha256)),
     ("rsa-oaep-sha384", Mechanism::RsaOaep(Hash::Sha384)),
@@ -1135,7 +1140,7 @@ fn block_cipher(
         )));
     }
     let whole_blocks = !matches!(mech, Mechanism::AesCbcPad | Mechanism::AesCtr);
-    if whole_blocks && data.len() % block != 0 {
+    if whole_blocks && !data.len().is_multiple_of(block) {
         return Err(HsmError::InvalidInput(format!(
             "{mech} takes whole {block}-byte blocks; got {} bytes",
             data.len()
@@ -1284,7 +1289,7 @@ pub fn wrap(
                 .map_err(|_| HsmError::Tamper("stored AES key has a bad length".into()))?;
             let mut out = vec![0u8; key.len().div_ceil(8) * 8 + 8];
             let n = if mech == Mechanism::AesKw {
-                if key.len() % 8 != 0 || key.len() < 16 {
+                if !key.len().is_multiple_of(8) || key.len() < 16 {
                     return Err(HsmError::InvalidInput("AES key wrap (KW) takes keys of whole 8-byte blocks, at least 16 bytes; use KWP".into()));
                 }
                 kek.wrap(key, &mut out)

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditKeys};
 use crate::crypto::{self, hkdf32, hmac_sha256};
+use crate::dir_lock::{self, DirLock, LockMode};
 use crate::error::{HsmError, Result};
 use crate::secret::Secret32;
 
@@ -77,6 +78,8 @@ pub enum KeyState {
 pub struct Store {
     dir: PathBuf,
     conn: Connection,
+    /// This process's hold on the directory (shared when embedded, exclusive in a server).
+    _lock: DirLock,
     keys: Option<Keys>,
     audit: Option<AuditKeys>,
     /// The state generation last read, and the connection's data version it was read at.
@@ -260,12 +263,24 @@ impl Store {
             {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+                // SQLite gives its journal and index files the database's mode: make it the
+                // owner's alone before SQLite creates it (a server refuses anything wider).
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&db)
+                    .map_err(|e| HsmError::io(&db, e))?;
             }
         }
+        let lock = dir_lock::acquire(dir, LockMode::Shared)?;
         let conn = open_conn(&db)?;
         let mut store = Store {
             dir: dir.to_path_buf(),
             conn,
+            _lock: lock,
             keys: None,
             audit: None,
             seen: None,
@@ -403,10 +418,12 @@ impl Store {
         if !db.exists() {
             return Err(HsmError::State(format!("no HSM at {}", dir.display())));
         }
+        let lock = dir_lock::acquire(dir, LockMode::Shared)?;
         let conn = open_conn(&db)?;
         let mut store = Store {
             dir: dir.to_path_buf(),
             conn,
+            _lock: lock,
             keys: None,
             audit: None,
             seen: None,

@@ -2007,7 +2007,7 @@ unsafe fn cipher(
                 .ok_or(CKR_ENCRYPTED_DATA_LEN_RANGE)?,
             (Mechanism::AesCbcPad, Kind::Encrypt) => (d.len() / 16 + 1) * 16,
             (Mechanism::AesCbcPad, _) => {
-                if d.is_empty() || d.len() % 16 != 0 {
+                if d.is_empty() || !d.len().is_multiple_of(16) {
                     return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
                 }
                 d.len()
@@ -2021,7 +2021,7 @@ unsafe fn cipher(
                 } else {
                     16
                 };
-                if d.len() % block != 0 {
+                if !d.len().is_multiple_of(block) {
                     return Err(if k == Kind::Encrypt {
                         CKR_DATA_LEN_RANGE
                     } else {

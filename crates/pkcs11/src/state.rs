@@ -335,8 +335,11 @@ pub fn rv(e: &HsmError) -> CK_RV {
         HsmError::NotFound(_) => CKR_OBJECT_HANDLE_INVALID,
         HsmError::Crypto(_) => CKR_FUNCTION_FAILED,
         HsmError::Exhausted(_) => CKR_DEVICE_MEMORY,
-        HsmError::Tamper(_) | HsmError::Store(_) | HsmError::Io { .. } | HsmError::State(_) => {
-            CKR_DEVICE_ERROR
-        }
+        HsmError::NotLoggedIn(_) => CKR_USER_NOT_LOGGED_IN,
+        HsmError::Tamper(_)
+        | HsmError::Store(_)
+        | HsmError::Io { .. }
+        | HsmError::State(_)
+        | HsmError::InUse(_) => CKR_DEVICE_ERROR,
     }
 }

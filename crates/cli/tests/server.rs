@@ -1,0 +1,585 @@
+//! `ferrohsm server` as a boundary: real server processes over real data directories,
+//! reached through the HSM API client (`ferrohsm-client`) and through raw sockets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrohsm_client::Remote;
+use ferrohsm_core::api::{Embedded, HsmApi};
+use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
+use ferrohsm_core::object::KeyOptions;
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{HsmError, Role};
+use support::{Lab, CO_PW, SO_PW};
+
+fn pw(s: &str) -> Pin {
+    Pin::password(s).unwrap()
+}
+
+fn opts(label: &str) -> KeyOptions {
+    KeyOptions {
+        label: label.into(),
+        id: vec![1, 2],
+        extractable: false,
+    }
+}
+
+/// The same story through any implementation of the API.
+fn story(api: &mut dyn HsmApi) {
+    let s = api.summary().unwrap();
+    assert_eq!(s.state, "initialised");
+    assert_eq!(s.auth_mode.as_deref(), Some("password"));
+    assert_eq!(s.partitions.len(), 1);
+    assert_eq!(s.partitions[0].label, "app");
+
+    // A wrong password is counted and says how many attempts are left.
+    match api.login(Role::CryptoOfficer, Some("app"), pw("wrong-password")) {
+        Err(HsmError::AuthFailed { remaining, .. }) => assert_eq!(remaining, Some(9)),
+        other => panic!("{other:?}"),
+    }
+    let co = api
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    let made = api
+        .generate_key(co, KeySpec::EcP256, &opts("signer"))
+        .unwrap();
+    assert_eq!(made.len(), 2);
+    let found = api.find_objects(co, Some("signer")).unwrap();
+    assert_eq!(found.len(), 2);
+    let private = found.iter().find(|o| o.class == "private-key").unwrap();
+    assert_eq!(private.key_type.as_deref(), Some("ec-p256"));
+    assert!(private.public.is_some());
+    let sig = api
+        .sign(
+            co,
+            private.handle,
+            Mechanism::Ecdsa(Some(ferrohsm_core::mechanism::Hash::Sha256)),
+            b"invoice",
+        )
+        .unwrap();
+    assert_eq!(sig.len(), 64, "raw r||s");
+    let public = found.iter().find(|o| o.class == "public-key").unwrap();
+    let m = Mechanism::Ecdsa(Some(ferrohsm_core::mechanism::Hash::Sha256));
+    assert!(api.verify(co, public.handle, m, b"invoice", &sig).unwrap());
+    assert!(!api.verify(co, public.handle, m, b"invoice!", &sig).unwrap());
+
+    let aes = api.generate_key(co, KeySpec::Aes256, &opts("aes")).unwrap()[0];
+    let p = Params {
+        iv: vec![7; 12],
+        aad: b"header".to_vec(),
+        label: vec![],
+    };
+    let ct = api
+        .encrypt(co, aes, Mechanism::AesGcm, &p, b"secret message")
+        .unwrap();
+    assert_eq!(ct.len(), 14 + 16);
+    assert_eq!(
+        api.decrypt(co, aes, Mechanism::AesGcm, &p, &ct).unwrap(),
+        b"secret message"
+    );
+
+    let r = api.random(32).unwrap();
+    assert_eq!(r.len(), 32);
+    assert_ne!(r, api.random(32).unwrap());
+    assert!(matches!(
+        api.random(2 << 20),
+        Err(HsmError::InvalidInput(_))
+    ));
+
+    // Separation of duties holds through the API: the CO cannot zeroize.
+    assert!(matches!(api.zeroize(co, "x"), Err(HsmError::Refused(_))));
+    api.destroy_object(co, aes).unwrap();
+    assert!(api.find_objects(co, Some("aes")).unwrap().is_empty());
+    api.logout(co).unwrap();
+    assert!(matches!(
+        api.sign(co, private.handle, m, b"x"),
+        Err(HsmError::NotLoggedIn(_))
+    ));
+    // A login id is no bearer token: a guessed one names nothing.
+    assert!(matches!(api.logout(co ^ 1), Err(HsmError::NotLoggedIn(_))));
+}
+
+#[test]
+fn the_api_tells_the_same_story_embedded_and_through_a_server() {
+    let embedded = Lab::new();
+    story(&mut Embedded::open(&embedded.data()).unwrap());
+
+    let served = Lab::new();
+    let server = served.start();
+    story(&mut Remote::connect(&server.socket).unwrap());
+    // A login belongs to its connection: another client cannot use it.
+    let mut a = Remote::connect(&server.socket).unwrap();
+    let mut b = Remote::connect(&server.socket).unwrap();
+    let co = a
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    assert!(matches!(
+        b.find_objects(co, None),
+        Err(HsmError::NotLoggedIn(_))
+    ));
+    assert!(a.find_objects(co, None).is_ok());
+    // The server's log has the connections, never a password.
+    let st = server.stop();
+    assert!(st.success(), "{st}");
+    let log = std::fs::read_to_string(served.tmp.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("connection opened") && log.contains("stopped"),
+        "{log}"
+    );
+    for secret in [CO_PW, SO_PW, "wrong-password"] {
+        assert!(!log.contains(secret), "the log holds a password");
+    }
+    assert!(!served.socket().exists(), "the socket is removed at stop");
+}
+
+#[test]
+fn a_served_directory_is_the_servers_alone() {
+    let lab = Lab::new();
+    let server = lab.start();
+    let pid = server.pid().to_string();
+
+    // The CLI in embedded mode is refused, and told which process serves the directory.
+    let out = lab.cli().args(["hsm", "show"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("served by ferrohsm server process") && err.contains(&pid),
+        "{err}"
+    );
+
+    // So is this process's engine.
+    match Embedded::open(&lab.data()) {
+        Err(HsmError::InUse(m)) => assert!(m.contains(&pid), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an embedded open of a served directory succeeded"),
+    }
+
+    // A second server on the same directory (another socket) is refused at start.
+    let conf2 = lab.tmp.path().join("second.toml");
+    std::fs::write(
+        &conf2,
+        format!(
+            "data_dir = {:?}\nsocket = {:?}\n",
+            lab.data(),
+            lab.run_dir().join("second.sock")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::bin())
+        .args(["server", "--config"])
+        .arg(&conf2)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already open") && err.contains(&pid), "{err}");
+
+    // Once it stops, the directory is usable directly again.
+    assert!(server.stop().success());
+    lab.ok(&["hsm", "show"]);
+
+    // And a server cannot start beside an embedded user: this process holds it now.
+    let _held = Embedded::open(&lab.data()).unwrap();
+    let out = std::process::Command::new(support::bin())
+        .args(["server", "--config"])
+        .arg(lab.tmp.path().join("server.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&std::process::id().to_string()), "{err}");
+}
+
+#[test]
+fn a_directory_others_can_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let db = lab.data().join("hsm.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let conf = lab.tmp.path().join("s.toml");
+    std::fs::write(
+        &conf,
+        format!("data_dir = {:?}\nsocket = {:?}\n", lab.data(), lab.socket()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::bin())
+        .args(["server", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hsm.db") && err.contains("chmod 600"), "{err}");
+    assert!(!lab.socket().exists());
+}
+
+#[test]
+fn check_config_reports_the_bad_key_and_accepts_a_good_file() {
+    let lab = Lab::new();
+    let bad = lab.tmp.path().join("bad.toml");
+    std::fs::write(&bad, "max_conections = 5\n").unwrap();
+    let out = lab
+        .cli()
+        .args(["server", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
+
+    let good = lab.tmp.path().join("good.toml");
+    let defaults = lab
+        .cli()
+        .args(["server", "--print-default-config"])
+        .output()
+        .unwrap();
+    assert!(defaults.status.success());
+    std::fs::write(&good, &defaults.stdout).unwrap();
+    let out = lab
+        .cli()
+        .args(["server", "--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, defaults.stdout);
+}
+
+#[test]
+fn zeroize_reaches_a_client_signing_in_a_loop_on_its_very_next_call() {
+    let lab = Lab::new();
+    let server = lab.start();
+    let mut setup = Remote::connect(&server.socket).unwrap();
+    let co = setup
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    let key = setup
+        .generate_key(co, KeySpec::Ed25519, &opts("ed"))
+        .unwrap()[0];
+
+    let zeroized = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(AtomicU64::new(0));
+    let signer = {
+        let (sock, zeroized, after) = (server.socket.clone(), zeroized.clone(), after.clone());
+        std::thread::spawn(move || {
+            let mut app = Remote::connect(&sock).unwrap();
+            let co = app
+                .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+                .unwrap();
+            let mut signed = 0u64;
+            loop {
+                // Read the flag before the call: a call that starts after zeroize returned
+                // must fail.
+                let was_zeroized = zeroized.load(Ordering::SeqCst);
+                match app.sign(co, key, Mechanism::Ed25519, b"payload") {
+                    Ok(_) if was_zeroized => {
+                        after.fetch_add(1, Ordering::SeqCst);
+                        return (signed, None);
+                    }
+                    Ok(_) => signed += 1,
+                    Err(e) => return (signed, Some(e)),
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut officer = Remote::connect(&server.socket).unwrap();
+    // The CO cannot pull the plug.
+    assert!(matches!(setup.zeroize(co, "no"), Err(HsmError::Refused(_))));
+    assert!(matches!(setup.tamper(co), Err(HsmError::Refused(_))));
+    assert!(matches!(setup.restart(co), Err(HsmError::Refused(_))));
+    let so = officer.login(Role::HsmSo, None, pw(SO_PW)).unwrap();
+    officer
+        .zeroize(so, "test: zeroize reaches clients")
+        .unwrap();
+    zeroized.store(true, Ordering::SeqCst);
+    let (signed, err) = signer.join().unwrap();
+    assert!(signed > 0, "the application signed before the zeroize");
+    assert_eq!(
+        after.load(Ordering::SeqCst),
+        0,
+        "a signature came back after zeroize"
+    );
+    assert!(matches!(err, Some(HsmError::NotLoggedIn(_))), "{err:?}");
+    // Every login ended, the HSM SO's included, and the HSM is zeroized.
+    assert!(matches!(
+        setup.find_objects(co, None),
+        Err(HsmError::NotLoggedIn(_))
+    ));
+    assert_eq!(officer.summary().unwrap().state, "zeroized");
+    assert!(officer
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .is_err());
+    drop(server);
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads one answer frame and returns its bytes (the connection then closes).
+fn answer(s: &mut UnixStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    all
+}
+
+#[test]
+fn garbage_truncation_oversize_idle_crowds_and_dropped_clients_never_hurt_the_server() {
+    let lab = Lab::new();
+    let server = lab.start_with("max_frame_bytes = 4096\nmax_connections = 400\n");
+    let sock = server.socket.clone();
+    let mut app = Remote::connect(&sock).unwrap();
+    let co = app
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    let key = app.generate_key(co, KeySpec::Ed25519, &opts("ed")).unwrap()[0];
+
+    // Garbage in a well-formed frame: an error answer, then the connection closes.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&frame(&[0xff; 64])).unwrap();
+    let a = answer(&mut s);
+    assert!(
+        String::from_utf8_lossy(&a).contains("does not decode"),
+        "{a:?}"
+    );
+
+    // An oversized frame is refused before it is read.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+    let a = answer(&mut s);
+    assert!(
+        String::from_utf8_lossy(&a).contains("over this server's limit"),
+        "{a:?}"
+    );
+
+    // A truncated frame, then the client goes.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&100u32.to_be_bytes()).unwrap();
+    s.write_all(&[1, 2, 3]).unwrap();
+    drop(s);
+
+    // A request of another protocol version is refused, not misread.
+    let req = ferrohsm_proto::Request {
+        version: 99,
+        id: 5,
+        call: Some(ferrohsm_proto::v1::request::Call::Summary(
+            ferrohsm_proto::v1::Summary {},
+        )),
+    };
+    let mut s = UnixStream::connect(&sock).unwrap();
+    ferrohsm_proto::write_frame(&mut s, &req).unwrap();
+    let resp: ferrohsm_proto::Response = ferrohsm_proto::read_message(&mut s, 1 << 20).unwrap();
+    match resp.result {
+        Some(ferrohsm_proto::v1::response::Result::Error(e)) => {
+            assert!(e.message.contains("version 99"), "{}", e.message)
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Three hundred idle connections, and a key generation whose client vanishes at once.
+    let idle: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    {
+        // A client logs in, asks for an RSA key and goes without reading the answer.
+        let mut raw = UnixStream::connect(&sock).unwrap();
+        let login = ferrohsm_proto::Request {
+            version: ferrohsm_proto::PROTOCOL_VERSION,
+            id: 1,
+            call: Some(ferrohsm_proto::v1::request::Call::Login(
+                ferrohsm_proto::v1::Login {
+                    role: "co".into(),
+                    partition: Some("app".into()),
+                    secret: CO_PW.as_bytes().to_vec(),
+                },
+            )),
+        };
+        ferrohsm_proto::write_frame(&mut raw, &login).unwrap();
+        let resp: ferrohsm_proto::Response =
+            ferrohsm_proto::read_message(&mut raw, 1 << 20).unwrap();
+        let Some(ferrohsm_proto::v1::response::Result::Login(li)) = resp.result else {
+            panic!("{resp:?}")
+        };
+        let gen = ferrohsm_proto::Request {
+            version: ferrohsm_proto::PROTOCOL_VERSION,
+            id: 2,
+            call: Some(ferrohsm_proto::v1::request::Call::GenerateKey(
+                ferrohsm_proto::v1::GenerateKey {
+                    login: li.login,
+                    key_type: "rsa-2048".into(),
+                    label: "orphan".into(),
+                    object_id: vec![],
+                    extractable: false,
+                },
+            )),
+        };
+        ferrohsm_proto::write_frame(&mut raw, &gen).unwrap();
+        drop(raw);
+    }
+
+    // Meanwhile the application keeps signing, undisturbed.
+    let t = Instant::now();
+    for _ in 0..50 {
+        app.sign(co, key, Mechanism::Ed25519, b"still here")
+            .unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    drop(idle);
+
+    // The orphaned generation either finished whole (a private and a public key) or never
+    // happened; never half an object.
+    let t = Instant::now();
+    let orphans = loop {
+        let n = app.find_objects(co, Some("orphan")).unwrap();
+        if n.len() == 2 || t.elapsed() > Duration::from_secs(20) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(orphans.len() == 2 || orphans.is_empty(), "{orphans:?}");
+
+    let log = server.log_text();
+    for what in ["does not decode", "oversized frame", "broken frame"] {
+        assert!(log.contains(what), "the log does not say {what:?}: {log}");
+    }
+    let st = server.stop();
+    assert!(st.success(), "{st}");
+}
+
+#[test]
+fn kill_9_under_eight_signing_threads_errors_promptly_and_loses_nothing_acknowledged() {
+    let lab = Lab::new();
+    let mut server = lab.start();
+    let sock = server.socket.clone();
+    let mut setup = Remote::connect(&sock).unwrap();
+    let co = setup
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    let key = setup
+        .generate_key(co, KeySpec::EcP256, &opts("p256"))
+        .unwrap()[0];
+    // Keys acknowledged before the kill must be there after it.
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(
+            setup
+                .generate_key(co, KeySpec::Aes128, &opts(&format!("k{i}")))
+                .unwrap()[0],
+        );
+    }
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut c = Remote::connect(&sock)
+                    .unwrap()
+                    .with_deadline(Duration::from_secs(3));
+                let l = c
+                    .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+                    .unwrap();
+                let mut n = 0u64;
+                loop {
+                    let t = Instant::now();
+                    let m = Mechanism::Ecdsa(Some(ferrohsm_core::mechanism::Hash::Sha256));
+                    match c.sign(l, key, m, b"load") {
+                        Ok(_) => n += 1,
+                        Err(e) => return (n, e, t.elapsed()),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal("KILL");
+    server.wait(Duration::from_secs(10));
+    for t in threads {
+        let (n, e, took) = t.join().unwrap();
+        assert!(n > 0);
+        assert!(matches!(e, HsmError::Io { .. }), "{e}");
+        assert!(took < Duration::from_secs(4), "a call hung for {took:?}");
+    }
+    // A restarted server serves new logins, with every acknowledged key in place.
+    let server = lab.start();
+    let mut c = Remote::connect(&server.socket).unwrap();
+    let l = c
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    let handles: Vec<u64> = c
+        .find_objects(l, None)
+        .unwrap()
+        .iter()
+        .map(|o| o.handle)
+        .collect();
+    for h in acked {
+        assert!(handles.contains(&h), "acknowledged key {h} lost");
+    }
+    c.sign(l, key, Mechanism::Ecdsa(None), &[0u8; 32]).unwrap();
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_user_the_configuration_does_not_name_is_refused_by_its_uid() {
+    // Needs root to connect as another user.
+    let python = std::path::Path::new("/usr/bin/python3");
+    if !rustix_is_root()
+        || !python.exists()
+        || std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root, setpriv and /usr/bin/python3 to connect as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    // Let others reach the socket file, so that only the uid check stands in the way.
+    std::fs::set_permissions(lab.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(lab.run_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = lab.start();
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\nd=b''\nwhile True:\n  b=s.recv(4096)\n  if not b: break\n  d+=b\nsys.stdout.write(d[4:].decode('latin-1'))\n",
+        server.socket.display().to_string()
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("uid 65534 is not allowed"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server
+        .log_text()
+        .contains("connection refused: user not allowed"));
+}
+
+fn rustix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -1,0 +1,332 @@
+//! The HSM API over the wire: [`Remote`] answers [`HsmApi`] by asking a `ferrohsm server`
+//! on a Unix socket. It holds no key, no device key and no store: only login ids and the
+//! results the server returns. Every call has a deadline; a server that does not answer in
+//! time, or has gone, is an error (never a hang), and the connection is then dropped so
+//! that the next call reconnects.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrohsm_core::api::{HsmApi, LoginId, ObjectSummary, PartitionSummary, Summary};
+use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
+use ferrohsm_core::object::KeyOptions;
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{HsmError, Result, Role};
+use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
+use ferrohsm_proto::{
+    error_from_wire, read_message, write_frame, FrameError, Request, Response, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+};
+
+/// The default deadline of one call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A connection to a server's Unix socket.
+pub struct Remote {
+    socket: PathBuf,
+    stream: Option<UnixStream>,
+    deadline: Duration,
+    next_id: u64,
+}
+
+impl Remote {
+    /// Connects to the server listening on `socket`.
+    pub fn connect(socket: &Path) -> Result<Remote> {
+        let mut r = Remote {
+            socket: socket.to_path_buf(),
+            stream: None,
+            deadline: DEFAULT_DEADLINE,
+            next_id: 1,
+        };
+        r.stream()?;
+        Ok(r)
+    }
+
+    /// Sets the deadline of each call (default [`DEFAULT_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Remote {
+        self.deadline = deadline;
+        if let Some(s) = &self.stream {
+            let _ = s
+                .set_read_timeout(Some(deadline))
+                .and_then(|_| s.set_write_timeout(Some(deadline)));
+        }
+        self
+    }
+
+    fn io_error(&self, e: std::io::Error) -> HsmError {
+        HsmError::io(&self.socket, e)
+    }
+
+    fn stream(&mut self) -> Result<&mut UnixStream> {
+        if self.stream.is_none() {
+            let s = UnixStream::connect(&self.socket).map_err(|e| {
+                HsmError::io(
+                    &self.socket,
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("no ferrohsm server answers on this socket ({e})"),
+                    ),
+                )
+            })?;
+            s.set_read_timeout(Some(self.deadline))
+                .and_then(|_| s.set_write_timeout(Some(self.deadline)))
+                .map_err(|e| self.io_error(e))?;
+            self.stream = Some(s);
+        }
+        // Set just above.
+        self.stream
+            .as_mut()
+            .ok_or_else(|| HsmError::State("no connection".into()))
+    }
+
+    /// Sends one call and waits (up to the deadline) for its answer.
+    fn call(&mut self, call: Call) -> Result<Reply> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = Request {
+            version: PROTOCOL_VERSION,
+            id,
+            call: Some(call),
+        };
+        let answer = self.exchange(&req);
+        if answer.is_err() {
+            // After a failure the stream may be mid-frame: never reuse it.
+            self.stream = None;
+        }
+        match answer?.result {
+            Some(Reply::Error(e)) => Err(error_from_wire(e)),
+            Some(r) => Ok(r),
+            None => Err(HsmError::Store("the server sent an empty answer".into())),
+        }
+    }
+
+    fn exchange(&mut self, req: &Request) -> Result<Response> {
+        let socket = self.socket.clone();
+        let s = self.stream()?;
+        write_frame(s, req).map_err(|e| HsmError::io(&socket, e))?;
+        let resp: Response = read_message(s, DEFAULT_MAX_FRAME).map_err(|e| match e {
+            FrameError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                HsmError::io(
+                    &socket,
+                    std::io::Error::new(e.kind(), "the server did not answer within the deadline"),
+                )
+            }
+            FrameError::Closed => HsmError::io(
+                &socket,
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the server closed the connection",
+                ),
+            ),
+            FrameError::Io(e) => HsmError::io(&socket, e),
+            other => HsmError::Store(format!("bad answer from the server: {other}")),
+        })?;
+        if resp.id != req.id && resp.id != 0 {
+            return Err(HsmError::Store(format!(
+                "the server answered request {} to request {}",
+                resp.id, req.id
+            )));
+        }
+        Ok(resp)
+    }
+}
+
+fn unexpected(what: &str) -> HsmError {
+    HsmError::Store(format!(
+        "the server answered {what} with the wrong kind of reply"
+    ))
+}
+
+fn bytes(r: Reply) -> Result<Vec<u8>> {
+    match r {
+        Reply::Bytes(b) => Ok(b.value),
+        _ => Err(unexpected("a byte-returning call")),
+    }
+}
+
+fn done(r: Reply) -> Result<()> {
+    match r {
+        Reply::Done(_) => Ok(()),
+        _ => Err(unexpected("a call with no result")),
+    }
+}
+
+fn crypt(login: LoginId, key: u64, mech: Mechanism, p: &Params, data: &[u8]) -> v1::Crypt {
+    v1::Crypt {
+        login,
+        key,
+        mechanism: mech.to_string(),
+        iv: p.iv.clone(),
+        aad: p.aad.clone(),
+        label: p.label.clone(),
+        data: data.to_vec(),
+    }
+}
+
+impl HsmApi for Remote {
+    fn summary(&mut self) -> Result<Summary> {
+        match self.call(Call::Summary(v1::Summary {}))? {
+            Reply::Summary(s) => Ok(Summary {
+                serial: s.serial,
+                state: s.state,
+                label: s.label,
+                auth_mode: s.auth_mode,
+                partitions: s
+                    .partitions
+                    .into_iter()
+                    .map(|p| PartitionSummary {
+                        id: p.id,
+                        label: p.label,
+                        initialised: p.initialised,
+                    })
+                    .collect(),
+                tamper: s.tamper,
+            }),
+            _ => Err(unexpected("summary")),
+        }
+    }
+
+    fn login(&mut self, role: Role, partition: Option<&str>, secret: Pin) -> Result<LoginId> {
+        // The request (and so the secret's copy in it) is dropped right after sending; the
+        // engine zeroizes its own copy.
+        let call = Call::Login(v1::Login {
+            role: role.short().to_string(),
+            partition: partition.map(str::to_string),
+            secret: secret.expose().to_vec(),
+        });
+        match self.call(call)? {
+            Reply::Login(l) => Ok(l.login),
+            _ => Err(unexpected("login")),
+        }
+    }
+
+    fn logout(&mut self, login: LoginId) -> Result<()> {
+        done(self.call(Call::Logout(v1::Logout { login }))?)
+    }
+
+    fn generate_key(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        opts: &KeyOptions,
+    ) -> Result<Vec<u64>> {
+        match self.call(Call::GenerateKey(v1::GenerateKey {
+            login,
+            key_type: spec.to_string(),
+            label: opts.label.clone(),
+            object_id: opts.id.clone(),
+            extractable: opts.extractable,
+        }))? {
+            Reply::Handles(h) => Ok(h.handles),
+            _ => Err(unexpected("generate-key")),
+        }
+    }
+
+    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectSummary>> {
+        match self.call(Call::FindObjects(v1::FindObjects {
+            login,
+            label: label.map(str::to_string),
+        }))? {
+            Reply::Objects(o) => Ok(o
+                .objects
+                .into_iter()
+                .map(|o| ObjectSummary {
+                    handle: o.handle,
+                    class: o.class,
+                    key_type: o.key_type,
+                    label: o.label,
+                    id: o.object_id,
+                    public: o.public,
+                })
+                .collect()),
+            _ => Err(unexpected("find-objects")),
+        }
+    }
+
+    fn sign(&mut self, login: LoginId, key: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+        bytes(self.call(Call::Sign(v1::Sign {
+            login,
+            key,
+            mechanism: mech.to_string(),
+            data: data.to_vec(),
+        }))?)
+    }
+
+    fn verify(
+        &mut self,
+        login: LoginId,
+        key: u64,
+        mech: Mechanism,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<bool> {
+        match self.call(Call::Verify(v1::Verify {
+            login,
+            key,
+            mechanism: mech.to_string(),
+            data: data.to_vec(),
+            signature: signature.to_vec(),
+        }))? {
+            Reply::Verified(v) => Ok(v.valid),
+            _ => Err(unexpected("verify")),
+        }
+    }
+
+    fn encrypt(
+        &mut self,
+        login: LoginId,
+        key: u64,
+        mech: Mechanism,
+        params: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        bytes(self.call(Call::Encrypt(crypt(login, key, mech, params, data)))?)
+    }
+
+    fn decrypt(
+        &mut self,
+        login: LoginId,
+        key: u64,
+        mech: Mechanism,
+        params: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        bytes(self.call(Call::Decrypt(crypt(login, key, mech, params, data)))?)
+    }
+
+    fn destroy_object(&mut self, login: LoginId, handle: u64) -> Result<()> {
+        done(self.call(Call::DestroyObject(v1::DestroyObject { login, handle }))?)
+    }
+
+    fn random(&mut self, len: usize) -> Result<Vec<u8>> {
+        let length = u32::try_from(len)
+            .map_err(|_| HsmError::InvalidInput(format!("{len} random bytes is too many")))?;
+        bytes(self.call(Call::Random(v1::Random { length }))?)
+    }
+
+    fn zeroize(&mut self, login: LoginId, reason: &str) -> Result<()> {
+        done(self.call(Call::Zeroize(v1::Zeroize {
+            login,
+            reason: reason.to_string(),
+        }))?)
+    }
+
+    fn tamper(&mut self, login: LoginId) -> Result<()> {
+        done(self.call(Call::Tamper(v1::DeviceAction { login }))?)
+    }
+
+    fn restart(&mut self, login: LoginId) -> Result<u64> {
+        match self.call(Call::Restart(v1::DeviceAction { login }))? {
+            Reply::Epoch(e) => Ok(e.epoch),
+            _ => Err(unexpected("restart")),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The HSM API: what a front end (the PKCS#11 module, the CLI) asks of an HSM, in one trait.
+//! [`Embedded`] answers it with the engine in the caller's process; the `ferrohsm-client`
+//! crate answers it by asking a `ferrohsm server`, which answers with an [`Embedded`] of its
+//! own. The wire protocol (`ferrohsm-proto`) is a transcription of this trait, call for call.
+//!
+//! A login is named by a [`LoginId`] that only the front end that made it may use; it holds
+//! the partition key for the Crypto Officer and Crypto User, and ends at [`HsmApi::logout`],
+//! when the front end goes away, or for everyone at zeroize and tamper.
+//!
+//! This is the API's first version: device summary, logins by password or challenge secret,
+//! key generation, finding, signing, verifying, encryption, destruction, random, and the
+//! destructive device actions (which need the HSM SO). It grows call by call until the
+//! PKCS#11 module and the CLI are written against it alone.
+
+mod embedded;
+
+pub use embedded::{Embedded, Logins};
+
+use crate::error::Result;
+use crate::mechanism::{KeySpec, Mechanism, Params};
+use crate::object::KeyOptions;
+use crate::role::Role;
+use crate::secret::Pin;
+
+/// Names one login of one front end. Random, so a guess names nothing.
+pub type LoginId = u64;
+
+/// A partition as a front end sees it (the PKCS#11 module shows one slot per partition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSummary {
+    /// Stable id (the PKCS#11 slot id).
+    pub id: u32,
+    /// Label (the token label).
+    pub label: String,
+    /// Whether its Partition SO has initialised it.
+    pub initialised: bool,
+}
+
+/// The device as a front end sees it. Nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Serial number.
+    pub serial: String,
+    /// "initialised", "uninitialised" or "zeroized".
+    pub state: String,
+    /// Label, once initialised.
+    pub label: Option<String>,
+    /// "ped" or "password", once initialised.
+    pub auth_mode: Option<String>,
+    /// Partitions.
+    pub partitions: Vec<PartitionSummary>,
+    /// A tamper event not yet cleared.
+    pub tamper: Option<String>,
+}
+
+/// An object as a front end sees it: what it is, never a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectSummary {
+    /// Handle.
+    pub handle: u64,
+    /// Class name ("secret-key", "private-key", "public-key", "certificate", "data").
+    pub class: String,
+    /// Key type name, for keys ("ec-p256", "aes-256", …).
+    pub key_type: Option<String>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// SubjectPublicKeyInfo DER, for public keys and key pairs.
+    pub public: Option<Vec<u8>>,
+}
+
+/// What applications and operators ask of an HSM. Every call checks role and policy inside
+/// the HSM; errors are the engine's own ([`crate::HsmError`]), carried unchanged over the wire.
+pub trait HsmApi {
+    /// The device, its state and its partitions.
+    fn summary(&mut self) -> Result<Summary>;
+    /// Logs a role in with a password or an activated role's challenge secret (counted and
+    /// audited like every login).
+    fn login(&mut self, role: Role, partition: Option<&str>, secret: Pin) -> Result<LoginId>;
+    /// Ends a login; its keys are dropped.
+    fn logout(&mut self, login: LoginId) -> Result<()>;
+    /// Generates a key in the login's partition (Crypto Officer); returns the handles made
+    /// (the secret key, or the private key then the public key).
+    fn generate_key(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        opts: &KeyOptions,
+    ) -> Result<Vec<u64>>;
+    /// The login's partition's objects, or those with a label.
+    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectSummary>>;
+    /// Signs (or MACs) inside the HSM.
+    fn sign(&mut self, login: LoginId, key: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>>;
+    /// Verifies a signature or MAC; `Ok(false)` for a bad one.
+    fn verify(
+        &mut self,
+        login: LoginId,
+        key: u64,
+        mech: Mechanism,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<bool>;
+    /// Encrypts inside the HSM.
+    fn encrypt(
+        &mut self,
+        login: LoginId,
+        key: u64,
+        mech: Mechanism,
+        params: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>>;
+    /// Decrypts inside the HSM.
+    fn decrypt(
+        &mut self,
+        login: LoginId,
+        key: u64,
+        mech: Mechanism,
+        params: &Params,
+        data: &[u8],
+    ) -> Result<Vec<u8>>;
+    /// Destroys an object (Crypto Officer).
+    fn destroy_object(&mut self, login: LoginId, handle: u64) -> Result<()>;
+    /// Random bytes from the HSM's generator, at most [`MAX_RANDOM`].
+    fn random(&mut self, len: usize) -> Result<Vec<u8>>;
+    /// Zeroizes the HSM (HSM SO): every key in the store and every login, everywhere, at once.
+    fn zeroize(&mut self, login: LoginId, reason: &str) -> Result<()>;
+    /// The tamper switch (HSM SO): zeroize and leave a tamper note.
+    fn tamper(&mut self, login: LoginId) -> Result<()>;
+    /// A restart (HSM SO): activations end unless auto-activation is on; returns the boot count.
+    fn restart(&mut self, login: LoginId) -> Result<u64>;
+}
+
+/// Most random bytes one call returns.
+pub const MAX_RANDOM: usize = 1 << 20;

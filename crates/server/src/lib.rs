@@ -1,0 +1,146 @@
+//! `ferrohsm server`: the HSM's boundary. It owns one data directory (exclusively: no other
+//! server, CLI or PKCS#11 module may open it while it runs), hardens its own process, and
+//! serves the HSM API ([`ferrohsm_core::api::HsmApi`]) over a Unix socket to peers admitted
+//! by uid/gid. Layers: [`listener`] (transport, limits, timeouts), [`service`] (one request
+//! to one API call), and the engine behind the API.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod hardening;
+pub mod listener;
+pub mod service;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrohsm_core::dir_lock::{self, LockMode};
+use ferrohsm_core::{Hsm, HsmError};
+use tracing::{info, warn};
+
+pub use config::{ConfigError, ServerConfig};
+
+/// Why the server did not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory is unusable (held by another process, readable by others,
+    /// tampered with).
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// The socket or the process could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// Runs a server until SIGTERM or SIGINT; `ready` is called once the socket accepts
+/// connections. Returns after in-flight requests finished (or the grace period passed)
+/// and every connection's audit batches were flushed.
+pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), ServerError> {
+    config.validate()?;
+    hardening::harden().map_err(io("hardening the process"))?;
+    let dir = config.data_dir.clone();
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    dir_lock::check_private(&dir)?;
+    let _lock = dir_lock::acquire(&dir, LockMode::Exclusive)?;
+    // Check the store opens (device key, manifest) before serving anyone.
+    let serial = {
+        let mut hsm = Hsm::open_or_create(&dir)?;
+        let s = hsm.info()?;
+        info!(serial = %s.serial, state = %s.state, dir = %dir.display(), "HSM opened");
+        s.serial
+    };
+    dir_lock::check_private(&dir)?;
+
+    let socket = config.socket.clone();
+    let listener = bind(&socket)?;
+    let shared = Arc::new(listener::Shared::new(config));
+    let signals = watch_signals(&shared, &socket)?;
+    info!(socket = %socket.display(), serial = %serial, "listening");
+    ready(&socket);
+    listener::accept_loop(&listener, &shared);
+
+    // Stopping: no new connections; idle ones close; busy ones answer first.
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    shared.stop_reads();
+    let grace = Duration::from_secs(shared.config.shutdown_grace_s);
+    let start = Instant::now();
+    while shared.active.load(Ordering::SeqCst) > 0 && start.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = shared.active.load(Ordering::SeqCst);
+    if left > 0 {
+        warn!(
+            connections = left,
+            "grace period over; stopping with requests in flight"
+        );
+    }
+    signals.close();
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds the socket, replacing a stale one (a file nobody listens on) but never a live one.
+fn bind(socket: &Path) -> Result<UnixListener, ServerError> {
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            return Err(ServerError::Io {
+                what: format!("binding {}", socket.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another server is listening on it",
+                ),
+            });
+        }
+        std::fs::remove_file(socket).map_err(io(format!("removing stale {}", socket.display())))?;
+    }
+    let l = UnixListener::bind(socket).map_err(io(format!("binding {}", socket.display())))?;
+    // Anyone may connect; the peer's uid/gid decides who is served (and refusals are logged).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(io(format!("setting the mode of {}", socket.display())))?;
+    Ok(l)
+}
+
+/// A thread that turns SIGTERM/SIGINT into a stop: sets the flag, then connects once to
+/// wake the accept loop.
+fn watch_signals(
+    shared: &Arc<listener::Shared>,
+    socket: &Path,
+) -> Result<signal_hook::iterator::Handle, ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(io("installing signal handlers"))?;
+    let handle = signals.handle();
+    let shared = shared.clone();
+    let socket: PathBuf = socket.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!(signal = sig, "stopping: finishing requests in flight");
+                shared.stopping.store(true, Ordering::SeqCst);
+                let _ = UnixStream::connect(&socket);
+            }
+        })
+        .map_err(io("starting the signal thread"))?;
+    Ok(handle)
+}
