@@ -75,6 +75,8 @@ head -c 32 /dev/urandom > secret
 
 check "HSM initialised password-authenticated by the ferrohsm command" \
   "$BIN" hsm init --label e2e --auth password --so-password env:SO_PW --domain-password env:DOMAIN_PW
+check "the HSM SO lets C_InitToken create partitions (HSM policy init-token)" \
+  "$BIN" hsm policy set init-token on --password env:SO_PW
 check "pkcs11-tool lists one uninitialised token" \
   bash -c "${P[*]} -L | grep -q 'uninitialized'"
 check "C_InitToken from pkcs11-tool creates the token" \

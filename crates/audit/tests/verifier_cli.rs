@@ -16,9 +16,6 @@ fn export(dir: &std::path::Path) -> (String, String) {
         None,
     )
     .unwrap();
-    for _ in 0..3 {
-        let _ = hsm.restart();
-    }
     let s = hsm
         .login(
             Role::Auditor,

@@ -739,6 +739,18 @@ fn main() {
         None,
     )
     .expect("Auditor");
+    // The bench makes its tokens with C_InitToken, which the HSM SO must allow.
+    let so = hsm
+        .login(
+            ferrohsm_core::Role::HsmSo,
+            None,
+            ferrohsm_core::Credential::Secret(
+                ferrohsm_core::secret::Pin::password("bench-hsm-so").expect("pin"),
+            ),
+        )
+        .expect("HSM SO");
+    hsm.set_hsm_policy(&so, "init-token", "on")
+        .expect("init-token policy");
     drop(hsm);
     std::env::set_var("FERROHSM_HOME", &fdata);
     let sdir = tmp.path().join("softhsm");

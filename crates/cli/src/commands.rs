@@ -203,14 +203,15 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             }
             Ok(exit::OK)
         }
-        HsmCmd::Zeroize { yes } => {
+        HsmCmd::Zeroize { yes, login: l } => {
             need_yes(
                 yes,
                 "Zeroize destroys every key, role and partition of this HSM irreversibly.",
             )?;
             match Hsm::open(dir) {
                 Ok(mut hsm) => {
-                    hsm.zeroize("zeroize command")?;
+                    let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
+                    hsm.zeroize(&s, "zeroize command")?;
                     done(format!(
                         "HSM {} zeroized: all key material destroyed",
                         hsm.serial()
@@ -225,27 +226,46 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 Err(e) => Err(e),
             }
         }
-        HsmCmd::FactoryReset { yes } => {
+        HsmCmd::FactoryReset {
+            yes,
+            erase_audit_log,
+            login: l,
+        } => {
             let mut hsm = Hsm::open(dir)?;
             need_yes(
                 yes,
                 "Factory reset destroys every key, role and partition of this HSM irreversibly.",
             )?;
-            hsm.factory_reset()?;
-            done(format!("HSM {} reset to factory state", hsm.serial()))
+            let auditor = if erase_audit_log {
+                Some(login(&mut hsm, ped_dir, &l, Role::Auditor, None)?)
+            } else {
+                None
+            };
+            hsm.factory_reset(None, auditor.as_ref())?;
+            done(format!(
+                "HSM {} reset to factory state; {}",
+                hsm.serial(),
+                if auditor.is_some() {
+                    "the audit log, its key and the Auditor are erased"
+                } else {
+                    "the audit log and the Auditor are kept"
+                }
+            ))
         }
-        HsmCmd::Tamper { yes } => {
+        HsmCmd::Tamper { yes, login: l } => {
             let mut hsm = Hsm::open(dir)?;
             need_yes(yes, "The tamper switch zeroizes the HSM.")?;
-            hsm.tamper()?;
+            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
+            hsm.tamper(&s)?;
             done(format!(
                 "HSM {} tampered: zeroized, every activation dropped",
                 hsm.serial()
             ))
         }
-        HsmCmd::Restart => {
+        HsmCmd::Restart { login: l } => {
             let mut hsm = Hsm::open(dir)?;
-            let epoch = hsm.restart()?;
+            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
+            let epoch = hsm.restart(&s)?;
             done(format!(
                 "HSM {} restarted (boot {epoch}); activations without auto-activation have ended",
                 hsm.serial()

@@ -375,9 +375,10 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
 
     step(
         &mut n,
-        "A restart ends the activation (auto-activation is off)",
+        "The HSM SO restarts the HSM (the Crypto User may not); the activation ends (auto-activation is off)",
     );
-    hsm.restart()?;
+    refused("the Crypto User restarts the HSM", hsm.restart(&cu))?;
+    hsm.restart(&so)?;
     refused(
         "the challenge secret after a restart",
         hsm.login(

@@ -169,33 +169,59 @@ Examples:
     /// Show serial, state, authentication mode, policies, partitions and roles.
     #[command(after_help = "Example:\n  ferrohsm hsm show\n  ferrohsm hsm show --json")]
     Show,
-    /// Destroy all key material irreversibly (device key, partitions, roles, keys).
-    #[command(after_help = "Example:\n  ferrohsm hsm zeroize --yes")]
+    /// Destroy all key material irreversibly (device key, partitions, roles, keys). The HSM
+    /// SO logs in to do it; a store that fails its integrity checks (tamper) is destroyed
+    /// without a login, with direct access to its directory.
+    #[command(
+        after_help = "Example:\n  ferrohsm hsm zeroize --yes --key ped-keys/FH…-hsm-so-1.pedkey --key …-2.pedkey --pin prompt\n  ferrohsm hsm zeroize --yes --password env:SO_PW      # password-authenticated HSM"
+    )]
     Zeroize {
         /// Confirm.
         #[arg(long)]
         yes: bool,
+        /// The HSM SO's credential.
+        #[command(flatten)]
+        login: Login,
     },
-    /// Zeroize, and also destroy the audit log, its key and the Auditor: as delivered.
-    /// Export the audit log first.
+    /// Zeroize and clear the zeroize and tamper notes: as delivered. Works on the data
+    /// directory directly (no server may hold it), with --yes. The audit log, its key and
+    /// the Auditor are kept unless --erase-audit-log, for which the Auditor logs in with this
+    /// command's --key/--pin/--password (export the log first).
     #[command(
-        after_help = "Example:\n  ferrohsm audit export --out before-reset.json && ferrohsm hsm factory-reset --yes"
+        after_help = "Examples:\n  ferrohsm hsm factory-reset --yes\n  ferrohsm audit export --out before-reset.json && ferrohsm hsm factory-reset --yes --erase-audit-log --password env:AUDITOR_PW"
     )]
     FactoryReset {
         /// Confirm.
         #[arg(long)]
         yes: bool,
+        /// Also destroy the audit log, its signing key and the Auditor (the Auditor logs in).
+        #[arg(long)]
+        erase_audit_log: bool,
+        /// The Auditor's credential, with --erase-audit-log.
+        #[command(flatten)]
+        login: Login,
     },
-    /// Simulate the tamper switch: zeroize and drop every activation.
-    #[command(after_help = "Example:\n  ferrohsm hsm tamper --yes && ferrohsm hsm show")]
+    /// Simulate the tamper switch (HSM SO): zeroize and drop every activation.
+    #[command(
+        after_help = "Example:\n  ferrohsm hsm tamper --yes --password env:SO_PW && ferrohsm hsm show"
+    )]
     Tamper {
         /// Confirm.
         #[arg(long)]
         yes: bool,
+        /// The HSM SO's credential.
+        #[command(flatten)]
+        login: Login,
     },
-    /// Simulate a restart: activations end unless auto-activation is allowed.
-    #[command(after_help = "Example:\n  ferrohsm hsm restart")]
-    Restart,
+    /// Simulate a restart (HSM SO): activations end unless auto-activation is allowed.
+    #[command(
+        after_help = "Example:\n  ferrohsm hsm restart --key ped-keys/FH…-hsm-so-1.pedkey --key …-2.pedkey --pin prompt"
+    )]
+    Restart {
+        /// The HSM SO's credential.
+        #[command(flatten)]
+        login: Login,
+    },
     /// HSM policies (HSM SO).
     #[command(subcommand)]
     Policy(HsmPolicyCmd),

@@ -557,7 +557,28 @@ fn zeroize_tamper_and_reinit() {
     e.run(&["hsm", "zeroize"])
         .code(2)
         .stderr(predicate::str::contains("--yes"));
-    e.run(&["hsm", "zeroize", "--yes"]).success();
+    // Only the HSM SO zeroizes: a wrong PIN is refused (and counted) and nothing is destroyed.
+    let (so1, so2) = (e.key("hsm-so-1"), e.key("hsm-so-2"));
+    let so = ["--key", &so1, "--key", &so2];
+    e.run(
+        &[
+            &["hsm", "zeroize", "--yes"][..],
+            &so,
+            &["--pin", "env:WRONG_PIN"],
+        ]
+        .concat(),
+    )
+    .code(3);
+    assert!(e.data().join("device.key").exists());
+    e.run(
+        &[
+            &["hsm", "zeroize", "--yes"][..],
+            &so,
+            &["--pin", "env:SO_PIN"],
+        ]
+        .concat(),
+    )
+    .success();
     e.run(&["hsm", "show"])
         .success()
         .stdout(predicate::str::contains("state:      zeroized"));
@@ -574,7 +595,8 @@ fn zeroize_tamper_and_reinit() {
         .stderr(predicate::str::contains("already holds"));
     e.run(&["hsm", "init", "--label", "hsm1", "--overwrite"])
         .success();
-    e.run(&["hsm", "tamper", "--yes"]).success();
+    let so1 = e.key("hsm-so-1");
+    e.run(&["hsm", "tamper", "--yes", "--key", &so1]).success();
     e.run(&["hsm", "show"])
         .success()
         .stdout(predicate::str::contains("TAMPER"));

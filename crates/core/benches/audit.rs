@@ -170,10 +170,13 @@ fn append_rate(dir: &Path, with_signing: bool) -> (f64, f64) {
         ready_rx.recv().unwrap();
     }
     let mut h = Hsm::open(&dir.join("data")).unwrap();
+    let so = h
+        .login(Role::HsmSo, None, Credential::Ped(&mut ped(dir, "so")))
+        .unwrap();
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed() < RUN {
-        h.restart().unwrap();
+        h.restart(&so).unwrap();
         n += 1;
     }
     let secs = t0.elapsed().as_secs_f64();

@@ -355,6 +355,13 @@ impl Session {
     pub fn role(&self) -> Role {
         self.role
     }
+    /// Refuses `action` unless this is the HSM SO's login.
+    pub fn require_hsm_so(&self, action: &str) -> Result<()> {
+        if self.role != Role::HsmSo {
+            return Err(need("HSM SO", action, self.role));
+        }
+        Ok(())
+    }
     /// The partition's label, for partition roles.
     pub fn partition(&self) -> Option<&str> {
         self.partition_label.as_deref()
@@ -819,8 +826,13 @@ impl Hsm {
     }
 
     /// Destroys all key material irreversibly: device key, roles, partitions, objects. The
-    /// serial and the event history remain. Anyone at the device may do this.
-    pub fn zeroize(&mut self, reason: &str) -> Result<()> {
+    /// serial and the event history remain. Needs the HSM SO.
+    pub fn zeroize(&mut self, s: &Session, reason: &str) -> Result<()> {
+        s.require_hsm_so("zeroize")?;
+        self.zeroize_now(reason)
+    }
+
+    fn zeroize_now(&mut self, reason: &str) -> Result<()> {
         let e = self.ev(
             "zeroize",
             "device",
@@ -832,15 +844,41 @@ impl Hsm {
         self.store.destroy_key_material(reason)
     }
 
-    /// Zeroize, and also destroy the audit log, its signing key and the Auditor, and forget
-    /// the zeroize and tamper notes: the HSM is as delivered. Export the log first.
-    pub fn factory_reset(&mut self) -> Result<()> {
+    /// Zeroize, and forget the zeroize and tamper notes: the HSM as delivered. Needs the HSM
+    /// SO, or (`so` = `None`) direct local access to a directory no server holds, which the
+    /// caller has had confirmed. The audit log, its signing key and the Auditor survive
+    /// unless the Auditor also confirms by logging in (`auditor`): export the log first.
+    pub fn factory_reset(&mut self, so: Option<&Session>, auditor: Option<&Session>) -> Result<()> {
+        if let Some(s) = so {
+            s.require_hsm_so("factory reset")?;
+        }
+        if let Some(a) = auditor {
+            if a.role != Role::Auditor {
+                return Err(need("Auditor", "erasing the audit log", a.role));
+            }
+        }
+        let by = if so.is_some() {
+            "HSM SO"
+        } else {
+            "local access"
+        };
         self.writer = None;
-        self.zeroize("factory reset")?;
-        self.store.reset_audit()?;
+        self.zeroize_now(&format!("factory reset ({by})"))?;
+        let kept = if auditor.is_some() {
+            self.store.reset_audit()?;
+            "audit log erased by the Auditor"
+        } else {
+            "audit log and Auditor kept"
+        };
         self.store.clear_meta("zeroized")?;
         self.store.clear_meta("tamper")?;
-        let e = self.ev("factory-reset", "device", None, None, "success");
+        let e = self.ev(
+            "factory-reset",
+            "device",
+            None,
+            None,
+            &format!("success: {by}; {kept}"),
+        );
         self.store.event(&e)
     }
 
@@ -863,9 +901,10 @@ impl Hsm {
         store.destroy_key_material(reason)
     }
 
-    /// The tamper switch: zeroize, which drops every activation with the partitions, and
+    /// The tamper switch (HSM SO): zeroize, which drops every activation with the partitions, and
     /// leave a tamper note that `hsm show` reports until the HSM is initialised again.
-    pub fn tamper(&mut self) -> Result<()> {
+    pub fn tamper(&mut self, s: &Session) -> Result<()> {
+        s.require_hsm_so("the tamper switch")?;
         let e = self.ev("tamper", "device", None, None, "tamper switch: zeroizing");
         self.store.event(&e)?;
         self.store.destroy_key_material("tamper")?;
@@ -873,8 +912,9 @@ impl Hsm {
             .set_meta("tamper", &format!("tamper switch at {}", now_rfc3339()))
     }
 
-    /// A restart of the HSM: activations end unless auto-activation is allowed.
-    pub fn restart(&mut self) -> Result<u64> {
+    /// A restart of the HSM (HSM SO): activations end unless auto-activation is allowed.
+    pub fn restart(&mut self, s: &Session) -> Result<u64> {
+        s.require_hsm_so("restart")?;
         let e = self.ev("restart", "device", None, None, "success");
         self.store.write(|t| {
             let mut d = Self::device(t)?;
@@ -1203,6 +1243,11 @@ impl Hsm {
                 need("Partition SO", "changing partition policy", s.role),
             ));
         }
+        if name == "init-token" {
+            return Err(HsmError::InvalidInput(
+                "init-token is an HSM policy (`ferrohsm hsm policy set init-token on`)".into(),
+            ));
+        }
         let id = s
             .partition
             .ok_or_else(|| HsmError::State("no partition".into()))?;
@@ -1251,7 +1296,14 @@ impl Hsm {
     pub fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32> {
         // Credentials or the rules for remembering them change: remembered logins go.
         login_memo::forget_all();
-        let mode = self.store.read(|t| Ok(Self::device(t)?.mode))?;
+        let (mode, allowed) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            Ok((d.mode, d.policy.init_token))
+        })?;
+        if mode == AuthMode::Password && !allowed {
+            return Err(self.refuse("partition-create", "none", Some(label), HsmError::Refused(
+                "C_InitToken may not create partitions on this HSM: the HSM SO allows it with `ferrohsm hsm policy set init-token on`, or creates partitions with `ferrohsm partition create`".into())));
+        }
         if mode != AuthMode::Password {
             return Err(self.refuse("partition-create", "none", Some(label), HsmError::Refused(
                 "tokens of a PED-authenticated HSM are created by the HSM SO (`ferrohsm partition create`)".into())));

@@ -42,6 +42,11 @@ pub struct Policy {
     /// Stores written before this policy existed read the default.
     #[serde(default = "default_login_cache_seconds")]
     pub login_cache_seconds: u32,
+    /// HSM policy only: whether PKCS#11 `C_InitToken` may create a partition on a
+    /// password-authenticated HSM. Off by default (and in stores written before it existed):
+    /// otherwise anyone who can reach the module creates partitions without the HSM SO.
+    #[serde(default)]
+    pub init_token: bool,
 }
 
 impl Policy {
@@ -56,6 +61,7 @@ impl Policy {
             m_of_n: true,
             remote_ped: true,
             login_cache_seconds: MAX_LOGIN_CACHE_SECONDS,
+            init_token: false,
         }
     }
 
@@ -80,6 +86,7 @@ impl Policy {
             m_of_n: self.m_of_n && hsm.m_of_n,
             remote_ped: self.remote_ped && hsm.remote_ped,
             login_cache_seconds: self.login_cache_seconds.min(hsm.login_cache_seconds),
+            init_token: hsm.init_token,
         }
     }
 
@@ -101,6 +108,7 @@ impl Policy {
             ("m-of-n", b(self.m_of_n)),
             ("remote-ped", b(self.remote_ped)),
             ("login-cache-seconds", self.login_cache_seconds.to_string()),
+            ("init-token", b(self.init_token)),
         ]
     }
 
@@ -146,6 +154,7 @@ impl Policy {
             "clone-secret-keys" => self.clone_secret_keys = flag()?,
             "m-of-n" => self.m_of_n = flag()?,
             "remote-ped" => self.remote_ped = flag()?,
+            "init-token" => self.init_token = flag()?,
             _ => {
                 let names: Vec<_> = self.entries().into_iter().map(|(n, _)| n).collect();
                 return Err(HsmError::InvalidInput(format!(

@@ -194,9 +194,11 @@ fn later_checkpoint_extends_earlier_and_a_fork_is_caught() {
     copy_dir(&f.data, &fork_dir);
     let mut a = Hsm::open(&f.data).unwrap();
     let mut b = Hsm::open(&fork_dir).unwrap();
-    a.restart().unwrap();
-    b.restart().unwrap();
-    b.restart().unwrap();
+    let so_a = hsm_so(&f, &mut a);
+    let so_b = hsm_so(&f, &mut b);
+    a.restart(&so_a).unwrap();
+    b.restart(&so_b).unwrap();
+    b.restart(&so_b).unwrap();
     let sa = auditor(&f, &mut a);
     let a_cp = a.audit_checkpoint(&sa).unwrap();
     let a_size = ferrohsm_audit::verify::checkpoint_size(&a_cp).unwrap();
@@ -212,7 +214,7 @@ fn later_checkpoint_extends_earlier_and_a_fork_is_caught() {
         x.earlier.clear();
         x
     };
-    b.restart().unwrap();
+    b.restart(&so_b).unwrap();
     let big = b.audit_checkpoint(&sb).unwrap();
     let mut o = opts(&b);
     o.earlier = vec![big];
@@ -314,7 +316,8 @@ fn auditor_exists_before_init_survives_zeroize_and_reinit_and_locks_for_a_while(
         ),
         Err(HsmError::Refused(_))
     ));
-    hsm.zeroize("test").unwrap();
+    // No HSM SO exists yet: direct local access zeroizes, keeping the log and the Auditor.
+    hsm.factory_reset(None, None).unwrap();
     let s = hsm
         .login(
             Role::Auditor,

@@ -234,7 +234,8 @@ fn inv3_zeroize_leaves_nothing_recoverable() {
     }
     drop(c);
     assert!(sealed.len() >= 6);
-    hsm.zeroize("test").unwrap();
+    let so = hsm_so(&f, &mut hsm);
+    hsm.zeroize(&so, "test").unwrap();
     drop(hsm);
     for (p, b) in all_bytes(&f.data) {
         assert!(
@@ -278,7 +279,11 @@ fn inv3_tamper_zeroizes_and_drops_activation() {
         Credential::Secret(ch.clone()),
     )
     .unwrap();
-    hsm.tamper().unwrap();
+    // The tamper switch is the HSM SO's: the Crypto Officer is refused and nothing changes.
+    assert!(matches!(hsm.tamper(&co), Err(HsmError::Refused(_))));
+    assert_eq!(hsm.info().unwrap().state, "initialised");
+    let so = hsm_so(&f, &mut hsm);
+    hsm.tamper(&so).unwrap();
     let info = hsm.info().unwrap();
     assert_eq!(info.state, "zeroized");
     assert!(info.tamper.is_some());

@@ -36,8 +36,10 @@ fn activation_challenge_restart_and_auto_activation() {
         )
         .unwrap_err();
     assert!(matches!(e, HsmError::AuthFailed { .. }), "{e}");
-    // Restart without auto-activation ends it.
-    hsm.restart().unwrap();
+    // Restart without auto-activation ends it. Only the HSM SO restarts the HSM.
+    assert!(matches!(hsm.restart(&s), Err(HsmError::Refused(_))));
+    let so = hsm_so(&f, &mut hsm);
+    hsm.restart(&so).unwrap();
     assert!(matches!(
         hsm.login(
             Role::CryptoOfficer,
@@ -52,7 +54,7 @@ fn activation_challenge_restart_and_auto_activation() {
         .unwrap();
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
     hsm.activate(&co, ch.clone()).unwrap();
-    hsm.restart().unwrap();
+    hsm.restart(&so).unwrap();
     hsm.login(
         Role::CryptoOfficer,
         Some("p"),
@@ -576,4 +578,103 @@ fn session_objects_are_never_stored_and_go_with_their_owner() {
         .sign(&co, hs[0], Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap_err();
     assert!(matches!(e, HsmError::NotFound(_)), "{e}");
+}
+
+/// Factory reset: the HSM SO, or local access (`None`); never another role. The audit log
+/// and the Auditor survive it unless the Auditor logs in to erase them.
+#[test]
+fn factory_reset_keeps_the_audit_log_unless_the_auditor_erases_it() {
+    let pw = |s: &str| Pin::password(s).unwrap();
+    let (_tmp, mut hsm) = password_hsm();
+    hsm.audit_init(NewSecret::Password(pw("auditor-pass-1")), None)
+        .unwrap();
+    let auditor = |hsm: &mut Hsm| {
+        hsm.login(
+            Role::Auditor,
+            None,
+            Credential::Secret(pw("auditor-pass-1")),
+        )
+    };
+    let co = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("tok"),
+            Credential::Secret(pw("user-pin-1234")),
+        )
+        .unwrap();
+    assert!(matches!(
+        hsm.factory_reset(Some(&co), None),
+        Err(HsmError::Refused(_))
+    ));
+    let a = auditor(&mut hsm).unwrap();
+    // The Auditor alone cannot reset: only erase the log as part of someone's reset.
+    assert!(matches!(
+        hsm.factory_reset(Some(&a), None),
+        Err(HsmError::Refused(_))
+    ));
+    assert_eq!(hsm.info().unwrap().state, "initialised");
+    let so = hsm
+        .login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password")))
+        .unwrap();
+    // The SO cannot pass for the Auditor.
+    assert!(matches!(
+        hsm.factory_reset(Some(&so), Some(&so)),
+        Err(HsmError::Refused(_))
+    ));
+    hsm.factory_reset(Some(&so), None).unwrap();
+    assert_eq!(hsm.info().unwrap().state, "uninitialised");
+    let a = auditor(&mut hsm).unwrap();
+    let records = hsm.audit_records(&a).unwrap();
+    assert!(
+        records.iter().any(|r| r.event == "hsm-init"),
+        "history kept"
+    );
+    let reset = records
+        .iter()
+        .rfind(|r| r.event == "factory-reset")
+        .unwrap();
+    assert!(
+        reset.outcome.contains("audit log and Auditor kept"),
+        "{}",
+        reset.outcome
+    );
+    hsm.audit_verify(&a).unwrap();
+
+    // Local access (no SO on an uninitialised HSM), with the Auditor: the log goes too.
+    hsm.factory_reset(None, Some(&a)).unwrap();
+    assert!(auditor(&mut hsm).is_err(), "the Auditor was erased");
+    assert!(hsm.info().unwrap().auditor.is_none());
+}
+
+/// `C_InitToken` (Hsm::init_token) creates partitions only while the HSM SO allows it; a
+/// refusal creates nothing and is audited.
+#[test]
+fn init_token_needs_the_hsm_policy_and_a_refusal_is_audited() {
+    let pw = |s: &str| Pin::password(s).unwrap();
+    let (_tmp, mut hsm) = password_hsm();
+    let before = hsm.info().unwrap().partitions.len();
+    let e = hsm.init_token("rogue", pw("so-pin-rogue")).unwrap_err();
+    assert!(matches!(e, HsmError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("init-token"), "{e}");
+    assert_eq!(hsm.info().unwrap().partitions.len(), before);
+    assert!(hsm
+        .events()
+        .unwrap()
+        .iter()
+        .any(|e| e.event == "partition-create" && e.outcome.starts_with("failure")));
+    let so = hsm
+        .login(Role::HsmSo, None, Credential::Secret(pw("hsm-so-password")))
+        .unwrap();
+    // A partition's SO cannot grant it; only the HSM policy does.
+    let pso = hsm
+        .login(
+            Role::PartitionSo,
+            Some("tok"),
+            Credential::Secret(pw("partition-so-pw")),
+        )
+        .unwrap();
+    assert!(hsm.set_partition_policy(&pso, "init-token", "on").is_err());
+    hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
+    hsm.init_token("app", pw("so-pin-app")).unwrap();
+    assert_eq!(hsm.info().unwrap().partitions.len(), before + 1);
 }

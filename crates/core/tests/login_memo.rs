@@ -112,6 +112,13 @@ fn a_remembered_login_changes_no_rule_of_logging_in() {
         .unwrap();
     co(&mut hsm, "user-pin-5678").unwrap();
     assert_eq!(login_memo::len(), 1);
-    hsm.zeroize("test").unwrap();
+    let so = hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Secret(Pin::password("hsm-so-password").unwrap()),
+        )
+        .unwrap();
+    hsm.zeroize(&so, "test").unwrap();
     assert_eq!(login_memo::len(), 0);
 }

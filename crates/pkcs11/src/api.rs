@@ -279,8 +279,8 @@ fn slots(m: &Module) -> Rv<Vec<Slot>> {
             serial: info.serial.clone(),
         })
         .collect();
-    if mode == AuthMode::Password {
-        // Always one uninitialised token, as SoftHSMv2 shows; C_InitToken makes it a partition
+    if mode == AuthMode::Password && info.policy.get("init-token").is_some_and(|v| v == "on") {
+        // While the HSM SO allows C_InitToken: always one uninitialised token, as SoftHSMv2 shows; C_InitToken makes it a partition
         // with this same id, so the slot id never changes.
         out.push(Slot {
             id: info.next_partition_id as CK_SLOT_ID,
@@ -2489,6 +2489,14 @@ mod tests {
             confirm_destroy: vec![],
         })
         .unwrap();
+        let so = hsm
+            .login(
+                ferrohsm_core::Role::HsmSo,
+                None,
+                ferrohsm_core::Credential::Secret(Pin::password("hsm-so-pw").unwrap()),
+            )
+            .unwrap();
+        hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
         drop(hsm);
         std::env::set_var("FERROHSM_HOME", &data);
         std::env::remove_var("FERROHSM_PKCS11_CONF");

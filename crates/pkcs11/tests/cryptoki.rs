@@ -15,7 +15,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use ferrohsm_core::hsm::InitOptions;
 use ferrohsm_core::secret::Pin;
-use ferrohsm_core::{AuthMode, Hsm, NewSecret};
+use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
 
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -53,8 +53,13 @@ impl Drop for Fixture {
     }
 }
 
-/// A password-authenticated HSM with nothing in it, and the module loaded over it.
+/// A password-authenticated HSM with nothing in it whose HSM SO lets C_InitToken create
+/// partitions, and the module loaded over it.
 fn fixture() -> Fixture {
+    fixture_with(true)
+}
+
+fn fixture_with(init_token: bool) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut hsm = Hsm::open_or_create(&data).unwrap();
@@ -67,6 +72,17 @@ fn fixture() -> Fixture {
         confirm_destroy: vec![],
     })
     .unwrap();
+    // Plain PKCS#11 set-ups: the HSM SO lets C_InitToken create partitions.
+    let so = hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Secret(Pin::password("hsm-so-pw").unwrap()),
+        )
+        .unwrap();
+    if init_token {
+        hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
+    }
     drop(hsm);
     std::env::set_var("FERROHSM_HOME", &data);
     std::env::remove_var("FERROHSM_PKCS11_CONF");
@@ -1772,4 +1788,14 @@ fn hmac_contexts_follow_the_key_and_hash_and_end_with_the_login() {
     assert!(s.sign(&sha256, a, &msg).is_err());
     s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
     assert_eq!(s.sign(&sha256, a, &msg).unwrap(), a1);
+}
+
+/// Without the HSM SO's leave (HSM policy init-token, off by default) an application cannot
+/// make itself a partition: no spare token is offered.
+#[test]
+fn c_inittoken_needs_the_hsm_sos_policy() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture_with(false);
+    assert!(f.p11().get_slots_with_token().unwrap().is_empty());
+    assert!(f.p11().get_all_slots().unwrap().is_empty());
 }

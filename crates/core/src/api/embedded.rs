@@ -111,17 +111,6 @@ impl Embedded {
     fn session(&self, login: LoginId) -> Result<Arc<Session>> {
         self.logins.get(self.owner, login)
     }
-
-    fn hsm_so(&self, login: LoginId, action: &str) -> Result<Arc<Session>> {
-        let s = self.session(login)?;
-        if s.role() != Role::HsmSo {
-            return Err(HsmError::Refused(format!(
-                "{action} needs the HSM SO; you are logged in as the {}",
-                s.role()
-            )));
-        }
-        Ok(s)
-    }
 }
 
 impl Drop for Embedded {
@@ -259,21 +248,24 @@ impl HsmApi for Embedded {
     }
 
     fn zeroize(&mut self, login: LoginId, reason: &str) -> Result<()> {
-        self.hsm_so(login, "zeroize")?;
-        // Logins end first: no operation starts with a key once zeroize has begun.
+        let so = self.session(login)?;
+        // Checked before anything ends (the CO cannot end everyone's logins this way); then
+        // the logins end first, so that no call starts with a key once zeroize has begun.
+        so.require_hsm_so("zeroize")?;
         self.logins.end_all();
-        self.hsm.zeroize(reason)
+        self.hsm.zeroize(&so, reason)
     }
 
     fn tamper(&mut self, login: LoginId) -> Result<()> {
-        self.hsm_so(login, "the tamper switch")?;
+        let so = self.session(login)?;
+        so.require_hsm_so("the tamper switch")?;
         self.logins.end_all();
-        self.hsm.tamper()
+        self.hsm.tamper(&so)
     }
 
     fn restart(&mut self, login: LoginId) -> Result<u64> {
-        self.hsm_so(login, "restart")?;
-        let epoch = self.hsm.restart()?;
+        let so = self.session(login)?;
+        let epoch = self.hsm.restart(&so)?;
         // Activations may have ended; logins made before the restart end with them.
         self.logins.end_all();
         Ok(epoch)
