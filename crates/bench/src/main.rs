@@ -9,6 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+mod transport;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,6 +68,11 @@ struct Args {
     /// object through PKCS#11, a file per object).
     #[arg(long, default_value_t = 10_000)]
     softhsm_find_max: usize,
+    /// Instead of the PKCS#11 rows: the HSM API embedded against a `ferrohsm server` over its
+    /// Unix socket, with a bare socket echo as the floor (needs the `ferrohsm` binary beside
+    /// this one: build the workspace).
+    #[arg(long)]
+    transport: bool,
 }
 
 /// Labels of the objects the C_FindObjects rows look up.
@@ -713,6 +720,10 @@ fn main() {
     }
     if let (Some(count), Some(data)) = (args.populate, &args.data) {
         populate_here(data, args.from, count);
+        return;
+    }
+    if args.transport {
+        transport::run(args.seconds, args.rounds, &args.only);
         return;
     }
     // Each module gets a fresh, temporary home that touches no real token.
