@@ -1,0 +1,394 @@
+//! Partition roles after login: imprinting the Crypto Officer and User, lockout resets,
+//! activation, secret and PIN changes, and the checks every key operation starts with.
+
+use super::*;
+
+impl Hsm {
+    /// Initialises the Crypto Officer (by the Partition SO) or the Crypto User (by the Crypto
+    /// Officer). A new Crypto Officer gets a new partition master key, so re-initialising it
+    /// destroys the partition's objects and needs `confirm_destroy`.
+    pub fn init_role(
+        &mut self,
+        s: &Session,
+        role: Role,
+        secret: NewSecret<'_>,
+        confirm_destroy: bool,
+    ) -> Result<Option<Imprinted>> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
+        let action = format!("initialising the {role}");
+        match (role, s.role) {
+            (Role::CryptoOfficer, Role::PartitionSo) | (Role::CryptoUser, Role::CryptoOfficer) => {}
+            (Role::CryptoOfficer, have) => {
+                return Err(self.refuse(
+                    "role-init",
+                    have.short(),
+                    s.partition(),
+                    need("Partition SO", &action, have),
+                ))
+            }
+            (Role::CryptoUser, have) => {
+                return Err(self.refuse(
+                    "role-init",
+                    have.short(),
+                    s.partition(),
+                    need("Crypto Officer", &action, have),
+                ))
+            }
+            _ => {
+                return Err(HsmError::InvalidInput(format!(
+                    "{role} is not initialised with `role init`"
+                )))
+            }
+        }
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let (mode, allow_mofn, exists, objects) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_id(t, id)?;
+            let n = t.count_objects(id)?;
+            Ok((
+                d.mode,
+                p.policy.effective(&d.policy).m_of_n,
+                p.role(role).is_some(),
+                n,
+            ))
+        })?;
+        if role == Role::CryptoOfficer && exists && !confirm_destroy {
+            return Err(self.refuse("role-init", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "the Crypto Officer exists; a new one gets a new partition key, which destroys the partition's {objects} object(s) and its Crypto User: confirm with --confirm-destroy"))));
+        }
+        let label = s.partition_label.clone().unwrap_or_default();
+        let (method, auth, imp) = self.imprint(
+            secret,
+            role.secret_type(),
+            format!("{role} of {label}"),
+            mode,
+            allow_mofn,
+        )?;
+        let dk = self.store.device_key()?.clone();
+        let pmk = match role {
+            Role::CryptoOfficer => Secret32::random(),
+            _ => s
+                .pmk
+                .clone()
+                .ok_or_else(|| HsmError::State("session holds no partition key".into()))?,
+        };
+        let e = self.ev(
+            "role-init",
+            s.role.short(),
+            s.partition(),
+            Some(role.short()),
+            "success",
+        );
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let ra = RoleAuth::new(&dk, &role_tag(role, Some(id)), method, &auth, Some(&pmk));
+            if role == Role::CryptoOfficer {
+                t.delete_partition_objects(id)?;
+                p.cu = None;
+                p.activations.clear();
+                p.co = Some(ra);
+            } else {
+                p.activations.remove(role.short());
+                p.cu = Some(ra);
+            }
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })?;
+        Ok(imp)
+    }
+
+    /// Clears a Crypto Officer's or Crypto User's lockout (Partition SO only).
+    pub fn reset_role(&mut self, s: &Session, role: Role) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
+        if s.role != Role::PartitionSo {
+            return Err(self.refuse(
+                "role-reset",
+                s.role.short(),
+                s.partition(),
+                need("Partition SO", "resetting a lockout", s.role),
+            ));
+        }
+        if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
+            return Err(HsmError::InvalidInput(
+                "only the Crypto Officer or Crypto User can be reset".into(),
+            ));
+        }
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev(
+            "role-reset",
+            "so",
+            s.partition(),
+            Some(role.short()),
+            "success",
+        );
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let r = p
+                .role_mut(role)
+                .ok_or_else(|| HsmError::State(format!("the {role} is not initialised")))?;
+            r.failed = 0;
+            r.locked = false;
+            r.lock_until = None;
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })
+    }
+
+    /// Activates the session's Crypto Officer or Crypto User: caches its PED secret inside the
+    /// HSM so that `challenge` alone logs it in, until deactivation, a policy change, a restart
+    /// (unless auto-activation) or zeroize.
+    pub fn activate(&mut self, s: &Session, challenge: Pin) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
+        if !matches!(s.role, Role::CryptoOfficer | Role::CryptoUser) {
+            return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "activation is for the Crypto Officer or Crypto User; you are logged in as the {}", s.role))));
+        }
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let pmk = s
+            .pmk
+            .clone()
+            .ok_or_else(|| HsmError::State("session holds no partition key".into()))?;
+        let (mode, eff, epoch) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_id(t, id)?;
+            Ok((d.mode, p.policy.effective(&d.policy), d.boot_epoch))
+        })?;
+        if mode != AuthMode::Ped {
+            return Err(HsmError::Refused("activation applies to PED-authenticated HSMs; on this HSM the password is the login".into()));
+        }
+        if !eff.activation {
+            return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(
+                "partition policy activation is off; the Partition SO must allow it (`ferrohsm partition policy set activation on`)".into())));
+        }
+        let kdf = KdfParams::fresh();
+        let auth = kdf.derive(challenge.expose())?;
+        let dk = self.store.device_key()?.clone();
+        let tag = format!("{}/activation", role_tag(s.role, Some(id)));
+        let act = Activation {
+            kdf: kdf.clone(),
+            auth: RoleAuth::new(&dk, &tag, AuthMethod::Password { kdf }, &auth, Some(&pmk)),
+            epoch,
+            since: now_rfc3339(),
+        };
+        let e = self.ev("activate", s.role.short(), s.partition(), None, "success");
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            p.activations.insert(s.role.short().to_string(), act);
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)
+        })
+    }
+
+    /// Ends an activation (by the role itself or the Partition SO).
+    pub fn deactivate(&mut self, s: &Session, role: Role) -> Result<bool> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
+        let allowed = s.role == Role::PartitionSo || s.role == role;
+        if !allowed || !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
+            return Err(self.refuse("deactivate", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "deactivating the {role} needs that role or the Partition SO; you are logged in as the {}", s.role))));
+        }
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let e = self.ev(
+            "deactivate",
+            s.role.short(),
+            s.partition(),
+            Some(role.short()),
+            "success",
+        );
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let was = p.activations.remove(role.short()).is_some();
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)?;
+            Ok(was)
+        })
+    }
+
+    /// Replaces the session role's secret (the `changepw` of PED HSMs): a new secret through
+    /// the PED dialogue (or a new password). Other roles are untouched.
+    pub fn change_secret(
+        &mut self,
+        s: &Session,
+        secret: NewSecret<'_>,
+    ) -> Result<Option<Imprinted>> {
+        let (mode, allow) = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let allow = match s.partition {
+                Some(id) => {
+                    Self::partition_by_id(t, id)?
+                        .policy
+                        .effective(&d.policy)
+                        .m_of_n
+                }
+                None => d.policy.m_of_n,
+            };
+            Ok((d.mode, allow))
+        })?;
+        let label = match &s.partition_label {
+            Some(l) => format!("{} of {l}", s.role),
+            None => format!("{} of {}", s.role, self.serial),
+        };
+        let (method, auth, imp) = self.imprint(secret, s.role.secret_type(), label, mode, allow)?;
+        self.replace_auth(s, method, &auth, "role-change-secret")?;
+        Ok(imp)
+    }
+
+    /// Changes (sets or removes) the PED PIN of the session's role, keeping its secret. The
+    /// caller presents the role's keys again so the secret can be re-mixed with the new PIN.
+    pub fn change_pin(
+        &mut self,
+        s: &Session,
+        ped: &mut dyn Ped,
+        new_pin: Option<Pin>,
+    ) -> Result<()> {
+        // Credentials or the rules for remembering them change: remembered logins go.
+        login_memo::forget_all();
+        let who = s.role.to_string();
+        let presented = ped.present(&PresentRequest {
+            secret_type: s.role.secret_type(),
+            role: who.clone(),
+        })?;
+        let (method, dk) = {
+            let cur = self.current_auth(s)?;
+            (cur.method, self.store.device_key()?.clone())
+        };
+        let AuthMethod::Ped {
+            secret_id,
+            origin_serial,
+            m,
+            n,
+            pin_kdf,
+        } = method
+        else {
+            return Err(HsmError::Refused(
+                "PED PINs apply to PED-authenticated HSMs".into(),
+            ));
+        };
+        if presented.secret_id != secret_id {
+            return Err(HsmError::WrongKey(format!(
+                "the presented key holds another secret than the {who}'s"
+            )));
+        }
+        // Prove the old PIN before replacing it.
+        let old = crypto::mix_pin(
+            &presented.secret,
+            if pin_kdf.is_some() {
+                presented.pin.as_ref()
+            } else {
+                None
+            },
+            pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()),
+        )?;
+        let cur = self.current_auth(s)?;
+        let tag = role_tag(s.role, s.partition);
+        if !cur.matches(&dk, &tag, &old) {
+            return Err(HsmError::AuthFailed {
+                role: who,
+                reason: "the current PED PIN is wrong".into(),
+                remaining: None,
+            });
+        }
+        let new_kdf = new_pin.as_ref().map(|_| KdfParams::fresh());
+        let auth = crypto::mix_pin(
+            &presented.secret,
+            new_pin.as_ref(),
+            new_kdf.as_ref().unwrap_or(&KdfParams::fresh()),
+        )?;
+        let method = AuthMethod::Ped {
+            secret_id,
+            origin_serial,
+            m,
+            n,
+            pin_kdf: new_kdf,
+        };
+        self.replace_auth(s, method, &auth, "role-change-pin")
+    }
+
+    pub(super) fn current_auth(&mut self, s: &Session) -> Result<RoleAuth> {
+        self.store.read(|t| match s.partition {
+            None => Ok(Self::device(t)?.so),
+            Some(id) => Self::partition_by_id(t, id)?
+                .role(s.role)
+                .cloned()
+                .ok_or_else(|| HsmError::State(format!("the {} is not initialised", s.role))),
+        })
+    }
+
+    pub(super) fn replace_auth(
+        &mut self,
+        s: &Session,
+        method: AuthMethod,
+        auth: &Secret32,
+        event: &str,
+    ) -> Result<()> {
+        login_memo::forget_all();
+        let dk = self.store.device_key()?.clone();
+        let tag = role_tag(s.role, s.partition);
+        let ra = RoleAuth::new(&dk, &tag, method, auth, s.pmk.as_ref());
+        let e = self.ev(event, s.role.short(), s.partition(), None, "success");
+        self.store.write(|t| {
+            match s.partition {
+                None => {
+                    let mut d = Self::device(t)?;
+                    d.so = ra;
+                    t.put("device", "", &d)?;
+                }
+                Some(id) => {
+                    let mut p = Self::partition_by_id(t, id)?;
+                    let slot = p.role_mut(s.role).ok_or_else(|| {
+                        HsmError::State(format!("the {} is not initialised", s.role))
+                    })?;
+                    *slot = ra;
+                    t.put("partition", &pid(id), &p)?;
+                }
+            }
+            t.event(&e)
+        })
+    }
+
+    pub(super) fn key_user(
+        &mut self,
+        s: &Session,
+        action: &str,
+        write: bool,
+    ) -> Result<(u32, Secret32)> {
+        let id = self.key_role(s, action, write)?;
+        Ok((id, s.pmk()?.clone()))
+    }
+
+    /// Checks that the session may use (or, with `write`, create) keys; its partition's id.
+    pub(super) fn key_role(&mut self, s: &Session, action: &str, write: bool) -> Result<u32> {
+        let ok = match s.role {
+            Role::CryptoOfficer => true,
+            Role::CryptoUser => !write,
+            _ => false,
+        };
+        if !ok {
+            let msg = match s.role {
+                Role::CryptoUser => format!("{action} needs the Crypto Officer; the Crypto User may only use existing keys"),
+                Role::PartitionSo | Role::HsmSo => format!("{action} needs the Crypto Officer{}; security officers never use partition keys", if write { "" } else { " or Crypto User" }),
+                other => format!("{action} needs the Crypto Officer; you are logged in as the {other}"),
+            };
+            return Err(self.refuse(
+                if write { "key-create" } else { "key-use" },
+                s.role.short(),
+                s.partition(),
+                HsmError::Refused(msg),
+            ));
+        }
+        s.partition
+            .ok_or_else(|| HsmError::State("no partition".into()))
+    }
+}

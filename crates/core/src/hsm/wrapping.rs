@@ -1,0 +1,259 @@
+//! Keys leaving and entering the boundary wrapped (`C_WrapKey`, `C_UnwrapKey`), and keys
+//! agreed by ECDH.
+
+use super::*;
+
+impl Hsm {
+    /// Checks that `target` may be wrapped by `wrapper` and returns both records: the target
+    /// must be extractable (`CKA_EXTRACTABLE`), the wrapper allowed to wrap (`CKA_WRAP`), and a
+    /// `CKA_WRAP_WITH_TRUSTED` target needs a trusted wrapper.
+    pub(super) fn wrap_check(
+        &mut self,
+        s: &Session,
+        wrapper: u64,
+        target: u64,
+    ) -> Result<(Arc<LoadedKey>, Arc<LoadedKey>)> {
+        let w = self.load_key(s, wrapper)?;
+        let k = self.load_key(s, target)?;
+        match Self::wrap_refusal(&w.info.attrs, &k.info.attrs) {
+            None => Ok((w, k)),
+            // A refused export is recorded like any refusal.
+            Some(e) => Err(self.refuse("key-wrap", s.role.short(), s.partition(), e)),
+        }
+    }
+
+    pub(super) fn wrap_refusal(w: &Attributes, k: &Attributes) -> Option<HsmError> {
+        if k.class == ObjectClass::PublicKey {
+            return Some(HsmError::InvalidInput(
+                "a public key is not wrapped; read it instead".into(),
+            ));
+        }
+        if !k.extractable {
+            return Some(HsmError::Refused(format!(
+                "key {:?} is not extractable (CKA_EXTRACTABLE is false): it never leaves the HSM",
+                k.label
+            )));
+        }
+        if k.wrap_with_trusted && !w.trusted {
+            return Some(HsmError::Refused(format!(
+                "key {:?} may be wrapped only by a trusted key (CKA_WRAP_WITH_TRUSTED)",
+                k.label
+            )));
+        }
+        Self::require_usage(w.wrap, &w.label, "wrap", "CKA_WRAP").err()
+    }
+
+    /// Length of what [`Hsm::wrap_key`] would return (for the two-call convention).
+    pub fn wrapped_key_len(
+        &mut self,
+        s: &Session,
+        wrapper: u64,
+        mech: Mechanism,
+        target: u64,
+    ) -> Result<usize> {
+        let (w, k) = self.wrap_check(s, wrapper, target)?;
+        let m = k.material()?.material();
+        Ok(mechanism::wrapped_len(
+            w.info.attrs.key_spec()?,
+            mech,
+            m.len(),
+        ))
+    }
+
+    /// Exports a secret or private key wrapped under another key of the partition (AES KW/KWP,
+    /// or RSA-OAEP for secret keys), when the attributes allow it. Always audited, durably,
+    /// before the wrapped key is returned. Either key may be a session object.
+    pub fn wrap_key(
+        &mut self,
+        s: &Session,
+        wrapper: u64,
+        mech: Mechanism,
+        p: &Params,
+        target: u64,
+    ) -> Result<Vec<u8>> {
+        let (w, k) = self.wrap_check(s, wrapper, target)?;
+        let m = k.material()?.material();
+        let wrapping_key: &[u8] = if w.info.attrs.class == ObjectClass::SecretKey {
+            w.material()?.material().expose()
+        } else {
+            w.info.public.as_deref().ok_or_else(|| {
+                HsmError::InvalidInput("the wrapping key has no public value".into())
+            })?
+        };
+        let out = mechanism::wrap(w.info.attrs.key_spec()?, wrapping_key, mech, p, m.expose())?;
+        let e = self.ev(
+            "key-wrap",
+            s.role.short(),
+            s.partition(),
+            Some(&k.info.attrs.label),
+            &format!(
+                "success: wrapped under {:?} with {mech}",
+                w.info.attrs.label
+            ),
+        );
+        self.store.event(&e)?;
+        Ok(out)
+    }
+
+    /// Imports a wrapped key as a new object (Crypto Officer). `spec` names the key type for a
+    /// secret key (`None`: AES, sized by what unwraps); a private key's type comes from its
+    /// PKCS#8 encoding. The new key is not
+    /// local, not always sensitive and not never extractable, as PKCS#11 requires.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unwrap_key(
+        &mut self,
+        s: &Session,
+        unwrapper: u64,
+        mech: Mechanism,
+        p: &Params,
+        wrapped: &[u8],
+        class: ObjectClass,
+        spec: Option<KeySpec>,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
+        let u = self.load_key(s, unwrapper)?;
+        let attrs = &u.info.attrs;
+        Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")?;
+        let m = mechanism::unwrap(
+            attrs.key_spec()?,
+            u.material()?.material(),
+            mech,
+            p,
+            wrapped,
+        )?;
+        let (spec, public) = match class {
+            ObjectClass::PrivateKey => {
+                let (spec, public) = mechanism::identify_private_key(m.expose())?;
+                (spec, Some(public))
+            }
+            ObjectClass::SecretKey => {
+                let spec = match spec {
+                    Some(sp) if sp.is_symmetric() => sp,
+                    Some(sp) => {
+                        return Err(HsmError::InvalidInput(format!(
+                            "{sp} is not a secret key type"
+                        )))
+                    }
+                    // None: an AES key, sized by what unwraps.
+                    None => match m.len() {
+                        16 => KeySpec::Aes128,
+                        24 => KeySpec::Aes192,
+                        32 => KeySpec::Aes256,
+                        n => {
+                            return Err(HsmError::InvalidInput(format!(
+                                "the unwrapped key is {n} bytes, not an AES key"
+                            )))
+                        }
+                    },
+                };
+                if m.len() * 8 != mechanism::key_bits(spec) as usize {
+                    return Err(HsmError::InvalidInput(format!(
+                        "the unwrapped key is {} bytes, not a {spec} key",
+                        m.len()
+                    )));
+                }
+                (spec, None)
+            }
+            ObjectClass::PublicKey | ObjectClass::Certificate | ObjectClass::Data => {
+                return Err(HsmError::InvalidInput(format!(
+                    "only secret and private keys are unwrapped, not {} objects",
+                    class.name()
+                )))
+            }
+        };
+        let (a, _) = Self::key_attributes(spec, opts, tpl, false);
+        let a = Attributes { class, ..a };
+        let e = self.ev(
+            "key-unwrap",
+            s.role.short(),
+            s.partition(),
+            Some(&opts.label),
+            &format!("success: {spec} unwrapped with {:?} ({mech})", attrs.label),
+        );
+        if tpl.session_private {
+            return self.keep_session_key(s, tpl, id, a, public, spec, m, &e);
+        }
+        self.store.write(|t| {
+            let mut part = Self::partition_by_id(t, id)?;
+            let h = Self::put_key(t, &mut part, &pmk, a, public, Some(&m))?;
+            t.put("partition", &pid(id), &part)?;
+            t.event(&e)?;
+            Ok(h)
+        })
+    }
+
+    /// Derives a secret key by ECDH (no KDF) from the EC private key `base` and a peer's
+    /// public point (Crypto Officer; `base` must allow it, `CKA_DERIVE`). The key value is
+    /// the shared secret's rightmost bytes, as many as `spec` needs. The new key is not local,
+    /// and is always sensitive and never extractable only if the base key was too.
+    pub fn derive_ecdh(
+        &mut self,
+        s: &Session,
+        base: u64,
+        peer_point: &[u8],
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let (id, pmk) = self.key_user(s, "deriving keys", true)?;
+        let k = self.load_key(s, base)?;
+        self.may_use(s, &k, "derive", k.info.attrs.derive, "CKA_DERIVE")?;
+        if !spec.is_symmetric() || spec == KeySpec::Des3 {
+            return Err(HsmError::InvalidInput(format!(
+                "ECDH derives AES or generic secret keys, not {spec}"
+            )));
+        }
+        let shared = mechanism::ecdh(k.material()?, peer_point)?;
+        let n = mechanism::key_bits(spec) as usize / 8;
+        let value = shared.expose().len().checked_sub(n).ok_or_else(|| {
+            HsmError::InvalidInput(format!(
+                "the shared secret has {} bytes; a {spec} key needs {n}",
+                shared.expose().len()
+            ))
+        })?;
+        let material = SecretBytes::new(shared.expose()[value..].to_vec());
+        let (mut a, _) = Self::key_attributes(spec, opts, tpl, false);
+        a.always_sensitive = k.info.attrs.always_sensitive && a.sensitive;
+        a.never_extractable = k.info.attrs.never_extractable && !a.extractable;
+        let e = self.ev(
+            "key-derive",
+            s.role.short(),
+            s.partition(),
+            Some(&format!("{} ({spec})", opts.label)),
+            &format!("success: ECDH with {:?}", k.info.attrs.label),
+        );
+        if tpl.session_private {
+            return self.keep_session_key(s, tpl, id, a, None, spec, material, &e);
+        }
+        self.store.write(|t| {
+            let mut p = Self::partition_by_id(t, id)?;
+            let h = Self::put_key(t, &mut p, &pmk, a, None, Some(&material))?;
+            t.put("partition", &pid(id), &p)?;
+            t.event(&e)?;
+            Ok(h)
+        })
+    }
+
+    /// Keeps a new secret or private key as a session object of `tpl.session_owner`, after
+    /// recording its creation (`e`). Returns its handle.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn keep_session_key(
+        &mut self,
+        s: &Session,
+        tpl: &KeyTemplate,
+        partition: u32,
+        attrs: Attributes,
+        public: Option<Vec<u8>>,
+        spec: KeySpec,
+        material: SecretBytes,
+        e: &Event,
+    ) -> Result<u64> {
+        let owner = session_owner(tpl)?;
+        s.session_room(1)?;
+        let key = mechanism::Key::parse(spec, material)?;
+        self.store.event(e)?;
+        Ok(s.add_session_object(owner, partition, attrs, public, Some(key)))
+    }
+}
