@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::Remote;
-use ferrohsm_core::api::{Embedded, HsmApi, LoginId};
+use ferrohsm_core::api::{Embedded, HsmApi, LoginCredential, LoginId};
 use ferrohsm_core::hsm::InitOptions;
 use ferrohsm_core::mechanism::{Hash, KeySpec, Mechanism, Params};
 use ferrohsm_core::object::KeyOptions;
@@ -78,7 +78,11 @@ fn provision(dir: &Path) -> Handles {
     .expect("co");
     let mut api = Embedded::with(h, Default::default());
     let co = api
-        .login(Role::CryptoOfficer, Some("bench"), pw(CO_PW))
+        .login(
+            Role::CryptoOfficer,
+            Some("bench"),
+            LoginCredential::Secret(pw(CO_PW)),
+        )
         .expect("co login");
     let mut gen = |spec, label: &str| {
         api.generate_key(
@@ -302,7 +306,11 @@ pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
                     move || {
                         let mut a = Embedded::open(&dir).expect("embedded");
                         let l = a
-                            .login(Role::CryptoOfficer, Some("bench"), pw(CO_PW))
+                            .login(
+                                Role::CryptoOfficer,
+                                Some("bench"),
+                                LoginCredential::Secret(pw(CO_PW)),
+                            )
                             .expect("login");
                         (a, l)
                     },
@@ -315,7 +323,11 @@ pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
                     move || {
                         let mut a = Remote::connect(&sock).expect("remote");
                         let l = a
-                            .login(Role::CryptoOfficer, Some("bench"), pw(CO_PW))
+                            .login(
+                                Role::CryptoOfficer,
+                                Some("bench"),
+                                LoginCredential::Secret(pw(CO_PW)),
+                            )
                             .expect("login");
                         (a, l)
                     },
@@ -333,11 +345,19 @@ pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
         // Latency, one thread: embedded, remote and the echo in the same stretch of time.
         let mut emb = Embedded::open(&edir).expect("embedded");
         let el = emb
-            .login(Role::CryptoOfficer, Some("bench"), pw(CO_PW))
+            .login(
+                Role::CryptoOfficer,
+                Some("bench"),
+                LoginCredential::Secret(pw(CO_PW)),
+            )
             .expect("login");
         let mut rem = Remote::connect(&socket).expect("remote");
         let rl = rem
-            .login(Role::CryptoOfficer, Some("bench"), pw(CO_PW))
+            .login(
+                Role::CryptoOfficer,
+                Some("bench"),
+                LoginCredential::Secret(pw(CO_PW)),
+            )
             .expect("login");
         let mut es = UnixStream::connect(&echo).expect("echo");
         let (mut le, mut lr, mut lx) = (Vec::new(), Vec::new(), Vec::new());

@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::Remote;
-use ferrohsm_core::api::{Embedded, HsmApi};
+use ferrohsm_core::api::{Embedded, HsmApi, LoginCredential};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
-use ferrohsm_core::object::KeyOptions;
+use ferrohsm_core::object::{KeyOptions, ObjectClass};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{HsmError, Role};
 use support::{Lab, CO_PW, SO_PW};
 
-fn pw(s: &str) -> Pin {
-    Pin::password(s).unwrap()
+fn pw(s: &str) -> LoginCredential {
+    LoginCredential::Secret(Pin::password(s).unwrap())
 }
 
 fn opts(label: &str) -> KeyOptions {
@@ -51,8 +51,12 @@ fn story(api: &mut dyn HsmApi) {
     assert_eq!(made.len(), 2);
     let found = api.find_objects(co, Some("signer")).unwrap();
     assert_eq!(found.len(), 2);
-    let private = found.iter().find(|o| o.class == "private-key").unwrap();
-    assert_eq!(private.key_type.as_deref(), Some("ec-p256"));
+    let private = found
+        .iter()
+        .find(|o| o.attrs.class == ObjectClass::PrivateKey)
+        .unwrap();
+    assert_eq!(private.attrs.spec, Some(KeySpec::EcP256));
+    assert!(private.attrs.sensitive && !private.attrs.extractable && private.attrs.local);
     assert!(private.public.is_some());
     let sig = api
         .sign(
@@ -63,7 +67,10 @@ fn story(api: &mut dyn HsmApi) {
         )
         .unwrap();
     assert_eq!(sig.len(), 64, "raw r||s");
-    let public = found.iter().find(|o| o.class == "public-key").unwrap();
+    let public = found
+        .iter()
+        .find(|o| o.attrs.class == ObjectClass::PublicKey)
+        .unwrap();
     let m = Mechanism::Ecdsa(Some(ferrohsm_core::mechanism::Hash::Sha256));
     assert!(api.verify(co, public.handle, m, b"invoice", &sig).unwrap());
     assert!(!api.verify(co, public.handle, m, b"invoice!", &sig).unwrap());
@@ -82,6 +89,19 @@ fn story(api: &mut dyn HsmApi) {
         api.decrypt(co, aes, Mechanism::AesGcm, &p, &ct).unwrap(),
         b"secret message"
     );
+
+    // A batch: every key made in one transaction, each with its own handles.
+    let batch: Vec<KeyOptions> = (0..3).map(|i| opts(&format!("card-{i}"))).collect();
+    let made = api.generate_keys(co, KeySpec::Aes128, &batch).unwrap();
+    assert_eq!(made.len(), 3);
+    assert_eq!(
+        api.find_objects(co, Some("card-2")).unwrap()[0].handle,
+        made[2][0]
+    );
+    // A repeated label in a batch refuses the whole batch.
+    let dup = vec![opts("twin"), opts("twin")];
+    assert!(api.generate_keys(co, KeySpec::Aes128, &dup).is_err());
+    assert!(api.find_objects(co, Some("twin")).unwrap().is_empty());
 
     let r = api.random(32).unwrap();
     assert_eq!(r.len(), 32);
@@ -403,7 +423,9 @@ fn garbage_truncation_oversize_idle_crowds_and_dropped_clients_never_hurt_the_se
                 ferrohsm_proto::v1::Login {
                     role: "co".into(),
                     partition: Some("app".into()),
-                    secret: CO_PW.as_bytes().to_vec(),
+                    credential: Some(ferrohsm_proto::v1::login::Credential::Secret(
+                        CO_PW.as_bytes().to_vec(),
+                    )),
                 },
             )),
         };
@@ -582,4 +604,63 @@ fn rustix_is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// PED-key logins through the server: the client reads the key files and presents their
+/// bytes with the PED PIN; the HSM parses and checks them as it checks local files.
+#[test]
+fn ped_keys_are_presented_through_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, peds, run) = (
+        tmp.path().join("data"),
+        tmp.path().join("peds"),
+        tmp.path().join("run"),
+    );
+    std::fs::create_dir_all(&run).unwrap();
+    let out = std::process::Command::new(support::bin())
+        .env("FERROHSM_HOME", &data)
+        .env("FERROHSM_PED_DIR", &peds)
+        .env("SO_PIN", "246810")
+        .args(["hsm", "init", "--label", "ped", "--so-pin", "env:SO_PIN"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = std::fs::read_dir(&peds)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-hsm-so-1.pedkey"))
+        .unwrap();
+    let conf = tmp.path().join("s.toml");
+    let socket = run.join("hsm.sock");
+    std::fs::write(&conf, format!("data_dir = {data:?}\nsocket = {socket:?}\n")).unwrap();
+    let server = support::Server::start(&conf, &socket, &tmp.path().join("log"));
+    let bytes = std::fs::read(&key).unwrap();
+    let cred = |contents: Vec<u8>, pin: &str| LoginCredential::PedKeys {
+        keys: vec![("so-1.pedkey".into(), zeroize::Zeroizing::new(contents))],
+        pin: Some(Pin::ped_pin(pin).unwrap()),
+    };
+    let mut c = Remote::connect(&socket).unwrap();
+    match c.login(Role::HsmSo, None, cred(bytes.clone(), "135790")) {
+        Err(HsmError::AuthFailed { remaining, .. }) => assert_eq!(remaining, Some(2)),
+        other => panic!("{other:?}"),
+    }
+    // A damaged file is refused as such, and not counted.
+    let mut bad = bytes.clone();
+    let n = bad.len() / 2;
+    bad[n] ^= 1;
+    assert!(matches!(
+        c.login(Role::HsmSo, None, cred(bad, "246810")),
+        Err(HsmError::BadPedKey { .. })
+    ));
+    match c.login(Role::HsmSo, None, cred(bytes.clone(), "135790")) {
+        Err(HsmError::AuthFailed { remaining, .. }) => assert_eq!(remaining, Some(1)),
+        other => panic!("{other:?}"),
+    }
+    let so = c.login(Role::HsmSo, None, cred(bytes, "246810")).unwrap();
+    c.restart(so).unwrap();
+    assert!(server.stop().success());
 }

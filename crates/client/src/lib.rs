@@ -10,15 +10,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferrohsm_core::api::{HsmApi, LoginId, ObjectSummary, PartitionSummary, Summary};
+use ferrohsm_core::api::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
-use ferrohsm_core::object::KeyOptions;
-use ferrohsm_core::secret::Pin;
+use ferrohsm_core::object::{KeyOptions, ObjectInfo};
 use ferrohsm_core::{HsmError, Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
 use ferrohsm_proto::{
-    error_from_wire, read_message, write_frame, FrameError, Request, Response, DEFAULT_MAX_FRAME,
-    PROTOCOL_VERSION,
+    convert, error_from_wire, read_message, write_frame, FrameError, Request, Response,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// The default deadline of one call.
@@ -194,13 +193,17 @@ impl HsmApi for Remote {
         }
     }
 
-    fn login(&mut self, role: Role, partition: Option<&str>, secret: Pin) -> Result<LoginId> {
-        // The request (and so the secret's copy in it) is dropped right after sending; the
-        // engine zeroizes its own copy.
+    fn login(
+        &mut self,
+        role: Role,
+        partition: Option<&str>,
+        credential: LoginCredential,
+    ) -> Result<LoginId> {
+        // The request (and so the secret's copy in it) lives only until it is sent.
         let call = Call::Login(v1::Login {
             role: role.short().to_string(),
             partition: partition.map(str::to_string),
-            secret: secret.expose().to_vec(),
+            credential: Some(convert::credential_to_wire(&credential)),
         });
         match self.call(call)? {
             Reply::Login(l) => Ok(l.login),
@@ -230,23 +233,32 @@ impl HsmApi for Remote {
         }
     }
 
-    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectSummary>> {
+    fn generate_keys(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        each: &[KeyOptions],
+    ) -> Result<Vec<Vec<u64>>> {
+        match self.call(Call::GenerateKeys(v1::GenerateKeys {
+            login,
+            key_type: spec.to_string(),
+            keys: each.iter().map(convert::key_options_to_wire).collect(),
+        }))? {
+            Reply::HandleSets(h) => Ok(h.sets.into_iter().map(|s| s.handles).collect()),
+            _ => Err(unexpected("generate-keys")),
+        }
+    }
+
+    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectInfo>> {
         match self.call(Call::FindObjects(v1::FindObjects {
             login,
             label: label.map(str::to_string),
         }))? {
-            Reply::Objects(o) => Ok(o
+            Reply::Objects(o) => o
                 .objects
                 .into_iter()
-                .map(|o| ObjectSummary {
-                    handle: o.handle,
-                    class: o.class,
-                    key_type: o.key_type,
-                    label: o.label,
-                    id: o.object_id,
-                    public: o.public,
-                })
-                .collect()),
+                .map(convert::object_from_wire)
+                .collect(),
             _ => Err(unexpected("find-objects")),
         }
     }

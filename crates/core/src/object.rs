@@ -35,6 +35,20 @@ impl ObjectClass {
         }
     }
 
+    /// The class with this [`ObjectClass::name`].
+    pub fn from_name(name: &str) -> crate::Result<ObjectClass> {
+        [
+            ObjectClass::SecretKey,
+            ObjectClass::PrivateKey,
+            ObjectClass::PublicKey,
+            ObjectClass::Certificate,
+            ObjectClass::Data,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
+        .ok_or_else(|| crate::HsmError::InvalidInput(format!("unknown object class {name:?}")))
+    }
+
     /// Whether objects of this class are keys (and so have a [`KeySpec`]).
     pub fn is_key(self) -> bool {
         matches!(

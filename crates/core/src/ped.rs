@@ -224,6 +224,25 @@ pub fn read_set(
                 p.display()
             ))
         })?;
+        keys.push(k);
+    }
+    rebuild_set(paths, keys, want, role)
+}
+
+/// [`read_set`] for keys already parsed (`paths` name them in messages, one per key).
+pub fn rebuild_set(
+    paths: &[PathBuf],
+    keys: Vec<PedKey>,
+    want: SecretType,
+    role: &str,
+) -> Result<(Vec<PedKey>, Secret32)> {
+    if keys.is_empty() || keys.len() != paths.len() {
+        return Err(HsmError::InvalidInput(format!(
+            "{role} needs a {} key; present the key file(s)",
+            want.describe()
+        )));
+    }
+    for (p, k) in paths.iter().zip(&keys) {
         if k.info.secret_type != want {
             return Err(HsmError::WrongKey(format!(
                 "{} holds a {} secret; {role} needs a {} secret",
@@ -232,7 +251,6 @@ pub fn read_set(
                 want.describe()
             )));
         }
-        keys.push(k);
     }
     let first = keys[0].info.clone();
     for (p, k) in paths.iter().zip(&keys).skip(1) {
@@ -410,24 +428,7 @@ impl Ped for LocalPed {
 
     fn present(&mut self, req: &PresentRequest) -> Result<Presented> {
         let (keys, secret) = read_set(&self.answers.keys, req.secret_type, &req.role)?;
-        let info = &keys[0].info;
-        if info.pin_protected && self.answers.pin.is_none() {
-            return Err(HsmError::InvalidInput(format!(
-                "the {} key is PED PIN protected; give the PIN with --pin",
-                req.role
-            )));
-        }
-        Ok(Presented {
-            secret,
-            secret_id: info.secret_id.clone(),
-            label: info.label.clone(),
-            origin_serial: info.origin_serial.clone(),
-            pin: if info.pin_protected {
-                self.answers.pin.clone()
-            } else {
-                None
-            },
-        })
+        presented(&keys, secret, self.answers.pin.clone(), &req.role)
     }
 }
 
@@ -461,6 +462,56 @@ pub fn duplicate_keys(
         k.write(t)?;
     }
     Ok(keys.into_iter().map(|k| k.info.clone()).collect())
+}
+
+/// A PED whose keys were read elsewhere (by a client, which sent the files' bytes to the
+/// server): it presents them for a login and imprints nothing.
+pub struct PresentedPed {
+    keys: Vec<(PathBuf, zeroize::Zeroizing<Vec<u8>>)>,
+    pin: Option<Pin>,
+}
+
+impl PresentedPed {
+    /// Keys as (name for messages, file bytes), and the PED PIN typed with them.
+    pub fn new(keys: Vec<(PathBuf, zeroize::Zeroizing<Vec<u8>>)>, pin: Option<Pin>) -> Self {
+        PresentedPed { keys, pin }
+    }
+}
+
+impl Ped for PresentedPed {
+    fn imprint(&mut self, _req: &ImprintRequest, _fresh: Secret32) -> Result<Imprinted> {
+        Err(HsmError::InvalidInput(
+            "imprinting PED keys does not go through the server yet; stop the server and run the command on the data directory".into(),
+        ))
+    }
+
+    fn present(&mut self, req: &PresentRequest) -> Result<Presented> {
+        let mut names = Vec::with_capacity(self.keys.len());
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for (name, bytes) in &self.keys {
+            keys.push(PedKey::from_bytes(name, bytes)?);
+            names.push(name.clone());
+        }
+        let (keys, secret) = rebuild_set(&names, keys, req.secret_type, &req.role)?;
+        presented(&keys, secret, self.pin.clone(), &req.role)
+    }
+}
+
+/// What a set of keys presents, with the PED PIN when they are PIN-protected.
+fn presented(keys: &[PedKey], secret: Secret32, pin: Option<Pin>, role: &str) -> Result<Presented> {
+    let info = &keys[0].info;
+    if info.pin_protected && pin.is_none() {
+        return Err(HsmError::InvalidInput(format!(
+            "the {role} key is PED PIN protected; give the PIN with --pin"
+        )));
+    }
+    Ok(Presented {
+        secret,
+        secret_id: info.secret_id.clone(),
+        label: info.label.clone(),
+        origin_serial: info.origin_serial.clone(),
+        pin: if info.pin_protected { pin } else { None },
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 use std::io::{self, Read, Write};
 
+pub mod convert;
+
 use ferrohsm_core::HsmError;
 use prost::Message;
 

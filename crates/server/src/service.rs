@@ -6,10 +6,9 @@ use std::str::FromStr;
 use ferrohsm_core::api::HsmApi;
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::KeyOptions;
-use ferrohsm_core::secret::Pin;
-use ferrohsm_core::{HsmError, Result, Role};
+use ferrohsm_core::{Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
-use ferrohsm_proto::{error_to_wire, Request, Response, PROTOCOL_VERSION};
+use ferrohsm_proto::{convert, error_to_wire, Request, Response, PROTOCOL_VERSION};
 
 /// The name of a call, for logs (never its arguments: a login carries a secret).
 pub fn call_name(call: &Option<Call>) -> &'static str {
@@ -19,6 +18,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::Login(_)) => "login",
         Some(Call::Logout(_)) => "logout",
         Some(Call::GenerateKey(_)) => "generate-key",
+        Some(Call::GenerateKeys(_)) => "generate-keys",
         Some(Call::FindObjects(_)) => "find-objects",
         Some(Call::Sign(_)) => "sign",
         Some(Call::Verify(_)) => "verify",
@@ -109,12 +109,8 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         }
         Call::Login(l) => {
             let role = Role::parse(&l.role)?;
-            // The secret is checked as text; invalid UTF-8 is refused without echoing it.
-            let text = String::from_utf8(l.secret).map_err(|_| {
-                HsmError::InvalidInput("a password or challenge secret must be UTF-8".into())
-            })?;
-            let secret = Pin::password(&zeroize_after(text))?;
-            let login = api.login(role, l.partition.as_deref(), secret)?;
+            let credential = convert::credential_from_wire(l.credential)?;
+            let login = api.login(role, l.partition.as_deref(), credential)?;
             Reply::Login(v1::LoginReply { login })
         }
         Call::Logout(l) => {
@@ -132,18 +128,26 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
                 handles: api.generate_key(g.login, spec, &opts)?,
             })
         }
+        Call::GenerateKeys(g) => {
+            let spec = KeySpec::from_str(&g.key_type)?;
+            let each: Vec<KeyOptions> = g
+                .keys
+                .into_iter()
+                .map(convert::key_options_from_wire)
+                .collect();
+            Reply::HandleSets(v1::HandleSets {
+                sets: api
+                    .generate_keys(g.login, spec, &each)?
+                    .into_iter()
+                    .map(|handles| v1::Handles { handles })
+                    .collect(),
+            })
+        }
         Call::FindObjects(f) => Reply::Objects(v1::Objects {
             objects: api
                 .find_objects(f.login, f.label.as_deref())?
-                .into_iter()
-                .map(|o| v1::ObjectInfo {
-                    handle: o.handle,
-                    class: o.class,
-                    key_type: o.key_type,
-                    label: o.label,
-                    object_id: o.id,
-                    public: o.public,
-                })
+                .iter()
+                .map(convert::object_to_wire)
                 .collect(),
         }),
         Call::Sign(s) => bytes(api.sign(s.login, s.key, mech(&s.mechanism)?, &s.data)?),
@@ -175,9 +179,4 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             epoch: api.restart(r.login)?,
         }),
     })
-}
-
-/// Holds a secret's text only as long as it takes to copy it into a [`Pin`].
-fn zeroize_after(text: String) -> zeroize::Zeroizing<String> {
-    zeroize::Zeroizing::new(text)
 }

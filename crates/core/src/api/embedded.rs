@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{HsmApi, LoginId, ObjectSummary, PartitionSummary, Summary, MAX_RANDOM};
+use super::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary, MAX_RANDOM};
 use crate::error::{HsmError, Result};
 use crate::hsm::{AuthMode, Credential, Hsm, Session};
 use crate::mechanism::{KeySpec, Mechanism, Params};
-use crate::object::KeyOptions;
+use crate::object::{KeyOptions, KeyTemplate, ObjectInfo};
+use crate::ped::PresentedPed;
 use crate::role::Role;
-use crate::secret::Pin;
 
 /// The logins of every front end served by one process, so that zeroize and tamper can end
 /// them all at once. Each login belongs to the front end (owner) that made it.
@@ -146,10 +146,23 @@ impl HsmApi for Embedded {
         })
     }
 
-    fn login(&mut self, role: Role, partition: Option<&str>, secret: Pin) -> Result<LoginId> {
-        let s = self
-            .hsm
-            .login(role, partition, Credential::Secret(secret))?;
+    fn login(
+        &mut self,
+        role: Role,
+        partition: Option<&str>,
+        credential: LoginCredential,
+    ) -> Result<LoginId> {
+        let s = match credential {
+            LoginCredential::Secret(secret) => {
+                self.hsm
+                    .login(role, partition, Credential::Secret(secret))?
+            }
+            LoginCredential::PedKeys { keys, pin } => {
+                let keys = keys.into_iter().map(|(n, b)| (n.into(), b)).collect();
+                let mut ped = PresentedPed::new(keys, pin);
+                self.hsm.login(role, partition, Credential::Ped(&mut ped))?
+            }
+        };
         Ok(self.logins.insert(self.owner, s))
     }
 
@@ -169,21 +182,23 @@ impl HsmApi for Embedded {
         self.hsm.generate_key(&s, spec, opts)
     }
 
-    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectSummary>> {
+    fn generate_keys(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        each: &[KeyOptions],
+    ) -> Result<Vec<Vec<u64>>> {
         let s = self.session(login)?;
-        Ok(self
-            .hsm
-            .list_objects(&s, label)?
-            .into_iter()
-            .map(|o| ObjectSummary {
-                handle: o.handle,
-                class: o.attrs.class.name().to_string(),
-                key_type: o.attrs.spec.map(|k| k.to_string()),
-                label: o.attrs.label,
-                id: o.attrs.id,
-                public: o.public,
-            })
-            .collect())
+        let tpl = KeyTemplate {
+            unique_label: true,
+            ..Default::default()
+        };
+        self.hsm.generate_keys_with(&s, spec, each, &tpl)
+    }
+
+    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectInfo>> {
+        let s = self.session(login)?;
+        self.hsm.list_objects(&s, label)
     }
 
     fn sign(&mut self, login: LoginId, key: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>> {

@@ -7,8 +7,8 @@
 //! the partition key for the Crypto Officer and Crypto User, and ends at [`HsmApi::logout`],
 //! when the front end goes away, or for everyone at zeroize and tamper.
 //!
-//! This is the API's first version: device summary, logins by password or challenge secret,
-//! key generation, finding, signing, verifying, encryption, destruction, random, and the
+//! This is the API's first version: device summary, logins by password, challenge secret or
+//! PED keys, key generation, finding, signing, verifying, encryption, destruction, random, and the
 //! destructive device actions (which need the HSM SO). It grows call by call until the
 //! PKCS#11 module and the CLI are written against it alone.
 
@@ -18,9 +18,10 @@ pub use embedded::{Embedded, Logins};
 
 use crate::error::Result;
 use crate::mechanism::{KeySpec, Mechanism, Params};
-use crate::object::KeyOptions;
+use crate::object::{KeyOptions, ObjectInfo};
 use crate::role::Role;
 use crate::secret::Pin;
+use zeroize::Zeroizing;
 
 /// Names one login of one front end. Random, so a guess names nothing.
 pub type LoginId = u64;
@@ -53,21 +54,32 @@ pub struct Summary {
     pub tamper: Option<String>,
 }
 
-/// An object as a front end sees it: what it is, never a secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectSummary {
-    /// Handle.
-    pub handle: u64,
-    /// Class name ("secret-key", "private-key", "public-key", "certificate", "data").
-    pub class: String,
-    /// Key type name, for keys ("ec-p256", "aes-256", …).
-    pub key_type: Option<String>,
-    /// `CKA_LABEL`.
-    pub label: String,
-    /// `CKA_ID`.
-    pub id: Vec<u8>,
-    /// SubjectPublicKeyInfo DER, for public keys and key pairs.
-    pub public: Option<Vec<u8>>,
+/// How a role proves itself through the API.
+pub enum LoginCredential {
+    /// A password (password-authenticated HSM) or an activated role's challenge secret.
+    Secret(Pin),
+    /// PED keys read by the front end: each file's name (for messages) and bytes, and the PED
+    /// PIN typed with them. The HSM parses, checks and combines them itself.
+    PedKeys {
+        /// (name, file bytes), one per key presented.
+        keys: Vec<(String, Zeroizing<Vec<u8>>)>,
+        /// The PED PIN, for PIN-protected keys.
+        pin: Option<Pin>,
+    },
+}
+
+impl std::fmt::Debug for LoginCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginCredential::Secret(_) => f.write_str("Secret(<redacted>)"),
+            LoginCredential::PedKeys { keys, pin } => write!(
+                f,
+                "PedKeys({} key(s), {})",
+                keys.len(),
+                if pin.is_some() { "PIN" } else { "no PIN" }
+            ),
+        }
+    }
 }
 
 /// What applications and operators ask of an HSM. Every call checks role and policy inside
@@ -75,9 +87,13 @@ pub struct ObjectSummary {
 pub trait HsmApi {
     /// The device, its state and its partitions.
     fn summary(&mut self) -> Result<Summary>;
-    /// Logs a role in with a password or an activated role's challenge secret (counted and
-    /// audited like every login).
-    fn login(&mut self, role: Role, partition: Option<&str>, secret: Pin) -> Result<LoginId>;
+    /// Logs a role in (counted and audited like every login).
+    fn login(
+        &mut self,
+        role: Role,
+        partition: Option<&str>,
+        credential: LoginCredential,
+    ) -> Result<LoginId>;
     /// Ends a login; its keys are dropped.
     fn logout(&mut self, login: LoginId) -> Result<()>;
     /// Generates a key in the login's partition (Crypto Officer); returns the handles made
@@ -88,8 +104,17 @@ pub trait HsmApi {
         spec: KeySpec,
         opts: &KeyOptions,
     ) -> Result<Vec<u64>>;
-    /// The login's partition's objects, or those with a label.
-    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectSummary>>;
+    /// Generates one key per entry of `each` in one transaction (all or none, each audited):
+    /// provisioning batches. Returns each key's handles.
+    fn generate_keys(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        each: &[KeyOptions],
+    ) -> Result<Vec<Vec<u64>>>;
+    /// The login's partition's objects, or those with a label: attributes and public values,
+    /// never a secret.
+    fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectInfo>>;
     /// Signs (or MACs) inside the HSM.
     fn sign(&mut self, login: LoginId, key: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>>;
     /// Verifies a signature or MAC; `Ok(false)` for a bad one.

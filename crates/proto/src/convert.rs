@@ -1,0 +1,198 @@
+//! Engine values to wire messages and back, each in one place (the server and the client
+//! both use these).
+
+use std::str::FromStr;
+
+use ferrohsm_core::api::LoginCredential;
+use ferrohsm_core::mechanism::KeySpec;
+use ferrohsm_core::object::{Attributes, Content, KeyOptions, ObjectClass, ObjectInfo};
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{HsmError, Result};
+use zeroize::Zeroizing;
+
+use crate::v1;
+
+/// An object as sent to a client.
+pub fn object_to_wire(o: &ObjectInfo) -> v1::ObjectInfo {
+    let a = &o.attrs;
+    v1::ObjectInfo {
+        handle: o.handle,
+        attributes: Some(v1::Attributes {
+            class: a.class.name().to_string(),
+            key_type: a.spec.map(|s| s.to_string()),
+            label: a.label.clone(),
+            object_id: a.id.clone(),
+            token: a.token,
+            private: a.private,
+            sensitive: a.sensitive,
+            extractable: a.extractable,
+            always_sensitive: a.always_sensitive,
+            never_extractable: a.never_extractable,
+            local: a.local,
+            modifiable: a.modifiable,
+            destroyable: a.destroyable,
+            sign: a.sign,
+            verify: a.verify,
+            encrypt: a.encrypt,
+            decrypt: a.decrypt,
+            wrap: a.wrap,
+            unwrap: a.unwrap,
+            derive: a.derive,
+            wrap_with_trusted: a.wrap_with_trusted,
+            trusted: a.trusted,
+            created: a.created.clone(),
+        }),
+        public: o.public.clone(),
+        content: o.content.as_ref().map(|c| match c {
+            Content::Certificate {
+                value,
+                subject,
+                issuer,
+                serial,
+                category,
+            } => v1::object_info::Content::Certificate(v1::Certificate {
+                value: value.clone(),
+                subject: subject.clone(),
+                issuer: issuer.clone(),
+                serial: serial.clone(),
+                category: u32::from(*category),
+            }),
+            Content::Data {
+                application,
+                object_id,
+                value,
+            } => v1::object_info::Content::Data(v1::DataObject {
+                application: application.clone(),
+                object_id: object_id.clone(),
+                value: value.clone(),
+            }),
+        }),
+    }
+}
+
+/// An object as a client receives it; a malformed one is an error, never a guess.
+pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
+    let a = o
+        .attributes
+        .ok_or_else(|| HsmError::Store("the server sent an object without attributes".into()))?;
+    let attrs = Attributes {
+        class: ObjectClass::from_name(&a.class)?,
+        spec: a.key_type.as_deref().map(KeySpec::from_str).transpose()?,
+        label: a.label,
+        id: a.object_id,
+        token: a.token,
+        private: a.private,
+        sensitive: a.sensitive,
+        extractable: a.extractable,
+        always_sensitive: a.always_sensitive,
+        never_extractable: a.never_extractable,
+        local: a.local,
+        modifiable: a.modifiable,
+        destroyable: a.destroyable,
+        sign: a.sign,
+        verify: a.verify,
+        encrypt: a.encrypt,
+        decrypt: a.decrypt,
+        wrap: a.wrap,
+        unwrap: a.unwrap,
+        derive: a.derive,
+        wrap_with_trusted: a.wrap_with_trusted,
+        trusted: a.trusted,
+        created: a.created,
+    };
+    let content = match o.content {
+        None => None,
+        Some(v1::object_info::Content::Certificate(c)) => Some(Content::Certificate {
+            value: c.value,
+            subject: c.subject,
+            issuer: c.issuer,
+            serial: c.serial,
+            category: u8::try_from(c.category)
+                .map_err(|_| HsmError::Store("certificate category out of range".into()))?,
+        }),
+        Some(v1::object_info::Content::Data(d)) => Some(Content::Data {
+            application: d.application,
+            object_id: d.object_id,
+            value: d.value,
+        }),
+    };
+    Ok(ObjectInfo {
+        handle: o.handle,
+        attrs,
+        public: o.public,
+        content,
+    })
+}
+
+/// Key options as sent.
+pub fn key_options_to_wire(k: &KeyOptions) -> v1::KeyOptions {
+    v1::KeyOptions {
+        label: k.label.clone(),
+        object_id: k.id.clone(),
+        extractable: k.extractable,
+    }
+}
+
+/// Key options as received.
+pub fn key_options_from_wire(k: v1::KeyOptions) -> KeyOptions {
+    KeyOptions {
+        label: k.label,
+        id: k.object_id,
+        extractable: k.extractable,
+    }
+}
+
+fn text(bytes: Vec<u8>, what: &str) -> Result<Zeroizing<String>> {
+    // Invalid UTF-8 is refused without echoing the bytes.
+    String::from_utf8(bytes).map(Zeroizing::new).map_err(|e| {
+        let mut b = e.into_bytes();
+        zeroize::Zeroize::zeroize(&mut b);
+        HsmError::InvalidInput(format!("{what} must be UTF-8 text"))
+    })
+}
+
+/// A credential as sent: the secret's bytes go into the request only.
+pub fn credential_to_wire(c: &LoginCredential) -> v1::login::Credential {
+    match c {
+        LoginCredential::Secret(p) => v1::login::Credential::Secret(p.expose().to_vec()),
+        LoginCredential::PedKeys { keys, pin } => v1::login::Credential::PedKeys(v1::PedKeys {
+            keys: keys
+                .iter()
+                .map(|(name, bytes)| v1::PedKeyFile {
+                    name: name.clone(),
+                    contents: bytes.to_vec(),
+                })
+                .collect(),
+            pin: pin.as_ref().map(|p| p.expose().to_vec()),
+        }),
+    }
+}
+
+/// A credential as received, checked for form (the HSM checks the rest).
+pub fn credential_from_wire(c: Option<v1::login::Credential>) -> Result<LoginCredential> {
+    match c {
+        None => Err(HsmError::InvalidInput("a login needs a credential".into())),
+        Some(v1::login::Credential::Secret(s)) => Ok(LoginCredential::Secret(Pin::password(
+            &text(s, "a password or challenge secret")?,
+        )?)),
+        Some(v1::login::Credential::PedKeys(k)) => {
+            if k.keys.is_empty() || k.keys.len() > 16 {
+                return Err(HsmError::InvalidInput(
+                    "present 1 to 16 PED keys (N is at most 16)".into(),
+                ));
+            }
+            let pin = k
+                .pin
+                .map(|p| text(p, "a PED PIN").and_then(|t| Pin::ped_pin(&t)))
+                .transpose()?;
+            Ok(LoginCredential::PedKeys {
+                keys: k
+                    .keys
+                    .into_iter()
+                    .map(|f| (f.name, Zeroizing::new(f.contents)))
+                    .collect(),
+                pin,
+            })
+        }
+    }
+}
