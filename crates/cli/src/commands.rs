@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferrohsm_core::api::{HsmApi, LoginId};
 use ferrohsm_core::hsm::{DomainChoice, InitOptions};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
@@ -80,6 +81,7 @@ pub fn run(cli: Cli) -> R<u8> {
     let Cli {
         data_dir,
         ped_dir,
+        server,
         json,
         cmd,
     } = cli;
@@ -87,10 +89,10 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Demo { dir } => crate::demo::run(dir),
         Cmd::Server(a) => crate::serve::run(a, &data_dir),
         Cmd::Ped(c) => ped(c, json),
-        Cmd::Hsm(c) => hsm_cmd(c, &data_dir, &ped_dir, json),
+        Cmd::Hsm(c) => hsm_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Partition(c) => partition_cmd(c, &data_dir, &ped_dir, json),
         Cmd::Role(c) => role_cmd(c, &data_dir, &ped_dir, json),
-        Cmd::Key(c) => key_cmd(c, &data_dir, &ped_dir, json),
+        Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, &ped_dir, json),
     }
 }
@@ -131,7 +133,7 @@ fn ped(c: PedCmd, json: bool) -> R<u8> {
     }
 }
 
-fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
+fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bool) -> R<u8> {
     match c {
         HsmCmd::Init {
             label,
@@ -194,6 +196,16 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             ))
         }
         HsmCmd::Show => {
+            // Through a server, the API's summary; on the directory, everything.
+            if server.is_some() || ferrohsm_core::dir_lock::served_by(dir).is_some() {
+                let summary = crate::front::open(dir, server)?.summary()?;
+                if json {
+                    output::json(&summary)
+                } else {
+                    output::summary(&summary)
+                }
+                return Ok(exit::OK);
+            }
             let mut hsm = Hsm::open(dir)?;
             let info = hsm.info()?;
             if json {
@@ -208,14 +220,12 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 yes,
                 "Zeroize destroys every key, role and partition of this HSM irreversibly.",
             )?;
-            match Hsm::open(dir) {
-                Ok(mut hsm) => {
-                    let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
-                    hsm.zeroize(&s, "zeroize command")?;
-                    done(format!(
-                        "HSM {} zeroized: all key material destroyed",
-                        hsm.serial()
-                    ))
+            match crate::front::open(dir, server) {
+                Ok(mut api) => {
+                    let so = crate::front::login(api.as_mut(), ped_dir, &l, Role::HsmSo, None)?;
+                    let serial = api.summary()?.serial;
+                    api.zeroize(so, "zeroize command")?;
+                    done(format!("HSM {serial} zeroized: all key material destroyed"))
                 }
                 // A store that fails its checks can still be destroyed: that is the way out of tamper.
                 Err(HsmError::Tamper(why)) => {
@@ -253,22 +263,22 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             ))
         }
         HsmCmd::Tamper { yes, login: l } => {
-            let mut hsm = Hsm::open(dir)?;
+            let mut api = crate::front::open(dir, server)?;
             need_yes(yes, "The tamper switch zeroizes the HSM.")?;
-            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
-            hsm.tamper(&s)?;
+            let so = crate::front::login(api.as_mut(), ped_dir, &l, Role::HsmSo, None)?;
+            let serial = api.summary()?.serial;
+            api.tamper(so)?;
             done(format!(
-                "HSM {} tampered: zeroized, every activation dropped",
-                hsm.serial()
+                "HSM {serial} tampered: zeroized, every activation and login ended"
             ))
         }
         HsmCmd::Restart { login: l } => {
-            let mut hsm = Hsm::open(dir)?;
-            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
-            let epoch = hsm.restart(&s)?;
+            let mut api = crate::front::open(dir, server)?;
+            let so = crate::front::login(api.as_mut(), ped_dir, &l, Role::HsmSo, None)?;
+            let serial = api.summary()?.serial;
+            let epoch = api.restart(so)?;
             done(format!(
-                "HSM {} restarted (boot {epoch}); activations without auto-activation have ended",
-                hsm.serial()
+                "HSM {serial} restarted (boot {epoch}); activations without auto-activation have ended"
             ))
         }
         HsmCmd::Policy(HsmPolicyCmd::Show) => {
@@ -599,11 +609,6 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
     }
 }
 
-fn user_session(hsm: &mut Hsm, ped_dir: &Path, u: &KeyUser) -> R<Session> {
-    let role = partition_role(&u.as_role)?;
-    login(hsm, ped_dir, &u.login, role, Some(&u.partition))
-}
-
 fn read_file(p: &PathBuf) -> R<Vec<u8>> {
     std::fs::read(p).map_err(|e| HsmError::io(p, e))
 }
@@ -612,8 +617,11 @@ fn write_file(p: &PathBuf, data: &[u8]) -> R<()> {
     std::fs::write(p, data).map_err(|e| HsmError::io(p, e))
 }
 
-fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
-    let mut hsm = Hsm::open(dir)?;
+/// Key commands go through the HSM API: to the server that holds the directory (or the one
+/// named by --server), or to the engine on the directory.
+fn key_cmd(c: KeyCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bool) -> R<u8> {
+    let mut api = crate::front::open(dir, server)?;
+    let hsm = api.as_mut();
     match c {
         KeyCmd::Generate {
             user,
@@ -626,7 +634,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             let spec: KeySpec = key_type.parse()?;
             let id =
                 hex::decode(&id).map_err(|_| HsmError::InvalidInput("--id takes hex".into()))?;
-            let s = user_session(&mut hsm, ped_dir, &user)?;
+            let s = key_login(hsm, ped_dir, &user)?;
             if let Some(n) = count {
                 let each: Vec<KeyOptions> = (1..=n)
                     .map(|i| KeyOptions {
@@ -635,22 +643,14 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                         extractable,
                     })
                     .collect();
-                let made = hsm.generate_keys_with(
-                    &s,
-                    spec,
-                    &each,
-                    &ferrohsm_core::object::KeyTemplate {
-                        unique_label: true,
-                        ..Default::default()
-                    },
-                )?;
+                let made = hsm.generate_keys(s, spec, &each)?;
                 return done(format!(
                     "generated {} {spec} keys {label}-00001 … {label}-{n:05}",
                     made.len()
                 ));
             }
             let handles = hsm.generate_key(
-                &s,
+                s,
                 spec,
                 &KeyOptions {
                     label: label.clone(),
@@ -665,8 +665,8 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             ))
         }
         KeyCmd::List { user } => {
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let list = hsm.list_objects(&s, None)?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let list = hsm.find_objects(s, None)?;
             if json {
                 output::json(&list)
             } else {
@@ -679,8 +679,8 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             label,
             output,
         } => {
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let key = hsm.find_key(&s, &label, ObjectClass::PublicKey)?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let key = find_key(hsm, s, &label, ObjectClass::PublicKey)?;
             let der = key
                 .public
                 .ok_or_else(|| HsmError::State(format!("{label:?} has no public key")))?;
@@ -691,13 +691,13 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             ))
         }
         KeyCmd::Delete { user, label } => {
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let found = hsm.list_objects(&s, Some(&label))?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let found = hsm.find_objects(s, Some(&label))?;
             if found.is_empty() {
                 return Err(HsmError::NotFound(format!("no key labelled {label:?}")));
             }
             for o in &found {
-                hsm.destroy_object(&s, o.handle)?;
+                hsm.destroy_object(s, o.handle)?;
             }
             done(format!(
                 "deleted {} object(s) labelled {label:?}",
@@ -712,10 +712,10 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             output,
         } => {
             let data = read_file(&input)?;
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let key = hsm.find_key(&s, &label, ObjectClass::PrivateKey)?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let key = find_key(hsm, s, &label, ObjectClass::PrivateKey)?;
             let mech = pick(mechanism, Use::Sign, key.attrs.key_spec()?)?;
-            let sig = hsm.sign(&s, key.handle, mech, &data)?;
+            let sig = hsm.sign(s, key.handle, mech, &data)?;
             write_file(&output, &sig)?;
             done(format!(
                 "signed {} with {label:?} ({mech}): {} bytes to {}",
@@ -733,10 +733,10 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
         } => {
             let data = read_file(&input)?;
             let sig = read_file(&signature)?;
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let key = hsm.find_key(&s, &label, ObjectClass::PublicKey)?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let key = find_key(hsm, s, &label, ObjectClass::PublicKey)?;
             let mech = pick(mechanism, Use::Sign, key.attrs.key_spec()?)?;
-            if hsm.verify(&s, key.handle, mech, &data, &sig)? {
+            if hsm.verify(s, key.handle, mech, &data, &sig)? {
                 done(format!("signature valid ({mech}, key {label:?})"))
             } else {
                 println!("signature INVALID ({mech}, key {label:?})");
@@ -751,8 +751,8 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             aad,
         } => {
             let data = read_file(&input)?;
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let key = find_cipher_key(&mut hsm, &s, &label, true)?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let key = find_cipher_key(hsm, s, &label, true)?;
             let mech = pick(None, Use::Encrypt, key.attrs.key_spec()?)?;
             let mut iv = vec![0u8; if mech == Mechanism::AesGcm { 12 } else { 0 }];
             ferrohsm_core::crypto::fill_random(&mut iv);
@@ -762,7 +762,7 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                     .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
                 label: vec![],
             };
-            let ct = hsm.encrypt(&s, key.handle, mech, &p, &data)?;
+            let ct = hsm.encrypt(s, key.handle, mech, &p, &data)?;
             write_file(&output, &[iv, ct].concat())?;
             done(format!(
                 "encrypted {} with {label:?} ({mech}) to {}",
@@ -778,8 +778,8 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             aad,
         } => {
             let data = read_file(&input)?;
-            let s = user_session(&mut hsm, ped_dir, &user)?;
-            let key = find_cipher_key(&mut hsm, &s, &label, false)?;
+            let s = key_login(hsm, ped_dir, &user)?;
+            let key = find_cipher_key(hsm, s, &label, false)?;
             let mech = pick(None, Use::Encrypt, key.attrs.key_spec()?)?;
             let (iv, ct) = if mech == Mechanism::AesGcm {
                 if data.len() < 12 + 16 {
@@ -798,8 +798,8 @@ fn key_cmd(c: KeyCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                     .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
                 label: vec![],
             };
-            let pt = hsm.decrypt(&s, key.handle, mech, &p, ct)?;
-            write_file(&output, pt.expose())?;
+            let pt = hsm.decrypt(s, key.handle, mech, &p, ct)?;
+            write_file(&output, &pt)?;
             done(format!(
                 "decrypted {} with {label:?} ({mech}) to {}",
                 input.display(),
@@ -823,12 +823,12 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 fn find_cipher_key(
-    hsm: &mut Hsm,
-    s: &Session,
+    hsm: &mut dyn HsmApi,
+    s: LoginId,
     label: &str,
     encrypt: bool,
 ) -> R<ferrohsm_core::object::ObjectInfo> {
-    let all = hsm.list_objects(s, Some(label))?;
+    let all = hsm.find_objects(s, Some(label))?;
     let want = |c: ObjectClass| all.iter().find(|o| o.attrs.class == c).cloned();
     want(ObjectClass::SecretKey)
         .or_else(|| {
@@ -839,6 +839,21 @@ fn find_cipher_key(
             })
         })
         .ok_or_else(|| HsmError::NotFound(format!("no key labelled {label:?}")))
+}
+
+fn find_key(
+    hsm: &mut dyn HsmApi,
+    s: LoginId,
+    label: &str,
+    class: ObjectClass,
+) -> R<ferrohsm_core::object::ObjectInfo> {
+    ferrohsm_core::object::one_labelled(hsm.find_objects(s, Some(label))?, label, class)
+}
+
+/// Logs the Crypto Officer (or, with --as cu, the Crypto User) of the command's partition in.
+fn key_login(hsm: &mut dyn HsmApi, ped_dir: &Path, u: &KeyUser) -> R<LoginId> {
+    let role = partition_role(&u.as_role)?;
+    crate::front::login(hsm, ped_dir, &u.login, role, Some(&u.partition))
 }
 
 /// What a key is used for, to pick its default mechanism.

@@ -4,6 +4,7 @@
 mod audit;
 mod commands;
 mod demo;
+mod front;
 mod input;
 mod output;
 mod pedargs;
@@ -69,6 +70,10 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub ped_dir: PathBuf,
+    /// The server to talk to (its Unix socket). Without it, the CLI goes through the server
+    /// that holds the data directory, if one does, and opens the directory itself otherwise.
+    #[arg(long, global = true, env = "FERROHSM_SERVER", value_name = "SOCKET")]
+    pub server: Option<PathBuf>,
     /// Machine-readable output (JSON) for show and list commands.
     #[arg(long, global = true)]
     pub json: bool,

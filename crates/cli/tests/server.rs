@@ -163,14 +163,16 @@ fn a_served_directory_is_the_servers_alone() {
     let server = lab.start();
     let pid = server.pid().to_string();
 
-    // The CLI in embedded mode is refused, and told which process serves the directory.
-    let out = lab.cli().args(["hsm", "show"]).output().unwrap();
+    // A command that does not go through the server yet is refused, and told which process
+    // serves the directory and where.
+    let out = lab.cli().args(["partition", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(6));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("served by ferrohsm server process") && err.contains(&pid),
         "{err}"
     );
+    assert!(err.contains("hsm.sock"), "{err}");
 
     // So is this process's engine.
     match Embedded::open(&lab.data()) {
@@ -662,5 +664,138 @@ fn ped_keys_are_presented_through_the_server() {
     }
     let so = c.login(Role::HsmSo, None, cred(bytes, "246810")).unwrap();
     c.restart(so).unwrap();
+    assert!(server.stop().success());
+}
+
+/// The operator's key commands and device actions through a server: the CLI finds the server
+/// that holds the directory (or is told with --server) and never opens the directory itself.
+#[test]
+fn the_cli_goes_through_the_server_that_holds_the_directory() {
+    let lab = Lab::new();
+    let server = lab.start();
+    let co = ["--partition", "app", "--password", "env:CO_PW"];
+    let run = |args: &[&str]| {
+        let out = lab.cli().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, out, err) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        out
+    };
+    ok(&[
+        &["key", "generate", "--type", "ec-p256", "--label", "signer"][..],
+        &co,
+    ]
+    .concat());
+    ok(&[
+        &[
+            "key", "generate", "--type", "aes-256", "--label", "batch", "--count", "3",
+        ][..],
+        &co,
+    ]
+    .concat());
+    let msg = lab.tmp.path().join("msg.txt");
+    std::fs::write(&msg, b"pay 100").unwrap();
+    let (m, sig) = (
+        msg.display().to_string(),
+        lab.tmp.path().join("msg.sig").display().to_string(),
+    );
+    ok(&[
+        &[
+            "key", "sign", "--label", "signer", "--in", &m, "--out", &sig,
+        ][..],
+        &co,
+    ]
+    .concat());
+    let out = ok(&[
+        &[
+            "key",
+            "verify",
+            "--label",
+            "signer",
+            "--in",
+            &m,
+            "--signature",
+            &sig,
+        ][..],
+        &co,
+    ]
+    .concat());
+    assert!(out.contains("valid"), "{out}");
+    let (ct, pt) = (
+        lab.tmp.path().join("ct").display().to_string(),
+        lab.tmp.path().join("pt").display().to_string(),
+    );
+    ok(&[
+        &[
+            "key",
+            "encrypt",
+            "--label",
+            "batch-00002",
+            "--in",
+            &m,
+            "--out",
+            &ct,
+        ][..],
+        &co,
+    ]
+    .concat());
+    ok(&[
+        &[
+            "key",
+            "decrypt",
+            "--label",
+            "batch-00002",
+            "--in",
+            &ct,
+            "--out",
+            &pt,
+        ][..],
+        &co,
+    ]
+    .concat());
+    assert_eq!(std::fs::read(&pt).unwrap(), b"pay 100");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&[&["--json", "key", "list"][..], &co].concat())).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 5);
+    let out = ok(&["hsm", "show"]);
+    assert!(
+        out.contains("through the server") && out.contains("app"),
+        "{out}"
+    );
+    // A wrong password through the server is an authentication failure (exit 3).
+    let (code, _, _) = run(&[
+        "key",
+        "list",
+        "--partition",
+        "app",
+        "--password",
+        "env:SO_PW",
+    ]);
+    assert_eq!(code, Some(3));
+    // Named explicitly, from a directory that is not the HSM's.
+    let sock = lab.socket().display().to_string();
+    let out = lab
+        .cli()
+        .env("FERROHSM_HOME", lab.tmp.path().join("elsewhere"))
+        .args([&["--server", &sock, "key", "list"][..], &co].concat())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CO cannot restart the HSM through the server; the HSM SO can, and zeroize it.
+    let (code, _, _) = run(&["hsm", "restart", "--password", "env:CO_PW"]);
+    assert_eq!(code, Some(3), "the CO's password is not the SO's");
+    ok(&["hsm", "restart", "--password", "env:SO_PW"]);
+    ok(&["hsm", "zeroize", "--yes", "--password", "env:SO_PW"]);
+    assert!(ok(&["hsm", "show"]).contains("zeroized"));
     assert!(server.stop().success());
 }

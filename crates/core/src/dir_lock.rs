@@ -36,13 +36,44 @@ pub struct DirLock(Arc<Held>);
 struct Held {
     mode: LockMode,
     // Kept open for the lock's lifetime: closing it releases the lock.
-    _file: File,
+    file: File,
 }
 
 impl DirLock {
     /// How this process holds the directory.
     pub fn mode(&self) -> LockMode {
         self.0.mode
+    }
+
+    /// A server says where it listens: the lock file then holds its pid and its socket, so
+    /// that the CLI pointed at the directory finds the server ([`served_by`]).
+    pub fn announce(&self, socket: &Path) -> Result<()> {
+        let text = format!("{}\n{}\n", std::process::id(), socket.display());
+        let mut f = &self.0.file;
+        f.set_len(0)
+            .and_then(|_| f.seek(SeekFrom::Start(0)))
+            .and_then(|_| f.write_all(text.as_bytes()))
+            .and_then(|_| f.sync_data())
+            .map_err(|e| HsmError::io(LOCK_FILE, e))
+    }
+}
+
+/// The server holding `dir`, if one does: its pid and the socket it announced.
+pub fn served_by(dir: &Path) -> Option<(u32, Option<PathBuf>)> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new().read(true).open(&path).ok()?;
+    match file.try_lock_shared() {
+        // Nobody holds it exclusively: no server (the shared lock goes with `file`).
+        Ok(()) => None,
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).ok()?;
+            let mut lines = text.lines();
+            let pid = lines.next()?.trim().parse().ok()?;
+            let socket = lines.next().map(|l| PathBuf::from(l.trim()));
+            Some((pid, socket))
+        }
+        Err(TryLockError::Error(_)) => None,
     }
 }
 
@@ -94,7 +125,7 @@ pub fn acquire(dir: &Path, mode: LockMode) -> Result<DirLock> {
             .and_then(|_| file.sync_data())
             .map_err(|e| HsmError::io(&path, e))?;
     }
-    let h = Arc::new(Held { mode, _file: file });
+    let h = Arc::new(Held { mode, file });
     held.push((key, Arc::downgrade(&h)));
     Ok(DirLock(h))
 }
@@ -117,15 +148,18 @@ fn refusal(dir: &Path, path: &Path, file: &mut File, wanted: LockMode) -> HsmErr
         LockMode::Shared => {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
-            let pid = text.trim();
-            let who = if pid.is_empty() {
-                "a ferrohsm server".to_string()
-            } else {
-                format!("ferrohsm server process {pid}")
+            let mut lines = text.lines();
+            let who = match lines.next().map(str::trim) {
+                Some(pid) if !pid.is_empty() => format!("ferrohsm server process {pid}"),
+                _ => "a ferrohsm server".to_string(),
             };
+            let at = lines
+                .next()
+                .map(|s| format!(" on {}", s.trim()))
+                .unwrap_or_default();
             HsmError::InUse(format!(
-                "{} is served by {who}; use the server (the module's `server =` setting, the \
-                 CLI's --server) instead of opening the directory",
+                "{} is served by {who}{at}; go through the server, or stop it to open the \
+                 directory directly",
                 dir.display()
             ))
         }

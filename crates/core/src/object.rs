@@ -184,6 +184,30 @@ pub struct ObjectInfo {
     pub content: Option<Content>,
 }
 
+/// The one object of `class` among `found` (those labelled `label`): an error naming the
+/// label when there is none, or more than one.
+pub fn one_labelled(
+    found: Vec<ObjectInfo>,
+    label: &str,
+    class: ObjectClass,
+) -> crate::Result<ObjectInfo> {
+    let mut of_class: Vec<ObjectInfo> = found
+        .into_iter()
+        .filter(|o| o.attrs.class == class)
+        .collect();
+    match of_class.len() {
+        0 => Err(crate::HsmError::NotFound(format!(
+            "no {} labelled {label:?}",
+            class.name()
+        ))),
+        1 => Ok(of_class.remove(0)),
+        n => Err(crate::HsmError::InvalidInput(format!(
+            "{n} {}s are labelled {label:?}; use a handle",
+            class.name()
+        ))),
+    }
+}
+
 impl Attributes {
     /// The key's algorithm and size; an error for objects that are not keys.
     pub fn key_spec(&self) -> crate::Result<KeySpec> {

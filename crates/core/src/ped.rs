@@ -124,6 +124,11 @@ pub struct LocalPed {
 }
 
 impl LocalPed {
+    /// The answers it works from (the key files and the PIN).
+    pub fn answers(&self) -> &PedAnswers {
+        &self.answers
+    }
+
     /// A PED that answers from `answers` alone (scripts, tests).
     pub fn new(answers: PedAnswers) -> Self {
         LocalPed {

@@ -59,7 +59,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     }
     dir_lock::check_private(&dir)?;
-    let _lock = dir_lock::acquire(&dir, LockMode::Exclusive)?;
+    let lock = dir_lock::acquire(&dir, LockMode::Exclusive)?;
     // Check the store opens (device key, manifest) before serving anyone.
     let serial = {
         let mut hsm = Hsm::open_or_create(&dir)?;
@@ -71,6 +71,8 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
 
     let socket = config.socket.clone();
     let listener = bind(&socket)?;
+    let absolute = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
+    lock.announce(&absolute)?;
     let shared = Arc::new(listener::Shared::new(config));
     let signals = watch_signals(&shared, &socket)?;
     info!(socket = %socket.display(), serial = %serial, "listening");

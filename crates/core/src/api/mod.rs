@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 pub type LoginId = u64;
 
 /// A partition as a front end sees it (the PKCS#11 module shows one slot per partition).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PartitionSummary {
     /// Stable id (the PKCS#11 slot id).
     pub id: u32,
@@ -38,7 +38,7 @@ pub struct PartitionSummary {
 }
 
 /// The device as a front end sees it. Nothing secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     /// Serial number.
     pub serial: String,

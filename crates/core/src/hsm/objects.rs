@@ -137,22 +137,7 @@ impl Hsm {
 
     /// Finds the one key with `label` of `class`.
     pub fn find_key(&mut self, s: &Session, label: &str, class: ObjectClass) -> Result<ObjectInfo> {
-        let found: Vec<ObjectInfo> = self
-            .list_objects(s, Some(label))?
-            .into_iter()
-            .filter(|o| o.attrs.class == class)
-            .collect();
-        match found.len() {
-            0 => Err(HsmError::NotFound(format!(
-                "no {} labelled {label:?}",
-                class.name()
-            ))),
-            1 => Ok(found.into_iter().next().expect("one element")),
-            n => Err(HsmError::InvalidInput(format!(
-                "{n} {}s are labelled {label:?}; use a handle",
-                class.name()
-            ))),
-        }
+        crate::object::one_labelled(self.list_objects(s, Some(label))?, label, class)
     }
 
     /// Unseals the key material of an already loaded object (no second store read).
