@@ -1,0 +1,309 @@
+//! Sessions and logins: opening and closing sessions, `C_Login` (passwords, challenge
+//! secrets, PED keys), `C_Logout`.
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use super::*;
+
+pub unsafe fn C_OpenSession(
+    id: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _app: *mut c_void,
+    _notify: CK_NOTIFY,
+    ph: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    done((|| {
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+        }
+        if ph.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let (config, label, pooled) = with_module(|m| {
+            let (label, initialised) = token_brief(m, id)?;
+            if !initialised {
+                return Err(CKR_TOKEN_NOT_RECOGNIZED);
+            }
+            if flags & CKF_RW_SESSION == 0 && m.logins.get(&id).is_some_and(|l| l.user == CKU_SO) {
+                return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
+            }
+            let (pooled, config) = state::pooled_hsm(m)?;
+            Ok((config, label, pooled))
+        })?;
+        // Each session has its own handle on the store, so sessions run in parallel.
+        let hsm = match pooled {
+            Some(h) => h,
+            None => open_hsm(&config)?,
+        };
+        let handle = with_module_mut(|m| {
+            let h = m.next_handle;
+            m.next_handle += 1;
+            let session = Session {
+                slot: id,
+                label,
+                flags,
+                hsm,
+                find: None,
+                sign: None,
+                verify: None,
+                encrypt: None,
+                decrypt: None,
+                digest: None,
+                // The token's login as it is now (C_Login and C_Logout keep it current).
+                login: m.logins.get(&id).cloned(),
+                key_memo: Default::default(),
+                mac: Default::default(),
+            };
+            m.sessions.insert(h, Arc::new(Mutex::new(session)));
+            Ok(h)
+        })?;
+        // SAFETY: non-NULL per check.
+        unsafe { *ph = handle };
+        Ok(())
+    })())
+}
+
+pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
+    let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
+    state::sessions_changed();
+    let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    // Its session objects go with it.
+    if let Some(l) = m.logins.get(&slot) {
+        l.engine.drop_session_objects(h);
+    }
+    // Keep its engine handle for the next session, unless another thread still holds the
+    // session (it is then dropped with the last reference).
+    if let Ok(session) = Arc::try_unwrap(s) {
+        let session = session.into_inner().map_err(|_| CKR_GENERAL_ERROR)?;
+        state::pool_hsm(m, session.hsm)?;
+    }
+    // The last session of a token logs its user out.
+    let others = m
+        .sessions
+        .values()
+        .any(|x| x.lock().map(|x| x.slot == slot).unwrap_or(false));
+    if !others && m.logins.remove(&slot).is_some() {
+        ferrohsm_core::login_memo::purge_expired();
+    }
+    Ok(())
+}
+
+pub unsafe fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
+    done(with_module_mut(|m| close(m, h)))
+}
+
+pub unsafe fn C_CloseAllSessions(id: CK_SLOT_ID) -> CK_RV {
+    done(with_module_mut(|m| {
+        let hs: Vec<CK_SESSION_HANDLE> = m
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.lock().map(|s| s.slot == id).unwrap_or(false))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in hs {
+            close(m, h)?;
+        }
+        m.logins.remove(&id);
+        Ok(())
+    }))
+}
+
+pub unsafe fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) -> CK_RV {
+    done((|| {
+        let (s, login) = state::session(h)?;
+        let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let rw = s.flags & CKF_RW_SESSION != 0;
+        let st = match (login.map(|l| l.user), rw) {
+            (Some(CKU_SO), _) => CKS_RW_SO_FUNCTIONS,
+            (Some(_), true) => CKS_RW_USER_FUNCTIONS,
+            (Some(_), false) => CKS_RO_USER_FUNCTIONS,
+            (None, true) => CKS_RW_PUBLIC_SESSION,
+            (None, false) => CKS_RO_PUBLIC_SESSION,
+        };
+        // SAFETY: put checks for NULL.
+        unsafe {
+            put(
+                info,
+                CK_SESSION_INFO {
+                    slotID: s.slot,
+                    state: st,
+                    flags: s.flags,
+                    ulDeviceError: 0,
+                },
+            )
+        }
+    })())
+}
+
+pub unsafe fn C_Login(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+) -> CK_RV {
+    done((|| {
+        let role = role_of(user)?;
+        let (s, login) = state::session(h)?;
+        if let Some(l) = login {
+            return Err(if l.user == user {
+                CKR_USER_ALREADY_LOGGED_IN
+            } else {
+                CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+            });
+        }
+        // The module lock first, never while a session is locked (see `state::MODULE`).
+        let (ped_dir, (pooled, config)) =
+            with_module(|m| Ok((m.config.ped_dir.clone(), state::pooled_hsm(m)?)))?;
+        let (slot, label) = {
+            let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+            (s.slot, s.label.clone())
+        };
+        if user == CKU_SO {
+            let ro = with_module(|m| {
+                Ok(m.sessions.values().any(|x| {
+                    x.lock()
+                        .map(|x| x.slot == slot && x.flags & CKF_RW_SESSION == 0)
+                        .unwrap_or(false)
+                }))
+            })?;
+            if ro {
+                return Err(CKR_SESSION_READ_ONLY_EXISTS);
+            }
+        }
+        // SAFETY: pin_arg checks for NULL and reads `len` bytes.
+        let pin = unsafe { pin_arg(pin, len) }.map_err(|e| {
+            if e == CKR_PIN_LEN_RANGE {
+                CKR_PIN_INCORRECT
+            } else {
+                e
+            }
+        })?;
+        // The PIN derivation runs on an engine handle of its own, holding no lock: the
+        // session stays free for the module's visits (other logins, logouts, closes).
+        let mut hsm = match pooled {
+            Some(h) => h,
+            None => state::open_hsm(&config)?,
+        };
+        let engine = (|| {
+            let mode = hsm
+                .auth_mode()
+                .map_err(|e| rv(&e))?
+                .ok_or(CKR_DEVICE_ERROR)?;
+            let result = match (mode, pin, role) {
+                (AuthMode::Password, Some(p), _) => {
+                    hsm.login(role, Some(&label), Credential::Secret(p))
+                }
+                (AuthMode::Password, None, _) => return Err(CKR_ARGUMENTS_BAD),
+                // An activated Crypto Officer or User: the challenge secret as PIN.
+                (AuthMode::Ped, Some(p), Role::CryptoOfficer | Role::CryptoUser) => {
+                    hsm.login(role, Some(&label), Credential::Secret(p))
+                }
+                // Otherwise the PED: the role's key files in the configured PED directory.
+                (AuthMode::Ped, _, _) => {
+                    let prefix = ferrohsm_core::ped::default_key_prefix(
+                        hsm.serial(),
+                        Some(&label),
+                        role.short(),
+                    );
+                    let keys = ferrohsm_core::ped::default_keys(&ped_dir, &prefix);
+                    let pin = std::env::var("FERROHSM_PED_PIN")
+                        .ok()
+                        .and_then(|p| Pin::ped_pin(&p).ok());
+                    let mut ped = LocalPed::new(PedAnswers {
+                        keys,
+                        pin,
+                        ..Default::default()
+                    });
+                    hsm.login(role, Some(&label), Credential::Ped(&mut ped))
+                }
+            };
+            result.map_err(|e| match e {
+                HsmError::State(_) if role == Role::CryptoOfficer => CKR_USER_PIN_NOT_INITIALIZED,
+                HsmError::Refused(_) | HsmError::InvalidInput(_) => CKR_PIN_INCORRECT,
+                e => rv(&e),
+            })
+        })();
+        with_module(|m| state::pool_hsm(m, hsm))?;
+        let engine = engine?;
+        with_module_mut(|m| {
+            // The session may have been closed while the PIN was checked (it is not locked
+            // meanwhile): a login with no session would outlive the rule that the last
+            // session's close logs out.
+            if !m.sessions.contains_key(&h) {
+                return Err(CKR_SESSION_HANDLE_INVALID);
+            }
+            // Another thread's login may have landed while this one checked its PIN.
+            if let Some(l) = m.logins.get(&slot) {
+                return Err(if l.user == user {
+                    CKR_USER_ALREADY_LOGGED_IN
+                } else {
+                    CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+                });
+            }
+            let login = Arc::new(Login { user, engine });
+            state::share_login(m, slot, Some(&login))?;
+            m.logins.insert(slot, login);
+            Ok(())
+        })
+    })())
+}
+
+pub unsafe fn C_LoginUser(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+    _name: *mut CK_UTF8CHAR,
+    _name_len: CK_ULONG,
+) -> CK_RV {
+    // Users are told apart by type, not name.
+    // SAFETY: forwarded unchanged.
+    unsafe { C_Login(h, user, pin, len) }
+}
+
+pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+        with_module_mut(|m| {
+            let login = m.logins.remove(&slot).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+            // Operations in progress hold their keys: end them, so that the login's keys
+            // (and its key cache, dropped with `login`) leave memory now.
+            for x in m.sessions.values() {
+                let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+                if x.slot == slot {
+                    x.end_key_operations();
+                    x.login = None;
+                }
+            }
+            drop(login);
+            ferrohsm_core::login_memo::purge_expired();
+            Ok(())
+        })
+    })())
+}
+
+pub unsafe fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    done((|| {
+        let (s, _) = state::session(h)?;
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if flags & CKF_SIGN != 0 {
+            s.sign = None;
+        }
+        if flags & CKF_VERIFY != 0 {
+            s.verify = None;
+        }
+        if flags & CKF_ENCRYPT != 0 {
+            s.encrypt = None;
+        }
+        if flags & CKF_DECRYPT != 0 {
+            s.decrypt = None;
+        }
+        if flags & CKF_DIGEST != 0 {
+            s.digest = None;
+        }
+        if flags & CKF_FIND_OBJECTS != 0 {
+            s.find = None;
+        }
+        Ok(())
+    })())
+}
