@@ -799,3 +799,126 @@ fn the_cli_goes_through_the_server_that_holds_the_directory() {
     assert!(ok(&["hsm", "show"]).contains("zeroized"));
     assert!(server.stop().success());
 }
+
+/// The boundary from the client's side: an operator's command that signs through the server
+/// opens no file of the data directory (strace records every file system call); finding the
+/// server by the directory reads only its lock file, which holds a pid and a socket path.
+#[test]
+fn a_client_through_the_server_opens_nothing_in_the_data_directory() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: strace is not installed (.ci/run installs it)");
+        return;
+    }
+    let lab = Lab::new();
+    let server = lab.start();
+    let co = ["--partition", "app", "--password", "env:CO_PW"];
+    lab.ok(&[
+        &["key", "generate", "--type", "ec-p256", "--label", "signer"][..],
+        &co,
+    ]
+    .concat());
+    let msg = lab.tmp.path().join("msg.txt");
+    std::fs::write(&msg, b"pay 100").unwrap();
+    let (m, sig) = (
+        msg.display().to_string(),
+        lab.tmp.path().join("msg.sig").display().to_string(),
+    );
+    let data = lab.data().canonicalize().unwrap().display().to_string();
+    let traced = |extra: &[&str], name: &str| -> String {
+        let trace = lab.tmp.path().join(name);
+        // The same environment as the lab's commands, run under strace.
+        let mut cmd = lab.cli();
+        let mut args = vec!["-f", "-qq", "-e", "trace=%file", "-o"];
+        let t = trace.display().to_string();
+        args.push(&t);
+        let bin = support::bin().display().to_string();
+        args.push(&bin);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "key", "sign", "--label", "signer", "--in", &m, "--out", &sig,
+        ]);
+        args.extend_from_slice(&co);
+        let out = strace(&mut cmd, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&trace).unwrap()
+    };
+    let sock = lab.socket().display().to_string();
+    let named = traced(&["--server", &sock], "named.trace");
+    assert!(
+        named.contains("hsm.sock"),
+        "the trace saw the socket: {named}"
+    );
+    assert!(
+        !named.contains(&data),
+        "the client opened the data directory:\n{named}"
+    );
+    let found = traced(&[], "found.trace");
+    for line in found.lines().filter(|l| l.contains(&data)) {
+        assert!(
+            line.contains(&format!("{data}/lock")),
+            "the client touched {line}"
+        );
+    }
+    for secret_file in ["device.key", "audit.key", "hsm.db"] {
+        assert!(
+            !found.contains(secret_file),
+            "the client opened {secret_file}"
+        );
+    }
+    assert!(server.stop().success());
+}
+
+/// The server's process: no core file can be written.
+#[test]
+fn the_server_process_writes_no_core_and_locks_memory_when_allowed() {
+    let lab = Lab::new();
+    let server = lab.start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    if server.log_text().contains("memory locked") {
+        assert!(
+            locked_kb > 0,
+            "the log says locked, VmLck says {locked_kb} kB"
+        );
+    } else {
+        assert!(
+            server.log_text().contains("RLIMIT_MEMLOCK") || server.log_text().contains("mlockall")
+        );
+    }
+    assert!(server.stop().success());
+}
+
+/// Runs `strace ARGS` with `cmd`'s environment and working directory.
+fn strace(cmd: &mut std::process::Command, args: &[&str]) -> std::process::Output {
+    let mut st = std::process::Command::new("strace");
+    st.args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => st.env(k, v),
+            None => st.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        st.current_dir(d);
+    }
+    st.output().unwrap()
+}
