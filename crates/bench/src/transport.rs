@@ -77,13 +77,7 @@ fn provision(dir: &Path) -> Handles {
     )
     .expect("co");
     let mut api = Embedded::with(h, Default::default());
-    let co = api
-        .login(
-            Role::CryptoOfficer,
-            Some("bench"),
-            LoginCredential::Secret(pw(CO_PW)),
-        )
-        .expect("co login");
+    let co = co_login(&mut api);
     let mut gen = |spec, label: &str| {
         api.generate_key(
             co,
@@ -245,6 +239,37 @@ fn start_server(tmp: &Path, data: &Path) -> (ServerProcess, PathBuf) {
     (ServerProcess(child), socket)
 }
 
+/// Logs the Crypto Officer in on an API.
+fn co_login(a: &mut dyn HsmApi) -> LoginId {
+    a.login(
+        Role::CryptoOfficer,
+        Some("bench"),
+        LoginCredential::Secret(pw(CO_PW)),
+    )
+    .expect("login")
+}
+
+/// ops/s of `op` in `threads` threads, each on its own API from `open`, logged in.
+fn api_rate(
+    threads: usize,
+    secs: f64,
+    op: &Op,
+    keys: Handles,
+    open: impl Fn() -> Box<dyn HsmApi + Send> + Send + Sync + 'static,
+) -> f64 {
+    let op = op.clone();
+    rate(
+        threads,
+        secs,
+        move || {
+            let mut a = open();
+            let l = co_login(a.as_mut());
+            (a, l)
+        },
+        move |(a, l), n| op(a.as_mut(), *l, &keys, n),
+    )
+}
+
 /// Runs the transport rows.
 pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -299,40 +324,14 @@ pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
         for &t in &THREADS {
             let (mut e, mut s) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
-                let (dir, o) = (edir.clone(), op.clone());
-                e.push(rate(
-                    t,
-                    secs,
-                    move || {
-                        let mut a = Embedded::open(&dir).expect("embedded");
-                        let l = a
-                            .login(
-                                Role::CryptoOfficer,
-                                Some("bench"),
-                                LoginCredential::Secret(pw(CO_PW)),
-                            )
-                            .expect("login");
-                        (a, l)
-                    },
-                    move |(a, l), n| o(a, *l, &keys, n),
-                ));
-                let (sock, o) = (socket.clone(), op.clone());
-                s.push(rate(
-                    t,
-                    secs,
-                    move || {
-                        let mut a = Remote::connect(&sock).expect("remote");
-                        let l = a
-                            .login(
-                                Role::CryptoOfficer,
-                                Some("bench"),
-                                LoginCredential::Secret(pw(CO_PW)),
-                            )
-                            .expect("login");
-                        (a, l)
-                    },
-                    move |(a, l), n| o(a, *l, &skeys, n),
-                ));
+                let dir = edir.clone();
+                e.push(api_rate(t, secs, &op, keys, move || {
+                    Box::new(Embedded::open(&dir).expect("embedded"))
+                }));
+                let sock = socket.clone();
+                s.push(api_rate(t, secs, &op, skeys, move || {
+                    Box::new(Remote::connect(&sock).expect("remote"))
+                }));
             }
             let (e, s) = (stats(e), stats(s));
             println!(
@@ -344,21 +343,9 @@ pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
         }
         // Latency, one thread: embedded, remote and the echo in the same stretch of time.
         let mut emb = Embedded::open(&edir).expect("embedded");
-        let el = emb
-            .login(
-                Role::CryptoOfficer,
-                Some("bench"),
-                LoginCredential::Secret(pw(CO_PW)),
-            )
-            .expect("login");
+        let el = co_login(&mut emb);
         let mut rem = Remote::connect(&socket).expect("remote");
-        let rl = rem
-            .login(
-                Role::CryptoOfficer,
-                Some("bench"),
-                LoginCredential::Secret(pw(CO_PW)),
-            )
-            .expect("login");
+        let rl = co_login(&mut rem);
         let mut es = UnixStream::connect(&echo).expect("echo");
         let (mut le, mut lr, mut lx) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {

@@ -91,6 +91,7 @@ impl Remote {
             call: Some(call),
         };
         let answer = self.exchange(&req);
+        wipe(req);
         if answer.is_err() {
             // After a failure the stream may be mid-frame: never reuse it.
             self.stream = None;
@@ -135,6 +136,25 @@ impl Remote {
             )));
         }
         Ok(resp)
+    }
+}
+
+/// Zeroizes what a request carried of a login's secret once it is sent.
+fn wipe(req: Request) {
+    use zeroize::Zeroize;
+    if let Some(Call::Login(mut l)) = req.call {
+        match &mut l.credential {
+            Some(v1::login::Credential::Secret(s)) => s.zeroize(),
+            Some(v1::login::Credential::PedKeys(k)) => {
+                for f in &mut k.keys {
+                    f.contents.zeroize();
+                }
+                if let Some(p) = &mut k.pin {
+                    p.zeroize();
+                }
+            }
+            None => {}
+        }
     }
 }
 

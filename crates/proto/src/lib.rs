@@ -56,10 +56,14 @@ pub fn write_frame(w: &mut impl Write, msg: &impl Message) -> io::Result<()> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
     let mut buf = Vec::with_capacity(4 + len);
     buf.extend_from_slice(&prefix.to_be_bytes());
-    msg.encode(&mut buf)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    w.write_all(&buf)?;
-    w.flush()
+    let written = msg
+        .encode(&mut buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        .and_then(|_| w.write_all(&buf))
+        .and_then(|_| w.flush());
+    // A login's frame holds its secret: leave no copy of it behind.
+    zeroize::Zeroize::zeroize(&mut buf);
+    written
 }
 
 /// Reads one frame's bytes, refusing one announced over `max` before reading it.

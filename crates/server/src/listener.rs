@@ -215,7 +215,11 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
                 break;
             }
         };
-        let req = match Request::decode(frame.as_slice()) {
+        let decoded = Request::decode(frame.as_slice());
+        // The frame may hold a login's secret; the decoded request now holds the only copy.
+        let mut frame = frame;
+        zeroize::Zeroize::zeroize(&mut frame);
+        let req = match decoded {
             Ok(r) => r,
             Err(e) => {
                 warn!(conn, error = %e, "connection closed: request does not decode");
