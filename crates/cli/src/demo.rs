@@ -1,5 +1,6 @@
 //! `ferrohsm demo`: the whole story in a fresh data directory, through the same engine calls
-//! the other commands make, with every step and every refusal printed.
+//! the other commands make, with every step and every refusal printed; its last act runs a
+//! real `ferrohsm server` over the directory and goes through it.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,8 @@ use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{AuthMode, Credential, Hsm, HsmError, NewSecret, Role};
 
 use crate::commands::key_prefix;
+use ferrohsm_client::Remote;
+use ferrohsm_core::api::{HsmApi, LoginCredential};
 
 type R<T> = Result<T, HsmError>;
 
@@ -58,6 +61,146 @@ fn ped(keys: Vec<PathBuf>, pin: Option<&Pin>) -> LocalPed {
         pin: pin.cloned(),
         ..Default::default()
     })
+}
+
+/// PED key files as the HSM API takes them: each file's name and bytes, and the PIN.
+fn presented(files: Vec<PathBuf>, pin: Option<&Pin>) -> R<LoginCredential> {
+    let mut keys = Vec::with_capacity(files.len());
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(|e| HsmError::io(&f, e))?;
+        keys.push((f.display().to_string(), zeroize::Zeroizing::new(bytes)));
+    }
+    Ok(LoginCredential::PedKeys {
+        keys,
+        pin: pin.cloned(),
+    })
+}
+
+/// A `ferrohsm server` child process over the demo's directory, stopped when dropped.
+struct DemoServer(std::process::Child);
+
+impl Drop for DemoServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The served part of the story: start a server, show the directory is its alone, sign
+/// through it from an "application" thread, zeroize as the HSM SO through it, and watch the
+/// application's next call fail; then stop the server with SIGTERM.
+fn served(
+    root: &Path,
+    data: &Path,
+    peds: &Path,
+    so_prefix: &str,
+    co_prefix: &str,
+    so_pin: &Pin,
+    key: u64,
+) -> R<()> {
+    let socket = root.join("ferrohsm.sock");
+    let conf = root.join("server.toml");
+    std::fs::write(
+        &conf,
+        format!("data_dir = {data:?}\nsocket = {socket:?}\nlog = \"warn\"\n"),
+    )
+    .map_err(|e| HsmError::io(&conf, e))?;
+    let exe = std::env::current_exe().map_err(|e| HsmError::io("ferrohsm", e))?;
+    let log = root.join("server.log");
+    let err = std::fs::File::create(&log).map_err(|e| HsmError::io(&log, e))?;
+    let child = std::process::Command::new(exe)
+        .args(["server", "--config"])
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .map_err(|e| HsmError::io("ferrohsm server", e))?;
+    let mut server = DemoServer(child);
+    let started = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(HsmError::State(format!(
+                "demo: the server did not start; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ok(format!(
+        "ferrohsm server (process {}) listens on {}",
+        server.0.id(),
+        socket.display()
+    ));
+    refused(
+        "opening the served directory in this process (no second copy of the keys)",
+        Hsm::open(data),
+    )?;
+
+    // The application: its own connection, the CO's black key presented through it.
+    let co_keys = keys(peds, co_prefix, &[1]);
+    let app_socket = socket.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let app = std::thread::spawn(move || -> R<(u64, HsmError)> {
+        let mut app = Remote::connect(&app_socket)?;
+        let co = app.login(
+            Role::CryptoOfficer,
+            Some("payments"),
+            presented(co_keys, None)?,
+        )?;
+        let mut signed = 0u64;
+        loop {
+            match app.sign(co, key, Mechanism::Ecdsa(Some(Hash::Sha256)), b"invoice") {
+                Ok(_) => {
+                    signed += 1;
+                    if signed == 100 {
+                        let _ = ready_tx.send(());
+                    }
+                }
+                Err(e) => return Ok((signed, e)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .map_err(|_| HsmError::State("demo: the application did not sign".into()))?;
+    ok("an application signs in a loop through the server; it holds no key, only a login id");
+
+    let mut officer = Remote::connect(&socket)?;
+    let so = officer.login(
+        Role::HsmSo,
+        None,
+        presented(keys(peds, so_prefix, &[1, 3]), Some(so_pin))?,
+    )?;
+    officer.zeroize(so, "demo: zeroize through the server")?;
+    let (signed, err) = app
+        .join()
+        .map_err(|_| HsmError::State("demo: the application thread failed".into()))??;
+    ok(format!(
+        "the HSM SO zeroized through the server; the application, after {signed} signatures, was refused on its very next call: {err}"
+    ));
+    ok(format!("the server says: {}", officer.summary()?.state));
+
+    let pid = server.0.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let t = std::time::Instant::now();
+    loop {
+        match server.0.try_wait() {
+            Ok(Some(st)) => {
+                ok(format!(
+                    "SIGTERM: the server finished its requests and stopped ({st})"
+                ));
+                break;
+            }
+            _ if t.elapsed() > std::time::Duration::from_secs(30) => {
+                return Err(HsmError::State("demo: the server did not stop".into()))
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    Ok(())
 }
 
 /// Runs the demo in `dir` (or a temporary directory).
@@ -451,6 +594,15 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
         export_file.display()
     ));
 
+    step(
+        &mut n,
+        "The HSM becomes its own process: `ferrohsm server` owns the directory; an application signs through it; the HSM SO zeroizes",
+    );
+    drop(hsm);
+    served(
+        &root, &data, &peds, &so_prefix, &co_prefix, &so_pin, ec.handle,
+    )?;
+
     step(&mut n, "Where the PED key files are (each is one secret or one share; keep them like physical keys)");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&peds)
         .map_err(|e| HsmError::io(&peds, e))?
@@ -463,7 +615,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
         }
     }
     println!(
-        "    data directory: {} (device.key, hsm.db)",
+        "    data directory: {} (zeroized in the step before: no device key, no key material; the audit log kept)",
         data.display()
     );
     if tmp_note {

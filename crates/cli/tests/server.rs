@@ -922,3 +922,130 @@ fn strace(cmd: &mut std::process::Command, args: &[&str]) -> std::process::Outpu
     }
     st.output().unwrap()
 }
+
+/// SIGTERM: a request in flight (an RSA-4096 generation) finishes and is answered; key uses
+/// counted in a batched audit window that has not closed yet are committed before the
+/// process exits; then the server stops with 0.
+#[test]
+fn sigterm_finishes_requests_in_flight_and_flushes_audit_batches() {
+    let lab = Lab::new();
+    let with_auditor = |args: &[&str]| {
+        let out = lab
+            .cli()
+            .env("AUD_PW", "auditor-pass-1")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    with_auditor(&[
+        "audit",
+        "init",
+        "--auth",
+        "password",
+        "--new-password",
+        "env:AUD_PW",
+    ]);
+    // A window far longer than the test: only the flush at shutdown writes these records.
+    with_auditor(&[
+        "audit",
+        "config",
+        "set",
+        "--key-use",
+        "batched",
+        "--batch-ms",
+        "60000",
+        "--password",
+        "env:AUD_PW",
+    ]);
+    let server = lab.start();
+    let mut app = Remote::connect(&server.socket).unwrap();
+    let co = app
+        .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+        .unwrap();
+    let ed = app.generate_key(co, KeySpec::Ed25519, &opts("ed")).unwrap()[0];
+    for _ in 0..5 {
+        app.sign(co, ed, Mechanism::Ed25519, b"counted").unwrap();
+    }
+    let sock = server.socket.clone();
+    let slow = std::thread::spawn(move || {
+        let mut c = Remote::connect(&sock)
+            .unwrap()
+            .with_deadline(Duration::from_secs(60));
+        let l = c
+            .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
+            .unwrap();
+        // Six RSA-4096 keys in one transaction: seconds of work in one request.
+        let batch: Vec<KeyOptions> = (0..6).map(|i| opts(&format!("big-{i}"))).collect();
+        let r = c.generate_keys(l, KeySpec::Rsa4096, &batch);
+        (r, Instant::now())
+    });
+    // Let the generation start (the login's Argon2 comes first), then ask the server to stop.
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let (made, answered) = slow.join().unwrap();
+    let made = made.expect("the request in flight was answered");
+    assert_eq!(made.len(), 6);
+    assert!(
+        answered > signalled,
+        "the generation finished before the signal; the test proves nothing"
+    );
+    let mut server = server;
+    assert!(server.wait(Duration::from_secs(60)).success());
+    // A new request after the stop is refused: the socket is gone.
+    assert!(matches!(app.random(8), Err(HsmError::Io { .. })));
+
+    // On the directory again (no server): the RSA key is whole, the uses were recorded.
+    let listed = lab
+        .cli()
+        .args([
+            "--json",
+            "key",
+            "list",
+            "--partition",
+            "app",
+            "--password",
+            "env:CO_PW",
+        ])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let big = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| {
+            o["attrs"]["label"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("big-")
+        })
+        .count();
+    assert_eq!(big, 12, "six whole key pairs");
+    let recs: serde_json::Value = serde_json::from_str(&with_auditor(&[
+        "--json",
+        "audit",
+        "show",
+        "--event",
+        "key-use",
+        "--password",
+        "env:AUD_PW",
+    ]))
+    .unwrap();
+    let outcomes: Vec<String> = recs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        outcomes.iter().any(|o| o.contains("sign ed25519 x5")),
+        "{outcomes:?}"
+    );
+}
