@@ -25,7 +25,7 @@ fn auditor(hsm: &mut Hsm, ped_dir: &Path, l: &crate::pedargs::Login) -> R<ferroh
 }
 
 /// Runs an audit command.
-pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
+pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bool) -> R<u8> {
     match c {
         // Commands that need no HSM at all.
         AuditCmd::Witness(WitnessCmd::Tool(t)) => {
@@ -66,6 +66,130 @@ pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             };
         }
         _ => {}
+    }
+    // The Auditor's reading of the log goes through the HSM API: to the server that holds the
+    // directory (or --server), or to the engine on it.
+    if matches!(
+        c,
+        AuditCmd::PublicKey { .. }
+            | AuditCmd::Show { .. }
+            | AuditCmd::Export { .. }
+            | AuditCmd::Verify { .. }
+            | AuditCmd::Checkpoint { .. }
+    ) {
+        let mut boxed = crate::front::open(dir, server)?;
+        let api = boxed.as_mut();
+        return match c {
+            AuditCmd::PublicKey { out } => {
+                let k = api.audit_public_key()?;
+                if let Some(o) = out {
+                    write(&o, format!("{k}\n").as_bytes())?;
+                }
+                println!("{k}");
+                Ok(exit::OK)
+            }
+            AuditCmd::Show {
+                since,
+                until,
+                event,
+                role,
+                partition,
+                failures,
+                pending_cosignatures,
+                login: l,
+            } => {
+                let s = crate::front::login(api, ped_dir, &l, Role::Auditor, None)?;
+                let mut recs: Vec<(ferrohsm_audit::Record, Option<usize>)> = if pending_cosignatures
+                {
+                    api.pending_ceremonies(s)?
+                        .into_iter()
+                        .map(|(r, n)| (r, Some(n)))
+                        .collect()
+                } else {
+                    api.audit_records(s)?
+                        .into_iter()
+                        .map(|r| (r, None))
+                        .collect()
+                };
+                recs.retain(|(r, _)| {
+                    since.as_ref().is_none_or(|t| r.time.as_str() >= t.as_str())
+                        && until.as_ref().is_none_or(|t| r.time.as_str() < t.as_str())
+                        && event.as_ref().is_none_or(|e| &r.event == e)
+                        && role.as_ref().is_none_or(|x| &r.role == x)
+                        && partition
+                            .as_ref()
+                            .is_none_or(|p| r.partition.as_ref() == Some(p))
+                        && (!failures || r.outcome.starts_with("failure"))
+                });
+                if json {
+                    output::json(&recs.iter().map(|(r, _)| r).collect::<Vec<_>>());
+                } else {
+                    for (r, n) in &recs {
+                        print!(
+                            "#{:<5} {} {:<18} {:<8} {:<10} {:<16} {}",
+                            r.seq,
+                            r.time,
+                            r.event,
+                            r.role,
+                            r.partition.clone().unwrap_or_default(),
+                            r.object.clone().unwrap_or_default(),
+                            r.outcome
+                        );
+                        match n {
+                            Some(n) => println!("  [{n} cosignature(s)]"),
+                            None => println!(),
+                        }
+                    }
+                    if pending_cosignatures && recs.is_empty() {
+                        println!("every ceremony record carries the required witness cosignatures");
+                    }
+                }
+                Ok(exit::OK)
+            }
+            AuditCmd::Export {
+                out,
+                from,
+                earlier,
+                login: l,
+            } => {
+                let s = crate::front::login(api, ped_dir, &l, Role::Auditor, None)?;
+                let mut sizes = Vec::new();
+                for f in &earlier {
+                    sizes.push(
+                        ferrohsm_audit::verify::checkpoint_size(&text(f)?).ok_or_else(|| {
+                            HsmError::InvalidInput(format!("{} is not a checkpoint", f.display()))
+                        })?,
+                    );
+                }
+                let ex = api.audit_export(s, from, &sizes)?;
+                write(&out, &ex.to_bytes())?;
+                println!(
+                    "exported records #{}..#{} with proofs to {}",
+                    from.max(1),
+                    ferrohsm_audit::verify::checkpoint_size(&ex.checkpoint).unwrap_or(0),
+                    out.display()
+                );
+                Ok(exit::OK)
+            }
+            AuditCmd::Verify { login: l, .. } => {
+                let s = crate::front::login(api, ped_dir, &l, Role::Auditor, None)?;
+                let r = api.audit_verify(s)?;
+                print!("{r}");
+                Ok(exit::OK)
+            }
+            AuditCmd::Checkpoint { out, login: l } => {
+                let s = crate::front::login(api, ped_dir, &l, Role::Auditor, None)?;
+                let cp = api.audit_checkpoint(s)?;
+                write(&out, cp.as_bytes())?;
+                println!(
+                    "checkpoint of size {} written to {}",
+                    ferrohsm_audit::verify::checkpoint_size(&cp).unwrap_or(0),
+                    out.display()
+                );
+                Ok(exit::OK)
+            }
+            _ => Err(HsmError::State("not a reading of the log".into())),
+        };
     }
     let mut hsm = Hsm::open_or_create(dir)?;
     let serial = hsm.serial().to_string();
@@ -110,113 +234,6 @@ pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 } else {
                     "white PED key"
                 }
-            );
-            Ok(exit::OK)
-        }
-        AuditCmd::PublicKey { out } => {
-            let k = hsm.audit_public_key()?;
-            if let Some(o) = out {
-                write(&o, format!("{k}\n").as_bytes())?;
-            }
-            println!("{k}");
-            Ok(exit::OK)
-        }
-        AuditCmd::Show {
-            since,
-            until,
-            event,
-            role,
-            partition,
-            failures,
-            pending_cosignatures,
-            login: l,
-        } => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let mut recs: Vec<(ferrohsm_audit::Record, Option<usize>)> = if pending_cosignatures {
-                hsm.pending_ceremonies(&s)?
-                    .into_iter()
-                    .map(|(r, n)| (r, Some(n)))
-                    .collect()
-            } else {
-                hsm.audit_records(&s)?
-                    .into_iter()
-                    .map(|r| (r, None))
-                    .collect()
-            };
-            recs.retain(|(r, _)| {
-                since.as_ref().is_none_or(|t| r.time.as_str() >= t.as_str())
-                    && until.as_ref().is_none_or(|t| r.time.as_str() < t.as_str())
-                    && event.as_ref().is_none_or(|e| &r.event == e)
-                    && role.as_ref().is_none_or(|x| &r.role == x)
-                    && partition
-                        .as_ref()
-                        .is_none_or(|p| r.partition.as_ref() == Some(p))
-                    && (!failures || r.outcome.starts_with("failure"))
-            });
-            if json {
-                output::json(&recs.iter().map(|(r, _)| r).collect::<Vec<_>>());
-            } else {
-                for (r, n) in &recs {
-                    print!(
-                        "#{:<5} {} {:<18} {:<8} {:<10} {:<16} {}",
-                        r.seq,
-                        r.time,
-                        r.event,
-                        r.role,
-                        r.partition.clone().unwrap_or_default(),
-                        r.object.clone().unwrap_or_default(),
-                        r.outcome
-                    );
-                    match n {
-                        Some(n) => println!("  [{n} cosignature(s)]"),
-                        None => println!(),
-                    }
-                }
-                if pending_cosignatures && recs.is_empty() {
-                    println!("every ceremony record carries the required witness cosignatures");
-                }
-            }
-            Ok(exit::OK)
-        }
-        AuditCmd::Export {
-            out,
-            from,
-            earlier,
-            login: l,
-        } => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let mut sizes = Vec::new();
-            for f in &earlier {
-                sizes.push(
-                    ferrohsm_audit::verify::checkpoint_size(&text(f)?).ok_or_else(|| {
-                        HsmError::InvalidInput(format!("{} is not a checkpoint", f.display()))
-                    })?,
-                );
-            }
-            let ex = hsm.audit_export(&s, from, &sizes)?;
-            write(&out, &ex.to_bytes())?;
-            println!(
-                "exported records #{}..#{} with proofs to {}",
-                from.max(1),
-                ferrohsm_audit::verify::checkpoint_size(&ex.checkpoint).unwrap_or(0),
-                out.display()
-            );
-            Ok(exit::OK)
-        }
-        AuditCmd::Verify { login: l, .. } => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let r = hsm.audit_verify(&s)?;
-            print!("{r}");
-            Ok(exit::OK)
-        }
-        AuditCmd::Checkpoint { out, login: l } => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let cp = hsm.audit_checkpoint(&s)?;
-            write(&out, cp.as_bytes())?;
-            println!(
-                "checkpoint of size {} written to {}",
-                ferrohsm_audit::verify::checkpoint_size(&cp).unwrap_or(0),
-                out.display()
             );
             Ok(exit::OK)
         }
@@ -283,6 +300,11 @@ pub fn run(c: AuditCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             Ok(exit::OK)
         }
         // Answered above, before the HSM was opened.
+        AuditCmd::PublicKey { .. }
+        | AuditCmd::Show { .. }
+        | AuditCmd::Export { .. }
+        | AuditCmd::Verify { .. }
+        | AuditCmd::Checkpoint { .. } => Err(HsmError::State("answered above".into())),
         AuditCmd::Witness(WitnessCmd::Tool(_)) => {
             Err(HsmError::State("answered without opening the HSM".into()))
         }

@@ -93,7 +93,7 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Partition(c) => partition_cmd(c, &data_dir, &ped_dir, json),
         Cmd::Role(c) => role_cmd(c, &data_dir, &ped_dir, json),
         Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
-        Cmd::Audit(c) => crate::audit::run(c, &data_dir, &ped_dir, json),
+        Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
     }
 }
 

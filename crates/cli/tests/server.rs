@@ -923,11 +923,13 @@ fn strace(cmd: &mut std::process::Command, args: &[&str]) -> std::process::Outpu
     st.output().unwrap()
 }
 
-/// SIGTERM: a request in flight (an RSA-4096 generation) finishes and is answered; key uses
+/// The Auditor reads, exports and verifies the log through a running server (and the export
+/// verifies offline with the public key it gave). SIGTERM: a request in flight (RSA-4096
+/// generations) finishes and is answered; key uses
 /// counted in a batched audit window that has not closed yet are committed before the
 /// process exits; then the server stops with 0.
 #[test]
-fn sigterm_finishes_requests_in_flight_and_flushes_audit_batches() {
+fn the_auditor_works_through_the_server_and_sigterm_finishes_requests_and_flushes_audit_batches() {
     let lab = Lab::new();
     let with_auditor = |args: &[&str]| {
         let out = lab
@@ -964,10 +966,44 @@ fn sigterm_finishes_requests_in_flight_and_flushes_audit_batches() {
         "env:AUD_PW",
     ]);
     let server = lab.start();
+    // While the server runs, the Auditor reads, exports and verifies the log through it.
+    let vkey = lab.tmp.path().join("hsm-audit.vkey").display().to_string();
+    let export = lab.tmp.path().join("audit.json").display().to_string();
+    with_auditor(&["audit", "public-key", "--out", &vkey]);
+    let shown = with_auditor(&[
+        "audit",
+        "show",
+        "--event",
+        "audit-config",
+        "--password",
+        "env:AUD_PW",
+    ]);
+    assert!(shown.contains("audit-config"), "{shown}");
+    with_auditor(&[
+        "audit",
+        "export",
+        "--out",
+        &export,
+        "--password",
+        "env:AUD_PW",
+    ]);
+    let live = with_auditor(&["audit", "verify", "--password", "env:AUD_PW"]);
+    assert!(live.contains("verified"), "{live}");
+    let offline = with_auditor(&[
+        "audit",
+        "verify",
+        "--export",
+        &export,
+        "--public-key",
+        &vkey,
+    ]);
+    assert!(offline.contains("verified"), "{offline}");
     let mut app = Remote::connect(&server.socket).unwrap();
     let co = app
         .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
         .unwrap();
+    // The Crypto Officer is not the Auditor, through the server either.
+    assert!(matches!(app.audit_records(co), Err(HsmError::Refused(_))));
     let ed = app.generate_key(co, KeySpec::Ed25519, &opts("ed")).unwrap()[0];
     for _ in 0..5 {
         app.sign(co, ed, Mechanism::Ed25519, b"counted").unwrap();

@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectInfo};
@@ -168,6 +169,13 @@ fn bytes(r: Reply) -> Result<Vec<u8>> {
     match r {
         Reply::Bytes(b) => Ok(b.value),
         _ => Err(unexpected("a byte-returning call")),
+    }
+}
+
+fn text(r: Reply) -> Result<String> {
+    match r {
+        Reply::Text(t) => Ok(t.value),
+        _ => Err(unexpected("a text-returning call")),
     }
 }
 
@@ -359,6 +367,54 @@ impl HsmApi for Remote {
         match self.call(Call::Restart(v1::DeviceAction { login }))? {
             Reply::Epoch(e) => Ok(e.epoch),
             _ => Err(unexpected("restart")),
+        }
+    }
+
+    fn audit_public_key(&mut self) -> Result<String> {
+        text(self.call(Call::AuditPublicKey(v1::AuditPublicKey {}))?)
+    }
+
+    fn audit_records(&mut self, login: LoginId) -> Result<Vec<Record>> {
+        match self.call(Call::AuditRecords(v1::AuditorCall { login }))? {
+            Reply::AuditRecords(r) => convert::records_from_wire(r),
+            _ => Err(unexpected("audit-records")),
+        }
+    }
+
+    fn pending_ceremonies(&mut self, login: LoginId) -> Result<Vec<(Record, usize)>> {
+        match self.call(Call::PendingCeremonies(v1::AuditorCall { login }))? {
+            Reply::Pending(p) => p
+                .records
+                .into_iter()
+                .map(|r| {
+                    Ok((
+                        convert::record_from_wire(&r.record)?,
+                        r.cosignatures as usize,
+                    ))
+                })
+                .collect(),
+            _ => Err(unexpected("pending-ceremonies")),
+        }
+    }
+
+    fn audit_checkpoint(&mut self, login: LoginId) -> Result<String> {
+        text(self.call(Call::AuditCheckpoint(v1::AuditorCall { login }))?)
+    }
+
+    fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {
+        let b = bytes(self.call(Call::AuditExport(v1::AuditExport {
+            login,
+            from,
+            earlier: earlier.to_vec(),
+        }))?)?;
+        Export::from_bytes(&b)
+            .map_err(|e| HsmError::Store(format!("audit export from the server: {e}")))
+    }
+
+    fn audit_verify(&mut self, login: LoginId) -> Result<Report> {
+        match self.call(Call::AuditVerify(v1::AuditorCall { login }))? {
+            Reply::Report(r) => Ok(convert::report_from_wire(r)),
+            _ => Err(unexpected("audit-verify")),
         }
     }
 }

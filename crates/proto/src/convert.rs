@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use ferrohsm_audit::{Record, Report};
 use ferrohsm_core::api::LoginCredential;
 use ferrohsm_core::mechanism::KeySpec;
 use ferrohsm_core::object::{Attributes, Content, KeyOptions, ObjectClass, ObjectInfo};
@@ -194,5 +195,61 @@ pub fn credential_from_wire(c: Option<v1::login::Credential>) -> Result<LoginCre
                 pin,
             })
         }
+    }
+}
+
+/// Audit records in their canonical bytes (the log's leaves).
+pub fn records_to_wire(records: &[Record]) -> v1::AuditRecords {
+    v1::AuditRecords {
+        records: records.iter().map(Record::to_bytes).collect(),
+    }
+}
+
+/// Audit records as received; a record not in canonical form is an error.
+pub fn records_from_wire(r: v1::AuditRecords) -> Result<Vec<Record>> {
+    r.records.iter().map(|b| record_from_wire(b)).collect()
+}
+
+/// One audit record from its canonical bytes.
+pub fn record_from_wire(b: &[u8]) -> Result<Record> {
+    Record::from_bytes(b).map_err(|e| HsmError::Store(format!("audit record from the server: {e}")))
+}
+
+/// A verification report as sent.
+pub fn report_to_wire(r: &Report) -> v1::AuditReport {
+    v1::AuditReport {
+        origin: r.origin.clone(),
+        size: r.size,
+        root: r.root.clone(),
+        from: r.from,
+        records: r.records,
+        key_pinned: r.key_pinned,
+        extends: r.extends.clone(),
+        cosigned_by: r.cosigned_by.clone(),
+        ceremonies: r
+            .ceremonies
+            .iter()
+            .map(|(seq, event)| v1::Ceremony {
+                seq: *seq,
+                event: event.clone(),
+            })
+            .collect(),
+        proved: r.proved,
+    }
+}
+
+/// A verification report as received.
+pub fn report_from_wire(r: v1::AuditReport) -> Report {
+    Report {
+        origin: r.origin,
+        size: r.size,
+        root: r.root,
+        from: r.from,
+        records: r.records,
+        key_pinned: r.key_pinned,
+        extends: r.extends,
+        cosigned_by: r.cosigned_by,
+        ceremonies: r.ceremonies.into_iter().map(|c| (c.seq, c.event)).collect(),
+        proved: r.proved,
     }
 }

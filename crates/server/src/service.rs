@@ -29,6 +29,12 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::Zeroize(_)) => "zeroize",
         Some(Call::Tamper(_)) => "tamper",
         Some(Call::Restart(_)) => "restart",
+        Some(Call::AuditPublicKey(_)) => "audit-public-key",
+        Some(Call::AuditRecords(_)) => "audit-records",
+        Some(Call::PendingCeremonies(_)) => "pending-ceremonies",
+        Some(Call::AuditCheckpoint(_)) => "audit-checkpoint",
+        Some(Call::AuditExport(_)) => "audit-export",
+        Some(Call::AuditVerify(_)) => "audit-verify",
     }
 }
 
@@ -178,5 +184,26 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::Restart(r) => Reply::Epoch(v1::Epoch {
             epoch: api.restart(r.login)?,
         }),
+        Call::AuditPublicKey(_) => Reply::Text(v1::Text {
+            value: api.audit_public_key()?,
+        }),
+        Call::AuditRecords(a) => {
+            Reply::AuditRecords(convert::records_to_wire(&api.audit_records(a.login)?))
+        }
+        Call::PendingCeremonies(a) => Reply::Pending(v1::PendingCeremonies {
+            records: api
+                .pending_ceremonies(a.login)?
+                .into_iter()
+                .map(|(r, n)| v1::PendingRecord {
+                    record: r.to_bytes(),
+                    cosignatures: u32::try_from(n).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }),
+        Call::AuditCheckpoint(a) => Reply::Text(v1::Text {
+            value: api.audit_checkpoint(a.login)?,
+        }),
+        Call::AuditExport(a) => bytes(api.audit_export(a.login, a.from, &a.earlier)?.to_bytes()),
+        Call::AuditVerify(a) => Reply::Report(convert::report_to_wire(&api.audit_verify(a.login)?)),
     })
 }

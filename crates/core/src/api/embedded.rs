@@ -14,6 +14,7 @@ use crate::mechanism::{KeySpec, Mechanism, Params};
 use crate::object::{KeyOptions, KeyTemplate, ObjectInfo};
 use crate::ped::PresentedPed;
 use crate::role::Role;
+use ferrohsm_audit::{Export, Record, Report};
 
 /// The logins of every front end served by one process, so that zeroize and tamper can end
 /// them all at once. Each login belongs to the front end (owner) that made it.
@@ -284,5 +285,34 @@ impl HsmApi for Embedded {
         // Activations may have ended; logins made before the restart end with them.
         self.logins.end_all();
         Ok(epoch)
+    }
+
+    fn audit_public_key(&mut self) -> Result<String> {
+        self.hsm.audit_public_key()
+    }
+
+    fn audit_records(&mut self, login: LoginId) -> Result<Vec<Record>> {
+        let s = self.session(login)?;
+        self.hsm.audit_records(&s)
+    }
+
+    fn pending_ceremonies(&mut self, login: LoginId) -> Result<Vec<(Record, usize)>> {
+        let s = self.session(login)?;
+        self.hsm.pending_ceremonies(&s)
+    }
+
+    fn audit_checkpoint(&mut self, login: LoginId) -> Result<String> {
+        let s = self.session(login)?;
+        self.hsm.audit_checkpoint(&s)
+    }
+
+    fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {
+        let s = self.session(login)?;
+        self.hsm.audit_export(&s, from, earlier)
+    }
+
+    fn audit_verify(&mut self, login: LoginId) -> Result<Report> {
+        let s = self.session(login)?;
+        self.hsm.audit_verify(&s)
     }
 }

@@ -8,9 +8,9 @@
 //! when the front end goes away, or for everyone at zeroize and tamper.
 //!
 //! This is the API's first version: device summary, logins by password, challenge secret or
-//! PED keys, key generation, finding, signing, verifying, encryption, destruction, random, and the
-//! destructive device actions (which need the HSM SO). It grows call by call until the
-//! PKCS#11 module and the CLI are written against it alone.
+//! PED keys, key generation, finding, signing, verifying, encryption, destruction, random, the
+//! destructive device actions (which need the HSM SO) and the Auditor's reading of the log. It
+//! grows call by call until the PKCS#11 module and the CLI are written against it alone.
 
 mod embedded;
 
@@ -21,6 +21,7 @@ use crate::mechanism::{KeySpec, Mechanism, Params};
 use crate::object::{KeyOptions, ObjectInfo};
 use crate::role::Role;
 use crate::secret::Pin;
+use ferrohsm_audit::{Export, Record, Report};
 use zeroize::Zeroizing;
 
 /// Names one login of one front end. Random, so a guess names nothing.
@@ -154,6 +155,20 @@ pub trait HsmApi {
     fn tamper(&mut self, login: LoginId) -> Result<()>;
     /// A restart (HSM SO): activations end unless auto-activation is on; returns the boot count.
     fn restart(&mut self, login: LoginId) -> Result<u64>;
+    /// The audit log's public key (a signed-note verifier key); no login.
+    fn audit_public_key(&mut self) -> Result<String>;
+    /// Every audit record, oldest first (Auditor).
+    fn audit_records(&mut self, login: LoginId) -> Result<Vec<Record>>;
+    /// Ceremony records still short of their witness cosignatures, with how many they have
+    /// (Auditor).
+    fn pending_ceremonies(&mut self, login: LoginId) -> Result<Vec<(Record, usize)>>;
+    /// The latest signed checkpoint (Auditor).
+    fn audit_checkpoint(&mut self, login: LoginId) -> Result<String>;
+    /// Records from `from` with inclusion proofs and consistency proofs to the `earlier`
+    /// checkpoint sizes (Auditor).
+    fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export>;
+    /// The live log verified inside the HSM against every checkpoint it signed (Auditor).
+    fn audit_verify(&mut self, login: LoginId) -> Result<Report>;
 }
 
 /// Most random bytes one call returns.
