@@ -870,6 +870,8 @@ pub fn exit_code(e: &HsmError) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Embedded commands offer the mechanisms the server and the module offer.
+    ferrohsm_crypto::install();
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -75,6 +75,23 @@ fn story(api: &mut dyn HsmApi) {
     assert!(api.verify(co, public.handle, m, b"invoice", &sig).unwrap());
     assert!(!api.verify(co, public.handle, m, b"invoice!", &sig).unwrap());
 
+    // CKM_RSA_PKCS over bytes that are no DigestInfo (legacy TLS's MD5+SHA-1): only AWS-LC's
+    // raw RSA (ferrohsm-crypto's provider, installed wherever the engine runs) does this.
+    let rsa = api
+        .generate_key(co, KeySpec::Rsa2048, &opts("rsa"))
+        .unwrap();
+    let tls10 = [0x5au8; 36];
+    let raw = api
+        .sign(co, rsa[0], Mechanism::RsaPkcs1Raw, &tls10)
+        .unwrap();
+    assert_eq!(raw.len(), 256);
+    assert!(api
+        .verify(co, rsa[1], Mechanism::RsaPkcs1Raw, &tls10, &raw)
+        .unwrap());
+    assert!(!api
+        .verify(co, rsa[1], Mechanism::RsaPkcs1Raw, &[0x5b; 36], &raw)
+        .unwrap());
+
     let aes = api.generate_key(co, KeySpec::Aes256, &opts("aes")).unwrap()[0];
     let p = Params {
         iv: vec![7; 12],
@@ -126,6 +143,8 @@ fn story(api: &mut dyn HsmApi) {
 
 #[test]
 fn the_api_tells_the_same_story_embedded_and_through_a_server() {
+    // This process runs the engine too: give it the providers the server installs.
+    ferrohsm_crypto::install();
     let embedded = Lab::new();
     story(&mut Embedded::open(&embedded.data()).unwrap());
 

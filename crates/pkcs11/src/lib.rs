@@ -1,10 +1,10 @@
 //! ferrohsm as a PKCS#11 3.0 module. The C ABI ([`entry`]) is a thin layer: each entry point
 //! catches panics and forwards to [`api`], which converts and checks arguments ([`ffi`]),
 //! maps attributes ([`attrs`]) and mechanisms ([`mech`]), and calls the engine. No panic
-//! crosses the ABI; every entry point returns a `CKR_*` code. [`raw_rsa`] is the one piece
-//! of cryptography here: AWS-LC's raw RSA, which aws-lc-rs does not expose, handed to the
-//! engine as a provider; [`shared_view`] maps the store's WAL index so that the engine's
-//! per-operation change check needs no system call.
+//! crosses the ABI; every entry point returns a `CKR_*` code. No cryptography is done here:
+//! `C_Initialize` installs `ferrohsm-crypto`'s providers (raw RSA, HMAC contexts) in the
+//! engine; [`shared_view`] maps the store's WAL index so that the engine's per-operation
+//! change check needs no system call.
 //!
 //! Configuration: the file named by `FERROHSM_PKCS11_CONF` (lines `data_dir = …` and
 //! `ped_dir = …`), else `FERROHSM_HOME` and `FERROHSM_PED_DIR`, else `./ferrohsm-data` and
@@ -15,9 +15,7 @@ pub mod attrs;
 #[allow(unsafe_op_in_unsafe_fn)]
 pub mod entry;
 pub mod ffi;
-pub mod hmac_ctx;
 pub mod mech;
-pub mod raw_rsa;
 pub mod shared_view;
 pub mod state;
 

@@ -53,6 +53,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
 /// and every connection's audit batches were flushed.
 pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), ServerError> {
     config.validate()?;
+    // The same mechanisms as every other place the engine runs.
+    ferrohsm_crypto::install();
     hardening::harden().map_err(io("hardening the process"))?;
     let dir = config.data_dir.clone();
     if !dir.exists() {

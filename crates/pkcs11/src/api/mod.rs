@@ -74,9 +74,8 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             // Whatever the flags say, the module is thread-safe with its own locks.
         }
         state::watch_forks();
-        ferrohsm_core::mechanism::install_raw_rsa(&crate::raw_rsa::AwsLcRawRsa);
+        ferrohsm_crypto::install();
         ferrohsm_core::store::install_shared_view(crate::shared_view::map);
-        ferrohsm_core::mechanism::install_mac_provider(&crate::hmac_ctx::AwsLcMac);
         let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
         if let Some(m) = g.take() {
             if m.pid == state::current_pid() {

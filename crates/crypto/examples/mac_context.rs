@@ -1,14 +1,14 @@
 //! How much of an HMAC-SHA-256 of 64 bytes is aws-lc-rs's copy of the keyed context: the
 //! module's rewound `HMAC_CTX` (`hmac_ctx.rs`) against aws-lc-rs's one-shot `hmac::sign`,
 //! alternating in one run, so that the benchmark's "ferrohsm / raw" for HMAC can be read
-//! against both. `cargo run --release -p ferrohsm-pkcs11 --example mac_context`
+//! against both. `cargo run --release -p ferrohsm-crypto --example mac_context`
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use ferrohsm_core::mechanism::{Hash, MacProvider, MAX_MAC_LEN};
-use ferrohsm_pkcs11::hmac_ctx::AwsLcMac;
+use ferrohsm_crypto::hmac_ctx::AwsLcMac;
 
 fn rate(mut f: impl FnMut()) -> f64 {
     let (t0, mut n) = (Instant::now(), 0u64);
