@@ -577,13 +577,7 @@ fn kill_9_under_eight_signing_threads_errors_promptly_and_loses_nothing_acknowle
 fn a_user_the_configuration_does_not_name_is_refused_by_its_uid() {
     // Needs root to connect as another user.
     let python = std::path::Path::new("/usr/bin/python3");
-    if !rustix_is_root()
-        || !python.exists()
-        || std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
+    if !rustix_is_root() || !python.exists() || !support::have("setpriv", "--version") {
         eprintln!("skipped: needs root, setpriv and /usr/bin/python3 to connect as another user");
         return;
     }
@@ -824,11 +818,7 @@ fn the_cli_goes_through_the_server_that_holds_the_directory() {
 /// server by the directory reads only its lock file, which holds a pid and a socket path.
 #[test]
 fn a_client_through_the_server_opens_nothing_in_the_data_directory() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    if !support::have("strace", "-V") {
         eprintln!("skipped: strace is not installed (.ci/run installs it)");
         return;
     }

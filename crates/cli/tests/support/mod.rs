@@ -14,6 +14,11 @@ pub struct Lab {
     pub tmp: tempfile::TempDir,
 }
 
+/// Whether a tool runs here (`tool arg` starts).
+pub fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool).arg(arg).output().is_ok()
+}
+
 pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("ferrohsm")
 }
