@@ -13,7 +13,7 @@ use ferrohsm_core::{AuthMode, Credential, Hsm, HsmError, NewSecret, Role};
 
 use crate::commands::key_prefix;
 use ferrohsm_client::Remote;
-use ferrohsm_core::api::{HsmApi, LoginCredential};
+use ferrohsm_core::api::HsmApi;
 
 type R<T> = Result<T, HsmError>;
 
@@ -60,19 +60,6 @@ fn ped(keys: Vec<PathBuf>, pin: Option<&Pin>) -> LocalPed {
         keys,
         pin: pin.cloned(),
         ..Default::default()
-    })
-}
-
-/// PED key files as the HSM API takes them: each file's name and bytes, and the PIN.
-fn presented(files: Vec<PathBuf>, pin: Option<&Pin>) -> R<LoginCredential> {
-    let mut keys = Vec::with_capacity(files.len());
-    for f in files {
-        let bytes = std::fs::read(&f).map_err(|e| HsmError::io(&f, e))?;
-        keys.push((f.display().to_string(), zeroize::Zeroizing::new(bytes)));
-    }
-    Ok(LoginCredential::PedKeys {
-        keys,
-        pin: pin.cloned(),
     })
 }
 
@@ -146,7 +133,7 @@ fn served(
         let co = app.login(
             Role::CryptoOfficer,
             Some("payments"),
-            presented(co_keys, None)?,
+            crate::front::ped_keys(&co_keys, None)?,
         )?;
         let mut signed = 0u64;
         loop {
@@ -170,7 +157,7 @@ fn served(
     let so = officer.login(
         Role::HsmSo,
         None,
-        presented(keys(peds, so_prefix, &[1, 3]), Some(so_pin))?,
+        crate::front::ped_keys(&keys(peds, so_prefix, &[1, 3]), Some(so_pin.clone()))?,
     )?;
     officer.zeroize(so, "demo: zeroize through the server")?;
     let (signed, err) = app

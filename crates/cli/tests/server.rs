@@ -201,23 +201,9 @@ fn a_served_directory_is_the_servers_alone() {
     }
 
     // A second server on the same directory (another socket) is refused at start.
-    let conf2 = lab.tmp.path().join("second.toml");
-    std::fs::write(
-        &conf2,
-        format!(
-            "data_dir = {:?}\nsocket = {:?}\n",
-            lab.data(),
-            lab.run_dir().join("second.sock")
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(support::bin())
-        .args(["server", "--config"])
-        .arg(&conf2)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(6));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let second = lab.config("second.toml", &lab.run_dir().join("second.sock"), "");
+    let (code, err) = support::refused_start(&second);
+    assert_eq!(code, Some(6));
     assert!(err.contains("already open") && err.contains(&pid), "{err}");
 
     // Once it stops, the directory is usable directly again.
@@ -226,13 +212,8 @@ fn a_served_directory_is_the_servers_alone() {
 
     // And a server cannot start beside an embedded user: this process holds it now.
     let _held = Embedded::open(&lab.data()).unwrap();
-    let out = std::process::Command::new(support::bin())
-        .args(["server", "--config"])
-        .arg(lab.tmp.path().join("server.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(6));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = support::refused_start(&lab.tmp.path().join("server.toml"));
+    assert_eq!(code, Some(6));
     assert!(err.contains(&std::process::id().to_string()), "{err}");
 }
 
@@ -242,19 +223,9 @@ fn a_directory_others_can_read_is_refused_at_start() {
     let lab = Lab::new();
     let db = lab.data().join("hsm.db");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let conf = lab.tmp.path().join("s.toml");
-    std::fs::write(
-        &conf,
-        format!("data_dir = {:?}\nsocket = {:?}\n", lab.data(), lab.socket()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(support::bin())
-        .args(["server", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let conf = lab.config("s.toml", &lab.socket(), "");
+    let (code, err) = support::refused_start(&conf);
+    assert_eq!(code, Some(4));
     assert!(err.contains("hsm.db") && err.contains("chmod 600"), "{err}");
     assert!(!lab.socket().exists());
 }

@@ -48,13 +48,36 @@ impl DirLock {
     /// A server says where it listens: the lock file then holds its pid and its socket, so
     /// that the CLI pointed at the directory finds the server ([`served_by`]).
     pub fn announce(&self, socket: &Path) -> Result<()> {
-        let text = format!("{}\n{}\n", std::process::id(), socket.display());
-        let mut f = &self.0.file;
-        f.set_len(0)
-            .and_then(|_| f.seek(SeekFrom::Start(0)))
-            .and_then(|_| f.write_all(text.as_bytes()))
-            .and_then(|_| f.sync_data())
-            .map_err(|e| HsmError::io(LOCK_FILE, e))
+        write_holder(&self.0.file, Some(socket)).map_err(|e| HsmError::io(LOCK_FILE, e))
+    }
+}
+
+/// Who holds a directory exclusively, as its lock file says: the server's pid, then the
+/// socket it listens on once it has announced one. One line each; this is the one writer
+/// ([`write_holder`]) and the one reader ([`read_holder`]) of that format.
+struct Holder {
+    pid: Option<u32>,
+    socket: Option<PathBuf>,
+}
+
+fn write_holder(mut f: &File, socket: Option<&Path>) -> std::io::Result<()> {
+    let mut text = format!("{}\n", std::process::id());
+    if let Some(s) = socket {
+        text.push_str(&format!("{}\n", s.display()));
+    }
+    f.set_len(0)?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()
+}
+
+fn read_holder(file: &mut File) -> Holder {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut lines = text.lines().map(str::trim);
+    Holder {
+        pid: lines.next().and_then(|l| l.parse().ok()),
+        socket: lines.next().filter(|l| !l.is_empty()).map(PathBuf::from),
     }
 }
 
@@ -66,12 +89,8 @@ pub fn served_by(dir: &Path) -> Option<(u32, Option<PathBuf>)> {
         // Nobody holds it exclusively: no server (the shared lock goes with `file`).
         Ok(()) => None,
         Err(TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            file.read_to_string(&mut text).ok()?;
-            let mut lines = text.lines();
-            let pid = lines.next()?.trim().parse().ok()?;
-            let socket = lines.next().map(|l| PathBuf::from(l.trim()));
-            Some((pid, socket))
+            let h = read_holder(&mut file);
+            Some((h.pid?, h.socket))
         }
         Err(TryLockError::Error(_)) => None,
     }
@@ -118,12 +137,7 @@ pub fn acquire(dir: &Path, mode: LockMode) -> Result<DirLock> {
     }
     if mode == LockMode::Exclusive {
         // Tell whoever is refused which process to look for.
-        let pid = format!("{}\n", std::process::id());
-        file.set_len(0)
-            .and_then(|_| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(pid.as_bytes()))
-            .and_then(|_| file.sync_data())
-            .map_err(|e| HsmError::io(&path, e))?;
+        write_holder(&file, None).map_err(|e| HsmError::io(&path, e))?;
     }
     let h = Arc::new(Held { mode, file });
     held.push((key, Arc::downgrade(&h)));
@@ -146,16 +160,14 @@ fn open_lock_file(path: &Path) -> Result<File> {
 fn refusal(dir: &Path, path: &Path, file: &mut File, wanted: LockMode) -> HsmError {
     match wanted {
         LockMode::Shared => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            let mut lines = text.lines();
-            let who = match lines.next().map(str::trim) {
-                Some(pid) if !pid.is_empty() => format!("ferrohsm server process {pid}"),
-                _ => "a ferrohsm server".to_string(),
+            let h = read_holder(file);
+            let who = match h.pid {
+                Some(pid) => format!("ferrohsm server process {pid}"),
+                None => "a ferrohsm server".to_string(),
             };
-            let at = lines
-                .next()
-                .map(|s| format!(" on {}", s.trim()))
+            let at = h
+                .socket
+                .map(|s| format!(" on {}", s.display()))
                 .unwrap_or_default();
             HsmError::InUse(format!(
                 "{} is served by {who}{at}; go through the server, or stop it to open the \

@@ -107,23 +107,43 @@ impl Lab {
     }
 
     /// Writes a configuration and starts a server with it; waits until it accepts.
-    pub fn start_with(&self, extra: &str) -> Server {
-        let conf = self.tmp.path().join("server.toml");
+    /// Writes a server configuration `name` over this lab's directory, listening on `socket`.
+    pub fn config(&self, name: &str, socket: &Path, extra: &str) -> PathBuf {
+        let conf = self.tmp.path().join(name);
         std::fs::write(
             &conf,
             format!(
                 "data_dir = {:?}\nsocket = {:?}\nlog = \"debug\"\n{extra}",
                 self.data(),
-                self.socket()
+                socket
             ),
         )
         .unwrap();
+        conf
+    }
+
+    pub fn start_with(&self, extra: &str) -> Server {
+        let conf = self.config("server.toml", &self.socket(), extra);
         Server::start(&conf, &self.socket(), &self.tmp.path().join("server.log"))
     }
 
     pub fn start(&self) -> Server {
         self.start_with("")
     }
+}
+
+/// Runs `ferrohsm server --config CONF` that is expected to refuse to start: its exit code
+/// and what it said.
+pub fn refused_start(conf: &Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["server", "--config"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 pub struct Server {
