@@ -6,8 +6,14 @@
 # with token keys). Every check prints PASS or FAIL; the last line is "N passed, M failed",
 # and the exit status is non-zero if anything failed.
 #
-#   tests/e2e/run.sh   (after `cargo build`; installs what is missing with apt-get and pip)
+# The suite runs twice: with the module against a real `ferrohsm server` over its Unix socket
+# (the way users run it), then embedded (the engine inside each client, no boundary).
+#
+#   tests/e2e/run.sh [server|embedded|both]   (default both; after `cargo build`; installs
+#                                             what is missing with apt-get and pip)
 set -u
+MODES=${1:-both}
+[ "$MODES" = both ] && MODES="server embedded"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${FERROHSM_BIN:-$ROOT/target/debug/ferrohsm}
 MOD=${FERROHSM_MODULE:-$ROOT/target/debug/libferrohsm_pkcs11.so}
@@ -30,22 +36,17 @@ for t in pkcs11-tool openssl p11tool certtool keytool jarsigner jar python3; do
 done
 [ -x "$BIN" ] && [ -f "$MOD" ] || { echo "FAIL prerequisite: build first (cargo build)"; echo "0 passed, 1 failed"; exit 1; }
 
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export FERROHSM_HOME=$W/data
-export SO_PW=hsm-so-password DOMAIN_PW=domain-password
-P=(pkcs11-tool --module "$MOD")
 PASS=0
 FAIL=0
-
+TAG=
 check() {
   local name=$1
   shift
   if "$@" >"$W/out" 2>&1; then
-    echo "PASS $name"
+    echo "PASS $TAG$name"
     PASS=$((PASS + 1))
   else
-    echo "FAIL $name"
+    echo "FAIL $TAG$name"
     sed 's/^/      /' "$W/out" | tail -6
     FAIL=$((FAIL + 1))
   fi
@@ -57,18 +58,27 @@ refused() {
   local name=$1 want=$2
   shift 2
   if "$@" >"$W/out" 2>&1; then
-    echo "FAIL $name (was allowed)"
+    echo "FAIL $TAG$name (was allowed)"
     FAIL=$((FAIL + 1))
   elif grep -q -- "$want" "$W/out"; then
-    echo "PASS $name"
+    echo "PASS $TAG$name"
     PASS=$((PASS + 1))
   else
-    echo "FAIL $name (refused, but not with \"$want\")"
+    echo "FAIL $TAG$name (refused, but not with \"$want\")"
     sed 's/^/      /' "$W/out" | tail -4
     FAIL=$((FAIL + 1))
   fi
 }
 
+suite() {
+MODE=$1
+TAG="[$MODE] "
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+export FERROHSM_HOME=$W/data
+unset FERROHSM_SERVER
+export SO_PW=hsm-so-password DOMAIN_PW=domain-password
+P=(pkcs11-tool --module "$MOD")
 cd "$W"
 printf 'pay 100 EUR to account 42\n' > msg.txt
 head -c 32 /dev/urandom > secret
@@ -77,6 +87,19 @@ check "HSM initialised password-authenticated by the ferrohsm command" \
   "$BIN" hsm init --label e2e --auth password --so-password env:SO_PW --domain-password env:DOMAIN_PW
 check "the HSM SO lets C_InitToken create partitions (HSM policy init-token)" \
   "$BIN" hsm policy set init-token on --password env:SO_PW
+if [ "$MODE" = server ]; then
+  # From here on every client reaches the HSM through the server; none opens its files.
+  chmod -R go-rwx "$W/data"
+  printf 'data_dir = "%s"\nsocket = "%s"\n' "$W/data" "$W/ferrohsm.sock" > server.toml
+  "$BIN" server --config server.toml 2>"$W/server.log" &
+  SRV=$!
+  for _ in $(seq 300); do [ -S "$W/ferrohsm.sock" ] && break; sleep 0.1; done
+  check "ferrohsm server serves the data directory on its socket" test -S "$W/ferrohsm.sock"
+  export FERROHSM_SERVER=$W/ferrohsm.sock
+  unset FERROHSM_HOME
+  refused "the module in embedded mode is refused the served directory, naming the server" \
+    "served by ferrohsm server process $SRV" env -u FERROHSM_SERVER FERROHSM_HOME="$W/data" "${P[@]}" -L
+fi
 check "pkcs11-tool lists one uninitialised token" \
   bash -c "${P[*]} -L | grep -q 'uninitialized'"
 check "C_InitToken from pkcs11-tool creates the token" \
@@ -219,9 +242,28 @@ sys.exit(1)"
 
 refused "a wrong user PIN is refused" "CKR_PIN_INCORRECT" "${P[@]}" --slot 1 --login --pin 000000 -O
 check "the right PIN still works after a wrong one" "${U[@]}" -O
+if [ "$MODE" = server ]; then
+  kill -TERM "$SRV"
+  wait "$SRV"
+  STOPPED=$?
+  SRV=
+  check "SIGTERM stops the server cleanly (exit 0)" test "$STOPPED" = 0
+  check "the server removed its socket" test ! -e "$W/ferrohsm.sock"
+  unset FERROHSM_SERVER
+  export FERROHSM_HOME=$W/data
+fi
 check "the Auditor, imprinted afterwards, sees the token's whole history" \
   bash -c "'$BIN' --ped-dir '$W/ped' audit init --auth password --new-password env:SO_PW >/dev/null && '$BIN' --ped-dir '$W/ped' audit show --password env:SO_PW | grep -q 'partition-create .*e2e-token'"
 
+[ -n "${SRV:-}" ] && kill "$SRV" 2>/dev/null
+SRV=
+cd "$ROOT"
+rm -rf "$W"
+}
+
+for m in $MODES; do
+  suite "$m"
+done
 echo
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

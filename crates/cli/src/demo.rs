@@ -133,7 +133,7 @@ fn served(
         let co = app.login(
             Role::CryptoOfficer,
             Some("payments"),
-            crate::front::ped_keys(&co_keys, None)?,
+            ferrohsm_core::api::LoginCredential::ped_key_files(&co_keys, None)?,
         )?;
         let mut signed = 0u64;
         loop {
@@ -157,7 +157,10 @@ fn served(
     let so = officer.login(
         Role::HsmSo,
         None,
-        crate::front::ped_keys(&keys(peds, so_prefix, &[1, 3]), Some(so_pin.clone()))?,
+        ferrohsm_core::api::LoginCredential::ped_key_files(
+            &keys(peds, so_prefix, &[1, 3]),
+            Some(so_pin.clone()),
+        )?,
     )?;
     officer.zeroize(so, "demo: zeroize through the server")?;
     let (signed, err) = app

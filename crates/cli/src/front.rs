@@ -3,13 +3,11 @@
 //! engine on the data directory itself (embedded: no boundary, for a directory no server
 //! holds).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferrohsm_client::Remote;
 use ferrohsm_core::api::{Embedded, HsmApi, LoginCredential, LoginId};
-use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{dir_lock, HsmError, Role};
-use zeroize::Zeroizing;
 
 use crate::commands::key_prefix;
 use crate::pedargs::{Login, LoginCred};
@@ -62,19 +60,8 @@ pub fn login(
         LoginCred::Secret(pin) => LoginCredential::Secret(pin),
         LoginCred::Ped(ped) => {
             let answers = ped.answers();
-            ped_keys(&answers.keys, answers.pin.clone())?
+            LoginCredential::ped_key_files(&answers.keys, answers.pin.clone())?
         }
     };
     api.login(role, partition, credential)
-}
-
-/// PED key files as the HSM API takes them: each file's name and bytes, and the PED PIN.
-/// The HSM parses and checks them; nothing here reads what they hold.
-pub fn ped_keys(files: &[PathBuf], pin: Option<Pin>) -> R<LoginCredential> {
-    let mut keys = Vec::with_capacity(files.len());
-    for path in files {
-        let bytes = std::fs::read(path).map_err(|e| HsmError::io(path, e))?;
-        keys.push((path.display().to_string(), Zeroizing::new(bytes)));
-    }
-    Ok(LoginCredential::PedKeys { keys, pin })
 }

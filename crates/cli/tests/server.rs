@@ -141,6 +141,19 @@ fn story(api: &mut dyn HsmApi) {
     assert!(matches!(api.logout(co ^ 1), Err(HsmError::NotLoggedIn(_))));
 }
 
+/// Run by the test above in a process of its own: a login id of another process names nothing.
+#[test]
+#[ignore = "helper process for the_api_tells_the_same_story_embedded_and_through_a_server"]
+fn helper_use_a_login_of_another_process() {
+    let socket = std::env::var_os("FH_TEST_SOCKET").unwrap();
+    let login: u64 = std::env::var("FH_TEST_LOGIN").unwrap().parse().unwrap();
+    let mut api = Remote::connect(std::path::Path::new(&socket)).unwrap();
+    assert!(matches!(
+        api.find_objects(login, None),
+        Err(HsmError::NotLoggedIn(_))
+    ));
+}
+
 #[test]
 fn the_api_tells_the_same_story_embedded_and_through_a_server() {
     // This process runs the engine too: give it the providers the server installs.
@@ -151,17 +164,52 @@ fn the_api_tells_the_same_story_embedded_and_through_a_server() {
     let served = Lab::new();
     let server = served.start();
     story(&mut Remote::connect(&server.socket).unwrap());
-    // A login belongs to its connection: another client cannot use it.
+    // A login belongs to its client process, as a PKCS#11 login is the application's: the
+    // process's other connections (the module's other sessions) share it...
     let mut a = Remote::connect(&server.socket).unwrap();
     let mut b = Remote::connect(&server.socket).unwrap();
     let co = a
         .login(Role::CryptoOfficer, Some("app"), pw(CO_PW))
         .unwrap();
+    assert!(a.find_objects(co, None).is_ok());
+    assert!(b.find_objects(co, None).is_ok());
+    // ...another process cannot use it, even knowing its id...
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_use_a_login_of_another_process",
+            "--ignored",
+        ])
+        .env("FH_TEST_SOCKET", &server.socket)
+        .env("FH_TEST_LOGIN", co.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "another process used the login: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ...and it ends with the process's last connection.
+    drop((a, b));
+    let t = Instant::now();
+    // Each try on a fresh connection: once the server has read the others' end, the login
+    // is gone, and a new connection starts the process afresh.
+    while Remote::connect(&server.socket)
+        .unwrap()
+        .find_objects(co, None)
+        .is_ok()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the login outlived its process's connections"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Remote::connect(&server.socket).unwrap();
     assert!(matches!(
-        b.find_objects(co, None),
+        c.find_objects(co, None),
         Err(HsmError::NotLoggedIn(_))
     ));
-    assert!(a.find_objects(co, None).is_ok());
     // The server's log has the connections, never a password.
     let st = server.stop();
     assert!(st.success(), "{st}");

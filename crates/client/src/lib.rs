@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferrohsm_audit::{Export, Record, Report};
-use ferrohsm_core::api::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary};
+use ferrohsm_core::api::{
+    HsmApi, HsmInfo, LoginCredential, LoginId, PartitionSummary, Summary, Unwrap,
+};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
-use ferrohsm_core::object::{KeyOptions, ObjectInfo};
+use ferrohsm_core::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
+use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{HsmError, Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
 use ferrohsm_proto::{
@@ -140,10 +143,24 @@ impl Remote {
     }
 }
 
-/// Zeroizes what a request carried of a login's secret once it is sent.
+/// Zeroizes what a request carried of a secret (a login's, a new password) once it is sent.
 fn wipe(req: Request) {
     use zeroize::Zeroize;
-    if let Some(Call::Login(mut l)) = req.call {
+    match req.call {
+        Some(Call::InitToken(mut t) | Call::ReinitToken(mut t)) => t.so_password.zeroize(),
+        Some(Call::InitCryptoOfficer(mut c)) => c.password.zeroize(),
+        Some(Call::ChangePassword(mut c)) => {
+            c.old_password.zeroize();
+            c.new_password.zeroize();
+        }
+        Some(Call::Login(l)) => wipe_login(l),
+        _ => {}
+    }
+}
+
+fn wipe_login(mut l: v1::Login) {
+    use zeroize::Zeroize;
+    {
         match &mut l.credential {
             Some(v1::login::Credential::Secret(s)) => s.zeroize(),
             Some(v1::login::Credential::PedKeys(k)) => {
@@ -186,6 +203,18 @@ fn done(r: Reply) -> Result<()> {
     }
 }
 
+fn wrap(login: LoginId, wrapper: u64, mech: Mechanism, p: &Params, target: u64) -> v1::Wrap {
+    v1::Wrap {
+        login,
+        wrapper,
+        mechanism: mech.to_string(),
+        iv: p.iv.clone(),
+        aad: p.aad.clone(),
+        label: p.label.clone(),
+        target,
+    }
+}
+
 fn crypt(login: LoginId, key: u64, mech: Mechanism, p: &Params, data: &[u8]) -> v1::Crypt {
     v1::Crypt {
         login,
@@ -198,7 +227,232 @@ fn crypt(login: LoginId, key: u64, mech: Mechanism, p: &Params, data: &[u8]) -> 
     }
 }
 
+fn number(r: Reply) -> Result<u64> {
+    match r {
+        Reply::Number(n) => Ok(n.value),
+        _ => Err(unexpected("a number-returning call")),
+    }
+}
+
+fn one_handle(r: Reply) -> Result<u64> {
+    match r {
+        Reply::Handles(h) if h.handles.len() == 1 => Ok(h.handles[0]),
+        _ => Err(unexpected("a call that makes one object")),
+    }
+}
+
+fn objects(r: Reply) -> Result<Vec<ObjectInfo>> {
+    match r {
+        Reply::Objects(o) => o
+            .objects
+            .into_iter()
+            .map(convert::object_from_wire)
+            .collect(),
+        _ => Err(unexpected("a call that returns objects")),
+    }
+}
+
+fn secret(p: &Pin) -> Vec<u8> {
+    p.expose().to_vec()
+}
+
 impl HsmApi for Remote {
+    fn info(&mut self) -> Result<HsmInfo> {
+        text(self.call(Call::Info(v1::Info {}))?)
+            .and_then(|value| convert::info_from_wire(v1::Text { value }))
+    }
+
+    fn state_generation(&mut self) -> Result<u64> {
+        number(self.call(Call::StateGeneration(v1::Info {}))?)
+    }
+
+    fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32> {
+        let id = number(self.call(Call::InitToken(v1::InitToken {
+            label: label.to_string(),
+            so_password: secret(&so_password),
+        }))?)?;
+        u32::try_from(id).map_err(|_| unexpected("init-token"))
+    }
+
+    fn reinit_token(&mut self, label: &str, so_password: Pin) -> Result<()> {
+        done(self.call(Call::ReinitToken(v1::InitToken {
+            label: label.to_string(),
+            so_password: secret(&so_password),
+        }))?)
+    }
+
+    fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()> {
+        done(self.call(Call::InitCryptoOfficer(v1::InitCryptoOfficer {
+            login,
+            password: secret(&password),
+        }))?)
+    }
+
+    fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()> {
+        done(self.call(Call::ChangePassword(v1::ChangePassword {
+            role: role.short().to_string(),
+            partition: partition.to_string(),
+            old_password: secret(&old),
+            new_password: secret(&new),
+        }))?)
+    }
+
+    fn find(
+        &mut self,
+        login: Option<LoginId>,
+        partition: &str,
+        filter: &ObjectFilter,
+    ) -> Result<Vec<ObjectInfo>> {
+        objects(self.call(Call::Find(v1::Find {
+            login,
+            partition: partition.to_string(),
+            label: filter.label.clone(),
+            object_id: filter.id.clone(),
+            class: filter.class.map(|c| c.name().to_string()),
+        }))?)
+    }
+
+    fn object_info(
+        &mut self,
+        login: Option<LoginId>,
+        partition: &str,
+        handle: u64,
+    ) -> Result<ObjectInfo> {
+        objects(self.call(Call::ObjectInfo(v1::GetObject {
+            login,
+            partition: partition.to_string(),
+            handle,
+        }))?)?
+        .pop()
+        .ok_or_else(|| unexpected("object-info"))
+    }
+
+    fn generate_key_with(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<Vec<u64>> {
+        match self.call(Call::GenerateKeyWith(v1::GenerateKeyWith {
+            login,
+            key_type: spec.to_string(),
+            key: Some(convert::key_options_to_wire(opts)),
+            template: Some(convert::key_template_to_wire(tpl)),
+        }))? {
+            Reply::Handles(h) => Ok(h.handles),
+            _ => Err(unexpected("generate-key-with")),
+        }
+    }
+
+    fn create_object(&mut self, login: LoginId, object: NewObject) -> Result<u64> {
+        one_handle(self.call(Call::CreateObject(convert::new_object_to_wire(
+            login, &object,
+        )))?)
+    }
+
+    fn import_public_key(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        spki: &[u8],
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        one_handle(self.call(Call::ImportPublicKey(v1::ImportPublicKey {
+            login,
+            key_type: spec.to_string(),
+            spki: spki.to_vec(),
+            key: Some(convert::key_options_to_wire(opts)),
+            template: Some(convert::key_template_to_wire(tpl)),
+        }))?)
+    }
+
+    fn relabel_object(
+        &mut self,
+        login: LoginId,
+        handle: u64,
+        label: Option<&str>,
+        object_id: Option<&[u8]>,
+    ) -> Result<()> {
+        done(self.call(Call::RelabelObject(v1::Relabel {
+            login,
+            handle,
+            label: label.map(str::to_string),
+            object_id: object_id.map(<[u8]>::to_vec),
+        }))?)
+    }
+
+    fn drop_session_objects(&mut self, login: LoginId, owner: u64) -> Result<()> {
+        done(self.call(Call::DropSessionObjects(v1::DropSessionObjects {
+            login,
+            owner,
+        }))?)
+    }
+
+    fn wrapped_key_len(
+        &mut self,
+        login: LoginId,
+        wrapper: u64,
+        mech: Mechanism,
+        target: u64,
+    ) -> Result<usize> {
+        let n = number(self.call(Call::WrappedKeyLen(wrap(
+            login,
+            wrapper,
+            mech,
+            &Params::default(),
+            target,
+        )))?)?;
+        usize::try_from(n).map_err(|_| unexpected("wrapped-key-len"))
+    }
+
+    fn wrap_key(
+        &mut self,
+        login: LoginId,
+        wrapper: u64,
+        mech: Mechanism,
+        params: &Params,
+        target: u64,
+    ) -> Result<Vec<u8>> {
+        bytes(self.call(Call::WrapKey(wrap(login, wrapper, mech, params, target)))?)
+    }
+
+    fn unwrap_key(&mut self, login: LoginId, u: Unwrap<'_>) -> Result<u64> {
+        one_handle(self.call(Call::UnwrapKey(v1::UnwrapKey {
+            login,
+            unwrapper: u.unwrapper,
+            mechanism: u.mech.to_string(),
+            iv: u.params.iv.clone(),
+            aad: u.params.aad.clone(),
+            label: u.params.label.clone(),
+            wrapped: u.wrapped.to_vec(),
+            class: u.class.name().to_string(),
+            key_type: u.spec.map(|s| s.to_string()),
+            key: Some(convert::key_options_to_wire(u.opts)),
+            template: Some(convert::key_template_to_wire(u.tpl)),
+        }))?)
+    }
+
+    fn derive_ecdh(
+        &mut self,
+        login: LoginId,
+        base: u64,
+        peer_point: &[u8],
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        one_handle(self.call(Call::DeriveEcdh(v1::DeriveEcdh {
+            login,
+            base,
+            peer_point: peer_point.to_vec(),
+            key_type: spec.to_string(),
+            key: Some(convert::key_options_to_wire(opts)),
+            template: Some(convert::key_template_to_wire(tpl)),
+        }))?)
+    }
+
     fn summary(&mut self) -> Result<Summary> {
         match self.call(Call::Summary(v1::Summary {}))? {
             Reply::Summary(s) => Ok(Summary {

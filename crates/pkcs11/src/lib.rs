@@ -6,9 +6,17 @@
 //! engine; [`shared_view`] maps the store's WAL index so that the engine's per-operation
 //! change check needs no system call.
 //!
-//! Configuration: the file named by `FERROHSM_PKCS11_CONF` (lines `data_dir = …` and
-//! `ped_dir = …`), else `FERROHSM_HOME` and `FERROHSM_PED_DIR`, else `./ferrohsm-data` and
-//! `./ped-keys`.
+//! Every call goes through the HSM API ([`ferrohsm_core::api::HsmApi`]): to a `ferrohsm
+//! server` over its Unix socket (the default; the application then holds no key and opens no
+//! file of the HSM), or to the engine in this process (`embedded`, no boundary: tests, demos,
+//! single-process tools), which also keeps loaded keys between calls (the fast path).
+//!
+//! Configuration ([`state::Config::load`]): the file named by `FERROHSM_PKCS11_CONF`
+//! (`server = "unix:/run/ferrohsm/ferrohsm.sock"` or `embedded = "/path/to/data"`, `ped_dir`,
+//! `log`), else `FERROHSM_SERVER` (a socket), else `FERROHSM_HOME` (embedded), else the
+//! default socket `/run/ferrohsm/ferrohsm.sock`. PED key files for NULL-PIN logins come from
+//! `FERROHSM_PED_DIR` (default `./ped-keys`); what goes wrong is logged to `log` or
+//! `FERROHSM_PKCS11_LOG`, else stderr.
 
 pub mod api;
 pub mod attrs;

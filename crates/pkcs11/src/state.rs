@@ -8,51 +8,181 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use cryptoki_sys::*;
+use ferrohsm_client::Remote;
+use ferrohsm_core::api::{Embedded, HsmApi, LoginId, Logins, OwnerHold};
 use ferrohsm_core::hsm::KeyMemo;
 use ferrohsm_core::mechanism::Mechanism;
 use ferrohsm_core::{Hsm, HsmError, Session as EngineSession};
 
 use crate::ffi::Rv;
 
-/// Where the HSM is.
+/// Where the module finds the HSM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A `ferrohsm server` on this Unix socket: the HSM's boundary (the default).
+    Server(PathBuf),
+    /// The data directory, opened in this process: no boundary (tests, demos, single-process
+    /// tools).
+    Embedded(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Server(p) => write!(f, "server unix:{}", p.display()),
+            Target::Embedded(p) => write!(f, "embedded HSM in {}", p.display()),
+        }
+    }
+}
+
+/// The server's socket when nothing else is configured.
+pub const DEFAULT_SOCKET: &str = "/run/ferrohsm/ferrohsm.sock";
+
+/// Where the HSM is, and where PED key files are.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The HSM's data directory.
-    pub data_dir: PathBuf,
+    /// The server or data directory.
+    pub target: Target,
     /// Where PED key files are (for logins with a NULL PIN on PED-authenticated HSMs).
     pub ped_dir: PathBuf,
+    /// Where the module writes what goes wrong (stderr when unset).
+    pub log: Option<PathBuf>,
 }
 
 impl Config {
-    /// Reads the configuration (see the crate docs).
-    pub fn load() -> Config {
+    /// Reads the configuration: the file named by `FERROHSM_PKCS11_CONF` (`server =
+    /// "unix:PATH"` or `embedded = "DIR"`, `ped_dir`, `log`), else `FERROHSM_SERVER` (a
+    /// socket), else `FERROHSM_HOME` (embedded), else the default socket. A file that cannot
+    /// be read, or holds an unknown key or a bad value, is an error naming it.
+    pub fn load() -> Result<Config, String> {
+        let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
         let mut c = Config {
-            data_dir: std::env::var_os("FERROHSM_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "ferrohsm-data".into()),
-            ped_dir: std::env::var_os("FERROHSM_PED_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "ped-keys".into()),
+            target: match (env("FERROHSM_SERVER"), env("FERROHSM_HOME")) {
+                (Some(socket), _) => Target::Server(socket),
+                (None, Some(dir)) => Target::Embedded(dir),
+                (None, None) => Target::Server(DEFAULT_SOCKET.into()),
+            },
+            ped_dir: env("FERROHSM_PED_DIR").unwrap_or_else(|| "ped-keys".into()),
+            log: env("FERROHSM_PKCS11_LOG"),
         };
-        if let Some(path) = std::env::var_os("FERROHSM_PKCS11_CONF") {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                for line in text.lines() {
-                    let line = line.trim();
-                    if line.starts_with('#') {
-                        continue;
-                    }
-                    if let Some((k, v)) = line.split_once('=') {
-                        let v = PathBuf::from(v.trim().trim_matches('"'));
-                        match k.trim() {
-                            "data_dir" => c.data_dir = v,
-                            "ped_dir" => c.ped_dir = v,
-                            _ => {}
-                        }
-                    }
+        let Some(path) = std::env::var_os("FERROHSM_PKCS11_CONF") else {
+            return Ok(c);
+        };
+        let shown = PathBuf::from(&path).display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the configuration {shown}: {e}"))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(format!("{shown} line {}: expected key = \"value\"", n + 1));
+            };
+            let v = v.trim().trim_matches('"');
+            match k.trim() {
+                "server" => {
+                    let socket = v.strip_prefix("unix:").ok_or_else(|| {
+                        format!(
+                            "{shown} line {}: server must be \"unix:/path/to/socket\"",
+                            n + 1
+                        )
+                    })?;
+                    c.target = Target::Server(socket.into());
+                }
+                // `data_dir` is the older name of `embedded`.
+                "embedded" | "data_dir" => c.target = Target::Embedded(v.into()),
+                "ped_dir" => c.ped_dir = v.into(),
+                "log" => c.log = Some(v.into()),
+                other => {
+                    return Err(format!(
+                        "{shown} line {}: unknown key {other:?} (known: server, embedded, \
+                         ped_dir, log)",
+                        n + 1
+                    ))
                 }
             }
         }
-        c
+        Ok(c)
+    }
+}
+
+/// Writes one line to the module's log (the configured file, else stderr). Never a secret:
+/// callers pass what they looked for and what went wrong.
+pub fn log(config_log: Option<&std::path::Path>, message: &str) {
+    use std::io::Write;
+    let line = format!(
+        "{} ferrohsm-pkcs11[{}]: {message}\n",
+        ferrohsm_core::time::now_rfc3339(),
+        std::process::id()
+    );
+    let written = config_log.is_some_and(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .is_ok()
+    });
+    if !written {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}
+
+/// The module's way to the HSM: an engine in this process, or a connection to a server.
+// One per session: unboxed, so that the embedded fast path follows no extra pointer.
+#[allow(clippy::large_enum_variant)]
+pub enum Front {
+    /// The engine here (its logins shared by the module's sessions).
+    Embedded(Embedded),
+    /// A connection to a server (its logins are this process's, shared by its connections).
+    Remote(Remote),
+}
+
+impl Front {
+    /// The HSM API, whichever way it is answered.
+    pub fn api(&mut self) -> &mut dyn HsmApi {
+        match self {
+            Front::Embedded(e) => e,
+            Front::Remote(r) => r,
+        }
+    }
+
+    /// The engine, when it runs in this process (the operations' fast path).
+    pub fn engine(&mut self) -> Option<&mut Hsm> {
+        match self {
+            Front::Embedded(e) => Some(e.engine()),
+            Front::Remote(_) => None,
+        }
+    }
+}
+
+/// Opens fronts on the configured HSM.
+#[derive(Clone)]
+pub struct Opener {
+    /// Where.
+    pub config: Config,
+    /// The logins of the module's embedded fronts.
+    logins: Logins,
+    /// Their owner: one for the whole module, so that a login is every session's.
+    owner: u64,
+}
+
+impl Opener {
+    /// A fresh front.
+    pub fn open(&self) -> Rv<Front> {
+        let r = match &self.config.target {
+            Target::Embedded(dir) => Hsm::open(dir)
+                .map(|h| Front::Embedded(Embedded::for_owner(h, self.logins.clone(), self.owner))),
+            Target::Server(socket) => Remote::connect(socket).map(Front::Remote),
+        };
+        r.map_err(|e| {
+            log(
+                self.config.log.as_deref(),
+                &format!("cannot reach the HSM ({}): {e}", self.config.target),
+            );
+            rv(&e)
+        })
     }
 }
 
@@ -60,8 +190,10 @@ impl Config {
 pub struct Login {
     /// `CKU_SO`, `CKU_USER` or the vendor Crypto User type.
     pub user: CK_USER_TYPE,
-    /// The engine's session (holds the partition key for CO and CU).
-    pub engine: EngineSession,
+    /// The HSM's name for the login (valid on every front of this module).
+    pub id: LoginId,
+    /// The engine's session behind it, when the engine runs here (the fast path).
+    pub engine: Option<Arc<EngineSession>>,
 }
 
 /// An operation in progress in a session.
@@ -70,14 +202,23 @@ pub struct Op {
     pub mech: Mechanism,
     /// The key's algorithm and size.
     pub spec: ferrohsm_core::mechanism::KeySpec,
-    /// With which key, loaded when the operation began.
-    pub key: Arc<ferrohsm_core::hsm::LoadedKey>,
+    /// With which key.
+    pub key: OpKey,
     /// Per-call parameters (IV, AAD).
     pub params: ferrohsm_core::mechanism::Params,
     /// Data gathered by multi-part calls.
     pub buffer: Vec<u8>,
     /// AES-CTR counter width in bits (128 otherwise).
     pub ctr_bits: u32,
+}
+
+/// The key of an operation: loaded when it began (engine here), or named by its handle (the
+/// server loads it at the final call).
+pub enum OpKey {
+    /// Loaded in this process.
+    Loaded(Arc<ferrohsm_core::hsm::LoadedKey>),
+    /// Held by the server.
+    Remote(u64),
 }
 
 /// A digest in progress.
@@ -96,8 +237,8 @@ pub struct Session {
     pub label: String,
     /// `CKF_RW_SESSION` and `CKF_SERIAL_SESSION`.
     pub flags: CK_FLAGS,
-    /// This session's engine handle.
-    pub hsm: Hsm,
+    /// This session's way to the HSM (its own store handle or connection).
+    pub front: Front,
     /// Find results not yet returned.
     pub find: Option<Vec<CK_OBJECT_HANDLE>>,
     /// Sign in progress.
@@ -122,6 +263,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The HSM API of this session's front.
+    pub fn api(&mut self) -> &mut dyn HsmApi {
+        self.front.api()
+    }
+
     /// Ends every operation that holds a key or a search over private objects, and forgets the
     /// last key used (at logout).
     pub fn end_key_operations(&mut self) {
@@ -139,20 +285,23 @@ impl Session {
 pub struct Module {
     /// The process that initialised it (a forked child must initialise again).
     pub pid: u32,
-    /// Configuration.
-    pub config: Config,
+    /// Configuration, and the way to open fronts.
+    pub opener: Opener,
+    /// Keeps the embedded fronts' logins alive while the module is (they end at
+    /// `C_Finalize`, with the module).
+    pub _hold: Option<OwnerHold>,
     /// Sessions by handle.
     pub sessions: HashMap<CK_SESSION_HANDLE, Arc<Mutex<Session>>>,
     /// Logins by slot.
     pub logins: HashMap<CK_SLOT_ID, Arc<Login>>,
     /// Next session handle.
     pub next_handle: CK_SESSION_HANDLE,
-    /// One engine handle kept for slot and token queries, so that they do not open the store
-    /// each time.
-    pub control: Mutex<Option<Hsm>>,
-    /// Engine handles of closed sessions, reused by the next `C_OpenSession` (opening one
-    /// opens and verifies the store).
-    pub pool: Mutex<Vec<Hsm>>,
+    /// One front kept for slot and token queries, so that they do not open the store (or
+    /// connect) each time.
+    pub control: Mutex<Option<Front>>,
+    /// Fronts of closed sessions, reused by the next `C_OpenSession` (opening one opens and
+    /// verifies the store, or connects).
+    pub pool: Mutex<Vec<Front>>,
     /// What `C_OpenSession` needs to know of each slot (label, initialised), and the store's
     /// state generation it was read at.
     pub tokens: Mutex<Option<(u64, TokenBriefs)>>,
@@ -160,6 +309,41 @@ pub struct Module {
 
 /// Per slot: the token's label and whether it is initialised.
 pub type TokenBriefs = HashMap<CK_SLOT_ID, (String, bool)>;
+
+impl Module {
+    /// A module over the configured HSM.
+    pub fn new(config: Config) -> Module {
+        let logins = Logins::new();
+        let hold =
+            matches!(config.target, Target::Embedded(_)).then(|| logins.hold(Logins::new_owner()));
+        let owner = hold.as_ref().map(OwnerHold::owner).unwrap_or_default();
+        Module {
+            pid: current_pid(),
+            opener: Opener {
+                config,
+                logins,
+                owner,
+            },
+            _hold: hold,
+            sessions: Default::default(),
+            logins: Default::default(),
+            next_handle: 1,
+            control: Mutex::new(None),
+            pool: Mutex::new(Vec::new()),
+            tokens: Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.opener.config
+    }
+
+    /// Writes a line to the module's log.
+    pub fn log(&self, message: &str) {
+        log(self.config().log.as_deref(), message)
+    }
+}
 
 /// At most this many idle engine handles are kept.
 pub const POOL_MAX: usize = 16;
@@ -300,25 +484,28 @@ pub fn session(h: CK_SESSION_HANDLE) -> Rv<SessionAndLogin> {
     })
 }
 
-/// Opens a fresh engine handle on the configured HSM.
-pub fn open_hsm(c: &Config) -> Rv<Hsm> {
-    Hsm::open(&c.data_dir).map_err(|e| rv(&e))
-}
-
-/// An engine handle from the module's pool, or a fresh one: for work that must not hold any
+/// A front from the module's pool, or a way to open one: for work that must not hold any
 /// session's lock while it runs (a login's PIN derivation takes tens of milliseconds, and the
 /// module visits every session under its own lock at login and logout). Give it back with
-/// [`pool_hsm`].
-pub fn pooled_hsm(m: &Module) -> Rv<(Option<Hsm>, Config)> {
+/// [`pool_front`].
+pub fn pooled_front(m: &Module) -> Rv<(Option<Front>, Opener)> {
     let pooled = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop();
-    Ok((pooled, m.config.clone()))
+    Ok((pooled, m.opener.clone()))
 }
 
-/// Keeps an idle engine handle for reuse (up to [`POOL_MAX`]; beyond it the handle closes).
-pub fn pool_hsm(m: &Module, hsm: Hsm) -> Rv {
+/// A pooled front, or a fresh one.
+pub fn take_front(pooled: Option<Front>, opener: &Opener) -> Rv<Front> {
+    match pooled {
+        Some(f) => Ok(f),
+        None => opener.open(),
+    }
+}
+
+/// Keeps an idle front for reuse (up to [`POOL_MAX`]; beyond it the front closes).
+pub fn pool_front(m: &Module, front: Front) -> Rv {
     let mut pool = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?;
     if pool.len() < POOL_MAX {
-        pool.push(hsm);
+        pool.push(front);
     }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! The module driven through the `cryptoki` crate (a client nobody here wrote), loading the
 //! built `libferrohsm_pkcs11.so` as any application would.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -20,20 +19,31 @@ use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The module this test run built. `cargo test` leaves the cdylib beside the test binary in
-/// `deps/` (it copies it up to `target/<profile>/` only on `cargo build`, where a stale one
-/// may lie), so the copy in `deps/` comes first.
-fn module_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let fresh = deps.join("libferrohsm_pkcs11.so");
-    if fresh.exists() {
-        return fresh;
-    }
-    deps.parent().unwrap().join("libferrohsm_pkcs11.so")
-}
+mod harness;
+use harness::module_path;
+
+// Every test here but the cross-process one runs embedded and against a real server.
+both_ways!(
+    token_from_nothing_and_stable_slot_ids,
+    sign_verify_every_mechanism_and_raw_ecdsa_is_r_s,
+    encrypt_decrypt_aes_gcm_and_rsa_oaep,
+    attributes_find_and_privacy,
+    wrong_pins_count_and_lock_and_errors_are_the_standard_ones,
+    ped_authenticated_partition_challenge_and_ped_key_logins,
+    symmetric_mechanisms_block_modes_macs_and_3des,
+    wrap_and_unwrap_honour_extractable_and_round_trip,
+    certificates_and_data_objects_create_find_read_relabel_and_destroy,
+    ecdh_derive_agrees_both_ways_and_honours_cka_derive,
+    session_objects_live_in_memory_and_die_with_their_session,
+    public_keys_enter_in_clear_and_verify,
+    concurrent_logins_and_logouts_on_two_tokens_never_deadlock,
+    hmac_contexts_follow_the_key_and_hash_and_end_with_the_login,
+    c_inittoken_needs_the_hsm_sos_policy,
+);
 
 struct Fixture {
+    // The server, in server mode: stopped before the directory it serves goes.
+    _server: Option<harness::ServerProcess>,
     _tmp: tempfile::TempDir,
     p11: Option<Pkcs11>,
 }
@@ -84,12 +94,12 @@ fn fixture_with(init_token: bool) -> Fixture {
         hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
     }
     drop(hsm);
-    std::env::set_var("FERROHSM_HOME", &data);
-    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let server = harness::reach(&data);
     let p11 = Pkcs11::new(module_path()).unwrap();
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
     Fixture {
+        _server: server,
         _tmp: tmp,
         p11: Some(p11),
     }
@@ -129,7 +139,6 @@ fn err(e: Error) -> RvError {
     }
 }
 
-#[test]
 fn token_from_nothing_and_stable_slot_ids() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -168,7 +177,6 @@ fn token_from_nothing_and_stable_slot_ids() {
     );
 }
 
-#[test]
 fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -381,7 +389,6 @@ fn sign_verify_every_mechanism_and_raw_ecdsa_is_r_s() {
     );
 }
 
-#[test]
 fn encrypt_decrypt_aes_gcm_and_rsa_oaep() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -471,7 +478,6 @@ fn encrypt_decrypt_aes_gcm_and_rsa_oaep() {
     );
 }
 
-#[test]
 fn attributes_find_and_privacy() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -609,7 +615,6 @@ fn attributes_find_and_privacy() {
         .is_empty());
 }
 
-#[test]
 fn wrong_pins_count_and_lock_and_errors_are_the_standard_ones() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -667,7 +672,6 @@ fn wrong_pins_count_and_lock_and_errors_are_the_standard_ones() {
     assert!(s.generate_random_vec(32).unwrap() != vec![0u8; 32]);
 }
 
-#[test]
 fn ped_authenticated_partition_challenge_and_ped_key_logins() {
     use ferrohsm_core::ped::{LocalPed, PedAnswers};
     use ferrohsm_core::{Credential, DomainChoice, Role};
@@ -730,13 +734,13 @@ fn ped_authenticated_partition_challenge_and_ped_key_logins() {
         .unwrap();
     drop(hsm);
 
-    std::env::set_var("FERROHSM_HOME", &data);
     std::env::set_var("FERROHSM_PED_DIR", &peds);
-    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let server = harness::reach(&data);
     let p11 = Pkcs11::new(module_path()).unwrap();
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
     let f = Fixture {
+        _server: server,
         _tmp: tmp,
         p11: Some(p11),
     };
@@ -790,7 +794,6 @@ fn ped_authenticated_partition_challenge_and_ped_key_logins() {
     std::env::remove_var("FERROHSM_PED_DIR");
 }
 
-#[test]
 fn symmetric_mechanisms_block_modes_macs_and_3des() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -935,7 +938,6 @@ fn symmetric_mechanisms_block_modes_macs_and_3des() {
     assert_eq!(s.decrypt(&Mechanism::Des3Ecb, des, &e).unwrap(), &p[..8]);
 }
 
-#[test]
 fn wrap_and_unwrap_honour_extractable_and_round_trip() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -1131,7 +1133,6 @@ fn wrap_and_unwrap_honour_extractable_and_round_trip() {
     );
 }
 
-#[test]
 fn certificates_and_data_objects_create_find_read_relabel_and_destroy() {
     use cryptoki::object::CertificateType;
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -1289,7 +1290,6 @@ fn certificates_and_data_objects_create_find_read_relabel_and_destroy() {
         .is_empty());
 }
 
-#[test]
 fn ecdh_derive_agrees_both_ways_and_honours_cka_derive() {
     use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -1383,7 +1383,6 @@ fn ecdh_derive_agrees_both_ways_and_honours_cka_derive() {
     );
 }
 
-#[test]
 fn session_objects_live_in_memory_and_die_with_their_session() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -1516,7 +1515,6 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
     );
 }
 
-#[test]
 fn public_keys_enter_in_clear_and_verify() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -1690,7 +1688,6 @@ fn a_key_destroyed_by_another_process_is_refused_at_once() {
 /// took the module lock while holding its session, a logout held the module lock while
 /// visiting every session, and the two waited on each other for ever). A watchdog turns a
 /// deadlock into a failure instead of a hung run.
-#[test]
 fn concurrent_logins_and_logouts_on_two_tokens_never_deadlock() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -1739,7 +1736,6 @@ fn concurrent_logins_and_logouts_on_two_tokens_never_deadlock() {
 /// A session keeps one keyed HMAC context (`hmac_ctx.rs`) for the last key and hash it MACed
 /// with: switching key or hash, multi-part MACs and a logout in between must each give the MAC
 /// that the engine's independent verification (aws-lc-rs) accepts, and no other.
-#[test]
 fn hmac_contexts_follow_the_key_and_hash_and_end_with_the_login() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -1792,7 +1788,6 @@ fn hmac_contexts_follow_the_key_and_hash_and_end_with_the_login() {
 
 /// Without the HSM SO's leave (HSM policy init-token, off by default) an application cannot
 /// make itself a partition: no spare token is offered.
-#[test]
 fn c_inittoken_needs_the_hsm_sos_policy() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture_with(false);

@@ -4,9 +4,11 @@
 use std::str::FromStr;
 
 use ferrohsm_audit::{Record, Report};
-use ferrohsm_core::api::LoginCredential;
+use ferrohsm_core::api::{HsmInfo, LoginCredential};
 use ferrohsm_core::mechanism::KeySpec;
-use ferrohsm_core::object::{Attributes, Content, KeyOptions, ObjectClass, ObjectInfo};
+use ferrohsm_core::object::{
+    Attributes, Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectInfo,
+};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{HsmError, Result};
 use zeroize::Zeroizing;
@@ -44,29 +46,9 @@ pub fn object_to_wire(o: &ObjectInfo) -> v1::ObjectInfo {
             created: a.created.clone(),
         }),
         public: o.public.clone(),
-        content: o.content.as_ref().map(|c| match c {
-            Content::Certificate {
-                value,
-                subject,
-                issuer,
-                serial,
-                category,
-            } => v1::object_info::Content::Certificate(v1::Certificate {
-                value: value.clone(),
-                subject: subject.clone(),
-                issuer: issuer.clone(),
-                serial: serial.clone(),
-                category: u32::from(*category),
-            }),
-            Content::Data {
-                application,
-                object_id,
-                value,
-            } => v1::object_info::Content::Data(v1::DataObject {
-                application: application.clone(),
-                object_id: object_id.clone(),
-                value: value.clone(),
-            }),
+        content: o.content.as_ref().map(|c| match content_to_wire(c) {
+            WireContent::Certificate(c) => v1::object_info::Content::Certificate(c),
+            WireContent::Data(d) => v1::object_info::Content::Data(d),
         }),
     }
 }
@@ -103,19 +85,8 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
     };
     let content = match o.content {
         None => None,
-        Some(v1::object_info::Content::Certificate(c)) => Some(Content::Certificate {
-            value: c.value,
-            subject: c.subject,
-            issuer: c.issuer,
-            serial: c.serial,
-            category: u8::try_from(c.category)
-                .map_err(|_| HsmError::Store("certificate category out of range".into()))?,
-        }),
-        Some(v1::object_info::Content::Data(d)) => Some(Content::Data {
-            application: d.application,
-            object_id: d.object_id,
-            value: d.value,
-        }),
+        Some(v1::object_info::Content::Certificate(c)) => Some(certificate_from_wire(c)?),
+        Some(v1::object_info::Content::Data(d)) => Some(data_from_wire(d)),
     };
     Ok(ObjectInfo {
         handle: o.handle,
@@ -123,6 +94,161 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
         public: o.public,
         content,
     })
+}
+
+/// A certificate's or data object's content, before it goes into one message's `oneof`.
+enum WireContent {
+    Certificate(v1::Certificate),
+    Data(v1::DataObject),
+}
+
+fn content_to_wire(c: &Content) -> WireContent {
+    match c {
+        Content::Certificate {
+            value,
+            subject,
+            issuer,
+            serial,
+            category,
+        } => WireContent::Certificate(v1::Certificate {
+            value: value.clone(),
+            subject: subject.clone(),
+            issuer: issuer.clone(),
+            serial: serial.clone(),
+            category: u32::from(*category),
+        }),
+        Content::Data {
+            application,
+            object_id,
+            value,
+        } => WireContent::Data(v1::DataObject {
+            application: application.clone(),
+            object_id: object_id.clone(),
+            value: value.clone(),
+        }),
+    }
+}
+
+fn certificate_from_wire(c: v1::Certificate) -> Result<Content> {
+    Ok(Content::Certificate {
+        value: c.value,
+        subject: c.subject,
+        issuer: c.issuer,
+        serial: c.serial,
+        category: u8::try_from(c.category)
+            .map_err(|_| HsmError::InvalidInput("certificate category out of range".into()))?,
+    })
+}
+
+fn data_from_wire(d: v1::DataObject) -> Content {
+    Content::Data {
+        application: d.application,
+        object_id: d.object_id,
+        value: d.value,
+    }
+}
+
+/// A certificate or data object to create, as sent.
+pub fn new_object_to_wire(login: u64, o: &NewObject) -> v1::CreateObject {
+    let content = Some(match content_to_wire(&o.content) {
+        WireContent::Certificate(c) => v1::create_object::Content::Certificate(c),
+        WireContent::Data(d) => v1::create_object::Content::Data(d),
+    });
+    v1::CreateObject {
+        login,
+        label: o.label.clone(),
+        object_id: o.id.clone(),
+        private: o.private,
+        modifiable: o.modifiable,
+        destroyable: o.destroyable,
+        content,
+    }
+}
+
+/// A certificate or data object to create, as received.
+pub fn new_object_from_wire(c: v1::CreateObject) -> Result<NewObject> {
+    let content = match c.content {
+        Some(v1::create_object::Content::Certificate(x)) => certificate_from_wire(x)?,
+        Some(v1::create_object::Content::Data(d)) => data_from_wire(d),
+        None => {
+            return Err(HsmError::InvalidInput(
+                "an object to create needs its content (a certificate or data)".into(),
+            ))
+        }
+    };
+    Ok(NewObject {
+        label: c.label,
+        id: c.object_id,
+        private: c.private,
+        modifiable: c.modifiable,
+        destroyable: c.destroyable,
+        content,
+    })
+}
+
+/// PKCS#11 template overrides as sent.
+pub fn key_template_to_wire(t: &KeyTemplate) -> v1::KeyTemplate {
+    v1::KeyTemplate {
+        private: t.private,
+        sensitive: t.sensitive,
+        sign: t.sign,
+        verify: t.verify,
+        encrypt: t.encrypt,
+        decrypt: t.decrypt,
+        wrap: t.wrap,
+        unwrap: t.unwrap,
+        derive: t.derive,
+        wrap_with_trusted: t.wrap_with_trusted,
+        public_label: t.public_label.clone(),
+        public_id: t.public_id.clone(),
+        unique_label: t.unique_label,
+        session_private: t.session_private,
+        session_public: t.session_public,
+        session_owner: t.session_owner,
+    }
+}
+
+/// PKCS#11 template overrides as received (absent: the defaults).
+pub fn key_template_from_wire(t: Option<v1::KeyTemplate>) -> KeyTemplate {
+    let t = t.unwrap_or_default();
+    KeyTemplate {
+        private: t.private,
+        sensitive: t.sensitive,
+        sign: t.sign,
+        verify: t.verify,
+        encrypt: t.encrypt,
+        decrypt: t.decrypt,
+        wrap: t.wrap,
+        unwrap: t.unwrap,
+        derive: t.derive,
+        wrap_with_trusted: t.wrap_with_trusted,
+        public_label: t.public_label,
+        public_id: t.public_id,
+        unique_label: t.unique_label,
+        session_private: t.session_private,
+        session_public: t.session_public,
+        session_owner: t.session_owner,
+    }
+}
+
+/// A password as received: UTF-8 text of a password's length, or an error that echoes none
+/// of it.
+pub fn password_from_wire(b: Vec<u8>, what: &str) -> Result<Pin> {
+    Pin::password(&text(b, what)?)
+}
+
+/// The device description as sent: JSON, the document `ferrohsm hsm show --json` prints, so
+/// that it grows without a change to the messages.
+pub fn info_to_wire(info: &HsmInfo) -> Result<v1::Text> {
+    serde_json::to_string(info)
+        .map(|value| v1::Text { value })
+        .map_err(|e| HsmError::State(format!("cannot describe the device: {e}")))
+}
+
+/// The device description as received.
+pub fn info_from_wire(t: v1::Text) -> Result<HsmInfo> {
+    serde_json::from_str(&t.value)
+        .map_err(|e| HsmError::Store(format!("the server's device description is malformed: {e}")))
 }
 
 /// Key options as sent.
@@ -134,8 +260,9 @@ pub fn key_options_to_wire(k: &KeyOptions) -> v1::KeyOptions {
     }
 }
 
-/// Key options as received.
-pub fn key_options_from_wire(k: v1::KeyOptions) -> KeyOptions {
+/// Key options as received (absent: no label, no id, not extractable).
+pub fn key_options_from_wire(k: Option<v1::KeyOptions>) -> KeyOptions {
+    let k = k.unwrap_or_default();
     KeyOptions {
         label: k.label,
         id: k.object_id,
@@ -173,8 +300,9 @@ pub fn credential_to_wire(c: &LoginCredential) -> v1::login::Credential {
 pub fn credential_from_wire(c: Option<v1::login::Credential>) -> Result<LoginCredential> {
     match c {
         None => Err(HsmError::InvalidInput("a login needs a credential".into())),
-        Some(v1::login::Credential::Secret(s)) => Ok(LoginCredential::Secret(Pin::password(
-            &text(s, "a password or challenge secret")?,
+        Some(v1::login::Credential::Secret(s)) => Ok(LoginCredential::Secret(password_from_wire(
+            s,
+            "a password or challenge secret",
         )?)),
         Some(v1::login::Credential::PedKeys(k)) => {
             if k.keys.is_empty() || k.keys.len() > 16 {

@@ -187,6 +187,9 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
         return;
     }
     info!(conn, uid = peer.uid, pid = peer.pid, "connection opened");
+    // A process's connections share its logins (a PKCS#11 login is the application's, seen
+    // by all its sessions); they end when its last connection closes.
+    let hold = shared.logins.hold_process(peer.pid as u32);
     // The engine handle is opened at the first request, so idle connections hold no store
     // descriptors.
     let mut api: Option<Embedded> = None;
@@ -235,7 +238,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
         let engine = match api.as_mut() {
             Some(a) => a,
             None => match Hsm::open(&cfg.data_dir) {
-                Ok(h) => api.insert(Embedded::with(h, shared.logins.clone())),
+                Ok(h) => api.insert(Embedded::for_owner(h, shared.logins.clone(), hold.owner())),
                 Err(e) => {
                     warn!(conn, error = %e, "cannot open the HSM for a connection");
                     let resp = ferrohsm_proto::Response {
@@ -263,7 +266,9 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
             break;
         }
     }
-    // Dropping the front end ends this connection's logins and flushes its audit batches.
+    // Dropping the front end flushes its audit batches; the process's logins end with its
+    // last connection.
     drop(api);
+    drop(hold);
     info!(conn, requests = served, "connection closed");
 }

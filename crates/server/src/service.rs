@@ -3,9 +3,9 @@
 
 use std::str::FromStr;
 
-use ferrohsm_core::api::HsmApi;
+use ferrohsm_core::api::{HsmApi, Unwrap};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
-use ferrohsm_core::object::KeyOptions;
+use ferrohsm_core::object::{KeyOptions, ObjectClass, ObjectFilter};
 use ferrohsm_core::{Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
 use ferrohsm_proto::{convert, error_to_wire, Request, Response, PROTOCOL_VERSION};
@@ -35,6 +35,23 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::AuditCheckpoint(_)) => "audit-checkpoint",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
+        Some(Call::Info(_)) => "info",
+        Some(Call::StateGeneration(_)) => "state-generation",
+        Some(Call::InitToken(_)) => "init-token",
+        Some(Call::ReinitToken(_)) => "reinit-token",
+        Some(Call::InitCryptoOfficer(_)) => "init-crypto-officer",
+        Some(Call::ChangePassword(_)) => "change-password",
+        Some(Call::Find(_)) => "find",
+        Some(Call::ObjectInfo(_)) => "object-info",
+        Some(Call::GenerateKeyWith(_)) => "generate-key-with",
+        Some(Call::CreateObject(_)) => "create-object",
+        Some(Call::ImportPublicKey(_)) => "import-public-key",
+        Some(Call::RelabelObject(_)) => "relabel-object",
+        Some(Call::DropSessionObjects(_)) => "drop-session-objects",
+        Some(Call::WrappedKeyLen(_)) => "wrapped-key-len",
+        Some(Call::WrapKey(_)) => "wrap-key",
+        Some(Call::UnwrapKey(_)) => "unwrap-key",
+        Some(Call::DeriveEcdh(_)) => "derive-ecdh",
     }
 }
 
@@ -92,6 +109,32 @@ fn bytes(value: Vec<u8>) -> Reply {
     Reply::Bytes(v1::Bytes { value })
 }
 
+fn done() -> Reply {
+    Reply::Done(v1::Empty {})
+}
+
+fn number(value: u64) -> Reply {
+    Reply::Number(v1::Number { value })
+}
+
+fn handle_reply(handle: u64) -> Reply {
+    Reply::Handles(v1::Handles {
+        handles: vec![handle],
+    })
+}
+
+fn spec(name: &str) -> Result<KeySpec> {
+    KeySpec::from_str(name)
+}
+
+fn class_of(name: Option<&str>) -> Result<Option<ObjectClass>> {
+    name.map(ObjectClass::from_name).transpose()
+}
+
+fn wrap_params(iv: Vec<u8>, aad: Vec<u8>, label: Vec<u8>) -> Params {
+    Params { iv, aad, label }
+}
+
 fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
     Ok(match call {
         Call::Summary(_) => {
@@ -139,7 +182,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             let each: Vec<KeyOptions> = g
                 .keys
                 .into_iter()
-                .map(convert::key_options_from_wire)
+                .map(|k| convert::key_options_from_wire(Some(k)))
                 .collect();
             Reply::HandleSets(v1::HandleSets {
                 sets: api
@@ -205,5 +248,114 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         }),
         Call::AuditExport(a) => bytes(api.audit_export(a.login, a.from, &a.earlier)?.to_bytes()),
         Call::AuditVerify(a) => Reply::Report(convert::report_to_wire(&api.audit_verify(a.login)?)),
+        Call::Info(_) => Reply::Text(convert::info_to_wire(&api.info()?)?),
+        Call::StateGeneration(_) => number(api.state_generation()?),
+        Call::InitToken(t) => {
+            let pin = convert::password_from_wire(t.so_password, "an SO password")?;
+            number(u64::from(api.init_token(&t.label, pin)?))
+        }
+        Call::ReinitToken(t) => {
+            let pin = convert::password_from_wire(t.so_password, "an SO password")?;
+            api.reinit_token(&t.label, pin)?;
+            done()
+        }
+        Call::InitCryptoOfficer(c) => {
+            let pin = convert::password_from_wire(c.password, "a password")?;
+            api.init_crypto_officer(c.login, pin)?;
+            done()
+        }
+        Call::ChangePassword(c) => {
+            let role = Role::parse(&c.role)?;
+            let old = convert::password_from_wire(c.old_password, "a password")?;
+            let new = convert::password_from_wire(c.new_password, "a password")?;
+            api.change_password(role, &c.partition, old, new)?;
+            done()
+        }
+        Call::Find(f) => {
+            let filter = ObjectFilter {
+                label: f.label,
+                id: f.object_id,
+                class: class_of(f.class.as_deref())?,
+            };
+            Reply::Objects(v1::Objects {
+                objects: api
+                    .find(f.login, &f.partition, &filter)?
+                    .iter()
+                    .map(convert::object_to_wire)
+                    .collect(),
+            })
+        }
+        Call::ObjectInfo(o) => Reply::Objects(v1::Objects {
+            objects: vec![convert::object_to_wire(&api.object_info(
+                o.login,
+                &o.partition,
+                o.handle,
+            )?)],
+        }),
+        Call::GenerateKeyWith(g) => Reply::Handles(v1::Handles {
+            handles: api.generate_key_with(
+                g.login,
+                spec(&g.key_type)?,
+                &convert::key_options_from_wire(g.key),
+                &convert::key_template_from_wire(g.template),
+            )?,
+        }),
+        Call::CreateObject(c) => {
+            let login = c.login;
+            handle_reply(api.create_object(login, convert::new_object_from_wire(c)?)?)
+        }
+        Call::ImportPublicKey(i) => handle_reply(api.import_public_key(
+            i.login,
+            spec(&i.key_type)?,
+            &i.spki,
+            &convert::key_options_from_wire(i.key),
+            &convert::key_template_from_wire(i.template),
+        )?),
+        Call::RelabelObject(r) => {
+            api.relabel_object(
+                r.login,
+                r.handle,
+                r.label.as_deref(),
+                r.object_id.as_deref(),
+            )?;
+            done()
+        }
+        Call::DropSessionObjects(d) => {
+            api.drop_session_objects(d.login, d.owner)?;
+            done()
+        }
+        Call::WrappedKeyLen(w) => {
+            number(api.wrapped_key_len(w.login, w.wrapper, mech(&w.mechanism)?, w.target)? as u64)
+        }
+        Call::WrapKey(w) => {
+            let p = wrap_params(w.iv, w.aad, w.label);
+            bytes(api.wrap_key(w.login, w.wrapper, mech(&w.mechanism)?, &p, w.target)?)
+        }
+        Call::UnwrapKey(u) => {
+            let p = wrap_params(u.iv, u.aad, u.label);
+            let opts = convert::key_options_from_wire(u.key);
+            let tpl = convert::key_template_from_wire(u.template);
+            handle_reply(api.unwrap_key(
+                u.login,
+                Unwrap {
+                    unwrapper: u.unwrapper,
+                    mech: mech(&u.mechanism)?,
+                    params: &p,
+                    wrapped: &u.wrapped,
+                    class: ObjectClass::from_name(&u.class)?,
+                    spec: u.key_type.as_deref().map(spec).transpose()?,
+                    opts: &opts,
+                    tpl: &tpl,
+                },
+            )?)
+        }
+        Call::DeriveEcdh(d) => handle_reply(api.derive_ecdh(
+            d.login,
+            d.base,
+            &d.peer_point,
+            spec(&d.key_type)?,
+            &convert::key_options_from_wire(d.key),
+            &convert::key_template_from_wire(d.template),
+        )?),
     })
 }

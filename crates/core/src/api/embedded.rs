@@ -7,22 +7,32 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary, MAX_RANDOM};
+use super::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary, Unwrap, MAX_RANDOM};
 use crate::error::{HsmError, Result};
-use crate::hsm::{AuthMode, Credential, Hsm, Session};
+use crate::hsm::{AuthMode, Credential, DomainChoice, Hsm, HsmInfo, NewSecret, Session};
 use crate::mechanism::{KeySpec, Mechanism, Params};
-use crate::object::{KeyOptions, KeyTemplate, ObjectInfo};
+use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
 use crate::ped::PresentedPed;
 use crate::role::Role;
+use crate::secret::Pin;
 use ferrohsm_audit::{Export, Record, Report};
 
 /// The logins of every front end served by one process, so that zeroize and tamper can end
-/// them all at once. Each login belongs to the front end (owner) that made it.
+/// them all at once. Each login belongs to an owner: the front end that made it, or every
+/// front end of one client process (so that the PKCS#11 module's sessions, each with its own
+/// connection, share their token's login as PKCS#11 requires). An owner's logins end when its
+/// last front end goes.
 #[derive(Clone, Default)]
 pub struct Logins(Arc<Mutex<LoginTable>>);
 
-/// Each login by id, with the front end that owns it.
-type LoginTable = HashMap<LoginId, (u64, Arc<Session>)>;
+/// Each login by id with its owner; how many front ends each owner has; the owner of each
+/// client process.
+#[derive(Default)]
+struct LoginTable {
+    logins: HashMap<LoginId, (u64, Arc<Session>)>,
+    front_ends: HashMap<u64, usize>,
+    processes: HashMap<u32, u64>,
+}
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
@@ -43,39 +53,96 @@ impl Logins {
             let mut b = [0u8; 8];
             crate::crypto::fill_random(&mut b);
             let id = u64::from_le_bytes(b);
-            if id != 0 && !map.contains_key(&id) {
-                map.insert(id, (owner, Arc::new(s)));
+            if id != 0 && !map.logins.contains_key(&id) {
+                map.logins.insert(id, (owner, Arc::new(s)));
                 return id;
             }
         }
     }
 
     fn get(&self, owner: u64, id: LoginId) -> Result<Arc<Session>> {
-        match self.map().get(&id) {
+        match self.map().logins.get(&id) {
             Some((o, s)) if *o == owner => Ok(s.clone()),
             _ => Err(not_logged_in()),
         }
     }
 
-    /// Ends every login of one front end (its connection closed).
-    pub fn end_owner(&self, owner: u64) {
-        self.map().retain(|_, (o, _)| *o != owner);
+    /// A new owner, for front ends that share logins (one application's PKCS#11 sessions).
+    pub fn new_owner() -> u64 {
+        NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Holds `owner`'s logins open until the hold is dropped.
+    pub fn hold(&self, owner: u64) -> OwnerHold {
+        *self.map().front_ends.entry(owner).or_default() += 1;
+        OwnerHold {
+            logins: self.clone(),
+            owner,
+        }
+    }
+
+    /// Holds the logins of client process `pid`: every connection from one process shares
+    /// one owner while any is open, and its logins end with its last connection (the kernel
+    /// closes a process's sockets when it exits, before its pid can be reused).
+    pub fn hold_process(&self, pid: u32) -> OwnerHold {
+        let mut map = self.map();
+        let owner = *map.processes.entry(pid).or_insert_with(Logins::new_owner);
+        *map.front_ends.entry(owner).or_default() += 1;
+        OwnerHold {
+            logins: self.clone(),
+            owner,
+        }
+    }
+
+    fn detach(&self, owner: u64) {
+        let mut map = self.map();
+        let left = match map.front_ends.get_mut(&owner) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            map.front_ends.remove(&owner);
+            map.processes.retain(|_, o| *o != owner);
+            map.logins.retain(|_, (o, _)| *o != owner);
+        }
     }
 
     /// Ends every login of every front end (zeroize, tamper). Keys are dropped, and so
     /// zeroized, as soon as no operation in flight holds them.
     pub fn end_all(&self) {
-        self.map().clear();
+        self.map().logins.clear();
     }
 
     /// How many logins are live.
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.map().logins.len()
     }
 
     /// Whether no login is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Keeps one owner's logins alive (see [`Logins::hold`]); the last hold's drop ends them.
+pub struct OwnerHold {
+    logins: Logins,
+    owner: u64,
+}
+
+impl OwnerHold {
+    /// The owner held.
+    pub fn owner(&self) -> u64 {
+        self.owner
+    }
+}
+
+impl Drop for OwnerHold {
+    fn drop(&mut self) {
+        self.logins.detach(self.owner);
     }
 }
 
@@ -92,6 +159,8 @@ pub struct Embedded {
     hsm: Hsm,
     logins: Logins,
     owner: u64,
+    // Dropped with the front end: its owner's logins end with their last front end.
+    _hold: OwnerHold,
 }
 
 impl Embedded {
@@ -100,27 +169,212 @@ impl Embedded {
         Ok(Embedded::with(Hsm::open(dir)?, Logins::new()))
     }
 
-    /// A front end over an engine handle, sharing `logins` with the others of this process.
+    /// A front end over an engine handle, with logins of its own, in a registry shared with
+    /// the others of this process.
     pub fn with(hsm: Hsm, logins: Logins) -> Embedded {
+        Embedded::for_owner(hsm, logins, Logins::new_owner())
+    }
+
+    /// A front end whose logins are `owner`'s, shared with its other front ends
+    /// ([`Logins::new_owner`], [`Logins::hold_process`]).
+    pub fn for_owner(hsm: Hsm, logins: Logins, owner: u64) -> Embedded {
+        let hold = logins.hold(owner);
         Embedded {
             hsm,
             logins,
-            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            owner,
+            _hold: hold,
         }
     }
 
     fn session(&self, login: LoginId) -> Result<Arc<Session>> {
         self.logins.get(self.owner, login)
     }
-}
 
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        self.logins.end_owner(self.owner);
+    fn sessions(&self, login: Option<LoginId>) -> Result<Option<Arc<Session>>> {
+        login.map(|l| self.session(l)).transpose()
+    }
+
+    /// The engine itself: the in-process fast path of a front end that runs it anyway (the
+    /// PKCS#11 module in embedded mode keeps loaded keys between calls).
+    pub fn engine(&mut self) -> &mut Hsm {
+        &mut self.hsm
+    }
+
+    /// The engine's session behind a login (the fast path's companion to [`Embedded::engine`]).
+    pub fn engine_session(&self, login: LoginId) -> Result<Arc<Session>> {
+        self.session(login)
     }
 }
 
 impl HsmApi for Embedded {
+    fn info(&mut self) -> Result<HsmInfo> {
+        self.hsm.info()
+    }
+
+    fn state_generation(&mut self) -> Result<u64> {
+        self.hsm.state_generation()
+    }
+
+    fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32> {
+        self.hsm.init_token(label, so_password)
+    }
+
+    fn reinit_token(&mut self, label: &str, so_password: Pin) -> Result<()> {
+        // The current password is checked as the re-initialisation's authority, and stays.
+        self.hsm
+            .init_partition(
+                label,
+                NewSecret::Password(so_password.clone()),
+                DomainChoice::Hsm,
+                Some(Credential::Secret(so_password)),
+            )
+            .map(drop)
+    }
+
+    fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm
+            .init_role(
+                &s,
+                Role::CryptoOfficer,
+                NewSecret::Password(password),
+                false,
+            )
+            .map(drop)
+    }
+
+    fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()> {
+        // The old password is checked (and counted) like any login.
+        let s = self
+            .hsm
+            .login(role, Some(partition), Credential::Secret(old))?;
+        self.hsm
+            .change_secret(&s, NewSecret::Password(new))
+            .map(drop)
+    }
+
+    fn find(
+        &mut self,
+        login: Option<LoginId>,
+        partition: &str,
+        filter: &ObjectFilter,
+    ) -> Result<Vec<ObjectInfo>> {
+        let s = self.sessions(login)?;
+        self.hsm.find_objects(s.as_deref(), partition, filter)
+    }
+
+    fn object_info(
+        &mut self,
+        login: Option<LoginId>,
+        partition: &str,
+        handle: u64,
+    ) -> Result<ObjectInfo> {
+        let s = self.sessions(login)?;
+        self.hsm.object_info(s.as_deref(), partition, handle)
+    }
+
+    fn generate_key_with(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<Vec<u64>> {
+        let s = self.session(login)?;
+        self.hsm.generate_key_with(&s, spec, opts, tpl)
+    }
+
+    fn create_object(&mut self, login: LoginId, object: NewObject) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.create_object(&s, object)
+    }
+
+    fn import_public_key(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        spki: &[u8],
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm
+            .import_public_key(&s, spec, spki.to_vec(), opts, tpl)
+    }
+
+    fn relabel_object(
+        &mut self,
+        login: LoginId,
+        handle: u64,
+        label: Option<&str>,
+        object_id: Option<&[u8]>,
+    ) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.relabel_object(
+            &s,
+            handle,
+            label.map(str::to_string),
+            object_id.map(<[u8]>::to_vec),
+        )
+    }
+
+    fn drop_session_objects(&mut self, login: LoginId, owner: u64) -> Result<()> {
+        self.session(login)?.drop_session_objects(owner);
+        Ok(())
+    }
+
+    fn wrapped_key_len(
+        &mut self,
+        login: LoginId,
+        wrapper: u64,
+        mech: Mechanism,
+        target: u64,
+    ) -> Result<usize> {
+        let s = self.session(login)?;
+        self.hsm.wrapped_key_len(&s, wrapper, mech, target)
+    }
+
+    fn wrap_key(
+        &mut self,
+        login: LoginId,
+        wrapper: u64,
+        mech: Mechanism,
+        params: &Params,
+        target: u64,
+    ) -> Result<Vec<u8>> {
+        let s = self.session(login)?;
+        self.hsm.wrap_key(&s, wrapper, mech, params, target)
+    }
+
+    fn unwrap_key(&mut self, login: LoginId, u: Unwrap<'_>) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.unwrap_key(
+            &s,
+            u.unwrapper,
+            u.mech,
+            u.params,
+            u.wrapped,
+            u.class,
+            u.spec,
+            u.opts,
+            u.tpl,
+        )
+    }
+
+    fn derive_ecdh(
+        &mut self,
+        login: LoginId,
+        base: u64,
+        peer_point: &[u8],
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.derive_ecdh(&s, base, peer_point, spec, opts, tpl)
+    }
+
     fn summary(&mut self) -> Result<Summary> {
         let i = self.hsm.info()?;
         Ok(Summary {
@@ -169,7 +423,7 @@ impl HsmApi for Embedded {
 
     fn logout(&mut self, login: LoginId) -> Result<()> {
         self.session(login)?;
-        self.logins.map().remove(&login);
+        self.logins.map().logins.remove(&login);
         Ok(())
     }
 

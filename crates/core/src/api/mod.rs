@@ -7,18 +7,19 @@
 //! the partition key for the Crypto Officer and Crypto User, and ends at [`HsmApi::logout`],
 //! when the front end goes away, or for everyone at zeroize and tamper.
 //!
-//! This is the API's first version: device summary, logins by password, challenge secret or
-//! PED keys, key generation, finding, signing, verifying, encryption, destruction, random, the
-//! destructive device actions (which need the HSM SO) and the Auditor's reading of the log. It
-//! grows call by call until the PKCS#11 module and the CLI are written against it alone.
+//! It covers what the PKCS#11 module needs (slots and tokens, token set-up by password,
+//! logins, objects with PKCS#11 templates and session objects, every operation, wrapping,
+//! derivation, random) and what the CLI's key, device-action and audit-reading commands
+//! need. Public PKCS#11 sessions call with no login (`None`) and see only public objects.
 
 mod embedded;
 
-pub use embedded::{Embedded, Logins};
+pub use crate::hsm::HsmInfo;
+pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
 use crate::mechanism::{KeySpec, Mechanism, Params};
-use crate::object::{KeyOptions, ObjectInfo};
+use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo};
 use crate::role::Role;
 use crate::secret::Pin;
 use ferrohsm_audit::{Export, Record, Report};
@@ -69,6 +70,19 @@ pub enum LoginCredential {
     },
 }
 
+impl LoginCredential {
+    /// PED key files as the API takes them: each file's name and bytes, and the PED PIN. The
+    /// HSM parses and checks them; nothing here reads what they hold.
+    pub fn ped_key_files(files: &[std::path::PathBuf], pin: Option<Pin>) -> Result<Self> {
+        let mut keys = Vec::with_capacity(files.len());
+        for path in files {
+            let bytes = std::fs::read(path).map_err(|e| crate::HsmError::io(path, e))?;
+            keys.push((path.display().to_string(), Zeroizing::new(bytes)));
+        }
+        Ok(LoginCredential::PedKeys { keys, pin })
+    }
+}
+
 impl std::fmt::Debug for LoginCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -83,11 +97,50 @@ impl std::fmt::Debug for LoginCredential {
     }
 }
 
+/// A wrapped key to import ([`HsmApi::unwrap_key`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Unwrap<'a> {
+    /// The key that unwraps (`CKA_UNWRAP`).
+    pub unwrapper: u64,
+    /// How it was wrapped.
+    pub mech: Mechanism,
+    /// The mechanism's parameters (IV, OAEP label).
+    pub params: &'a Params,
+    /// The wrapped bytes.
+    pub wrapped: &'a [u8],
+    /// The class of the key inside (secret or private).
+    pub class: ObjectClass,
+    /// A secret key's type (`None`: AES sized by what unwraps); a private key's comes from
+    /// its PKCS#8 encoding.
+    pub spec: Option<KeySpec>,
+    /// Label, id, extractability of the new key.
+    pub opts: &'a KeyOptions,
+    /// PKCS#11 template overrides.
+    pub tpl: &'a KeyTemplate,
+}
+
 /// What applications and operators ask of an HSM. Every call checks role and policy inside
 /// the HSM; errors are the engine's own ([`crate::HsmError`]), carried unchanged over the wire.
 pub trait HsmApi {
     /// The device, its state and its partitions.
     fn summary(&mut self) -> Result<Summary>;
+    /// Everything an operator may see of the device (`ferrohsm hsm show`): partitions, roles,
+    /// policies, counters. Nothing secret.
+    fn info(&mut self) -> Result<HsmInfo>;
+    /// A number that moves whenever the device's partitions, roles or state change, so that
+    /// a front end may keep its slot list until it does.
+    fn state_generation(&mut self) -> Result<u64>;
+    /// Makes a new partition from the spare PKCS#11 token (`C_InitToken`), with `so_password`
+    /// as its Partition SO's password; only while the HSM SO's `init-token` policy is on.
+    /// Returns the partition's id.
+    fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32>;
+    /// Re-initialises a password-authenticated partition (`C_InitToken` on an initialised
+    /// token): `so_password` must be its current Partition SO password; every object goes.
+    fn reinit_token(&mut self, label: &str, so_password: Pin) -> Result<()>;
+    /// Sets the first Crypto Officer password of the Partition SO's partition (`C_InitPIN`).
+    fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()>;
+    /// Replaces a role's password after checking (and counting) the old one (`C_SetPIN`).
+    fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()>;
     /// Logs a role in (counted and audited like every login).
     fn login(
         &mut self,
@@ -116,6 +169,80 @@ pub trait HsmApi {
     /// The login's partition's objects, or those with a label: attributes and public values,
     /// never a secret.
     fn find_objects(&mut self, login: LoginId, label: Option<&str>) -> Result<Vec<ObjectInfo>>;
+    /// Objects matching `filter`: with a Crypto Officer's or User's login, every object of
+    /// its partition and its session objects; with none, the public objects of `partition`.
+    fn find(
+        &mut self,
+        login: Option<LoginId>,
+        partition: &str,
+        filter: &ObjectFilter,
+    ) -> Result<Vec<ObjectInfo>>;
+    /// One object's attributes and public value, for a caller that may see it.
+    fn object_info(
+        &mut self,
+        login: Option<LoginId>,
+        partition: &str,
+        handle: u64,
+    ) -> Result<ObjectInfo>;
+    /// Generates a key with PKCS#11 template overrides (usages, sensitivity, session
+    /// objects owned by `tpl.session_owner`); returns the handles made.
+    fn generate_key_with(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<Vec<u64>>;
+    /// Stores a certificate or data object (Crypto Officer).
+    fn create_object(&mut self, login: LoginId, object: NewObject) -> Result<u64>;
+    /// Stores a public key brought from outside (Crypto Officer).
+    fn import_public_key(
+        &mut self,
+        login: LoginId,
+        spec: KeySpec,
+        spki: &[u8],
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64>;
+    /// Changes a modifiable object's label and/or id (Crypto Officer).
+    fn relabel_object(
+        &mut self,
+        login: LoginId,
+        handle: u64,
+        label: Option<&str>,
+        object_id: Option<&[u8]>,
+    ) -> Result<()>;
+    /// Destroys the session objects `owner` (a PKCS#11 session) made, as closing it must.
+    fn drop_session_objects(&mut self, login: LoginId, owner: u64) -> Result<()>;
+    /// How long [`HsmApi::wrap_key`]'s answer would be (the two-call convention).
+    fn wrapped_key_len(
+        &mut self,
+        login: LoginId,
+        wrapper: u64,
+        mech: Mechanism,
+        target: u64,
+    ) -> Result<usize>;
+    /// A key wrapped under another, when both keys' attributes allow it (audited).
+    fn wrap_key(
+        &mut self,
+        login: LoginId,
+        wrapper: u64,
+        mech: Mechanism,
+        params: &Params,
+        target: u64,
+    ) -> Result<Vec<u8>>;
+    /// Imports a wrapped key as a new object (Crypto Officer).
+    fn unwrap_key(&mut self, login: LoginId, u: Unwrap<'_>) -> Result<u64>;
+    /// Derives a secret key by ECDH from an EC private key and a peer's point.
+    fn derive_ecdh(
+        &mut self,
+        login: LoginId,
+        base: u64,
+        peer_point: &[u8],
+        spec: KeySpec,
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64>;
     /// Signs (or MACs) inside the HSM.
     fn sign(&mut self, login: LoginId, key: u64, mech: Mechanism, data: &[u8]) -> Result<Vec<u8>>;
     /// Verifies a signature or MAC; `Ok(false)` for a bad one.

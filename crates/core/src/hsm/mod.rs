@@ -386,7 +386,7 @@ impl Session {
 }
 
 /// A role as shown to operators.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoleInfo {
     /// Role short name.
     pub role: String,
@@ -401,7 +401,7 @@ pub struct RoleInfo {
 }
 
 /// A partition as shown to operators.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PartitionInfo {
     /// Stable numeric id (the PKCS#11 slot is derived from it).
     pub id: u32,
@@ -420,7 +420,7 @@ pub struct PartitionInfo {
 }
 
 /// The HSM as shown to operators. Nothing secret.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HsmInfo {
     /// Serial number.
     pub serial: String,

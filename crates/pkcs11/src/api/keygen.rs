@@ -133,7 +133,7 @@ pub(super) fn generate(
         !tpl.session_private || (pub_t.is_some() && !tpl.session_public),
     )?;
     tpl.session_owner = Some(h);
-    s.hsm
+    s.api()
         .generate_key_with(es, spec, &opts, &tpl)
         .map_err(|e| match e {
             HsmError::Refused(_) => CKR_USER_NOT_LOGGED_IN,
@@ -248,7 +248,7 @@ pub unsafe fn C_DeriveKey(
         .ok_or(CKR_MECHANISM_PARAM_INVALID)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let handle = s
-            .hsm
+            .api()
             .derive_ecdh(es, base, point, spec, &opts, &ktpl)
             .map_err(|e| match e {
                 HsmError::Refused(_) => CKR_KEY_FUNCTION_NOT_PERMITTED,

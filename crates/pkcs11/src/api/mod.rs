@@ -8,21 +8,21 @@ use std::os::raw::c_void;
 use std::sync::{Arc, Mutex};
 
 use cryptoki_sys::*;
+use ferrohsm_core::api::LoginCredential;
 use ferrohsm_core::hsm::{HsmInfo, PartitionInfo};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, GCM_TAG_LEN};
 use ferrohsm_core::object::{
     Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
 };
-use ferrohsm_core::ped::{LocalPed, PedAnswers};
 use ferrohsm_core::secret::Pin;
-use ferrohsm_core::{AuthMode, Credential, HsmError, NewSecret, Role};
+use ferrohsm_core::{AuthMode, HsmError, Role};
 
 use crate::attrs::{self, Attr};
 use crate::entry::{CK_FUNCTION_LIST_3_0_TABLE, CK_FUNCTION_LIST_TABLE};
 use crate::ffi::{self, out_bytes, padded, put, Rv};
 use crate::mech;
 use crate::state::{
-    self, open_hsm, rv, with_module, with_module_mut, DigestOp, Login, Module, Op, Session,
+    self, rv, with_module, with_module_mut, DigestOp, Front, Login, Module, Op, OpKey, Session,
 };
 
 /// The Crypto User's login type (the vendor value PED-authenticated HSMs use).
@@ -85,16 +85,11 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
             // A forked child: the parent's connections are not ours to close.
             std::mem::forget(m);
         }
-        *g = Some(Module {
-            pid: state::current_pid(),
-            config: state::Config::load(),
-            sessions: Default::default(),
-            logins: Default::default(),
-            next_handle: 1,
-            control: Mutex::new(None),
-            pool: Mutex::new(Vec::new()),
-            tokens: Mutex::new(None),
-        });
+        let config = state::Config::load().map_err(|e| {
+            state::log(None, &e);
+            CKR_GENERAL_ERROR
+        })?;
+        *g = Some(Module::new(config));
         Ok(())
     })())
 }

@@ -4,12 +4,14 @@
 
 use super::*;
 
-/// The engine session that may see private objects: the Crypto Officer's or User's.
-pub(super) fn key_session(login: &Option<Arc<Login>>) -> Option<&ferrohsm_core::Session> {
-    login
-        .as_ref()
-        .filter(|l| l.user != CKU_SO)
-        .map(|l| &l.engine)
+/// The login that may see private objects: the Crypto Officer's or User's.
+pub(super) fn key_session(login: &Option<Arc<Login>>) -> Option<ferrohsm_core::api::LoginId> {
+    key_login(login).map(|l| l.id)
+}
+
+/// The Crypto Officer's or User's login, if that is who is logged in.
+pub(super) fn key_login(login: &Option<Arc<Login>>) -> Option<&Login> {
+    login.as_deref().filter(|l| l.user != CKU_SO)
 }
 
 /// Token objects change only in a read/write session; session objects in any session.
@@ -26,7 +28,7 @@ pub(super) fn object(
     h: CK_OBJECT_HANDLE,
 ) -> Rv<ObjectInfo> {
     let label = s.label.clone();
-    s.hsm
+    s.api()
         .object_info(key_session(login), &label, h)
         .map_err(|e| match e {
             HsmError::NotFound(_) | HsmError::Refused(_) => CKR_OBJECT_HANDLE_INVALID,
@@ -70,8 +72,8 @@ pub unsafe fn C_FindObjectsInit(
         }
         let label = s.label.clone();
         let found = s
-            .hsm
-            .find_objects(key_session(&login), &label, &f)
+            .api()
+            .find(key_session(&login), &label, &f)
             .map_err(|e| rv(&e))?;
         let mut handles: Vec<CK_OBJECT_HANDLE> = found
             .iter()
@@ -170,7 +172,7 @@ pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK
         may_change(&s, !ferrohsm_core::object::is_session_handle(obj))?;
         object(&mut s, &login, obj)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-        s.hsm.destroy_object(es, obj).map_err(|e| rv(&e))
+        s.api().destroy_object(es, obj).map_err(|e| rv(&e))
     })())
 }
 
@@ -298,7 +300,7 @@ pub unsafe fn C_CreateObject(
         // Certificates and data objects are token objects.
         may_change(&s, true)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-        let handle = s.hsm.create_object(es, o).map_err(|e| match e {
+        let handle = s.api().create_object(es, o).map_err(|e| match e {
             HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
             e => rv(&e),
         })?;
@@ -355,8 +357,8 @@ pub(super) fn create_public_key(
     may_change(s, !tpl.session_public)?;
     tpl.session_owner = Some(h);
     let es = key_session(login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-    s.hsm
-        .import_public_key(es, spec, spki, &opts, &tpl)
+    s.api()
+        .import_public_key(es, spec, &spki, &opts, &tpl)
         .map_err(|e| match e {
             HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
             e => rv(&e),
@@ -400,8 +402,8 @@ pub unsafe fn C_SetAttributeValue(
         if !o.attrs.modifiable {
             return Err(CKR_ACTION_PROHIBITED);
         }
-        s.hsm
-            .relabel_object(es, obj, label, id)
+        s.api()
+            .relabel_object(es, obj, label.as_deref(), id.as_deref())
             .map_err(|e| match e {
                 HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
                 e => rv(&e),

@@ -35,16 +35,30 @@ pub(super) unsafe fn op_init(
     }
     // SAFETY: mech::read checks for NULL; validity per contract.
     let (code, p) = unsafe { mech::read(m)? };
-    let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-    // The key is looked up once, here; the operation keeps it until it ends.
-    let loaded = s
-        .hsm
-        .load_key_memo(es, key, &mut s.key_memo)
-        .map_err(|e| match e {
-            HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
-            e => rv(&e),
-        })?;
-    let a = &loaded.info.attrs;
+    let login = key_login(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    let key_err = |e: HsmError| match e {
+        HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
+        e => rv(&e),
+    };
+    // The key is looked up once, here: loaded when the engine runs here (the operation keeps
+    // it until it ends), or described by the server, which loads it at the final call.
+    let (op_key, a) = match (s.front.engine(), &login.engine) {
+        (Some(engine), Some(es)) => {
+            let loaded = engine
+                .load_key_memo(es, key, &mut s.key_memo)
+                .map_err(key_err)?;
+            let a = loaded.info.attrs.clone();
+            (OpKey::Loaded(loaded), a)
+        }
+        _ => {
+            let (id, label) = (login.id, s.label.clone());
+            let info = s
+                .api()
+                .object_info(Some(id), &label, key)
+                .map_err(key_err)?;
+            (OpKey::Remote(key), info.attrs)
+        }
+    };
     let Some(spec) = a.spec else {
         return Err(CKR_KEY_HANDLE_INVALID);
     };
@@ -72,7 +86,7 @@ pub(super) unsafe fn op_init(
     *slot_of(s, k) = Some(Op {
         mech,
         spec,
-        key: loaded,
+        key: op_key,
         params,
         buffer: vec![],
         ctr_bits,
@@ -181,7 +195,7 @@ pub(super) unsafe fn sign_out(
         } {
             return Ok(true);
         }
-        let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let login = key_login(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let data = op_data(&op.buffer, extra);
         // Raw PKCS#1 v1.5 pads the data itself: it must leave room for the padding.
         if op.mech == Mechanism::RsaPkcs1Raw
@@ -189,15 +203,28 @@ pub(super) unsafe fn sign_out(
         {
             return Err(CKR_DATA_LEN_RANGE);
         }
-        s.hsm
-            .sign_loaded_into(es, &op.key, op.mech, &data, &mut s.mac, |sig| {
+        let sign_err = |e: HsmError| match e {
+            HsmError::InvalidInput(_) => CKR_DATA_INVALID,
+            e => rv(&e),
+        };
+        match (&op.key, s.front.engine(), &login.engine) {
+            (OpKey::Loaded(key), Some(engine), Some(es)) => engine
+                .sign_loaded_into(es, key, op.mech, &data, &mut s.mac, |sig| {
+                    // SAFETY: as above.
+                    unsafe { out_bytes(sig, out, out_len) }
+                })
+                .map_err(sign_err)??,
+            (OpKey::Remote(key), ..) => {
+                let sig = s
+                    .front
+                    .api()
+                    .sign(login.id, *key, op.mech, &data)
+                    .map_err(sign_err)?;
                 // SAFETY: as above.
-                unsafe { out_bytes(sig, out, out_len) }
-            })
-            .map_err(|e| match e {
-                HsmError::InvalidInput(_) => CKR_DATA_INVALID,
-                e => rv(&e),
-            })??;
+                unsafe { out_bytes(&sig, out, out_len)? }
+            }
+            _ => return Err(CKR_GENERAL_ERROR),
+        }
         Ok(false)
     })();
     match res {
@@ -246,9 +273,16 @@ pub(super) unsafe fn verify_with(
     if sig.len() != ferrohsm_core::mechanism::signature_len(op.spec, op.mech) {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
-    let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    let login = key_login(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     let data = op_data(&op.buffer, extra);
-    match s.hsm.verify_loaded(es, &op.key, op.mech, &data, sig) {
+    let verified = match (&op.key, s.front.engine(), &login.engine) {
+        (OpKey::Loaded(key), Some(engine), Some(es)) => {
+            engine.verify_loaded(es, key, op.mech, &data, sig)
+        }
+        (OpKey::Remote(key), ..) => s.front.api().verify(login.id, *key, op.mech, &data, sig),
+        _ => return Err(CKR_GENERAL_ERROR),
+    };
+    match verified {
         Ok(true) => Ok(()),
         Ok(false) => Err(CKR_SIGNATURE_INVALID),
         Err(HsmError::InvalidInput(_)) => Err(CKR_DATA_INVALID),
@@ -359,10 +393,33 @@ pub(super) unsafe fn cipher(
         if unsafe { ffi::length_only(need, out, out_len)? } {
             return Ok(true);
         }
-        let es = key_session(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let login = key_login(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         let encrypt_err = |e: HsmError| match e {
             HsmError::InvalidInput(_) => CKR_DATA_LEN_RANGE,
             e => rv(&e),
+        };
+        let decrypt_err = |e: HsmError| match e {
+            HsmError::Crypto(_) | HsmError::InvalidInput(_) => CKR_ENCRYPTED_DATA_INVALID,
+            e => rv(&e),
+        };
+        let (key, engine, es) = match (key, s.front.engine(), &login.engine) {
+            (OpKey::Loaded(key), Some(engine), Some(es)) => (key, engine, es),
+            (OpKey::Remote(key), ..) => {
+                let api = s.front.api();
+                // A plaintext is wiped once copied out.
+                let result = zeroize::Zeroizing::new(match k {
+                    Kind::Encrypt => api
+                        .encrypt(login.id, *key, mech, params, d)
+                        .map_err(encrypt_err)?,
+                    _ => api
+                        .decrypt(login.id, *key, mech, params, d)
+                        .map_err(decrypt_err)?,
+                });
+                // SAFETY: as below.
+                unsafe { out_bytes(&result, out, out_len)? };
+                return Ok(false);
+            }
+            _ => return Err(CKR_GENERAL_ERROR),
         };
         if (mech, k) == (Mechanism::AesGcm, Kind::Encrypt) {
             // Sealed where the caller wants it: one copy of the message, as a direct caller
@@ -370,10 +427,7 @@ pub(super) unsafe fn cipher(
             // SAFETY: length_only confirmed `out` holds at least `need` bytes; nothing else
             // touches it while `buf` lives.
             if let Some(buf) = unsafe { ffi::output_with(out, need, d) } {
-                return match s
-                    .hsm
-                    .encrypt_loaded_in_place(es, key, mech, params, buf, d.len())
-                {
+                return match engine.encrypt_loaded_in_place(es, key, mech, params, buf, d.len()) {
                     Ok(n) => {
                         // SAFETY: out_len is valid per contract (checked by length_only).
                         unsafe { ffi::put(out_len, n as CK_ULONG)? };
@@ -388,17 +442,12 @@ pub(super) unsafe fn cipher(
             }
         }
         let result = match k {
-            Kind::Encrypt => s
-                .hsm
+            Kind::Encrypt => engine
                 .encrypt_loaded(es, key, mech, params, d)
                 .map_err(encrypt_err)?,
-            _ => s
-                .hsm
+            _ => engine
                 .decrypt_loaded(es, key, mech, params, d)
-                .map_err(|e| match e {
-                    HsmError::Crypto(_) | HsmError::InvalidInput(_) => CKR_ENCRYPTED_DATA_INVALID,
-                    e => rv(&e),
-                })?
+                .map_err(decrypt_err)?
                 .expose()
                 .to_vec(),
         };

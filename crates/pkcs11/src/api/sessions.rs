@@ -18,7 +18,7 @@ pub unsafe fn C_OpenSession(
         if ph.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let (config, label, pooled) = with_module(|m| {
+        let (opener, label, pooled) = with_module(|m| {
             let (label, initialised) = token_brief(m, id)?;
             if !initialised {
                 return Err(CKR_TOKEN_NOT_RECOGNIZED);
@@ -26,14 +26,12 @@ pub unsafe fn C_OpenSession(
             if flags & CKF_RW_SESSION == 0 && m.logins.get(&id).is_some_and(|l| l.user == CKU_SO) {
                 return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
             }
-            let (pooled, config) = state::pooled_hsm(m)?;
-            Ok((config, label, pooled))
+            let (pooled, opener) = state::pooled_front(m)?;
+            Ok((opener, label, pooled))
         })?;
-        // Each session has its own handle on the store, so sessions run in parallel.
-        let hsm = match pooled {
-            Some(h) => h,
-            None => open_hsm(&config)?,
-        };
+        // Each session has its own handle on the store (or connection), so sessions run in
+        // parallel.
+        let front = state::take_front(pooled, &opener)?;
         let handle = with_module_mut(|m| {
             let h = m.next_handle;
             m.next_handle += 1;
@@ -41,7 +39,7 @@ pub unsafe fn C_OpenSession(
                 slot: id,
                 label,
                 flags,
-                hsm,
+                front,
                 find: None,
                 sign: None,
                 verify: None,
@@ -66,25 +64,42 @@ pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
     state::sessions_changed();
     let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
-    // Its session objects go with it.
-    if let Some(l) = m.logins.get(&slot) {
-        l.engine.drop_session_objects(h);
-    }
-    // Keep its engine handle for the next session, unless another thread still holds the
-    // session (it is then dropped with the last reference).
-    if let Ok(session) = Arc::try_unwrap(s) {
-        let session = session.into_inner().map_err(|_| CKR_GENERAL_ERROR)?;
-        state::pool_hsm(m, session.hsm)?;
-    }
-    // The last session of a token logs its user out.
     let others = m
         .sessions
         .values()
         .any(|x| x.lock().map(|x| x.slot == slot).unwrap_or(false));
-    if !others && m.logins.remove(&slot).is_some() {
+    // The last session of a token logs its user out.
+    let login = match others {
+        true => m.logins.get(&slot).cloned(),
+        false => m.logins.remove(&slot),
+    };
+    {
+        let mut session = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if let Some(l) = &login {
+            // Its session objects go with it (the login may have ended already: then they
+            // went with it).
+            let _ = session.api().drop_session_objects(l.id, h);
+            if !others {
+                end_login(&mut session, l);
+            }
+        }
+    }
+    if !others && login.is_some() {
         ferrohsm_core::login_memo::purge_expired();
     }
+    // Keep its front for the next session, unless another thread still holds the session
+    // (it is then dropped with the last reference).
+    if let Ok(session) = Arc::try_unwrap(s) {
+        let session = session.into_inner().map_err(|_| CKR_GENERAL_ERROR)?;
+        state::pool_front(m, session.front)?;
+    }
     Ok(())
+}
+
+/// Ends a login in the HSM (its keys are dropped there). One that already ended (zeroize, a
+/// server restart) is no error: the module forgets it either way.
+pub(super) fn end_login(s: &mut Session, login: &Login) {
+    let _ = s.api().logout(login.id);
 }
 
 pub unsafe fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
@@ -102,7 +117,6 @@ pub unsafe fn C_CloseAllSessions(id: CK_SLOT_ID) -> CK_RV {
         for h in hs {
             close(m, h)?;
         }
-        m.logins.remove(&id);
         Ok(())
     }))
 }
@@ -151,8 +165,8 @@ pub unsafe fn C_Login(
             });
         }
         // The module lock first, never while a session is locked (see `state::MODULE`).
-        let (ped_dir, (pooled, config)) =
-            with_module(|m| Ok((m.config.ped_dir.clone(), state::pooled_hsm(m)?)))?;
+        let (pooled, opener) = with_module(state::pooled_front)?;
+        let ped_dir = opener.config.ped_dir.clone();
         let (slot, label) = {
             let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
             (s.slot, s.label.clone())
@@ -177,54 +191,65 @@ pub unsafe fn C_Login(
                 e
             }
         })?;
-        // The PIN derivation runs on an engine handle of its own, holding no lock: the
-        // session stays free for the module's visits (other logins, logouts, closes).
-        let mut hsm = match pooled {
-            Some(h) => h,
-            None => state::open_hsm(&config)?,
-        };
-        let engine = (|| {
-            let mode = hsm
-                .auth_mode()
-                .map_err(|e| rv(&e))?
-                .ok_or(CKR_DEVICE_ERROR)?;
-            let result = match (mode, pin, role) {
-                (AuthMode::Password, Some(p), _) => {
-                    hsm.login(role, Some(&label), Credential::Secret(p))
-                }
+        // The PIN derivation runs on a front of its own, holding no lock: the session stays
+        // free for the module's visits (other logins, logouts, closes).
+        let mut front = state::take_front(pooled, &opener)?;
+        let made = (|| {
+            let api = front.api();
+            let info = api.info().map_err(|e| rv(&e))?;
+            let mode = info.auth_mode.ok_or(CKR_DEVICE_ERROR)?;
+            let credential = match (mode, pin, role) {
+                (AuthMode::Password, Some(p), _) => LoginCredential::Secret(p),
                 (AuthMode::Password, None, _) => return Err(CKR_ARGUMENTS_BAD),
                 // An activated Crypto Officer or User: the challenge secret as PIN.
                 (AuthMode::Ped, Some(p), Role::CryptoOfficer | Role::CryptoUser) => {
-                    hsm.login(role, Some(&label), Credential::Secret(p))
+                    LoginCredential::Secret(p)
                 }
-                // Otherwise the PED: the role's key files in the configured PED directory.
+                // Otherwise the PED: the role's key files in the configured PED directory,
+                // presented to the HSM, which checks them.
                 (AuthMode::Ped, _, _) => {
                     let prefix = ferrohsm_core::ped::default_key_prefix(
-                        hsm.serial(),
+                        &info.serial,
                         Some(&label),
                         role.short(),
                     );
                     let keys = ferrohsm_core::ped::default_keys(&ped_dir, &prefix);
+                    if keys.is_empty() {
+                        state::log(
+                            opener.config.log.as_deref(),
+                            &format!("no PED keys for {prefix} in {}", ped_dir.display()),
+                        );
+                        return Err(CKR_PIN_INCORRECT);
+                    }
                     let pin = std::env::var("FERROHSM_PED_PIN")
                         .ok()
                         .and_then(|p| Pin::ped_pin(&p).ok());
-                    let mut ped = LocalPed::new(PedAnswers {
-                        keys,
-                        pin,
-                        ..Default::default()
-                    });
-                    hsm.login(role, Some(&label), Credential::Ped(&mut ped))
+                    LoginCredential::ped_key_files(&keys, pin).map_err(|e| rv(&e))?
                 }
             };
-            result.map_err(|e| match e {
-                HsmError::State(_) if role == Role::CryptoOfficer => CKR_USER_PIN_NOT_INITIALIZED,
-                HsmError::Refused(_) | HsmError::InvalidInput(_) => CKR_PIN_INCORRECT,
-                e => rv(&e),
-            })
+            let id = api
+                .login(role, Some(&label), credential)
+                .map_err(|e| match e {
+                    HsmError::State(_) if role == Role::CryptoOfficer => {
+                        CKR_USER_PIN_NOT_INITIALIZED
+                    }
+                    HsmError::Refused(_) | HsmError::InvalidInput(_) => CKR_PIN_INCORRECT,
+                    e => rv(&e),
+                })?;
+            let engine = match &front {
+                Front::Embedded(e) => Some(e.engine_session(id).map_err(|e| rv(&e))?),
+                Front::Remote(_) => None,
+            };
+            Ok(Login { user, id, engine })
         })();
-        with_module(|m| state::pool_hsm(m, hsm))?;
-        let engine = engine?;
-        with_module_mut(|m| {
+        let login = match made {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                with_module(|m| state::pool_front(m, front))?;
+                return Err(e);
+            }
+        };
+        let landed = with_module_mut(|m| {
             // The session may have been closed while the PIN was checked (it is not locked
             // meanwhile): a login with no session would outlive the rule that the last
             // session's close logs out.
@@ -239,14 +264,18 @@ pub unsafe fn C_Login(
                     CKR_USER_ANOTHER_ALREADY_LOGGED_IN
                 });
             }
-            let login = Arc::new(Login { user, engine });
             state::share_login(m, slot, Some(&login))?;
-            m.logins.insert(slot, login);
+            m.logins.insert(slot, login.clone());
             Ok(())
-        })
+        });
+        if landed.is_err() {
+            // Not kept: it must not stay live in the HSM either.
+            let _ = front.api().logout(login.id);
+        }
+        with_module(|m| state::pool_front(m, front))?;
+        landed
     })())
 }
-
 pub unsafe fn C_LoginUser(
     h: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
@@ -266,6 +295,8 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
         let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
         with_module_mut(|m| {
             let login = m.logins.remove(&slot).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+            // The HSM drops the login's keys and session objects now.
+            end_login(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login);
             // Operations in progress hold their keys: end them, so that the login's keys
             // (and its key cache, dropped with `login`) leave memory now.
             for x in m.sessions.values() {

@@ -14,25 +14,30 @@ pub(super) struct Slot {
 
 pub(super) fn hsm_info(m: &Module) -> Rv<Option<HsmInfo>> {
     let mut control = m.control.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-    // The cached handle may be stale (another process re-initialised or zeroized the HSM):
-    // on failure, try once more with a fresh one.
+    // The kept front may be stale (another process re-initialised or zeroized the HSM, the
+    // server restarted): on failure, try once more with a fresh one.
     for attempt in 0..2 {
         if control.is_none() {
-            match open_hsm(&m.config) {
-                Ok(h) => *control = Some(h),
+            if let state::Target::Embedded(dir) = &m.config().target {
                 // No HSM at the configured place: no slots, not an error.
-                Err(CKR_DEVICE_ERROR) if !m.config.data_dir.join("hsm.db").exists() => {
-                    return Ok(None)
+                if !dir.join("hsm.db").exists() {
+                    return Ok(None);
                 }
+            }
+            match m.opener.open() {
+                Ok(f) => *control = Some(f),
+                // No server answers: no slots (the log says where the module looked).
+                Err(_) if matches!(m.config().target, state::Target::Server(_)) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
-        let h = control.as_mut().ok_or(CKR_GENERAL_ERROR)?;
-        match h.info() {
+        let f = control.as_mut().ok_or(CKR_GENERAL_ERROR)?;
+        match f.api().info() {
             Ok(i) => return Ok(Some(i)),
             Err(e) => {
                 *control = None;
                 if attempt == 1 {
+                    m.log(&format!("cannot read the HSM ({}): {e}", m.config().target));
                     return Err(rv(&e));
                 }
             }
@@ -77,7 +82,9 @@ pub(super) fn slots(m: &Module) -> Rv<Vec<Slot>> {
 pub(super) fn token_brief(m: &Module, id: CK_SLOT_ID) -> Rv<(String, bool)> {
     let generation = {
         let mut control = m.control.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        control.as_mut().and_then(|h| h.state_generation().ok())
+        control
+            .as_mut()
+            .and_then(|f| f.api().state_generation().ok())
     };
     if let Some(g) = generation {
         let tokens = m.tokens.lock().map_err(|_| CKR_GENERAL_ERROR)?;
@@ -301,26 +308,23 @@ pub unsafe fn C_InitToken(
             .map_err(|_| CKR_ARGUMENTS_BAD)?
             .trim_end_matches([' ', '\0'])
             .to_string();
-        let mut hsm = open_hsm(&m.config)?;
-        match s.partition {
-            None => {
-                if label.is_empty() {
-                    return Err(CKR_ARGUMENTS_BAD);
-                }
-                hsm.init_token(&label, so_pin).map_err(|e| rv(&e))?;
-            }
-            Some(p) => {
-                // Re-initialisation: the SO PIN must be the current one; every key is destroyed.
-                hsm.init_partition(
-                    &p.label,
-                    NewSecret::Password(so_pin.clone()),
-                    ferrohsm_core::DomainChoice::Hsm,
-                    Some(Credential::Secret(so_pin)),
-                )
-                .map_err(|e| rv(&e))?;
-            }
-        }
-        Ok(())
+        let (pooled, opener) = state::pooled_front(m)?;
+        let mut front = state::take_front(pooled, &opener)?;
+        let done = match s.partition {
+            None if label.is_empty() => Err(CKR_ARGUMENTS_BAD),
+            None => front
+                .api()
+                .init_token(&label, so_pin)
+                .map(drop)
+                .map_err(|e| rv(&e)),
+            // Re-initialisation: the SO PIN must be the current one; every key is destroyed.
+            Some(p) => front
+                .api()
+                .reinit_token(&p.label, so_pin)
+                .map_err(|e| rv(&e)),
+        };
+        state::pool_front(m, front)?;
+        done
     }))
 }
 
@@ -345,7 +349,7 @@ pub unsafe fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULO
             return Err(CKR_SESSION_READ_ONLY);
         }
         let label = s.label.clone();
-        let info = s.hsm.info().map_err(|e| rv(&e))?;
+        let info = s.api().info().map_err(|e| rv(&e))?;
         let p = info
             .partitions
             .iter()
@@ -361,15 +365,9 @@ pub unsafe fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULO
         }
         // SAFETY: pin_arg checks for NULL and reads `len` bytes.
         let pin = unsafe { pin_arg(pin, len)? }.ok_or(CKR_PIN_INVALID)?;
-        s.hsm
-            .init_role(
-                &login.engine,
-                Role::CryptoOfficer,
-                NewSecret::Password(pin),
-                false,
-            )
-            .map_err(|e| rv(&e))?;
-        Ok(())
+        s.api()
+            .init_crypto_officer(login.id, pin)
+            .map_err(|e| rv(&e))
     })())
 }
 
@@ -399,13 +397,8 @@ pub unsafe fn C_SetPIN(
         };
         let label = s.label.clone();
         // The old PIN is checked (and counted) like any login.
-        let es = s
-            .hsm
-            .login(role, Some(&label), Credential::Secret(old))
-            .map_err(|e| rv(&e))?;
-        s.hsm
-            .change_secret(&es, NewSecret::Password(new))
-            .map_err(|e| rv(&e))?;
-        Ok(())
+        s.api()
+            .change_password(role, &label, old, new)
+            .map_err(|e| rv(&e))
     })())
 }

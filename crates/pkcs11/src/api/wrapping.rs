@@ -39,7 +39,7 @@ pub unsafe fn C_WrapKey(
             e => rv(&e),
         };
         let need = s
-            .hsm
+            .api()
             .wrapped_key_len(es, wrapping, mech, key)
             .map_err(map)?;
         // SAFETY: out/out_len validity per contract; checked inside.
@@ -47,7 +47,7 @@ pub unsafe fn C_WrapKey(
             return Ok(());
         }
         let wrapped = s
-            .hsm
+            .api()
             .wrap_key(es, wrapping, mech, &params, key)
             .map_err(map)?;
         // SAFETY: as above.
@@ -162,9 +162,19 @@ pub unsafe fn C_UnwrapKey(
             _ => spec,
         };
         let handle = s
-            .hsm
+            .api()
             .unwrap_key(
-                es, unwrapping, mech, &params, &data, class, spec, &opts, &ktpl,
+                es,
+                ferrohsm_core::api::Unwrap {
+                    unwrapper: unwrapping,
+                    mech,
+                    params: &params,
+                    wrapped: &data,
+                    class,
+                    spec,
+                    opts: &opts,
+                    tpl: &ktpl,
+                },
             )
             .map_err(map)?;
         // SAFETY: non-NULL per check.

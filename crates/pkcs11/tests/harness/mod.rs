@@ -1,0 +1,171 @@
+//! How the `cryptoki` tests reach the HSM: the module over the data directory in the test's
+//! own process (embedded), or the module against a real `ferrohsm server` process serving
+//! that directory over its Unix socket. Most tests run both ways ([`both_ways!`]).
+
+use std::cell::Cell;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which way a test reaches the HSM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The engine inside the module (no boundary).
+    Embedded,
+    /// A `ferrohsm server` process; the module holds no key and opens no file of the HSM.
+    Server,
+}
+
+thread_local! {
+    static TRANSPORT: Cell<Transport> = const { Cell::new(Transport::Embedded) };
+}
+
+/// The transport of the test running on this thread.
+pub fn transport() -> Transport {
+    TRANSPORT.with(Cell::get)
+}
+
+/// Runs a test body with `t` as its transport.
+pub fn run_with(t: Transport, body: fn()) {
+    TRANSPORT.with(|c| c.set(t));
+    body();
+}
+
+/// Each named test body runs twice: `NAME::embedded` and `NAME::server`.
+#[macro_export]
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn embedded() {
+                    super::harness::run_with(super::harness::Transport::Embedded, super::$name)
+                }
+                #[test]
+                fn server() {
+                    super::harness::run_with(super::harness::Transport::Server, super::$name)
+                }
+            }
+        )*
+    };
+}
+
+/// The module this test run built. `cargo test` leaves the cdylib beside the test binary in
+/// `deps/` (it copies it up to `target/<profile>/` only on `cargo build`, where a stale one
+/// may lie), so the copy in `deps/` comes first.
+pub fn module_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let fresh = deps.join("libferrohsm_pkcs11.so");
+    if fresh.exists() {
+        return fresh;
+    }
+    deps.parent().unwrap().join("libferrohsm_pkcs11.so")
+}
+
+/// The `ferrohsm` binary of this build (`cargo test --workspace` builds it for the CLI's
+/// tests).
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let bin = deps.parent().unwrap().join("ferrohsm");
+    assert!(
+        bin.exists(),
+        "{} is missing: the server-mode tests run the real server; build it first \
+         (cargo build -p ferrohsm-cli, or run cargo test --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `ferrohsm server` (killed, if still running, when dropped).
+pub struct ServerProcess {
+    child: Child,
+    log: PathBuf,
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+impl ServerProcess {
+    /// What it logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a server over `data`, listening on `socket`; returns once it answers.
+pub fn start_server(data: &Path, socket: &Path) -> ServerProcess {
+    // The server refuses a directory other users could read.
+    for entry in std::iter::once(data.to_path_buf())
+        .chain(std::fs::read_dir(data).unwrap().map(|e| e.unwrap().path()))
+    {
+        let mode = if entry.is_dir() { 0o700 } else { 0o600 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let dir = data.parent().unwrap();
+    let conf = dir.join("server.toml");
+    std::fs::write(
+        &conf,
+        format!("data_dir = {data:?}\nsocket = {socket:?}\nlog = \"debug\"\n"),
+    )
+    .unwrap();
+    let log = dir.join("server.log");
+    let child = Command::new(server_binary())
+        .args(["server", "--config"])
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut s = ServerProcess {
+        child,
+        log,
+        socket: socket.to_path_buf(),
+    };
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            panic!("the server exited ({st}): {}", s.log_text());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server never listened: {}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s
+}
+
+/// Points the module (through the environment it reads at `C_Initialize`) at the HSM in
+/// `data`: directly when embedded; through a server started here otherwise.
+pub fn reach(data: &Path) -> Option<ServerProcess> {
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    match transport() {
+        Transport::Embedded => {
+            std::env::remove_var("FERROHSM_SERVER");
+            std::env::set_var("FERROHSM_HOME", data);
+            None
+        }
+        Transport::Server => {
+            let server = start_server(data, &data.parent().unwrap().join("ferrohsm.sock"));
+            std::env::remove_var("FERROHSM_HOME");
+            std::env::set_var("FERROHSM_SERVER", &server.socket);
+            Some(server)
+        }
+    }
+}
