@@ -493,6 +493,10 @@ impl HsmApi for Remote {
         }
     }
 
+    fn check_login(&mut self, login: LoginId) -> Result<()> {
+        done(self.call(Call::CheckLogin(v1::Logout { login }))?)
+    }
+
     fn logout(&mut self, login: LoginId) -> Result<()> {
         done(self.call(Call::Logout(v1::Logout { login }))?)
     }

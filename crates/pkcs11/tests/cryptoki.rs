@@ -14,7 +14,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use ferrohsm_core::hsm::InitOptions;
 use ferrohsm_core::secret::Pin;
-use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
+use ferrohsm_core::{AuthMode, Hsm, NewSecret};
 
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -72,32 +72,9 @@ fn fixture() -> Fixture {
 fn fixture_with(init_token: bool) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut hsm = Hsm::open_or_create(&data).unwrap();
-    hsm.init(InitOptions {
-        label: "p11".into(),
-        mode: AuthMode::Password,
-        so: NewSecret::Password(Pin::password("hsm-so-pw").unwrap()),
-        domain: NewSecret::Password(Pin::password("domain-pw").unwrap()),
-        current_so: None,
-        confirm_destroy: vec![],
-    })
-    .unwrap();
-    // Plain PKCS#11 set-ups: the HSM SO lets C_InitToken create partitions.
-    let so = hsm
-        .login(
-            Role::HsmSo,
-            None,
-            Credential::Secret(Pin::password("hsm-so-pw").unwrap()),
-        )
-        .unwrap();
-    if init_token {
-        hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
-    }
-    drop(hsm);
+    harness::password_hsm(&data, init_token);
     let server = harness::reach(&data);
-    let p11 = Pkcs11::new(module_path()).unwrap();
-    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
+    let p11 = harness::load_module();
     Fixture {
         _server: server,
         _tmp: tmp,

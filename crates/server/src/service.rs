@@ -52,6 +52,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::WrapKey(_)) => "wrap-key",
         Some(Call::UnwrapKey(_)) => "unwrap-key",
         Some(Call::DeriveEcdh(_)) => "derive-ecdh",
+        Some(Call::CheckLogin(_)) => "check-login",
     }
 }
 
@@ -161,6 +162,10 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             let credential = convert::credential_from_wire(l.credential)?;
             let login = api.login(role, l.partition.as_deref(), credential)?;
             Reply::Login(v1::LoginReply { login })
+        }
+        Call::CheckLogin(l) => {
+            api.check_login(l.login)?;
+            done()
         }
         Call::Logout(l) => {
             api.logout(l.login)?;

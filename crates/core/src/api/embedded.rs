@@ -421,6 +421,10 @@ impl HsmApi for Embedded {
         Ok(self.logins.insert(self.owner, s))
     }
 
+    fn check_login(&mut self, login: LoginId) -> Result<()> {
+        self.session(login).map(drop)
+    }
+
     fn logout(&mut self, login: LoginId) -> Result<()> {
         self.session(login)?;
         self.logins.map().logins.remove(&login);

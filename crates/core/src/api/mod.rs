@@ -148,6 +148,9 @@ pub trait HsmApi {
         partition: Option<&str>,
         credential: LoginCredential,
     ) -> Result<LoginId>;
+    /// `Ok` while the login lives; [`crate::HsmError::NotLoggedIn`] once it ended (logout,
+    /// zeroize, tamper, a restart of the server), so that a front end may forget it.
+    fn check_login(&mut self, login: LoginId) -> Result<()>;
     /// Ends a login; its keys are dropped.
     fn logout(&mut self, login: LoginId) -> Result<()>;
     /// Generates a key in the login's partition (Crypto Officer); returns the handles made

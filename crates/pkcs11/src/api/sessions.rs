@@ -96,6 +96,33 @@ pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     Ok(())
 }
 
+/// Forgets a login the HSM has ended, on every session of its token (if it is still the
+/// token's login).
+fn forget_login(h: CK_SESSION_HANDLE, ended: &Arc<Login>) -> Rv {
+    let (s, _) = state::session(h)?;
+    let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    with_module_mut(|m| {
+        if m.logins.get(&slot).is_some_and(|l| Arc::ptr_eq(l, ended)) {
+            m.logins.remove(&slot);
+            clear_login(m, slot)?;
+        }
+        Ok(())
+    })
+}
+
+/// Takes a token's login from its sessions. Operations in progress hold their keys: they
+/// end, so that the login's keys (and, embedded, its key cache) leave memory now.
+fn clear_login(m: &Module, slot: CK_SLOT_ID) -> Rv {
+    for x in m.sessions.values() {
+        let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        if x.slot == slot {
+            x.end_key_operations();
+            x.login = None;
+        }
+    }
+    Ok(())
+}
+
 /// Ends a login in the HSM (its keys are dropped there). One that already ended (zeroize, a
 /// server restart) is no error: the module forgets it either way.
 pub(super) fn end_login(s: &mut Session, login: &Login) {
@@ -158,11 +185,23 @@ pub unsafe fn C_Login(
         let role = role_of(user)?;
         let (s, login) = state::session(h)?;
         if let Some(l) = login {
-            return Err(if l.user == user {
-                CKR_USER_ALREADY_LOGGED_IN
-            } else {
-                CKR_USER_ANOTHER_ALREADY_LOGGED_IN
-            });
+            // A login the HSM ended (zeroize, tamper, a server restart) is forgotten here
+            // too, so that the application can log in again; a live one stays.
+            let alive = s
+                .lock()
+                .map_err(|_| CKR_GENERAL_ERROR)?
+                .api()
+                .check_login(l.id);
+            match alive {
+                Err(HsmError::NotLoggedIn(_)) => forget_login(h, &l)?,
+                _ => {
+                    return Err(if l.user == user {
+                        CKR_USER_ALREADY_LOGGED_IN
+                    } else {
+                        CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+                    })
+                }
+            }
         }
         // The module lock first, never while a session is locked (see `state::MODULE`).
         let (pooled, opener) = with_module(state::pooled_front)?;
@@ -297,15 +336,7 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
             let login = m.logins.remove(&slot).ok_or(CKR_USER_NOT_LOGGED_IN)?;
             // The HSM drops the login's keys and session objects now.
             end_login(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login);
-            // Operations in progress hold their keys: end them, so that the login's keys
-            // (and its key cache, dropped with `login`) leave memory now.
-            for x in m.sessions.values() {
-                let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-                if x.slot == slot {
-                    x.end_key_operations();
-                    x.login = None;
-                }
-            }
+            clear_login(m, slot)?;
             drop(login);
             ferrohsm_core::login_memo::purge_expired();
             Ok(())

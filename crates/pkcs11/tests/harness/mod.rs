@@ -1,12 +1,56 @@
 //! How the `cryptoki` tests reach the HSM: the module over the data directory in the test's
 //! own process (embedded), or the module against a real `ferrohsm server` process serving
 //! that directory over its Unix socket. Most tests run both ways ([`both_ways!`]).
+// Shared by several test binaries, each of which uses part of it.
+#![allow(dead_code)]
 
 use std::cell::Cell;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use ferrohsm_core::hsm::InitOptions;
+use ferrohsm_core::secret::Pin;
+use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
+
+/// The HSM SO's password of [`password_hsm`].
+pub const HSM_SO_PW: &str = "hsm-so-pw";
+
+/// Makes a password-authenticated HSM with nothing in it in `data`; with `init_token`, its
+/// HSM SO lets `C_InitToken` create partitions (plain PKCS#11 set-ups).
+pub fn password_hsm(data: &Path, init_token: bool) {
+    let mut hsm = Hsm::open_or_create(data).unwrap();
+    hsm.init(InitOptions {
+        label: "p11".into(),
+        mode: AuthMode::Password,
+        so: NewSecret::Password(Pin::password(HSM_SO_PW).unwrap()),
+        domain: NewSecret::Password(Pin::password("domain-pw").unwrap()),
+        current_so: None,
+        confirm_destroy: vec![],
+    })
+    .unwrap();
+    if init_token {
+        let so = hsm
+            .login(
+                Role::HsmSo,
+                None,
+                Credential::Secret(Pin::password(HSM_SO_PW).unwrap()),
+            )
+            .unwrap();
+        hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
+    }
+}
+
+/// Loads and initialises the module as an application would (it reads its configuration
+/// from the environment [`reach`] set).
+pub fn load_module() -> Pkcs11 {
+    let p11 = Pkcs11::new(module_path()).unwrap();
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    p11
+}
 
 /// Which way a test reaches the HSM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +110,7 @@ pub fn module_path() -> PathBuf {
 
 /// The `ferrohsm` binary of this build (`cargo test --workspace` builds it for the CLI's
 /// tests).
-fn server_binary() -> PathBuf {
+pub fn server_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
     let bin = deps.parent().unwrap().join("ferrohsm");
@@ -161,11 +205,15 @@ pub fn reach(data: &Path) -> Option<ServerProcess> {
             std::env::set_var("FERROHSM_HOME", data);
             None
         }
-        Transport::Server => {
-            let server = start_server(data, &data.parent().unwrap().join("ferrohsm.sock"));
-            std::env::remove_var("FERROHSM_HOME");
-            std::env::set_var("FERROHSM_SERVER", &server.socket);
-            Some(server)
-        }
+        Transport::Server => Some(serve(data)),
     }
+}
+
+/// Starts a server over `data` (socket `ferrohsm.sock` beside it) and points the module at it.
+pub fn serve(data: &Path) -> ServerProcess {
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let server = start_server(data, &data.parent().unwrap().join("ferrohsm.sock"));
+    std::env::remove_var("FERROHSM_HOME");
+    std::env::set_var("FERROHSM_SERVER", &server.socket);
+    server
 }
