@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod module_transport;
 mod transport;
 
 use std::path::PathBuf;
@@ -73,6 +74,12 @@ struct Args {
     /// this one: build the workspace).
     #[arg(long)]
     transport: bool,
+    /// Instead of the usual rows: the PKCS#11 module against a `ferrohsm server` over its Unix
+    /// socket beside the embedded module, SoftHSMv2 and raw aws-lc-rs, at 1, 2 and 8
+    /// threads, with a bare socket echo as the floor (needs the `ferrohsm` binary beside
+    /// this one).
+    #[arg(long)]
+    module_transport: bool,
 }
 
 /// Labels of the objects the C_FindObjects rows look up.
@@ -712,24 +719,10 @@ fn rows(only: &Option<String>) -> Vec<Row> {
         .collect()
 }
 
-fn main() {
-    let args = Args::parse();
-    if let (Some(mode), Some(data)) = (&args.set_key_use, &args.data) {
-        set_key_use_here(data, mode);
-        return;
-    }
-    if let (Some(count), Some(data)) = (args.populate, &args.data) {
-        populate_here(data, args.from, count);
-        return;
-    }
-    if args.transport {
-        transport::run(args.seconds, args.rounds, &args.only);
-        return;
-    }
-    // Each module gets a fresh, temporary home that touches no real token.
-    let tmp = tempfile::tempdir().expect("tmp");
-    let fdata = tmp.path().join("ferrohsm");
-    let mut hsm = ferrohsm_core::Hsm::open_or_create(&fdata).expect("ferrohsm data dir");
+/// A password HSM in `fdata` with an Auditor, whose HSM SO lets C_InitToken make the bench's
+/// tokens.
+fn make_home(fdata: &std::path::Path) {
+    let mut hsm = ferrohsm_core::Hsm::open_or_create(fdata).expect("ferrohsm data dir");
     hsm.init(ferrohsm_core::InitOptions {
         label: "bench".into(),
         mode: ferrohsm_core::AuthMode::Password,
@@ -762,9 +755,11 @@ fn main() {
         .expect("HSM SO");
     hsm.set_hsm_policy(&so, "init-token", "on")
         .expect("init-token policy");
-    drop(hsm);
-    std::env::set_var("FERROHSM_HOME", &fdata);
-    let sdir = tmp.path().join("softhsm");
+}
+
+/// SoftHSMv2's configuration: a token directory under `dir`.
+fn softhsm_home(dir: &std::path::Path) {
+    let sdir = dir.join("softhsm");
     std::fs::create_dir_all(sdir.join("tokens")).expect("softhsm dir");
     let conf = sdir.join("softhsm2.conf");
     std::fs::write(
@@ -776,6 +771,32 @@ fn main() {
     )
     .expect("conf");
     std::env::set_var("SOFTHSM2_CONF", &conf);
+}
+
+fn main() {
+    let args = Args::parse();
+    if let (Some(mode), Some(data)) = (&args.set_key_use, &args.data) {
+        set_key_use_here(data, mode);
+        return;
+    }
+    if let (Some(count), Some(data)) = (args.populate, &args.data) {
+        populate_here(data, args.from, count);
+        return;
+    }
+    if args.transport {
+        transport::run(args.seconds, args.rounds, &args.only);
+        return;
+    }
+    if args.module_transport {
+        module_transport::run(&args);
+        return;
+    }
+    // Each module gets a fresh, temporary home that touches no real token.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fdata = tmp.path().join("ferrohsm");
+    make_home(&fdata);
+    std::env::set_var("FERROHSM_HOME", &fdata);
+    softhsm_home(tmp.path());
 
     let ferro = token("ferrohsm", load(&args.module));
     let soft = token("SoftHSMv2", load(&args.softhsm));

@@ -150,7 +150,7 @@ fn ops() -> Vec<(&'static str, Op)> {
 }
 
 /// A bare echo server: reads a length-prefixed frame, writes it back.
-fn echo_server(path: &Path) {
+pub(crate) fn echo_server(path: &Path) {
     let l = UnixListener::bind(path).expect("echo socket");
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
@@ -177,13 +177,13 @@ fn echo_server(path: &Path) {
     });
 }
 
-fn echo_once(s: &mut UnixStream, frame: &[u8], back: &mut [u8]) {
+pub(crate) fn echo_once(s: &mut UnixStream, frame: &[u8], back: &mut [u8]) {
     s.write_all(frame).expect("echo write");
     s.read_exact(back).expect("echo read");
 }
 
 /// Latency samples (µs) of `f`, run for `secs` in this thread.
-fn latencies(secs: f64, mut f: impl FnMut(u64)) -> Vec<f64> {
+pub(crate) fn latencies(secs: f64, mut f: impl FnMut(u64)) -> Vec<f64> {
     let mut v = Vec::new();
     let t0 = Instant::now();
     let mut n = 0u64;
@@ -196,12 +196,12 @@ fn latencies(secs: f64, mut f: impl FnMut(u64)) -> Vec<f64> {
     v
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct ServerProcess(std::process::Child);
+pub(crate) struct ServerProcess(std::process::Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -210,7 +210,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(tmp: &Path, data: &Path) -> (ServerProcess, PathBuf) {
+pub(crate) fn start_server(tmp: &Path, data: &Path) -> (ServerProcess, PathBuf) {
     let bin = std::env::current_exe()
         .expect("own path")
         .with_file_name("ferrohsm");

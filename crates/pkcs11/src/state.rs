@@ -258,6 +258,10 @@ pub struct Session {
     /// The key this session last used, found again without the login's shared key cache
     /// (cleared whenever the login changes, so no key outlives its login here).
     pub key_memo: KeyMemo,
+    /// Through a server: the attributes of the key this session last began an operation
+    /// with, so that beginning another needs no round trip (cleared with `key_memo`). Only
+    /// the module's own checks read it; the server checks the key again at every use.
+    pub remote_memo: Option<(u64, ferrohsm_core::object::Attributes)>,
     /// The HMAC context of the last key it MACed with (keyed state: cleared with the memo).
     pub mac: ferrohsm_core::mechanism::MacSlot,
 }
@@ -277,6 +281,7 @@ impl Session {
         self.decrypt = None;
         self.find = None;
         self.key_memo.clear();
+        self.remote_memo = None;
         self.mac.clear();
     }
 }
@@ -462,6 +467,7 @@ pub fn share_login(m: &Module, slot: CK_SLOT_ID, login: Option<&Arc<Login>>) -> 
         if x.slot == slot {
             x.login = login.cloned();
             x.key_memo.clear();
+            x.remote_memo = None;
             x.mac.clear();
         }
     }

@@ -172,6 +172,7 @@ pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK
         may_change(&s, !ferrohsm_core::object::is_session_handle(obj))?;
         object(&mut s, &login, obj)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        s.remote_memo = None;
         s.api().destroy_object(es, obj).map_err(|e| rv(&e))
     })())
 }

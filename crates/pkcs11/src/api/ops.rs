@@ -50,14 +50,18 @@ pub(super) unsafe fn op_init(
             let a = loaded.info.attrs.clone();
             (OpKey::Loaded(loaded), a)
         }
-        _ => {
-            let (id, label) = (login.id, s.label.clone());
-            let info = s
-                .api()
-                .object_info(Some(id), &label, key)
-                .map_err(key_err)?;
-            (OpKey::Remote(key), info.attrs)
-        }
+        _ => match &s.remote_memo {
+            Some((h, a)) if *h == key => (OpKey::Remote(key), a.clone()),
+            _ => {
+                let (id, label) = (login.id, s.label.clone());
+                let info = s
+                    .api()
+                    .object_info(Some(id), &label, key)
+                    .map_err(key_err)?;
+                s.remote_memo = Some((key, info.attrs.clone()));
+                (OpKey::Remote(key), info.attrs)
+            }
+        },
     };
     let Some(spec) = a.spec else {
         return Err(CKR_KEY_HANDLE_INVALID);

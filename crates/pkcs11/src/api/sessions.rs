@@ -49,6 +49,7 @@ pub unsafe fn C_OpenSession(
                 // The token's login as it is now (C_Login and C_Logout keep it current).
                 login: m.logins.get(&id).cloned(),
                 key_memo: Default::default(),
+                remote_memo: None,
                 mac: Default::default(),
             };
             m.sessions.insert(h, Arc::new(Mutex::new(session)));
