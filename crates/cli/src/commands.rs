@@ -85,6 +85,15 @@ pub fn run(cli: Cli) -> R<u8> {
         json,
         cmd,
     } = cli;
+    // No directory and no server named: the local server, if one answers on its socket.
+    let server = server.or_else(|| {
+        let local = Path::new(ferrohsm_client::DEFAULT_SOCKET);
+        (data_dir.is_none()
+            && !matches!(cmd, Cmd::Server(_) | Cmd::Demo { .. })
+            && std::os::unix::net::UnixStream::connect(local).is_ok())
+        .then(|| local.to_path_buf())
+    });
+    let data_dir = data_dir.unwrap_or_else(|| "ferrohsm-data".into());
     match cmd {
         Cmd::Demo { dir } => crate::demo::run(dir),
         Cmd::Server(a) => crate::serve::run(a, &data_dir),
@@ -196,18 +205,7 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             ))
         }
         HsmCmd::Show => {
-            // Through a server, the API's summary; on the directory, everything.
-            if server.is_some() || ferrohsm_core::dir_lock::served_by(dir).is_some() {
-                let summary = crate::front::open(dir, server)?.summary()?;
-                if json {
-                    output::json(&summary)
-                } else {
-                    output::summary(&summary)
-                }
-                return Ok(exit::OK);
-            }
-            let mut hsm = Hsm::open(dir)?;
-            let info = hsm.info()?;
+            let info = crate::front::open(dir, server)?.info()?;
             if json {
                 output::json(&info)
             } else {

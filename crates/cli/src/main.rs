@@ -52,15 +52,10 @@ Example, a whole HSM from nothing:
 #[derive(Parser, Debug)]
 #[command(name = "ferrohsm", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The HSM's data directory.
-    #[arg(
-        long,
-        global = true,
-        env = "FERROHSM_HOME",
-        default_value = "ferrohsm-data",
-        value_name = "DIR"
-    )]
-    pub data_dir: PathBuf,
+    /// The HSM's data directory (default ./ferrohsm-data). Without it (and without
+    /// --server), commands go through the local server's socket when one answers there.
+    #[arg(long, global = true, env = "FERROHSM_HOME", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Where PED key files are written and looked for by default.
     #[arg(
         long,
@@ -70,8 +65,10 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub ped_dir: PathBuf,
-    /// The server to talk to (its Unix socket). Without it, the CLI goes through the server
-    /// that holds the data directory, if one does, and opens the directory itself otherwise.
+    /// The server to talk to (its Unix socket). Without it, the CLI goes through the local
+    /// server (/run/ferrohsm/ferrohsm.sock) when no data directory is named and one answers
+    /// there, else through the server that holds the data directory, else it opens the
+    /// directory itself.
     #[arg(long, global = true, env = "FERROHSM_SERVER", value_name = "SOCKET")]
     pub server: Option<PathBuf>,
     /// Machine-readable output (JSON) for show and list commands.

@@ -55,34 +55,6 @@ pub fn partition(p: &PartitionInfo) {
     println!("  policy:   {}", pol.join(" "));
 }
 
-/// The device as the HSM API shows it (through a server).
-pub fn summary(s: &ferrohsm_core::api::Summary) {
-    println!("HSM {}", s.serial);
-    println!("  state:      {}", s.state);
-    if let Some(t) = &s.tamper {
-        println!("  TAMPER:     {t}");
-    }
-    if let Some(l) = &s.label {
-        println!("  label:      {l}");
-    }
-    if let Some(m) = &s.auth_mode {
-        println!("  auth:       {m}");
-    }
-    for p in &s.partitions {
-        println!(
-            "  partition {:>4}  {:<20} {}",
-            p.id,
-            p.label,
-            if p.initialised {
-                "initialised"
-            } else {
-                "created"
-            }
-        );
-    }
-    println!("  (through the server: policies, roles and counts with `ferrohsm hsm show` on the directory when no server holds it)");
-}
-
 /// The whole HSM.
 pub fn hsm(i: &HsmInfo) {
     println!("HSM {}", i.serial);

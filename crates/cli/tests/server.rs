@@ -795,9 +795,10 @@ fn the_cli_goes_through_the_server_that_holds_the_directory() {
     let list: serde_json::Value =
         serde_json::from_str(&ok(&[&["--json", "key", "list"][..], &co].concat())).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 5);
+    // The whole description, as on the directory: policies and every partition.
     let out = ok(&["hsm", "show"]);
     assert!(
-        out.contains("through the server") && out.contains("app"),
+        out.contains("policy:") && out.contains("partition app"),
         "{out}"
     );
     // A wrong password through the server is an authentication failure (exit 3).

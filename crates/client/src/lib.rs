@@ -24,6 +24,8 @@ use ferrohsm_proto::{
     DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
+pub use ferrohsm_proto::DEFAULT_SOCKET;
+
 /// The default deadline of one call.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 

@@ -35,8 +35,7 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// The server's socket when nothing else is configured.
-pub const DEFAULT_SOCKET: &str = "/run/ferrohsm/ferrohsm.sock";
+pub use ferrohsm_client::DEFAULT_SOCKET;
 
 /// Where the HSM is, and where PED key files are.
 #[derive(Clone, Debug)]

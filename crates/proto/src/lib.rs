@@ -27,6 +27,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// largest multi-part operation the module gathers plus room for its parameters.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 
+/// Where a server listens, and where clients look for one, when nothing else is configured.
+pub const DEFAULT_SOCKET: &str = "/run/ferrohsm/ferrohsm.sock";
+
 /// What can go wrong reading a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

@@ -40,7 +40,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from("/var/lib/ferrohsm"),
-            socket: PathBuf::from("/run/ferrohsm/ferrohsm.sock"),
+            socket: PathBuf::from(ferrohsm_proto::DEFAULT_SOCKET),
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             max_frame_bytes: ferrohsm_proto::DEFAULT_MAX_FRAME,
