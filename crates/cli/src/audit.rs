@@ -3,11 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use ferrohsm_audit::tool::{run_witness, verify_file, ToolError, VerifyFiles};
+use ferrohsm_core::api::{HsmApi, LoginId};
 use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
-use ferrohsm_core::{Hsm, HsmError, Role};
+use ferrohsm_core::{HsmError, Role};
 
-use crate::commands::{key_prefix, login};
-use crate::pedargs::LoginCred;
+use crate::commands::key_prefix;
+use crate::pedargs::write_imprints;
 use crate::{exit, output, AuditCmd, AuditConfigCmd, AuthArg, KeyUseArg, WitnessCmd};
 
 type R<T> = Result<T, HsmError>;
@@ -20,8 +21,8 @@ fn write(p: &PathBuf, data: &[u8]) -> R<()> {
     std::fs::write(p, data).map_err(|e| HsmError::io(p, e))
 }
 
-fn auditor(hsm: &mut Hsm, ped_dir: &Path, l: &crate::pedargs::Login) -> R<ferrohsm_core::Session> {
-    login(hsm, ped_dir, l, Role::Auditor, None)
+fn auditor(api: &mut dyn HsmApi, ped_dir: &Path, l: &crate::pedargs::Login) -> R<LoginId> {
+    crate::front::login(api, ped_dir, l, Role::Auditor, None)
 }
 
 /// Runs an audit command.
@@ -191,8 +192,9 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             _ => Err(HsmError::State("not a reading of the log".into())),
         };
     }
-    let mut hsm = Hsm::open_or_create(dir)?;
-    let serial = hsm.serial().to_string();
+    let mut boxed = crate::front::open_or_create(dir, server)?;
+    let api = boxed.as_mut();
+    let serial = api.summary()?.serial;
     match c {
         AuditCmd::Init {
             auth,
@@ -200,8 +202,7 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             common,
             login: l,
         } => {
-            let existing = hsm.info()?.auditor;
-            let mut current = match &existing {
+            let current = match api.info()?.auditor {
                 Some(a) => Some(l.credential(
                     ped_dir,
                     &key_prefix(&serial, None, "auditor"),
@@ -211,22 +212,15 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 None => None,
             };
             let password = matches!(auth, AuthArg::Password);
-            let mut secret = new.build(
+            let secret = new.build(
                 &common,
                 ped_dir,
                 &key_prefix(&serial, None, "auditor"),
                 password,
                 "Auditor",
             )?;
-            let imp = hsm.audit_init(
-                secret.as_new_secret(),
-                current.as_mut().map(LoginCred::as_credential),
-            )?;
-            for i in imp.iter() {
-                for w in &i.written {
-                    eprintln!("PED: wrote {}", w.display());
-                }
-            }
+            let made = api.audit_init(secret.into_credential()?, current)?;
+            write_imprints(&made.into_iter().collect::<Vec<_>>())?;
             println!(
                 "Auditor of HSM {serial} imprinted ({})",
                 if password {
@@ -238,8 +232,8 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             Ok(exit::OK)
         }
         AuditCmd::Config(AuditConfigCmd::Show { login: l }) => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let c = hsm.audit_config(&s)?;
+            let s = auditor(api, ped_dir, &l)?;
+            let c = api.audit_config(s)?;
             if json {
                 output::json(&c)
             } else {
@@ -253,8 +247,8 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             ceremony_cosignatures,
             login: l,
         }) => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let mut c = hsm.audit_config(&s)?;
+            let s = auditor(api, ped_dir, &l)?;
+            let mut c = api.audit_config(s)?;
             if let Some(k) = key_use {
                 c.key_use = match k {
                     KeyUseArg::Off => KeyUseAudit::Off,
@@ -265,7 +259,7 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             if let Some(k) = ceremony_cosignatures {
                 c.ceremony_cosignatures = k;
             }
-            hsm.set_audit_config(&s, c.clone())?;
+            api.set_audit_config(s, c.clone())?;
             print_config(&c);
             Ok(exit::OK)
         }
@@ -273,14 +267,14 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             public_key,
             login: l,
         }) => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let w = hsm.add_witness(&s, &text(&public_key)?)?;
+            let s = auditor(api, ped_dir, &l)?;
+            let w = api.add_witness(s, &text(&public_key)?)?;
             println!("witness {} registered", w.name);
             Ok(exit::OK)
         }
         AuditCmd::Witness(WitnessCmd::List { login: l }) => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let ws = hsm.witnesses(&s)?;
+            let s = auditor(api, ped_dir, &l)?;
+            let ws = api.witnesses(s)?;
             if json {
                 output::json(&ws)
             } else {
@@ -294,8 +288,8 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             checkpoint,
             login: l,
         }) => {
-            let s = auditor(&mut hsm, ped_dir, &l)?;
-            let names = hsm.submit_cosigned(&s, &text(&checkpoint)?)?;
+            let s = auditor(api, ped_dir, &l)?;
+            let names = api.submit_cosigned(s, &text(&checkpoint)?)?;
             println!("cosignatures kept: {}", names.join(", "));
             Ok(exit::OK)
         }

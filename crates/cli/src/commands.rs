@@ -1,17 +1,16 @@
-//! Runs one parsed command against the engine.
+//! Runs one parsed command through the HSM API (a server's, or the engine on the data
+//! directory).
 
 use std::path::{Path, PathBuf};
 
-use ferrohsm_core::api::{HsmApi, LoginId};
-use ferrohsm_core::hsm::{DomainChoice, InitOptions};
+use ferrohsm_core::api::{Embedded, HsmApi, InitHsm, LoginId};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
-use ferrohsm_core::ped::Imprinted;
 use ferrohsm_core::pedkey::PedKey;
-use ferrohsm_core::{AuthMode, Hsm, HsmError, Role, Session};
+use ferrohsm_core::{AuthMode, HsmError, Role};
 
 use crate::input::{self, Kind};
-use crate::pedargs::{Login, LoginCred};
+use crate::pedargs::write_imprints;
 use crate::{
     exit, output, AuthArg, Cli, Cmd, DomainArg, HsmCmd, HsmPolicyCmd, KeyCmd, KeyUser,
     PartitionCmd, PartitionPolicyCmd, PedCmd, RoleCmd,
@@ -22,45 +21,6 @@ type R<T> = Result<T, HsmError>;
 /// Default key-file prefix for a role (see [`ferrohsm_core::ped::default_key_prefix`]).
 pub fn key_prefix(serial: &str, partition: Option<&str>, what: &str) -> String {
     ferrohsm_core::ped::default_key_prefix(serial, partition, what)
-}
-
-fn mode(hsm: &mut Hsm) -> R<AuthMode> {
-    hsm.info()?.auth_mode.ok_or_else(|| {
-        HsmError::State("the HSM is not initialised; run `ferrohsm hsm init`".into())
-    })
-}
-
-/// Logs `role` in with the command's login flags.
-pub fn login(
-    hsm: &mut Hsm,
-    ped_dir: &Path,
-    l: &Login,
-    role: Role,
-    partition: Option<&str>,
-) -> R<Session> {
-    let password = mode(hsm)? == AuthMode::Password;
-    let prefix = key_prefix(hsm.serial(), partition, role.short());
-    let who = match partition {
-        Some(p) => format!("{role} of {p}"),
-        None => role.to_string(),
-    };
-    let mut cred = l.credential(ped_dir, &prefix, password, &who)?;
-    hsm.login(role, partition, cred.as_credential())
-}
-
-fn report_imprints(imps: &[Imprinted]) {
-    for i in imps {
-        if i.reused {
-            eprintln!(
-                "PED: reused existing secret {} (from HSM {})",
-                &i.secret_id[..8],
-                i.origin_serial
-            );
-        }
-        for w in &i.written {
-            eprintln!("PED: wrote {}", w.display());
-        }
-    }
 }
 
 fn done(msg: impl AsRef<str>) -> R<u8> {
@@ -99,8 +59,8 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Server(a) => crate::serve::run(a, &data_dir),
         Cmd::Ped(c) => ped(c, json),
         Cmd::Hsm(c) => hsm_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
-        Cmd::Partition(c) => partition_cmd(c, &data_dir, &ped_dir, json),
-        Cmd::Role(c) => role_cmd(c, &data_dir, &ped_dir, json),
+        Cmd::Partition(c) => partition_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
+        Cmd::Role(c) => role_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
     }
@@ -153,48 +113,48 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             confirm_destroy,
             login: l,
         } => {
-            let mut hsm = Hsm::open_or_create(dir)?;
-            let serial = hsm.serial().to_string();
+            let mut api = crate::front::open_or_create(dir, server)?;
+            let summary = api.summary()?;
+            let serial = summary.serial.clone();
             let password = matches!(auth, AuthArg::Password);
             let mode = if password {
                 AuthMode::Password
             } else {
                 AuthMode::Ped
             };
-            let mut current = if hsm.info()?.state == "initialised" {
-                let was_password = hsm.info()?.auth_mode == Some(AuthMode::Password);
+            let current_so = if summary.state == "initialised" {
                 Some(l.credential(
                     ped_dir,
                     &key_prefix(&serial, None, "hsm-so"),
-                    was_password,
+                    summary.auth_mode.as_deref() == Some("password"),
                     "current HSM SO",
                 )?)
             } else {
                 None
             };
-            let mut so_s = so.build(
+            let so = so.build(
                 &common,
                 ped_dir,
                 &key_prefix(&serial, None, "hsm-so"),
                 password,
                 "HSM SO",
             )?;
-            let mut dom_s = domain.build(
+            let domain = domain.build(
                 &common,
                 ped_dir,
                 &key_prefix(&serial, None, "domain"),
                 password,
                 "HSM cloning domain",
             )?;
-            let imps = hsm.init(InitOptions {
+            let made = api.init_hsm(InitHsm {
                 label,
                 mode,
-                so: so_s.as_new_secret(),
-                domain: dom_s.as_new_secret(),
-                current_so: current.as_mut().map(LoginCred::as_credential),
+                so: so.into_credential()?,
+                domain: domain.into_credential()?,
+                current_so,
                 confirm_destroy,
             })?;
-            report_imprints(&imps);
+            write_imprints(&made)?;
             done(format!(
                 "HSM {serial} initialised ({})",
                 if password {
@@ -228,7 +188,7 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
                 // A store that fails its checks can still be destroyed: that is the way out of tamper.
                 Err(HsmError::Tamper(why)) => {
                     eprintln!("ferrohsm: the store failed its integrity checks ({why}); zeroizing it without reading it");
-                    Hsm::zeroize_unopenable(dir, "zeroize command")?;
+                    ferrohsm_core::Hsm::zeroize_unopenable(dir, "zeroize command")?;
                     done("HSM zeroized: all key material destroyed")
                 }
                 Err(e) => Err(e),
@@ -239,20 +199,23 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             erase_audit_log,
             login: l,
         } => {
-            let mut hsm = Hsm::open(dir)?;
+            // On the directory only: a reset of an HSM is done where it stands, by hand.
+            let mut e = Embedded::open(dir)?;
             need_yes(
                 yes,
                 "Factory reset destroys every key, role and partition of this HSM irreversibly.",
             )?;
             let auditor = if erase_audit_log {
-                Some(login(&mut hsm, ped_dir, &l, Role::Auditor, None)?)
+                let id = crate::front::login(&mut e, ped_dir, &l, Role::Auditor, None)?;
+                Some(e.engine_session(id)?)
             } else {
                 None
             };
-            hsm.factory_reset(None, auditor.as_ref())?;
+            let serial = e.engine().serial().to_string();
+            e.engine().factory_reset(None, auditor.as_deref())?;
             done(format!(
                 "HSM {} reset to factory state; {}",
-                hsm.serial(),
+                serial,
                 if auditor.is_some() {
                     "the audit log, its key and the Auditor are erased"
                 } else {
@@ -280,8 +243,7 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             ))
         }
         HsmCmd::Policy(HsmPolicyCmd::Show) => {
-            let mut hsm = Hsm::open(dir)?;
-            let info = hsm.info()?;
+            let info = crate::front::open(dir, server)?.info()?;
             if json {
                 output::json(&info.policy)
             } else {
@@ -296,24 +258,31 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             value,
             login: l,
         }) => {
-            let mut hsm = Hsm::open(dir)?;
-            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
-            hsm.set_hsm_policy(&s, &name, &value)?;
+            let mut api = crate::front::open(dir, server)?;
+            let s = crate::front::login(api.as_mut(), ped_dir, &l, Role::HsmSo, None)?;
+            api.set_hsm_policy(s, &name, &value)?;
             done(format!("HSM policy {name} = {value}"))
         }
     }
 }
 
-fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
-    let mut hsm = Hsm::open(dir)?;
+fn partition_cmd(
+    c: PartitionCmd,
+    dir: &Path,
+    server: Option<&Path>,
+    ped_dir: &Path,
+    json: bool,
+) -> R<u8> {
+    let mut boxed = crate::front::open(dir, server)?;
+    let api = boxed.as_mut();
     match c {
         PartitionCmd::Create { label, login: l } => {
-            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
-            let id = hsm.create_partition(&s, &label)?;
+            let s = crate::front::login(api, ped_dir, &l, Role::HsmSo, None)?;
+            let id = api.create_partition(s, &label)?;
             done(format!("partition {label} created (id {id}); next: `ferrohsm partition init --partition {label}`"))
         }
         PartitionCmd::List => {
-            let info = hsm.info()?;
+            let info = api.info()?;
             if json {
                 output::json(&info.partitions);
             } else if info.partitions.is_empty() {
@@ -336,7 +305,7 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             Ok(exit::OK)
         }
         PartitionCmd::Show { partition } => {
-            let p = &partition_info(&mut hsm, &partition)?;
+            let p = &partition_info(api, &partition)?;
             if json {
                 output::json(p)
             } else {
@@ -353,8 +322,8 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
                 yes,
                 &format!("Deleting partition {partition} destroys every key in it."),
             )?;
-            let s = login(&mut hsm, ped_dir, &l, Role::HsmSo, None)?;
-            let n = hsm.delete_partition(&s, &partition)?;
+            let s = crate::front::login(api, ped_dir, &l, Role::HsmSo, None)?;
+            let n = api.delete_partition(s, &partition)?;
             done(format!("partition {partition} deleted with {n} object(s)"))
         }
         PartitionCmd::Init {
@@ -366,14 +335,10 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             confirm_destroy,
             login: l,
         } => {
-            let serial = hsm.serial().to_string();
-            let password = mode(&mut hsm)? == AuthMode::Password;
-            let initialised = hsm
-                .info()?
-                .partitions
-                .iter()
-                .any(|p| p.label == partition && p.initialised);
-            let mut current = if initialised {
+            let serial = api.summary()?.serial;
+            let password = crate::front::password_mode(api)?;
+            let initialised = partition_info(api, &partition)?.initialised;
+            let current = if initialised {
                 if !confirm_destroy {
                     return Err(HsmError::Refused(format!("partition {partition} is initialised; re-initialising destroys its keys: add --confirm-destroy and the current Partition SO's credential")));
                 }
@@ -386,38 +351,33 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             } else {
                 None
             };
-            let mut so_s = so.build(
+            let so = so.build(
                 &common,
                 ped_dir,
                 &key_prefix(&serial, Some(&partition), "so"),
                 password,
                 &format!("Partition SO of {partition}"),
             )?;
-            let mut dom_s = match domain {
+            let domain = match domain {
                 DomainArg::Hsm => None,
-                DomainArg::New => Some(domain_imprint.build(
-                    &common,
-                    ped_dir,
-                    &key_prefix(&serial, Some(&partition), "domain"),
-                    password,
-                    &format!("cloning domain of {partition}"),
-                )?),
+                DomainArg::New => Some(
+                    domain_imprint
+                        .build(
+                            &common,
+                            ped_dir,
+                            &key_prefix(&serial, Some(&partition), "domain"),
+                            password,
+                            &format!("cloning domain of {partition}"),
+                        )?
+                        .into_credential()?,
+                ),
             };
-            let choice = match dom_s.as_mut() {
-                None => DomainChoice::Hsm,
-                Some(d) => DomainChoice::Imprint(d.as_new_secret()),
-            };
-            let imps = hsm.init_partition(
-                &partition,
-                so_s.as_new_secret(),
-                choice,
-                current.as_mut().map(LoginCred::as_credential),
-            )?;
-            report_imprints(&imps);
+            let made = api.init_partition(&partition, so.into_credential()?, domain, current)?;
+            write_imprints(&made)?;
             done(format!("partition {partition} initialised; next: `ferrohsm role init --partition {partition} --role co`"))
         }
         PartitionCmd::Policy(PartitionPolicyCmd::Show { partition }) => {
-            let p = &partition_info(&mut hsm, &partition)?;
+            let p = &partition_info(api, &partition)?;
             if json {
                 output::json(&p.policy)
             } else {
@@ -433,16 +393,16 @@ fn partition_cmd(c: PartitionCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u
             value,
             login: l,
         }) => {
-            let s = login(&mut hsm, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
-            hsm.set_partition_policy(&s, &name, &value)?;
+            let s = crate::front::login(api, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
+            api.set_partition_policy(s, &name, &value)?;
             done(format!("partition {partition} policy {name} = {value}"))
         }
     }
 }
 
 /// One partition as `hsm show` describes it.
-fn partition_info(hsm: &mut Hsm, label: &str) -> R<ferrohsm_core::hsm::PartitionInfo> {
-    hsm.info()?
+fn partition_info(api: &mut dyn HsmApi, label: &str) -> R<ferrohsm_core::hsm::PartitionInfo> {
+    api.info()?
         .partitions
         .into_iter()
         .find(|p| p.label == label)
@@ -459,9 +419,10 @@ fn partition_role(s: &str) -> R<Role> {
     Ok(r)
 }
 
-fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
-    let mut hsm = Hsm::open(dir)?;
-    let serial = hsm.serial().to_string();
+fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bool) -> R<u8> {
+    let mut boxed = crate::front::open(dir, server)?;
+    let api = boxed.as_mut();
+    let serial = api.summary()?.serial;
     match c {
         RoleCmd::Init {
             partition,
@@ -477,21 +438,21 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             } else {
                 Role::CryptoOfficer
             };
-            let password = mode(&mut hsm)? == AuthMode::Password;
-            let s = login(&mut hsm, ped_dir, &l, by, Some(&partition))?;
-            let mut secret = new.build(
+            let password = crate::front::password_mode(api)?;
+            let s = crate::front::login(api, ped_dir, &l, by, Some(&partition))?;
+            let secret = new.build(
                 &common,
                 ped_dir,
                 &key_prefix(&serial, Some(&partition), role.short()),
                 password,
                 &format!("{role} of {partition}"),
             )?;
-            let imp = hsm.init_role(&s, role, secret.as_new_secret(), confirm_destroy)?;
-            report_imprints(&imp.into_iter().collect::<Vec<_>>());
+            let made = api.init_role(s, role, secret.into_credential()?, confirm_destroy)?;
+            write_imprints(&made.into_iter().collect::<Vec<_>>())?;
             done(format!("{role} of {partition} initialised"))
         }
         RoleCmd::Show { partition } => {
-            let p = &partition_info(&mut hsm, &partition)?;
+            let p = &partition_info(api, &partition)?;
             if json {
                 output::json(&p.roles)
             } else {
@@ -506,10 +467,10 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             login: l,
         } => {
             let role = partition_role(&role)?;
-            let s = login(&mut hsm, ped_dir, &l, role, Some(&partition))?;
+            let s = crate::front::login(api, ped_dir, &l, role, Some(&partition))?;
             let src = set_challenge.unwrap_or_else(|| "prompt".into());
             let ch = input::read(&src, Kind::Password, "new challenge secret")?;
-            hsm.activate(&s, ch)?;
+            api.activate(s, ch)?;
             done(format!("{role} of {partition} activated: its challenge secret now logs it in (`--challenge`)"))
         }
         RoleCmd::Deactivate {
@@ -523,8 +484,8 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
                 Some(a) => Role::parse(&a)?,
                 None => role,
             };
-            let s = login(&mut hsm, ped_dir, &l, by, Some(&partition))?;
-            let was = hsm.deactivate(&s, role)?;
+            let s = crate::front::login(api, ped_dir, &l, by, Some(&partition))?;
+            let was = api.deactivate(s, role)?;
             done(if was {
                 format!("{role} of {partition} deactivated")
             } else {
@@ -537,8 +498,8 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             login: l,
         } => {
             let role = partition_role(&role)?;
-            let s = login(&mut hsm, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
-            hsm.reset_role(&s, role)?;
+            let s = crate::front::login(api, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
+            api.reset_role(s, role)?;
             done(format!(
                 "{role} of {partition}: failed logins cleared, unlocked"
             ))
@@ -551,28 +512,21 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             login: l,
         } => {
             let role = Role::parse(&role)?;
-            let s = login(&mut hsm, ped_dir, &l, role, partition.as_deref())?;
+            let s = crate::front::login(api, ped_dir, &l, role, partition.as_deref())?;
             let pin = match (new_pin, remove_pin) {
                 (_, true) => None,
                 (Some(src), false) => Some(input::read(&src, Kind::PedPin, "new PED PIN")?),
                 (None, false) => Some(input::prompt_secret(Kind::PedPin, "new PED PIN")?),
             };
-            let who = match &partition {
-                Some(p) => format!("{role} of {p}"),
-                None => role.to_string(),
-            };
-            let LoginCred::Ped(mut ped) = l.credential(
+            let who = crate::front::who(role, partition.as_deref());
+            // The role's keys again, so the HSM can re-mix their secret with the new PIN.
+            let keys = l.credential(
                 ped_dir,
                 &key_prefix(&serial, partition.as_deref(), role.short()),
                 false,
                 &who,
-            )?
-            else {
-                return Err(HsmError::InvalidInput(
-                    "change-pin takes the role's PED keys (--key, --pin)".into(),
-                ));
-            };
-            hsm.change_pin(&s, &mut ped, pin)?;
+            )?;
+            api.change_pin(s, keys, pin)?;
             done(format!(
                 "PED PIN of the {who} changed; its keys are unchanged"
             ))
@@ -585,21 +539,18 @@ fn role_cmd(c: RoleCmd, dir: &Path, ped_dir: &Path, json: bool) -> R<u8> {
             login: l,
         } => {
             let role = Role::parse(&role)?;
-            let password = mode(&mut hsm)? == AuthMode::Password;
-            let s = login(&mut hsm, ped_dir, &l, role, partition.as_deref())?;
-            let who = match &partition {
-                Some(p) => format!("{role} of {p}"),
-                None => role.to_string(),
-            };
-            let mut secret = new.build(
+            let password = crate::front::password_mode(api)?;
+            let s = crate::front::login(api, ped_dir, &l, role, partition.as_deref())?;
+            let who = crate::front::who(role, partition.as_deref());
+            let secret = new.build(
                 &common,
                 ped_dir,
                 &key_prefix(&serial, partition.as_deref(), role.short()),
                 password,
                 &who,
             )?;
-            let imp = hsm.change_secret(&s, secret.as_new_secret())?;
-            report_imprints(&imp.into_iter().collect::<Vec<_>>());
+            let made = api.change_secret(s, secret.into_credential()?)?;
+            write_imprints(&made.into_iter().collect::<Vec<_>>())?;
             done(format!(
                 "secret of the {who} replaced; the old keys no longer log in"
             ))

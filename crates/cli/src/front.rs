@@ -6,16 +6,26 @@
 use std::path::Path;
 
 use ferrohsm_client::Remote;
-use ferrohsm_core::api::{Embedded, HsmApi, LoginCredential, LoginId};
+use ferrohsm_core::api::{Embedded, HsmApi, LoginId};
 use ferrohsm_core::{dir_lock, HsmError, Role};
 
 use crate::commands::key_prefix;
-use crate::pedargs::{Login, LoginCred};
+use crate::pedargs::Login;
 
 type R<T> = Result<T, HsmError>;
 
 /// Opens the API for a command.
 pub fn open(dir: &Path, server: Option<&Path>) -> R<Box<dyn HsmApi>> {
+    open_with(dir, server, false)
+}
+
+/// [`open`], making a new store in `dir` when the command runs on the directory and there is
+/// none yet (`hsm init`, `audit init`).
+pub fn open_or_create(dir: &Path, server: Option<&Path>) -> R<Box<dyn HsmApi>> {
+    open_with(dir, server, true)
+}
+
+fn open_with(dir: &Path, server: Option<&Path>, create: bool) -> R<Box<dyn HsmApi>> {
     if let Some(socket) = server {
         return Ok(Box::new(Remote::connect(socket)?));
     }
@@ -29,7 +39,24 @@ pub fn open(dir: &Path, server: Option<&Path>) -> R<Box<dyn HsmApi>> {
         })?;
         return Ok(Box::new(Remote::connect(&socket)?));
     }
+    if create {
+        return Ok(Box::new(Embedded::with(
+            ferrohsm_core::Hsm::open_or_create(dir)?,
+            ferrohsm_core::api::Logins::new(),
+        )));
+    }
     Ok(Box::new(Embedded::open(dir)?))
+}
+
+/// Whether the HSM authenticates with passwords (an error when it is not initialised).
+pub fn password_mode(api: &mut dyn HsmApi) -> R<bool> {
+    match api.summary()?.auth_mode.as_deref() {
+        Some("password") => Ok(true),
+        Some(_) => Ok(false),
+        None => Err(HsmError::State(
+            "the HSM is not initialised; run `ferrohsm hsm init`".into(),
+        )),
+    }
 }
 
 /// Logs `role` in with the command's login flags: PED key files are read here and presented
@@ -41,27 +68,16 @@ pub fn login(
     role: Role,
     partition: Option<&str>,
 ) -> R<LoginId> {
-    let summary = api.summary()?;
-    let password = match summary.auth_mode.as_deref() {
-        Some("password") => true,
-        Some(_) => false,
-        None => {
-            return Err(HsmError::State(
-                "the HSM is not initialised; run `ferrohsm hsm init`".into(),
-            ))
-        }
-    };
-    let prefix = key_prefix(&summary.serial, partition, role.short());
-    let who = match partition {
+    let password = password_mode(api)?;
+    let prefix = key_prefix(&api.summary()?.serial, partition, role.short());
+    let credential = l.credential(ped_dir, &prefix, password, &who(role, partition))?;
+    api.login(role, partition, credential)
+}
+
+/// How a role is named in prompts and messages.
+pub fn who(role: Role, partition: Option<&str>) -> String {
+    match partition {
         Some(p) => format!("{role} of {p}"),
         None => role.to_string(),
-    };
-    let credential = match l.credential(ped_dir, &prefix, password, &who)? {
-        LoginCred::Secret(pin) => LoginCredential::Secret(pin),
-        LoginCred::Ped(ped) => {
-            let answers = ped.answers();
-            LoginCredential::ped_key_files(&answers.keys, answers.pin.clone())?
-        }
-    };
-    api.login(role, partition, credential)
+    }
 }

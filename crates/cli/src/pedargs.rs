@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use ferrohsm_core::api::{ImprintReport, LoginCredential, NewCredential, PedImprint};
 use ferrohsm_core::ped::{LocalPed, PedAnswers};
 use ferrohsm_core::pedkey::PedKey;
 use ferrohsm_core::secret::Pin;
-use ferrohsm_core::{Credential, HsmError, NewSecret};
+use ferrohsm_core::HsmError;
+use zeroize::Zeroizing;
 
 use crate::input::{self, Kind};
 
@@ -33,24 +35,6 @@ pub fn default_keys(ped_dir: &Path, prefix: &str) -> Vec<PathBuf> {
     ferrohsm_core::ped::default_keys(ped_dir, prefix)
 }
 
-/// Owns what a [`Credential`] borrows.
-pub enum LoginCred {
-    /// PED.
-    Ped(LocalPed),
-    /// Password or challenge.
-    Secret(Pin),
-}
-
-impl LoginCred {
-    /// Borrows as the engine's credential.
-    pub fn as_credential(&mut self) -> Credential<'_> {
-        match self {
-            LoginCred::Ped(p) => Credential::Ped(p),
-            LoginCred::Secret(s) => Credential::Secret(s.clone()),
-        }
-    }
-}
-
 impl Login {
     /// Whether anything was given.
     pub fn given(&self) -> bool {
@@ -67,9 +51,9 @@ impl Login {
         prefix: &str,
         password_mode: bool,
         who: &str,
-    ) -> Result<LoginCred, HsmError> {
+    ) -> Result<LoginCredential, HsmError> {
         if let Some(src) = &self.challenge {
-            return Ok(LoginCred::Secret(input::read(
+            return Ok(LoginCredential::Secret(input::read(
                 src,
                 Kind::Password,
                 &format!("challenge secret of the {who}"),
@@ -77,7 +61,7 @@ impl Login {
         }
         if password_mode {
             let src = self.password.clone().unwrap_or_else(|| "prompt".into());
-            return Ok(LoginCred::Secret(input::read(
+            return Ok(LoginCredential::Secret(input::read(
                 &src,
                 Kind::Password,
                 &format!("password of the {who}"),
@@ -117,11 +101,8 @@ impl Login {
                 }
             }
         };
-        Ok(LoginCred::Ped(LocalPed::new(PedAnswers {
-            keys,
-            pin,
-            ..Default::default()
-        })))
+        // The files' bytes go to the HSM, which checks and combines them itself.
+        LoginCredential::ped_key_files(&keys, pin)
     }
 }
 
@@ -200,13 +181,55 @@ pub enum NewSecretOwned {
 }
 
 impl NewSecretOwned {
-    /// Borrows as the engine's new secret.
-    pub fn as_new_secret(&mut self) -> NewSecret<'_> {
+    /// The new secret as the HSM API takes it. For PED keys, the target files are checked
+    /// first (an occupied key is overwritten only with --overwrite or a yes), and a reused
+    /// secret's key files are read; the HSM returns the new keys, [`write_imprints`] writes
+    /// them.
+    pub fn into_credential(self) -> Result<NewCredential, HsmError> {
         match self {
-            NewSecretOwned::Ped(p) => NewSecret::Ped(p),
-            NewSecretOwned::Password(p) => NewSecret::Password(p.clone()),
+            NewSecretOwned::Password(p) => Ok(NewCredential::Password(p)),
+            NewSecretOwned::Ped(mut ped) => {
+                ped.check_targets()?;
+                let a = ped.answers().clone();
+                let name = |p: &PathBuf| p.display().to_string();
+                let mut reuse = Vec::new();
+                if a.reuse {
+                    for k in &a.keys {
+                        let bytes = std::fs::read(k).map_err(|e| HsmError::io(k, e))?;
+                        reuse.push((name(k), Zeroizing::new(bytes)));
+                    }
+                }
+                Ok(NewCredential::Ped(PedImprint {
+                    keys: a.keys.iter().map(name).collect(),
+                    reuse,
+                    m: a.m,
+                    n: a.n,
+                    pin: a.pin,
+                    duplicates: a.duplicates,
+                }))
+            }
         }
     }
+}
+
+/// Writes the key files the HSM imprinted (each file once, atomically, owner-only) and says
+/// what was written or reused.
+pub fn write_imprints(reports: &[ImprintReport]) -> Result<(), HsmError> {
+    for r in reports {
+        if r.reused {
+            eprintln!(
+                "PED: reused existing secret {} (from HSM {})",
+                r.secret_id.get(..8).unwrap_or(&r.secret_id),
+                r.origin_serial
+            );
+        }
+        for (name, bytes) in &r.files {
+            let path = Path::new(name);
+            PedKey::from_bytes(path, bytes)?.write(path)?;
+            eprintln!("PED: wrote {name}");
+        }
+    }
+    Ok(())
 }
 
 fn imprint(

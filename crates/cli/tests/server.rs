@@ -230,9 +230,13 @@ fn a_served_directory_is_the_servers_alone() {
     let server = lab.start();
     let pid = server.pid().to_string();
 
-    // A command that does not go through the server yet is refused, and told which process
-    // serves the directory and where.
-    let out = lab.cli().args(["partition", "list"]).output().unwrap();
+    // A factory reset is done on the directory itself: refused while a server holds it, and
+    // told which process serves it and where.
+    let out = lab
+        .cli()
+        .args(["hsm", "factory-reset", "--yes"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(6));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
-    HsmApi, HsmInfo, LoginCredential, LoginId, PartitionSummary, Summary, Unwrap,
+    AuditConfig, AuthMode, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId,
+    NewCredential, PartitionSummary, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
@@ -156,7 +157,65 @@ fn wipe(req: Request) {
             c.new_password.zeroize();
         }
         Some(Call::Login(l)) => wipe_login(l),
+        Some(Call::Activate(mut a)) => a.challenge.zeroize(),
+        Some(Call::ChangePin(mut c)) => {
+            wipe_credential(c.keys.take());
+            if let Some(p) = &mut c.new_pin {
+                p.zeroize();
+            }
+        }
+        Some(Call::InitHsm(mut i)) => {
+            wipe_new(i.so.take());
+            wipe_new(i.domain.take());
+            wipe_credential(i.current_so.take());
+        }
+        Some(Call::InitPartition(mut i)) => {
+            wipe_new(i.so.take());
+            wipe_new(i.domain.take());
+            wipe_credential(i.current_so.take());
+        }
+        Some(Call::InitRole(mut i)) => wipe_new(i.secret.take()),
+        Some(Call::ChangeSecret(mut c)) => wipe_new(c.secret.take()),
+        Some(Call::AuditInit(mut a)) => {
+            wipe_new(a.secret.take());
+            wipe_credential(a.current.take());
+        }
         _ => {}
+    }
+}
+
+fn wipe_ped_keys(k: &mut v1::PedKeys) {
+    use zeroize::Zeroize;
+    for f in &mut k.keys {
+        f.contents.zeroize();
+    }
+    if let Some(p) = &mut k.pin {
+        p.zeroize();
+    }
+}
+
+fn wipe_credential(c: Option<v1::Credential>) {
+    use zeroize::Zeroize;
+    match c.and_then(|c| c.kind) {
+        Some(v1::credential::Kind::Secret(mut s)) => s.zeroize(),
+        Some(v1::credential::Kind::PedKeys(mut k)) => wipe_ped_keys(&mut k),
+        None => {}
+    }
+}
+
+fn wipe_new(c: Option<v1::NewCredential>) {
+    use zeroize::Zeroize;
+    match c.and_then(|c| c.kind) {
+        Some(v1::new_credential::Kind::Password(mut p)) => p.zeroize(),
+        Some(v1::new_credential::Kind::Ped(mut i)) => {
+            for f in &mut i.reuse {
+                f.contents.zeroize();
+            }
+            if let Some(p) = &mut i.pin {
+                p.zeroize();
+            }
+        }
+        None => {}
     }
 }
 
@@ -165,14 +224,7 @@ fn wipe_login(mut l: v1::Login) {
     {
         match &mut l.credential {
             Some(v1::login::Credential::Secret(s)) => s.zeroize(),
-            Some(v1::login::Credential::PedKeys(k)) => {
-                for f in &mut k.keys {
-                    f.contents.zeroize();
-                }
-                if let Some(p) = &mut k.pin {
-                    p.zeroize();
-                }
-            }
+            Some(v1::login::Credential::PedKeys(k)) => wipe_ped_keys(k),
             None => {}
         }
     }
@@ -258,7 +310,205 @@ fn secret(p: &Pin) -> Vec<u8> {
     p.expose().to_vec()
 }
 
+fn imprints(r: Reply) -> Result<Vec<ImprintReport>> {
+    match r {
+        Reply::Imprints(i) => convert::imprints_from_wire(i),
+        _ => Err(unexpected("an imprinting call")),
+    }
+}
+
+fn witnesses(r: Reply) -> Result<Vec<Witness>> {
+    match r {
+        Reply::Witnesses(w) => Ok(w
+            .witnesses
+            .into_iter()
+            .map(convert::witness_from_wire)
+            .collect()),
+        _ => Err(unexpected("a witness call")),
+    }
+}
+
 impl HsmApi for Remote {
+    fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>> {
+        imprints(
+            self.call(Call::InitHsm(v1::InitHsm {
+                label: init.label,
+                auth_mode: match init.mode {
+                    AuthMode::Ped => "ped",
+                    AuthMode::Password => "password",
+                }
+                .into(),
+                so: Some(convert::new_credential_to_wire(&init.so)),
+                domain: Some(convert::new_credential_to_wire(&init.domain)),
+                current_so: init
+                    .current_so
+                    .as_ref()
+                    .map(convert::bare_credential_to_wire),
+                confirm_destroy: init.confirm_destroy,
+            }))?,
+        )
+    }
+
+    fn init_partition(
+        &mut self,
+        label: &str,
+        so: NewCredential,
+        domain: Option<NewCredential>,
+        current_so: Option<LoginCredential>,
+    ) -> Result<Vec<ImprintReport>> {
+        imprints(self.call(Call::InitPartition(v1::InitPartition {
+            label: label.into(),
+            so: Some(convert::new_credential_to_wire(&so)),
+            domain: domain.as_ref().map(convert::new_credential_to_wire),
+            current_so: current_so.as_ref().map(convert::bare_credential_to_wire),
+        }))?)
+    }
+
+    fn init_role(
+        &mut self,
+        login: LoginId,
+        role: Role,
+        secret: NewCredential,
+        confirm_destroy: bool,
+    ) -> Result<Option<ImprintReport>> {
+        Ok(imprints(self.call(Call::InitRole(v1::InitRole {
+            login,
+            role: role.short().into(),
+            secret: Some(convert::new_credential_to_wire(&secret)),
+            confirm_destroy,
+        }))?)?
+        .pop())
+    }
+
+    fn change_secret(
+        &mut self,
+        login: LoginId,
+        secret: NewCredential,
+    ) -> Result<Option<ImprintReport>> {
+        Ok(imprints(self.call(Call::ChangeSecret(v1::ChangeSecret {
+            login,
+            secret: Some(convert::new_credential_to_wire(&secret)),
+        }))?)?
+        .pop())
+    }
+
+    fn change_pin(
+        &mut self,
+        login: LoginId,
+        keys: LoginCredential,
+        new_pin: Option<Pin>,
+    ) -> Result<()> {
+        done(self.call(Call::ChangePin(v1::ChangePin {
+            login,
+            keys: Some(convert::bare_credential_to_wire(&keys)),
+            new_pin: new_pin.as_ref().map(secret),
+        }))?)
+    }
+
+    fn audit_init(
+        &mut self,
+        secret: NewCredential,
+        current: Option<LoginCredential>,
+    ) -> Result<Option<ImprintReport>> {
+        Ok(imprints(self.call(Call::AuditInit(v1::AuditInit {
+            secret: Some(convert::new_credential_to_wire(&secret)),
+            current: current.as_ref().map(convert::bare_credential_to_wire),
+        }))?)?
+        .pop())
+    }
+
+    fn set_hsm_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()> {
+        done(self.call(Call::SetHsmPolicy(v1::SetPolicy {
+            login,
+            name: name.into(),
+            value: value.into(),
+        }))?)
+    }
+
+    fn set_partition_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()> {
+        done(self.call(Call::SetPartitionPolicy(v1::SetPolicy {
+            login,
+            name: name.into(),
+            value: value.into(),
+        }))?)
+    }
+
+    fn create_partition(&mut self, login: LoginId, label: &str) -> Result<u32> {
+        let id = number(self.call(Call::CreatePartition(v1::PartitionCall {
+            login,
+            label: label.into(),
+        }))?)?;
+        u32::try_from(id).map_err(|_| unexpected("create-partition"))
+    }
+
+    fn delete_partition(&mut self, login: LoginId, label: &str) -> Result<u64> {
+        number(self.call(Call::DeletePartition(v1::PartitionCall {
+            login,
+            label: label.into(),
+        }))?)
+    }
+
+    fn reset_role(&mut self, login: LoginId, role: Role) -> Result<()> {
+        done(self.call(Call::ResetRole(v1::RoleCall {
+            login,
+            role: role.short().into(),
+        }))?)
+    }
+
+    fn activate(&mut self, login: LoginId, challenge: Pin) -> Result<()> {
+        done(self.call(Call::Activate(v1::Activate {
+            login,
+            challenge: secret(&challenge),
+        }))?)
+    }
+
+    fn deactivate(&mut self, login: LoginId, role: Role) -> Result<bool> {
+        match self.call(Call::Deactivate(v1::RoleCall {
+            login,
+            role: role.short().into(),
+        }))? {
+            Reply::Verified(v) => Ok(v.valid),
+            _ => Err(unexpected("deactivate")),
+        }
+    }
+
+    fn audit_config(&mut self, login: LoginId) -> Result<AuditConfig> {
+        match self.call(Call::AuditConfig(v1::AuditorCall { login }))? {
+            Reply::AuditConfig(c) => convert::audit_config_from_wire(Some(c)),
+            _ => Err(unexpected("audit-config")),
+        }
+    }
+
+    fn set_audit_config(&mut self, login: LoginId, config: AuditConfig) -> Result<()> {
+        done(self.call(Call::SetAuditConfig(v1::SetAuditConfig {
+            login,
+            config: Some(convert::audit_config_to_wire(&config)),
+        }))?)
+    }
+
+    fn witnesses(&mut self, login: LoginId) -> Result<Vec<Witness>> {
+        witnesses(self.call(Call::Witnesses(v1::AuditorCall { login }))?)
+    }
+
+    fn add_witness(&mut self, login: LoginId, vkey: &str) -> Result<Witness> {
+        witnesses(self.call(Call::AddWitness(v1::AddWitness {
+            login,
+            vkey: vkey.into(),
+        }))?)?
+        .pop()
+        .ok_or_else(|| unexpected("add-witness"))
+    }
+
+    fn submit_cosigned(&mut self, login: LoginId, note: &str) -> Result<Vec<String>> {
+        match self.call(Call::SubmitCosigned(v1::SubmitCosigned {
+            login,
+            note: note.into(),
+        }))? {
+            Reply::Strings(s) => Ok(s.values),
+            _ => Err(unexpected("submit-cosigned")),
+        }
+    }
+
     fn info(&mut self) -> Result<HsmInfo> {
         text(self.call(Call::Info(v1::Info {}))?)
             .and_then(|value| convert::info_from_wire(v1::Text { value }))

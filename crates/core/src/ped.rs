@@ -143,6 +143,17 @@ impl LocalPed {
         self
     }
 
+    /// Checks (asking, when someone is there) that the keys the imprint would write may be
+    /// written: the keys and their copies, or only the copies when a secret is reused.
+    pub fn check_targets(&mut self) -> Result<()> {
+        let a = &self.answers;
+        let mut targets = if a.reuse { Vec::new() } else { a.keys.clone() };
+        for k in &a.keys {
+            targets.extend((1..=a.duplicates).map(|d| duplicate_path(k, d)));
+        }
+        self.check_writable(&targets)
+    }
+
     fn check_writable(&mut self, targets: &[PathBuf]) -> Result<()> {
         for t in targets {
             let existing = match PedKey::read(t) {
@@ -313,127 +324,214 @@ pub fn rebuild_set(
 impl Ped for LocalPed {
     fn imprint(&mut self, req: &ImprintRequest, fresh: Secret32) -> Result<Imprinted> {
         let a = self.answers.clone();
-        if a.reuse {
-            let (keys, secret) = read_set(&a.keys, req.secret_type, "reuse")?;
-            let info = keys[0].info.clone();
-            if info.pin_protected && a.pin.is_none() {
-                return Err(HsmError::InvalidInput(
-                    "the reused key is PED PIN protected; give its PIN with --pin".into(),
-                ));
-            }
-            let mut written = Vec::new();
-            if a.duplicates > 0 {
-                let copies: Vec<PathBuf> = a
-                    .keys
-                    .iter()
-                    .flat_map(|k| (1..=a.duplicates).map(move |d| duplicate_path(k, d)))
-                    .collect();
-                self.check_writable(&copies)?;
-                for (k, path) in a.keys.iter().zip(&keys) {
-                    for d in 1..=a.duplicates {
-                        let c = duplicate_path(k, d);
-                        path.write(&c)?;
-                        written.push(c);
-                    }
-                }
-            }
-            return Ok(Imprinted {
-                secret,
-                secret_id: info.secret_id,
-                origin_serial: info.origin_serial,
-                m: info.share.m,
-                n: info.share.n,
-                pin: if info.pin_protected { a.pin } else { None },
-                reused: true,
-                written,
-            });
-        }
-
-        shamir::check_m_of_n(a.m, a.n)?;
-        if (a.m, a.n) != (1, 1) && !req.allow_m_of_n {
-            return Err(HsmError::Refused(
-                "M of N is disabled by HSM policy (m-of-n=off)".into(),
-            ));
-        }
-        if a.keys.len() != a.n as usize {
-            return Err(HsmError::InvalidInput(format!(
-                "{} of {} needs {} key file(s); {} given",
-                a.m,
-                a.n,
-                a.n,
-                a.keys.len()
-            )));
-        }
-        for (i, k) in a.keys.iter().enumerate() {
-            if a.keys[..i].contains(k) {
-                return Err(HsmError::InvalidInput(format!(
-                    "key file {} named twice",
-                    k.display()
-                )));
-            }
-        }
-        let mut targets = a.keys.clone();
-        for k in &a.keys {
-            targets.extend((1..=a.duplicates).map(|d| duplicate_path(k, d)));
-        }
-        self.check_writable(&targets)?;
-
-        let secret_id = random_hex_id(16);
-        let set_id = random_hex_id(16);
-        let values: Vec<SecretBytes> = if a.n == 1 {
-            vec![SecretBytes::new(fresh.expose().to_vec())]
-        } else {
-            shamir::split(fresh.expose(), a.m, a.n, crate::crypto::fill_random)?
-                .into_iter()
-                .map(|z| SecretBytes::new(z.to_vec()))
-                .collect()
+        let reused = match a.reuse {
+            true => Some(read_set(&a.keys, req.secret_type, "reuse")?),
+            false => None,
         };
-        let created = crate::time::now_rfc3339();
-        let mut written = Vec::new();
-        for (i, (path, value)) in a.keys.iter().zip(values).enumerate() {
-            let key = PedKey {
-                info: PedKeyInfo {
-                    format: FORMAT.into(),
-                    version: VERSION,
-                    colour: req.secret_type.colour(),
-                    secret_type: req.secret_type,
-                    origin_serial: req.origin_serial.clone(),
-                    secret_id: secret_id.clone(),
-                    label: req.label.clone(),
-                    share: ShareInfo {
-                        set_id: set_id.clone(),
-                        index: i as u8 + 1,
-                        m: a.m,
-                        n: a.n,
-                    },
-                    pin_protected: a.pin.is_some(),
-                    created: created.clone(),
-                },
-                value,
-            };
-            key.write(path)?;
-            written.push(path.clone());
-            for d in 1..=a.duplicates {
-                let c = duplicate_path(path, d);
-                key.write(&c)?;
-                written.push(c);
-            }
-        }
-        Ok(Imprinted {
-            secret: fresh,
-            secret_id,
-            origin_serial: req.origin_serial.clone(),
-            m: a.m,
-            n: a.n,
-            pin: a.pin,
-            reused: false,
-            written,
-        })
+        imprint_keys(
+            &a,
+            req,
+            fresh,
+            reused,
+            &mut |targets| self.check_writable(targets),
+            &mut |path, key| key.write(path),
+        )
     }
 
     fn present(&mut self, req: &PresentRequest) -> Result<Presented> {
         let (keys, secret) = read_set(&self.answers.keys, req.secret_type, &req.role)?;
         presented(&keys, secret, self.answers.pin.clone(), &req.role)
+    }
+}
+
+/// The imprint dialogue over any key storage: reuses the keys in `reused` (already read and
+/// checked) or splits `fresh` into M of N new keys, checks the targets with `check_writable`,
+/// and hands each key (and its duplicates) to `write`.
+fn imprint_keys(
+    a: &PedAnswers,
+    req: &ImprintRequest,
+    fresh: Secret32,
+    reused: Option<(Vec<PedKey>, Secret32)>,
+    check_writable: &mut dyn FnMut(&[PathBuf]) -> Result<()>,
+    write: &mut dyn FnMut(&Path, &PedKey) -> Result<()>,
+) -> Result<Imprinted> {
+    if let Some((keys, secret)) = reused {
+        let info = keys[0].info.clone();
+        if info.pin_protected && a.pin.is_none() {
+            return Err(HsmError::InvalidInput(
+                "the reused key is PED PIN protected; give its PIN with --pin".into(),
+            ));
+        }
+        let mut written = Vec::new();
+        if a.duplicates > 0 {
+            let copies: Vec<PathBuf> = a
+                .keys
+                .iter()
+                .flat_map(|k| (1..=a.duplicates).map(move |d| duplicate_path(k, d)))
+                .collect();
+            check_writable(&copies)?;
+            for (k, key) in a.keys.iter().zip(&keys) {
+                for d in 1..=a.duplicates {
+                    let c = duplicate_path(k, d);
+                    write(&c, key)?;
+                    written.push(c);
+                }
+            }
+        }
+        return Ok(Imprinted {
+            secret,
+            secret_id: info.secret_id,
+            origin_serial: info.origin_serial,
+            m: info.share.m,
+            n: info.share.n,
+            pin: if info.pin_protected {
+                a.pin.clone()
+            } else {
+                None
+            },
+            reused: true,
+            written,
+        });
+    }
+
+    shamir::check_m_of_n(a.m, a.n)?;
+    if (a.m, a.n) != (1, 1) && !req.allow_m_of_n {
+        return Err(HsmError::Refused(
+            "M of N is disabled by HSM policy (m-of-n=off)".into(),
+        ));
+    }
+    if a.keys.len() != a.n as usize {
+        return Err(HsmError::InvalidInput(format!(
+            "{} of {} needs {} key file(s); {} given",
+            a.m,
+            a.n,
+            a.n,
+            a.keys.len()
+        )));
+    }
+    for (i, k) in a.keys.iter().enumerate() {
+        if a.keys[..i].contains(k) {
+            return Err(HsmError::InvalidInput(format!(
+                "key file {} named twice",
+                k.display()
+            )));
+        }
+    }
+    let mut targets = a.keys.clone();
+    for k in &a.keys {
+        targets.extend((1..=a.duplicates).map(|d| duplicate_path(k, d)));
+    }
+    check_writable(&targets)?;
+
+    let secret_id = random_hex_id(16);
+    let set_id = random_hex_id(16);
+    let values: Vec<SecretBytes> = if a.n == 1 {
+        vec![SecretBytes::new(fresh.expose().to_vec())]
+    } else {
+        shamir::split(fresh.expose(), a.m, a.n, crate::crypto::fill_random)?
+            .into_iter()
+            .map(|z| SecretBytes::new(z.to_vec()))
+            .collect()
+    };
+    let created = crate::time::now_rfc3339();
+    let mut written = Vec::new();
+    for (i, (path, value)) in a.keys.iter().zip(values).enumerate() {
+        let key = PedKey {
+            info: PedKeyInfo {
+                format: FORMAT.into(),
+                version: VERSION,
+                colour: req.secret_type.colour(),
+                secret_type: req.secret_type,
+                origin_serial: req.origin_serial.clone(),
+                secret_id: secret_id.clone(),
+                label: req.label.clone(),
+                share: ShareInfo {
+                    set_id: set_id.clone(),
+                    index: i as u8 + 1,
+                    m: a.m,
+                    n: a.n,
+                },
+                pin_protected: a.pin.is_some(),
+                created: created.clone(),
+            },
+            value,
+        };
+        write(path, &key)?;
+        written.push(path.clone());
+        for d in 1..=a.duplicates {
+            let c = duplicate_path(path, d);
+            write(&c, &key)?;
+            written.push(c);
+        }
+    }
+    Ok(Imprinted {
+        secret: fresh,
+        secret_id,
+        origin_serial: req.origin_serial.clone(),
+        m: a.m,
+        n: a.n,
+        pin: a.pin.clone(),
+        reused: false,
+        written,
+    })
+}
+
+/// A PED for a front end on the other side of the API (a client of the server, or the CLI
+/// through [`crate::api::Embedded`]): it imprints into memory, and the front end writes the
+/// key files it returns; a reused secret comes from the key files' bytes the front end sent.
+/// The front end checked (and asked about) overwriting its files before it asked.
+pub struct WirePed {
+    answers: PedAnswers,
+    existing: Vec<(PathBuf, zeroize::Zeroizing<Vec<u8>>)>,
+    files: Vec<(PathBuf, zeroize::Zeroizing<Vec<u8>>)>,
+}
+
+impl WirePed {
+    /// The dialogue's answers (key names as the front end will write them) and, to reuse a
+    /// secret, the bytes of its keys.
+    pub fn new(
+        answers: PedAnswers,
+        existing: Vec<(PathBuf, zeroize::Zeroizing<Vec<u8>>)>,
+    ) -> WirePed {
+        WirePed {
+            answers,
+            existing,
+            files: Vec::new(),
+        }
+    }
+
+    /// The key files the imprint made: (name, bytes), each a secret share to write once.
+    pub fn take_files(&mut self) -> Vec<(PathBuf, zeroize::Zeroizing<Vec<u8>>)> {
+        std::mem::take(&mut self.files)
+    }
+}
+
+impl Ped for WirePed {
+    fn imprint(&mut self, req: &ImprintRequest, fresh: Secret32) -> Result<Imprinted> {
+        let a = self.answers.clone();
+        let reused = match a.reuse {
+            true => {
+                let mut names = Vec::with_capacity(self.existing.len());
+                let mut keys = Vec::with_capacity(self.existing.len());
+                for (name, bytes) in &self.existing {
+                    keys.push(PedKey::from_bytes(name, bytes)?);
+                    names.push(name.clone());
+                }
+                Some(rebuild_set(&names, keys, req.secret_type, "reuse")?)
+            }
+            false => None,
+        };
+        let files = &mut self.files;
+        imprint_keys(&a, req, fresh, reused, &mut |_| Ok(()), &mut |path, key| {
+            files.push((path.to_path_buf(), key.to_bytes()));
+            Ok(())
+        })
+    }
+
+    fn present(&mut self, _req: &PresentRequest) -> Result<Presented> {
+        Err(HsmError::InvalidInput(
+            "this PED imprints new keys; a login presents its keys as a credential".into(),
+        ))
     }
 }
 
@@ -486,7 +584,8 @@ impl PresentedPed {
 impl Ped for PresentedPed {
     fn imprint(&mut self, _req: &ImprintRequest, _fresh: Secret32) -> Result<Imprinted> {
         Err(HsmError::InvalidInput(
-            "imprinting PED keys does not go through the server yet; stop the server and run the command on the data directory".into(),
+            "presented PED keys log in; imprinting new keys is a new credential's PED dialogue"
+                .into(),
         ))
     }
 

@@ -4,7 +4,10 @@
 use std::str::FromStr;
 
 use ferrohsm_audit::{Record, Report};
-use ferrohsm_core::api::{HsmInfo, LoginCredential};
+use ferrohsm_core::api::{
+    AuditConfig, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential, NewCredential, PedImprint,
+    Witness,
+};
 use ferrohsm_core::mechanism::KeySpec;
 use ferrohsm_core::object::{
     Attributes, Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectInfo,
@@ -231,6 +234,11 @@ pub fn key_template_from_wire(t: Option<v1::KeyTemplate>) -> KeyTemplate {
     }
 }
 
+/// A PED PIN as received.
+pub fn ped_pin_from_wire(b: Vec<u8>) -> Result<Pin> {
+    Pin::ped_pin(&text(b, "a PED PIN")?)
+}
+
 /// A password as received: UTF-8 text of a password's length, or an error that echoes none
 /// of it.
 pub fn password_from_wire(b: Vec<u8>, what: &str) -> Result<Pin> {
@@ -310,10 +318,7 @@ pub fn credential_from_wire(c: Option<v1::login::Credential>) -> Result<LoginCre
                     "present 1 to 16 PED keys (N is at most 16)".into(),
                 ));
             }
-            let pin = k
-                .pin
-                .map(|p| text(p, "a PED PIN").and_then(|t| Pin::ped_pin(&t)))
-                .transpose()?;
+            let pin = k.pin.map(ped_pin_from_wire).transpose()?;
             Ok(LoginCredential::PedKeys {
                 keys: k
                     .keys
@@ -323,6 +328,185 @@ pub fn credential_from_wire(c: Option<v1::login::Credential>) -> Result<LoginCre
                 pin,
             })
         }
+    }
+}
+
+/// A credential without its role, as sent.
+pub fn bare_credential_to_wire(c: &LoginCredential) -> v1::Credential {
+    use v1::credential::Kind;
+    v1::Credential {
+        kind: Some(match credential_to_wire(c) {
+            v1::login::Credential::Secret(s) => Kind::Secret(s),
+            v1::login::Credential::PedKeys(k) => Kind::PedKeys(k),
+        }),
+    }
+}
+
+/// A credential without its role, as received.
+pub fn bare_credential_from_wire(c: Option<v1::Credential>) -> Result<LoginCredential> {
+    use v1::credential::Kind;
+    credential_from_wire(c.and_then(|c| c.kind).map(|k| match k {
+        Kind::Secret(s) => v1::login::Credential::Secret(s),
+        Kind::PedKeys(k) => v1::login::Credential::PedKeys(k),
+    }))
+}
+
+/// A new credential as sent.
+pub fn new_credential_to_wire(c: &NewCredential) -> v1::NewCredential {
+    use v1::new_credential::Kind;
+    v1::NewCredential {
+        kind: Some(match c {
+            NewCredential::Password(p) => Kind::Password(p.expose().to_vec()),
+            NewCredential::Ped(i) => Kind::Ped(v1::PedImprint {
+                keys: i.keys.clone(),
+                reuse: i
+                    .reuse
+                    .iter()
+                    .map(|(name, b)| v1::PedKeyFile {
+                        name: name.clone(),
+                        contents: b.to_vec(),
+                    })
+                    .collect(),
+                m: u32::from(i.m),
+                n: u32::from(i.n),
+                pin: i.pin.as_ref().map(|p| p.expose().to_vec()),
+                duplicates: u32::from(i.duplicates),
+            }),
+        }),
+    }
+}
+
+fn small(v: u32, what: &str) -> Result<u8> {
+    u8::try_from(v).map_err(|_| HsmError::InvalidInput(format!("{what} {v} is out of range")))
+}
+
+/// A new credential as received, checked for form (the HSM checks the rest).
+pub fn new_credential_from_wire(c: Option<v1::NewCredential>) -> Result<NewCredential> {
+    use v1::new_credential::Kind;
+    match c.and_then(|c| c.kind) {
+        None => Err(HsmError::InvalidInput(
+            "a new secret needs a password or PED keys".into(),
+        )),
+        Some(Kind::Password(p)) => Ok(NewCredential::Password(password_from_wire(
+            p,
+            "a new password",
+        )?)),
+        Some(Kind::Ped(i)) => {
+            if i.keys.len() > 16 || i.reuse.len() > 16 {
+                return Err(HsmError::InvalidInput(
+                    "a PED secret has at most 16 keys".into(),
+                ));
+            }
+            Ok(NewCredential::Ped(PedImprint {
+                keys: i.keys,
+                reuse: i
+                    .reuse
+                    .into_iter()
+                    .map(|f| (f.name, Zeroizing::new(f.contents)))
+                    .collect(),
+                m: small(i.m, "M")?,
+                n: small(i.n, "N")?,
+                pin: i.pin.map(ped_pin_from_wire).transpose()?,
+                duplicates: small(i.duplicates, "duplicates")?,
+            }))
+        }
+    }
+}
+
+/// What imprints made, as sent.
+pub fn imprints_to_wire(reports: Vec<ImprintReport>) -> v1::Imprints {
+    v1::Imprints {
+        imprints: reports
+            .into_iter()
+            .map(|r| v1::Imprint {
+                secret_id: r.secret_id,
+                origin_serial: r.origin_serial,
+                m: u32::from(r.m),
+                n: u32::from(r.n),
+                pin: r.pin,
+                reused: r.reused,
+                files: r
+                    .files
+                    .into_iter()
+                    .map(|(name, b)| v1::PedKeyFile {
+                        name,
+                        contents: b.to_vec(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// What imprints made, as received.
+pub fn imprints_from_wire(i: v1::Imprints) -> Result<Vec<ImprintReport>> {
+    i.imprints
+        .into_iter()
+        .map(|r| {
+            Ok(ImprintReport {
+                secret_id: r.secret_id,
+                origin_serial: r.origin_serial,
+                m: small(r.m, "M")?,
+                n: small(r.n, "N")?,
+                pin: r.pin,
+                reused: r.reused,
+                files: r
+                    .files
+                    .into_iter()
+                    .map(|f| (f.name, Zeroizing::new(f.contents)))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The Auditor's configuration as sent.
+pub fn audit_config_to_wire(c: &AuditConfig) -> v1::AuditConfig {
+    let (key_use, batch_ms) = match c.key_use {
+        KeyUseAudit::Off => ("off", 0),
+        KeyUseAudit::Strict => ("strict", 0),
+        KeyUseAudit::Batched { max_ms } => ("batched", max_ms),
+    };
+    v1::AuditConfig {
+        key_use: key_use.into(),
+        batch_ms,
+        ceremony_cosignatures: c.ceremony_cosignatures,
+    }
+}
+
+/// The Auditor's configuration as received.
+pub fn audit_config_from_wire(c: Option<v1::AuditConfig>) -> Result<AuditConfig> {
+    let c = c.ok_or_else(|| HsmError::InvalidInput("no audit configuration given".into()))?;
+    Ok(AuditConfig {
+        key_use: match c.key_use.as_str() {
+            "off" => KeyUseAudit::Off,
+            "strict" => KeyUseAudit::Strict,
+            "batched" => KeyUseAudit::Batched { max_ms: c.batch_ms },
+            other => {
+                return Err(HsmError::InvalidInput(format!(
+                    "key-use auditing is off, strict or batched, not {other:?}"
+                )))
+            }
+        },
+        ceremony_cosignatures: c.ceremony_cosignatures,
+    })
+}
+
+/// A witness as sent.
+pub fn witness_to_wire(w: Witness) -> v1::Witness {
+    v1::Witness {
+        name: w.name,
+        vkey: w.vkey,
+        added: w.added,
+    }
+}
+
+/// A witness as received.
+pub fn witness_from_wire(w: v1::Witness) -> Witness {
+    Witness {
+        name: w.name,
+        vkey: w.vkey,
+        added: w.added,
     }
 }
 

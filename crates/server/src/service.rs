@@ -3,10 +3,10 @@
 
 use std::str::FromStr;
 
-use ferrohsm_core::api::{HsmApi, Unwrap};
+use ferrohsm_core::api::{AuthMode, HsmApi, InitHsm, Unwrap};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass, ObjectFilter};
-use ferrohsm_core::{Result, Role};
+use ferrohsm_core::{HsmError, Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
 use ferrohsm_proto::{convert, error_to_wire, Request, Response, PROTOCOL_VERSION};
 
@@ -53,6 +53,24 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::UnwrapKey(_)) => "unwrap-key",
         Some(Call::DeriveEcdh(_)) => "derive-ecdh",
         Some(Call::CheckLogin(_)) => "check-login",
+        Some(Call::InitHsm(_)) => "init-hsm",
+        Some(Call::InitPartition(_)) => "init-partition",
+        Some(Call::InitRole(_)) => "init-role",
+        Some(Call::ChangeSecret(_)) => "change-secret",
+        Some(Call::ChangePin(_)) => "change-pin",
+        Some(Call::AuditInit(_)) => "audit-init",
+        Some(Call::SetHsmPolicy(_)) => "set-hsm-policy",
+        Some(Call::SetPartitionPolicy(_)) => "set-partition-policy",
+        Some(Call::CreatePartition(_)) => "create-partition",
+        Some(Call::DeletePartition(_)) => "delete-partition",
+        Some(Call::ResetRole(_)) => "reset-role",
+        Some(Call::Activate(_)) => "activate",
+        Some(Call::Deactivate(_)) => "deactivate",
+        Some(Call::AuditConfig(_)) => "audit-config",
+        Some(Call::SetAuditConfig(_)) => "set-audit-config",
+        Some(Call::Witnesses(_)) => "witnesses",
+        Some(Call::AddWitness(_)) => "add-witness",
+        Some(Call::SubmitCosigned(_)) => "submit-cosigned",
     }
 }
 
@@ -163,6 +181,109 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             let login = api.login(role, l.partition.as_deref(), credential)?;
             Reply::Login(v1::LoginReply { login })
         }
+        Call::InitHsm(i) => {
+            let init = InitHsm {
+                label: i.label,
+                mode: match i.auth_mode.as_str() {
+                    "ped" => AuthMode::Ped,
+                    "password" => AuthMode::Password,
+                    other => {
+                        return Err(HsmError::InvalidInput(format!(
+                            "authentication is ped or password, not {other:?}"
+                        )))
+                    }
+                },
+                so: convert::new_credential_from_wire(i.so)?,
+                domain: convert::new_credential_from_wire(i.domain)?,
+                current_so: i
+                    .current_so
+                    .map(|c| convert::bare_credential_from_wire(Some(c)))
+                    .transpose()?,
+                confirm_destroy: i.confirm_destroy,
+            };
+            Reply::Imprints(convert::imprints_to_wire(api.init_hsm(init)?))
+        }
+        Call::InitPartition(i) => {
+            let so = convert::new_credential_from_wire(i.so)?;
+            let domain = i
+                .domain
+                .map(|d| convert::new_credential_from_wire(Some(d)))
+                .transpose()?;
+            let current = i
+                .current_so
+                .map(|c| convert::bare_credential_from_wire(Some(c)))
+                .transpose()?;
+            Reply::Imprints(convert::imprints_to_wire(
+                api.init_partition(&i.label, so, domain, current)?,
+            ))
+        }
+        Call::InitRole(i) => {
+            let secret = convert::new_credential_from_wire(i.secret)?;
+            let made = api.init_role(i.login, Role::parse(&i.role)?, secret, i.confirm_destroy)?;
+            Reply::Imprints(convert::imprints_to_wire(made.into_iter().collect()))
+        }
+        Call::ChangeSecret(c) => {
+            let secret = convert::new_credential_from_wire(c.secret)?;
+            let made = api.change_secret(c.login, secret)?;
+            Reply::Imprints(convert::imprints_to_wire(made.into_iter().collect()))
+        }
+        Call::ChangePin(c) => {
+            let keys = convert::bare_credential_from_wire(c.keys)?;
+            let pin = c.new_pin.map(convert::ped_pin_from_wire).transpose()?;
+            api.change_pin(c.login, keys, pin)?;
+            done()
+        }
+        Call::AuditInit(a) => {
+            let secret = convert::new_credential_from_wire(a.secret)?;
+            let current = a
+                .current
+                .map(|c| convert::bare_credential_from_wire(Some(c)))
+                .transpose()?;
+            let made = api.audit_init(secret, current)?;
+            Reply::Imprints(convert::imprints_to_wire(made.into_iter().collect()))
+        }
+        Call::SetHsmPolicy(p) => {
+            api.set_hsm_policy(p.login, &p.name, &p.value)?;
+            done()
+        }
+        Call::SetPartitionPolicy(p) => {
+            api.set_partition_policy(p.login, &p.name, &p.value)?;
+            done()
+        }
+        Call::CreatePartition(p) => number(u64::from(api.create_partition(p.login, &p.label)?)),
+        Call::DeletePartition(p) => number(api.delete_partition(p.login, &p.label)?),
+        Call::ResetRole(r) => {
+            api.reset_role(r.login, Role::parse(&r.role)?)?;
+            done()
+        }
+        Call::Activate(a) => {
+            let challenge = convert::password_from_wire(a.challenge, "a challenge secret")?;
+            api.activate(a.login, challenge)?;
+            done()
+        }
+        Call::Deactivate(r) => Reply::Verified(v1::Verified {
+            valid: api.deactivate(r.login, Role::parse(&r.role)?)?,
+        }),
+        Call::AuditConfig(a) => {
+            Reply::AuditConfig(convert::audit_config_to_wire(&api.audit_config(a.login)?))
+        }
+        Call::SetAuditConfig(c) => {
+            api.set_audit_config(c.login, convert::audit_config_from_wire(c.config)?)?;
+            done()
+        }
+        Call::Witnesses(a) => Reply::Witnesses(v1::Witnesses {
+            witnesses: api
+                .witnesses(a.login)?
+                .into_iter()
+                .map(convert::witness_to_wire)
+                .collect(),
+        }),
+        Call::AddWitness(w) => Reply::Witnesses(v1::Witnesses {
+            witnesses: vec![convert::witness_to_wire(api.add_witness(w.login, &w.vkey)?)],
+        }),
+        Call::SubmitCosigned(c) => Reply::Strings(v1::Strings {
+            values: api.submit_cosigned(c.login, &c.note)?,
+        }),
         Call::CheckLogin(l) => {
             api.check_login(l.login)?;
             done()

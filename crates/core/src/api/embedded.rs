@@ -3,19 +3,26 @@
 //! side of every connection.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{HsmApi, LoginCredential, LoginId, PartitionSummary, Summary, Unwrap, MAX_RANDOM};
+use super::{
+    HsmApi, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PartitionSummary,
+    Summary, Unwrap, MAX_RANDOM,
+};
+use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
-use crate::hsm::{AuthMode, Credential, DomainChoice, Hsm, HsmInfo, NewSecret, Session};
+use crate::hsm::{
+    AuthMode, Credential, DomainChoice, Hsm, HsmInfo, InitOptions, NewSecret, Session,
+};
 use crate::mechanism::{KeySpec, Mechanism, Params};
 use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
-use crate::ped::PresentedPed;
+use crate::ped::{Imprinted, PedAnswers, PresentedPed, WirePed};
 use crate::role::Role;
 use crate::secret::Pin;
 use ferrohsm_audit::{Export, Record, Report};
+use zeroize::Zeroizing;
 
 /// The logins of every front end served by one process, so that zeroize and tamper can end
 /// them all at once. Each login belongs to an owner: the front end that made it, or every
@@ -146,6 +153,110 @@ impl Drop for OwnerHold {
     }
 }
 
+/// A login credential as the engine takes it (PED keys presented by the front end).
+enum Presented {
+    Secret(Pin),
+    Ped(PresentedPed),
+}
+
+impl From<LoginCredential> for Presented {
+    fn from(c: LoginCredential) -> Presented {
+        match c {
+            LoginCredential::Secret(s) => Presented::Secret(s),
+            LoginCredential::PedKeys { keys, pin } => Presented::Ped(PresentedPed::new(
+                keys.into_iter().map(|(n, b)| (n.into(), b)).collect(),
+                pin,
+            )),
+        }
+    }
+}
+
+impl Presented {
+    fn as_credential(&mut self) -> Credential<'_> {
+        match self {
+            Presented::Secret(s) => Credential::Secret(s.clone()),
+            Presented::Ped(p) => Credential::Ped(p),
+        }
+    }
+}
+
+/// A new credential as the engine takes it: a password, or the PED dialogue of a front end
+/// (the imprinted keys come back to it as files).
+enum Imprinting {
+    Password(Pin),
+    Ped(WirePed),
+}
+
+impl From<NewCredential> for Imprinting {
+    fn from(c: NewCredential) -> Imprinting {
+        match c {
+            NewCredential::Password(p) => Imprinting::Password(p),
+            NewCredential::Ped(i) => Imprinting::Ped(WirePed::new(
+                PedAnswers {
+                    keys: match i.reuse.is_empty() {
+                        true => i.keys.iter().map(PathBuf::from).collect(),
+                        false => i.reuse.iter().map(|(n, _)| PathBuf::from(n)).collect(),
+                    },
+                    reuse: !i.reuse.is_empty(),
+                    m: i.m,
+                    n: i.n,
+                    pin: i.pin,
+                    overwrite: true,
+                    duplicates: i.duplicates,
+                },
+                i.reuse
+                    .into_iter()
+                    .map(|(n, b)| (PathBuf::from(n), b))
+                    .collect(),
+            )),
+        }
+    }
+}
+
+impl Imprinting {
+    fn as_new_secret(&mut self) -> NewSecret<'_> {
+        match self {
+            Imprinting::Password(p) => NewSecret::Password(p.clone()),
+            Imprinting::Ped(p) => NewSecret::Ped(p),
+        }
+    }
+
+    fn files(&mut self) -> Vec<(PathBuf, Zeroizing<Vec<u8>>)> {
+        match self {
+            Imprinting::Password(_) => Vec::new(),
+            Imprinting::Ped(p) => p.take_files(),
+        }
+    }
+}
+
+/// Reports of what the engine imprinted, each with the key files it wrote (by name) out of
+/// `files`.
+fn reports(
+    imprinted: Vec<Imprinted>,
+    mut files: Vec<(PathBuf, Zeroizing<Vec<u8>>)>,
+) -> Vec<ImprintReport> {
+    imprinted
+        .into_iter()
+        .map(|i| {
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                files.drain(..).partition(|(n, _)| i.written.contains(n));
+            files = rest;
+            ImprintReport {
+                secret_id: i.secret_id,
+                origin_serial: i.origin_serial,
+                m: i.m,
+                n: i.n,
+                pin: i.pin.is_some(),
+                reused: i.reused,
+                files: mine
+                    .into_iter()
+                    .map(|(n, b)| (n.display().to_string(), b))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
 fn not_logged_in() -> HsmError {
     HsmError::NotLoggedIn(
         "no such login: it ended (logout, a closed connection, zeroize or tamper); log in again"
@@ -252,6 +363,165 @@ impl HsmApi for Embedded {
         self.hsm
             .change_secret(&s, NewSecret::Password(new))
             .map(drop)
+    }
+
+    fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>> {
+        let (mut so, mut domain) = (Imprinting::from(init.so), Imprinting::from(init.domain));
+        let mut current = init.current_so.map(Presented::from);
+        let imprinted = self.hsm.init(InitOptions {
+            label: init.label,
+            mode: init.mode,
+            so: so.as_new_secret(),
+            domain: domain.as_new_secret(),
+            current_so: current.as_mut().map(Presented::as_credential),
+            confirm_destroy: init.confirm_destroy,
+        })?;
+        let mut files = so.files();
+        files.extend(domain.files());
+        Ok(reports(imprinted, files))
+    }
+
+    fn init_partition(
+        &mut self,
+        label: &str,
+        so: NewCredential,
+        domain: Option<NewCredential>,
+        current_so: Option<LoginCredential>,
+    ) -> Result<Vec<ImprintReport>> {
+        let mut so = Imprinting::from(so);
+        let mut domain = domain.map(Imprinting::from);
+        let mut current = current_so.map(Presented::from);
+        let imprinted = self.hsm.init_partition(
+            label,
+            so.as_new_secret(),
+            match domain.as_mut() {
+                None => DomainChoice::Hsm,
+                Some(d) => DomainChoice::Imprint(d.as_new_secret()),
+            },
+            current.as_mut().map(Presented::as_credential),
+        )?;
+        let mut files = so.files();
+        if let Some(d) = domain.as_mut() {
+            files.extend(d.files());
+        }
+        Ok(reports(imprinted, files))
+    }
+
+    fn init_role(
+        &mut self,
+        login: LoginId,
+        role: Role,
+        secret: NewCredential,
+        confirm_destroy: bool,
+    ) -> Result<Option<ImprintReport>> {
+        let s = self.session(login)?;
+        let mut secret = Imprinting::from(secret);
+        let imprinted = self
+            .hsm
+            .init_role(&s, role, secret.as_new_secret(), confirm_destroy)?;
+        Ok(reports(imprinted.into_iter().collect(), secret.files()).pop())
+    }
+
+    fn change_secret(
+        &mut self,
+        login: LoginId,
+        secret: NewCredential,
+    ) -> Result<Option<ImprintReport>> {
+        let s = self.session(login)?;
+        let mut secret = Imprinting::from(secret);
+        let imprinted = self.hsm.change_secret(&s, secret.as_new_secret())?;
+        Ok(reports(imprinted.into_iter().collect(), secret.files()).pop())
+    }
+
+    fn change_pin(
+        &mut self,
+        login: LoginId,
+        keys: LoginCredential,
+        new_pin: Option<Pin>,
+    ) -> Result<()> {
+        let s = self.session(login)?;
+        let LoginCredential::PedKeys { keys, pin } = keys else {
+            return Err(HsmError::InvalidInput(
+                "changing a PED PIN takes the role's PED keys".into(),
+            ));
+        };
+        let mut ped =
+            PresentedPed::new(keys.into_iter().map(|(n, b)| (n.into(), b)).collect(), pin);
+        self.hsm.change_pin(&s, &mut ped, new_pin)
+    }
+
+    fn audit_init(
+        &mut self,
+        secret: NewCredential,
+        current: Option<LoginCredential>,
+    ) -> Result<Option<ImprintReport>> {
+        let mut secret = Imprinting::from(secret);
+        let mut current = current.map(Presented::from);
+        let imprinted = self.hsm.audit_init(
+            secret.as_new_secret(),
+            current.as_mut().map(Presented::as_credential),
+        )?;
+        Ok(reports(imprinted.into_iter().collect(), secret.files()).pop())
+    }
+
+    fn set_hsm_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.set_hsm_policy(&s, name, value)
+    }
+
+    fn set_partition_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.set_partition_policy(&s, name, value)
+    }
+
+    fn create_partition(&mut self, login: LoginId, label: &str) -> Result<u32> {
+        let s = self.session(login)?;
+        self.hsm.create_partition(&s, label)
+    }
+
+    fn delete_partition(&mut self, login: LoginId, label: &str) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.delete_partition(&s, label)
+    }
+
+    fn reset_role(&mut self, login: LoginId, role: Role) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.reset_role(&s, role)
+    }
+
+    fn activate(&mut self, login: LoginId, challenge: Pin) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.activate(&s, challenge)
+    }
+
+    fn deactivate(&mut self, login: LoginId, role: Role) -> Result<bool> {
+        let s = self.session(login)?;
+        self.hsm.deactivate(&s, role)
+    }
+
+    fn audit_config(&mut self, login: LoginId) -> Result<AuditConfig> {
+        let s = self.session(login)?;
+        self.hsm.audit_config(&s)
+    }
+
+    fn set_audit_config(&mut self, login: LoginId, config: AuditConfig) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.set_audit_config(&s, config)
+    }
+
+    fn witnesses(&mut self, login: LoginId) -> Result<Vec<Witness>> {
+        let s = self.session(login)?;
+        self.hsm.witnesses(&s)
+    }
+
+    fn add_witness(&mut self, login: LoginId, vkey: &str) -> Result<Witness> {
+        let s = self.session(login)?;
+        self.hsm.add_witness(&s, vkey)
+    }
+
+    fn submit_cosigned(&mut self, login: LoginId, note: &str) -> Result<Vec<String>> {
+        let s = self.session(login)?;
+        self.hsm.submit_cosigned(&s, note)
     }
 
     fn find(
@@ -407,17 +677,10 @@ impl HsmApi for Embedded {
         partition: Option<&str>,
         credential: LoginCredential,
     ) -> Result<LoginId> {
-        let s = match credential {
-            LoginCredential::Secret(secret) => {
-                self.hsm
-                    .login(role, partition, Credential::Secret(secret))?
-            }
-            LoginCredential::PedKeys { keys, pin } => {
-                let keys = keys.into_iter().map(|(n, b)| (n.into(), b)).collect();
-                let mut ped = PresentedPed::new(keys, pin);
-                self.hsm.login(role, partition, Credential::Ped(&mut ped))?
-            }
-        };
+        let mut credential = Presented::from(credential);
+        let s = self
+            .hsm
+            .login(role, partition, credential.as_credential())?;
         Ok(self.logins.insert(self.owner, s))
     }
 

@@ -14,7 +14,8 @@
 
 mod embedded;
 
-pub use crate::hsm::HsmInfo;
+pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
+pub use crate::hsm::{AuthMode, HsmInfo};
 pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
@@ -97,6 +98,78 @@ impl std::fmt::Debug for LoginCredential {
     }
 }
 
+/// A new secret for a role or a cloning domain, as the API takes it.
+pub enum NewCredential {
+    /// A password (password-authenticated HSM).
+    Password(Pin),
+    /// PED keys: the HSM makes the secret (or takes a reused one from keys the front end
+    /// read) and returns the key files, which the front end writes.
+    Ped(PedImprint),
+}
+
+/// The PED dialogue's answers, as a front end sends them.
+pub struct PedImprint {
+    /// Names of the key files to make, one per share, as the front end will write them.
+    pub keys: Vec<String>,
+    /// To reuse the secret already on keys instead of making one: their names and bytes.
+    pub reuse: Vec<(String, Zeroizing<Vec<u8>>)>,
+    /// Shares needed.
+    pub m: u8,
+    /// Shares made.
+    pub n: u8,
+    /// The new keys' PED PIN (or the reused keys' PIN).
+    pub pin: Option<Pin>,
+    /// Extra copies of each key.
+    pub duplicates: u8,
+}
+
+/// What an imprint made. Never the secret itself.
+pub struct ImprintReport {
+    /// Identifies the secret across shares, copies and HSMs.
+    pub secret_id: String,
+    /// The HSM that first made it.
+    pub origin_serial: String,
+    /// Shares needed.
+    pub m: u8,
+    /// Shares made.
+    pub n: u8,
+    /// Whether a PED PIN protects it.
+    pub pin: bool,
+    /// Whether an existing secret was reused.
+    pub reused: bool,
+    /// Key files to write: (name, bytes). Each holds a secret share: write it and drop it.
+    pub files: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for ImprintReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ImprintReport({} {} of {}, {} file(s))",
+            self.secret_id,
+            self.m,
+            self.n,
+            self.files.len()
+        )
+    }
+}
+
+/// What `hsm init` asks ([`HsmApi::init_hsm`]).
+pub struct InitHsm {
+    /// The HSM's label.
+    pub label: String,
+    /// PED- or password-authenticated.
+    pub mode: AuthMode,
+    /// The HSM SO's new secret.
+    pub so: NewCredential,
+    /// The HSM's cloning domain.
+    pub domain: NewCredential,
+    /// On an initialised HSM: the current HSM SO.
+    pub current_so: Option<LoginCredential>,
+    /// On an initialised HSM with partitions: their labels, confirming their destruction.
+    pub confirm_destroy: Vec<String>,
+}
+
 /// A wrapped key to import ([`HsmApi::unwrap_key`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Unwrap<'a> {
@@ -141,6 +214,68 @@ pub trait HsmApi {
     fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()>;
     /// Replaces a role's password after checking (and counting) the old one (`C_SetPIN`).
     fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()>;
+    /// Initialises (or, with the current HSM SO, re-initialises) the HSM.
+    fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>>;
+    /// Initialises a partition: its Partition SO, and its cloning domain (`None`: the
+    /// HSM's). Re-initialising needs the current Partition SO and destroys its objects.
+    fn init_partition(
+        &mut self,
+        label: &str,
+        so: NewCredential,
+        domain: Option<NewCredential>,
+        current_so: Option<LoginCredential>,
+    ) -> Result<Vec<ImprintReport>>;
+    /// Initialises a Crypto Officer (Partition SO) or Crypto User (Crypto Officer).
+    fn init_role(
+        &mut self,
+        login: LoginId,
+        role: Role,
+        secret: NewCredential,
+        confirm_destroy: bool,
+    ) -> Result<Option<ImprintReport>>;
+    /// Replaces the login's role's secret.
+    fn change_secret(
+        &mut self,
+        login: LoginId,
+        secret: NewCredential,
+    ) -> Result<Option<ImprintReport>>;
+    /// Sets or removes the PED PIN of the login's role, presenting its keys again.
+    fn change_pin(
+        &mut self,
+        login: LoginId,
+        keys: LoginCredential,
+        new_pin: Option<Pin>,
+    ) -> Result<()>;
+    /// Imprints the Auditor (re-imprinting needs the current one).
+    fn audit_init(
+        &mut self,
+        secret: NewCredential,
+        current: Option<LoginCredential>,
+    ) -> Result<Option<ImprintReport>>;
+    /// Sets an HSM policy (HSM SO).
+    fn set_hsm_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()>;
+    /// Sets a policy of the login's partition (Partition SO).
+    fn set_partition_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()>;
+    /// Creates a partition (HSM SO); returns its id.
+    fn create_partition(&mut self, login: LoginId, label: &str) -> Result<u32>;
+    /// Deletes a partition and its objects (HSM SO); returns how many objects went.
+    fn delete_partition(&mut self, login: LoginId, label: &str) -> Result<u64>;
+    /// Clears a Crypto Officer's or User's failed logins and lockout (Partition SO).
+    fn reset_role(&mut self, login: LoginId, role: Role) -> Result<()>;
+    /// Activates the login's role with a challenge secret.
+    fn activate(&mut self, login: LoginId, challenge: Pin) -> Result<()>;
+    /// Deactivates a role; whether it was activated.
+    fn deactivate(&mut self, login: LoginId, role: Role) -> Result<bool>;
+    /// The Auditor's configuration (Auditor).
+    fn audit_config(&mut self, login: LoginId) -> Result<AuditConfig>;
+    /// Changes the Auditor's configuration (Auditor).
+    fn set_audit_config(&mut self, login: LoginId, config: AuditConfig) -> Result<()>;
+    /// The registered witnesses (Auditor).
+    fn witnesses(&mut self, login: LoginId) -> Result<Vec<Witness>>;
+    /// Registers a witness by its verifier key (Auditor).
+    fn add_witness(&mut self, login: LoginId, vkey: &str) -> Result<Witness>;
+    /// Hands in a checkpoint cosigned by witnesses (Auditor); returns who cosigned.
+    fn submit_cosigned(&mut self, login: LoginId, note: &str) -> Result<Vec<String>>;
     /// Logs a role in (counted and audited like every login).
     fn login(
         &mut self,
