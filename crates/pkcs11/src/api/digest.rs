@@ -94,7 +94,7 @@ pub unsafe fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut CK_BYTE, _len: CK_U
 
 pub unsafe fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
     done((|| {
-        state::session(h)?;
+        let (s, _) = state::session(h)?;
         if out.is_null() && len > 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -103,7 +103,15 @@ pub unsafe fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_
         }
         // SAFETY: `out` holds `len` bytes per contract (NULL refused above).
         let buf = unsafe { std::slice::from_raw_parts_mut(out, len as usize) };
-        ferrohsm_core::crypto::fill_random(buf);
+        // The HSM's generator (the server's, through one), at most its limit per call.
+        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        for chunk in buf.chunks_mut(ferrohsm_core::api::MAX_RANDOM) {
+            let r = s.api().random(chunk.len()).map_err(|e| rv(&e))?;
+            if r.len() != chunk.len() {
+                return Err(CKR_DEVICE_ERROR);
+            }
+            chunk.copy_from_slice(&r);
+        }
         Ok(())
     })())
 }
