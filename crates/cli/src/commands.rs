@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Role(c) => role_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
+        Cmd::Client(c) => crate::clients::run(c, &data_dir, server.as_deref(), &ped_dir, json),
     }
 }
 

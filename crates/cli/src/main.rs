@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod clients;
 mod commands;
 mod demo;
 mod front;
@@ -117,6 +118,12 @@ pub enum Cmd {
     )]
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Client hosts of a network HSM: register, assign partitions, revoke; make a host key.
+    #[command(
+        after_help = "Example:\n  ferrohsm client keygen --name app1 --key app1.key --cert app1.crt\n  ferrohsm client register --name app1 --cert app1.crt --password prompt"
+    )]
+    #[command(subcommand)]
+    Client(clients::ClientCmd),
     /// The audit log: Auditor role, show, export, verify, configuration, witnesses.
     #[command(
         after_help = "Example:\n  ferrohsm audit init\n  ferrohsm audit show --failures\n  ferrohsm audit export --out audit.json"

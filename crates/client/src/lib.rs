@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, AuthMode, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId,
-    NewCredential, PartitionSummary, Summary, Unwrap, Witness,
+    AuditConfig, AuthMode, ClientInfo, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential,
+    LoginId, NewCredential, PartitionSummary, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
@@ -328,7 +328,59 @@ fn witnesses(r: Reply) -> Result<Vec<Witness>> {
     }
 }
 
+fn clients(r: Reply) -> Result<Vec<ClientInfo>> {
+    match r {
+        Reply::Clients(c) => Ok(convert::clients_from_wire(c)),
+        _ => Err(unexpected("a client registry call")),
+    }
+}
+
+fn one_client(r: Reply) -> Result<ClientInfo> {
+    clients(r)?
+        .pop()
+        .ok_or_else(|| unexpected("a client registry call"))
+}
+
 impl HsmApi for Remote {
+    fn register_client(
+        &mut self,
+        login: LoginId,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo> {
+        one_client(self.call(Call::RegisterClient(v1::RegisterClient {
+            login,
+            name: name.into(),
+            fingerprint: fingerprint.into(),
+        }))?)
+    }
+
+    fn clients(&mut self, login: LoginId) -> Result<Vec<ClientInfo>> {
+        clients(self.call(Call::Clients(v1::LoginOnly { login }))?)
+    }
+
+    fn assign_client(
+        &mut self,
+        login: LoginId,
+        client: &str,
+        partition: &str,
+        assign: bool,
+    ) -> Result<ClientInfo> {
+        one_client(self.call(Call::AssignClient(v1::AssignClient {
+            login,
+            client: client.into(),
+            partition: partition.into(),
+            assign,
+        }))?)
+    }
+
+    fn revoke_client(&mut self, login: LoginId, client: &str) -> Result<ClientInfo> {
+        one_client(self.call(Call::RevokeClient(v1::ClientRef {
+            login,
+            client: client.into(),
+        }))?)
+    }
+
     fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>> {
         imprints(
             self.call(Call::InitHsm(v1::InitHsm {

@@ -25,6 +25,7 @@ pub mod secret;
 pub mod shamir;
 pub mod store;
 pub mod time;
+pub mod x509;
 
 pub use error::{HsmError, Result};
 pub use hsm::{AuthMode, Credential, DomainChoice, Hsm, InitOptions, NewSecret, Session};

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use ferrohsm_audit::{Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential, NewCredential, PedImprint,
-    Witness,
+    AuditConfig, ClientInfo, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential, NewCredential,
+    PedImprint, Witness,
 };
 use ferrohsm_core::mechanism::KeySpec;
 use ferrohsm_core::object::{
@@ -490,6 +490,36 @@ pub fn audit_config_from_wire(c: Option<v1::AuditConfig>) -> Result<AuditConfig>
         },
         ceremony_cosignatures: c.ceremony_cosignatures,
     })
+}
+
+/// Clients as sent.
+pub fn clients_to_wire(clients: Vec<ClientInfo>) -> v1::Clients {
+    v1::Clients {
+        clients: clients
+            .into_iter()
+            .map(|c| v1::Client {
+                name: c.name,
+                fingerprint: c.fingerprint,
+                partitions: c.partitions,
+                registered: c.registered,
+                revoked: c.revoked,
+            })
+            .collect(),
+    }
+}
+
+/// Clients as received.
+pub fn clients_from_wire(c: v1::Clients) -> Vec<ClientInfo> {
+    c.clients
+        .into_iter()
+        .map(|c| ClientInfo {
+            name: c.name,
+            fingerprint: c.fingerprint,
+            partitions: c.partitions,
+            registered: c.registered,
+            revoked: c.revoked,
+        })
+        .collect()
 }
 
 /// A witness as sent.

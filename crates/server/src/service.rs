@@ -71,6 +71,10 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::Witnesses(_)) => "witnesses",
         Some(Call::AddWitness(_)) => "add-witness",
         Some(Call::SubmitCosigned(_)) => "submit-cosigned",
+        Some(Call::RegisterClient(_)) => "register-client",
+        Some(Call::Clients(_)) => "clients",
+        Some(Call::AssignClient(_)) => "assign-client",
+        Some(Call::RevokeClient(_)) => "revoke-client",
     }
 }
 
@@ -284,6 +288,25 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::SubmitCosigned(c) => Reply::Strings(v1::Strings {
             values: api.submit_cosigned(c.login, &c.note)?,
         }),
+        Call::RegisterClient(r) => {
+            Reply::Clients(convert::clients_to_wire(vec![api.register_client(
+                r.login,
+                &r.name,
+                &r.fingerprint,
+            )?]))
+        }
+        Call::Clients(c) => Reply::Clients(convert::clients_to_wire(api.clients(c.login)?)),
+        Call::AssignClient(a) => {
+            Reply::Clients(convert::clients_to_wire(vec![api.assign_client(
+                a.login,
+                &a.client,
+                &a.partition,
+                a.assign,
+            )?]))
+        }
+        Call::RevokeClient(r) => Reply::Clients(convert::clients_to_wire(vec![
+            api.revoke_client(r.login, &r.client)?
+        ])),
         Call::CheckLogin(l) => {
             api.check_login(l.login)?;
             done()

@@ -14,7 +14,7 @@ use super::{
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
 use crate::hsm::{
-    AuthMode, Credential, DomainChoice, Hsm, HsmInfo, InitOptions, NewSecret, Session,
+    AuthMode, ClientInfo, Credential, DomainChoice, Hsm, HsmInfo, InitOptions, NewSecret, Session,
 };
 use crate::mechanism::{KeySpec, Mechanism, Params};
 use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
@@ -462,6 +462,37 @@ impl HsmApi for Embedded {
             current.as_mut().map(Presented::as_credential),
         )?;
         Ok(reports(imprinted.into_iter().collect(), secret.files()).pop())
+    }
+
+    fn register_client(
+        &mut self,
+        login: LoginId,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo> {
+        let s = self.session(login)?;
+        self.hsm.register_client(&s, name, fingerprint)
+    }
+
+    fn clients(&mut self, login: LoginId) -> Result<Vec<ClientInfo>> {
+        let s = self.session(login)?;
+        self.hsm.clients(&s)
+    }
+
+    fn assign_client(
+        &mut self,
+        login: LoginId,
+        client: &str,
+        partition: &str,
+        assign: bool,
+    ) -> Result<ClientInfo> {
+        let s = self.session(login)?;
+        self.hsm.assign_client(&s, client, partition, assign)
+    }
+
+    fn revoke_client(&mut self, login: LoginId, client: &str) -> Result<ClientInfo> {
+        let s = self.session(login)?;
+        self.hsm.revoke_client(&s, client)
     }
 
     fn set_hsm_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()> {

@@ -15,7 +15,7 @@
 mod embedded;
 
 pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
-pub use crate::hsm::{AuthMode, HsmInfo};
+pub use crate::hsm::{AuthMode, ClientInfo, HsmInfo};
 pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
@@ -276,6 +276,25 @@ pub trait HsmApi {
     fn add_witness(&mut self, login: LoginId, vkey: &str) -> Result<Witness>;
     /// Hands in a checkpoint cosigned by witnesses (Auditor); returns who cosigned.
     fn submit_cosigned(&mut self, login: LoginId, note: &str) -> Result<Vec<String>>;
+    /// Registers a client host by its certificate key's fingerprint (HSM SO).
+    fn register_client(
+        &mut self,
+        login: LoginId,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo>;
+    /// Every registered client, revoked ones included (HSM SO).
+    fn clients(&mut self, login: LoginId) -> Result<Vec<ClientInfo>>;
+    /// Assigns a partition to a client, or (`assign` false) takes it away (HSM SO).
+    fn assign_client(
+        &mut self,
+        login: LoginId,
+        client: &str,
+        partition: &str,
+        assign: bool,
+    ) -> Result<ClientInfo>;
+    /// Revokes a client (HSM SO).
+    fn revoke_client(&mut self, login: LoginId, client: &str) -> Result<ClientInfo>;
     /// Logs a role in (counted and audited like every login).
     fn login(
         &mut self,

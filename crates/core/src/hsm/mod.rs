@@ -34,6 +34,7 @@ use crate::time::{now_rfc3339, now_unix};
 use ferrohsm_audit::{Export, Record, Report};
 
 mod auditing;
+mod clients;
 mod device;
 mod keys;
 mod login;
@@ -42,6 +43,8 @@ mod ops;
 mod partition;
 mod roles;
 mod wrapping;
+
+pub use clients::ClientInfo;
 
 /// How the HSM's roles authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

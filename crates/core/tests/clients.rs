@@ -1,0 +1,101 @@
+//! The client registry: only the HSM SO registers, assigns and revokes hosts (the other roles
+//! try and are refused, audited); names and keys are unique; a revoked host is no longer
+//! served and cannot be given partitions; every change is an audit record.
+
+mod common;
+
+use common::*;
+use ferrohsm_core::{Credential, HsmError, NewSecret, Role};
+
+const FP1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const FP2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+#[test]
+fn only_the_hsm_so_registers_assigns_and_revokes_clients() {
+    let (f, mut hsm) = fixture();
+    hsm.audit_init(
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "aud")], 1, 1, None)),
+        None,
+    )
+    .unwrap();
+    let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    // Every other role tries, and is refused before anything changes.
+    for s in [&pso, &co] {
+        assert!(matches!(
+            hsm.register_client(s, "rogue", FP1),
+            Err(HsmError::Refused(_))
+        ));
+        assert!(hsm.clients(s).is_err());
+    }
+    let so = hsm_so(&f, &mut hsm);
+    assert!(hsm.clients(&so).unwrap().is_empty());
+
+    let c = hsm
+        .register_client(&so, "app1", &FP1.to_uppercase())
+        .unwrap();
+    assert_eq!(c.fingerprint, FP1, "fingerprints are kept in one form");
+    // The same key or the same name twice is refused; so is nonsense.
+    assert!(matches!(
+        hsm.register_client(&so, "app2", FP1),
+        Err(HsmError::Refused(_))
+    ));
+    assert!(matches!(
+        hsm.register_client(&so, "app1", FP2),
+        Err(HsmError::Refused(_))
+    ));
+    assert!(matches!(
+        hsm.register_client(&so, "app2", "not-hex"),
+        Err(HsmError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        hsm.register_client(&so, "bad name!", FP2),
+        Err(HsmError::InvalidInput(_))
+    ));
+
+    // Partitions are assigned by label; an unknown one is refused.
+    let c = hsm.assign_client(&so, "app1", "p", true).unwrap();
+    assert_eq!(c.partitions, vec!["p".to_string()]);
+    assert!(hsm.assign_client(&so, "app1", "nope", true).is_err());
+    assert!(hsm.assign_client(&co, "app1", "p", false).is_err());
+    assert_eq!(
+        hsm.client_by_fingerprint(FP1).unwrap().unwrap().partitions,
+        vec!["p".to_string()]
+    );
+    assert!(hsm.client_by_fingerprint(FP2).unwrap().is_none());
+
+    // Revoked: no longer served, no partitions given, still listed; its key cannot come back
+    // under another name.
+    assert!(hsm.revoke_client(&co, "app1").is_err());
+    let c = hsm.revoke_client(&so, FP1).unwrap();
+    assert!(c.revoked.is_some());
+    assert!(hsm.client_by_fingerprint(FP1).unwrap().is_none());
+    assert!(hsm.assign_client(&so, "app1", "p", true).is_err());
+    assert!(hsm.register_client(&so, "app1-again", FP1).is_err());
+    assert_eq!(hsm.clients(&so).unwrap().len(), 1);
+
+    // Each change and each refusal is in the log.
+    let aud = hsm
+        .login(
+            Role::Auditor,
+            None,
+            Credential::Ped(&mut ped(vec![key(&f, "aud")], None)),
+        )
+        .unwrap();
+    let recs = hsm.audit_records(&aud).unwrap();
+    let count = |ev: &str, outcome: &str| {
+        recs.iter()
+            .filter(|r| r.event == ev && r.outcome.starts_with(outcome))
+            .count()
+    };
+    assert_eq!(count("client-register", "success"), 1);
+    assert_eq!(
+        count("client-register", "failure"),
+        2,
+        "the two roles' attempts"
+    );
+    assert_eq!(count("client-assign", "success"), 1);
+    assert_eq!(count("client-unassign", "failure"), 1);
+    assert_eq!(count("client-revoke", "success"), 1);
+    assert_eq!(count("client-revoke", "failure"), 1);
+}
