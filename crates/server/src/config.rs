@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub shutdown_grace_s: u64,
     /// Log filter (tracing's syntax: "info", "ferrohsm_server=debug", …).
     pub log: String,
+    /// Where to serve `/metrics` (Prometheus text) and `/health` over plain HTTP, e.g.
+    /// "127.0.0.1:9792"; empty: not served. Nothing secret is in them.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             write_timeout_s: 10,
             shutdown_grace_s: 30,
             log: "info".into(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -123,6 +127,14 @@ impl ServerConfig {
         }
         if self.data_dir.as_os_str().is_empty() || self.socket.as_os_str().is_empty() {
             return bad("data_dir and socket must not be empty".into());
+        }
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(format!(
+                "metrics_listen = {:?} is not an address and port (\"127.0.0.1:9792\")",
+                self.metrics_listen
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(format!("log = {:?} is not a valid filter", self.log));

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod hardening;
 pub mod listener;
+pub mod metrics;
 pub mod service;
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -76,6 +77,12 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
     let absolute = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
     lock.announce(&absolute)?;
     let shared = Arc::new(listener::Shared::new(config));
+    if !shared.config.metrics_listen.is_empty() {
+        let addr = shared.config.metrics_listen.clone();
+        let l = std::net::TcpListener::bind(&addr).map_err(io(format!("binding {addr}")))?;
+        metrics::serve(l, shared.clone()).map_err(io("starting the metrics thread"))?;
+        info!(address = %addr, "metrics and health served");
+    }
     let signals = watch_signals(&shared, &socket)?;
     info!(socket = %socket.display(), serial = %serial, "listening");
     ready(&socket);

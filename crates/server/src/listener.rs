@@ -17,6 +17,7 @@ use prost::Message;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::service;
 
 /// What every connection thread shares.
@@ -29,6 +30,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Connections being served.
     pub active: AtomicUsize,
+    /// Counters for the metrics endpoint.
+    pub metrics: Metrics,
     /// The live connections, to stop their reads at shutdown.
     conns: Mutex<HashMap<u64, UnixStream>>,
     next_conn: AtomicU64,
@@ -42,6 +45,7 @@ impl Shared {
             logins: Logins::new(),
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            metrics: Metrics::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         }
@@ -115,6 +119,7 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
             }
         };
         if !admitted(&shared.config, &peer) {
+            shared.metrics.refusal("user");
             warn!(
                 uid = peer.uid,
                 gid = peer.gid,
@@ -132,6 +137,7 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
             continue;
         }
         if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
+            shared.metrics.refusal("limit");
             warn!(
                 uid = peer.uid,
                 pid = peer.pid,
@@ -159,6 +165,7 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
             }
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
+        shared.metrics.connection(peer.uid);
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
@@ -199,6 +206,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
             Ok(f) => f,
             Err(FrameError::Closed) => break,
             Err(FrameError::TooLarge { len, max }) => {
+                shared.metrics.bad_frame();
                 warn!(conn, len, max, "connection closed: oversized frame");
                 refuse(
                     &stream,
@@ -214,6 +222,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
                 break;
             }
             Err(e) => {
+                shared.metrics.bad_frame();
                 warn!(conn, error = %e, "connection closed: broken frame");
                 break;
             }
@@ -225,6 +234,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
         let req = match decoded {
             Ok(r) => r,
             Err(e) => {
+                shared.metrics.bad_frame();
                 warn!(conn, error = %e, "connection closed: request does not decode");
                 refuse(
                     &stream,
@@ -252,10 +262,21 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
                 }
             },
         };
+        let mechanism = service::call_mechanism(&req.call).map(str::to_string);
+        let started = std::time::Instant::now();
         let resp = service::handle(engine as &mut dyn HsmApi, req);
-        if let Some(ferrohsm_proto::v1::response::Result::Error(e)) = &resp.result {
-            debug!(conn, call, code = e.code, message = %e.message, "refused");
-        }
+        let outcome = match &resp.result {
+            Some(ferrohsm_proto::v1::response::Result::Error(e)) => {
+                debug!(conn, call, code = e.code, message = %e.message, "refused");
+                Code::try_from(e.code)
+                    .map(|c| c.as_str_name())
+                    .unwrap_or("UNSPECIFIED")
+            }
+            _ => "ok",
+        };
+        shared
+            .metrics
+            .request(call, mechanism.as_deref(), outcome, started.elapsed());
         served += 1;
         if let Err(e) = write_frame(&mut stream, &resp) {
             // The client went away mid-request; what the request changed is complete.

@@ -78,6 +78,20 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
     }
 }
 
+/// The mechanism a request names, for the metrics (never an argument that could be secret).
+pub fn call_mechanism(call: &Option<Call>) -> Option<&str> {
+    match call {
+        Some(Call::Sign(s)) => Some(&s.mechanism),
+        Some(Call::Verify(v)) => Some(&v.mechanism),
+        Some(Call::Encrypt(c) | Call::Decrypt(c)) => Some(&c.mechanism),
+        Some(Call::WrapKey(w) | Call::WrappedKeyLen(w)) => Some(&w.mechanism),
+        Some(Call::UnwrapKey(u)) => Some(&u.mechanism),
+        Some(Call::GenerateKey(g)) => Some(&g.key_type),
+        Some(Call::GenerateKeyWith(g)) => Some(&g.key_type),
+        _ => None,
+    }
+}
+
 /// A refusal that is not an engine error (bad version, unknown call, undecodable frame).
 pub fn protocol_error(id: u64, code: v1::error::Code, message: String) -> Response {
     Response {

@@ -1,0 +1,154 @@
+//! Operating a server: the metrics and health endpoints count what happened (and hold no
+//! secret), and the systemd unit in the repository carries the hardening the README names.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use support::{Lab, CO_PW};
+
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_count_calls_outcomes_and_refusals_and_health_answers() {
+    let lab = Lab::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = lab.start_with(&format!("metrics_listen = \"{addr}\"\n"));
+    let co = ["--partition", "app", "--password", "env:CO_PW"];
+    lab.ok(&[
+        &["key", "generate", "--type", "ec-p256", "--label", "k"][..],
+        &co,
+    ]
+    .concat());
+    let msg = lab.tmp.path().join("m");
+    std::fs::write(&msg, b"x").unwrap();
+    let (m, sig) = (
+        msg.display().to_string(),
+        lab.tmp.path().join("s").display().to_string(),
+    );
+    lab.ok(&[
+        &["key", "sign", "--label", "k", "--in", &m, "--out", &sig][..],
+        &co,
+    ]
+    .concat());
+    // A wrong password: counted under its error code.
+    let out = lab
+        .cli()
+        .args([
+            "key",
+            "list",
+            "--partition",
+            "app",
+            "--password",
+            "env:SO_PW",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    let (status, body) = get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        body.contains(
+            "ferrohsm_requests_total{call=\"sign\",mechanism=\"ecdsa-sha256\",outcome=\"ok\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "ferrohsm_requests_total{call=\"login\",mechanism=\"\",outcome=\"AUTH_FAILED\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferrohsm_request_seconds_count{call=\"sign\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE ferrohsm_request_seconds histogram"),
+        "{body}"
+    );
+    assert!(body.contains("ferrohsm_connections_total{uid="), "{body}");
+    assert!(!body.contains(CO_PW), "a secret in the metrics");
+    let (status, body) = get(&addr, "/health");
+    assert!(status.contains("200") && body == "ok\n", "{status} {body}");
+    assert!(get(&addr, "/nope").0.contains("404"));
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_bad_metrics_address_is_refused_by_the_configuration_check() {
+    let lab = Lab::new();
+    let conf = lab.config(
+        "bad.toml",
+        &lab.socket(),
+        "metrics_listen = \"everywhere\"\n",
+    );
+    let out = lab
+        .cli()
+        .args(["server", "--check-config", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics_listen"));
+}
+
+#[test]
+fn the_systemd_unit_runs_the_server_hardened() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../packaging/systemd/ferrohsm.service"),
+    )
+    .unwrap();
+    for line in [
+        "ExecStart=/usr/local/bin/ferrohsm server --config /etc/ferrohsm/server.toml",
+        "User=ferrohsm",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "LimitCORE=0",
+        "UMask=0077",
+        "StateDirectory=ferrohsm",
+        "StateDirectoryMode=0700",
+        "RuntimeDirectory=ferrohsm",
+        "CapabilityBoundingSet=",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.trim() == line),
+            "the unit lacks {line}"
+        );
+    }
+    if support::have("systemd-analyze", "--version") {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../packaging/systemd/ferrohsm.service"),
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // The binary is not installed here; anything else it says is a fault in the unit.
+        let faults: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.contains("/usr/local/bin/ferrohsm") && !l.trim().is_empty())
+            .collect();
+        assert!(faults.is_empty(), "{err}");
+    }
+}
