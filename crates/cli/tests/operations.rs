@@ -89,6 +89,88 @@ fn metrics_count_calls_outcomes_and_refusals_and_health_answers() {
     assert!(server.stop().success());
 }
 
+/// Invariant 10: every connection and every refusal is an audit record, naming the peer.
+#[test]
+fn every_connection_and_refusal_is_in_the_audit_log() {
+    let lab = Lab::new();
+    let server = lab.start_with("max_connections = 1\n");
+    let aud = |args: &[&str]| {
+        let out = lab
+            .cli()
+            .env("AUD_PW", "auditor-pass-1")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    aud(&[
+        "audit",
+        "init",
+        "--auth",
+        "password",
+        "--new-password",
+        "env:AUD_PW",
+    ]);
+    // One connection held open: the next is over the limit and refused.
+    let held = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let out = lab.cli().args(["hsm", "show"]).output().unwrap();
+        if !out.status.success() {
+            break;
+        }
+        // The server may not have counted the held connection yet.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "never refused"
+        );
+    }
+    drop(held);
+    let t = std::time::Instant::now();
+    let log = loop {
+        let out = lab
+            .cli()
+            .env("AUD_PW", "auditor-pass-1")
+            .args(["audit", "show", "--password", "env:AUD_PW"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the held connection never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let uid = rustix_uid();
+    let admitted = log
+        .lines()
+        .filter(|l| l.contains(" connection ") && l.contains(&format!("unix uid {uid} ")))
+        .count();
+    assert!(
+        admitted >= 2,
+        "connections are recorded with their peer:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection-refused")
+                && l.contains("failure: connection limit reached")),
+        "{log}"
+    );
+    assert!(server.stop().success());
+}
+
+fn rustix_uid() -> u32 {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 #[test]
 fn a_bad_metrics_address_is_refused_by_the_configuration_check() {
     let lab = Lab::new();

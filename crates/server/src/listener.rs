@@ -32,6 +32,8 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
+    /// An engine handle for the audit records of connections and refusals.
+    recorder: Mutex<Option<Hsm>>,
     /// The live connections, to stop their reads at shutdown.
     conns: Mutex<HashMap<u64, UnixStream>>,
     next_conn: AtomicU64,
@@ -46,9 +48,30 @@ impl Shared {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             metrics: Metrics::default(),
+            recorder: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Records a connection or a refusal in the audit log; an error means it could not be
+    /// recorded (and the connection is then not served).
+    fn record(&self, peer: &Peer, admitted: bool, why: &str) -> ferrohsm_core::Result<()> {
+        let who = format!("unix uid {} gid {} pid {}", peer.uid, peer.gid, peer.pid);
+        let mut r = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        // A kept handle may be stale (zeroize, tamper): one more try on a fresh one.
+        for attempt in 0..2 {
+            let h = match r.as_mut() {
+                Some(h) => h,
+                None => r.insert(Hsm::open(&self.config.data_dir)?),
+            };
+            match h.record_connection(&who, admitted, why) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt == 1 => return Err(e),
+                Err(_) => *r = None,
+            }
+        }
+        Ok(())
     }
 
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, UnixStream>> {
@@ -120,6 +143,9 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
         };
         if !admitted(&shared.config, &peer) {
             shared.metrics.refusal("user");
+            if let Err(e) = shared.record(&peer, false, "user not allowed") {
+                warn!(error = %e, "cannot record a refusal in the audit log");
+            }
             warn!(
                 uid = peer.uid,
                 gid = peer.gid,
@@ -138,6 +164,9 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
         }
         if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
             shared.metrics.refusal("limit");
+            if let Err(e) = shared.record(&peer, false, "connection limit reached") {
+                warn!(error = %e, "cannot record a refusal in the audit log");
+            }
             warn!(
                 uid = peer.uid,
                 pid = peer.pid,
@@ -191,6 +220,16 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
         .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(cfg.write_timeout_s))));
     if let Err(e) = timeouts {
         warn!(conn, error = %e, "connection closed: cannot set its timeouts");
+        return;
+    }
+    // Audited before anything is served: a connection the log cannot record is closed.
+    if let Err(e) = shared.record(&peer, true, "") {
+        warn!(conn, error = %e, "connection closed: the audit log cannot record it");
+        refuse(
+            &stream,
+            Code::Store,
+            format!("the HSM cannot record this connection in its audit log: {e}"),
+        );
         return;
     }
     info!(conn, uid = peer.uid, pid = peer.pid, "connection opened");

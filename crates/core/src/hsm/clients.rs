@@ -155,6 +155,19 @@ impl Hsm {
         })
     }
 
+    /// Records a client's connection (`admitted`) or its refusal, durably, before the server
+    /// serves or closes it (fail closed: an error here means the connection is not served).
+    /// `peer` says who it was (user and process ids, or a certificate's fingerprint); `why`
+    /// says why a refusal was made.
+    pub fn record_connection(&mut self, peer: &str, admitted: bool, why: &str) -> Result<()> {
+        let (event, outcome) = match admitted {
+            true => ("connection", "success".to_string()),
+            false => ("connection-refused", format!("failure: {why}")),
+        };
+        let e = self.ev(event, "client", None, Some(peer), &outcome);
+        self.store.event(&e)
+    }
+
     /// The live (registered, not revoked) client with this key, for a server deciding whom
     /// it serves. No login: a fingerprint names a public key.
     pub fn client_by_fingerprint(&mut self, fingerprint: &str) -> Result<Option<ClientInfo>> {
