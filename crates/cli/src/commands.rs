@@ -42,9 +42,19 @@ pub fn run(cli: Cli) -> R<u8> {
         data_dir,
         ped_dir,
         server,
+        tls_cert,
+        tls_key,
+        server_fingerprint,
         json,
         cmd,
     } = cli;
+    if let (Some(cert), Some(key), Some(fp)) = (tls_cert, tls_key, server_fingerprint) {
+        crate::front::set_tls(ferrohsm_client::TlsClient {
+            cert,
+            key,
+            server_fingerprint: fp,
+        });
+    }
     // No directory and no server named: the local server, if one answers on its socket.
     let server = server.or_else(|| {
         let local = Path::new(ferrohsm_client::DEFAULT_SOCKET);

@@ -25,9 +25,18 @@ pub fn open_or_create(dir: &Path, server: Option<&Path>) -> R<Box<dyn HsmApi>> {
     open_with(dir, server, true)
 }
 
+/// The TLS settings given on the command line, for `--server tls://…`.
+static TLS: std::sync::OnceLock<ferrohsm_client::TlsClient> = std::sync::OnceLock::new();
+
+/// Sets the TLS settings of this command (once).
+pub fn set_tls(t: ferrohsm_client::TlsClient) {
+    let _ = TLS.set(t);
+}
+
 fn open_with(dir: &Path, server: Option<&Path>, create: bool) -> R<Box<dyn HsmApi>> {
-    if let Some(socket) = server {
-        return Ok(Box::new(Remote::connect(socket)?));
+    if let Some(server) = server {
+        let name = server.to_string_lossy();
+        return Ok(Box::new(Remote::connect_to(&name, TLS.get())?));
     }
     if let Some((pid, socket)) = dir_lock::served_by(dir) {
         let socket = socket.ok_or_else(|| {

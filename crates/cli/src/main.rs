@@ -66,12 +66,28 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub ped_dir: PathBuf,
-    /// The server to talk to (its Unix socket). Without it, the CLI goes through the local
+    /// The server to talk to: its Unix socket, or tls://host:port (with --tls-cert,
+    /// --tls-key and --server-fingerprint). Without it, the CLI goes through the local
     /// server (/run/ferrohsm/ferrohsm.sock) when no data directory is named and one answers
     /// there, else through the server that holds the data directory, else it opens the
     /// directory itself.
     #[arg(long, global = true, env = "FERROHSM_SERVER", value_name = "SOCKET")]
     pub server: Option<PathBuf>,
+    /// This host's TLS certificate (PEM), for a server named tls://host:port.
+    #[arg(long, global = true, env = "FERROHSM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This host's TLS private key (PEM).
+    #[arg(long, global = true, env = "FERROHSM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The fingerprint of the server's TLS key (`ferrohsm server fingerprint` on the server);
+    /// any other server is refused before anything is sent.
+    #[arg(
+        long,
+        global = true,
+        env = "FERROHSM_SERVER_FINGERPRINT",
+        value_name = "HEX"
+    )]
+    pub server_fingerprint: Option<String>,
     /// Machine-readable output (JSON) for show and list commands.
     #[arg(long, global = true)]
     pub json: bool,

@@ -23,6 +23,16 @@ pub struct ServerArgs {
     /// Print every setting with its default value, as a configuration file, and exit.
     #[arg(long)]
     pub print_default_config: bool,
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
+}
+
+/// What `ferrohsm server` does besides serving.
+#[derive(clap::Subcommand, Debug)]
+pub enum ServerAction {
+    /// Print the fingerprint of the server's TLS key (SHA-256 of its SubjectPublicKeyInfo),
+    /// for network clients to pin; makes the key and certificate if there are none yet.
+    Fingerprint,
 }
 
 fn config(a: &ServerArgs, data_dir: &Path) -> Result<ServerConfig, ServerError> {
@@ -64,6 +74,10 @@ pub fn run(a: ServerArgs, data_dir: &Path) -> Result<u8, HsmError> {
             return Ok(exit_code(&e));
         }
     };
+    if let Some(ServerAction::Fingerprint) = a.action {
+        println!("{}", ferrohsm_server::tls::fingerprint(&c)?);
+        return Ok(crate::exit::OK);
+    }
     if a.check_config {
         print!("{}", toml::to_string(&c).unwrap_or_default());
         eprintln!("ferrohsm server: configuration is usable");

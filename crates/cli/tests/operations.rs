@@ -95,18 +95,26 @@ fn every_connection_and_refusal_is_in_the_audit_log() {
     let lab = Lab::new();
     let server = lab.start_with("max_connections = 1\n");
     let aud = |args: &[&str]| {
-        let out = lab
-            .cli()
-            .env("AUD_PW", "auditor-pass-1")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        // The one connection allowed may still be another's for a moment (the start-up
+        // probe's, the last command's): try again until it is free.
+        let t = std::time::Instant::now();
+        loop {
+            let out = lab
+                .cli()
+                .env("AUD_PW", "auditor-pass-1")
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return String::from_utf8(out.stdout).unwrap();
+            }
+            assert!(
+                err.contains("limit of 1 connections") && t.elapsed().as_secs() < 10,
+                "{args:?}: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     };
     aud(&[
         "audit",

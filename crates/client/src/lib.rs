@@ -6,9 +6,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use ferrohsm_core::x509;
+use rustls::pki_types::CertificateDer;
 
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
@@ -30,10 +36,154 @@ pub use ferrohsm_proto::DEFAULT_SOCKET;
 /// The default deadline of one call.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A connection to a server's Unix socket.
+/// A client's TLS settings: its certificate and key (PEM), and the fingerprint of the
+/// server's key it trusts (SHA-256 of the SubjectPublicKeyInfo, as `ferrohsm server
+/// fingerprint` prints it).
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    /// The client's certificate (PEM).
+    pub cert: PathBuf,
+    /// The client's private key (PEM).
+    pub key: PathBuf,
+    /// The server's key fingerprint; any other server is refused before anything is sent.
+    pub server_fingerprint: String,
+}
+
+/// Accepts only the server whose key has the pinned fingerprint, and checks that it holds
+/// that key (the handshake's signature).
+struct PinnedServer {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl std::fmt::Debug for PinnedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinnedServer({})", self.fingerprint)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let fp = x509::spki_of(end_entity)
+            .map(x509::spki_fingerprint)
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+        if fp == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("only TLS 1.3 is accepted".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl TlsClient {
+    fn config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        let fingerprint = x509::parse_fingerprint(&self.server_fingerprint)?;
+        let cert = CertificateDer::from_pem_file(&self.cert)
+            .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.cert.display())))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.key.display())))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                fingerprint,
+                provider,
+            }))
+            .with_client_auth_cert(vec![cert], key)
+            .map_err(|e| HsmError::InvalidInput(format!("the client's TLS key: {e}")))?;
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Where a [`Remote`] connects.
+enum Target {
+    Unix(PathBuf),
+    Tls {
+        addr: String,
+        config: Arc<rustls::ClientConfig>,
+    },
+}
+
+/// One connection, local or over the network.
+enum Stream {
+    Unix(UnixStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A connection to a server: its Unix socket, or its TLS listener.
 pub struct Remote {
+    /// How the server is named in messages (the socket's path, or `tls://host:port`).
     socket: PathBuf,
-    stream: Option<UnixStream>,
+    target: Target,
+    stream: Option<Stream>,
     deadline: Duration,
     next_id: u64,
 }
@@ -41,8 +191,41 @@ pub struct Remote {
 impl Remote {
     /// Connects to the server listening on `socket`.
     pub fn connect(socket: &Path) -> Result<Remote> {
+        Remote::start(socket.to_path_buf(), Target::Unix(socket.to_path_buf()))
+    }
+
+    /// Connects to a server over TCP with mutual TLS (`addr` is `host:port`), as the client
+    /// `tls` describes, refusing any server whose key is not the pinned one before anything
+    /// is sent.
+    pub fn connect_tls(addr: &str, tls: &TlsClient) -> Result<Remote> {
+        Remote::start(
+            PathBuf::from(format!("tls://{addr}")),
+            Target::Tls {
+                addr: addr.to_string(),
+                config: tls.config()?,
+            },
+        )
+    }
+
+    /// Connects to `server`: `tls://host:port` (with `tls`), `unix:PATH` or a socket path.
+    pub fn connect_to(server: &str, tls: Option<&TlsClient>) -> Result<Remote> {
+        match server.strip_prefix("tls://") {
+            Some(addr) => Remote::connect_tls(
+                addr,
+                tls.ok_or_else(|| {
+                    HsmError::InvalidInput(format!(
+                        "{server} needs the client's certificate, key and the server's fingerprint"
+                    ))
+                })?,
+            ),
+            None => Remote::connect(Path::new(server.strip_prefix("unix:").unwrap_or(server))),
+        }
+    }
+
+    fn start(name: PathBuf, target: Target) -> Result<Remote> {
         let mut r = Remote {
-            socket: socket.to_path_buf(),
+            socket: name,
+            target,
             stream: None,
             deadline: DEFAULT_DEADLINE,
             next_id: 1,
@@ -54,10 +237,20 @@ impl Remote {
     /// Sets the deadline of each call (default [`DEFAULT_DEADLINE`]).
     pub fn with_deadline(mut self, deadline: Duration) -> Remote {
         self.deadline = deadline;
-        if let Some(s) = &self.stream {
-            let _ = s
+        let set = |r: std::io::Result<()>| r.is_ok();
+        let ok = match &self.stream {
+            Some(Stream::Unix(s)) => set(s
                 .set_read_timeout(Some(deadline))
-                .and_then(|_| s.set_write_timeout(Some(deadline)));
+                .and_then(|_| s.set_write_timeout(Some(deadline)))),
+            Some(Stream::Tls(s)) => set(s
+                .sock
+                .set_read_timeout(Some(deadline))
+                .and_then(|_| s.sock.set_write_timeout(Some(deadline)))),
+            None => true,
+        };
+        if !ok {
+            // The next call connects afresh, with the new deadline.
+            self.stream = None;
         }
         self
     }
@@ -66,21 +259,54 @@ impl Remote {
         HsmError::io(&self.socket, e)
     }
 
-    fn stream(&mut self) -> Result<&mut UnixStream> {
+    fn stream(&mut self) -> Result<&mut Stream> {
         if self.stream.is_none() {
-            let s = UnixStream::connect(&self.socket).map_err(|e| {
+            let fail = |e: std::io::Error, what: &str| {
                 HsmError::io(
                     &self.socket,
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("no ferrohsm server answers on this socket ({e})"),
-                    ),
+                    std::io::Error::new(e.kind(), format!("{what} ({e})")),
                 )
-            })?;
-            s.set_read_timeout(Some(self.deadline))
-                .and_then(|_| s.set_write_timeout(Some(self.deadline)))
-                .map_err(|e| self.io_error(e))?;
-            self.stream = Some(s);
+            };
+            let stream = match &self.target {
+                Target::Unix(path) => {
+                    let s = UnixStream::connect(path)
+                        .map_err(|e| fail(e, "no ferrohsm server answers on this socket"))?;
+                    s.set_read_timeout(Some(self.deadline))
+                        .and_then(|_| s.set_write_timeout(Some(self.deadline)))
+                        .map_err(|e| self.io_error(e))?;
+                    Stream::Unix(s)
+                }
+                Target::Tls { addr, config } => {
+                    let sock = addr
+                        .to_socket_addrs()
+                        .map_err(|e| fail(e, "cannot resolve the server's address"))?
+                        .next()
+                        .ok_or_else(|| {
+                            fail(
+                                std::io::Error::from(std::io::ErrorKind::NotFound),
+                                "cannot resolve the server's address",
+                            )
+                        })?;
+                    let mut tcp = TcpStream::connect_timeout(&sock, self.deadline)
+                        .map_err(|e| fail(e, "no ferrohsm server answers there"))?;
+                    tcp.set_read_timeout(Some(self.deadline))
+                        .and_then(|_| tcp.set_write_timeout(Some(self.deadline)))
+                        .map_err(|e| self.io_error(e))?;
+                    let _ = tcp.set_nodelay(true);
+                    let name = rustls::pki_types::ServerName::try_from("ferrohsm")
+                        .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
+                    let mut conn = rustls::ClientConnection::new(config.clone(), name)
+                        .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?;
+                    // The whole handshake before any request: a server with another key, or
+                    // one that does not know this client, is refused here.
+                    while conn.is_handshaking() {
+                        conn.complete_io(&mut tcp)
+                            .map_err(|e| fail(e, "the TLS handshake with the server failed"))?;
+                    }
+                    Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+                }
+            };
+            self.stream = Some(stream);
         }
         // Set just above.
         self.stream
@@ -133,6 +359,14 @@ impl Remote {
                     "the server closed the connection",
                 ),
             ),
+            FrameError::Io(e) if refused_by_tls(&e) => HsmError::io(
+                &socket,
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the server refused this client in the TLS handshake: its certificate is not \
+                     registered with the HSM, or was revoked (`ferrohsm client register`)",
+                ),
+            ),
             FrameError::Io(e) => HsmError::io(&socket, e),
             other => HsmError::Store(format!("bad answer from the server: {other}")),
         })?;
@@ -144,6 +378,20 @@ impl Remote {
         }
         Ok(resp)
     }
+}
+
+/// Whether a read failed because the server refused this client's certificate (in TLS 1.3
+/// the client learns it at its first read).
+fn refused_by_tls(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::AccessDenied
+                | rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::CertificateRevoked
+                | rustls::AlertDescription::CertificateRequired
+        ))
+    )
 }
 
 /// Zeroizes what a request carried of a secret (a login's, a new password) once it is sent.

@@ -34,6 +34,15 @@ pub struct ServerConfig {
     pub shutdown_grace_s: u64,
     /// Log filter (tracing's syntax: "info", "ferrohsm_server=debug", …).
     pub log: String,
+    /// Where to listen for network clients (TCP, TLS 1.3 with client certificates), e.g.
+    /// "0.0.0.0:1792"; empty: no network listener. Only clients the HSM SO registered are
+    /// admitted, each to the partitions assigned to it.
+    pub tls_listen: String,
+    /// The server's TLS certificate (PEM); empty: `tls-server.crt` in the data directory,
+    /// made at first start with its key.
+    pub tls_cert: PathBuf,
+    /// The server's TLS private key (PEM); empty: `tls-server.key` in the data directory.
+    pub tls_key: PathBuf,
     /// Where to serve `/metrics` (Prometheus text) and `/health` over plain HTTP, e.g.
     /// "127.0.0.1:9792"; empty: not served. Nothing secret is in them.
     pub metrics_listen: String,
@@ -53,6 +62,9 @@ impl Default for ServerConfig {
             shutdown_grace_s: 30,
             log: "info".into(),
             metrics_listen: String::new(),
+            tls_listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }

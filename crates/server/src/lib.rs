@@ -11,6 +11,7 @@ pub mod hardening;
 pub mod listener;
 pub mod metrics;
 pub mod service;
+pub mod tls;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -82,6 +83,18 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
         let l = std::net::TcpListener::bind(&addr).map_err(io(format!("binding {addr}")))?;
         metrics::serve(l, shared.clone()).map_err(io("starting the metrics thread"))?;
         info!(address = %addr, "metrics and health served");
+    }
+    if !shared.config.tls_listen.is_empty() {
+        let addr = shared.config.tls_listen.clone();
+        let tls = tls::server_config(&shared.config, &shared)?;
+        let l = std::net::TcpListener::bind(&addr).map_err(io(format!("binding {addr}")))?;
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("tls-accept".into())
+            .spawn(move || tls::accept_loop(l, sh, tls))
+            .map_err(io("starting the TLS listener"))?;
+        tls::watch_revocations(shared.clone());
+        info!(address = %addr, fingerprint = %tls::fingerprint(&shared.config)?, "listening for TLS clients");
     }
     let signals = watch_signals(&shared, &socket)?;
     info!(socket = %socket.display(), serial = %serial, "listening");

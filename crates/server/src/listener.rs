@@ -1,15 +1,16 @@
 //! The transport: a Unix socket, peers admitted by uid/gid, one thread per connection,
-//! frames read under the configured limits and answered through the service layer.
+//! frames read under the configured limits and answered through the service layer. The TLS
+//! listener ([`crate::tls`]) admits its clients its own way and serves them here too.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrohsm_core::api::{Embedded, HsmApi, Logins};
+use ferrohsm_core::api::{ClientInfo, Embedded, HsmApi, Logins};
 use ferrohsm_core::Hsm;
 use ferrohsm_proto::v1::error::Code;
 use ferrohsm_proto::{read_frame, write_frame, FrameError, Request};
@@ -19,6 +20,26 @@ use tracing::{debug, info, warn};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::service;
+
+/// A live connection: how to cut it, and the client certificate it came with.
+struct Live {
+    shutdown: Box<dyn Fn() + Send>,
+    fingerprint: Option<String>,
+}
+
+/// Who a connection serves: for the audit log, the logins it shares, and its scope.
+pub struct Who {
+    /// How the audit log and the server's log name it.
+    pub describe: String,
+    /// Its connections share logins: "pid N" locally, "tls FINGERPRINT" over the network.
+    pub owner: String,
+    /// What it may reach.
+    pub scope: service::Scope,
+    /// Its certificate's key, for a network client (its connections close at revocation).
+    pub fingerprint: Option<String>,
+    /// Its user id, for a local client.
+    pub uid: Option<u32>,
+}
 
 /// What every connection thread shares.
 pub struct Shared {
@@ -32,10 +53,11 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
-    /// An engine handle for the audit records of connections and refusals.
+    /// An engine handle for the audit records of connections and refusals, and for the
+    /// client registry.
     recorder: Mutex<Option<Hsm>>,
-    /// The live connections, to stop their reads at shutdown.
-    conns: Mutex<HashMap<u64, UnixStream>>,
+    /// The live connections, to stop them at shutdown or at a client's revocation.
+    conns: Mutex<HashMap<u64, Live>>,
     next_conn: AtomicU64,
 }
 
@@ -56,33 +78,66 @@ impl Shared {
 
     /// Records a connection or a refusal in the audit log; an error means it could not be
     /// recorded (and the connection is then not served).
-    fn record(&self, peer: &Peer, admitted: bool, why: &str) -> ferrohsm_core::Result<()> {
-        let who = format!("unix uid {} gid {} pid {}", peer.uid, peer.gid, peer.pid);
+    pub(crate) fn record(&self, who: &str, admitted: bool, why: &str) -> ferrohsm_core::Result<()> {
+        self.with_registry(|h| h.record_connection(who, admitted, why))
+    }
+
+    /// The live (registered, unrevoked) client with this certificate key.
+    pub(crate) fn client(&self, fp: &str) -> ferrohsm_core::Result<Option<ClientInfo>> {
+        self.with_registry(|h| h.client_by_fingerprint(fp))
+    }
+
+    fn with_registry<T>(
+        &self,
+        f: impl Fn(&mut Hsm) -> ferrohsm_core::Result<T>,
+    ) -> ferrohsm_core::Result<T> {
         let mut r = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
         // A kept handle may be stale (zeroize, tamper): one more try on a fresh one.
-        for attempt in 0..2 {
+        let mut tries = 0;
+        loop {
             let h = match r.as_mut() {
                 Some(h) => h,
                 None => r.insert(Hsm::open(&self.config.data_dir)?),
             };
-            match h.record_connection(&who, admitted, why) {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt == 1 => return Err(e),
+            match f(h) {
+                Ok(v) => return Ok(v),
+                Err(e) if tries == 1 => return Err(e),
                 Err(_) => *r = None,
             }
+            tries += 1;
         }
-        Ok(())
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, UnixStream>> {
+    /// The certificate keys of the network clients connected now.
+    pub(crate) fn client_fingerprints(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .conns()
+            .values()
+            .filter_map(|c| c.fingerprint.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Cuts every connection of the client with this certificate key.
+    pub(crate) fn close_client(&self, fp: &str) {
+        for c in self.conns().values() {
+            if c.fingerprint.as_deref() == Some(fp) {
+                (c.shutdown)();
+            }
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops reading from every connection: idle ones close, busy ones finish the request
     /// in hand and answer it first.
     pub fn stop_reads(&self) {
-        for s in self.conns().values() {
-            let _ = s.shutdown(Shutdown::Read);
+        for c in self.conns().values() {
+            (c.shutdown)();
         }
     }
 }
@@ -114,8 +169,8 @@ fn admitted(config: &ServerConfig, p: &Peer) -> bool {
 }
 
 /// Sends a refusal frame, best effort: the connection is closed either way.
-fn refuse(mut s: &UnixStream, code: Code, message: String) {
-    let _ = write_frame(&mut s, &service::protocol_error(0, code, message));
+fn refuse(s: &mut impl Write, code: Code, message: String) {
+    let _ = write_frame(s, &service::protocol_error(0, code, message));
 }
 
 /// Accepts connections until [`Shared::stopping`] is set (the signal thread then makes one
@@ -141,9 +196,10 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
+        let who = format!("unix uid {} gid {} pid {}", peer.uid, peer.gid, peer.pid);
         if !admitted(&shared.config, &peer) {
             shared.metrics.refusal("user");
-            if let Err(e) = shared.record(&peer, false, "user not allowed") {
+            if let Err(e) = shared.record(&who, false, "user not allowed") {
                 warn!(error = %e, "cannot record a refusal in the audit log");
             }
             warn!(
@@ -153,7 +209,7 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
                 "connection refused: user not allowed"
             );
             refuse(
-                &stream,
+                &mut &stream,
                 Code::Refused,
                 format!(
                     "uid {} is not allowed to use this HSM (allowed_uids / allowed_gids in the server's configuration)",
@@ -162,80 +218,104 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
             );
             continue;
         }
-        if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
-            shared.metrics.refusal("limit");
-            if let Err(e) = shared.record(&peer, false, "connection limit reached") {
-                warn!(error = %e, "cannot record a refusal in the audit log");
-            }
-            warn!(
-                uid = peer.uid,
-                pid = peer.pid,
-                max = shared.config.max_connections,
-                "connection refused: too many connections"
-            );
-            refuse(
-                &stream,
-                Code::Exhausted,
-                format!(
-                    "the server is serving its limit of {} connections",
-                    shared.config.max_connections
-                ),
-            );
+        let cfg = &shared.config;
+        let timeouts = stream
+            .set_read_timeout(Some(Duration::from_secs(cfg.idle_timeout_s)))
+            .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(cfg.write_timeout_s))));
+        let shut = stream.try_clone();
+        let (Ok(()), Ok(shut)) = (timeouts, shut) else {
+            warn!("connection dropped: cannot set its timeouts or track it");
             continue;
-        }
-        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        match stream.try_clone() {
-            Ok(c) => {
-                shared.conns().insert(id, c);
-            }
-            Err(e) => {
-                warn!(error = %e, "connection dropped: cannot track it");
-                continue;
-            }
-        }
-        shared.active.fetch_add(1, Ordering::SeqCst);
-        shared.metrics.connection(peer.uid);
+        };
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("conn-{id}"))
+            .name("conn".into())
             .stack_size(1 << 20)
             .spawn(move || {
-                serve(&sh, stream, id, peer);
-                sh.conns().remove(&id);
-                sh.active.fetch_sub(1, Ordering::SeqCst);
+                let who = Who {
+                    describe: who,
+                    owner: format!("pid {}", peer.pid),
+                    scope: service::Scope::All,
+                    fingerprint: None,
+                    uid: Some(peer.uid),
+                };
+                serve_admitted(
+                    &sh,
+                    stream,
+                    Box::new(move || {
+                        let _ = shut.shutdown(Shutdown::Read);
+                    }),
+                    who,
+                );
             });
         if let Err(e) = spawned {
             warn!(error = %e, "connection dropped: no thread for it");
-            shared.conns().remove(&id);
-            shared.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-/// Serves one connection until it closes, misbehaves, idles out or the server stops.
-fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
-    let cfg = &shared.config;
-    let timeouts = stream
-        .set_read_timeout(Some(Duration::from_secs(cfg.idle_timeout_s)))
-        .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(cfg.write_timeout_s))));
-    if let Err(e) = timeouts {
-        warn!(conn, error = %e, "connection closed: cannot set its timeouts");
+/// Serves an admitted connection in this thread: the connection limit, its audit record,
+/// then its requests; `shutdown` cuts it (at stop or revocation).
+pub fn serve_admitted<S: Read + Write>(
+    shared: &Shared,
+    mut stream: S,
+    shutdown: Box<dyn Fn() + Send>,
+    who: Who,
+) {
+    if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+        shared.metrics.refusal("limit");
+        if let Err(e) = shared.record(&who.describe, false, "connection limit reached") {
+            warn!(error = %e, "cannot record a refusal in the audit log");
+        }
+        warn!(
+            peer = %who.describe,
+            max = shared.config.max_connections,
+            "connection refused: too many connections"
+        );
+        refuse(
+            &mut stream,
+            Code::Exhausted,
+            format!(
+                "the server is serving its limit of {} connections",
+                shared.config.max_connections
+            ),
+        );
         return;
     }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared.conns().insert(
+        id,
+        Live {
+            shutdown,
+            fingerprint: who.fingerprint.clone(),
+        },
+    );
+    if let Some(uid) = who.uid {
+        shared.metrics.connection(uid);
+    }
+    serve(shared, stream, id, who);
+    shared.conns().remove(&id);
+    shared.active.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Serves one connection until it closes, misbehaves, idles out or the server stops.
+fn serve<S: Read + Write>(shared: &Shared, mut stream: S, conn: u64, who: Who) {
+    let cfg = &shared.config;
     // Audited before anything is served: a connection the log cannot record is closed.
-    if let Err(e) = shared.record(&peer, true, "") {
+    if let Err(e) = shared.record(&who.describe, true, "") {
         warn!(conn, error = %e, "connection closed: the audit log cannot record it");
         refuse(
-            &stream,
+            &mut stream,
             Code::Store,
             format!("the HSM cannot record this connection in its audit log: {e}"),
         );
         return;
     }
-    info!(conn, uid = peer.uid, pid = peer.pid, "connection opened");
-    // A process's connections share its logins (a PKCS#11 login is the application's, seen
+    info!(conn, peer = %who.describe, "connection opened");
+    // A client's connections share its logins (a PKCS#11 login is the application's, seen
     // by all its sessions); they end when its last connection closes.
-    let hold = shared.logins.hold_process(peer.pid as u32);
+    let hold = shared.logins.hold_peer(&who.owner);
     // The engine handle is opened at the first request, so idle connections hold no store
     // descriptors.
     let mut api: Option<Embedded> = None;
@@ -248,7 +328,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
                 shared.metrics.bad_frame();
                 warn!(conn, len, max, "connection closed: oversized frame");
                 refuse(
-                    &stream,
+                    &mut stream,
                     Code::BadRequest,
                     format!("a frame of {len} bytes is over this server's limit of {max}"),
                 );
@@ -276,7 +356,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
                 shared.metrics.bad_frame();
                 warn!(conn, error = %e, "connection closed: request does not decode");
                 refuse(
-                    &stream,
+                    &mut stream,
                     Code::BadRequest,
                     format!("the request does not decode: {e}"),
                 );
@@ -303,7 +383,7 @@ fn serve(shared: &Shared, mut stream: UnixStream, conn: u64, peer: Peer) {
         };
         let mechanism = service::call_mechanism(&req.call).map(str::to_string);
         let started = std::time::Instant::now();
-        let resp = service::handle(engine as &mut dyn HsmApi, req);
+        let resp = service::handle_in(engine as &mut dyn HsmApi, req, &who.scope);
         let outcome = match &resp.result {
             Some(ferrohsm_proto::v1::response::Result::Error(e)) => {
                 debug!(conn, call, code = e.code, message = %e.message, "refused");

@@ -104,8 +104,84 @@ pub fn protocol_error(id: u64, code: v1::error::Code, message: String) -> Respon
     }
 }
 
+/// What a connection's client may reach: everything (a local user the configuration admits),
+/// or only the partitions the HSM SO assigned to it (a registered network client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole HSM.
+    All,
+    /// These partitions' roles and objects, nothing of the device.
+    Partitions(Vec<String>),
+}
+
+impl Scope {
+    fn allows(&self, partition: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Partitions(p) => p.iter().any(|x| x == partition),
+        }
+    }
+
+    /// Refuses a call that reaches outside the scope. A call with a login id needs no check:
+    /// the login was made in scope, and a login id names nothing for another client.
+    fn check(&self, call: &Call) -> Result<()> {
+        if *self == Scope::All {
+            return Ok(());
+        }
+        let outside = |what: &str| {
+            Err(ferrohsm_core::HsmError::Refused(format!(
+                "{what} is not assigned to this client (the HSM SO assigns partitions: `ferrohsm client assign`)"
+            )))
+        };
+        let partition = |p: &str| match self.allows(p) {
+            true => Ok(()),
+            false => outside(&format!("partition {p:?}")),
+        };
+        match call {
+            Call::Login(l) => match (Role::parse(&l.role)?, l.partition.as_deref()) {
+                (Role::PartitionSo | Role::CryptoOfficer | Role::CryptoUser, Some(p)) => {
+                    partition(p)
+                }
+                _ => outside("the device (its security officer and Auditor)"),
+            },
+            Call::InitHsm(_) | Call::InitToken(_) | Call::AuditInit(_) => outside("the device"),
+            Call::ReinitToken(t) => partition(&t.label),
+            Call::InitPartition(i) => partition(&i.label),
+            Call::ChangePassword(c) => partition(&c.partition),
+            Call::Find(f) => partition(&f.partition),
+            Call::ObjectInfo(o) => partition(&o.partition),
+            _ => Ok(()),
+        }
+    }
+
+    /// Leaves out of a device description the partitions outside the scope.
+    fn filter(&self, reply: &mut Reply) {
+        if *self == Scope::All {
+            return;
+        }
+        match reply {
+            Reply::Summary(s) => s.partitions.retain(|p| self.allows(&p.label)),
+            Reply::Text(t) => {
+                // `info` answers with the description as JSON: filter it the same way.
+                if let Ok(mut info) = convert::info_from_wire(t.clone()) {
+                    info.partitions.retain(|p| self.allows(&p.label));
+                    if let Ok(filtered) = convert::info_to_wire(&info) {
+                        *t = filtered;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Answers one request.
 pub fn handle(api: &mut dyn HsmApi, req: Request) -> Response {
+    handle_in(api, req, &Scope::All)
+}
+
+/// Answers one request of a client with `scope`.
+pub fn handle_in(api: &mut dyn HsmApi, req: Request, scope: &Scope) -> Response {
     if req.version != PROTOCOL_VERSION {
         return protocol_error(
             req.id,
@@ -123,7 +199,18 @@ pub fn handle(api: &mut dyn HsmApi, req: Request) -> Response {
             "the request names no call this server knows (a newer client?)".into(),
         );
     };
-    let result = answer(api, call).unwrap_or_else(|e| Reply::Error(error_to_wire(&e)));
+    let is_info = matches!(call, Call::Info(_));
+    let is_summary = matches!(call, Call::Summary(_));
+    let result = scope
+        .check(&call)
+        .and_then(|()| answer(api, call))
+        .map(|mut r| {
+            if is_info || is_summary {
+                scope.filter(&mut r);
+            }
+            r
+        })
+        .unwrap_or_else(|e| Reply::Error(error_to_wire(&e)));
     Response {
         id: req.id,
         result: Some(result),

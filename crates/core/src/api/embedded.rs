@@ -38,7 +38,7 @@ pub struct Logins(Arc<Mutex<LoginTable>>);
 struct LoginTable {
     logins: HashMap<LoginId, (u64, Arc<Session>)>,
     front_ends: HashMap<u64, usize>,
-    processes: HashMap<u32, u64>,
+    peers: HashMap<String, u64>,
 }
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
@@ -88,12 +88,16 @@ impl Logins {
         }
     }
 
-    /// Holds the logins of client process `pid`: every connection from one process shares
-    /// one owner while any is open, and its logins end with its last connection (the kernel
-    /// closes a process's sockets when it exits, before its pid can be reused).
-    pub fn hold_process(&self, pid: u32) -> OwnerHold {
+    /// Holds the logins of one client, named by `peer`: every connection from one client
+    /// process ("pid N" on a Unix socket: the kernel closes a process's sockets when it
+    /// exits, before its pid can be reused) or one client certificate ("tls FINGERPRINT")
+    /// shares one owner while any is open, and its logins end with its last connection.
+    pub fn hold_peer(&self, peer: &str) -> OwnerHold {
         let mut map = self.map();
-        let owner = *map.processes.entry(pid).or_insert_with(Logins::new_owner);
+        let owner = *map
+            .peers
+            .entry(peer.to_string())
+            .or_insert_with(Logins::new_owner);
         *map.front_ends.entry(owner).or_default() += 1;
         OwnerHold {
             logins: self.clone(),
@@ -112,7 +116,7 @@ impl Logins {
         };
         if left == 0 {
             map.front_ends.remove(&owner);
-            map.processes.retain(|_, o| *o != owner);
+            map.peers.retain(|_, o| *o != owner);
             map.logins.retain(|_, (o, _)| *o != owner);
         }
     }
@@ -287,7 +291,7 @@ impl Embedded {
     }
 
     /// A front end whose logins are `owner`'s, shared with its other front ends
-    /// ([`Logins::new_owner`], [`Logins::hold_process`]).
+    /// ([`Logins::new_owner`], [`Logins::hold_peer`]).
     pub fn for_owner(hsm: Hsm, logins: Logins, owner: u64) -> Embedded {
         let hold = logins.hold(owner);
         Embedded {
