@@ -12,8 +12,9 @@
 //! single-process tools), which also keeps loaded keys between calls (the fast path).
 //!
 //! Configuration ([`state::Config::load`]): the file named by `FERROHSM_PKCS11_CONF`
-//! (`server = "unix:/run/ferrohsm/ferrohsm.sock"` or `embedded = "/path/to/data"`, `ped_dir`,
-//! `log`), else `FERROHSM_SERVER` (a socket), else `FERROHSM_HOME` (embedded), else the
+//! (`server = "unix:/run/ferrohsm/ferrohsm.sock"`, or `server = "tls://host:1792"` with
+//! `client_cert`, `client_key` and `server_fingerprint`, or `embedded = "/path/to/data"`;
+//! `ped_dir`, `log`), else `FERROHSM_SERVER` (a socket), else `FERROHSM_HOME` (embedded), else the
 //! default socket `/run/ferrohsm/ferrohsm.sock`. PED key files for NULL-PIN logins come from
 //! `FERROHSM_PED_DIR` (default `./ped-keys`); what goes wrong is logged to `log` or
 //! `FERROHSM_PKCS11_LOG`, else stderr.

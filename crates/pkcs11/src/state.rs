@@ -17,10 +17,12 @@ use ferrohsm_core::{Hsm, HsmError, Session as EngineSession};
 use crate::ffi::Rv;
 
 /// Where the module finds the HSM.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Target {
     /// A `ferrohsm server` on this Unix socket: the HSM's boundary (the default).
     Server(PathBuf),
+    /// A `ferrohsm server` over the network (`host:port`), with mutual TLS.
+    Tls(String, ferrohsm_client::TlsClient),
     /// The data directory, opened in this process: no boundary (tests, demos, single-process
     /// tools).
     Embedded(PathBuf),
@@ -30,6 +32,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Server(p) => write!(f, "server unix:{}", p.display()),
+            Target::Tls(a, _) => write!(f, "server tls://{a}"),
             Target::Embedded(p) => write!(f, "embedded HSM in {}", p.display()),
         }
     }
@@ -68,6 +71,7 @@ impl Config {
             return Ok(c);
         };
         let shown = PathBuf::from(&path).display().to_string();
+        let (mut tls_addr, mut cert, mut key, mut fingerprint) = (None, None, None, None);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read the configuration {shown}: {e}"))?;
         for (n, line) in text.lines().enumerate() {
@@ -80,15 +84,19 @@ impl Config {
             };
             let v = v.trim().trim_matches('"');
             match k.trim() {
-                "server" => {
-                    let socket = v.strip_prefix("unix:").ok_or_else(|| {
-                        format!(
-                            "{shown} line {}: server must be \"unix:/path/to/socket\"",
+                "server" => match (v.strip_prefix("unix:"), v.strip_prefix("tls://")) {
+                    (Some(socket), _) => c.target = Target::Server(socket.into()),
+                    (_, Some(addr)) => tls_addr = Some(addr.to_string()),
+                    _ => {
+                        return Err(format!(
+                            "{shown} line {}: server is \"unix:/path/to/socket\" or \"tls://host:port\"",
                             n + 1
-                        )
-                    })?;
-                    c.target = Target::Server(socket.into());
-                }
+                        ))
+                    }
+                },
+                "client_cert" => cert = Some(PathBuf::from(v)),
+                "client_key" => key = Some(PathBuf::from(v)),
+                "server_fingerprint" => fingerprint = Some(v.to_string()),
                 // `data_dir` is the older name of `embedded`.
                 "embedded" | "data_dir" => c.target = Target::Embedded(v.into()),
                 "ped_dir" => c.ped_dir = v.into(),
@@ -96,8 +104,28 @@ impl Config {
                 other => {
                     return Err(format!(
                         "{shown} line {}: unknown key {other:?} (known: server, embedded, \
-                         ped_dir, log)",
+                         ped_dir, log, client_cert, client_key, server_fingerprint)",
                         n + 1
+                    ))
+                }
+            }
+        }
+        if let Some(addr) = tls_addr {
+            match (cert, key, fingerprint) {
+                (Some(cert), Some(key), Some(server_fingerprint)) => {
+                    c.target = Target::Tls(
+                        addr,
+                        ferrohsm_client::TlsClient {
+                            cert,
+                            key,
+                            server_fingerprint,
+                        },
+                    )
+                }
+                _ => {
+                    return Err(format!(
+                        "{shown}: server = \"tls://{addr}\" needs client_cert, client_key and \
+                         server_fingerprint"
                     ))
                 }
             }
@@ -174,6 +202,7 @@ impl Opener {
             Target::Embedded(dir) => Hsm::open(dir)
                 .map(|h| Front::Embedded(Embedded::for_owner(h, self.logins.clone(), self.owner))),
             Target::Server(socket) => Remote::connect(socket).map(Front::Remote),
+            Target::Tls(addr, tls) => Remote::connect_tls(addr, tls).map(Front::Remote),
         };
         r.map_err(|e| {
             log(

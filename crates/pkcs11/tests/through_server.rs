@@ -369,3 +369,136 @@ fn helper_application_signing_through_the_module() {
     drop(s);
     p11.finalize().unwrap();
 }
+
+/// The module over the network: a host registered by the HSM SO and assigned one partition
+/// reaches it over mutual TLS, sees only it, and signs with its keys.
+#[test]
+fn the_module_over_mutual_tls_sees_only_its_partition() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    harness::password_hsm(&data, false);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let socket = tmp.path().join("ferrohsm.sock");
+    let _server = harness::start_server_with(&data, &socket, &format!("tls_listen = \"{addr}\"\n"));
+    // The operator's side, over the local socket: two partitions, a host key, registration.
+    let cli = |args: &[&str]| {
+        let out = Command::new(harness::server_binary())
+            .arg("--server")
+            .arg(&socket)
+            .args(args)
+            .env("SO_PW", harness::HSM_SO_PW)
+            .env("PSO_PW", "partition-so-1")
+            .env("CO_PW", USER_PIN)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for p in ["mine", "theirs"] {
+        cli(&[
+            "partition",
+            "create",
+            "--label",
+            p,
+            "--password",
+            "env:SO_PW",
+        ]);
+        cli(&[
+            "partition",
+            "init",
+            "--partition",
+            p,
+            "--so-password",
+            "env:PSO_PW",
+        ]);
+        cli(&[
+            "role",
+            "init",
+            "--partition",
+            p,
+            "--role",
+            "co",
+            "--password",
+            "env:PSO_PW",
+            "--new-password",
+            "env:CO_PW",
+        ]);
+    }
+    cli(&[
+        "client",
+        "keygen",
+        "--name",
+        "host1",
+        "--key",
+        "host1.key",
+        "--cert",
+        "host1.crt",
+    ]);
+    cli(&[
+        "client",
+        "register",
+        "--name",
+        "host1",
+        "--cert",
+        "host1.crt",
+        "--password",
+        "env:SO_PW",
+    ]);
+    cli(&[
+        "client",
+        "assign",
+        "--client",
+        "host1",
+        "--partition",
+        "mine",
+        "--password",
+        "env:SO_PW",
+    ]);
+    let fp = String::from_utf8(
+        Command::new(harness::server_binary())
+            .args(["server", "--config"])
+            .arg(tmp.path().join("server.toml"))
+            .arg("fingerprint")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let conf = tmp.path().join("pkcs11.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server = \"tls://{addr}\"\nclient_cert = {:?}\nclient_key = {:?}\nserver_fingerprint = \"{}\"\n",
+            tmp.path().join("host1.crt"),
+            tmp.path().join("host1.key"),
+            fp.trim()
+        ),
+    )
+    .unwrap();
+    std::env::remove_var("FERROHSM_HOME");
+    std::env::remove_var("FERROHSM_SERVER");
+    std::env::set_var("FERROHSM_PKCS11_CONF", &conf);
+    let p11 = harness::load_module();
+    let slots = p11.get_slots_with_token().unwrap();
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    assert_eq!(slots.len(), 1, "only its partition is a slot");
+    assert_eq!(p11.get_token_info(slots[0]).unwrap().label(), "mine");
+    let s = p11.open_rw_session(slots[0]).unwrap();
+    s.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+    let key = ec_key(&s, "net");
+    let sig = s.sign(&Mechanism::Ecdsa, key, &[9u8; 32]).unwrap();
+    assert_eq!(sig.len(), 64);
+    drop(s);
+    p11.finalize().unwrap();
+}

@@ -27,7 +27,9 @@ pub(super) fn hsm_info(m: &Module) -> Rv<Option<HsmInfo>> {
             match m.opener.open() {
                 Ok(f) => *control = Some(f),
                 // No server answers: no slots (the log says where the module looked).
-                Err(_) if matches!(m.config().target, state::Target::Server(_)) => return Ok(None),
+                Err(_) if !matches!(m.config().target, state::Target::Embedded(_)) => {
+                    return Ok(None)
+                }
                 Err(e) => return Err(e),
             }
         }

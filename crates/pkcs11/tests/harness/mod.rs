@@ -152,6 +152,11 @@ impl Drop for ServerProcess {
 
 /// Starts a server over `data`, listening on `socket`; returns once it answers.
 pub fn start_server(data: &Path, socket: &Path) -> ServerProcess {
+    start_server_with(data, socket, "")
+}
+
+/// [`start_server`] with more configuration lines.
+pub fn start_server_with(data: &Path, socket: &Path, extra: &str) -> ServerProcess {
     // The server refuses a directory other users could read.
     for entry in std::iter::once(data.to_path_buf())
         .chain(std::fs::read_dir(data).unwrap().map(|e| e.unwrap().path()))
@@ -163,7 +168,7 @@ pub fn start_server(data: &Path, socket: &Path) -> ServerProcess {
     let conf = dir.join("server.toml");
     std::fs::write(
         &conf,
-        format!("data_dir = {data:?}\nsocket = {socket:?}\nlog = \"debug\"\n"),
+        format!("data_dir = {data:?}\nsocket = {socket:?}\nlog = \"debug\"\n{extra}"),
     )
     .unwrap();
     let log = dir.join("server.log");
