@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use cryptoki::session::UserType;
 
-use crate::transport::{echo_once, echo_server, latencies, pct, start_server};
+use crate::transport::{
+    echo_frame, echo_once, echo_rate, echo_server, latencies, pct, start_server,
+};
 use crate::{
     extra_token, find_rate, load, make_home, measure, measure_raw, pin, populate_p11, rate, rows,
     session, softhsm_home, stats, supported, token, Args, Target, USER_PIN,
@@ -71,30 +73,13 @@ pub fn run(args: &Args) {
         "e/raw"
     );
     let fmt = |(m, lo, hi): (f64, f64, f64)| format!("{m:>8.0} [{lo:.0}..{hi:.0}]");
-    let frame = {
-        let mut f = 100u32.to_be_bytes().to_vec();
-        f.extend_from_slice(&[0x5a; 100]);
-        Arc::new(f)
-    };
+    let frame = echo_frame();
     for &t in &THREADS {
-        let mut r = Vec::new();
-        for _ in 0..args.rounds {
-            let (echo, frame) = (echo.clone(), frame.clone());
-            r.push(rate(
-                t,
-                args.seconds,
-                move || UnixStream::connect(&echo).expect("echo"),
-                move |s, _| {
-                    let mut back = [0u8; 104];
-                    echo_once(s, &frame, &mut back)
-                },
-            ));
-        }
         println!(
             "{:<36} {t:>3} {:>24} {:>24}",
             "bare Unix-socket echo 104 B (floor)",
             "",
-            fmt(stats(r))
+            fmt(echo_rate(&echo, &frame, t, args.seconds, args.rounds))
         );
     }
     // Probing a mechanism a module lacks panics inside the probe; keep that quiet.

@@ -177,6 +177,38 @@ pub(crate) fn echo_server(path: &Path) {
     });
 }
 
+/// A frame the size of a signing request, for the echo floor.
+pub(crate) fn echo_frame() -> Arc<Vec<u8>> {
+    let mut f = 100u32.to_be_bytes().to_vec();
+    f.extend_from_slice(&[0x5a; 100]);
+    Arc::new(f)
+}
+
+/// The echo floor: round trips of `frame` per second at `threads` threads, over `rounds`
+/// (median, min, max).
+pub(crate) fn echo_rate(
+    echo: &Path,
+    frame: &Arc<Vec<u8>>,
+    threads: usize,
+    secs: f64,
+    rounds: usize,
+) -> (f64, f64, f64) {
+    let mut r = Vec::new();
+    for _ in 0..rounds {
+        let (echo, frame) = (echo.to_path_buf(), frame.clone());
+        r.push(rate(
+            threads,
+            secs,
+            move || UnixStream::connect(&echo).expect("echo"),
+            move |s, _| {
+                let mut back = [0u8; 104];
+                echo_once(s, &frame, &mut back)
+            },
+        ));
+    }
+    stats(r)
+}
+
 pub(crate) fn echo_once(s: &mut UnixStream, frame: &[u8], back: &mut [u8]) {
     s.write_all(frame).expect("echo write");
     s.read_exact(back).expect("echo read");
@@ -290,30 +322,13 @@ pub fn run(secs: f64, rounds: usize, only: &Option<String>) {
     );
     let fmt = |(m, lo, hi): (f64, f64, f64)| format!("{m:>9.0} [{lo:.0}..{hi:.0}]");
     // The floor: a bare echo of a frame the size of a signing request.
-    let frame = {
-        let mut f = 100u32.to_be_bytes().to_vec();
-        f.extend_from_slice(&[0x5a; 100]);
-        Arc::new(f)
-    };
+    let frame = echo_frame();
     for &t in &THREADS {
-        let mut r = Vec::new();
-        for _ in 0..rounds {
-            let (echo, frame) = (echo.clone(), frame.clone());
-            r.push(rate(
-                t,
-                secs,
-                move || UnixStream::connect(&echo).expect("echo"),
-                move |s, _| {
-                    let mut back = [0u8; 104];
-                    echo_once(s, &frame, &mut back)
-                },
-            ));
-        }
         println!(
             "{:<32} {t:>3} {:>26} {:>26}",
             "bare Unix-socket echo 104 B",
             "",
-            fmt(stats(r))
+            fmt(echo_rate(&echo, &frame, t, secs, rounds))
         );
     }
     let mut latency_lines = Vec::new();
