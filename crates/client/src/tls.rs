@@ -1,0 +1,124 @@
+//! The client's side of mutual TLS: its certificate and key, and the one server key it
+//! trusts (pinned by fingerprint; the handshake proves the server holds it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferrohsm_core::{x509, HsmError, Result};
+use rustls::pki_types::CertificateDer;
+
+/// A client's TLS settings: its certificate and key (PEM), and the fingerprint of the
+/// server's key it trusts (SHA-256 of the SubjectPublicKeyInfo, as `ferrohsm server
+/// fingerprint` prints it).
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    /// The client's certificate (PEM).
+    pub cert: PathBuf,
+    /// The client's private key (PEM).
+    pub key: PathBuf,
+    /// The server's key fingerprint; any other server is refused before anything is sent.
+    pub server_fingerprint: String,
+}
+
+/// Accepts only the server whose key has the pinned fingerprint, and checks that it holds
+/// that key (the handshake's signature).
+struct PinnedServer {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl std::fmt::Debug for PinnedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinnedServer({})", self.fingerprint)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let fp = x509::spki_of(end_entity)
+            .map(x509::spki_fingerprint)
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+        if fp == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("only TLS 1.3 is accepted".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl TlsClient {
+    pub(crate) fn config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        let fingerprint = x509::parse_fingerprint(&self.server_fingerprint)?;
+        let cert = CertificateDer::from_pem_file(&self.cert)
+            .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.cert.display())))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.key.display())))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                fingerprint,
+                provider,
+            }))
+            .with_client_auth_cert(vec![cert], key)
+            .map_err(|e| HsmError::InvalidInput(format!("the client's TLS key: {e}")))?;
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Whether a read failed because the server refused this client's certificate (in TLS 1.3
+/// the client learns it at its first read).
+pub(crate) fn refused_by_tls(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::AccessDenied
+                | rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::CertificateRevoked
+                | rustls::AlertDescription::CertificateRequired
+        ))
+    )
+}
