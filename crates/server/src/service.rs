@@ -147,7 +147,12 @@ impl Scope {
             Call::InitHsm(_) | Call::InitToken(_) | Call::AuditInit(_) => outside("the device"),
             Call::ReinitToken(t) => partition(&t.label),
             Call::InitPartition(i) => partition(&i.label),
-            Call::ChangePassword(c) => partition(&c.partition),
+            Call::ChangePassword(c) => match Role::parse(&c.role)? {
+                Role::PartitionSo | Role::CryptoOfficer | Role::CryptoUser => {
+                    partition(&c.partition)
+                }
+                _ => outside("the device (its security officer and Auditor)"),
+            },
             Call::Find(f) => partition(&f.partition),
             Call::ObjectInfo(o) => partition(&o.partition),
             _ => Ok(()),
@@ -608,4 +613,107 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             &convert::key_template_from_wire(d.template),
         )?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scoped() -> Scope {
+        Scope::Partitions(vec!["mine".into()])
+    }
+
+    fn login(role: &str, partition: Option<&str>) -> Call {
+        Call::Login(v1::Login {
+            role: role.into(),
+            partition: partition.map(Into::into),
+            credential: None,
+        })
+    }
+
+    /// A network client assigned one partition tries everything outside it; each try is
+    /// refused before it reaches the HSM. Within its partition it is let through.
+    #[test]
+    fn a_scoped_client_reaches_nothing_outside_its_partitions() {
+        let s = scoped();
+        let refused = [
+            login("hsm-so", None),
+            login("auditor", None),
+            login("co", Some("theirs")),
+            login("so", Some("theirs")),
+            login("co", None),
+            Call::ChangePassword(v1::ChangePassword {
+                role: "hsm-so".into(),
+                partition: "mine".into(),
+                ..Default::default()
+            }),
+            Call::ChangePassword(v1::ChangePassword {
+                role: "co".into(),
+                partition: "theirs".into(),
+                ..Default::default()
+            }),
+            Call::InitHsm(Default::default()),
+            Call::InitToken(v1::InitToken {
+                label: "mine".into(),
+                ..Default::default()
+            }),
+            Call::AuditInit(Default::default()),
+            Call::ReinitToken(v1::InitToken {
+                label: "theirs".into(),
+                ..Default::default()
+            }),
+            Call::InitPartition(v1::InitPartition {
+                label: "theirs".into(),
+                ..Default::default()
+            }),
+            Call::Find(v1::Find {
+                partition: "theirs".into(),
+                ..Default::default()
+            }),
+            Call::ObjectInfo(v1::GetObject {
+                partition: "theirs".into(),
+                ..Default::default()
+            }),
+        ];
+        for c in &refused {
+            assert!(
+                matches!(s.check(c), Err(ferrohsm_core::HsmError::Refused(_))),
+                "{} was let through",
+                call_name(&Some(c.clone()))
+            );
+            assert!(Scope::All.check(c).is_ok(), "a local client is not scoped");
+        }
+        for c in [
+            login("co", Some("mine")),
+            login("cu", Some("mine")),
+            Call::Find(v1::Find {
+                partition: "mine".into(),
+                ..Default::default()
+            }),
+        ] {
+            assert!(s.check(&c).is_ok());
+        }
+        // The slot list it gets holds only its partitions.
+        let mut r = Reply::Summary(v1::SummaryReply {
+            partitions: vec![
+                v1::PartitionInfo {
+                    id: 1,
+                    label: "mine".into(),
+                    initialised: true,
+                },
+                v1::PartitionInfo {
+                    id: 2,
+                    label: "theirs".into(),
+                    initialised: true,
+                },
+            ],
+            ..Default::default()
+        });
+        s.filter(&mut r);
+        let Reply::Summary(sum) = r else {
+            panic!("not a summary")
+        };
+        assert_eq!(sum.partitions.len(), 1);
+        assert_eq!(sum.partitions[0].label, "mine");
+    }
 }
