@@ -6,6 +6,8 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use ferrohsm_core::api::HsmApi;
+
 use support::{Lab, CO_PW};
 
 fn get(addr: &str, path: &str) -> (String, String) {
@@ -124,20 +126,28 @@ fn every_connection_and_refusal_is_in_the_audit_log() {
         "--new-password",
         "env:AUD_PW",
     ]);
-    // One connection held open: the next is over the limit and refused.
-    let held = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    // One connection held open and served (a call answered on it proves the server counts
+    // it; the last command's connection may still hold the one place for a moment): the
+    // next is over the limit and refused.
     let t = std::time::Instant::now();
-    loop {
-        let out = lab.cli().args(["hsm", "show"]).output().unwrap();
-        if !out.status.success() {
-            break;
+    let held = loop {
+        let mut r = ferrohsm_client::Remote::connect(&server.socket).unwrap();
+        if r.summary().is_ok() {
+            break r;
         }
-        // The server may not have counted the held connection yet.
         assert!(
             t.elapsed() < std::time::Duration::from_secs(10),
-            "never refused"
+            "never admitted"
         );
-    }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = lab.cli().args(["hsm", "show"]).output().unwrap();
+    assert!(!out.status.success(), "a second connection was served");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("limit of 1 connections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(held);
     let t = std::time::Instant::now();
     let log = loop {
