@@ -20,7 +20,6 @@ pub(crate) fn wipe(req: Request) {
     use zeroize::Zeroize;
     match req.call {
         Some(Call::InitToken(mut t) | Call::ReinitToken(mut t)) => t.so_password.zeroize(),
-        Some(Call::InitCryptoOfficer(mut c)) => c.password.zeroize(),
         Some(Call::ChangePassword(mut c)) => {
             c.old_password.zeroize();
             c.new_password.zeroize();
@@ -451,13 +450,6 @@ impl HsmApi for Remote {
         done(self.call(Call::ReinitToken(v1::InitToken {
             label: label.to_string(),
             so_password: secret(&so_password),
-        }))?)
-    }
-
-    fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()> {
-        done(self.call(Call::InitCryptoOfficer(v1::InitCryptoOfficer {
-            login,
-            password: secret(&password),
         }))?)
     }
 

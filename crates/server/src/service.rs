@@ -39,7 +39,6 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::StateGeneration(_)) => "state-generation",
         Some(Call::InitToken(_)) => "init-token",
         Some(Call::ReinitToken(_)) => "reinit-token",
-        Some(Call::InitCryptoOfficer(_)) => "init-crypto-officer",
         Some(Call::ChangePassword(_)) => "change-password",
         Some(Call::Find(_)) => "find",
         Some(Call::ObjectInfo(_)) => "object-info",
@@ -512,11 +511,6 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::ReinitToken(t) => {
             let pin = convert::password_from_wire(t.so_password, "an SO password")?;
             api.reinit_token(&t.label, pin)?;
-            done()
-        }
-        Call::InitCryptoOfficer(c) => {
-            let pin = convert::password_from_wire(c.password, "a password")?;
-            api.init_crypto_officer(c.login, pin)?;
             done()
         }
         Call::ChangePassword(c) => {

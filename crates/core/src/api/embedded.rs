@@ -347,18 +347,6 @@ impl HsmApi for Embedded {
             .map(drop)
     }
 
-    fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()> {
-        let s = self.session(login)?;
-        self.hsm
-            .init_role(
-                &s,
-                Role::CryptoOfficer,
-                NewSecret::Password(password),
-                false,
-            )
-            .map(drop)
-    }
-
     fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()> {
         // The old password is checked (and counted) like any login.
         let s = self

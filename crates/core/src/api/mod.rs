@@ -210,8 +210,6 @@ pub trait HsmApi {
     /// Re-initialises a password-authenticated partition (`C_InitToken` on an initialised
     /// token): `so_password` must be its current Partition SO password; every object goes.
     fn reinit_token(&mut self, label: &str, so_password: Pin) -> Result<()>;
-    /// Sets the first Crypto Officer password of the Partition SO's partition (`C_InitPIN`).
-    fn init_crypto_officer(&mut self, login: LoginId, password: Pin) -> Result<()>;
     /// Replaces a role's password after checking (and counting) the old one (`C_SetPIN`).
     fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()>;
     /// Initialises (or, with the current HSM SO, re-initialises) the HSM.

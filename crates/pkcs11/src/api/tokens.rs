@@ -368,7 +368,13 @@ pub unsafe fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULO
         // SAFETY: pin_arg checks for NULL and reads `len` bytes.
         let pin = unsafe { pin_arg(pin, len)? }.ok_or(CKR_PIN_INVALID)?;
         s.api()
-            .init_crypto_officer(login.id, pin)
+            .init_role(
+                login.id,
+                Role::CryptoOfficer,
+                ferrohsm_core::api::NewCredential::Password(pin),
+                false,
+            )
+            .map(drop)
             .map_err(|e| rv(&e))
     })())
 }
