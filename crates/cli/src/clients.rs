@@ -1,6 +1,7 @@
 //! `ferrohsm client …`: the hosts a network HSM serves. The HSM SO registers each by its
-//! certificate key's fingerprint, assigns it partitions and revokes it; `keygen` makes a key
-//! and a self-signed certificate for a host that has none.
+//! certificate key's fingerprint (or invites it with a one-time code it redeems with
+//! `enroll`), assigns it partitions and revokes it; `keygen` makes a key and a self-signed
+//! certificate for a host that has none.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -38,6 +39,34 @@ pub enum ClientCmd {
         fingerprint: Option<String>,
         #[command(flatten)]
         login: Login,
+    },
+    /// Issue a one-time enrollment code with which a host registers its own certificate
+    /// (HSM SO login). The code is shown once; it works once, until it expires.
+    #[command(
+        after_help = "Example:\n  ferrohsm client invite --name app2 --partition payments --valid-for 10m --password prompt\n\nOn the host, within that time:\n  ferrohsm --server tls://hsm1:1792 --tls-cert app2.crt --tls-key app2.key --server-fingerprint HEX \\\n      client enroll --code prompt"
+    )]
+    Invite {
+        /// The name the host will be registered under.
+        #[arg(long)]
+        name: String,
+        /// A partition to assign it (repeatable).
+        #[arg(long = "partition", value_name = "LABEL")]
+        partitions: Vec<String>,
+        /// How long the code works: seconds, or with a unit (90s, 10m); at most 20m.
+        #[arg(long, default_value = "20m", value_parser = parse_validity)]
+        valid_for: u64,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Register this host's certificate (--tls-cert) with an enrollment code from the HSM
+    /// SO, over TLS (--server tls://…, --tls-key, --server-fingerprint).
+    #[command(
+        after_help = "Example:\n  ferrohsm --server tls://hsm1:1792 --tls-cert app2.crt --tls-key app2.key --server-fingerprint HEX \\\n      client enroll --code prompt"
+    )]
+    Enroll {
+        /// The code: env:NAME, file:PATH, - (standard input) or prompt.
+        #[arg(long, default_value = "prompt")]
+        code: String,
     },
     /// List registered hosts, revoked ones included (HSM SO login).
     #[command(after_help = "Example:\n  ferrohsm client list --password prompt")]
@@ -101,6 +130,22 @@ pub struct Assignment {
     login: Login,
 }
 
+/// A validity: `90`, `90s`, `10m`.
+fn parse_validity(s: &str) -> Result<u64, String> {
+    let (n, unit) = match s.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (s.strip_suffix('s').unwrap_or(s), 1),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s or 10m"))?;
+    let secs = n.saturating_mul(unit);
+    if !(1..=ferrohsm_core::hsm::MAX_ENROLLMENT_SECONDS).contains(&secs) {
+        return Err(format!("{s}: a code is valid for 1 second to 20 minutes"));
+    }
+    Ok(secs)
+}
+
 /// The fingerprint of the key in a certificate file.
 fn fingerprint_of(cert: &Path) -> R<String> {
     let bytes = std::fs::read(cert).map_err(|e| HsmError::io(cert, e))?;
@@ -162,6 +207,33 @@ pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json
         }
         _ => {}
     }
+    if let ClientCmd::Enroll { code } = &c {
+        let tls = match (server, crate::front::tls()) {
+            (Some(s), Some(t)) if s.to_string_lossy().starts_with("tls://") => t,
+            _ => {
+                return Err(HsmError::InvalidInput(
+                    "a host enrolls over TLS: give --server tls://HOST:PORT with --tls-cert, --tls-key and --server-fingerprint".into(),
+                ))
+            }
+        };
+        let fp = fingerprint_of(&tls.cert)?;
+        let code = crate::input::read(code, crate::input::Kind::Password, "enrollment code")?;
+        let code = std::str::from_utf8(code.expose())
+            .map_err(|_| HsmError::InvalidInput("the enrollment code is not text".into()))?;
+        let mut api = crate::front::open(dir, server)?;
+        let c = api.enroll(code, &fp)?;
+        println!(
+            "this host is registered as {} (key {}); partitions: {}",
+            c.name,
+            c.fingerprint,
+            if c.partitions.is_empty() {
+                "none yet (the HSM SO assigns them)".to_string()
+            } else {
+                c.partitions.join(",")
+            }
+        );
+        return Ok(exit::OK);
+    }
     let mut boxed = crate::front::open(dir, server)?;
     let api = boxed.as_mut();
     let so = |api: &mut dyn ferrohsm_core::api::HsmApi, l: &Login| {
@@ -190,6 +262,30 @@ pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json
                 c.name, c.fingerprint, c.name
             );
         }
+        ClientCmd::Invite {
+            name,
+            partitions,
+            valid_for,
+            login,
+        } => {
+            let s = so(api, &login)?;
+            let e = api.issue_enrollment(s, &name, &partitions, valid_for)?;
+            if json {
+                output::json(&e);
+            } else {
+                // The code is for the host's operator; it is shown here once and nowhere else.
+                println!("enrollment code for {}: {}", e.name, e.code);
+                println!(
+                    "valid until {} (once); partitions: {}",
+                    ferrohsm_core::time::rfc3339(e.expires),
+                    if e.partitions.is_empty() {
+                        "none".to_string()
+                    } else {
+                        e.partitions.join(",")
+                    }
+                );
+            }
+        }
         ClientCmd::List { login } => {
             let s = so(api, &login)?;
             let all = api.clients(s)?;
@@ -214,7 +310,7 @@ pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json
             let c = api.revoke_client(s, &client)?;
             println!("client {} revoked", c.name);
         }
-        ClientCmd::Fingerprint { .. } | ClientCmd::Keygen { .. } => {}
+        ClientCmd::Fingerprint { .. } | ClientCmd::Keygen { .. } | ClientCmd::Enroll { .. } => {}
     }
     Ok(exit::OK)
 }

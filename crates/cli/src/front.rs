@@ -33,6 +33,11 @@ pub fn set_tls(t: ferrohsm_client::TlsClient) {
     let _ = TLS.set(t);
 }
 
+/// This command's TLS settings, if it was given them.
+pub fn tls() -> Option<&'static ferrohsm_client::TlsClient> {
+    TLS.get()
+}
+
 fn open_with(dir: &Path, server: Option<&Path>, create: bool) -> R<Box<dyn HsmApi>> {
     if let Some(server) = server {
         let name = server.to_string_lossy();

@@ -243,3 +243,403 @@ fn only_registered_hosts_get_in_and_only_to_their_partitions() {
     }
     assert!(server.stop().success());
 }
+
+/// Starts a server with a TLS listener on a free port; its address and pinned fingerprint.
+/// `extra` are more lines of its configuration.
+fn tls_server(lab: &Lab, extra: &str) -> (Server, String, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let conf = lab.config(
+        "tls.toml",
+        &lab.socket(),
+        &format!("tls_listen = \"{addr}\"\n{extra}"),
+    );
+    let fp = fingerprint(lab, &conf);
+    let server = Server::start(&conf, &lab.socket(), &lab.tmp.path().join("server.log"));
+    (server, addr, fp)
+}
+
+/// Issues an enrollment code (HSM SO); the code.
+fn invite(lab: &Lab, server: &Server, name: &str, valid_for: &str) -> String {
+    let out = lab
+        .cli()
+        .arg("--server")
+        .arg(&server.socket)
+        .args(["--json", "client", "invite", "--name", name])
+        .args(["--partition", "app", "--valid-for", valid_for])
+        .args(["--password", "env:SO_PW"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["name"], name);
+    e["code"].as_str().unwrap().to_string()
+}
+
+/// `client enroll` as `h` with `code`.
+fn enroll(lab: &Lab, h: &Host, addr: &str, fp: &str, code: &str) -> Output {
+    let mut c = lab.cli();
+    c.env_remove("FERROHSM_HOME")
+        .env("ENROLL_CODE", code)
+        .args(["--server", &format!("tls://{addr}")])
+        .arg("--tls-cert")
+        .arg(&h.cert)
+        .arg("--tls-key")
+        .arg(&h.key)
+        .args(["--server-fingerprint", fp])
+        .args(["client", "enroll", "--code", "env:ENROLL_CODE"]);
+    c.output().unwrap()
+}
+
+#[test]
+fn a_host_enrolls_its_own_certificate_with_a_one_time_code() {
+    let lab = Lab::new();
+    let (server, addr, fp) = tls_server(&lab, "");
+    let (a, b) = (host(&lab, "app2"), host(&lab, "intruder"));
+    let some_code = "ABCD-EFGH-JKMN-PQRS";
+
+    // No code outstanding: an unregistered host does not get past the handshake.
+    let out = enroll(&lab, &a, &addr, &fp, some_code);
+    assert!(
+        !out.status.success() && stderr(&out).contains("TLS handshake"),
+        "{}",
+        stderr(&out)
+    );
+
+    let code = invite(&lab, &server, "app2", "10m");
+    assert_eq!(code.len(), 19, "{code}");
+    // While a code is outstanding, an unregistered host gets through the handshake but may
+    // do nothing except redeem a code.
+    let out = as_host(&lab, &b, &addr, &fp, &["partition", "list"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("may only redeem an enrollment code"),
+        "{}",
+        stderr(&out)
+    );
+    // A code nobody issued, and a malformed one, are refused.
+    let out = enroll(&lab, &b, &addr, &fp, some_code);
+    assert!(
+        !out.status.success() && stderr(&out).contains("no such enrollment code"),
+        "{}",
+        stderr(&out)
+    );
+    let out = enroll(&lab, &b, &addr, &fp, "not a code at all");
+    assert!(!out.status.success(), "a malformed code was taken");
+
+    // The host redeems the code (typed loosely: lower case, no dashes) and is registered
+    // with its own key and the invitation's partitions.
+    let loose = code.replace('-', "").to_lowercase();
+    let out = enroll(&lab, &a, &addr, &fp, &loose);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("registered as app2") && said.contains("app"),
+        "{said}"
+    );
+    let out = as_host(&lab, &a, &addr, &fp, &["partition", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app"));
+
+    // Once only: with another code outstanding (so the intruder gets through the
+    // handshake), the used code is refused.
+    let _other = invite(&lab, &server, "app3", "10m");
+    let out = enroll(&lab, &b, &addr, &fp, &code);
+    assert!(
+        !out.status.success() && stderr(&out).contains("already used"),
+        "{}",
+        stderr(&out)
+    );
+    // And a code past its time is refused.
+    let short = invite(&lab, &server, "app4", "1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = enroll(&lab, &b, &addr, &fp, &short);
+    assert!(
+        !out.status.success() && stderr(&out).contains("expired"),
+        "{}",
+        stderr(&out)
+    );
+    // More than 20 minutes is refused at issue.
+    let out = lab
+        .cli()
+        .arg("--server")
+        .arg(&server.socket)
+        .args(["client", "invite", "--name", "app5", "--valid-for", "21m"])
+        .args(["--password", "env:SO_PW"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // Every step is in the audit log, and no code is in the audit log or the server's log.
+    let out = lab
+        .cli()
+        .env("AUD_PW", "auditor-pass-1")
+        .arg("--server")
+        .arg(&server.socket)
+        .args([
+            "audit",
+            "init",
+            "--auth",
+            "password",
+            "--new-password",
+            "env:AUD_PW",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab
+        .cli()
+        .env("AUD_PW", "auditor-pass-1")
+        .arg("--server")
+        .arg(&server.socket)
+        .args(["audit", "show", "--password", "env:AUD_PW"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let audit = String::from_utf8_lossy(&out.stdout);
+    for (event, what) in [
+        ("client-invite", "success"),
+        ("client-enroll", "success"),
+        ("client-enroll", "no such enrollment code"),
+        ("client-enroll", "already used"),
+        ("client-enroll", "expired"),
+    ] {
+        assert!(
+            audit.lines().any(|l| l.contains(event) && l.contains(what)),
+            "no {event} {what} in:\n{audit}"
+        );
+    }
+    let log = server.log_text();
+    for c in [&code, &short] {
+        assert!(!audit.contains(c.as_str()), "a code in the audit log");
+        assert!(!log.contains(c.as_str()), "a code in the server's log");
+    }
+    assert!(server.stop().success());
+}
+
+/// A registered host that signs in a loop on its own thread until told to stop; how many
+/// signatures it made, every failure, and its slowest call.
+struct Signer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    made: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<(Vec<String>, Duration)>,
+}
+
+impl Signer {
+    fn start(addr: &str, tls: TlsClient) -> Signer {
+        use ferrohsm_core::mechanism::{KeySpec, Mechanism};
+        use ferrohsm_core::object::KeyOptions;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, m, addr) = (stop.clone(), made.clone(), addr.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut api = Remote::connect_tls(&addr, &tls).unwrap();
+            let login = api
+                .login(
+                    Role::CryptoOfficer,
+                    Some("app"),
+                    LoginCredential::Secret(Pin::password(CO_PW).unwrap()),
+                )
+                .unwrap();
+            let opts = KeyOptions {
+                label: "steady".into(),
+                id: vec![],
+                extractable: false,
+            };
+            let key = api.generate_key(login, KeySpec::EcP256, &opts).unwrap()[0];
+            let (mut failures, mut slowest) = (Vec::new(), Duration::ZERO);
+            while !st.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                match api.sign(login, key, Mechanism::Ecdsa(None), &[7u8; 32]) {
+                    Ok(_) => {
+                        m.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+                slowest = slowest.max(t.elapsed());
+            }
+            (failures, slowest)
+        });
+        Signer { stop, made, thread }
+    }
+
+    fn made(&self) -> u64 {
+        self.made.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn finish(self) -> (Vec<String>, Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Whether the server closes `s` within `limit` (a read sees the end, or a reset).
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+/// Garbage for a client hello, a silent connection, a host that completes the handshake and
+/// sends nothing, an oversized frame, a request cut off halfway, and a thousand connections
+/// at once: each is closed (and recorded), while another host signs throughout without a
+/// single failure.
+#[test]
+fn bad_network_input_is_closed_and_another_host_keeps_signing() {
+    use std::io::Write;
+    let lab = Lab::new();
+    let (server, addr, fp) = tls_server(
+        &lab,
+        "handshake_timeout_s = 2\nidle_timeout_s = 3\nmax_handshakes = 32\nmax_frame_bytes = 65536\n",
+    );
+    let steady = host(&lab, "steady");
+    let abuser = host(&lab, "abuser");
+    for h in [("steady", &steady), ("abuser", &abuser)] {
+        so(
+            &lab,
+            &server,
+            &[
+                "client",
+                "register",
+                "--name",
+                h.0,
+                "--cert",
+                &h.1.cert.display().to_string(),
+            ],
+        );
+        so(
+            &lab,
+            &server,
+            &["client", "assign", "--client", h.0, "--partition", "app"],
+        );
+    }
+    let signer = Signer::start(&addr, tls_client(&steady, &fp));
+    let t = Instant::now();
+    while signer.made() < 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the host never signed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connect = || std::net::TcpStream::connect(&addr).unwrap();
+
+    // Garbage where a client hello belongs: closed at once.
+    let mut g = connect();
+    g.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff]).unwrap();
+    g.write_all(&[0x5a; 2048]).unwrap();
+    assert!(closed_within(&mut g, Duration::from_secs(2)));
+    // A connection that never says anything: cut at the handshake deadline (2 s).
+    let mut silent = connect();
+    let t = Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)));
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // A host that completes the handshake and sends nothing: cut at the idle timeout (3 s).
+    let mut idle = Remote::connect_tls(&addr, &tls_client(&abuser, &fp)).unwrap();
+    std::thread::sleep(Duration::from_millis(4000));
+    assert!(
+        idle.summary().is_ok(),
+        "the client reconnects after the server closed its idle connection"
+    );
+    // An oversized frame, and a request cut off halfway: both closed, nothing else harmed.
+    for half in [false, true] {
+        let mut tcp = connect();
+        let cfg = tls_client(&abuser, &fp).config().unwrap();
+        let name = rustls::pki_types::ServerName::try_from("ferrohsm").unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        if half {
+            // Four length bytes promising 100 bytes, then 10, then the host is gone.
+            tls.write_all(&100u32.to_be_bytes()).unwrap();
+            tls.write_all(&[0u8; 10]).unwrap();
+            drop(tls);
+        } else {
+            tls.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+            tls.flush().unwrap();
+            let mut buf = Vec::new();
+            use std::io::Read;
+            let _ = tls.read_to_end(&mut buf);
+            assert!(
+                String::from_utf8_lossy(&buf).contains("over this server's limit"),
+                "the refusal says why"
+            );
+        }
+    }
+    // A thousand connections at once, each held open: those beyond the handshakes in
+    // progress are closed at once; the rest at the handshake deadline.
+    let before = signer.made();
+    let flood: Vec<std::net::TcpStream> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(flood.len() > 900, "only {} connected", flood.len());
+    std::thread::sleep(Duration::from_millis(3000));
+    drop(flood);
+    let during = signer.made() - before;
+    let (failures, slowest) = signer.finish();
+    eprintln!("the steady host: {during} signatures during the flood, slowest call {slowest:?}");
+    assert!(failures.is_empty(), "the steady host failed: {failures:?}");
+    assert!(
+        during > 0,
+        "the steady host made no progress during the flood"
+    );
+
+    // Every refusal is recorded: one by one, and the flood as summaries.
+    let out = lab
+        .cli()
+        .env("AUD_PW", "auditor-pass-1")
+        .arg("--server")
+        .arg(&server.socket)
+        .args([
+            "audit",
+            "init",
+            "--auth",
+            "password",
+            "--new-password",
+            "env:AUD_PW",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab
+        .cli()
+        .env("AUD_PW", "auditor-pass-1")
+        .arg("--server")
+        .arg(&server.socket)
+        .args(["audit", "show", "--password", "env:AUD_PW"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    for why in [
+        "TLS handshake: ",
+        "not finished within 2 s",
+        "recorded as this one summary",
+    ] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("connection-refused") && l.contains(why)),
+            "no refusal {why:?} in:\n{audit}"
+        );
+    }
+    let log = server.log_text();
+    assert!(log.contains("oversized frame"), "{log}");
+    assert!(server.stop().success());
+}

@@ -3,8 +3,8 @@
 
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, AuthMode, ClientInfo, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential,
-    LoginId, NewCredential, PartitionSummary, Summary, Unwrap, Witness,
+    AuditConfig, AuthMode, ClientInfo, Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm,
+    LoginCredential, LoginId, NewCredential, PartitionSummary, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
@@ -26,6 +26,7 @@ pub(crate) fn wipe(req: Request) {
         }
         Some(Call::Login(l)) => wipe_login(l),
         Some(Call::Activate(mut a)) => a.challenge.zeroize(),
+        Some(Call::Enroll(mut e)) => e.code.zeroize(),
         Some(Call::ChangePin(mut c)) => {
             wipe_credential(c.keys.take());
             if let Some(p) = &mut c.new_pin {
@@ -246,6 +247,31 @@ impl HsmApi for Remote {
         one_client(self.call(Call::RevokeClient(v1::ClientRef {
             login,
             client: client.into(),
+        }))?)
+    }
+
+    fn issue_enrollment(
+        &mut self,
+        login: LoginId,
+        name: &str,
+        partitions: &[String],
+        valid_for_s: u64,
+    ) -> Result<Enrollment> {
+        match self.call(Call::IssueEnrollment(v1::IssueEnrollment {
+            login,
+            name: name.into(),
+            partitions: partitions.to_vec(),
+            valid_for_s,
+        }))? {
+            Reply::Enrollment(e) => Ok(convert::enrollment_from_wire(e)),
+            _ => Err(unexpected("issue-enrollment")),
+        }
+    }
+
+    fn enroll(&mut self, code: &str, fingerprint: &str) -> Result<ClientInfo> {
+        one_client(self.call(Call::Enroll(v1::Enroll {
+            code: code.into(),
+            fingerprint: fingerprint.into(),
         }))?)
     }
 

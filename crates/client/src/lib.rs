@@ -73,6 +73,22 @@ impl Write for Stream {
     }
 }
 
+impl Stream {
+    /// Whether the server has closed (or sent anything on) this idle connection. Between
+    /// calls a server sends nothing (it sends no TLS session tickets), so readable means
+    /// closed: an end of stream, a reset, or a closing alert.
+    fn closed_by_peer(&self) -> bool {
+        use rustix::net::{recv, RecvFlags};
+        let mut b = [0u8; 1];
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        let r = match self {
+            Stream::Unix(s) => recv(s, &mut b[..], flags),
+            Stream::Tls(s) => recv(&s.sock, &mut b[..], flags),
+        };
+        !matches!(r, Err(rustix::io::Errno::AGAIN))
+    }
+}
+
 /// A connection to a server: its Unix socket, or its TLS listener.
 pub struct Remote {
     /// How the server is named in messages (the socket's path, or `tls://host:port`).
@@ -155,6 +171,11 @@ impl Remote {
     }
 
     fn stream(&mut self) -> Result<&mut Stream> {
+        // A kept connection the server closed meanwhile (its restart, a lease's link cut,
+        // its idle timeout) is replaced before a request is trusted to it.
+        if self.stream.as_ref().is_some_and(Stream::closed_by_peer) {
+            self.stream = None;
+        }
         if self.stream.is_none() {
             let fail = |e: std::io::Error, what: &str| {
                 HsmError::io(
@@ -182,12 +203,15 @@ impl Remote {
                                 "cannot resolve the server's address",
                             )
                         })?;
-                    let mut tcp = TcpStream::connect_timeout(&sock, self.deadline)
+                    // An unreachable server is noticed within DEAD_PEER_AFTER, not at the
+                    // call's deadline.
+                    let connect = self.deadline.min(ferrohsm_proto::DEAD_PEER_AFTER);
+                    let mut tcp = TcpStream::connect_timeout(&sock, connect)
                         .map_err(|e| fail(e, "no ferrohsm server answers there"))?;
                     tcp.set_read_timeout(Some(self.deadline))
                         .and_then(|_| tcp.set_write_timeout(Some(self.deadline)))
+                        .and_then(|_| ferrohsm_proto::tune_tcp(&tcp))
                         .map_err(|e| self.io_error(e))?;
-                    let _ = tcp.set_nodelay(true);
                     let name = rustls::pki_types::ServerName::try_from("ferrohsm")
                         .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
                     let mut conn = rustls::ClientConnection::new(config.clone(), name)

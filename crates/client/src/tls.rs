@@ -87,7 +87,10 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServer {
 }
 
 impl TlsClient {
-    pub(crate) fn config(&self) -> Result<Arc<rustls::ClientConfig>> {
+    /// The rustls configuration these settings make: TLS 1.3 only, this client's certificate,
+    /// and only the pinned server key trusted. An error names an unreadable file or a bad
+    /// fingerprint.
+    pub fn config(&self) -> Result<Arc<rustls::ClientConfig>> {
         use rustls::pki_types::pem::PemObject;
         let fingerprint = x509::parse_fingerprint(&self.server_fingerprint)?;
         let cert = CertificateDer::from_pem_file(&self.cert)

@@ -99,3 +99,65 @@ fn only_the_hsm_so_registers_assigns_and_revokes_clients() {
     assert_eq!(count("client-revoke", "success"), 1);
     assert_eq!(count("client-revoke", "failure"), 1);
 }
+
+#[test]
+fn enrollment_codes_are_the_hsm_sos_to_issue_and_work_once() {
+    let (f, mut hsm) = fixture();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let so = hsm_so(&f, &mut hsm);
+    // Only the HSM SO invites; the validity is 1 s to 20 minutes; partitions must exist.
+    assert!(matches!(
+        hsm.issue_enrollment(&co, "app1", &[], 60),
+        Err(HsmError::Refused(_))
+    ));
+    assert!(hsm.issue_enrollment(&so, "app1", &[], 20 * 60 + 1).is_err());
+    assert!(hsm.issue_enrollment(&so, "app1", &[], 0).is_err());
+    assert!(hsm
+        .issue_enrollment(&so, "app1", &["nope".to_string()], 60)
+        .is_err());
+    assert!(
+        !hsm.enrollment_open().unwrap(),
+        "a refused issue left a code"
+    );
+
+    let e = hsm
+        .issue_enrollment(&so, "app1", &["p".to_string()], 60)
+        .unwrap();
+    assert!(hsm.enrollment_open().unwrap());
+    let other = hsm.issue_enrollment(&so, "app2", &[], 60).unwrap();
+    assert_ne!(e.code, other.code, "codes are random");
+    // Redeemed for the key that presents it, with the invitation's name and partitions.
+    let c = hsm.redeem_enrollment(&e.code, FP1).unwrap();
+    assert_eq!((c.name.as_str(), c.fingerprint.as_str()), ("app1", FP1));
+    assert_eq!(c.partitions, vec!["p".to_string()]);
+    assert!(hsm.client_by_fingerprint(FP1).unwrap().is_some());
+    // Once.
+    assert!(matches!(
+        hsm.redeem_enrollment(&e.code, FP2),
+        Err(HsmError::Refused(m)) if m.contains("already used")
+    ));
+    // A registered key cannot take a second name; the code stays unused then.
+    assert!(hsm.redeem_enrollment(&other.code, FP1).is_err());
+    let c2 = hsm.redeem_enrollment(&other.code, FP2).unwrap();
+    assert_eq!(c2.name, "app2");
+    assert!(!hsm.enrollment_open().unwrap());
+}
+
+#[test]
+fn enrollment_codes_are_read_as_people_type_them() {
+    use ferrohsm_core::hsm::parse_enrollment_code as parse;
+    assert_eq!(parse("abcd-efgh-jkmn-pqrs").unwrap(), "ABCDEFGHJKMNPQRS");
+    assert_eq!(parse(" ABCD EFGH JKMN PQRS ").unwrap(), "ABCDEFGHJKMNPQRS");
+    // O, I and L are read as the digits they look like.
+    assert_eq!(parse("oooo-iiii-llll-0000").unwrap(), "0000111111110000");
+    for bad in [
+        "",
+        "ABCD-EFGH-JKMN-PQR",
+        "ABCD-EFGH-JKMN-PQRST",
+        "ABCD-EFGH-JKMN-PQRU",
+        "ABCD-EFGH-JKMN-PQR\u{e9}",
+        "ABCD_EFGH_JKMN_PQRS",
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?} was taken");
+    }
+}

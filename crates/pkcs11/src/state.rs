@@ -49,6 +49,9 @@ pub struct Config {
     pub ped_dir: PathBuf,
     /// Where the module writes what goes wrong (stderr when unset).
     pub log: Option<PathBuf>,
+    /// The deadline of each call to a server (`deadline_ms`; the client's default, 10 s,
+    /// when unset).
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             },
             ped_dir: env("FERROHSM_PED_DIR").unwrap_or_else(|| "ped-keys".into()),
             log: env("FERROHSM_PKCS11_LOG"),
+            deadline: None,
         };
         let Some(path) = std::env::var_os("FERROHSM_PKCS11_CONF") else {
             return Ok(c);
@@ -101,10 +105,21 @@ impl Config {
                 "embedded" | "data_dir" => c.target = Target::Embedded(v.into()),
                 "ped_dir" => c.ped_dir = v.into(),
                 "log" => c.log = Some(v.into()),
+                "deadline_ms" => match v.parse::<u64>() {
+                    Ok(ms @ 100..=600_000) => {
+                        c.deadline = Some(std::time::Duration::from_millis(ms))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{shown} line {}: deadline_ms is a number of milliseconds, 100 to 600000",
+                            n + 1
+                        ))
+                    }
+                },
                 other => {
                     return Err(format!(
                         "{shown} line {}: unknown key {other:?} (known: server, embedded, \
-                         ped_dir, log, client_cert, client_key, server_fingerprint)",
+                         ped_dir, log, client_cert, client_key, server_fingerprint, deadline_ms)",
                         n + 1
                     ))
                 }
@@ -201,8 +216,8 @@ impl Opener {
         let r = match &self.config.target {
             Target::Embedded(dir) => Hsm::open(dir)
                 .map(|h| Front::Embedded(Embedded::for_owner(h, self.logins.clone(), self.owner))),
-            Target::Server(socket) => Remote::connect(socket).map(Front::Remote),
-            Target::Tls(addr, tls) => Remote::connect_tls(addr, tls).map(Front::Remote),
+            Target::Server(socket) => Remote::connect(socket).map(|r| self.remote(r)),
+            Target::Tls(addr, tls) => Remote::connect_tls(addr, tls).map(|r| self.remote(r)),
         };
         r.map_err(|e| {
             log(
@@ -210,6 +225,15 @@ impl Opener {
                 &format!("cannot reach the HSM ({}): {e}", self.config.target),
             );
             rv(&e)
+        })
+    }
+}
+
+impl Opener {
+    fn remote(&self, r: Remote) -> Front {
+        Front::Remote(match self.config.deadline {
+            Some(d) => r.with_deadline(d),
+            None => r,
         })
     }
 }

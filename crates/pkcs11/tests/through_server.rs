@@ -16,7 +16,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 mod harness;
-use harness::ServerProcess;
+use harness::{ec_key, ServerProcess};
 
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -97,26 +97,6 @@ impl Drop for Served {
         }
         self.server.take();
     }
-}
-
-fn ec_key(s: &Session, label: &str) -> ObjectHandle {
-    let params = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    let (_, private) = s
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &[
-                Attribute::Token(true),
-                Attribute::EcParams(params.to_vec()),
-                Attribute::Label(label.into()),
-            ],
-            &[
-                Attribute::Token(true),
-                Attribute::Sign(true),
-                Attribute::Label(label.into()),
-            ],
-        )
-        .unwrap();
-    private
 }
 
 fn find_labelled(s: &Session, label: &str) -> Vec<ObjectHandle> {
@@ -375,120 +355,8 @@ fn helper_application_signing_through_the_module() {
 #[test]
 fn the_module_over_mutual_tls_sees_only_its_partition() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    harness::password_hsm(&data, false);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let socket = tmp.path().join("ferrohsm.sock");
-    let _server = harness::start_server_with(&data, &socket, &format!("tls_listen = \"{addr}\"\n"));
-    // The operator's side, over the local socket: two partitions, a host key, registration.
-    let cli = |args: &[&str]| {
-        let out = Command::new(harness::server_binary())
-            .arg("--server")
-            .arg(&socket)
-            .args(args)
-            .env("SO_PW", harness::HSM_SO_PW)
-            .env("PSO_PW", "partition-so-1")
-            .env("CO_PW", USER_PIN)
-            .current_dir(tmp.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    for p in ["mine", "theirs"] {
-        cli(&[
-            "partition",
-            "create",
-            "--label",
-            p,
-            "--password",
-            "env:SO_PW",
-        ]);
-        cli(&[
-            "partition",
-            "init",
-            "--partition",
-            p,
-            "--so-password",
-            "env:PSO_PW",
-        ]);
-        cli(&[
-            "role",
-            "init",
-            "--partition",
-            p,
-            "--role",
-            "co",
-            "--password",
-            "env:PSO_PW",
-            "--new-password",
-            "env:CO_PW",
-        ]);
-    }
-    cli(&[
-        "client",
-        "keygen",
-        "--name",
-        "host1",
-        "--key",
-        "host1.key",
-        "--cert",
-        "host1.crt",
-    ]);
-    cli(&[
-        "client",
-        "register",
-        "--name",
-        "host1",
-        "--cert",
-        "host1.crt",
-        "--password",
-        "env:SO_PW",
-    ]);
-    cli(&[
-        "client",
-        "assign",
-        "--client",
-        "host1",
-        "--partition",
-        "mine",
-        "--password",
-        "env:SO_PW",
-    ]);
-    let fp = String::from_utf8(
-        Command::new(harness::server_binary())
-            .args(["server", "--config"])
-            .arg(tmp.path().join("server.toml"))
-            .arg("fingerprint")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let conf = tmp.path().join("pkcs11.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "server = \"tls://{addr}\"\nclient_cert = {:?}\nclient_key = {:?}\nserver_fingerprint = \"{}\"\n",
-            tmp.path().join("host1.crt"),
-            tmp.path().join("host1.key"),
-            fp.trim()
-        ),
-    )
-    .unwrap();
-    std::env::remove_var("FERROHSM_HOME");
-    std::env::remove_var("FERROHSM_SERVER");
-    std::env::set_var("FERROHSM_PKCS11_CONF", &conf);
+    let hsm = harness::network::TlsHsm::new("");
+    hsm.module_conf(&hsm.addr, "");
     let p11 = harness::load_module();
     let slots = p11.get_slots_with_token().unwrap();
     std::env::remove_var("FERROHSM_PKCS11_CONF");

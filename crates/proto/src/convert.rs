@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use ferrohsm_audit::{Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, ClientInfo, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential, NewCredential,
-    PedImprint, Witness,
+    AuditConfig, ClientInfo, Enrollment, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential,
+    NewCredential, PedImprint, Witness,
 };
 use ferrohsm_core::mechanism::KeySpec;
 use ferrohsm_core::object::{
@@ -505,6 +505,26 @@ pub fn clients_to_wire(clients: Vec<ClientInfo>) -> v1::Clients {
                 revoked: c.revoked,
             })
             .collect(),
+    }
+}
+
+/// An issued enrollment code as sent.
+pub fn enrollment_to_wire(e: Enrollment) -> v1::Enrollment {
+    v1::Enrollment {
+        code: e.code,
+        name: e.name,
+        partitions: e.partitions,
+        expires: e.expires,
+    }
+}
+
+/// An issued enrollment code as received.
+pub fn enrollment_from_wire(e: v1::Enrollment) -> Enrollment {
+    Enrollment {
+        code: e.code,
+        name: e.name,
+        partitions: e.partitions,
+        expires: e.expires,
     }
 }
 

@@ -30,6 +30,28 @@ pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// Where a server listens, and where clients look for one, when nothing else is configured.
 pub const DEFAULT_SOCKET: &str = "/run/ferrohsm/ferrohsm.sock";
 
+/// How long a TCP peer may be silent (unreachable, powered off, cut off) before its
+/// connection is declared dead: both ends set [`tune_tcp`], so neither waits for the
+/// kernel's default of minutes.
+pub const DEAD_PEER_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sets a TCP connection up for request/response over a network: no Nagle delay; keepalive
+/// probes after 1 s of silence, every second, dead after 2 unanswered (so an idle link's loss
+/// is noticed within [`DEAD_PEER_AFTER`]); and data left unacknowledged for that long ends
+/// the connection too (`TCP_USER_TIMEOUT`), so a request in flight to a vanished peer fails
+/// then instead of at the call's deadline.
+pub fn tune_tcp(s: &std::net::TcpStream) -> io::Result<()> {
+    use rustix::net::sockopt;
+    use std::time::Duration;
+    s.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(s, true)?;
+    sockopt::set_tcp_keepidle(s, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepintvl(s, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepcnt(s, 2)?;
+    sockopt::set_tcp_user_timeout(s, DEAD_PEER_AFTER.as_millis() as u32)?;
+    Ok(())
+}
+
 /// What can go wrong reading a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -180,6 +202,27 @@ pub fn error_from_wire(e: v1::Error) -> HsmError {
 
 #[cfg(test)]
 mod tests {
+
+    /// The keepalive and user-timeout settings are what the dead-peer promise rests on:
+    /// read back from the kernel.
+    #[test]
+    fn tcp_is_tuned_to_notice_a_dead_peer_within_three_seconds() {
+        use rustix::net::sockopt;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        tune_tcp(&s).unwrap();
+        assert!(s.nodelay().unwrap());
+        assert!(sockopt::socket_keepalive(&s).unwrap());
+        let idle = sockopt::tcp_keepidle(&s).unwrap();
+        let every = sockopt::tcp_keepintvl(&s).unwrap();
+        let probes = sockopt::tcp_keepcnt(&s).unwrap();
+        assert!(idle + every * probes <= DEAD_PEER_AFTER);
+        assert_eq!(
+            u128::from(sockopt::tcp_user_timeout(&s).unwrap()),
+            DEAD_PEER_AFTER.as_millis()
+        );
+    }
+
     use super::*;
 
     #[test]

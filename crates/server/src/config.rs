@@ -43,6 +43,15 @@ pub struct ServerConfig {
     pub tls_cert: PathBuf,
     /// The server's TLS private key (PEM); empty: `tls-server.key` in the data directory.
     pub tls_key: PathBuf,
+    /// A TLS handshake not finished within this many seconds is cut (a client that connects
+    /// and sends nothing, or dribbles its hello).
+    pub handshake_timeout_s: u64,
+    /// Most TLS handshakes in progress at once; a connection beyond them is closed at once
+    /// (a flood of connections cannot take every thread).
+    pub max_handshakes: usize,
+    /// How long a client's logins (and so its PKCS#11 sessions) outlive its last connection:
+    /// a link lost for less than this keeps them for the client to reconnect to.
+    pub lease_s: u64,
     /// Where to serve `/metrics` (Prometheus text) and `/health` over plain HTTP, e.g.
     /// "127.0.0.1:9792"; empty: not served. Nothing secret is in them.
     pub metrics_listen: String,
@@ -65,6 +74,9 @@ impl Default for ServerConfig {
             tls_listen: String::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            handshake_timeout_s: 5,
+            max_handshakes: 64,
+            lease_s: 60,
         }
     }
 }
@@ -132,10 +144,23 @@ impl ServerConfig {
             ("idle_timeout_s", self.idle_timeout_s),
             ("write_timeout_s", self.write_timeout_s),
             ("shutdown_grace_s", self.shutdown_grace_s),
+            ("handshake_timeout_s", self.handshake_timeout_s),
         ] {
             if !(1..=86_400).contains(&v) {
                 return bad(format!("{name} = {v} is outside 1..=86400"));
             }
+        }
+        if !(1..=4096).contains(&self.max_handshakes) {
+            return bad(format!(
+                "max_handshakes = {} is outside 1..=4096",
+                self.max_handshakes
+            ));
+        }
+        if self.lease_s > 3600 {
+            return bad(format!(
+                "lease_s = {} is outside 0..=3600 (0: logins end with the last connection)",
+                self.lease_s
+            ));
         }
         if self.data_dir.as_os_str().is_empty() || self.socket.as_os_str().is_empty() {
             return bad("data_dir and socket must not be empty".into());
@@ -184,6 +209,14 @@ mod tests {
         assert!(e.to_string().contains("max_frame_bytes = 10"), "{e}");
         let e = ServerConfig::parse("idle_timeout_s = 0\n", p).unwrap_err();
         assert!(e.to_string().contains("idle_timeout_s"), "{e}");
+        for (text, key) in [
+            ("max_handshakes = 0\n", "max_handshakes"),
+            ("lease_s = 7200\n", "lease_s"),
+            ("handshake_timeout_s = 0\n", "handshake_timeout_s"),
+        ] {
+            let e = ServerConfig::parse(text, p).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
         let c = ServerConfig::parse("data_dir = \"/d\"\nallowed_gids = [5]\n", p).unwrap();
         assert_eq!(c.allowed_gids, vec![5]);
         assert_eq!(c.max_connections, 1024);

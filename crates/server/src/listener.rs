@@ -53,6 +53,8 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
+    /// The audit records of refused TLS connections, summarised under a flood.
+    pub refusals: crate::tls::Refusals,
     /// An engine handle for the audit records of connections and refusals, and for the
     /// client registry.
     recorder: Mutex<Option<Hsm>>,
@@ -70,6 +72,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             metrics: Metrics::default(),
+            refusals: Default::default(),
             recorder: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -85,6 +88,12 @@ impl Shared {
     /// The live (registered, unrevoked) client with this certificate key.
     pub(crate) fn client(&self, fp: &str) -> ferrohsm_core::Result<Option<ClientInfo>> {
         self.with_registry(|h| h.client_by_fingerprint(fp))
+    }
+
+    /// Whether an enrollment code is outstanding (unregistered hosts may then connect to
+    /// redeem one, and do nothing else).
+    pub(crate) fn enrollment_open(&self) -> ferrohsm_core::Result<bool> {
+        self.with_registry(|h| h.enrollment_open())
     }
 
     fn with_registry<T>(
@@ -314,8 +323,14 @@ fn serve<S: Read + Write>(shared: &Shared, mut stream: S, conn: u64, who: Who) {
     }
     info!(conn, peer = %who.describe, "connection opened");
     // A client's connections share its logins (a PKCS#11 login is the application's, seen
-    // by all its sessions); they end when its last connection closes.
-    let hold = shared.logins.hold_peer(&who.owner);
+    // by all its sessions); they end when its last connection closes, or for a network
+    // client a lease later (a link lost and back keeps them). Not for a local process: its
+    // pid, which names it, could pass to another process meanwhile.
+    let lease = match who.fingerprint {
+        Some(_) => Duration::from_secs(cfg.lease_s),
+        None => Duration::ZERO,
+    };
+    let hold = shared.logins.hold_peer_leased(&who.owner, lease);
     // The engine handle is opened at the first request, so idle connections hold no store
     // descriptors.
     let mut api: Option<Embedded> = None;

@@ -74,6 +74,8 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::Clients(_)) => "clients",
         Some(Call::AssignClient(_)) => "assign-client",
         Some(Call::RevokeClient(_)) => "revoke-client",
+        Some(Call::IssueEnrollment(_)) => "issue-enrollment",
+        Some(Call::Enroll(_)) => "enroll",
     }
 }
 
@@ -104,13 +106,17 @@ pub fn protocol_error(id: u64, code: v1::error::Code, message: String) -> Respon
 }
 
 /// What a connection's client may reach: everything (a local user the configuration admits),
-/// or only the partitions the HSM SO assigned to it (a registered network client).
+/// only the partitions the HSM SO assigned to it (a registered network client), or nothing
+/// but the redemption of an enrollment code (an unregistered network client, let through the
+/// handshake while a code is outstanding).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// The whole HSM.
     All,
     /// These partitions' roles and objects, nothing of the device.
     Partitions(Vec<String>),
+    /// One call: [`Call::Enroll`] for this certificate key (the one proved in the handshake).
+    Enrolling(String),
 }
 
 impl Scope {
@@ -118,14 +124,34 @@ impl Scope {
         match self {
             Scope::All => true,
             Scope::Partitions(p) => p.iter().any(|x| x == partition),
+            Scope::Enrolling(_) => false,
         }
     }
 
     /// Refuses a call that reaches outside the scope. A call with a login id needs no check:
     /// the login was made in scope, and a login id names nothing for another client.
     fn check(&self, call: &Call) -> Result<()> {
-        if *self == Scope::All {
-            return Ok(());
+        match (self, call) {
+            (Scope::Enrolling(fp), Call::Enroll(e)) => {
+                return match ferrohsm_core::x509::parse_fingerprint(&e.fingerprint) {
+                    Ok(claimed) if claimed == *fp => Ok(()),
+                    _ => Err(ferrohsm_core::HsmError::Refused(format!(
+                        "a host enrolls the certificate it connected with (key {fp}), no other"
+                    ))),
+                }
+            }
+            (Scope::Enrolling(_), _) => {
+                return Err(ferrohsm_core::HsmError::Refused(
+                    "this client's certificate is not registered: it may only redeem an enrollment code (`ferrohsm client enroll`)".into(),
+                ))
+            }
+            (_, Call::Enroll(_)) => {
+                return Err(ferrohsm_core::HsmError::Refused(
+                    "an enrollment code is redeemed by an unregistered host over TLS, for the certificate it connects with".into(),
+                ))
+            }
+            (Scope::All, _) => return Ok(()),
+            (Scope::Partitions(_), _) => {}
         }
         let outside = |what: &str| {
             Err(ferrohsm_core::HsmError::Refused(format!(
@@ -411,6 +437,12 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         }
         Call::RevokeClient(r) => Reply::Clients(convert::clients_to_wire(vec![
             api.revoke_client(r.login, &r.client)?
+        ])),
+        Call::IssueEnrollment(i) => Reply::Enrollment(convert::enrollment_to_wire(
+            api.issue_enrollment(i.login, &i.name, &i.partitions, i.valid_for_s)?,
+        )),
+        Call::Enroll(e) => Reply::Clients(convert::clients_to_wire(vec![
+            api.enroll(&e.code, &e.fingerprint)?
         ])),
         Call::CheckLogin(l) => {
             api.check_login(l.login)?;
@@ -709,5 +741,43 @@ mod tests {
         };
         assert_eq!(sum.partitions.len(), 1);
         assert_eq!(sum.partitions[0].label, "mine");
+    }
+
+    /// An unregistered host let through the handshake to enroll may redeem a code for its
+    /// own key and do nothing else; nobody else may redeem one.
+    #[test]
+    fn an_enrolling_host_may_only_enroll_its_own_key() {
+        let mine = "11".repeat(32);
+        let s = Scope::Enrolling(mine.clone());
+        let enroll = |fp: &str| {
+            Call::Enroll(v1::Enroll {
+                code: String::new(),
+                fingerprint: fp.into(),
+            })
+        };
+        assert!(s.check(&enroll(&mine)).is_ok());
+        assert!(s.check(&enroll(&mine.to_uppercase())).is_ok());
+        for c in [
+            enroll(&"22".repeat(32)),
+            enroll("junk"),
+            Call::Summary(Default::default()),
+            Call::Info(Default::default()),
+            Call::Random(Default::default()),
+            login("co", Some("mine")),
+            Call::Find(v1::Find {
+                partition: "mine".into(),
+                ..Default::default()
+            }),
+        ] {
+            assert!(
+                matches!(s.check(&c), Err(ferrohsm_core::HsmError::Refused(_))),
+                "{} was let through",
+                call_name(&Some(c.clone()))
+            );
+        }
+        assert!(!s.allows("mine"));
+        // Registered and local clients have no code to redeem.
+        assert!(scoped().check(&enroll(&mine)).is_err());
+        assert!(Scope::All.check(&enroll(&mine)).is_err());
     }
 }

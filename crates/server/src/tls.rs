@@ -2,12 +2,13 @@
 //! its own key and certificate (made at first start when none is configured; clients pin its
 //! key's fingerprint). A client is admitted only if the fingerprint of its certificate's key
 //! is registered and not revoked (the HSM SO's client registry): anyone else is refused
-//! during the handshake. An admitted client sees only the partitions assigned to it, and its
+//! during the handshake — except, while an enrollment code is outstanding, to redeem a code
+//! and do nothing else. An admitted client sees only the partitions assigned to it, and its
 //! connections close within a second of its revocation.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,12 +127,16 @@ impl ClientCertVerifier for RegisteredClients {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let fp = cert_fingerprint(end_entity)?;
-        match self.shared.client(&fp) {
-            Ok(Some(_)) => Ok(ClientCertVerified::assertion()),
-            Ok(None) => Err(rustls::Error::InvalidCertificate(
+        let registry = |e: HsmError| rustls::Error::General(format!("client registry: {e}"));
+        match self.shared.client(&fp).map_err(registry)? {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            // Only to redeem a code: the connection's scope allows nothing else.
+            None if self.shared.enrollment_open().map_err(registry)? => {
+                Ok(ClientCertVerified::assertion())
+            }
+            None => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )),
-            Err(e) => Err(rustls::Error::General(format!("client registry: {e}"))),
         }
     }
 
@@ -177,19 +182,94 @@ pub fn server_config(
         shared: shared.clone(),
         provider: provider.clone(),
     });
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)
         .map_err(|e| HsmError::InvalidInput(format!("the server's TLS key: {e}")))?;
+    // Nothing unasked-for between answers: a client takes anything readable on an idle
+    // connection for its end. (Resumption would also skip the registry check.)
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
-/// Accepts TLS connections until the server stops; each gets a thread, a handshake under
-/// the write timeout, and then the same service as a local connection, in its client's
-/// scope.
+/// Refusals recorded one by one in the audit log, per second; beyond them (a flood of
+/// garbage or of connections) they are counted and recorded as one summary record a second,
+/// so that a flood cannot turn into a flood of audit writes. Nothing goes unrecorded.
+const REFUSALS_RECORDED_PER_SECOND: u32 = 10;
+
+/// The audit records of refused TLS connections (see [`REFUSALS_RECORDED_PER_SECOND`]).
+#[derive(Default)]
+pub struct Refusals {
+    state: std::sync::Mutex<RefusalWindow>,
+}
+
+#[derive(Default)]
+struct RefusalWindow {
+    started: Option<std::time::Instant>,
+    recorded: u32,
+    summarised: u64,
+}
+
+impl Refusals {
+    /// Records a refusal: in full, or counted into the next summary.
+    pub fn note(&self, shared: &Shared, who: &str, why: &str) {
+        let one_by_one = {
+            let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if w.started
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                w.started = Some(now);
+                w.recorded = 0;
+            }
+            w.recorded += 1;
+            if w.recorded > REFUSALS_RECORDED_PER_SECOND {
+                w.summarised += 1;
+            }
+            w.recorded <= REFUSALS_RECORDED_PER_SECOND
+        };
+        if one_by_one {
+            if let Err(e) = shared.record(who, false, why) {
+                warn!(error = %e, "cannot record a refusal in the audit log");
+            }
+        }
+    }
+
+    /// Writes the summary of the refusals counted since the last one, if any.
+    pub fn flush(&self, shared: &Shared) {
+        let n = std::mem::take(
+            &mut self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .summarised,
+        );
+        if n > 0 {
+            let why = format!("{n} more TLS connections refused (over {REFUSALS_RECORDED_PER_SECOND} a second: recorded as this one summary)");
+            if let Err(e) = shared.record("tls (many peers)", false, &why) {
+                warn!(error = %e, "cannot record a refusal in the audit log");
+            }
+        }
+    }
+}
+
+/// A place among the handshakes in progress, given back when dropped.
+struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Accepts TLS connections until the server stops. At most `max_handshakes` handshakes run
+/// at once (a connection beyond them is closed at once), each in its own thread and within
+/// `handshake_timeout_s`; an admitted client then gets the same service as a local
+/// connection, in its scope.
 pub fn accept_loop(l: TcpListener, shared: Arc<Shared>, tls: Arc<rustls::ServerConfig>) {
+    let handshaking = Arc::new(AtomicUsize::new(0));
     for stream in l.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
@@ -198,44 +278,83 @@ pub fn accept_loop(l: TcpListener, shared: Arc<Shared>, tls: Arc<rustls::ServerC
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
+        if handshaking.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes {
+            handshaking.fetch_sub(1, Ordering::SeqCst);
+            let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            shared.metrics.refusal("handshakes");
+            warn!(peer = %peer, max = shared.config.max_handshakes, "TLS connection closed: too many handshakes in progress");
+            shared.refusals.note(
+                &shared,
+                &format!("tls {peer}"),
+                "too many TLS handshakes in progress",
+            );
+            continue;
+        }
+        let slot = HandshakeSlot(handshaking.clone());
         let (sh, tls) = (shared.clone(), tls.clone());
         let spawned = std::thread::Builder::new()
             .name("tls-handshake".into())
             .stack_size(1 << 20)
-            .spawn(move || handshake_and_serve(tcp, sh, tls));
+            .spawn(move || handshake_and_serve(tcp, sh, tls, slot));
         if let Err(e) = spawned {
             warn!(error = %e, "TLS connection dropped: no thread for it");
         }
     }
 }
 
-fn handshake_and_serve(mut tcp: TcpStream, shared: Arc<Shared>, tls: Arc<rustls::ServerConfig>) {
+fn handshake_and_serve(
+    mut tcp: TcpStream,
+    shared: Arc<Shared>,
+    tls: Arc<rustls::ServerConfig>,
+    slot: HandshakeSlot,
+) {
     let addr = tcp
         .peer_addr()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let cfg = &shared.config;
-    let limit = Duration::from_secs(cfg.write_timeout_s);
-    if tcp.set_read_timeout(Some(limit)).is_err() || tcp.set_write_timeout(Some(limit)).is_err() {
+    let write_limit = Duration::from_secs(cfg.write_timeout_s);
+    if tcp.set_write_timeout(Some(write_limit)).is_err() || ferrohsm_proto::tune_tcp(&tcp).is_err()
+    {
         return;
     }
-    let _ = tcp.set_nodelay(true);
     let Ok(mut conn) = rustls::ServerConnection::new(tls) else {
         return;
     };
-    // The handshake, with the client's certificate checked against the registry; a client
-    // that sends nothing is cut off at the write timeout.
+    // The handshake, with the client's certificate checked against the registry, all of it
+    // within the handshake deadline: a client that sends nothing, or its hello a byte at a
+    // time, is cut off there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(cfg.handshake_timeout_s);
     while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut tcp) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let step = match left.is_zero() {
+            true => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("not finished within {} s", cfg.handshake_timeout_s),
+            )),
+            false => tcp
+                .set_read_timeout(Some(left))
+                .and_then(|_| conn.complete_io(&mut tcp).map(|_| ())),
+        };
+        if let Err(e) = step {
+            let e = match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                    "not finished within {} s (handshake_timeout_s)",
+                    cfg.handshake_timeout_s
+                ),
+                _ => e.to_string(),
+            };
             shared.metrics.refusal("tls");
-            let who = format!("tls {addr}");
-            if let Err(r) = shared.record(&who, false, &format!("TLS handshake: {e}")) {
-                warn!(error = %r, "cannot record a refusal in the audit log");
-            }
+            shared.refusals.note(
+                &shared,
+                &format!("tls {addr}"),
+                &format!("TLS handshake: {e}"),
+            );
             warn!(peer = %addr, error = %e, "TLS connection refused");
             return;
         }
     }
+    drop(slot);
     let Some(fp) = conn
         .peer_certificates()
         .and_then(|c| c.first())
@@ -243,9 +362,23 @@ fn handshake_and_serve(mut tcp: TcpStream, shared: Arc<Shared>, tls: Arc<rustls:
     else {
         return;
     };
-    let client = match shared.client(&fp) {
-        Ok(Some(c)) => c,
-        _ => return,
+    let who = match shared.client(&fp) {
+        Ok(Some(client)) => Who {
+            describe: format!("tls client {} ({fp}) from {addr}", client.name),
+            owner: format!("tls {fp}"),
+            scope: Scope::Partitions(client.partitions.clone()),
+            fingerprint: Some(fp),
+            uid: None,
+        },
+        // Let through the handshake while a code was outstanding: it may redeem one.
+        Ok(None) => Who {
+            describe: format!("tls unregistered host ({fp}) from {addr}, to enroll"),
+            owner: format!("enrolling {fp}"),
+            scope: Scope::Enrolling(fp),
+            fingerprint: None,
+            uid: None,
+        },
+        Err(_) => return,
     };
     let idle = Duration::from_secs(cfg.idle_timeout_s);
     if tcp.set_read_timeout(Some(idle)).is_err() {
@@ -253,13 +386,6 @@ fn handshake_and_serve(mut tcp: TcpStream, shared: Arc<Shared>, tls: Arc<rustls:
     }
     let Ok(shut) = tcp.try_clone() else {
         return;
-    };
-    let who = Who {
-        describe: format!("tls client {} ({fp}) from {addr}", client.name),
-        owner: format!("tls {fp}"),
-        scope: Scope::Partitions(client.partitions.clone()),
-        fingerprint: Some(fp),
-        uid: None,
     };
     listener::serve_admitted(
         &shared,
@@ -281,6 +407,8 @@ pub fn watch_revocations(shared: Arc<Shared>) {
             if shared.stopping.load(Ordering::SeqCst) {
                 return;
             }
+            shared.refusals.flush(&shared);
+            shared.logins.expire_leases();
             for fp in shared.client_fingerprints() {
                 if let Ok(None) = shared.client(&fp) {
                     info!(fingerprint = %fp, "closing a revoked client's connections");

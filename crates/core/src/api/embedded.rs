@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    HsmApi, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PartitionSummary,
-    Summary, Unwrap, MAX_RANDOM,
+    Enrollment, HsmApi, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential,
+    PartitionSummary, Summary, Unwrap, MAX_RANDOM,
 };
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
@@ -39,6 +39,34 @@ struct LoginTable {
     logins: HashMap<LoginId, (u64, Arc<Session>)>,
     front_ends: HashMap<u64, usize>,
     peers: HashMap<String, u64>,
+    /// Owners whose logins outlive their last front end by a lease: how long.
+    leases: HashMap<u64, std::time::Duration>,
+    /// Owners with no front end left, and when their lease ends.
+    expiring: HashMap<u64, std::time::Instant>,
+}
+
+impl LoginTable {
+    /// Ends an owner's logins and forgets it.
+    fn purge(&mut self, owner: u64) {
+        self.front_ends.remove(&owner);
+        self.peers.retain(|_, o| *o != owner);
+        self.logins.retain(|_, (o, _)| *o != owner);
+        self.leases.remove(&owner);
+        self.expiring.remove(&owner);
+    }
+
+    /// Ends the logins of owners whose lease ran out.
+    fn expire(&mut self, now: std::time::Instant) {
+        let over: Vec<u64> = self
+            .expiring
+            .iter()
+            .filter(|(_, end)| **end <= now)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in over {
+            self.purge(o);
+        }
+    }
 }
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
@@ -93,11 +121,26 @@ impl Logins {
     /// exits, before its pid can be reused) or one client certificate ("tls FINGERPRINT")
     /// shares one owner while any is open, and its logins end with its last connection.
     pub fn hold_peer(&self, peer: &str) -> OwnerHold {
+        self.hold_peer_leased(peer, std::time::Duration::ZERO)
+    }
+
+    /// As [`Logins::hold_peer`], but the logins outlive the client's last connection by
+    /// `lease`: a client that reconnects within it (a network link lost and back) finds them
+    /// again; after it they end. Only for peers whose name cannot pass to another party
+    /// meanwhile (a certificate key; not a process id, which the kernel reuses).
+    pub fn hold_peer_leased(&self, peer: &str, lease: std::time::Duration) -> OwnerHold {
         let mut map = self.map();
+        map.expire(std::time::Instant::now());
         let owner = *map
             .peers
             .entry(peer.to_string())
             .or_insert_with(Logins::new_owner);
+        map.expiring.remove(&owner);
+        if lease.is_zero() {
+            map.leases.remove(&owner);
+        } else {
+            map.leases.insert(owner, lease);
+        }
         *map.front_ends.entry(owner).or_default() += 1;
         OwnerHold {
             logins: self.clone(),
@@ -115,10 +158,21 @@ impl Logins {
             None => 0,
         };
         if left == 0 {
-            map.front_ends.remove(&owner);
-            map.peers.retain(|_, o| *o != owner);
-            map.logins.retain(|_, (o, _)| *o != owner);
+            match map.leases.get(&owner).copied() {
+                Some(lease) => {
+                    map.front_ends.remove(&owner);
+                    map.expiring
+                        .insert(owner, std::time::Instant::now() + lease);
+                }
+                None => map.purge(owner),
+            }
         }
+    }
+
+    /// Ends the logins of clients whose lease ran out (a server calls this every so often,
+    /// so that no login outlives its lease by much).
+    pub fn expire_leases(&self) {
+        self.map().expire(std::time::Instant::now());
     }
 
     /// Ends every login of every front end (zeroize, tamper). Keys are dropped, and so
@@ -485,6 +539,21 @@ impl HsmApi for Embedded {
     fn revoke_client(&mut self, login: LoginId, client: &str) -> Result<ClientInfo> {
         let s = self.session(login)?;
         self.hsm.revoke_client(&s, client)
+    }
+
+    fn issue_enrollment(
+        &mut self,
+        login: LoginId,
+        name: &str,
+        partitions: &[String],
+        valid_for_s: u64,
+    ) -> Result<Enrollment> {
+        let s = self.session(login)?;
+        self.hsm.issue_enrollment(&s, name, partitions, valid_for_s)
+    }
+
+    fn enroll(&mut self, code: &str, fingerprint: &str) -> Result<ClientInfo> {
+        self.hsm.redeem_enrollment(code, fingerprint)
     }
 
     fn set_hsm_policy(&mut self, login: LoginId, name: &str, value: &str) -> Result<()> {

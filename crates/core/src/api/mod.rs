@@ -15,7 +15,7 @@
 mod embedded;
 
 pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
-pub use crate::hsm::{AuthMode, ClientInfo, HsmInfo};
+pub use crate::hsm::{AuthMode, ClientInfo, Enrollment, HsmInfo};
 pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
@@ -293,6 +293,19 @@ pub trait HsmApi {
     ) -> Result<ClientInfo>;
     /// Revokes a client (HSM SO).
     fn revoke_client(&mut self, login: LoginId, client: &str) -> Result<ClientInfo>;
+    /// Issues a one-time enrollment code valid for `valid_for_s` seconds (at most 20
+    /// minutes) with which a host registers its own certificate under `name` (HSM SO).
+    fn issue_enrollment(
+        &mut self,
+        login: LoginId,
+        name: &str,
+        partitions: &[String],
+        valid_for_s: u64,
+    ) -> Result<Enrollment>;
+    /// Redeems an enrollment code for the certificate key `fingerprint`. A server takes
+    /// this only from an unregistered TLS client, and only for the key that client proved
+    /// in its handshake.
+    fn enroll(&mut self, code: &str, fingerprint: &str) -> Result<ClientInfo>;
     /// Logs a role in (counted and audited like every login).
     fn login(
         &mut self,

@@ -44,7 +44,7 @@ mod partition;
 mod roles;
 mod wrapping;
 
-pub use clients::ClientInfo;
+pub use clients::{parse_enrollment_code, ClientInfo, Enrollment, MAX_ENROLLMENT_SECONDS};
 
 /// How the HSM's roles authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

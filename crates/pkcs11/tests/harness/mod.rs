@@ -15,6 +15,8 @@ use ferrohsm_core::hsm::InitOptions;
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
 
+pub mod network;
+
 /// The HSM SO's password of [`password_hsm`].
 pub const HSM_SO_PW: &str = "hsm-so-pw";
 
@@ -221,4 +223,27 @@ pub fn serve(data: &Path) -> ServerProcess {
     std::env::remove_var("FERROHSM_HOME");
     std::env::set_var("FERROHSM_SERVER", &server.socket);
     server
+}
+
+/// Generates a token P-256 key pair labelled `label`; the private key.
+pub fn ec_key(s: &cryptoki::session::Session, label: &str) -> cryptoki::object::ObjectHandle {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    let params = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (_, private) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(params.to_vec()),
+                Attribute::Label(label.into()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::Label(label.into()),
+            ],
+        )
+        .unwrap();
+    private
 }

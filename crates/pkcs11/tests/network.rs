@@ -1,0 +1,138 @@
+//! The module over a network that misbehaves, between it and a real server with mutual TLS:
+//! a TCP proxy the test controls cuts the link for less than the server's lease (the
+//! application's session, login and handles survive), for longer (one
+//! `CKR_USER_NOT_LOGGED_IN`, then `C_Login` and `C_OpenSession` work again), and freezes it
+//! (a call fails at its deadline, never hangs).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::session::{SessionState, UserType};
+use cryptoki::types::AuthPin;
+
+mod harness;
+use harness::ec_key;
+use harness::network::{Proxy, TlsHsm, USER_PIN};
+
+/// The module is one per process: tests take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The server's lease in these tests (seconds).
+const LEASE_S: u64 = 3;
+
+fn pin() -> AuthPin {
+    AuthPin::new(USER_PIN.into())
+}
+
+fn rv<T: std::fmt::Debug>(r: Result<T, Error>) -> RvError {
+    match r {
+        Err(Error::Pkcs11(rv, _)) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_link_lost_for_less_than_the_lease_keeps_session_login_and_handles() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hsm = TlsHsm::new(&format!("lease_s = {LEASE_S}\n"));
+    let proxy = Proxy::start(&hsm.addr);
+    hsm.module_conf(&proxy.addr, "");
+    let p11 = harness::load_module();
+    let slot = p11.get_slots_with_token().unwrap()[0];
+    let s = p11.open_rw_session(slot).unwrap();
+    s.login(UserType::User, Some(&pin())).unwrap();
+    let key = ec_key(&s, "lease");
+    s.sign(&Mechanism::Ecdsa, key, &[1u8; 32]).unwrap();
+
+    // The link goes: the call in hand fails promptly (the connection is reset), not at
+    // the deadline, and so does one made while it is down.
+    proxy.cut();
+    let t = Instant::now();
+    assert!(s.sign(&Mechanism::Ecdsa, key, &[2u8; 32]).is_err());
+    assert!(s.sign(&Mechanism::Ecdsa, key, &[2u8; 32]).is_err());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(1000));
+    // Back within the lease: the same session, login and key handle work, with no new
+    // C_Login.
+    proxy.restore();
+    let sig = s.sign(&Mechanism::Ecdsa, key, &[3u8; 32]).unwrap();
+    assert_eq!(sig.len(), 64);
+    assert_eq!(
+        s.get_session_info().unwrap().session_state(),
+        SessionState::RwUser
+    );
+    drop(s);
+    p11.finalize().unwrap();
+}
+
+#[test]
+fn past_the_lease_the_application_is_told_once_and_logs_in_again() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hsm = TlsHsm::new(&format!("lease_s = {LEASE_S}\n"));
+    let proxy = Proxy::start(&hsm.addr);
+    hsm.module_conf(&proxy.addr, "");
+    let p11 = harness::load_module();
+    let slot = p11.get_slots_with_token().unwrap()[0];
+    let s = p11.open_rw_session(slot).unwrap();
+    s.login(UserType::User, Some(&pin())).unwrap();
+    let key = ec_key(&s, "gone");
+    proxy.cut();
+    // Longer than the lease (and the server's once-a-quarter-second sweep).
+    std::thread::sleep(Duration::from_secs(LEASE_S + 1));
+    proxy.restore();
+    // The login ended with the lease: said once, as "not logged in"...
+    assert_eq!(
+        rv(s.sign(&Mechanism::Ecdsa, key, &[4u8; 32])),
+        RvError::UserNotLoggedIn
+    );
+    // ...and never an error for ever: the application logs in again and carries on, in
+    // this session and in a new one.
+    s.login(UserType::User, Some(&pin())).unwrap();
+    assert_eq!(
+        s.sign(&Mechanism::Ecdsa, key, &[5u8; 32]).unwrap().len(),
+        64
+    );
+    let s2 = p11.open_rw_session(slot).unwrap();
+    assert_eq!(
+        s2.sign(&Mechanism::Ecdsa, key, &[6u8; 32]).unwrap().len(),
+        64
+    );
+    drop((s, s2));
+    p11.finalize().unwrap();
+}
+
+#[test]
+fn a_frozen_link_fails_the_call_at_its_deadline_and_the_next_call_reconnects() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hsm = TlsHsm::new(&format!("lease_s = {LEASE_S}\n"));
+    let proxy = Proxy::start(&hsm.addr);
+    hsm.module_conf(&proxy.addr, "deadline_ms = 1500\n");
+    let p11 = harness::load_module();
+    let slot = p11.get_slots_with_token().unwrap()[0];
+    let s = p11.open_rw_session(slot).unwrap();
+    s.login(UserType::User, Some(&pin())).unwrap();
+    let key = ec_key(&s, "frozen");
+    // Bytes go in and nothing comes back: the call fails at its deadline, not later.
+    proxy.freeze();
+    let t = Instant::now();
+    assert_eq!(
+        rv(s.sign(&Mechanism::Ecdsa, key, &[7u8; 32])),
+        RvError::DeviceError
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // The stalled connection is dropped; the next call connects afresh and, within the
+    // lease, finds the login.
+    proxy.restore();
+    assert_eq!(
+        s.sign(&Mechanism::Ecdsa, key, &[8u8; 32]).unwrap().len(),
+        64
+    );
+    drop(s);
+    p11.finalize().unwrap();
+}
