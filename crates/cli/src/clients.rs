@@ -40,6 +40,28 @@ pub enum ClientCmd {
         #[command(flatten)]
         login: Login,
     },
+    /// Give a host a new certificate key (HSM SO login): its name and partitions stay; the
+    /// old key is refused from then on. The server keeps running.
+    #[command(
+        after_help = "Example:\n  ferrohsm client rekey --client app1 --cert app1-2027.crt --password prompt"
+    )]
+    Rekey {
+        /// The host's name or current fingerprint.
+        #[arg(long)]
+        client: String,
+        /// Its new certificate (PEM or DER).
+        #[arg(
+            long,
+            conflicts_with = "fingerprint",
+            required_unless_present = "fingerprint"
+        )]
+        cert: Option<PathBuf>,
+        /// Or the new key's fingerprint (hex).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Issue a one-time enrollment code with which a host registers its own certificate
     /// (HSM SO login). The code is shown once; it works once, until it expires.
     #[command(
@@ -128,6 +150,17 @@ pub struct Assignment {
     partition: String,
     #[command(flatten)]
     login: Login,
+}
+
+/// The fingerprint named by a certificate file or given as hex.
+fn cert_or_fingerprint(cert: Option<PathBuf>, fingerprint: Option<String>) -> R<String> {
+    match (cert, fingerprint) {
+        (Some(c), _) => fingerprint_of(&c),
+        (None, Some(f)) => Ok(f),
+        (None, None) => Err(HsmError::InvalidInput(
+            "name the host's certificate (--cert) or fingerprint".into(),
+        )),
+    }
 }
 
 /// A validity: `90`, `90s`, `10m`.
@@ -246,20 +279,26 @@ pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json
             fingerprint,
             login,
         } => {
-            let fp = match (cert, fingerprint) {
-                (Some(c), _) => fingerprint_of(&c)?,
-                (None, Some(f)) => f,
-                (None, None) => {
-                    return Err(HsmError::InvalidInput(
-                        "name the host's certificate (--cert) or fingerprint".into(),
-                    ))
-                }
-            };
+            let fp = cert_or_fingerprint(cert, fingerprint)?;
             let s = so(api, &login)?;
             let c = api.register_client(s, &name, &fp)?;
             println!(
                 "client {} registered (key {}); next: `ferrohsm client assign --client {} --partition …`",
                 c.name, c.fingerprint, c.name
+            );
+        }
+        ClientCmd::Rekey {
+            client,
+            cert,
+            fingerprint,
+            login,
+        } => {
+            let fp = cert_or_fingerprint(cert, fingerprint)?;
+            let s = so(api, &login)?;
+            let c = api.rekey_client(s, &client, &fp)?;
+            println!(
+                "client {} now has key {}; its old key is refused from now on",
+                c.name, c.fingerprint
             );
         }
         ClientCmd::Invite {

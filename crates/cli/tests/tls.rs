@@ -643,3 +643,105 @@ fn bad_network_input_is_closed_and_another_host_keeps_signing() {
     assert!(log.contains("oversized frame"), "{log}");
     assert!(server.stop().success());
 }
+
+/// The server's certificate and key are replaced on disk and served from the next
+/// handshakes on (clients pinning old and new keep working through the change, a client
+/// pinning only the old key is refused); a host's certificate is replaced by the HSM SO
+/// (`client rekey`), cutting the old key's connections. The server runs throughout.
+#[test]
+fn certificates_rotate_without_restarting_the_server() {
+    let lab = Lab::new();
+    let (server, addr, old_fp) = tls_server(&lab, "");
+    let pid = server.pid();
+    let app = host(&lab, "app1");
+    so(
+        &lab,
+        &server,
+        &[
+            "client",
+            "register",
+            "--name",
+            "app1",
+            "--cert",
+            &app.cert.display().to_string(),
+        ],
+    );
+    so(
+        &lab,
+        &server,
+        &["client", "assign", "--client", "app1", "--partition", "app"],
+    );
+    let mut open = Remote::connect_tls(&addr, &tls_client(&app, &old_fp)).unwrap();
+    assert!(open.summary().is_ok());
+
+    // The server's new pair, put in place of the old files (key first, then certificate).
+    let next = host(&lab, "ferrohsm-next");
+    let new_fp = String::from_utf8(
+        lab.cli()
+            .args(["client", "fingerprint", "--cert"])
+            .arg(&next.cert)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert_ne!(new_fp, old_fp);
+    for (from, to) in [(&next.key, "tls-server.key"), (&next.cert, "tls-server.crt")] {
+        let staged = lab.data().join(format!("{to}.new"));
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, lab.data().join(to)).unwrap();
+    }
+    let both = format!("{old_fp},{new_fp}");
+    // Within a few seconds the new key is served: a client pinning only the old one is
+    // refused; one pinning both, or the new one, gets in.
+    let t = Instant::now();
+    loop {
+        match Remote::connect_tls(&addr, &tls_client(&app, &old_fp)).and_then(|mut r| r.summary())
+        {
+            Err(e) => {
+                assert!(e.to_string().contains("TLS handshake"), "{e}");
+                break;
+            }
+            Ok(_) => assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the old key is still served"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for pin in [&both, &new_fp] {
+        let mut r = Remote::connect_tls(&addr, &tls_client(&app, pin)).unwrap();
+        assert!(r.summary().is_ok());
+    }
+    assert!(open.summary().is_ok(), "an open connection is not disturbed");
+
+    // The host's certificate: a new key, registered in place of the old by the HSM SO.
+    let renewed = host(&lab, "app1-renewed");
+    so(
+        &lab,
+        &server,
+        &[
+            "client",
+            "rekey",
+            "--client",
+            "app1",
+            "--cert",
+            &renewed.cert.display().to_string(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // The old key's connection was cut, and it cannot connect again.
+    assert!(open.summary().is_err(), "the old key's connection still works");
+    let out = as_host(&lab, &app, &addr, &both, &["partition", "list"]);
+    assert!(!out.status.success(), "the old key still gets in");
+    // The new one has the host's partitions.
+    let out = as_host(&lab, &renewed, &addr, &both, &["partition", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app"));
+    assert_eq!(server.pid(), pid, "the server was not restarted");
+    let log = server.log_text();
+    assert!(log.contains("serving the new ones"), "{log}");
+    assert!(server.stop().success());
+}

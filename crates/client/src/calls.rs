@@ -250,6 +250,19 @@ impl HsmApi for Remote {
         }))?)
     }
 
+    fn rekey_client(
+        &mut self,
+        login: LoginId,
+        client: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo> {
+        one_client(self.call(Call::RekeyClient(v1::RegisterClient {
+            login,
+            name: client.into(),
+            fingerprint: fingerprint.into(),
+        }))?)
+    }
+
     fn issue_enrollment(
         &mut self,
         login: LoginId,

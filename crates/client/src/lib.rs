@@ -15,7 +15,6 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferrohsm_core::{HsmError, Result};
@@ -36,9 +35,11 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// Where a [`Remote`] connects.
 enum Target {
     Unix(PathBuf),
+    /// The client's files are read again at each connection, so that a host whose
+    /// certificate and key were rotated reconnects with the new ones.
     Tls {
         addr: String,
-        config: Arc<rustls::ClientConfig>,
+        client: TlsClient,
     },
 }
 
@@ -113,7 +114,7 @@ impl Remote {
             PathBuf::from(format!("tls://{addr}")),
             Target::Tls {
                 addr: addr.to_string(),
-                config: tls.config()?,
+                client: tls.clone(),
             },
         )
     }
@@ -192,7 +193,8 @@ impl Remote {
                         .map_err(|e| self.io_error(e))?;
                     Stream::Unix(s)
                 }
-                Target::Tls { addr, config } => {
+                Target::Tls { addr, client } => {
+                    let config = client.config()?;
                     let sock = addr
                         .to_socket_addrs()
                         .map_err(|e| fail(e, "cannot resolve the server's address"))?
@@ -214,7 +216,7 @@ impl Remote {
                         .map_err(|e| self.io_error(e))?;
                     let name = rustls::pki_types::ServerName::try_from("ferrohsm")
                         .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
-                    let mut conn = rustls::ClientConnection::new(config.clone(), name)
+                    let mut conn = rustls::ClientConnection::new(config, name)
                         .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?;
                     // The whole handshake before any request: a server with another key, or
                     // one that does not know this client, is refused here.

@@ -17,19 +17,21 @@ pub struct TlsClient {
     /// The client's private key (PEM).
     pub key: PathBuf,
     /// The server's key fingerprint; any other server is refused before anything is sent.
+    /// Several, separated by commas, while the server's key is being rotated (the old and
+    /// the new).
     pub server_fingerprint: String,
 }
 
 /// Accepts only the server whose key has the pinned fingerprint, and checks that it holds
 /// that key (the handshake's signature).
 struct PinnedServer {
-    fingerprint: String,
+    fingerprints: Vec<String>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl std::fmt::Debug for PinnedServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PinnedServer({})", self.fingerprint)
+        write!(f, "PinnedServer({})", self.fingerprints.join(","))
     }
 }
 
@@ -47,7 +49,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServer {
             .map_err(|_| {
                 rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
             })?;
-        if fp == self.fingerprint {
+        if self.fingerprints.contains(&fp) {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -92,7 +94,11 @@ impl TlsClient {
     /// fingerprint.
     pub fn config(&self) -> Result<Arc<rustls::ClientConfig>> {
         use rustls::pki_types::pem::PemObject;
-        let fingerprint = x509::parse_fingerprint(&self.server_fingerprint)?;
+        let fingerprints = self
+            .server_fingerprint
+            .split(',')
+            .map(x509::parse_fingerprint)
+            .collect::<Result<Vec<_>>>()?;
         let cert = CertificateDer::from_pem_file(&self.cert)
             .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.cert.display())))?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key)
@@ -103,7 +109,7 @@ impl TlsClient {
             .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedServer {
-                fingerprint,
+                fingerprints,
                 provider,
             }))
             .with_client_auth_cert(vec![cert], key)

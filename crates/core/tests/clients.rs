@@ -161,3 +161,27 @@ fn enrollment_codes_are_read_as_people_type_them() {
         assert!(parse(bad).is_err(), "{bad:?} was taken");
     }
 }
+
+#[test]
+fn a_rekeyed_client_keeps_its_name_and_partitions_and_its_old_key_is_refused() {
+    let (f, mut hsm) = fixture();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let so = hsm_so(&f, &mut hsm);
+    hsm.register_client(&so, "app1", FP1).unwrap();
+    hsm.assign_client(&so, "app1", "p", true).unwrap();
+    assert!(matches!(
+        hsm.rekey_client(&co, "app1", FP2),
+        Err(HsmError::Refused(_))
+    ));
+    assert!(hsm.rekey_client(&so, "app1", FP1).is_err(), "the same key");
+    let c = hsm.rekey_client(&so, "app1", FP2).unwrap();
+    assert_eq!((c.name.as_str(), c.fingerprint.as_str()), ("app1", FP2));
+    assert_eq!(c.partitions, vec!["p".to_string()]);
+    assert!(hsm.client_by_fingerprint(FP1).unwrap().is_none());
+    assert!(hsm.client_by_fingerprint(FP2).unwrap().is_some());
+    // The old key stays on record, revoked: it cannot be registered again.
+    assert!(hsm.register_client(&so, "app9", FP1).is_err());
+    let all = hsm.clients(&so).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|c| c.fingerprint == FP1 && c.revoked.is_some()));
+}

@@ -76,6 +76,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::RevokeClient(_)) => "revoke-client",
         Some(Call::IssueEnrollment(_)) => "issue-enrollment",
         Some(Call::Enroll(_)) => "enroll",
+        Some(Call::RekeyClient(_)) => "rekey-client",
     }
 }
 
@@ -438,6 +439,11 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::RevokeClient(r) => Reply::Clients(convert::clients_to_wire(vec![
             api.revoke_client(r.login, &r.client)?
         ])),
+        Call::RekeyClient(r) => Reply::Clients(convert::clients_to_wire(vec![api.rekey_client(
+            r.login,
+            &r.name,
+            &r.fingerprint,
+        )?])),
         Call::IssueEnrollment(i) => Reply::Enrollment(convert::enrollment_to_wire(
             api.issue_enrollment(i.login, &i.name, &i.partitions, i.valid_for_s)?,
         )),

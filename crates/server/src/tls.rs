@@ -170,14 +170,114 @@ impl ClientCertVerifier for RegisteredClients {
     }
 }
 
+/// The server's certificate and key, read again when their files change (checked at most
+/// once a second, at a handshake): rotating them needs no restart. A pair that does not
+/// load, or whose key is not the certificate's, is not taken (the current one stays, and the
+/// server's log says why), so a rotation caught halfway is picked up once both files are in
+/// place.
+struct RotatingIdentity {
+    config: ServerConfig,
+    provider: Arc<CryptoProvider>,
+    current: std::sync::Mutex<Loaded>,
+}
+
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    stamp: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+    /// The files' stamp when they last failed to load (said once, not every second).
+    refused: Option<std::time::SystemTime>,
+}
+
+impl std::fmt::Debug for RotatingIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RotatingIdentity")
+    }
+}
+
+impl RotatingIdentity {
+    fn new(config: &ServerConfig, provider: Arc<CryptoProvider>) -> Result<Self, HsmError> {
+        let stamp = Self::stamp(config);
+        let key = Self::load(config, &provider)?;
+        Ok(RotatingIdentity {
+            config: config.clone(),
+            provider,
+            current: std::sync::Mutex::new(Loaded {
+                key,
+                stamp,
+                checked: std::time::Instant::now(),
+                refused: None,
+            }),
+        })
+    }
+
+    /// When either file last changed.
+    fn stamp(c: &ServerConfig) -> Option<std::time::SystemTime> {
+        let (cert, key) = identity_paths(c);
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        m(&cert).max(m(&key))
+    }
+
+    fn load(
+        c: &ServerConfig,
+        provider: &CryptoProvider,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, HsmError> {
+        let (cert, key) = identity(c)?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| HsmError::InvalidInput(format!("the server's TLS key: {e}")))?;
+        let ck = rustls::sign::CertifiedKey::new(vec![cert], signing);
+        ck.keys_match().map_err(|e| {
+            HsmError::InvalidInput(format!(
+                "the server's TLS key is not its certificate's: {e}"
+            ))
+        })?;
+        Ok(Arc::new(ck))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for RotatingIdentity {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.checked.elapsed() >= Duration::from_secs(1) {
+            cur.checked = std::time::Instant::now();
+            let stamp = Self::stamp(&self.config);
+            if stamp != cur.stamp && stamp != cur.refused {
+                match Self::load(&self.config, &self.provider) {
+                    Ok(key) => {
+                        cur.key = key;
+                        cur.stamp = stamp;
+                        let fp = cur
+                            .key
+                            .end_entity_cert()
+                            .ok()
+                            .and_then(|c| cert_fingerprint(c).ok())
+                            .unwrap_or_default();
+                        info!(fingerprint = %fp, "the server's TLS certificate and key changed: serving the new ones");
+                    }
+                    Err(e) => {
+                        cur.refused = stamp;
+                        warn!(error = %e, "the server's TLS files changed but do not load; serving the current ones")
+                    }
+                }
+            }
+        }
+        Some(cur.key.clone())
+    }
+}
+
 /// The rustls configuration of the listener: TLS 1.3 only, client certificates required
-/// and checked against the registry.
+/// and checked against the registry, the server's own certificate rotating with its files.
 pub fn server_config(
     c: &ServerConfig,
     shared: &Arc<Shared>,
 ) -> Result<Arc<rustls::ServerConfig>, HsmError> {
-    let (cert, key) = identity(c)?;
     let provider = provider();
+    let identity = Arc::new(RotatingIdentity::new(c, provider.clone())?);
     let verifier = Arc::new(RegisteredClients {
         shared: shared.clone(),
         provider: provider.clone(),
@@ -186,8 +286,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert], key)
-        .map_err(|e| HsmError::InvalidInput(format!("the server's TLS key: {e}")))?;
+        .with_cert_resolver(identity);
     // Nothing unasked-for between answers: a client takes anything readable on an idle
     // connection for its end. (Resumption would also skip the registry check.)
     cfg.send_tls13_tickets = 0;

@@ -541,6 +541,16 @@ impl HsmApi for Embedded {
         self.hsm.revoke_client(&s, client)
     }
 
+    fn rekey_client(
+        &mut self,
+        login: LoginId,
+        client: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo> {
+        let s = self.session(login)?;
+        self.hsm.rekey_client(&s, client, fingerprint)
+    }
+
     fn issue_enrollment(
         &mut self,
         login: LoginId,

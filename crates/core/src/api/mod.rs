@@ -293,6 +293,13 @@ pub trait HsmApi {
     ) -> Result<ClientInfo>;
     /// Revokes a client (HSM SO).
     fn revoke_client(&mut self, login: LoginId, client: &str) -> Result<ClientInfo>;
+    /// Gives a client a new certificate key, keeping its name and partitions (HSM SO).
+    fn rekey_client(
+        &mut self,
+        login: LoginId,
+        client: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo>;
     /// Issues a one-time enrollment code valid for `valid_for_s` seconds (at most 20
     /// minutes) with which a host registers its own certificate under `name` (HSM SO).
     fn issue_enrollment(

@@ -176,6 +176,56 @@ impl Hsm {
         Ok(c)
     }
 
+    /// Gives a client a new certificate key (HSM SO): its name and partitions stay; the old
+    /// key is refused from then on (its open connections close) and cannot be registered
+    /// again. How a host's certificate rotates without the server restarting.
+    pub fn rekey_client(
+        &mut self,
+        s: &Session,
+        client: &str,
+        fingerprint: &str,
+    ) -> Result<ClientInfo> {
+        self.client_change(s, "client-rekey", "changing a client's key")?;
+        let fp = crate::x509::parse_fingerprint(fingerprint)?;
+        let e = self.ev(
+            "client-rekey",
+            "hsm-so",
+            None,
+            Some(client),
+            &format!("success: new key {fp}"),
+        );
+        self.store.write(|t| {
+            let old = Self::client_named(t, client)?;
+            if old.revoked.is_some() {
+                return Err(HsmError::Refused(format!(
+                    "client {:?} is revoked",
+                    old.name
+                )));
+            }
+            if old.fingerprint == fp {
+                return Err(HsmError::Refused(format!(
+                    "key {fp} is already client {:?}'s",
+                    old.name
+                )));
+            }
+            let new = ClientInfo {
+                fingerprint: fp.clone(),
+                ..old.clone()
+            };
+            // The old key stays on record, revoked, so that it cannot come back.
+            let retired = ClientInfo {
+                name: format!("{}~{}", old.name, &old.fingerprint[..16]),
+                revoked: Some(now_rfc3339()),
+                ..old.clone()
+            };
+            t.delete("client", &old.fingerprint)?;
+            insert_client(t, &new)?;
+            t.put("client", &retired.fingerprint, &retired)?;
+            t.event(&e)?;
+            Ok(new)
+        })
+    }
+
     /// Issues a one-time enrollment code (HSM SO): the host that presents it within
     /// `valid_for_s` seconds (at most 20 minutes) is registered under `name` with its own
     /// certificate's key, and assigned `partitions`. The code is returned once; the HSM
