@@ -19,24 +19,28 @@ type R<T> = Result<T, HsmError>;
 /// `ferrohsm client` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ClientCmd {
-    /// Register a host by its certificate (or its key's fingerprint) (HSM SO login).
+    /// Register a host by its certificate (or its key's fingerprint), or a local user or
+    /// group of the server's machine by uid or gid (HSM SO login). A registered client
+    /// reaches only the partitions assigned to it.
     #[command(
-        after_help = "Example:\n  ferrohsm client register --name app1 --cert app1.crt --password prompt"
+        after_help = "Examples:\n  ferrohsm client register --name app1 --cert app1.crt --password prompt\n  ferrohsm client register --name batch --uid 1001 --password prompt"
     )]
     Register {
-        /// The host's name.
+        /// The client's name.
         #[arg(long)]
         name: String,
         /// Its certificate (PEM or DER); the fingerprint of its key is registered.
-        #[arg(
-            long,
-            conflicts_with = "fingerprint",
-            required_unless_present = "fingerprint"
-        )]
+        #[arg(long, group = "who")]
         cert: Option<PathBuf>,
         /// Or the SHA-256 fingerprint of its certificate's SubjectPublicKeyInfo (hex).
-        #[arg(long)]
+        #[arg(long, group = "who")]
         fingerprint: Option<String>,
+        /// Or a local user (Unix socket): its connections are admitted and scoped.
+        #[arg(long, group = "who")]
+        uid: Option<u32>,
+        /// Or a local group (its members' primary group).
+        #[arg(long, group = "who")]
+        gid: Option<u32>,
         #[command(flatten)]
         login: Login,
     },
@@ -277,9 +281,15 @@ pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json
             name,
             cert,
             fingerprint,
+            uid,
+            gid,
             login,
         } => {
-            let fp = cert_or_fingerprint(cert, fingerprint)?;
+            let fp = match (uid, gid) {
+                (Some(u), _) => format!("uid:{u}"),
+                (None, Some(g)) => format!("gid:{g}"),
+                (None, None) => cert_or_fingerprint(cert, fingerprint)?,
+            };
             let s = so(api, &login)?;
             let c = api.register_client(s, &name, &fp)?;
             println!(

@@ -127,3 +127,89 @@ fn a_host_key_is_made_registered_assigned_and_revoked() {
     assert!(listed.contains("REVOKED"), "{listed}");
     assert!(server.stop().success());
 }
+
+/// A local user the configuration does not name, registered by the HSM SO by its uid: its
+/// connections are admitted, see only its assigned partition, and are refused once it is
+/// revoked.
+#[test]
+fn a_local_user_registered_by_uid_reaches_only_its_partitions() {
+    if !support::is_root() || !support::have("setpriv", "--version") {
+        eprintln!("skipped: needs root and setpriv to connect as another user");
+        return;
+    }
+    let lab = Lab::new();
+    // Let others reach the socket file, so that only the server's checks stand in the way.
+    for d in [lab.tmp.path().to_path_buf(), lab.run_dir()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let server = lab.start();
+    let sock = server.socket.clone();
+    let so = |args: &[&str]| ok(&lab, &sock, &[args, &["--password", "env:SO_PW"]].concat());
+    so(&["partition", "create", "--label", "other"]);
+    // As uid 65534 (nobody), through the socket.
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(support::bin())
+            .arg("--server")
+            .arg(&sock)
+            .args(args)
+            .env("CO_PW", support::CO_PW)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = as_nobody(&["partition", "list"]);
+    assert!(
+        !out.status.success() && err(&out).contains("not allowed"),
+        "{}",
+        err(&out)
+    );
+    so(&["client", "register", "--name", "batch", "--uid", "65534"]);
+    so(&[
+        "client",
+        "assign",
+        "--client",
+        "batch",
+        "--partition",
+        "app",
+    ]);
+    let out = as_nobody(&["partition", "list"]);
+    assert!(out.status.success(), "{}", err(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("app") && !listed.contains("other"),
+        "{listed}"
+    );
+    let co = ["--partition", "app", "--password", "env:CO_PW"];
+    let out = as_nobody(
+        &[
+            &["key", "generate", "--type", "aes-256", "--label", "b"][..],
+            &co,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", err(&out));
+    let out = as_nobody(&[
+        "key",
+        "list",
+        "--partition",
+        "other",
+        "--password",
+        "env:CO_PW",
+    ]);
+    assert!(
+        !out.status.success() && err(&out).contains("not assigned"),
+        "{}",
+        err(&out)
+    );
+    so(&["client", "revoke", "--client", "batch"]);
+    let out = as_nobody(&["partition", "list"]);
+    assert!(
+        !out.status.success() && err(&out).contains("revoked"),
+        "{}",
+        err(&out)
+    );
+    assert!(server.stop().success());
+}

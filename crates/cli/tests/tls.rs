@@ -688,7 +688,10 @@ fn certificates_rotate_without_restarting_the_server() {
     .trim()
     .to_string();
     assert_ne!(new_fp, old_fp);
-    for (from, to) in [(&next.key, "tls-server.key"), (&next.cert, "tls-server.crt")] {
+    for (from, to) in [
+        (&next.key, "tls-server.key"),
+        (&next.cert, "tls-server.crt"),
+    ] {
         let staged = lab.data().join(format!("{to}.new"));
         std::fs::copy(from, &staged).unwrap();
         std::fs::rename(&staged, lab.data().join(to)).unwrap();
@@ -698,8 +701,7 @@ fn certificates_rotate_without_restarting_the_server() {
     // refused; one pinning both, or the new one, gets in.
     let t = Instant::now();
     loop {
-        match Remote::connect_tls(&addr, &tls_client(&app, &old_fp)).and_then(|mut r| r.summary())
-        {
+        match Remote::connect_tls(&addr, &tls_client(&app, &old_fp)).and_then(|mut r| r.summary()) {
             Err(e) => {
                 assert!(e.to_string().contains("TLS handshake"), "{e}");
                 break;
@@ -715,7 +717,10 @@ fn certificates_rotate_without_restarting_the_server() {
         let mut r = Remote::connect_tls(&addr, &tls_client(&app, pin)).unwrap();
         assert!(r.summary().is_ok());
     }
-    assert!(open.summary().is_ok(), "an open connection is not disturbed");
+    assert!(
+        open.summary().is_ok(),
+        "an open connection is not disturbed"
+    );
 
     // The host's certificate: a new key, registered in place of the old by the HSM SO.
     let renewed = host(&lab, "app1-renewed");
@@ -733,7 +738,10 @@ fn certificates_rotate_without_restarting_the_server() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     // The old key's connection was cut, and it cannot connect again.
-    assert!(open.summary().is_err(), "the old key's connection still works");
+    assert!(
+        open.summary().is_err(),
+        "the old key's connection still works"
+    );
     let out = as_host(&lab, &app, &addr, &both, &["partition", "list"]);
     assert!(!out.status.success(), "the old key still gets in");
     // The new one has the host's partitions.

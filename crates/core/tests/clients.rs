@@ -183,5 +183,7 @@ fn a_rekeyed_client_keeps_its_name_and_partitions_and_its_old_key_is_refused() {
     assert!(hsm.register_client(&so, "app9", FP1).is_err());
     let all = hsm.clients(&so).unwrap();
     assert_eq!(all.len(), 2);
-    assert!(all.iter().any(|c| c.fingerprint == FP1 && c.revoked.is_some()));
+    assert!(all
+        .iter()
+        .any(|c| c.fingerprint == FP1 && c.revoked.is_some()));
 }

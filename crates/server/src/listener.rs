@@ -35,8 +35,11 @@ pub struct Who {
     pub owner: String,
     /// What it may reach.
     pub scope: service::Scope,
-    /// Its certificate's key, for a network client (its connections close at revocation).
+    /// Its registration in the client registry (a certificate key's fingerprint, or
+    /// `uid:N`/`gid:N`), if it has one: its connections close at revocation.
     pub fingerprint: Option<String>,
+    /// Whether its logins outlive its last connection by the lease (a network client).
+    pub leased: bool,
     /// Its user id, for a local client.
     pub uid: Option<u32>,
 }
@@ -83,6 +86,15 @@ impl Shared {
     /// recorded (and the connection is then not served).
     pub(crate) fn record(&self, who: &str, admitted: bool, why: &str) -> ferrohsm_core::Result<()> {
         self.with_registry(|h| h.record_connection(who, admitted, why))
+    }
+
+    /// A local peer's registration (revoked ones included).
+    pub(crate) fn local_client(
+        &self,
+        uid: u32,
+        gid: u32,
+    ) -> ferrohsm_core::Result<Option<ClientInfo>> {
+        self.with_registry(|h| h.local_client(uid, gid))
     }
 
     /// The live (registered, unrevoked) client with this certificate key.
@@ -177,6 +189,28 @@ fn admitted(config: &ServerConfig, p: &Peer) -> bool {
         || config.allowed_gids.contains(&p.gid)
 }
 
+/// What a local peer may reach, and its registration: the server's own user, the whole
+/// HSM; a user (or group) the HSM SO registered, its assigned partitions (registration
+/// admits it); any other user the configuration admits, the whole HSM. Why not, otherwise.
+fn local_scope(shared: &Shared, p: &Peer) -> Result<(service::Scope, Option<String>), String> {
+    if p.uid == rustix::process::geteuid().as_raw() {
+        return Ok((service::Scope::All, None));
+    }
+    match shared.local_client(p.uid, p.gid) {
+        Err(e) => Err(format!("the client registry cannot be read: {e}")),
+        Ok(Some(c)) if c.revoked.is_some() => Err(format!(
+            "local client {:?} ({}) was revoked by the HSM SO",
+            c.name, c.fingerprint
+        )),
+        Ok(Some(c)) => Ok((service::Scope::Partitions(c.partitions), Some(c.fingerprint))),
+        Ok(None) if admitted(&shared.config, p) => Ok((service::Scope::All, None)),
+        Ok(None) => Err(format!(
+            "uid {} is not allowed to use this HSM (allowed_uids / allowed_gids in the server's configuration, or `ferrohsm client register --uid`)",
+            p.uid
+        )),
+    }
+}
+
 /// Sends a refusal frame, best effort: the connection is closed either way.
 fn refuse(s: &mut impl Write, code: Code, message: String) {
     let _ = write_frame(s, &service::protocol_error(0, code, message));
@@ -206,27 +240,24 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
             }
         };
         let who = format!("unix uid {} gid {} pid {}", peer.uid, peer.gid, peer.pid);
-        if !admitted(&shared.config, &peer) {
-            shared.metrics.refusal("user");
-            if let Err(e) = shared.record(&who, false, "user not allowed") {
-                warn!(error = %e, "cannot record a refusal in the audit log");
+        let (scope, registration) = match local_scope(shared, &peer) {
+            Ok(s) => s,
+            Err(why) => {
+                shared.metrics.refusal("user");
+                if let Err(e) = shared.record(&who, false, &why) {
+                    warn!(error = %e, "cannot record a refusal in the audit log");
+                }
+                warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    reason = %why,
+                    "connection refused"
+                );
+                refuse(&mut &stream, Code::Refused, why);
+                continue;
             }
-            warn!(
-                uid = peer.uid,
-                gid = peer.gid,
-                pid = peer.pid,
-                "connection refused: user not allowed"
-            );
-            refuse(
-                &mut &stream,
-                Code::Refused,
-                format!(
-                    "uid {} is not allowed to use this HSM (allowed_uids / allowed_gids in the server's configuration)",
-                    peer.uid
-                ),
-            );
-            continue;
-        }
+        };
         let cfg = &shared.config;
         let timeouts = stream
             .set_read_timeout(Some(Duration::from_secs(cfg.idle_timeout_s)))
@@ -244,8 +275,9 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
                 let who = Who {
                     describe: who,
                     owner: format!("pid {}", peer.pid),
-                    scope: service::Scope::All,
-                    fingerprint: None,
+                    scope,
+                    fingerprint: registration,
+                    leased: false,
                     uid: Some(peer.uid),
                 };
                 serve_admitted(
@@ -326,9 +358,9 @@ fn serve<S: Read + Write>(shared: &Shared, mut stream: S, conn: u64, who: Who) {
     // by all its sessions); they end when its last connection closes, or for a network
     // client a lease later (a link lost and back keeps them). Not for a local process: its
     // pid, which names it, could pass to another process meanwhile.
-    let lease = match who.fingerprint {
-        Some(_) => Duration::from_secs(cfg.lease_s),
-        None => Duration::ZERO,
+    let lease = match who.leased {
+        true => Duration::from_secs(cfg.lease_s),
+        false => Duration::ZERO,
     };
     let hold = shared.logins.hold_peer_leased(&who.owner, lease);
     // The engine handle is opened at the first request, so idle connections hold no store

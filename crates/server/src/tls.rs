@@ -467,6 +467,7 @@ fn handshake_and_serve(
             owner: format!("tls {fp}"),
             scope: Scope::Partitions(client.partitions.clone()),
             fingerprint: Some(fp),
+            leased: true,
             uid: None,
         },
         // Let through the handshake while a code was outstanding: it may redeem one.
@@ -475,6 +476,7 @@ fn handshake_and_serve(
             owner: format!("enrolling {fp}"),
             scope: Scope::Enrolling(fp),
             fingerprint: None,
+            leased: false,
             uid: None,
         },
         Err(_) => return,

@@ -14,6 +14,15 @@ pub struct Lab {
     pub tmp: tempfile::TempDir,
 }
 
+/// Whether the tests run as root (needed to connect as another user).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 /// Whether a tool runs here (`tool arg` starts).
 pub fn have(tool: &str, arg: &str) -> bool {
     Command::new(tool).arg(arg).output().is_ok()

@@ -75,6 +75,26 @@ fn code_id(normalised: &str) -> String {
     ))
 }
 
+/// A client's identity as an operator gives it: a certificate key's fingerprint (hex, any
+/// case, colons allowed), or `uid:N` / `gid:N` for a local user or group; normalised.
+pub fn parse_client_identity(s: &str) -> Result<String> {
+    for kind in ["uid", "gid"] {
+        if let Some(n) = s
+            .trim()
+            .strip_prefix(kind)
+            .and_then(|r| r.strip_prefix(':'))
+        {
+            return n
+                .parse::<u32>()
+                .map(|n| format!("{kind}:{n}"))
+                .map_err(|_| {
+                    HsmError::InvalidInput(format!("{kind}:{n} is not a {kind} (a number)"))
+                });
+        }
+    }
+    crate::x509::parse_fingerprint(s)
+}
+
 fn check_client_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64
@@ -113,7 +133,8 @@ fn insert_client(t: &mut Txn<'_>, c: &ClientInfo) -> Result<()> {
 pub struct ClientInfo {
     /// The operator's name for the host.
     pub name: String,
-    /// SHA-256 of its certificate's SubjectPublicKeyInfo, lower-case hex.
+    /// Who it is: for a network client, SHA-256 of its certificate's SubjectPublicKeyInfo
+    /// (lower-case hex); for a local one, `uid:N` or `gid:N` (its Unix user or group).
     pub fingerprint: String,
     /// Labels of the partitions it may use.
     pub partitions: Vec<String>,
@@ -153,7 +174,7 @@ impl Hsm {
         fingerprint: &str,
     ) -> Result<ClientInfo> {
         self.client_change(s, "client-register", "registering a client")?;
-        let fingerprint = crate::x509::parse_fingerprint(fingerprint)?;
+        let fingerprint = parse_client_identity(fingerprint)?;
         check_client_name(name)?;
         let c = ClientInfo {
             name: name.into(),
@@ -186,7 +207,7 @@ impl Hsm {
         fingerprint: &str,
     ) -> Result<ClientInfo> {
         self.client_change(s, "client-rekey", "changing a client's key")?;
-        let fp = crate::x509::parse_fingerprint(fingerprint)?;
+        let fp = parse_client_identity(fingerprint)?;
         let e = self.ev(
             "client-rekey",
             "hsm-so",
@@ -214,7 +235,11 @@ impl Hsm {
             };
             // The old key stays on record, revoked, so that it cannot come back.
             let retired = ClientInfo {
-                name: format!("{}~{}", old.name, &old.fingerprint[..16]),
+                name: format!(
+                    "{}~{}",
+                    old.name,
+                    old.fingerprint.get(..16).unwrap_or(&old.fingerprint)
+                ),
                 revoked: Some(now_rfc3339()),
                 ..old.clone()
             };
@@ -313,6 +338,7 @@ impl Hsm {
     /// No login: the code is the HSM SO's authority, once, until it expires. Every attempt,
     /// refused ones included, is audited (never with the code).
     pub fn redeem_enrollment(&mut self, code: &str, fingerprint: &str) -> Result<ClientInfo> {
+        // Only a certificate key enrolls (a local user is registered by the HSM SO).
         let fp = crate::x509::parse_fingerprint(fingerprint)?;
         let outcome = parse_enrollment_code(code).and_then(|code| {
             let id = code_id(&code);
@@ -432,10 +458,24 @@ impl Hsm {
         self.store.event(&e)
     }
 
+    /// The registration of a local peer: its user's, else its group's; revoked ones
+    /// included (the server refuses those). `None`: not registered (a user the server's
+    /// configuration admits then reaches the whole HSM, as before registration existed).
+    pub fn local_client(&mut self, uid: u32, gid: u32) -> Result<Option<ClientInfo>> {
+        self.store.read(|t| {
+            Ok(
+                match t.get::<ClientInfo>("client", &format!("uid:{uid}"))? {
+                    Some(c) => Some(c),
+                    None => t.get::<ClientInfo>("client", &format!("gid:{gid}"))?,
+                },
+            )
+        })
+    }
+
     /// The live (registered, not revoked) client with this key, for a server deciding whom
     /// it serves. No login: a fingerprint names a public key.
     pub fn client_by_fingerprint(&mut self, fingerprint: &str) -> Result<Option<ClientInfo>> {
-        let fp = crate::x509::parse_fingerprint(fingerprint)?;
+        let fp = parse_client_identity(fingerprint)?;
         Ok(self
             .store
             .read(|t| t.get::<ClientInfo>("client", &fp))?
