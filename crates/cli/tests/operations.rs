@@ -10,15 +10,6 @@ use ferrohsm_core::api::HsmApi;
 
 use support::{Lab, CO_PW};
 
-fn get(addr: &str, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
 #[test]
 fn metrics_count_calls_outcomes_and_refusals_and_health_answers() {
     let lab = Lab::new();
@@ -61,7 +52,7 @@ fn metrics_count_calls_outcomes_and_refusals_and_health_answers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 
-    let (status, body) = get(&addr, "/metrics");
+    let (status, body) = support::http_get(&addr, "/metrics");
     assert!(status.contains("200"), "{status}");
     assert!(
         body.contains(
@@ -85,9 +76,9 @@ fn metrics_count_calls_outcomes_and_refusals_and_health_answers() {
     );
     assert!(body.contains("ferrohsm_connections_total{uid="), "{body}");
     assert!(!body.contains(CO_PW), "a secret in the metrics");
-    let (status, body) = get(&addr, "/health");
+    let (status, body) = support::http_get(&addr, "/health");
     assert!(status.contains("200") && body == "ok\n", "{status} {body}");
-    assert!(get(&addr, "/nope").0.contains("404"));
+    assert!(support::http_get(&addr, "/nope").0.contains("404"));
     assert!(server.stop().success());
 }
 

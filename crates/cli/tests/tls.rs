@@ -499,9 +499,10 @@ fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
 fn bad_network_input_is_closed_and_another_host_keeps_signing() {
     use std::io::Write;
     let lab = Lab::new();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let (server, addr, fp) = tls_server(
         &lab,
-        "handshake_timeout_s = 2\nidle_timeout_s = 3\nmax_handshakes = 32\nmax_frame_bytes = 65536\n",
+        &format!("handshake_timeout_s = 2\nidle_timeout_s = 3\nmax_handshakes = 32\nmax_frame_bytes = 65536\nmetrics_listen = \"{metrics}\"\n"),
     );
     let steady = host(&lab, "steady");
     let abuser = host(&lab, "abuser");
@@ -593,6 +594,17 @@ fn bad_network_input_is_closed_and_another_host_keeps_signing() {
     std::thread::sleep(Duration::from_millis(3000));
     drop(flood);
     let during = signer.made() - before;
+    // The metrics name the connected host and count the refusals.
+    let (_, body) = support::http_get(&metrics, "/metrics");
+    assert!(
+        body.contains("ferrohsm_client_connections{client=\"steady\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferrohsm_refused_connections_total{reason=\"handshakes\"}")
+            && body.contains("ferrohsm_refused_connections_total{reason=\"tls\"}"),
+        "{body}"
+    );
     let (failures, slowest) = signer.finish();
     eprintln!("the steady host: {during} signatures during the flood, slowest call {slowest:?}");
     assert!(failures.is_empty(), "the steady host failed: {failures:?}");

@@ -25,6 +25,7 @@ use crate::service;
 struct Live {
     shutdown: Box<dyn Fn() + Send>,
     fingerprint: Option<String>,
+    client: Option<String>,
 }
 
 /// Who a connection serves: for the audit log, the logins it shares, and its scope.
@@ -40,6 +41,8 @@ pub struct Who {
     pub fingerprint: Option<String>,
     /// Whether its logins outlive its last connection by the lease (a network client).
     pub leased: bool,
+    /// Its registered name, if it has one (for the metrics).
+    pub client: Option<String>,
     /// Its user id, for a local client.
     pub uid: Option<u32>,
 }
@@ -141,6 +144,17 @@ impl Shared {
         v
     }
 
+    /// Connections being served now, by registered client name.
+    pub(crate) fn client_connections(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for c in self.conns().values() {
+            if let Some(n) = &c.client {
+                *by.entry(n.clone()).or_default() += 1;
+            }
+        }
+        by
+    }
+
     /// Cuts every connection of the client with this certificate key.
     pub(crate) fn close_client(&self, fp: &str) {
         for c in self.conns().values() {
@@ -189,10 +203,13 @@ fn admitted(config: &ServerConfig, p: &Peer) -> bool {
         || config.allowed_gids.contains(&p.gid)
 }
 
-/// What a local peer may reach, and its registration: the server's own user, the whole
+/// What a local peer may reach, and its registration (identity and name): the server's own user, the whole
 /// HSM; a user (or group) the HSM SO registered, its assigned partitions (registration
 /// admits it); any other user the configuration admits, the whole HSM. Why not, otherwise.
-fn local_scope(shared: &Shared, p: &Peer) -> Result<(service::Scope, Option<String>), String> {
+fn local_scope(
+    shared: &Shared,
+    p: &Peer,
+) -> Result<(service::Scope, Option<(String, String)>), String> {
     if p.uid == rustix::process::geteuid().as_raw() {
         return Ok((service::Scope::All, None));
     }
@@ -202,7 +219,10 @@ fn local_scope(shared: &Shared, p: &Peer) -> Result<(service::Scope, Option<Stri
             "local client {:?} ({}) was revoked by the HSM SO",
             c.name, c.fingerprint
         )),
-        Ok(Some(c)) => Ok((service::Scope::Partitions(c.partitions), Some(c.fingerprint))),
+        Ok(Some(c)) => Ok((
+            service::Scope::Partitions(c.partitions),
+            Some((c.fingerprint, c.name)),
+        )),
         Ok(None) if admitted(&shared.config, p) => Ok((service::Scope::All, None)),
         Ok(None) => Err(format!(
             "uid {} is not allowed to use this HSM (allowed_uids / allowed_gids in the server's configuration, or `ferrohsm client register --uid`)",
@@ -276,7 +296,8 @@ pub fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
                     describe: who,
                     owner: format!("pid {}", peer.pid),
                     scope,
-                    fingerprint: registration,
+                    fingerprint: registration.as_ref().map(|r| r.0.clone()),
+                    client: registration.map(|r| r.1),
                     leased: false,
                     uid: Some(peer.uid),
                 };
@@ -330,6 +351,7 @@ pub fn serve_admitted<S: Read + Write>(
         Live {
             shutdown,
             fingerprint: who.fingerprint.clone(),
+            client: who.client.clone(),
         },
     );
     if let Some(uid) = who.uid {

@@ -154,6 +154,14 @@ impl Metrics {
             "ferrohsm_connections {}",
             shared.active.load(Ordering::SeqCst)
         );
+        let _ = writeln!(
+            o,
+            "# HELP ferrohsm_client_connections Connections being served, by registered client."
+        );
+        let _ = writeln!(o, "# TYPE ferrohsm_client_connections gauge");
+        for (name, n) in shared.client_connections() {
+            let _ = writeln!(o, "ferrohsm_client_connections{{client=\"{name}\"}} {n}");
+        }
         let _ = writeln!(o, "# HELP ferrohsm_logins Live logins of every client.");
         let _ = writeln!(o, "# TYPE ferrohsm_logins gauge");
         let _ = writeln!(o, "ferrohsm_logins {}", shared.logins.len());
