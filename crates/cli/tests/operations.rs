@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 
 use ferrohsm_core::api::HsmApi;
 
