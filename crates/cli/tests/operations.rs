@@ -3,7 +3,6 @@
 
 mod support;
 
-
 use ferrohsm_core::api::HsmApi;
 
 use support::{Lab, CO_PW};

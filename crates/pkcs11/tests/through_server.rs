@@ -119,14 +119,61 @@ fn kill_9_of_the_server_while_eight_threads_sign() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Served::new();
     let s = lab.user_session();
-    let signer = ec_key(&s, "signer");
+    let (data, socket) = (lab.data(), lab.socket());
+    let server = std::cell::RefCell::new(lab.server.take());
+    kill_and_restart_under_load(
+        lab.p11(),
+        lab.slot,
+        &s,
+        || server.borrow_mut().as_mut().unwrap().kill(),
+        || *server.borrow_mut() = Some(harness::start_server(&data, &socket)),
+    );
+}
+
+/// The same over mutual TLS: the module's connections are reset by the kill, every call
+/// fails within its deadline, and after the restart (same address, same server key) the
+/// application logs in again and carries on.
+#[test]
+fn kill_9_of_the_server_over_tls_while_eight_threads_sign() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hsm = std::cell::RefCell::new(harness::network::TlsHsm::new(""));
+    let addr = hsm.borrow().addr.clone();
+    hsm.borrow().module_conf(&addr, "");
+    let p11 = harness::load_module();
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let slot = p11.get_slots_with_token().unwrap()[0];
+    let s = p11.open_rw_session(slot).unwrap();
+    s.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+    kill_and_restart_under_load(
+        &p11,
+        slot,
+        &s,
+        || hsm.borrow_mut().server.kill(),
+        || hsm.borrow_mut().restart(),
+    );
+    drop(s);
+    p11.finalize().unwrap();
+}
+
+/// Eight threads sign and a ninth makes keys through `p11` (its user logged in on `s`);
+/// `kill` kills the server under them; every call then fails with `CKR_DEVICE_ERROR`
+/// within the deadline; `restart` brings a server back, and the application logs in again,
+/// signs, and finds every key whose generation was acknowledged.
+fn kill_and_restart_under_load(
+    p11: &cryptoki::context::Pkcs11,
+    slot: Slot,
+    s: &Session,
+    kill: impl FnOnce(),
+    restart: impl FnOnce(),
+) {
+    let signer = ec_key(s, "signer");
     let stop = Arc::new(AtomicBool::new(false));
     let signed = Arc::new(AtomicUsize::new(0));
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     std::thread::scope(|scope| {
         let mut threads = Vec::new();
         for _ in 0..8 {
-            let session = lab.p11().open_ro_session(lab.slot).unwrap();
+            let session = p11.open_ro_session(slot).unwrap();
             let (stop, signed) = (stop.clone(), signed.clone());
             threads.push(scope.spawn(move || {
                 // Sign until the server goes; then the first failure, and how long it took.
@@ -145,7 +192,7 @@ fn kill_9_of_the_server_while_eight_threads_sign() {
             }));
         }
         let maker = {
-            let session = lab.p11().open_rw_session(lab.slot).unwrap();
+            let session = p11.open_rw_session(slot).unwrap();
             let acknowledged = acknowledged.clone();
             scope.spawn(move || {
                 let mut i = 0;
@@ -173,7 +220,7 @@ fn kill_9_of_the_server_while_eight_threads_sign() {
             assert!(t.elapsed() < Duration::from_secs(60), "nothing got signed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        lab.server.as_mut().unwrap().kill();
+        kill();
         stop.store(true, Ordering::SeqCst);
         for t in threads {
             let (code, took) = t.join().unwrap();
@@ -199,19 +246,19 @@ fn kill_9_of_the_server_while_eight_threads_sign() {
 
     // A restart: the application's login ended with the old server. The module finds that
     // out when the application logs in again on its open session, and lets it.
-    lab.server = Some(harness::start_server(&lab.data(), &lab.socket()));
+    restart();
     assert_eq!(
         rv(s.sign(&Mechanism::Ecdsa, signer, &[7u8; 32]).unwrap_err()),
         RvError::UserNotLoggedIn
     );
     s.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
-    assert_eq!(private_key(&s, "signer"), vec![signer]);
+    assert_eq!(private_key(s, "signer"), vec![signer]);
     s.sign(&Mechanism::Ecdsa, signer, &[7u8; 32]).unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 3);
     for label in &acknowledged {
         assert_eq!(
-            find_labelled(&s, label).len(),
+            find_labelled(s, label).len(),
             1,
             "{label} was acknowledged and is lost"
         );

@@ -25,6 +25,8 @@ pub struct TlsHsm {
     pub addr: String,
     /// Its key's fingerprint.
     pub fingerprint: String,
+    /// The server's configuration lines beyond the defaults.
+    extra: String,
 }
 
 /// A free TCP port on loopback.
@@ -44,13 +46,14 @@ impl TlsHsm {
         password_hsm(&data, false);
         let addr = format!("127.0.0.1:{}", free_port());
         let socket = tmp.path().join("ferrohsm.sock");
-        let server =
-            start_server_with(&data, &socket, &format!("tls_listen = \"{addr}\"\n{extra}"));
+        let extra = format!("tls_listen = \"{addr}\"\n{extra}");
+        let server = start_server_with(&data, &socket, &extra);
         let mut h = TlsHsm {
             tmp,
             server,
             addr,
             fingerprint: String::new(),
+            extra,
         };
         for p in ["mine", "theirs"] {
             h.cli(&[
@@ -168,6 +171,17 @@ impl TlsHsm {
         std::env::remove_var("FERROHSM_SERVER");
         std::env::set_var("FERROHSM_PKCS11_CONF", &conf);
         conf
+    }
+
+    /// Starts the server again (after [`ServerProcess::kill`]): same data, address and key.
+    pub fn restart(&mut self) {
+        let socket = self.server.socket.clone();
+        self.server = start_server_with(&self.data(), &socket, &self.extra);
+        let t = std::time::Instant::now();
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no TLS listener");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The server's data directory.
