@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod module_transport;
+mod tls_transport;
 mod transport;
 
 use std::path::PathBuf;
@@ -80,6 +81,12 @@ struct Args {
     /// this one).
     #[arg(long)]
     module_transport: bool,
+    /// Instead of the usual rows: the PKCS#11 module against a `ferrohsm server` over TCP
+    /// with mutual TLS on loopback, beside the module over the Unix socket and embedded, at
+    /// 1, 2 and 8 threads, with a bare TLS echo as the floor and the cost of setting up a
+    /// connection (needs the `ferrohsm` binary beside this one).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Labels of the objects the C_FindObjects rows look up.
@@ -328,6 +335,11 @@ fn load(path: &PathBuf) -> Pkcs11 {
 
 fn token(name: &'static str, p11: Pkcs11) -> Target {
     let slot = extra_token(&p11, "bench");
+    keys_in(name, p11, slot)
+}
+
+/// A target over a token that exists (its user PIN set): the bench's keys made in it.
+fn keys_in(name: &'static str, p11: Pkcs11, slot: Slot) -> Target {
     let s = p11.open_rw_session(slot).expect("session");
     s.login(UserType::User, Some(&pin(USER_PIN)))
         .expect("user login");
@@ -789,6 +801,10 @@ fn main() {
     }
     if args.module_transport {
         module_transport::run(&args);
+        return;
+    }
+    if args.tls {
+        tls_transport::run(&args);
         return;
     }
     // Each module gets a fresh, temporary home that touches no real token.

@@ -209,7 +209,8 @@ pub(crate) fn echo_rate(
     stats(r)
 }
 
-pub(crate) fn echo_once(s: &mut UnixStream, frame: &[u8], back: &mut [u8]) {
+/// One echo round trip of `frame` on any stream (a socket, or TLS over one).
+pub(crate) fn echo_once(s: &mut (impl Read + Write), frame: &[u8], back: &mut [u8]) {
     s.write_all(frame).expect("echo write");
     s.read_exact(back).expect("echo read");
 }
@@ -243,6 +244,11 @@ impl Drop for ServerProcess {
 }
 
 pub(crate) fn start_server(tmp: &Path, data: &Path) -> (ServerProcess, PathBuf) {
+    start_server_with(tmp, data, "")
+}
+
+/// [`start_server`] with more configuration lines.
+pub(crate) fn start_server_with(tmp: &Path, data: &Path, extra: &str) -> (ServerProcess, PathBuf) {
     let bin = std::env::current_exe()
         .expect("own path")
         .with_file_name("ferrohsm");
@@ -250,7 +256,7 @@ pub(crate) fn start_server(tmp: &Path, data: &Path) -> (ServerProcess, PathBuf) 
     let conf = tmp.join("server.toml");
     std::fs::write(
         &conf,
-        format!("data_dir = {data:?}\nsocket = {socket:?}\nlog = \"warn\"\n"),
+        format!("data_dir = {data:?}\nsocket = {socket:?}\nlog = \"warn\"\n{extra}"),
     )
     .expect("config");
     let child = std::process::Command::new(&bin)
