@@ -152,6 +152,7 @@ pub fn run(args: &Args) {
         cert: tmp.path().join("host.crt"),
         key: tmp.path().join("host.key"),
         server_fingerprint: server_fp,
+        server_ca: None,
     };
     let conf = tmp.path().join("pkcs11-tls.conf");
     std::fs::write(

@@ -45,14 +45,20 @@ pub fn run(cli: Cli) -> R<u8> {
         tls_cert,
         tls_key,
         server_fingerprint,
+        server_ca,
         json,
         cmd,
     } = cli;
-    if let (Some(cert), Some(key), Some(fp)) = (tls_cert, tls_key, server_fingerprint) {
+    if let (Some(cert), Some(key), true) = (
+        tls_cert,
+        tls_key,
+        server_fingerprint.is_some() || server_ca.is_some(),
+    ) {
         crate::front::set_tls(ferrohsm_client::TlsClient {
             cert,
             key,
-            server_fingerprint: fp,
+            server_fingerprint: server_fingerprint.unwrap_or_default(),
+            server_ca,
         });
     }
     // No directory and no server named: the local server, if one answers on its socket.

@@ -88,6 +88,10 @@ pub struct Cli {
         value_name = "HEX"
     )]
     pub server_fingerprint: Option<String>,
+    /// Or (and) a CA certificate (PEM) that issued the server's certificate for the host
+    /// named in --server.
+    #[arg(long, global = true, env = "FERROHSM_SERVER_CA", value_name = "FILE")]
+    pub server_ca: Option<PathBuf>,
     /// Machine-readable output (JSON) for show and list commands.
     #[arg(long, global = true)]
     pub json: bool,

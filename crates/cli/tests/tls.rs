@@ -81,6 +81,7 @@ fn tls_client(h: &Host, fp: &str) -> TlsClient {
         cert: h.cert.clone(),
         key: h.key.clone(),
         server_fingerprint: fp.into(),
+        server_ca: None,
     }
 }
 
@@ -763,5 +764,98 @@ fn certificates_rotate_without_restarting_the_server() {
     assert_eq!(server.pid(), pid, "the server was not restarted");
     let log = server.log_text();
     assert!(log.contains("serving the new ones"), "{log}");
+    assert!(server.stop().success());
+}
+
+/// Writes a CA (`name-ca.crt`) and, signed by it, a server certificate for 127.0.0.1
+/// (`name-server.crt`, `name-server.key`) in `dir`.
+fn ca_and_server(dir: &Path, name: &str) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join(format!("{name}-ca.crt")), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}-server.crt")), leaf.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}-server.key")),
+        leaf_key.serialize_pem(),
+    )
+    .unwrap();
+}
+
+/// Hosts may trust the server by a CA instead of a pinned key: the server's certificate must
+/// chain to that CA and name the address connected to; another CA, or another name, is
+/// refused.
+#[test]
+fn a_host_may_trust_the_server_by_its_ca() {
+    let lab = Lab::new();
+    let dir = lab.tmp.path();
+    ca_and_server(dir, "corp");
+    ca_and_server(dir, "other");
+    let (server, addr, _fp) = tls_server(
+        &lab,
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            dir.join("corp-server.crt"),
+            dir.join("corp-server.key")
+        ),
+    );
+    let app = host(&lab, "app1");
+    so(
+        &lab,
+        &server,
+        &[
+            "client",
+            "register",
+            "--name",
+            "app1",
+            "--cert",
+            &app.cert.display().to_string(),
+        ],
+    );
+    so(
+        &lab,
+        &server,
+        &["client", "assign", "--client", "app1", "--partition", "app"],
+    );
+    let with_ca = |ca: &str, server_addr: &str| {
+        lab.cli()
+            .env_remove("FERROHSM_HOME")
+            .args(["--server", &format!("tls://{server_addr}")])
+            .arg("--tls-cert")
+            .arg(&app.cert)
+            .arg("--tls-key")
+            .arg(&app.key)
+            .arg("--server-ca")
+            .arg(dir.join(format!("{ca}-ca.crt")))
+            .args(["partition", "list"])
+            .output()
+            .unwrap()
+    };
+    let out = with_ca("corp", &addr);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app"));
+    // Another CA: refused before anything is sent.
+    let out = with_ca("other", &addr);
+    assert!(
+        !out.status.success() && stderr(&out).contains("TLS handshake"),
+        "{}",
+        stderr(&out)
+    );
+    // The right CA, but a name the certificate does not carry.
+    let port = addr.rsplit_once(':').unwrap().1;
+    let out = with_ca("corp", &format!("localhost:{port}"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("TLS handshake"),
+        "{}",
+        stderr(&out)
+    );
     assert!(server.stop().success());
 }

@@ -214,7 +214,13 @@ impl Remote {
                         .and_then(|_| tcp.set_write_timeout(Some(self.deadline)))
                         .and_then(|_| ferrohsm_proto::tune_tcp(&tcp))
                         .map_err(|e| self.io_error(e))?;
-                    let name = rustls::pki_types::ServerName::try_from("ferrohsm")
+                    // The name a CA-issued certificate must carry: the host connected to.
+                    let host = addr
+                        .rsplit_once(':')
+                        .map_or(addr.as_str(), |(h, _)| h)
+                        .trim_matches(|c| c == '[' || c == ']');
+                    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                        .or_else(|_| rustls::pki_types::ServerName::try_from("ferrohsm"))
                         .map_err(|e| HsmError::InvalidInput(e.to_string()))?;
                     let mut conn = rustls::ClientConnection::new(config, name)
                         .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?;

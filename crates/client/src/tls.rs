@@ -7,10 +7,11 @@ use std::sync::Arc;
 use ferrohsm_core::{x509, HsmError, Result};
 use rustls::pki_types::CertificateDer;
 
-/// A client's TLS settings: its certificate and key (PEM), and the fingerprint of the
-/// server's key it trusts (SHA-256 of the SubjectPublicKeyInfo, as `ferrohsm server
-/// fingerprint` prints it).
-#[derive(Clone, Debug)]
+/// A client's TLS settings: its certificate and key (PEM), and how it recognises the server:
+/// the fingerprint of the server's key (SHA-256 of the SubjectPublicKeyInfo, as `ferrohsm
+/// server fingerprint` prints it), or a CA that issued the server's certificate for the name
+/// the client connects to, or both (then both must hold).
+#[derive(Clone, Debug, Default)]
 pub struct TlsClient {
     /// The client's certificate (PEM).
     pub cert: PathBuf,
@@ -18,14 +19,19 @@ pub struct TlsClient {
     pub key: PathBuf,
     /// The server's key fingerprint; any other server is refused before anything is sent.
     /// Several, separated by commas, while the server's key is being rotated (the old and
-    /// the new).
+    /// the new). Empty when only a CA is trusted.
     pub server_fingerprint: String,
+    /// A CA certificate file (PEM): the server's certificate must chain to it and name the
+    /// host connected to.
+    pub server_ca: Option<PathBuf>,
 }
 
-/// Accepts only the server whose key has the pinned fingerprint, and checks that it holds
-/// that key (the handshake's signature).
+/// Accepts only the server whose key has a pinned fingerprint and (when a CA is configured)
+/// whose certificate the CA issued for the host's name, and checks that it holds that key
+/// (the handshake's signature).
 struct PinnedServer {
     fingerprints: Vec<String>,
+    ca: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -39,11 +45,17 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServer {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Some(ca) = &self.ca {
+            ca.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        }
+        if self.fingerprints.is_empty() {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
         let fp = x509::spki_of(end_entity)
             .map(x509::spki_fingerprint)
             .map_err(|_| {
@@ -97,19 +109,52 @@ impl TlsClient {
         let fingerprints = self
             .server_fingerprint
             .split(',')
+            .filter(|f| !f.trim().is_empty())
             .map(x509::parse_fingerprint)
             .collect::<Result<Vec<_>>>()?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let ca = match &self.server_ca {
+            None if fingerprints.is_empty() => {
+                return Err(HsmError::InvalidInput(
+                    "the client trusts no server: give the server's key fingerprint or a CA".into(),
+                ))
+            }
+            None => None,
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", path.display())))?
+                {
+                    let c =
+                        c.map_err(|e| HsmError::InvalidInput(format!("{}: {e}", path.display())))?;
+                    roots.add(c).map_err(|e| {
+                        HsmError::InvalidInput(format!(
+                            "{}: not a CA certificate: {e}",
+                            path.display()
+                        ))
+                    })?;
+                }
+                Some(
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    )
+                    .build()
+                    .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", path.display())))?,
+                )
+            }
+        };
         let cert = CertificateDer::from_pem_file(&self.cert)
             .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.cert.display())))?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", self.key.display())))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| HsmError::Crypto(format!("TLS: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedServer {
                 fingerprints,
+                ca,
                 provider,
             }))
             .with_client_auth_cert(vec![cert], key)

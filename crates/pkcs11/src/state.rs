@@ -75,7 +75,8 @@ impl Config {
             return Ok(c);
         };
         let shown = PathBuf::from(&path).display().to_string();
-        let (mut tls_addr, mut cert, mut key, mut fingerprint) = (None, None, None, None);
+        let (mut tls_addr, mut cert, mut key, mut fingerprint, mut ca) =
+            (None, None, None, None, None);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read the configuration {shown}: {e}"))?;
         for (n, line) in text.lines().enumerate() {
@@ -101,6 +102,7 @@ impl Config {
                 "client_cert" => cert = Some(PathBuf::from(v)),
                 "client_key" => key = Some(PathBuf::from(v)),
                 "server_fingerprint" => fingerprint = Some(v.to_string()),
+                "server_ca" => ca = Some(PathBuf::from(v)),
                 // `data_dir` is the older name of `embedded`.
                 "embedded" | "data_dir" => c.target = Target::Embedded(v.into()),
                 "ped_dir" => c.ped_dir = v.into(),
@@ -119,28 +121,29 @@ impl Config {
                 other => {
                     return Err(format!(
                         "{shown} line {}: unknown key {other:?} (known: server, embedded, \
-                         ped_dir, log, client_cert, client_key, server_fingerprint, deadline_ms)",
+                         ped_dir, log, client_cert, client_key, server_fingerprint, server_ca, deadline_ms)",
                         n + 1
                     ))
                 }
             }
         }
         if let Some(addr) = tls_addr {
-            match (cert, key, fingerprint) {
-                (Some(cert), Some(key), Some(server_fingerprint)) => {
+            match (cert, key, fingerprint.is_some() || ca.is_some()) {
+                (Some(cert), Some(key), true) => {
                     c.target = Target::Tls(
                         addr,
                         ferrohsm_client::TlsClient {
                             cert,
                             key,
-                            server_fingerprint,
+                            server_fingerprint: fingerprint.unwrap_or_default(),
+                            server_ca: ca,
                         },
                     )
                 }
                 _ => {
                     return Err(format!(
                         "{shown}: server = \"tls://{addr}\" needs client_cert, client_key and \
-                         server_fingerprint"
+                         server_fingerprint (or server_ca)"
                     ))
                 }
             }

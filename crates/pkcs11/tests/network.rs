@@ -136,3 +136,52 @@ fn a_frozen_link_fails_the_call_at_its_deadline_and_the_next_call_reconnects() {
     drop(s);
     p11.finalize().unwrap();
 }
+
+/// The module may trust the server by a CA (`server_ca`) instead of a pinned key: with the
+/// server's certificate issued by that CA for 127.0.0.1, the host's slot is there and signs.
+#[test]
+fn the_module_trusts_a_server_certificate_issued_by_its_ca() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.crt"),
+        dir.path().join("server.crt"),
+        dir.path().join("server.key"),
+    );
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let hsm = TlsHsm::new(&format!(
+        "tls_cert = {cert_file:?}\ntls_key = {key_file:?}\n"
+    ));
+    let (cert, key) = hsm.host_files();
+    let conf = dir.path().join("pkcs11.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server = \"tls://{}\"\nclient_cert = {cert:?}\nclient_key = {key:?}\nserver_ca = {ca_file:?}\n",
+            hsm.addr
+        ),
+    )
+    .unwrap();
+    std::env::set_var("FERROHSM_PKCS11_CONF", &conf);
+    let p11 = harness::load_module();
+    std::env::remove_var("FERROHSM_PKCS11_CONF");
+    let slots = p11.get_slots_with_token().unwrap();
+    assert_eq!(slots.len(), 1);
+    let s = p11.open_rw_session(slots[0]).unwrap();
+    s.login(UserType::User, Some(&pin())).unwrap();
+    let k = ec_key(&s, "ca");
+    assert_eq!(s.sign(&Mechanism::Ecdsa, k, &[1u8; 32]).unwrap().len(), 64);
+    drop(s);
+    p11.finalize().unwrap();
+}

@@ -44,10 +44,11 @@ pub fn identity_paths(c: &ServerConfig) -> (PathBuf, PathBuf) {
     )
 }
 
-/// The server's certificate and key, made (P-256, self-signed) when neither exists yet.
+/// The server's certificate (with any intermediates after it in the file) and key, made
+/// (P-256, self-signed) when neither exists yet.
 pub fn identity(
     c: &ServerConfig,
-) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), HsmError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), HsmError> {
     let (cert, key) = identity_paths(c);
     if !cert.exists() && !key.exists() {
         for dir in [cert.parent(), key.parent()].into_iter().flatten() {
@@ -70,8 +71,19 @@ pub fn identity(
         write_new(&cert, made.pem().as_bytes(), 0o600)?;
         info!(cert = %cert.display(), "made the server's TLS key and certificate");
     }
-    let c = CertificateDer::from_pem_file(&cert)
-        .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", cert.display())))?;
+    let bad = |e: rustls::pki_types::pem::Error| {
+        HsmError::InvalidInput(format!("{}: {e}", cert.display()))
+    };
+    let c = CertificateDer::pem_file_iter(&cert)
+        .map_err(bad)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    if c.is_empty() {
+        return Err(HsmError::InvalidInput(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
     let k = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| HsmError::InvalidInput(format!("{}: {e}", key.display())))?;
     Ok((c, k))
@@ -91,8 +103,8 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), HsmError> {
 
 /// The fingerprint clients pin: SHA-256 of the server certificate's key.
 pub fn fingerprint(c: &ServerConfig) -> Result<String, HsmError> {
-    let (cert, _) = identity(c)?;
-    Ok(x509::spki_fingerprint(x509::spki_of(&cert)?))
+    let (chain, _) = identity(c)?;
+    Ok(x509::spki_fingerprint(x509::spki_of(&chain[0])?))
 }
 
 /// The fingerprint of the key in a certificate.
@@ -222,12 +234,12 @@ impl RotatingIdentity {
         c: &ServerConfig,
         provider: &CryptoProvider,
     ) -> Result<Arc<rustls::sign::CertifiedKey>, HsmError> {
-        let (cert, key) = identity(c)?;
+        let (chain, key) = identity(c)?;
         let signing = provider
             .key_provider
             .load_private_key(key)
             .map_err(|e| HsmError::InvalidInput(format!("the server's TLS key: {e}")))?;
-        let ck = rustls::sign::CertifiedKey::new(vec![cert], signing);
+        let ck = rustls::sign::CertifiedKey::new(chain, signing);
         ck.keys_match().map_err(|e| {
             HsmError::InvalidInput(format!(
                 "the server's TLS key is not its certificate's: {e}"
