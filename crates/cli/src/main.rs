@@ -883,7 +883,7 @@ pub fn exit_code(e: &HsmError) -> u8 {
         | HsmError::WrongKey(_)
         | HsmError::Locked(_)
         | HsmError::NotLoggedIn(_) => exit::AUTH,
-        HsmError::Refused(_) => exit::REFUSED,
+        HsmError::Refused(_) | HsmError::KeyUse(_) => exit::REFUSED,
         HsmError::Tamper(_) => exit::TAMPER,
         HsmError::State(_) | HsmError::NotFound(_) | HsmError::InUse(_) => exit::STATE,
         HsmError::Crypto(_) | HsmError::Store(_) | HsmError::Io { .. } | HsmError::Exhausted(_) => {

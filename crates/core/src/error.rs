@@ -43,6 +43,12 @@ pub enum HsmError {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// This key may not be used for this (its attributes, or the key-management rules that
+    /// keep keys from being learnt through wrapping, forbid it). PKCS#11:
+    /// `CKR_KEY_FUNCTION_NOT_PERMITTED`.
+    #[error("key use refused: {0}")]
+    KeyUse(String),
+
     /// The device or its store has been tampered with, or is zeroized.
     #[error("tamper: {0}")]
     Tamper(String),

@@ -1591,6 +1591,21 @@ pub fn rsa_components(spki: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Bits of an RSA modulus, or the curve size, for `CKA_MODULUS_BITS` and mechanism info.
+/// A key's security strength in bits (NIST SP 800-57 part 1): what a wrapping key must at
+/// least have to wrap it.
+pub fn security_bits(spec: KeySpec) -> u32 {
+    match spec {
+        KeySpec::Aes128 | KeySpec::EcP256 | KeySpec::Ed25519 | KeySpec::Rsa3072 => 128,
+        KeySpec::Aes192 | KeySpec::EcP384 => 192,
+        KeySpec::Aes256 | KeySpec::EcP521 => 256,
+        KeySpec::Rsa2048 | KeySpec::Des3 => 112,
+        // Between 3072 (128) and 7680 (192) bits.
+        KeySpec::Rsa4096 => 140,
+        KeySpec::Generic(n) => (n as u32 * 8).min(256),
+    }
+}
+
+/// A key's size in bits as PKCS#11 reports it.
 pub fn key_bits(spec: KeySpec) -> u32 {
     match spec {
         KeySpec::Aes128 => 128,

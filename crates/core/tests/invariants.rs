@@ -675,9 +675,12 @@ fn inv1_keys_leave_only_wrapped_and_only_when_attributes_allow() {
     use ferrohsm_core::object::KeyTemplate;
     let (f, mut hsm) = fixture();
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    // A key-encryption key wraps and unwraps and does nothing else (key separation).
     let kek_tpl = KeyTemplate {
         wrap: Some(true),
         unwrap: Some(true),
+        encrypt: Some(false),
+        decrypt: Some(false),
         ..Default::default()
     };
     let kek = hsm
@@ -718,9 +721,12 @@ fn inv1_keys_leave_only_wrapped_and_only_when_attributes_allow() {
     );
     // A key that may not wrap cannot be used to wrap.
     let e = hsm
-        .wrap_key(&co, movable, Mechanism::AesKwp, &p, kek)
+        .wrap_key(&co, movable, Mechanism::AesKwp, &p, movable)
         .unwrap_err();
-    assert!(matches!(e, HsmError::Refused(_)), "{e}");
+    assert!(
+        matches!(&e, HsmError::KeyUse(m) if m.contains("CKA_WRAP")),
+        "{e}"
+    );
     // CKA_WRAP_WITH_TRUSTED: no key here is trusted, so such a key stays in.
     let guarded = hsm
         .generate_key_with(
@@ -819,6 +825,14 @@ fn inv1_keys_leave_only_wrapped_and_only_when_attributes_allow() {
         ),
         Err(HsmError::Refused(_))
     ));
+    // Nor export them: wrapping is the Crypto Officer's (and refused, audited).
+    let e = hsm
+        .wrap_key(&cu, kek, Mechanism::AesKwp, &p, movable)
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Refused(m) if m.contains("Crypto User")),
+        "{e}"
+    );
     // Every export and import is in the audit trail, durably, with what and by which key.
     let ev = hsm.events().unwrap();
     assert!(ev.iter().any(|e| e.event == "key-wrap"

@@ -580,6 +580,7 @@ pub fn rv(e: &HsmError) -> CK_RV {
         HsmError::AuthFailed { .. } | HsmError::WrongKey(_) => CKR_PIN_INCORRECT,
         HsmError::Locked(_) => CKR_PIN_LOCKED,
         HsmError::Refused(_) => CKR_ACTION_PROHIBITED,
+        HsmError::KeyUse(_) => CKR_KEY_FUNCTION_NOT_PERMITTED,
         HsmError::NotFound(_) => CKR_OBJECT_HANDLE_INVALID,
         HsmError::Crypto(_) => CKR_FUNCTION_FAILED,
         HsmError::Exhausted(_) => CKR_DEVICE_MEMORY,

@@ -4,14 +4,13 @@
 use std::sync::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error, RvError};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
-use cryptoki::types::AuthPin;
 use ferrohsm_core::hsm::InitOptions;
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{AuthMode, Hsm, NewSecret};
@@ -20,6 +19,7 @@ use ferrohsm_core::{AuthMode, Hsm, NewSecret};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 mod harness;
+use harness::fixture::{err, fixture, fixture_with, pin, token, Fixture};
 use harness::module_path;
 
 // Every test here but the cross-process one runs embedded and against a real server.
@@ -40,81 +40,6 @@ both_ways!(
     hmac_contexts_follow_the_key_and_hash_and_end_with_the_login,
     c_inittoken_needs_the_hsm_sos_policy,
 );
-
-struct Fixture {
-    // The server, in server mode: stopped before the directory it serves goes.
-    _server: Option<harness::ServerProcess>,
-    _tmp: tempfile::TempDir,
-    p11: Option<Pkcs11>,
-}
-
-impl Fixture {
-    fn p11(&self) -> &Pkcs11 {
-        self.p11.as_ref().expect("module loaded")
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // cryptoki does not finalize on drop; the next test initialises again.
-        if let Some(p) = self.p11.take() {
-            let _ = p.finalize();
-        }
-    }
-}
-
-/// A password-authenticated HSM with nothing in it whose HSM SO lets C_InitToken create
-/// partitions, and the module loaded over it.
-fn fixture() -> Fixture {
-    fixture_with(true)
-}
-
-fn fixture_with(init_token: bool) -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    harness::password_hsm(&data, init_token);
-    let server = harness::reach(&data);
-    let p11 = harness::load_module();
-    Fixture {
-        _server: server,
-        _tmp: tmp,
-        p11: Some(p11),
-    }
-}
-
-fn pin(s: &str) -> AuthPin {
-    AuthPin::new(s.into())
-}
-
-/// Token "tok" initialised through PKCS#11, user PIN set, a user session open.
-fn token(f: &Fixture) -> (Slot, Session) {
-    let slots = f.p11().get_slots_with_token().unwrap();
-    assert_eq!(
-        slots.len(),
-        1,
-        "a password HSM shows one uninitialised token"
-    );
-    let slot = slots[0];
-    assert!(!f.p11().get_token_info(slot).unwrap().token_initialized());
-    f.p11().init_token(slot, &pin("so-pin-1"), "tok").unwrap();
-    let info = f.p11().get_token_info(slot).unwrap();
-    assert_eq!(info.label(), "tok");
-    assert!(info.token_initialized());
-    assert!(!info.user_pin_initialized());
-    let s = f.p11().open_rw_session(slot).unwrap();
-    s.login(UserType::So, Some(&pin("so-pin-1"))).unwrap();
-    s.init_pin(&pin("user-pin-1")).unwrap();
-    s.logout().unwrap();
-    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
-    (slot, s)
-}
-
-fn err(e: Error) -> RvError {
-    match e {
-        Error::Pkcs11(rv, _) => rv,
-        other => panic!("expected a PKCS#11 error, got {other:?}"),
-    }
-}
 
 fn token_from_nothing_and_stable_slot_ids() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -927,6 +852,9 @@ fn wrap_and_unwrap_honour_extractable_and_round_trip() {
                 Attribute::ValueLen(32.into()),
                 Attribute::Wrap(true),
                 Attribute::Unwrap(true),
+                // A key-encryption key does nothing else (key separation).
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
             ],
         )
         .unwrap();
@@ -1026,16 +954,21 @@ fn wrap_and_unwrap_honour_extractable_and_round_trip() {
             RvError::WrappedKeyInvalid
         );
     }
-    // RSA-OAEP wraps a secret key; the RSA private key unwraps it.
+    // RSA-OAEP wraps a secret key; the RSA private key unwraps it. RSA-3072 (128-bit
+    // strength) for an AES-128 key; its private half unwraps and does not decrypt.
     let (rpub, rpriv) = s
         .generate_key_pair(
             &Mechanism::RsaPkcsKeyPairGen,
             &[
                 Attribute::Token(true),
-                Attribute::ModulusBits(2048.into()),
+                Attribute::ModulusBits(3072.into()),
                 Attribute::Wrap(true),
             ],
-            &[Attribute::Token(true), Attribute::Unwrap(true)],
+            &[
+                Attribute::Token(true),
+                Attribute::Unwrap(true),
+                Attribute::Decrypt(false),
+            ],
         )
         .unwrap();
     let oaep = PkcsOaepParams::new(
@@ -1046,7 +979,7 @@ fn wrap_and_unwrap_honour_extractable_and_round_trip() {
     let w = s
         .wrap_key(&Mechanism::RsaPkcsOaep(oaep), rpub, target)
         .unwrap();
-    assert_eq!(w.len(), 256);
+    assert_eq!(w.len(), 384);
     let back = s
         .unwrap_key(
             &Mechanism::RsaPkcsOaep(oaep),
@@ -1440,6 +1373,9 @@ fn session_objects_live_in_memory_and_die_with_their_session() {
                 Attribute::ValueLen(32.into()),
                 Attribute::Wrap(true),
                 Attribute::Unwrap(true),
+                // A key-encryption key does nothing else (key separation).
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
             ],
         )
         .unwrap();

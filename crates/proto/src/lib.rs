@@ -131,6 +131,7 @@ pub fn error_to_wire(e: &HsmError) -> v1::Error {
         HsmError::WrongKey(_) => (Code::WrongKey, None),
         HsmError::Locked(_) => (Code::Locked, None),
         HsmError::Refused(_) => (Code::Refused, None),
+        HsmError::KeyUse(_) => (Code::KeyUse, None),
         HsmError::Tamper(_) => (Code::Tamper, None),
         HsmError::State(_) => (Code::State, None),
         HsmError::NotFound(_) => (Code::NotFound, None),
@@ -155,6 +156,7 @@ fn message_of(e: &HsmError) -> String {
         | HsmError::WrongKey(m)
         | HsmError::Locked(m)
         | HsmError::Refused(m)
+        | HsmError::KeyUse(m)
         | HsmError::Tamper(m)
         | HsmError::State(m)
         | HsmError::NotFound(m)
@@ -186,6 +188,7 @@ pub fn error_from_wire(e: v1::Error) -> HsmError {
         Code::WrongKey => HsmError::WrongKey(m),
         Code::Locked => HsmError::Locked(m),
         Code::Refused => HsmError::Refused(m),
+        Code::KeyUse => HsmError::KeyUse(m),
         Code::Tamper => HsmError::Tamper(m),
         Code::State => HsmError::State(m),
         Code::NotFound => HsmError::NotFound(m),

@@ -5,21 +5,57 @@ use super::*;
 
 impl Hsm {
     /// Checks that `target` may be wrapped by `wrapper` and returns both records: the target
-    /// must be extractable (`CKA_EXTRACTABLE`), the wrapper allowed to wrap (`CKA_WRAP`), and a
-    /// `CKA_WRAP_WITH_TRUSTED` target needs a trusted wrapper.
+    /// must be extractable (`CKA_EXTRACTABLE`), the wrapper allowed to wrap (`CKA_WRAP`) and
+    /// trustworthy as a wrapping key (see [`Hsm::wrapping_key_refusal`]), and a
+    /// `CKA_WRAP_WITH_TRUSTED` target needs a trusted wrapper. The Crypto User may use keys,
+    /// never export them.
     pub(super) fn wrap_check(
         &mut self,
         s: &Session,
         wrapper: u64,
         target: u64,
     ) -> Result<(Arc<LoadedKey>, Arc<LoadedKey>)> {
+        if s.role == Role::CryptoUser {
+            let e = HsmError::Refused(
+                "the Crypto User may use keys but not wrap (export) them; the Crypto Officer may"
+                    .into(),
+            );
+            return Err(self.refuse("key-wrap", s.role.short(), s.partition(), e));
+        }
         let w = self.load_key(s, wrapper)?;
         let k = self.load_key(s, target)?;
-        match Self::wrap_refusal(&w.info.attrs, &k.info.attrs) {
+        let refusal = match Self::wrap_refusal(&w.info.attrs, &k.info.attrs) {
+            Some(e) => Some(e),
+            None => self.private_half_refusal(s, &w, k.info.attrs.sensitive)?,
+        };
+        match refusal {
             None => Ok((w, k)),
             // A refused export is recorded like any refusal.
             Some(e) => Err(self.refuse("key-wrap", s.role.short(), s.partition(), e)),
         }
+    }
+
+    /// Whether a key may serve to wrap or unwrap at all, whatever its `CKA_WRAP`/`CKA_UNWRAP`
+    /// say: only a key whose value nobody outside the HSM can know. That is a key generated
+    /// inside (`CKA_LOCAL`) or one the Partition SO marked `CKA_TRUSTED`, and never an
+    /// extractable one (it could be exported and brought back under other attributes). A key
+    /// imported, unwrapped or derived (ECDH with a point the caller chose) may be one whose
+    /// value the caller made; wrapping under it would hand the caller the target.
+    pub(super) fn wrapping_key_refusal(w: &Attributes, op: &str) -> Option<HsmError> {
+        // (A public key's secret is its private half, checked where the partition is read.)
+        if w.extractable && w.class != ObjectClass::PublicKey {
+            return Some(HsmError::KeyUse(format!(
+                "key {:?} is extractable, so it may not {op} keys: it could be exported and brought back with other attributes",
+                w.label
+            )));
+        }
+        if !w.local && !w.trusted {
+            return Some(HsmError::KeyUse(format!(
+                "key {:?} was not generated in the HSM (it was imported, unwrapped or derived, so its value may be known outside), so it may not {op} keys unless the Partition SO marks it trusted",
+                w.label
+            )));
+        }
+        None
     }
 
     pub(super) fn wrap_refusal(w: &Attributes, k: &Attributes) -> Option<HsmError> {
@@ -40,7 +76,72 @@ impl Hsm {
                 k.label
             )));
         }
-        Self::require_usage(w.wrap, &w.label, "wrap", "CKA_WRAP").err()
+        if let Err(e) = Self::require_usage(w.wrap, &w.label, "wrap", "CKA_WRAP") {
+            return Some(HsmError::KeyUse(e.to_string()));
+        }
+        if let Some(e) = Self::wrapping_key_refusal(w, "wrap") {
+            return Some(e);
+        }
+        // Key separation: a key that decrypts would turn the wrapped bytes back into the key
+        // (wrap, then C_Decrypt with the same key).
+        if k.sensitive && w.decrypt {
+            return Some(HsmError::KeyUse(format!(
+                "key {:?} can decrypt (CKA_DECRYPT), so it may not wrap a sensitive key: the wrapped bytes could be decrypted back into the key",
+                w.label
+            )));
+        }
+        if let (Some(ws), Some(ks)) = (w.spec, k.spec) {
+            let (have, need) = (mechanism::security_bits(ws), mechanism::security_bits(ks));
+            if have < need {
+                return Some(HsmError::KeyUse(format!(
+                    "key {:?} ({ws}, {have}-bit strength) is weaker than key {:?} ({ks}, {need}-bit): a key is wrapped only by one at least as strong",
+                    w.label, k.label
+                )));
+            }
+        }
+        None
+    }
+
+    /// For a public wrapping key: a refusal if its private half is in the partition and is
+    /// extractable (export it, then decrypt offline), or can decrypt and the target is
+    /// sensitive (wrap under the public key, C_Decrypt with the private one).
+    fn private_half_refusal(
+        &mut self,
+        s: &Session,
+        w: &LoadedKey,
+        sensitive_target: bool,
+    ) -> Result<Option<HsmError>> {
+        if w.info.attrs.class != ObjectClass::PublicKey {
+            return Ok(None);
+        }
+        let Some(public) = w.info.public.clone() else {
+            return Ok(None);
+        };
+        let (id, _) = self.key_user(s, "wrapping keys", false)?;
+        let half = self.store.read(|t| {
+            for h in t.object_handles(id, None)? {
+                let rec = Self::load(t, id, h)?;
+                if rec.attrs.class == ObjectClass::PrivateKey
+                    && rec.public.as_deref() == Some(public.as_slice())
+                {
+                    return Ok(Some(rec.attrs));
+                }
+            }
+            Ok(None)
+        })?;
+        Ok(half.and_then(|p| {
+            let why = if p.extractable {
+                "is extractable (it could be exported and the wrapped bytes opened outside)"
+            } else if p.decrypt && sensitive_target {
+                "can decrypt (CKA_DECRYPT), so it may not wrap a sensitive key: the wrapped bytes could be decrypted back into the key"
+            } else {
+                return None;
+            };
+            Some(HsmError::KeyUse(format!(
+                "key {:?}'s private half ({:?}) {why}",
+                w.info.attrs.label, p.label
+            )))
+        }))
     }
 
     /// Length of what [`Hsm::wrap_key`] would return (for the two-call convention).
@@ -115,14 +216,38 @@ impl Hsm {
         let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
         let u = self.load_key(s, unwrapper)?;
         let attrs = &u.info.attrs;
-        Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")?;
+        let refusal = Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")
+            .err()
+            .map(|e| HsmError::KeyUse(e.to_string()))
+            .or_else(|| Self::wrapping_key_refusal(attrs, "unwrap"))
+            .or_else(|| {
+                // Key separation: bytes the caller encrypted with this key would unwrap into
+                // a key of a value the caller knows.
+                attrs.encrypt.then(|| HsmError::KeyUse(format!(
+                    "key {:?} can encrypt (CKA_ENCRYPT), so it may not unwrap keys: what anyone encrypted with it would become a key of a known value",
+                    attrs.label
+                )))
+            })
+            .or_else(|| {
+                // An unwrapped key is never less sensitive than what went in; the HSM
+                // cannot tell what went in, so it is sensitive.
+                (tpl.sensitive == Some(false)).then(|| HsmError::KeyUse(
+                    "an unwrapped key is always sensitive (CKA_SENSITIVE false is refused): otherwise wrapping a sensitive key and unwrapping it again would read it out".into(),
+                ))
+            });
+        if let Some(e) = refusal {
+            return Err(self.refuse("key-unwrap", s.role.short(), s.partition(), e));
+        }
+        // One answer for every way the bytes fail to unwrap (padding, length, integrity):
+        // no padding oracle.
         let m = mechanism::unwrap(
             attrs.key_spec()?,
             u.material()?.material(),
             mech,
             p,
             wrapped,
-        )?;
+        )
+        .map_err(|_| HsmError::Crypto("the wrapped key does not unwrap with this key".into()))?;
         let (spec, public) = match class {
             ObjectClass::PrivateKey => {
                 let (spec, public) = mechanism::identify_private_key(m.expose())?;
@@ -200,6 +325,14 @@ impl Hsm {
         let (id, pmk) = self.key_user(s, "deriving keys", true)?;
         let k = self.load_key(s, base)?;
         self.may_use(s, &k, "derive", k.info.attrs.derive, "CKA_DERIVE")?;
+        if k.info.attrs.sensitive && tpl.sensitive == Some(false) {
+            // Never a weaker copy: what comes of a sensitive key is sensitive.
+            let e = HsmError::KeyUse(format!(
+                "a key derived from sensitive key {:?} is sensitive (CKA_SENSITIVE false is refused)",
+                k.info.attrs.label
+            ));
+            return Err(self.refuse("key-derive", s.role.short(), s.partition(), e));
+        }
         if !spec.is_symmetric() || spec == KeySpec::Des3 {
             return Err(HsmError::InvalidInput(format!(
                 "ECDH derives AES or generic secret keys, not {spec}"

@@ -15,6 +15,7 @@ use ferrohsm_core::hsm::InitOptions;
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
 
+pub mod fixture;
 pub mod network;
 
 /// The HSM SO's password of [`password_hsm`].

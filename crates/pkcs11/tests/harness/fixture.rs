@@ -1,0 +1,89 @@
+//! A fresh HSM for a `cryptoki` test: the module loaded over it (embedded or through a
+//! server, as [`super::transport`] says), a token made through PKCS#11, and the error code
+//! of a refusal.
+
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+/// The module loaded over a fresh HSM (and its server, in server mode).
+pub struct Fixture {
+    // The server, in server mode: stopped before the directory it serves goes.
+    pub _server: Option<super::ServerProcess>,
+    pub _tmp: tempfile::TempDir,
+    pub p11: Option<Pkcs11>,
+}
+
+impl Fixture {
+    /// The loaded module.
+    pub fn p11(&self) -> &Pkcs11 {
+        self.p11.as_ref().expect("module loaded")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // cryptoki does not finalize on drop; the next test initialises again.
+        if let Some(p) = self.p11.take() {
+            let _ = p.finalize();
+        }
+    }
+}
+
+/// A password-authenticated HSM with nothing in it whose HSM SO lets C_InitToken create
+/// partitions, and the module loaded over it.
+pub fn fixture() -> Fixture {
+    fixture_with(true)
+}
+
+/// [`fixture`], with or without the HSM SO letting C_InitToken create partitions.
+pub fn fixture_with(init_token: bool) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    super::password_hsm(&data, init_token);
+    let server = super::reach(&data);
+    let p11 = super::load_module();
+    Fixture {
+        _server: server,
+        _tmp: tmp,
+        p11: Some(p11),
+    }
+}
+
+/// A PIN as cryptoki takes it.
+pub fn pin(s: &str) -> AuthPin {
+    AuthPin::new(s.into())
+}
+
+/// Token "tok" initialised through PKCS#11, user PIN set, a user session open.
+pub fn token(f: &Fixture) -> (Slot, Session) {
+    let slots = f.p11().get_slots_with_token().unwrap();
+    assert_eq!(
+        slots.len(),
+        1,
+        "a password HSM shows one uninitialised token"
+    );
+    let slot = slots[0];
+    assert!(!f.p11().get_token_info(slot).unwrap().token_initialized());
+    f.p11().init_token(slot, &pin("so-pin-1"), "tok").unwrap();
+    let info = f.p11().get_token_info(slot).unwrap();
+    assert_eq!(info.label(), "tok");
+    assert!(info.token_initialized());
+    assert!(!info.user_pin_initialized());
+    let s = f.p11().open_rw_session(slot).unwrap();
+    s.login(UserType::So, Some(&pin("so-pin-1"))).unwrap();
+    s.init_pin(&pin("user-pin-1")).unwrap();
+    s.logout().unwrap();
+    s.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    (slot, s)
+}
+
+/// The return value of a PKCS#11 refusal.
+pub fn err(e: Error) -> RvError {
+    match e {
+        Error::Pkcs11(rv, _) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
