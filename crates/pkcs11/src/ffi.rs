@@ -6,7 +6,17 @@ use cryptoki_sys::*;
 /// A CK_RV-carrying result.
 pub type Rv<T = ()> = Result<T, CK_RV>;
 
-/// Borrows `len` elements at `p`. NULL is allowed only with `len == 0`.
+/// The most caller memory the module reads or writes in one call (data to sign or encrypt,
+/// an output buffer, a template's values together). A length beyond it is refused
+/// (`CKR_ARGUMENTS_BAD`) before it is trusted: an absurd length is a caller's bug or an
+/// attack, never 256 MiB of data.
+pub const MAX_CALLER_BYTES: usize = 256 << 20;
+
+/// The most attributes one template may hold.
+pub const MAX_TEMPLATE: CK_ULONG = 1024;
+
+/// Borrows `len` elements at `p`. NULL is allowed only with `len == 0`; more than
+/// [`MAX_CALLER_BYTES`] is refused.
 ///
 /// # Safety
 /// `p` must point to `len` valid, initialised `T` for the duration of the borrow, or be NULL.
@@ -19,6 +29,9 @@ pub unsafe fn slice<'a, T>(p: *const T, len: CK_ULONG) -> Rv<&'a [T]> {
         };
     }
     let n = usize::try_from(len).map_err(|_| CKR_ARGUMENTS_BAD)?;
+    if n.saturating_mul(std::mem::size_of::<T>().max(1)) > MAX_CALLER_BYTES {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
     // SAFETY: non-NULL and, per the caller's contract, valid for `n` elements.
     Ok(unsafe { std::slice::from_raw_parts(p, n) })
 }
@@ -119,7 +132,7 @@ pub unsafe fn length_only(need: usize, out: *mut CK_BYTE, len: *mut CK_ULONG) ->
 /// `out` must be NULL or valid for writes of `len` bytes, and not be accessed in any other
 /// way while the borrow lives.
 pub unsafe fn output_with<'a>(out: *mut CK_BYTE, len: usize, input: &[u8]) -> Option<&'a mut [u8]> {
-    if out.is_null() || len < input.len() {
+    if out.is_null() || len < input.len() || len > MAX_CALLER_BYTES {
         return None;
     }
     let (o, i) = (out as usize, input.as_ptr() as usize);
@@ -174,8 +187,17 @@ pub unsafe fn template(
     p: *const CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> Rv<Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>> {
+    if n > MAX_TEMPLATE {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
     // SAFETY: per the caller's contract.
     let attrs = unsafe { slice(p, n)? };
+    let total = attrs
+        .iter()
+        .fold(0usize, |t, a| t.saturating_add(a.ulValueLen as usize));
+    if total > MAX_CALLER_BYTES {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
     attrs
         .iter()
         .map(|a| {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use cryptoki_sys::*;
 use ferrohsm_client::Remote;
@@ -477,7 +477,7 @@ pub static MODULE: RwLock<Option<Module>> = RwLock::new(None);
 
 /// Runs `f` with the initialised module (read access).
 pub fn with_module<T>(f: impl FnOnce(&Module) -> Rv<T>) -> Rv<T> {
-    let g = MODULE.read().map_err(|_| CKR_GENERAL_ERROR)?;
+    let g = MODULE.read().unwrap_or_else(PoisonError::into_inner);
     match g.as_ref() {
         Some(m) if m.pid == current_pid() => f(m),
         _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
@@ -486,7 +486,7 @@ pub fn with_module<T>(f: impl FnOnce(&Module) -> Rv<T>) -> Rv<T> {
 
 /// Runs `f` with the initialised module (write access).
 pub fn with_module_mut<T>(f: impl FnOnce(&mut Module) -> Rv<T>) -> Rv<T> {
-    let mut g = MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut g = MODULE.write().unwrap_or_else(PoisonError::into_inner);
     match g.as_mut() {
         Some(m) if m.pid == current_pid() => f(m),
         _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
@@ -518,7 +518,7 @@ pub fn session_only(h: CK_SESSION_HANDLE) -> Rv<Arc<Mutex<Session>>> {
 /// Sets the login every session of `slot` sees.
 pub fn share_login(m: &Module, slot: CK_SLOT_ID, login: Option<&Arc<Login>>) -> Rv {
     for x in m.sessions.values() {
-        let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut x = x.lock().unwrap_or_else(PoisonError::into_inner);
         if x.slot == slot {
             x.login = login.cloned();
             x.key_memo.clear();
@@ -540,7 +540,7 @@ pub fn session(h: CK_SESSION_HANDLE) -> Rv<SessionAndLogin> {
             .get(&h)
             .cloned()
             .ok_or(CKR_SESSION_HANDLE_INVALID)?;
-        let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+        let slot = s.lock().unwrap_or_else(PoisonError::into_inner).slot;
         Ok((s, m.logins.get(&slot).cloned()))
     })
 }
@@ -550,7 +550,7 @@ pub fn session(h: CK_SESSION_HANDLE) -> Rv<SessionAndLogin> {
 /// module visits every session under its own lock at login and logout). Give it back with
 /// [`pool_front`].
 pub fn pooled_front(m: &Module) -> Rv<(Option<Front>, Opener)> {
-    let pooled = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?.pop();
+    let pooled = m.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
     Ok((pooled, m.opener.clone()))
 }
 
@@ -564,7 +564,7 @@ pub fn take_front(pooled: Option<Front>, opener: &Opener) -> Rv<Front> {
 
 /// Keeps an idle front for reuse (up to [`POOL_MAX`]; beyond it the front closes).
 pub fn pool_front(m: &Module, front: Front) -> Rv {
-    let mut pool = m.pool.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut pool = m.pool.lock().unwrap_or_else(PoisonError::into_inner);
     if pool.len() < POOL_MAX {
         pool.push(front);
     }

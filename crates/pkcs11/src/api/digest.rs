@@ -6,7 +6,7 @@ use super::*;
 pub unsafe fn C_DigestInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM) -> CK_RV {
     done((|| {
         let (s, _) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if s.digest.is_some() {
             return Err(CKR_OPERATION_ACTIVE);
         }
@@ -28,7 +28,7 @@ pub(super) unsafe fn digest_out(
     out_len: *mut CK_ULONG,
 ) -> Rv {
     let (s, _) = state::session(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
     let op = s.digest.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     // SAFETY: validity per contract; checked inside.
     match unsafe { ffi::length_only(op.hash.len(), out, out_len) } {
@@ -67,7 +67,7 @@ pub unsafe fn C_Digest(
 pub unsafe fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
     done((|| {
         let (s, _) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         // SAFETY: valid for `len` bytes per contract.
         let d = unsafe { ffi::slice(data, len)? };
         s.digest
@@ -101,10 +101,15 @@ pub unsafe fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: `out` holds `len` bytes per contract (NULL refused above).
-        let buf = unsafe { std::slice::from_raw_parts_mut(out, len as usize) };
+        let n = usize::try_from(len).map_err(|_| CKR_ARGUMENTS_BAD)?;
+        if n > ffi::MAX_CALLER_BYTES {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // SAFETY: `out` holds `len` bytes per contract (NULL refused above); the length is
+        // bounded above.
+        let buf = unsafe { std::slice::from_raw_parts_mut(out, n) };
         // The HSM's generator (the server's, through one), at most its limit per call.
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         for chunk in buf.chunks_mut(ferrohsm_core::api::MAX_RANDOM) {
             let r = s.api().random(chunk.len()).map_err(|e| rv(&e))?;
             if r.len() != chunk.len() {

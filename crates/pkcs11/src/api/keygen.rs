@@ -106,7 +106,7 @@ pub(super) fn generate(
     pub_t: Option<&[(CK_ATTRIBUTE_TYPE, Vec<u8>)]>,
 ) -> Rv<Vec<u64>> {
     let (s, login) = state::session(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
     let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     let mut opts = KeyOptions {
         label: String::new(),
@@ -228,7 +228,7 @@ pub unsafe fn C_DeriveKey(
         read_key_template(&t, false, &mut opts, &mut ktpl, CKO_SECRET_KEY, ktype)?;
         ktpl.session_owner = Some(h);
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         may_change(&s, !ktpl.session_private)?;
         let b = object(&mut s, &login, base).map_err(|e| {
             if e == CKR_OBJECT_HANDLE_INVALID {

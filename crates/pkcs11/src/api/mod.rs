@@ -5,7 +5,7 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 use std::os::raw::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cryptoki_sys::*;
 use ferrohsm_core::api::LoginCredential;
@@ -76,7 +76,9 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
         state::watch_forks();
         ferrohsm_crypto::install();
         ferrohsm_core::store::install_shared_view(crate::shared_view::map);
-        let mut g = state::MODULE.write().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut g = state::MODULE
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = g.take() {
             if m.pid == state::current_pid() {
                 *g = Some(m);
@@ -98,9 +100,9 @@ pub unsafe fn C_Finalize(reserved: *mut c_void) -> CK_RV {
     if !reserved.is_null() {
         return CKR_ARGUMENTS_BAD;
     }
-    let Ok(mut g) = state::MODULE.write() else {
-        return CKR_GENERAL_ERROR;
-    };
+    let mut g = state::MODULE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
     state::sessions_changed();
     // Remembered logins (see `login_memo`) end with the application's use of the module.
     ferrohsm_core::login_memo::forget_all();
@@ -343,6 +345,64 @@ mod tests {
                 assert_eq!(info.state, CKS_RW_PUBLIC_SESSION, "nobody is logged in");
                 assert_eq!(C_CloseSession(h2), CKR_OK);
             }
+            // Absurd lengths and counts from the caller are refused before they are trusted
+            // (each buffer here is far smaller than its claimed length: trusting one would
+            // read or write past it).
+            let h = open();
+            let mut small = [0u8; 4];
+            assert_eq!(
+                C_GenerateRandom(h, small.as_mut_ptr(), CK_ULONG::MAX),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(small, [0; 4], "nothing was written");
+            let mut attr = CK_ATTRIBUTE {
+                type_: CKA_LABEL,
+                pValue: small.as_mut_ptr() as *mut _,
+                ulValueLen: 4,
+            };
+            assert_eq!(C_FindObjectsInit(h, &mut attr, 1 << 40), CKR_ARGUMENTS_BAD);
+            attr.ulValueLen = CK_ULONG::MAX / 2;
+            assert_eq!(C_FindObjectsInit(h, &mut attr, 1), CKR_ARGUMENTS_BAD);
+            assert_eq!(
+                C_DigestInit(
+                    h,
+                    &mut CK_MECHANISM {
+                        mechanism: CKM_SHA256,
+                        pParameter: std::ptr::null_mut(),
+                        ulParameterLen: 0,
+                    }
+                ),
+                CKR_OK
+            );
+            let (mut out, mut out_len) = ([0u8; 32], 32 as CK_ULONG);
+            assert_eq!(
+                C_Digest(
+                    h,
+                    small.as_mut_ptr(),
+                    CK_ULONG::MAX,
+                    out.as_mut_ptr(),
+                    &mut out_len
+                ),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(C_CloseSession(h), CKR_OK);
+            // A panic while the module's lock is held (a bug; caught at the boundary and
+            // answered CKR_GENERAL_ERROR) must not leave every later call answering
+            // CKR_GENERAL_ERROR: the lock is poisoned, the next calls go on regardless.
+            let held = std::thread::spawn(|| {
+                let _w = state::MODULE
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                panic!("a bug while holding the module lock");
+            })
+            .join();
+            assert!(held.is_err() && state::MODULE.is_poisoned());
+            let h = open();
+            let mut info: CK_SESSION_INFO = std::mem::zeroed();
+            assert_eq!(C_GetSessionInfo(h, &mut info), CKR_OK);
+            assert_eq!(C_CloseSession(h), CKR_OK);
+            assert_eq!(C_Finalize(std::ptr::null_mut()), CKR_OK);
+            assert_eq!(C_Initialize(std::ptr::null_mut()), CKR_OK);
             assert_eq!(C_Finalize(std::ptr::null_mut()), CKR_OK);
         }
     }

@@ -43,7 +43,7 @@ pub unsafe fn C_FindObjectsInit(
 ) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if s.find.is_some() {
             return Err(CKR_OPERATION_ACTIVE);
         }
@@ -97,7 +97,7 @@ pub unsafe fn C_FindObjects(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let (s, _) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         let pending = s.find.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
         let mut n = 0;
         while n < max as usize {
@@ -115,7 +115,7 @@ pub unsafe fn C_FindObjects(
 pub unsafe fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
     done((|| {
         let (s, _) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         s.find.take().map(drop).ok_or(CKR_OPERATION_NOT_INITIALIZED)
     })())
 }
@@ -128,7 +128,11 @@ pub unsafe fn C_GetAttributeValue(
 ) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let o = object(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login, obj)?;
+        let o = object(
+            &mut s.lock().unwrap_or_else(PoisonError::into_inner),
+            &login,
+            obj,
+        )?;
         if tpl.is_null() && n > 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -168,7 +172,7 @@ pub unsafe fn C_GetAttributeValue(
 pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         may_change(&s, !ferrohsm_core::object::is_session_handle(obj))?;
         object(&mut s, &login, obj)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
@@ -290,7 +294,7 @@ pub unsafe fn C_CreateObject(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if find_attr(&t, CKA_CLASS).map(|v| ffi::read_ulong(v)) == Some(Ok(CKO_PUBLIC_KEY)) {
             let handle = create_public_key(&mut s, &login, h, &t)?;
             // SAFETY: non-NULL per check.
@@ -376,7 +380,7 @@ pub unsafe fn C_SetAttributeValue(
         // SAFETY: template validity per contract; checked for NULL.
         let t = unsafe { ffi::template(tpl, n)? };
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         let o = object(&mut s, &login, obj)?;
         let (mut label, mut id) = (None, None);
         for (ty, v) in &t {
@@ -421,7 +425,11 @@ pub unsafe fn C_CopyObject(
 ) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        object(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login, obj)?;
+        object(
+            &mut s.lock().unwrap_or_else(PoisonError::into_inner),
+            &login,
+            obj,
+        )?;
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }

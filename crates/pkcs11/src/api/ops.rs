@@ -28,7 +28,7 @@ pub(super) unsafe fn op_init(
     k: Kind,
 ) -> Rv {
     let s = state::session_only(h)?;
-    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
     if slot_of(s, k).is_some() {
         return Err(CKR_OPERATION_ACTIVE);
@@ -133,7 +133,7 @@ pub unsafe fn C_DecryptInit(
 
 pub(super) unsafe fn update(h: CK_SESSION_HANDLE, k: Kind, data: *const u8, len: CK_ULONG) -> Rv {
     let s = state::session_only(h)?;
-    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
     let op = slot_of(&mut s, k)
         .as_mut()
         .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -185,7 +185,7 @@ pub(super) unsafe fn sign_out(
     out_len: *mut CK_ULONG,
 ) -> Rv {
     let s = state::session_only(h)?;
-    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
     let op = s.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     let res = (|| {
@@ -269,7 +269,7 @@ pub(super) unsafe fn verify_with(
     sig_len: CK_ULONG,
 ) -> Rv {
     let s = state::session_only(h)?;
-    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
     let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     // SAFETY: valid for `sig_len` bytes per contract.
@@ -307,9 +307,7 @@ pub unsafe fn C_Verify(
             Ok(d) => d,
             Err(e) => {
                 if let Ok((s, _)) = state::session(h) {
-                    if let Ok(mut s) = s.lock() {
-                        s.verify = None;
-                    }
+                    s.lock().unwrap_or_else(PoisonError::into_inner).verify = None;
                 }
                 return Err(e);
             }
@@ -336,7 +334,7 @@ pub(super) unsafe fn cipher(
     out_len: *mut CK_ULONG,
 ) -> Rv {
     let s = state::session_only(h)?;
-    let mut guard = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
     let op = match k {
         Kind::Encrypt => s.encrypt.as_ref(),
@@ -496,7 +494,7 @@ pub(super) unsafe fn cipher_update(
         unsafe { update(h, k, data, len)? };
     } else {
         let (s, _) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         slot_of(&mut s, k)
             .as_ref()
             .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;

@@ -64,7 +64,7 @@ pub unsafe fn C_OpenSession(
 pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     let s = m.sessions.remove(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
     state::sessions_changed();
-    let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    let slot = s.lock().unwrap_or_else(PoisonError::into_inner).slot;
     let others = m
         .sessions
         .values()
@@ -75,7 +75,7 @@ pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
         false => m.logins.remove(&slot),
     };
     {
-        let mut session = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut session = s.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(l) = &login {
             // Its session objects go with it (the login may have ended already: then they
             // went with it).
@@ -91,7 +91,7 @@ pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     // Keep its front for the next session, unless another thread still holds the session
     // (it is then dropped with the last reference).
     if let Ok(session) = Arc::try_unwrap(s) {
-        let session = session.into_inner().map_err(|_| CKR_GENERAL_ERROR)?;
+        let session = session.into_inner().unwrap_or_else(PoisonError::into_inner);
         state::pool_front(m, session.front)?;
     }
     Ok(())
@@ -101,7 +101,7 @@ pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
 /// token's login).
 fn forget_login(h: CK_SESSION_HANDLE, ended: &Arc<Login>) -> Rv {
     let (s, _) = state::session(h)?;
-    let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+    let slot = s.lock().unwrap_or_else(PoisonError::into_inner).slot;
     with_module_mut(|m| {
         if m.logins.get(&slot).is_some_and(|l| Arc::ptr_eq(l, ended)) {
             m.logins.remove(&slot);
@@ -115,7 +115,7 @@ fn forget_login(h: CK_SESSION_HANDLE, ended: &Arc<Login>) -> Rv {
 /// end, so that the login's keys (and, embedded, its key cache) leave memory now.
 fn clear_login(m: &Module, slot: CK_SLOT_ID) -> Rv {
     for x in m.sessions.values() {
-        let mut x = x.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut x = x.lock().unwrap_or_else(PoisonError::into_inner);
         if x.slot == slot {
             x.end_key_operations();
             x.login = None;
@@ -152,7 +152,7 @@ pub unsafe fn C_CloseAllSessions(id: CK_SLOT_ID) -> CK_RV {
 pub unsafe fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let s = s.lock().unwrap_or_else(PoisonError::into_inner);
         let rw = s.flags & CKF_RW_SESSION != 0;
         let st = match (login.map(|l| l.user), rw) {
             (Some(CKU_SO), _) => CKS_RW_SO_FUNCTIONS,
@@ -190,7 +190,7 @@ pub unsafe fn C_Login(
             // too, so that the application can log in again; a live one stays.
             let alive = s
                 .lock()
-                .map_err(|_| CKR_GENERAL_ERROR)?
+                .unwrap_or_else(PoisonError::into_inner)
                 .api()
                 .check_login(l.id);
             match alive {
@@ -208,7 +208,7 @@ pub unsafe fn C_Login(
         let (pooled, opener) = with_module(state::pooled_front)?;
         let ped_dir = opener.config.ped_dir.clone();
         let (slot, label) = {
-            let s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+            let s = s.lock().unwrap_or_else(PoisonError::into_inner);
             (s.slot, s.label.clone())
         };
         if user == CKU_SO {
@@ -332,11 +332,14 @@ pub unsafe fn C_LoginUser(
 pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
     done((|| {
         let (s, _) = state::session(h)?;
-        let slot = s.lock().map_err(|_| CKR_GENERAL_ERROR)?.slot;
+        let slot = s.lock().unwrap_or_else(PoisonError::into_inner).slot;
         with_module_mut(|m| {
             let login = m.logins.remove(&slot).ok_or(CKR_USER_NOT_LOGGED_IN)?;
             // The HSM drops the login's keys and session objects now.
-            end_login(&mut *s.lock().map_err(|_| CKR_GENERAL_ERROR)?, &login);
+            end_login(
+                &mut s.lock().unwrap_or_else(PoisonError::into_inner),
+                &login,
+            );
             clear_login(m, slot)?;
             drop(login);
             ferrohsm_core::login_memo::purge_expired();
@@ -348,7 +351,7 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
 pub unsafe fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
     done((|| {
         let (s, _) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if flags & CKF_SIGN != 0 {
             s.sign = None;
         }

@@ -13,7 +13,7 @@ pub(super) struct Slot {
 }
 
 pub(super) fn hsm_info(m: &Module) -> Rv<Option<HsmInfo>> {
-    let mut control = m.control.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let mut control = m.control.lock().unwrap_or_else(PoisonError::into_inner);
     // The kept front may be stale (another process re-initialised or zeroized the HSM, the
     // server restarted): on failure, try once more with a fresh one.
     for attempt in 0..2 {
@@ -83,13 +83,13 @@ pub(super) fn slots(m: &Module) -> Rv<Vec<Slot>> {
 /// changed).
 pub(super) fn token_brief(m: &Module, id: CK_SLOT_ID) -> Rv<(String, bool)> {
     let generation = {
-        let mut control = m.control.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut control = m.control.lock().unwrap_or_else(PoisonError::into_inner);
         control
             .as_mut()
             .and_then(|f| f.api().state_generation().ok())
     };
     if let Some(g) = generation {
-        let tokens = m.tokens.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let tokens = m.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((seen, map)) = tokens.as_ref() {
             if *seen == g {
                 return map.get(&id).cloned().ok_or(CKR_SLOT_ID_INVALID);
@@ -111,7 +111,7 @@ pub(super) fn token_brief(m: &Module, id: CK_SLOT_ID) -> Rv<(String, bool)> {
     // Keyed by the generation read before the slots were: a change in between only makes
     // the next call read them again.
     if let Some(g) = generation {
-        *m.tokens.lock().map_err(|_| CKR_GENERAL_ERROR)? = Some((g, map));
+        *m.tokens.lock().unwrap_or_else(PoisonError::into_inner) = Some((g, map));
     }
     found
 }
@@ -198,7 +198,10 @@ pub unsafe fn C_GetTokenInfo(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV 
         let (sessions, rw) = m
             .sessions
             .values()
-            .filter_map(|x| x.lock().ok().map(|x| (x.slot, x.flags)))
+            .map(|x| {
+                let x = x.lock().unwrap_or_else(PoisonError::into_inner);
+                (x.slot, x.flags)
+            })
             .filter(|(sl, _)| *sl == id)
             .fold((0, 0), |(a, b), (_, f)| {
                 (a + 1, b + ((f & CKF_RW_SESSION) != 0) as CK_ULONG)
@@ -346,7 +349,7 @@ pub unsafe fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULO
         if login.user != CKU_SO {
             return Err(CKR_USER_NOT_LOGGED_IN);
         }
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if s.flags & CKF_RW_SESSION == 0 {
             return Err(CKR_SESSION_READ_ONLY);
         }
@@ -388,7 +391,7 @@ pub unsafe fn C_SetPIN(
 ) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if s.flags & CKF_RW_SESSION == 0 {
             return Err(CKR_SESSION_READ_ONLY);
         }

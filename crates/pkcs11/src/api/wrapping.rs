@@ -13,7 +13,7 @@ pub unsafe fn C_WrapKey(
 ) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         // SAFETY: mech::read checks for NULL; validity per contract.
         let (code, p) = unsafe { mech::read(m)? };
@@ -71,7 +71,7 @@ pub unsafe fn C_UnwrapKey(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let (s, login) = state::session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
         // SAFETY: NULL checks inside; validity per contract.
         let ((code, p), data, t) = unsafe {
