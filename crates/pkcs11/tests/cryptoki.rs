@@ -571,6 +571,12 @@ fn wrong_pins_count_and_lock_and_errors_are_the_standard_ones() {
         .get_mechanism_info(slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN)
         .unwrap();
     assert_eq!(mi.min_key_size(), 2048);
+    // Generic secrets are sized in bits, as the standard says (Java reads them so).
+    let mi = f
+        .p11()
+        .get_mechanism_info(slot, MechanismType::GENERIC_SECRET_KEY_GEN)
+        .unwrap();
+    assert_eq!((mi.min_key_size(), mi.max_key_size()), (128, 512));
     assert!(s.generate_random_vec(32).unwrap() != vec![0u8; 32]);
 }
 
