@@ -29,6 +29,7 @@ both_ways!(
     wrap_under_an_extractable_key,
     wrap_under_a_public_key_whose_private_half_decrypts,
     unwrap_errors_are_one_answer,
+    each_pair_template_speaks_for_its_own_half,
 );
 
 /// The block every comparison encrypts.
@@ -419,4 +420,40 @@ fn unwrap_errors_are_one_answer() {
         answers.iter().all(|a| a == "WrappedKeyInvalid"),
         "{answers:?}"
     );
+}
+
+/// C_GenerateKeyPair applies each template to its own half: a public template that says
+/// "derive" and "sign" does not make a private key asked to do neither do them.
+fn each_pair_template_speaks_for_its_own_half() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (_slot, s) = token(&f);
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (public, private) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(p256),
+                Attribute::Derive(true),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Derive(false),
+                Attribute::Sign(false),
+            ],
+        )
+        .unwrap();
+    let a = s
+        .get_attributes(private, &[AttributeType::Derive, AttributeType::Sign])
+        .unwrap();
+    assert_eq!(a, vec![Attribute::Derive(false), Attribute::Sign(false)]);
+    assert_eq!(
+        err(s.sign(&Mechanism::Ecdsa, private, &[1; 32]).unwrap_err()),
+        RvError::KeyFunctionNotPermitted
+    );
+    let v = s.get_attributes(public, &[AttributeType::Verify]).unwrap();
+    assert_eq!(v, vec![Attribute::Verify(true)]);
 }

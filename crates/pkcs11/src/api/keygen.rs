@@ -60,11 +60,19 @@ pub(super) fn read_key_template(
             }
             CKA_SENSITIVE if !public => tpl.sensitive = Some(ffi::read_bool(v)?),
             CKA_EXTRACTABLE if !public => opts.extractable = ffi::read_bool(v)?,
+            // Each template speaks for its own half of a pair: what a public key cannot do
+            // in the public template, and what a private key cannot do in the private one,
+            // are read and ignored (never applied to the other half).
+            CKA_SIGN | CKA_DECRYPT | CKA_UNWRAP | CKA_DERIVE if public => {
+                ffi::read_bool(v)?;
+            }
+            CKA_VERIFY | CKA_ENCRYPT | CKA_WRAP if class == CKO_PRIVATE_KEY => {
+                ffi::read_bool(v)?;
+            }
             CKA_SIGN => tpl.sign = Some(ffi::read_bool(v)?),
             CKA_VERIFY => tpl.verify = Some(ffi::read_bool(v)?),
             CKA_ENCRYPT => tpl.encrypt = Some(ffi::read_bool(v)?),
             CKA_DECRYPT => tpl.decrypt = Some(ffi::read_bool(v)?),
-            // Usage flags recorded on the key (their mechanisms are offered as they land).
             CKA_WRAP => tpl.wrap = Some(ffi::read_bool(v)?),
             CKA_UNWRAP => tpl.unwrap = Some(ffi::read_bool(v)?),
             CKA_DERIVE => tpl.derive = Some(ffi::read_bool(v)?),
