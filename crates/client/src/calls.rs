@@ -572,6 +572,25 @@ impl HsmApi for Remote {
         }))?)
     }
 
+    fn copy_object(
+        &mut self,
+        login: LoginId,
+        handle: u64,
+        c: &ferrohsm_core::object::CopyChanges,
+    ) -> Result<u64> {
+        number(self.call(Call::CopyObject(v1::CopyObject {
+            login,
+            handle,
+            label: c.label.clone(),
+            object_id: c.id.clone(),
+            token: c.token,
+            sensitive: c.sensitive,
+            extractable: c.extractable,
+            copyable: c.copyable,
+            session_owner: c.session_owner,
+        }))?)
+    }
+
     fn relabel_object(
         &mut self,
         login: LoginId,

@@ -165,8 +165,36 @@ pub struct Attributes {
     /// could, and security officers never touch keys), so `wrap_with_trusted` keys stay in.
     #[serde(default)]
     pub trusted: bool,
+    /// `CKA_COPYABLE`: `C_CopyObject` may copy it (true unless made otherwise).
+    #[serde(default = "copyable_default")]
+    pub copyable: bool,
     /// When created (UTC).
     pub created: String,
+}
+
+fn copyable_default() -> bool {
+    true
+}
+
+/// What a copy of a key (`C_CopyObject`) changes. A copy may be more restricted than its
+/// original, never less: `sensitive` may only turn on, `extractable` and `copyable` only
+/// off.
+#[derive(Clone, Debug, Default)]
+pub struct CopyChanges {
+    /// `CKA_LABEL`.
+    pub label: Option<String>,
+    /// `CKA_ID`.
+    pub id: Option<Vec<u8>>,
+    /// `CKA_TOKEN`: a token object (else a session object of `session_owner`).
+    pub token: bool,
+    /// `CKA_SENSITIVE`.
+    pub sensitive: Option<bool>,
+    /// `CKA_EXTRACTABLE`.
+    pub extractable: Option<bool>,
+    /// `CKA_COPYABLE`.
+    pub copyable: Option<bool>,
+    /// The PKCS#11 session a session copy belongs to.
+    pub session_owner: Option<u64>,
 }
 
 /// A key as callers see it: handle, attributes and (for public keys) the public value.
@@ -265,6 +293,8 @@ pub struct KeyTemplate {
     pub derive: Option<bool>,
     /// `CKA_WRAP_WITH_TRUSTED`.
     pub wrap_with_trusted: Option<bool>,
+    /// `CKA_COPYABLE`.
+    pub copyable: Option<bool>,
     /// Label of the public key, if it differs from the private key's.
     pub public_label: Option<String>,
     /// `CKA_ID` of the public key, if it differs.

@@ -39,6 +39,8 @@ both_ways!(
     concurrent_logins_and_logouts_on_two_tokens_never_deadlock,
     hmac_contexts_follow_the_key_and_hash_and_end_with_the_login,
     c_inittoken_needs_the_hsm_sos_policy,
+    a_key_made_without_cka_token_is_a_session_object,
+    c_copyobject_copies_keys_more_restricted_never_less,
 );
 
 fn token_from_nothing_and_stable_slot_ids() {
@@ -1712,4 +1714,138 @@ fn c_inittoken_needs_the_hsm_sos_policy() {
     let f = fixture_with(false);
     assert!(f.p11().get_slots_with_token().unwrap().is_empty());
     assert!(f.p11().get_all_slots().unwrap().is_empty());
+}
+
+/// `CKA_TOKEN` defaults to false: a key made without it is a session object, gone with the
+/// session that made it (Java, python-pkcs11 and others rely on it).
+fn a_key_made_without_cka_token_is_a_session_object() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    let k = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::ValueLen(32.into()),
+                Attribute::Label(b"fleeting".to_vec()),
+            ],
+        )
+        .unwrap();
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (pubk, privk) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::EcParams(p256),
+                Attribute::Label(b"fleeting".to_vec()),
+            ],
+            &[Attribute::Label(b"fleeting".to_vec())],
+        )
+        .unwrap();
+    for h in [k, pubk, privk] {
+        assert_eq!(
+            s.get_attributes(h, &[AttributeType::Token]).unwrap(),
+            vec![Attribute::Token(false)]
+        );
+    }
+    // The application's other sessions see it while its session lives; it goes with it.
+    let other = f.p11().open_rw_session(slot).unwrap();
+    let label = [Attribute::Label(b"fleeting".to_vec())];
+    assert_eq!(other.find_objects(&label).unwrap().len(), 3);
+    drop(s);
+    assert!(other.find_objects(&label).unwrap().is_empty());
+}
+
+/// `C_CopyObject` copies a key within its token as the standard says: a session key kept as a
+/// token object (Java's `KeyStore.setEntry` does exactly this), the same key with its history,
+/// more restricted if asked, never less; `CKA_COPYABLE` false stops it.
+fn c_copyobject_copies_keys_more_restricted_never_less() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let (slot, s) = token(&f);
+    let k = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::ValueLen(32.into()),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        s.get_attributes(k, &[AttributeType::Copyable]).unwrap(),
+        vec![Attribute::Copyable(true)]
+    );
+    let kept = s
+        .copy_object(
+            k,
+            &[
+                Attribute::Token(true),
+                Attribute::Label(b"kept".to_vec()),
+                Attribute::Extractable(false),
+            ],
+        )
+        .unwrap();
+    let probe = [7u8; 16];
+    assert_eq!(
+        s.encrypt(&Mechanism::AesEcb, kept, &probe).unwrap(),
+        s.encrypt(&Mechanism::AesEcb, k, &probe).unwrap(),
+        "the same key"
+    );
+    assert_eq!(
+        s.get_attributes(
+            kept,
+            &[
+                AttributeType::Token,
+                AttributeType::Local,
+                AttributeType::Extractable
+            ]
+        )
+        .unwrap(),
+        vec![
+            Attribute::Token(true),
+            Attribute::Local(true),
+            Attribute::Extractable(false)
+        ]
+    );
+    // Never less restricted than the original.
+    assert_eq!(
+        err(s
+            .copy_object(kept, &[Attribute::Extractable(true)])
+            .unwrap_err()),
+        RvError::TemplateInconsistent
+    );
+    assert_eq!(
+        err(s
+            .copy_object(k, &[Attribute::Sensitive(false)])
+            .unwrap_err()),
+        RvError::TemplateInconsistent
+    );
+    assert_eq!(
+        err(s.copy_object(k, &[Attribute::Encrypt(false)]).unwrap_err()),
+        RvError::AttributeReadOnly
+    );
+    let fixed = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::ValueLen(16.into()), Attribute::Copyable(false)],
+        )
+        .unwrap();
+    assert_eq!(
+        s.get_attributes(fixed, &[AttributeType::Copyable]).unwrap(),
+        vec![Attribute::Copyable(false)]
+    );
+    assert_eq!(
+        err(s.copy_object(fixed, &[Attribute::Token(true)]).unwrap_err()),
+        RvError::ActionProhibited
+    );
+    // The token copy outlives the session that made the original.
+    drop(s);
+    let s2 = f.p11().open_rw_session(slot).unwrap();
+    s2.login(UserType::User, Some(&pin("user-pin-1"))).unwrap();
+    let found = s2
+        .find_objects(&[Attribute::Label(b"kept".to_vec())])
+        .unwrap();
+    assert_eq!(found.len(), 1);
 }

@@ -47,6 +47,7 @@ pub fn object_to_wire(o: &ObjectInfo) -> v1::ObjectInfo {
             wrap_with_trusted: a.wrap_with_trusted,
             trusted: a.trusted,
             created: a.created.clone(),
+            copyable: Some(a.copyable),
         }),
         public: o.public.clone(),
         content: o.content.as_ref().map(|c| match content_to_wire(c) {
@@ -84,6 +85,7 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
         derive: a.derive,
         wrap_with_trusted: a.wrap_with_trusted,
         trusted: a.trusted,
+        copyable: a.copyable.unwrap_or(true),
         created: a.created,
     };
     let content = match o.content {
@@ -202,6 +204,7 @@ pub fn key_template_to_wire(t: &KeyTemplate) -> v1::KeyTemplate {
         unwrap: t.unwrap,
         derive: t.derive,
         wrap_with_trusted: t.wrap_with_trusted,
+        copyable: t.copyable,
         public_label: t.public_label.clone(),
         public_id: t.public_id.clone(),
         unique_label: t.unique_label,
@@ -225,6 +228,7 @@ pub fn key_template_from_wire(t: Option<v1::KeyTemplate>) -> KeyTemplate {
         unwrap: t.unwrap,
         derive: t.derive,
         wrap_with_trusted: t.wrap_with_trusted,
+        copyable: t.copyable,
         public_label: t.public_label,
         public_id: t.public_id,
         unique_label: t.unique_label,

@@ -46,6 +46,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::CreateObject(_)) => "create-object",
         Some(Call::ImportPublicKey(_)) => "import-public-key",
         Some(Call::RelabelObject(_)) => "relabel-object",
+        Some(Call::CopyObject(_)) => "copy-object",
         Some(Call::DropSessionObjects(_)) => "drop-session-objects",
         Some(Call::WrappedKeyLen(_)) => "wrapped-key-len",
         Some(Call::WrapKey(_)) => "wrap-key",
@@ -598,6 +599,21 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             &convert::key_options_from_wire(i.key),
             &convert::key_template_from_wire(i.template),
         )?),
+        Call::CopyObject(c) => Reply::Number(v1::Number {
+            value: api.copy_object(
+                c.login,
+                c.handle,
+                &ferrohsm_core::object::CopyChanges {
+                    label: c.label,
+                    id: c.object_id,
+                    token: c.token,
+                    sensitive: c.sensitive,
+                    extractable: c.extractable,
+                    copyable: c.copyable,
+                    session_owner: c.session_owner,
+                },
+            )?,
+        }),
         Call::RelabelObject(r) => {
             api.relabel_object(
                 r.login,

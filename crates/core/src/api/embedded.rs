@@ -675,6 +675,16 @@ impl HsmApi for Embedded {
             .import_public_key(&s, spec, spki.to_vec(), opts, tpl)
     }
 
+    fn copy_object(
+        &mut self,
+        login: LoginId,
+        handle: u64,
+        changes: &crate::object::CopyChanges,
+    ) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.copy_object(&s, handle, changes)
+    }
+
     fn relabel_object(
         &mut self,
         login: LoginId,

@@ -387,6 +387,14 @@ pub trait HsmApi {
         label: Option<&str>,
         object_id: Option<&[u8]>,
     ) -> Result<()>;
+    /// Copies a key within the login's partition (`C_CopyObject`); the copy's handle. A copy
+    /// may only be more restricted than its original.
+    fn copy_object(
+        &mut self,
+        login: LoginId,
+        handle: u64,
+        changes: &crate::object::CopyChanges,
+    ) -> Result<u64>;
     /// Destroys the session objects `owner` (a PKCS#11 session) made, as closing it must.
     fn drop_session_objects(&mut self, login: LoginId, owner: u64) -> Result<()>;
     /// How long [`HsmApi::wrap_key`]'s answer would be (the two-call convention).

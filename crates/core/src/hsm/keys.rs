@@ -273,6 +273,7 @@ impl Hsm {
             derive: false,
             wrap_with_trusted: tpl.wrap_with_trusted.unwrap_or(false),
             trusted: false,
+            copyable: tpl.copyable.unwrap_or(true),
             created: now_rfc3339(),
         };
         if spec.is_symmetric() {
@@ -427,6 +428,7 @@ impl Hsm {
             derive: false,
             wrap_with_trusted: false,
             trusted: false,
+            copyable: true,
             created: now_rfc3339(),
         };
         let e = self.ev(

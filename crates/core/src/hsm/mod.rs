@@ -519,6 +519,7 @@ mod tests {
             derive: false,
             wrap_with_trusted: false,
             trusted: false,
+            copyable: true,
             created: String::new(),
         };
         let one = Arc::new(LoadedKey {

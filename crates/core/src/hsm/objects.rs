@@ -246,3 +246,92 @@ impl Hsm {
         Ok(own)
     }
 }
+
+impl Hsm {
+    /// Copies a key within its partition (`C_CopyObject`; Crypto Officer): as a token object,
+    /// or as a session object of `changes.session_owner`. The copy keeps every attribute and
+    /// the key's history (`CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`); it
+    /// may only be more restricted than the original (sensitive, not extractable, not
+    /// copyable), never less, and a key made with `CKA_COPYABLE` false is not copied.
+    /// Audited.
+    pub fn copy_object(
+        &mut self,
+        s: &Session,
+        handle: u64,
+        changes: &crate::object::CopyChanges,
+    ) -> Result<u64> {
+        let (id, pmk) = self.key_user(s, "copying keys", true)?;
+        let k = self.load_key(s, handle)?;
+        let old = &k.info.attrs;
+        let loosened = [
+            (!old.copyable, "CKA_COPYABLE is false"),
+            (
+                old.sensitive && changes.sensitive == Some(false),
+                "a copy of a sensitive key is sensitive",
+            ),
+            (
+                !old.extractable && changes.extractable == Some(true),
+                "a copy of a key that is not extractable is not extractable",
+            ),
+        ];
+        if let Some((_, why)) = loosened.iter().find(|(bad, _)| *bad) {
+            let e = HsmError::KeyUse(format!("key {:?} is not copied so: {why}", old.label));
+            return Err(self.refuse("key-copy", s.role.short(), s.partition(), e));
+        }
+        let mut a = old.clone();
+        if let Some(l) = &changes.label {
+            a.label = l.clone();
+        }
+        if let Some(i) = &changes.id {
+            a.id = i.clone();
+        }
+        a.sensitive |= changes.sensitive.unwrap_or(false);
+        a.extractable &= changes.extractable.unwrap_or(true);
+        a.copyable &= changes.copyable.unwrap_or(true);
+        a.never_extractable &= !a.extractable;
+        a.token = changes.token;
+        let spec = a.key_spec()?;
+        let material = match k.info.attrs.class {
+            ObjectClass::SecretKey | ObjectClass::PrivateKey => {
+                Some(SecretBytes::new(k.material()?.material().expose().to_vec()))
+            }
+            ObjectClass::PublicKey => None,
+            other => {
+                return Err(HsmError::InvalidInput(format!(
+                    "only keys are copied, not {} objects",
+                    other.name()
+                )))
+            }
+        };
+        let e = self.ev(
+            "key-copy",
+            s.role.short(),
+            s.partition(),
+            Some(&a.label),
+            &format!(
+                "success: copy of {:?} as a {} object",
+                old.label,
+                if a.token { "token" } else { "session" }
+            ),
+        );
+        let public = k.info.public.clone();
+        if !a.token {
+            let owner = changes.session_owner.ok_or_else(|| {
+                HsmError::InvalidInput("a session copy needs the session that owns it".into())
+            })?;
+            s.session_room(1)?;
+            let key = material
+                .map(|m| mechanism::Key::parse(spec, m))
+                .transpose()?;
+            self.store.event(&e)?;
+            return Ok(s.add_session_object(owner, id, a, public, key));
+        }
+        self.store.write(|t| {
+            let mut part = Self::partition_by_id(t, id)?;
+            let h = Self::put_key(t, &mut part, &pmk, a, public, material.as_ref())?;
+            t.put("partition", &pid(id), &part)?;
+            t.event(&e)?;
+            Ok(h)
+        })
+    }
+}

@@ -77,6 +77,10 @@ pub(super) fn read_key_template(
             CKA_UNWRAP => tpl.unwrap = Some(ffi::read_bool(v)?),
             CKA_DERIVE => tpl.derive = Some(ffi::read_bool(v)?),
             CKA_WRAP_WITH_TRUSTED if !public => tpl.wrap_with_trusted = Some(ffi::read_bool(v)?),
+            CKA_COPYABLE if !public => tpl.copyable = Some(ffi::read_bool(v)?),
+            CKA_COPYABLE => {
+                ffi::read_bool(v)?;
+            }
             // Only a security officer may mark a key trusted, and they never touch keys.
             CKA_TRUSTED => {
                 if ffi::read_bool(v)? {
@@ -91,8 +95,7 @@ pub(super) fn read_key_template(
             }
             // Consumed by the caller, or descriptive only.
             CKA_MODULUS_BITS | CKA_PUBLIC_EXPONENT | CKA_EC_PARAMS | CKA_VALUE_LEN
-            | CKA_SUBJECT | CKA_START_DATE | CKA_END_DATE | CKA_MODIFIABLE | CKA_COPYABLE
-            | CKA_DESTROYABLE => {}
+            | CKA_SUBJECT | CKA_START_DATE | CKA_END_DATE | CKA_MODIFIABLE | CKA_DESTROYABLE => {}
             CKA_VALUE => return Err(CKR_TEMPLATE_INCONSISTENT),
             _ => return Err(CKR_ATTRIBUTE_TYPE_INVALID),
         }
@@ -121,7 +124,7 @@ pub(super) fn generate(
         id: vec![],
         extractable: false,
     };
-    let mut tpl = KeyTemplate::default();
+    let mut tpl = new_key_template();
     let kt = attrs::key_type(spec);
     match pub_t {
         None => read_key_template(priv_t, false, &mut opts, &mut tpl, CKO_SECRET_KEY, kt)?,
@@ -232,7 +235,7 @@ pub unsafe fn C_DeriveKey(
             id: vec![],
             extractable: false,
         };
-        let mut ktpl = KeyTemplate::default();
+        let mut ktpl = new_key_template();
         read_key_template(&t, false, &mut opts, &mut ktpl, CKO_SECRET_KEY, ktype)?;
         ktpl.session_owner = Some(h);
         let (s, login) = state::session(h)?;

@@ -235,6 +235,17 @@ pub unsafe fn C_CancelFunction(_h: CK_SESSION_HANDLE) -> CK_RV {
     CKR_FUNCTION_NOT_PARALLEL
 }
 
+/// A key template before the caller's attributes are read: the standard's defaults where
+/// they differ from the engine's. `CKA_TOKEN` is false unless asked for, so a key made without
+/// it is a session object (gone with its session), as PKCS#11 says and as clients expect.
+pub(super) fn new_key_template() -> KeyTemplate {
+    KeyTemplate {
+        session_private: true,
+        session_public: true,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

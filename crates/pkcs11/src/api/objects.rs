@@ -357,7 +357,7 @@ pub(super) fn create_public_key(
         id: vec![],
         extractable: true,
     };
-    let mut tpl = KeyTemplate::default();
+    let mut tpl = new_key_template();
     read_key_template(&rest, true, &mut opts, &mut tpl, CKO_PUBLIC_KEY, ktype)?;
     may_change(s, !tpl.session_public)?;
     tpl.session_owner = Some(h);
@@ -419,21 +419,55 @@ pub unsafe fn C_SetAttributeValue(
 pub unsafe fn C_CopyObject(
     h: CK_SESSION_HANDLE,
     obj: CK_OBJECT_HANDLE,
-    _tpl: *mut CK_ATTRIBUTE,
-    _n: CK_ULONG,
+    tpl: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
     out: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     done((|| {
-        let (s, login) = state::session(h)?;
-        object(
-            &mut s.lock().unwrap_or_else(PoisonError::into_inner),
-            &login,
-            obj,
-        )?;
+        // SAFETY: NULL checked inside; validity per contract.
+        let t = unsafe { ffi::template(tpl, n)? };
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        // Every object here has CKA_COPYABLE false: a key exists once.
-        Err(CKR_ACTION_PROHIBITED)
+        let (s, login) = state::session(h)?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        let original = object(&mut s, &login, obj)?;
+        // The standard's attributes a copy may set; a copy is a token object only if asked.
+        let mut c = ferrohsm_core::object::CopyChanges {
+            token: original.attrs.token,
+            session_owner: Some(h),
+            ..Default::default()
+        };
+        for (ty, v) in &t {
+            match *ty {
+                CKA_TOKEN => c.token = ffi::read_bool(v)?,
+                CKA_LABEL => {
+                    c.label = Some(
+                        String::from_utf8(v.clone()).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?,
+                    )
+                }
+                CKA_ID => c.id = Some(v.clone()),
+                CKA_SENSITIVE => c.sensitive = Some(ffi::read_bool(v)?),
+                CKA_EXTRACTABLE => c.extractable = Some(ffi::read_bool(v)?),
+                CKA_COPYABLE => c.copyable = Some(ffi::read_bool(v)?),
+                // As they are: fine; anything else is not the copy's to change.
+                CKA_PRIVATE if ffi::read_bool(v)? == original.attrs.private => {}
+                CKA_MODIFIABLE if ffi::read_bool(v)? == original.attrs.modifiable => {}
+                CKA_DESTROYABLE if ffi::read_bool(v)? == original.attrs.destroyable => {}
+                CKA_CLASS if ffi::read_ulong(v)? == attrs::class_code(original.attrs.class) => {}
+                _ => return Err(CKR_ATTRIBUTE_READ_ONLY),
+            }
+        }
+        may_change(&s, c.token)?;
+        let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+        let copy = s.api().copy_object(es, obj, &c).map_err(|e| match e {
+            HsmError::KeyUse(m) if m.contains("CKA_COPYABLE") => CKR_ACTION_PROHIBITED,
+            HsmError::KeyUse(_) => CKR_TEMPLATE_INCONSISTENT,
+            HsmError::InvalidInput(_) => CKR_ACTION_PROHIBITED,
+            e => rv(&e),
+        })?;
+        // SAFETY: non-NULL per check.
+        unsafe { *out = copy as CK_OBJECT_HANDLE };
+        Ok(())
     })())
 }

@@ -117,7 +117,7 @@ pub unsafe fn C_UnwrapKey(
             id: vec![],
             extractable: false,
         };
-        let mut ktpl = KeyTemplate::default();
+        let mut ktpl = new_key_template();
         let mut t2: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> = t
             .iter()
             .filter(|(a, _)| *a != CKA_CLASS && *a != CKA_KEY_TYPE)
