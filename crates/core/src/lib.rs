@@ -25,6 +25,7 @@ pub mod secret;
 pub mod shamir;
 pub mod store;
 pub mod time;
+pub mod weak_keys;
 pub mod x509;
 
 pub use error::{HsmError, Result};

@@ -47,6 +47,12 @@ pub struct Policy {
     /// otherwise anyone who can reach the module creates partitions without the HSM SO.
     #[serde(default)]
     pub init_token: bool,
+    /// Whether well-known key values (all-zero, repeated, sequential, the GlobalPlatform
+    /// default key, weak DES) are accepted in this partition, each acceptance audited: a test
+    /// mode only a Partition SO turns on. Off for partitions; the HSM allows it unless its
+    /// SO turns it off (stores written before it existed read off).
+    #[serde(default)]
+    pub test_keys: bool,
 }
 
 impl Policy {
@@ -62,6 +68,7 @@ impl Policy {
             remote_ped: true,
             login_cache_seconds: MAX_LOGIN_CACHE_SECONDS,
             init_token: false,
+            test_keys: true,
         }
     }
 
@@ -71,6 +78,7 @@ impl Policy {
             activation: false,
             auto_activation: false,
             login_cache_seconds: DEFAULT_LOGIN_CACHE_SECONDS,
+            test_keys: false,
             ..Self::hsm_default()
         }
     }
@@ -87,6 +95,7 @@ impl Policy {
             remote_ped: self.remote_ped && hsm.remote_ped,
             login_cache_seconds: self.login_cache_seconds.min(hsm.login_cache_seconds),
             init_token: hsm.init_token,
+            test_keys: self.test_keys && hsm.test_keys,
         }
     }
 
@@ -109,6 +118,7 @@ impl Policy {
             ("remote-ped", b(self.remote_ped)),
             ("login-cache-seconds", self.login_cache_seconds.to_string()),
             ("init-token", b(self.init_token)),
+            ("test-keys", b(self.test_keys)),
         ]
     }
 
@@ -155,6 +165,7 @@ impl Policy {
             "m-of-n" => self.m_of_n = flag()?,
             "remote-ped" => self.remote_ped = flag()?,
             "init-token" => self.init_token = flag()?,
+            "test-keys" => self.test_keys = flag()?,
             _ => {
                 let names: Vec<_> = self.entries().into_iter().map(|(n, _)| n).collect();
                 return Err(HsmError::InvalidInput(format!(

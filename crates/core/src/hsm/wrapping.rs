@@ -290,12 +290,14 @@ impl Hsm {
         };
         let (a, _) = Self::key_attributes(spec, opts, tpl, false);
         let a = Attributes { class, ..a };
+        let label = attrs.label.clone();
+        let note = self.key_value_firewall(s, spec, m.expose(), "key-unwrap")?;
         let e = self.ev(
             "key-unwrap",
             s.role.short(),
             s.partition(),
             Some(&opts.label),
-            &format!("success: {spec} unwrapped with {:?} ({mech})", attrs.label),
+            &format!("success: {spec} unwrapped with {label:?} ({mech}){note}"),
         );
         if tpl.session_private {
             return self.keep_session_key(s, tpl, id, a, public, spec, m, &e);
@@ -347,6 +349,7 @@ impl Hsm {
             ))
         })?;
         let material = SecretBytes::new(shared.expose()[value..].to_vec());
+        let note = self.key_value_firewall(s, spec, material.expose(), "key-derive")?;
         let (mut a, _) = Self::key_attributes(spec, opts, tpl, false);
         a.always_sensitive = k.info.attrs.always_sensitive && a.sensitive;
         a.never_extractable = k.info.attrs.never_extractable && !a.extractable;
@@ -355,7 +358,7 @@ impl Hsm {
             s.role.short(),
             s.partition(),
             Some(&format!("{} ({spec})", opts.label)),
-            &format!("success: ECDH with {:?}", k.info.attrs.label),
+            &format!("success: ECDH with {:?}{note}", k.info.attrs.label),
         );
         if tpl.session_private {
             return self.keep_session_key(s, tpl, id, a, None, spec, material, &e);
@@ -367,6 +370,38 @@ impl Hsm {
             t.event(&e)?;
             Ok(h)
         })
+    }
+
+    /// Refuses a well-known secret key value ([`crate::weak_keys`]) unless the partition's
+    /// `test-keys` policy is on; when it is, the note the audit record of the key's entry
+    /// carries.
+    pub(super) fn key_value_firewall(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        value: &[u8],
+        event: &str,
+    ) -> Result<String> {
+        let Some(why) = crate::weak_keys::well_known(spec, value) else {
+            return Ok(String::new());
+        };
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        let test = self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_id(t, id)?;
+            Ok(p.policy.effective(&d.policy).test_keys)
+        })?;
+        if test {
+            return Ok(format!(
+                "; a well-known key value ({why}) accepted in test mode (policy test-keys)"
+            ));
+        }
+        let e = HsmError::KeyUse(format!(
+            "the key's value is well known ({why}); such keys are refused outside a partition's test mode (Partition SO: `ferrohsm partition policy set test-keys on`)"
+        ));
+        Err(self.refuse(event, s.role.short(), s.partition(), e))
     }
 
     /// Keeps a new secret or private key as a session object of `tpl.session_owner`, after
