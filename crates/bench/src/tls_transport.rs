@@ -6,7 +6,6 @@
 //! latencies and the cost of setting up a connection (TCP + handshake + first login).
 //! Figures, not tests: nothing is asserted.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use ferrohsm_core::api::{HsmApi, LoginCredential};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{x509, Role};
 
-use crate::transport::{echo_frame, echo_once, latencies, pct, start_server_with};
+use crate::transport::{echo_frame, echo_frames, echo_once, latencies, pct, start_server_with};
 use crate::{keys_in, load, make_home, measure, rate, rows, session, stats, token, Args, USER_PIN};
 
 const THREADS: [usize; 3] = [1, 2, 8];
@@ -73,23 +72,7 @@ fn tls_echo_server(dir: &Path) -> (String, String) {
                 let Ok(conn) = rustls::ServerConnection::new(cfg) else {
                     return;
                 };
-                let mut s = rustls::StreamOwned::new(conn, tcp);
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let mut len = [0u8; 4];
-                    if s.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let n = u32::from_be_bytes(len) as usize;
-                    if n > buf.len() || s.read_exact(&mut buf[..n]).is_err() {
-                        return;
-                    }
-                    let mut out = len.to_vec();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).is_err() {
-                        return;
-                    }
-                }
+                echo_frames(rustls::StreamOwned::new(conn, tcp));
             });
         }
     });

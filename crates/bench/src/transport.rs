@@ -154,27 +154,29 @@ pub(crate) fn echo_server(path: &Path) {
     let l = UnixListener::bind(path).expect("echo socket");
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let mut len = [0u8; 4];
-                    if s.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let n = u32::from_be_bytes(len) as usize;
-                    if n > buf.len() || s.read_exact(&mut buf[..n]).is_err() {
-                        return;
-                    }
-                    let mut out = len.to_vec();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).is_err() {
-                        return;
-                    }
-                }
-            });
+            std::thread::spawn(move || echo_frames(s));
         }
     });
+}
+
+/// Echoes length-prefixed frames on `s` until it closes or sends nonsense.
+pub(crate) fn echo_frames(mut s: impl Read + Write) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > buf.len() || s.read_exact(&mut buf[..n]).is_err() {
+            return;
+        }
+        let mut out = len.to_vec();
+        out.extend_from_slice(&buf[..n]);
+        if s.write_all(&out).is_err() {
+            return;
+        }
+    }
 }
 
 /// A frame the size of a signing request, for the echo floor.

@@ -245,6 +245,31 @@ fn only_registered_hosts_get_in_and_only_to_their_partitions() {
     assert!(server.stop().success());
 }
 
+/// The audit log as an Auditor (imprinted here, by password) shows it, through the server.
+fn audit_log(lab: &Lab, server: &Server) -> String {
+    let aud = |args: &[&str]| {
+        let out = lab
+            .cli()
+            .env("AUD_PW", "auditor-pass-1")
+            .arg("--server")
+            .arg(&server.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    aud(&[
+        "audit",
+        "init",
+        "--auth",
+        "password",
+        "--new-password",
+        "env:AUD_PW",
+    ]);
+    aud(&["audit", "show", "--password", "env:AUD_PW"])
+}
+
 /// Starts a server with a TLS listener on a free port; its address and pinned fingerprint.
 /// `extra` are more lines of its configuration.
 fn tls_server(lab: &Lab, extra: &str) -> (Server, String, String) {
@@ -370,32 +395,7 @@ fn a_host_enrolls_its_own_certificate_with_a_one_time_code() {
     assert!(!out.status.success());
 
     // Every step is in the audit log, and no code is in the audit log or the server's log.
-    let out = lab
-        .cli()
-        .env("AUD_PW", "auditor-pass-1")
-        .arg("--server")
-        .arg(&server.socket)
-        .args([
-            "audit",
-            "init",
-            "--auth",
-            "password",
-            "--new-password",
-            "env:AUD_PW",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = lab
-        .cli()
-        .env("AUD_PW", "auditor-pass-1")
-        .arg("--server")
-        .arg(&server.socket)
-        .args(["audit", "show", "--password", "env:AUD_PW"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let audit = String::from_utf8_lossy(&out.stdout);
+    let audit = audit_log(&lab, &server);
     for (event, what) in [
         ("client-invite", "success"),
         ("client-enroll", "success"),
@@ -615,31 +615,7 @@ fn bad_network_input_is_closed_and_another_host_keeps_signing() {
     );
 
     // Every refusal is recorded: one by one, and the flood as summaries.
-    let out = lab
-        .cli()
-        .env("AUD_PW", "auditor-pass-1")
-        .arg("--server")
-        .arg(&server.socket)
-        .args([
-            "audit",
-            "init",
-            "--auth",
-            "password",
-            "--new-password",
-            "env:AUD_PW",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = lab
-        .cli()
-        .env("AUD_PW", "auditor-pass-1")
-        .arg("--server")
-        .arg(&server.socket)
-        .args(["audit", "show", "--password", "env:AUD_PW"])
-        .output()
-        .unwrap();
-    let audit = String::from_utf8_lossy(&out.stdout);
+    let audit = audit_log(&lab, &server);
     for why in [
         "TLS handshake: ",
         "not finished within 2 s",
