@@ -76,6 +76,21 @@ fn so(lab: &Lab, server: &Server, args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
 }
 
+/// Registers host `h` as `name` and assigns it partition "app" (HSM SO).
+fn admit(lab: &Lab, server: &Server, name: &str, h: &Host) {
+    let cert = h.cert.display().to_string();
+    so(
+        lab,
+        server,
+        &["client", "register", "--name", name, "--cert", &cert],
+    );
+    so(
+        lab,
+        server,
+        &["client", "assign", "--client", name, "--partition", "app"],
+    );
+}
+
 fn tls_client(h: &Host, fp: &str) -> TlsClient {
     TlsClient {
         cert: h.cert.clone(),
@@ -122,23 +137,7 @@ fn only_registered_hosts_get_in_and_only_to_their_partitions() {
 
     let a = host(&lab, "app1");
     let stranger = host(&lab, "stranger");
-    so(
-        &lab,
-        &server,
-        &[
-            "client",
-            "register",
-            "--name",
-            "app1",
-            "--cert",
-            &a.cert.display().to_string(),
-        ],
-    );
-    so(
-        &lab,
-        &server,
-        &["client", "assign", "--client", "app1", "--partition", "app"],
-    );
+    admit(&lab, &server, "app1", &a);
 
     // The registered host works in its partition, over the network.
     let co = ["--partition", "app", "--password", "env:CO_PW"];
@@ -507,25 +506,8 @@ fn bad_network_input_is_closed_and_another_host_keeps_signing() {
     );
     let steady = host(&lab, "steady");
     let abuser = host(&lab, "abuser");
-    for h in [("steady", &steady), ("abuser", &abuser)] {
-        so(
-            &lab,
-            &server,
-            &[
-                "client",
-                "register",
-                "--name",
-                h.0,
-                "--cert",
-                &h.1.cert.display().to_string(),
-            ],
-        );
-        so(
-            &lab,
-            &server,
-            &["client", "assign", "--client", h.0, "--partition", "app"],
-        );
-    }
+    admit(&lab, &server, "steady", &steady);
+    admit(&lab, &server, "abuser", &abuser);
     let signer = Signer::start(&addr, tls_client(&steady, &fp));
     let t = Instant::now();
     while signer.made() < 20 {
@@ -643,23 +625,7 @@ fn certificates_rotate_without_restarting_the_server() {
     let (server, addr, old_fp) = tls_server(&lab, "");
     let pid = server.pid();
     let app = host(&lab, "app1");
-    so(
-        &lab,
-        &server,
-        &[
-            "client",
-            "register",
-            "--name",
-            "app1",
-            "--cert",
-            &app.cert.display().to_string(),
-        ],
-    );
-    so(
-        &lab,
-        &server,
-        &["client", "assign", "--client", "app1", "--partition", "app"],
-    );
+    admit(&lab, &server, "app1", &app);
     let mut open = Remote::connect_tls(&addr, &tls_client(&app, &old_fp)).unwrap();
     assert!(open.summary().is_ok());
 
@@ -784,23 +750,7 @@ fn a_host_may_trust_the_server_by_its_ca() {
         ),
     );
     let app = host(&lab, "app1");
-    so(
-        &lab,
-        &server,
-        &[
-            "client",
-            "register",
-            "--name",
-            "app1",
-            "--cert",
-            &app.cert.display().to_string(),
-        ],
-    );
-    so(
-        &lab,
-        &server,
-        &["client", "assign", "--client", "app1", "--partition", "app"],
-    );
+    admit(&lab, &server, "app1", &app);
     let with_ca = |ca: &str, server_addr: &str| {
         lab.cli()
             .env_remove("FERROHSM_HOME")
