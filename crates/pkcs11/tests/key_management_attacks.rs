@@ -255,7 +255,10 @@ fn rsa_unwrap_only_key_turns_an_offline_value_into_a_wrapping_key() {
     );
     // "Offline": the public key encrypts a value the attacker knows (the HSM's C_Encrypt
     // with the public key is the same arithmetic as doing it outside).
-    let known = [0x22u8; 32];
+    // The attacker's value: random, so that it is not one of the well-known values the HSM
+    // refuses anyway; known to the attacker all the same.
+    let mut known = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut known).unwrap();
     let blob = s
         .encrypt(&Mechanism::RsaPkcsOaep(oaep), rpub, &known)
         .unwrap();
