@@ -5,9 +5,10 @@
 //! characters of the code alphabet.
 #![no_main]
 
-use std::sync::{Mutex, OnceLock};
+#[path = "common/lab.rs"]
+mod lab;
+use lab::lab;
 
-use ferrohsm_core::api::Embedded;
 use ferrohsm_proto::v1::response::Result as Reply;
 use ferrohsm_proto::{read_frame, Request};
 use ferrohsm_server::service::{handle_in, Scope};
@@ -15,23 +16,6 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
 const HOST_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-
-struct Lab {
-    _dir: tempfile::TempDir,
-    api: Mutex<Embedded>,
-}
-
-fn lab() -> &'static Lab {
-    static LAB: OnceLock<Lab> = OnceLock::new();
-    LAB.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let hsm = ferrohsm_core::Hsm::open_or_create(dir.path()).expect("hsm");
-        Lab {
-            api: Mutex::new(Embedded::with(hsm, Default::default())),
-            _dir: dir,
-        }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

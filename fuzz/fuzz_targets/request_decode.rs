@@ -3,29 +3,13 @@
 //! gets an answer with its id.
 #![no_main]
 
-use std::sync::{Mutex, OnceLock};
+#[path = "common/lab.rs"]
+mod lab;
+use lab::lab;
 
-use ferrohsm_core::api::Embedded;
 use ferrohsm_proto::{read_frame, FrameError, Request};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-
-struct Lab {
-    _dir: tempfile::TempDir,
-    api: Mutex<Embedded>,
-}
-
-fn lab() -> &'static Lab {
-    static LAB: OnceLock<Lab> = OnceLock::new();
-    LAB.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let hsm = ferrohsm_core::Hsm::open_or_create(dir.path()).expect("hsm");
-        Lab {
-            api: Mutex::new(Embedded::with(hsm, Default::default())),
-            _dir: dir,
-        }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut input = data;

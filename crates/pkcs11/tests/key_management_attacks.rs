@@ -91,6 +91,35 @@ fn kek(s: &Session) -> ObjectHandle {
     .unwrap()
 }
 
+/// A token RSA key pair whose public half may wrap; `private` are the private half's usages.
+fn rsa_wrapping_pair(
+    s: &Session,
+    bits: u64,
+    private: &[Attribute],
+) -> (ObjectHandle, ObjectHandle) {
+    let mut priv_tpl = vec![Attribute::Token(true)];
+    priv_tpl.extend_from_slice(private);
+    s.generate_key_pair(
+        &Mechanism::RsaPkcsKeyPairGen,
+        &[
+            Attribute::Token(true),
+            Attribute::ModulusBits(bits.into()),
+            Attribute::Wrap(true),
+        ],
+        &priv_tpl,
+    )
+    .unwrap()
+}
+
+/// RSA-OAEP with SHA-256 throughout.
+fn oaep() -> PkcsOaepParams<'static> {
+    PkcsOaepParams::new(
+        MechanismType::SHA256,
+        PkcsMgfType::MGF1_SHA256,
+        PkcsOaepSource::empty(),
+    )
+}
+
 fn aes_template(extra: &[Attribute]) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -233,26 +262,12 @@ fn rsa_unwrap_only_key_turns_an_offline_value_into_a_wrapping_key() {
     let f = fixture();
     let (_slot, s) = token(&f);
     let t = target(&s);
-    let (rpub, rpriv) = s
-        .generate_key_pair(
-            &Mechanism::RsaPkcsKeyPairGen,
-            &[
-                Attribute::Token(true),
-                Attribute::ModulusBits(2048.into()),
-                Attribute::Wrap(true),
-            ],
-            &[
-                Attribute::Token(true),
-                Attribute::Unwrap(true),
-                Attribute::Decrypt(false),
-            ],
-        )
-        .unwrap();
-    let oaep = PkcsOaepParams::new(
-        MechanismType::SHA256,
-        PkcsMgfType::MGF1_SHA256,
-        PkcsOaepSource::empty(),
+    let (rpub, rpriv) = rsa_wrapping_pair(
+        &s,
+        2048,
+        &[Attribute::Unwrap(true), Attribute::Decrypt(false)],
     );
+    let oaep = oaep();
     // "Offline": the public key encrypts a value the attacker knows (the HSM's C_Encrypt
     // with the public key is the same arithmetic as doing it outside).
     // The attacker's value: random, so that it is not one of the well-known values the HSM
@@ -377,22 +392,8 @@ fn wrap_under_a_public_key_whose_private_half_decrypts() {
             ],
         )
         .unwrap();
-    let (rpub, _rpriv) = s
-        .generate_key_pair(
-            &Mechanism::RsaPkcsKeyPairGen,
-            &[
-                Attribute::Token(true),
-                Attribute::ModulusBits(3072.into()),
-                Attribute::Wrap(true),
-            ],
-            &[Attribute::Token(true), Attribute::Decrypt(true)],
-        )
-        .unwrap();
-    let oaep = PkcsOaepParams::new(
-        MechanismType::SHA256,
-        PkcsMgfType::MGF1_SHA256,
-        PkcsOaepSource::empty(),
-    );
+    let (rpub, _rpriv) = rsa_wrapping_pair(&s, 3072, &[Attribute::Decrypt(true)]);
+    let oaep = oaep();
     let e = s
         .wrap_key(&Mechanism::RsaPkcsOaep(oaep), rpub, t)
         .unwrap_err();

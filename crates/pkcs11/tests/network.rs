@@ -33,17 +33,49 @@ fn rv<T: std::fmt::Debug>(r: Result<T, Error>) -> RvError {
     }
 }
 
-#[test]
-fn a_link_lost_for_less_than_the_lease_keeps_session_login_and_handles() {
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// A served HSM with a lease of [`LEASE_S`], a proxy in front of its TLS listener, and the
+/// module loaded as host1 through the proxy: a session logged in, and a P-256 key.
+struct Proxied {
+    _hsm: TlsHsm,
+    proxy: Proxy,
+    p11: cryptoki::context::Pkcs11,
+    slot: cryptoki::slot::Slot,
+    s: cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+}
+
+/// [`Proxied`], with `module_extra` lines in the module's configuration and the key
+/// labelled `label`.
+fn proxied(module_extra: &str, label: &str) -> Proxied {
     let hsm = TlsHsm::new(&format!("lease_s = {LEASE_S}\n"));
     let proxy = Proxy::start(&hsm.addr);
-    hsm.module_conf(&proxy.addr, "");
+    hsm.module_conf(&proxy.addr, module_extra);
     let p11 = harness::load_module();
     let slot = p11.get_slots_with_token().unwrap()[0];
     let s = p11.open_rw_session(slot).unwrap();
     s.login(UserType::User, Some(&pin())).unwrap();
-    let key = ec_key(&s, "lease");
+    let key = ec_key(&s, label);
+    Proxied {
+        _hsm: hsm,
+        proxy,
+        p11,
+        slot,
+        s,
+        key,
+    }
+}
+
+#[test]
+fn a_link_lost_for_less_than_the_lease_keeps_session_login_and_handles() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Proxied {
+        _hsm,
+        proxy,
+        p11,
+        slot: _,
+        s,
+        key,
+    } = proxied("", "lease");
     s.sign(&Mechanism::Ecdsa, key, &[1u8; 32]).unwrap();
 
     // The link goes: the call in hand fails promptly (the connection is reset), not at
@@ -70,14 +102,14 @@ fn a_link_lost_for_less_than_the_lease_keeps_session_login_and_handles() {
 #[test]
 fn past_the_lease_the_application_is_told_once_and_logs_in_again() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let hsm = TlsHsm::new(&format!("lease_s = {LEASE_S}\n"));
-    let proxy = Proxy::start(&hsm.addr);
-    hsm.module_conf(&proxy.addr, "");
-    let p11 = harness::load_module();
-    let slot = p11.get_slots_with_token().unwrap()[0];
-    let s = p11.open_rw_session(slot).unwrap();
-    s.login(UserType::User, Some(&pin())).unwrap();
-    let key = ec_key(&s, "gone");
+    let Proxied {
+        _hsm,
+        proxy,
+        p11,
+        slot,
+        s,
+        key,
+    } = proxied("", "gone");
     proxy.cut();
     // Longer than the lease (and the server's once-a-quarter-second sweep).
     std::thread::sleep(Duration::from_secs(LEASE_S + 1));
@@ -106,14 +138,14 @@ fn past_the_lease_the_application_is_told_once_and_logs_in_again() {
 #[test]
 fn a_frozen_link_fails_the_call_at_its_deadline_and_the_next_call_reconnects() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let hsm = TlsHsm::new(&format!("lease_s = {LEASE_S}\n"));
-    let proxy = Proxy::start(&hsm.addr);
-    hsm.module_conf(&proxy.addr, "deadline_ms = 1500\n");
-    let p11 = harness::load_module();
-    let slot = p11.get_slots_with_token().unwrap()[0];
-    let s = p11.open_rw_session(slot).unwrap();
-    s.login(UserType::User, Some(&pin())).unwrap();
-    let key = ec_key(&s, "frozen");
+    let Proxied {
+        _hsm,
+        proxy,
+        p11,
+        slot: _,
+        s,
+        key,
+    } = proxied("deadline_ms = 1500\n", "frozen");
     // Bytes go in and nothing comes back: the call fails at its deadline, not later.
     proxy.freeze();
     let t = Instant::now();

@@ -93,7 +93,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
             .name("tls-accept".into())
             .spawn(move || tls::accept_loop(l, sh, tls))
             .map_err(io("starting the TLS listener"))?;
-        tls::watch_revocations(shared.clone());
+        tls::housekeeping(shared.clone());
         info!(address = %addr, fingerprint = %tls::fingerprint(&shared.config)?, "listening for TLS clients");
     }
     let signals = watch_signals(&shared, &socket)?;

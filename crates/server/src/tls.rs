@@ -512,11 +512,12 @@ fn handshake_and_serve(
     );
 }
 
-/// Closes, within a second, the connections of clients that are no longer registered (or
-/// were revoked).
-pub fn watch_revocations(shared: Arc<Shared>) {
+/// Every quarter second: closes the connections of clients that are no longer registered
+/// (or were revoked), writes the summary of refusals counted in a flood, and ends the logins
+/// whose lease ran out.
+pub fn housekeeping(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new()
-        .name("revocations".into())
+        .name("housekeeping".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_millis(250));
             if shared.stopping.load(Ordering::SeqCst) {
