@@ -137,7 +137,11 @@ fi
 U=("${P[@]}" --slot 1 --login --pin 123456)
 check "RSA-2048 key pair generated on the token" "${U[@]}" --keypairgen --key-type rsa:2048 --id 01 --label rsa
 check "EC P-256 key pair generated on the token" "${U[@]}" --keypairgen --key-type EC:prime256v1 --id 02 --label ec
-check "AES-256 key generated on the token" "${U[@]}" --keygen --key-type AES:32 --id 03 --label aes
+# pkcs11-tool asks for CKA_SENSITIVE false unless told --sensitive; a partition refuses such
+# keys unless its Partition SO allows them (policy non-sensitive-keys).
+refused "a non-sensitive AES key (pkcs11-tool's default) is refused by the partition's policy" \
+  "0x1b\|ACTION_PROHIBITED" "${U[@]}" --keygen --key-type AES:32 --id 06 --label loose
+check "AES-256 key generated on the token" "${U[@]}" --keygen --key-type AES:32 --sensitive --id 03 --label aes
 check "objects are visible to a new process" bash -c "${U[*]} -O | grep -c 'label:' | grep -qx 5"
 
 check "RSA public key exported" "${U[@]}" --read-object --type pubkey --id 01 -o rsa.der
@@ -184,6 +188,13 @@ check "the token decrypts what OpenSSL encrypted" \
   "${U[@]}" --decrypt -m RSA-PKCS-OAEP --hash-algorithm SHA256 --mgf MGF1-SHA256 --id 01 -i oaep.ct -o oaep.pt
 check "the plaintext round-trips" cmp secret oaep.pt
 
+check "OpenSSL encrypts to the token's RSA key with PKCS#1 v1.5 padding" \
+  openssl pkeyutl -encrypt -pubin -inkey rsa.pem -in secret -out pkcs1.ct
+check "pkcs11-tool --decrypt -m RSA-PKCS recovers it on the token" \
+  bash -c "${U[*]} --decrypt -m RSA-PKCS --id 01 -i pkcs1.ct -o pkcs1.pt && cmp secret pkcs1.pt"
+{ printf '\000'; head -c 255 /dev/urandom; } > not-pkcs1.ct
+check "a ciphertext that is not well padded decrypts to a fixed other message, never an error (implicit rejection)" \
+  bash -c "${U[*]} --decrypt -m RSA-PKCS --id 01 -i not-pkcs1.ct -o junk1 && ${U[*]} --decrypt -m RSA-PKCS --id 01 -i not-pkcs1.ct -o junk2 && cmp -s junk1 junk2 && ! cmp -s junk1 secret"
 check "the RSA private key is sensitive and never extractable" \
   bash -c "${U[*]} -O --type privkey --id 01 | grep -q 'Access:.*sensitive, always sensitive, never extractable'"
 refused "the AES key cannot be read out" "CKR_ATTRIBUTE_SENSITIVE\|sensitive\|extract" "${U[@]}" --read-object --type secrkey --id 03 -o aes.bin
@@ -231,6 +242,9 @@ check "openssl dgst (pkcs11 engine) signs with the token's RSA key" \
   "${E[@]}" dgst -engine pkcs11 -keyform engine -sign "$KEY" -sha256 -out eng.sig msg.txt
 check "OpenSSL verifies the engine's signature" openssl dgst -sha256 -verify rsa.pem -signature eng.sig msg.txt
 
+check "openssl pkeyutl -decrypt (pkcs11 engine) decrypts the PKCS#1 v1.5 ciphertext with the token's key" \
+  bash -c "${E[*]} pkeyutl -engine pkcs11 -keyform engine -inkey '$KEY' -decrypt -in pkcs1.ct -out eng.pt && cmp secret eng.pt"
+
 # ---- certificates stored on the token
 openssl x509 -in ca.pem -outform DER -out ca.der
 check "pkcs11-tool stores the CA certificate on the token" \
@@ -254,6 +268,18 @@ check "the jar's signature block is an ECDSA one" bash -c "jar tf app.jar | grep
 check "Java KeyStore and Signature APIs sign on the token; the JDK verifies in software" \
   bash -c "java '$ROOT/tests/e2e/P11Sign.java' p11.cfg 123456 java-signer | grep -qx OK"
 
+# Keys made outside the HSM enter only where the Partition SO allows it (import-keys).
+check "the Partition SO allows keys in clear in the token's partition" \
+  env PSO=87654321 "$BIN" partition policy set --partition e2e-token import-keys on --password env:PSO
+check "partition policy show names each policy with what it guards against" \
+  bash -c "'$BIN' partition policy show --partition e2e-token | grep -q '^import-keys = on .*# '"
+check "Java keytool -genkeypair -keyalg RSA (made in software, stored with C_CreateObject)" \
+  keytool -genkeypair "${J[@]}" -alias java-rsa -keyalg RSA -keysize 2048 -sigalg SHA256withRSA -dname CN=java-rsa -validity 30
+check "Java jarsigner signs with that RSA key" \
+  bash -c "cp app.jar app-rsa.jar && jarsigner ${J[*]} -sigalg SHA256withRSA app-rsa.jar java-rsa && jarsigner -verify app-rsa.jar | grep -q 'jar verified'"
+check "Java: RSA/ECB/PKCS1Padding decrypts on the token, HmacSHA256 with a Java key and KeyStore.setEntry of an AES key" \
+  bash -c "java '$ROOT/tests/e2e/P11Keys.java' p11.cfg 123456 e2e-ca | grep -qx OK"
+
 # ---- python-pkcs11, several threads
 check "python-pkcs11: 4 threads sign and verify on the token at once" \
   python3 "$ROOT/tests/e2e/pkcs11_threads.py" "$MOD" e2e-token 123456 02 4 25
@@ -268,6 +294,17 @@ with t.open(user_pin='123456') as s:
         sys.exit(0)
 sys.exit(1)"
 
+check "the Partition SO allows non-sensitive secret keys" \
+  env PSO=87654321 "$BIN" partition policy set --partition e2e-token non-sensitive-keys on --password env:PSO
+check "python-pkcs11 makes a non-sensitive, extractable AES key" python3 -c "
+import pkcs11
+t = pkcs11.lib('$MOD').get_token(token_label='e2e-token')
+with t.open(user_pin='123456', rw=True) as s:
+    k = s.generate_key(pkcs11.KeyType.AES, 256, id=bytes([5]), label='open', store=True,
+        template={pkcs11.Attribute.SENSITIVE: False, pkcs11.Attribute.EXTRACTABLE: True})
+    open('open.py.bin', 'wb').write(k[pkcs11.Attribute.VALUE])"
+check "pkcs11-tool reads the same value back" \
+  bash -c "${U[*]} --read-object --type secrkey --id 05 -o open.bin && [ \$(stat -c %s open.bin) = 32 ] && cmp open.bin open.py.bin"
 refused "a wrong user PIN is refused" "CKR_PIN_INCORRECT" "${P[@]}" --slot 1 --login --pin 000000 -O
 check "the right PIN still works after a wrong one" "${U[@]}" -O
 if [ "$MODE" != embedded ]; then

@@ -264,9 +264,7 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             if json {
                 output::json(&info.policy)
             } else {
-                for (k, v) in &info.policy {
-                    println!("{k} = {v}");
-                }
+                print_policy(&info.policy);
             }
             Ok(exit::OK)
         }
@@ -398,9 +396,7 @@ fn partition_cmd(
             if json {
                 output::json(&p.policy)
             } else {
-                for (k, v) in &p.policy {
-                    println!("{k} = {v}");
-                }
+                print_policy(&p.policy);
             }
             Ok(exit::OK)
         }
@@ -414,6 +410,19 @@ fn partition_cmd(
             api.set_partition_policy(s, &name, &value)?;
             done(format!("partition {partition} policy {name} = {value}"))
         }
+    }
+}
+
+/// Prints policies one per line, each with what it guards against.
+fn print_policy(policy: &std::collections::BTreeMap<String, String>) {
+    let width = policy.keys().map(|k| k.len() + 3).max().unwrap_or(0);
+    for (k, v) in policy {
+        let setting = format!("{k} = {v}");
+        println!(
+            "{setting:<w$}  # {}",
+            ferrohsm_core::policy::meaning(k),
+            w = width + 4
+        );
     }
 }
 
@@ -655,6 +664,20 @@ fn key_cmd(c: KeyCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
                 "public key of {label:?} written to {}",
                 output.display()
             ))
+        }
+        KeyCmd::Trust {
+            partition,
+            label,
+            remove,
+            login: l,
+        } => {
+            let s = crate::front::login(hsm, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
+            hsm.set_key_trusted(s, &label, !remove)?;
+            done(if remove {
+                format!("key {label:?} in {partition} is no longer trusted")
+            } else {
+                format!("key {label:?} in {partition} is trusted: it may wrap (CKA_TRUSTED)")
+            })
         }
         KeyCmd::Delete { user, label } => {
             let s = key_login(hsm, ped_dir, &user)?;

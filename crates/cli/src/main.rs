@@ -793,6 +793,24 @@ pub enum KeyCmd {
         #[arg(long)]
         label: String,
     },
+    /// Mark a secret or public key trusted (CKA_TRUSTED), so that it may wrap although it was
+    /// not generated in the HSM (Partition SO login). Every other wrapping rule still holds.
+    #[command(
+        after_help = "Examples:\n  ferrohsm key trust --partition payments --label zone-kek\n  ferrohsm key trust --partition payments --label zone-kek --remove"
+    )]
+    Trust {
+        /// Partition label.
+        #[arg(long)]
+        partition: String,
+        /// The key's label.
+        #[arg(long)]
+        label: String,
+        /// Take the mark away instead.
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Sign a file.
     #[command(
         after_help = "Example:\n  ferrohsm key sign --partition payments --label signer --in msg.txt --out msg.sig --challenge env:CO_CHALLENGE"

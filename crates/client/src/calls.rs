@@ -7,7 +7,9 @@ use ferrohsm_core::api::{
     LoginCredential, LoginId, NewCredential, PartitionSummary, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
-use ferrohsm_core::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
+use ferrohsm_core::object::{
+    KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
+};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{HsmError, Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
@@ -27,6 +29,7 @@ pub(crate) fn wipe(req: Request) {
         Some(Call::Login(l)) => wipe_login(l),
         Some(Call::Activate(mut a)) => a.challenge.zeroize(),
         Some(Call::Enroll(mut e)) => e.code.zeroize(),
+        Some(Call::ImportKey(mut i)) => i.material.zeroize(),
         Some(Call::ChangePin(mut c)) => {
             wipe_credential(c.keys.take());
             if let Some(p) = &mut c.new_pin {
@@ -569,6 +572,38 @@ impl HsmApi for Remote {
             spki: spki.to_vec(),
             key: Some(convert::key_options_to_wire(opts)),
             template: Some(convert::key_template_to_wire(tpl)),
+        }))?)
+    }
+
+    fn key_value(&mut self, login: LoginId, handle: u64) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        bytes(self.call(Call::KeyValue(v1::DestroyObject { login, handle }))?)
+            .map(zeroize::Zeroizing::new)
+    }
+
+    fn import_key(
+        &mut self,
+        login: LoginId,
+        class: ObjectClass,
+        spec: Option<KeySpec>,
+        material: &[u8],
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        one_handle(self.call(Call::ImportKey(v1::ImportKey {
+            login,
+            class: class.name().into(),
+            key_type: spec.map(|s| s.to_string()),
+            material: material.to_vec(),
+            key: Some(convert::key_options_to_wire(opts)),
+            template: Some(convert::key_template_to_wire(tpl)),
+        }))?)
+    }
+
+    fn set_key_trusted(&mut self, login: LoginId, label: &str, trusted: bool) -> Result<u64> {
+        number(self.call(Call::SetKeyTrusted(v1::TrustKey {
+            login,
+            label: label.into(),
+            trusted,
         }))?)
     }
 

@@ -469,6 +469,21 @@ pub trait RawRsa: Send + Sync {
     fn sign_pss(&self, pkcs8: &[u8], hash: Hash, digest: &[u8]) -> Option<Vec<u8>>;
     /// Whether `sig` is such a PSS signature of `digest`.
     fn verify_pss(&self, spki: &[u8], hash: Hash, digest: &[u8], sig: &[u8]) -> Option<bool>;
+    /// The raw private operation (no padding removed) on a ciphertext of exactly the
+    /// modulus length that is below the modulus; `None` otherwise. Constant time and blinded:
+    /// [`crate::rsa_pkcs1_decrypt`] unpads it without branching on it.
+    fn decrypt_raw(&self, pkcs8: &[u8], ciphertext: &[u8]) -> Option<SecretBytes>;
+    /// PKCS#1 v1.5 type-2 encryption of `data` (at most the modulus length less 11 bytes).
+    fn encrypt_pkcs1(&self, spki: &[u8], data: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// The raw RSA provider, for the operations only it offers.
+fn raw_rsa(what: &str) -> Result<&'static dyn RawRsa> {
+    RAW_RSA.get().copied().ok_or_else(|| {
+        HsmError::InvalidInput(format!(
+            "{what} is not offered here (no raw RSA provider is installed)"
+        ))
+    })
 }
 
 static RAW_RSA: std::sync::OnceLock<&'static dyn RawRsa> = std::sync::OnceLock::new();
@@ -1100,6 +1115,17 @@ pub fn encrypt_public(
             out.truncate(n);
             Ok(out)
         }
+        Mechanism::RsaPkcs1Raw if is_rsa(spec) => {
+            let max = key_bits(spec) as usize / 8 - 11;
+            if data.len() > max {
+                return Err(HsmError::InvalidInput(format!(
+                    "RSA PKCS#1 v1.5 encryption with this key takes at most {max} bytes"
+                )));
+            }
+            raw_rsa("CKM_RSA_PKCS encryption")?
+                .encrypt_pkcs1(public, data)
+                .ok_or_else(|| failed("RSA PKCS#1 v1.5 encryption"))
+        }
         _ => Err(mismatch(spec, mech)),
     }
 }
@@ -1249,6 +1275,22 @@ pub fn decrypt(key: &Key, mech: Mechanism, p: &Params, data: &[u8]) -> Result<Se
             out.truncate(n);
             Ok(SecretBytes::new(out))
         }
+        (Parsed::Rsa(_), Mechanism::RsaPkcs1Raw) => {
+            // A wrong length, or a value not below the modulus, is public knowledge; a bad
+            // padding inside is not, and never shows (implicit rejection).
+            let em = raw_rsa("CKM_RSA_PKCS decryption")?
+                .decrypt_raw(private.expose(), data)
+                .ok_or_else(|| {
+                    HsmError::Crypto(
+                        "RSA decryption failed: the ciphertext is not the modulus length, or not below the modulus".into(),
+                    )
+                })?;
+            Ok(crate::rsa_pkcs1_decrypt::unpad(
+                private.expose(),
+                data,
+                em.expose(),
+            ))
+        }
         (
             _,
             Mechanism::AesEcb
@@ -1303,7 +1345,9 @@ pub fn wrap(
             out.truncate(n);
             Ok(out)
         }
-        Mechanism::RsaOaep(_) => encrypt_public(wrapper_spec, wrapper, mech, p, key),
+        Mechanism::RsaOaep(_) | Mechanism::RsaPkcs1Raw => {
+            encrypt_public(wrapper_spec, wrapper, mech, p, key)
+        }
         _ => Err(mismatch(wrapper_spec, mech)),
     }
 }
@@ -1352,13 +1396,23 @@ pub fn unwrap(
             out.truncate(n);
             Ok(SecretBytes::new(out))
         }
-        Mechanism::RsaOaep(_) => decrypt(
+        Mechanism::RsaOaep(_) | Mechanism::RsaPkcs1Raw => decrypt(
             &Key::parse(unwrapper_spec, unwrapper.clone())?,
             mech,
             p,
             wrapped,
         ),
         _ => Err(mismatch(unwrapper_spec, mech)),
+    }
+}
+
+/// The AES key type of a value `len` bytes long, if there is one.
+pub fn aes_spec_for_len(len: usize) -> Option<KeySpec> {
+    match len {
+        16 => Some(KeySpec::Aes128),
+        24 => Some(KeySpec::Aes192),
+        32 => Some(KeySpec::Aes256),
+        _ => None,
     }
 }
 
@@ -1414,7 +1468,7 @@ pub fn identify_private_key(pkcs8: &[u8]) -> Result<(KeySpec, Vec<u8>)> {
 }
 
 /// A DER element: tag, definite length, content.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let n = content.len();
     let mut out = vec![tag];
     match n {
@@ -1427,7 +1481,7 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
 }
 
 /// A DER INTEGER of a big-endian unsigned value.
-fn der_uint(v: &[u8]) -> Vec<u8> {
+pub(crate) fn der_uint(v: &[u8]) -> Vec<u8> {
     let v = match v.iter().position(|b| *b != 0) {
         Some(i) => &v[i..],
         None => &[0u8][..],

@@ -20,6 +20,10 @@ fn default_login_cache_seconds() -> u32 {
     DEFAULT_LOGIN_CACHE_SECONDS
 }
 
+fn on() -> bool {
+    true
+}
+
 /// A set of policies (used both for the HSM and for each partition).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -53,6 +57,45 @@ pub struct Policy {
     /// SO turns it off (stores written before it existed read off).
     #[serde(default)]
     pub test_keys: bool,
+    /// Whether secret keys may be made with `CKA_SENSITIVE` false (their value then reads in
+    /// clear, as PKCS#11 says). Off for partitions: a key whose value anyone logged in can
+    /// read is no HSM key. Stores written before it existed read off.
+    #[serde(default)]
+    pub non_sensitive_keys: bool,
+    /// Whether `CKM_RSA_PKCS` (PKCS#1 v1.5) decryption and unwrapping are offered. On by
+    /// default (legacy clients need it); a bad padding never shows (implicit rejection).
+    #[serde(default = "on")]
+    pub rsa_pkcs_decrypt: bool,
+    /// Whether secret and private keys may be brought in clear (`C_CreateObject`, as Java's
+    /// keytool does). Off for partitions: such keys are not local, never wrap, and each import
+    /// is audited. Stores written before it existed read off.
+    #[serde(default)]
+    pub import_keys: bool,
+}
+
+/// What each policy guards against, for `policy show` (name, meaning).
+pub const POLICY_MEANINGS: &[(&str, &str)] = &[
+    ("failed-login-limit", "failed Crypto Officer/User logins before lockout (1-10): bounds PIN and PED-key guessing"),
+    ("activation", "Crypto Officer/User may activate (the HSM keeps their PED secret) so applications log in by PIN alone"),
+    ("auto-activation", "an activation survives a restart of the HSM"),
+    ("clone-private-keys", "private keys may be cloned to HSMs of the same cloning domain"),
+    ("clone-secret-keys", "secret keys may be cloned to HSMs of the same cloning domain"),
+    ("m-of-n", "PED secrets may be split M of N (quorum)"),
+    ("remote-ped", "a remote PED may authenticate"),
+    ("login-cache-seconds", "seconds a process may reuse a Crypto Officer/User's last stretched password (0: every login runs Argon2id)"),
+    ("init-token", "HSM only: PKCS#11 C_InitToken may create partitions (otherwise anyone who reaches the module could)"),
+    ("test-keys", "well-known key values (GlobalPlatform default, all-zero, repeated, sequential, weak DES) are accepted, each audited: a test mode; off stops keys whose value every attacker knows"),
+    ("non-sensitive-keys", "secret keys may be made with CKA_SENSITIVE false, their value readable in clear; off stops a key being born readable"),
+    ("rsa-pkcs-decrypt", "CKM_RSA_PKCS (PKCS#1 v1.5) decryption and unwrapping are offered, with implicit rejection so a bad padding never shows (Bleichenbacher); off removes the mechanism"),
+    ("import-keys", "secret and private keys may be brought in clear (C_CreateObject, keytool); off stops keys of a value known outside entering, and such keys never wrap"),
+];
+
+/// What policy `name` means and the attack it stops (empty for an unknown name).
+pub fn meaning(name: &str) -> &'static str {
+    POLICY_MEANINGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, m)| m)
 }
 
 impl Policy {
@@ -69,6 +112,9 @@ impl Policy {
             login_cache_seconds: MAX_LOGIN_CACHE_SECONDS,
             init_token: false,
             test_keys: true,
+            non_sensitive_keys: true,
+            rsa_pkcs_decrypt: true,
+            import_keys: true,
         }
     }
 
@@ -79,6 +125,8 @@ impl Policy {
             auto_activation: false,
             login_cache_seconds: DEFAULT_LOGIN_CACHE_SECONDS,
             test_keys: false,
+            non_sensitive_keys: false,
+            import_keys: false,
             ..Self::hsm_default()
         }
     }
@@ -96,6 +144,9 @@ impl Policy {
             login_cache_seconds: self.login_cache_seconds.min(hsm.login_cache_seconds),
             init_token: hsm.init_token,
             test_keys: self.test_keys && hsm.test_keys,
+            non_sensitive_keys: self.non_sensitive_keys && hsm.non_sensitive_keys,
+            rsa_pkcs_decrypt: self.rsa_pkcs_decrypt && hsm.rsa_pkcs_decrypt,
+            import_keys: self.import_keys && hsm.import_keys,
         }
     }
 
@@ -119,6 +170,9 @@ impl Policy {
             ("login-cache-seconds", self.login_cache_seconds.to_string()),
             ("init-token", b(self.init_token)),
             ("test-keys", b(self.test_keys)),
+            ("non-sensitive-keys", b(self.non_sensitive_keys)),
+            ("rsa-pkcs-decrypt", b(self.rsa_pkcs_decrypt)),
+            ("import-keys", b(self.import_keys)),
         ]
     }
 
@@ -166,6 +220,9 @@ impl Policy {
             "remote-ped" => self.remote_ped = flag()?,
             "init-token" => self.init_token = flag()?,
             "test-keys" => self.test_keys = flag()?,
+            "non-sensitive-keys" => self.non_sensitive_keys = flag()?,
+            "rsa-pkcs-decrypt" => self.rsa_pkcs_decrypt = flag()?,
+            "import-keys" => self.import_keys = flag()?,
             _ => {
                 let names: Vec<_> = self.entries().into_iter().map(|(n, _)| n).collect();
                 return Err(HsmError::InvalidInput(format!(
@@ -236,5 +293,21 @@ mod tests {
         assert!(p.set("login-cache-seconds", "3601").is_err());
         assert!(p.set("login-cache-seconds", "-1").is_err());
         assert_eq!(p, Policy::partition_default());
+    }
+
+    #[test]
+    fn every_policy_is_explained_and_old_stores_read_safe_defaults() {
+        for (name, _) in Policy::hsm_default().entries() {
+            assert!(!meaning(name).is_empty(), "policy {name} has no meaning");
+        }
+        assert_eq!(POLICY_MEANINGS.len(), Policy::hsm_default().entries().len());
+        let mut v = serde_json::to_value(Policy::partition_default()).unwrap();
+        for f in ["non_sensitive_keys", "rsa_pkcs_decrypt", "import_keys"] {
+            v.as_object_mut().unwrap().remove(f);
+        }
+        let old: Policy = serde_json::from_value(v).unwrap();
+        assert!(!old.non_sensitive_keys && !old.import_keys && old.rsa_pkcs_decrypt);
+        let p = Policy::partition_default();
+        assert!(!p.non_sensitive_keys && !p.import_keys && p.rsa_pkcs_decrypt);
     }
 }

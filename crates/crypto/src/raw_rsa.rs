@@ -5,10 +5,12 @@
 
 use aws_lc_sys::{
     CBS_init, EVP_PKEY_free, EVP_PKEY_get0_RSA, EVP_parse_private_key, EVP_parse_public_key,
-    EVP_sha1, EVP_sha224, EVP_sha256, EVP_sha384, EVP_sha512, RSA_sign_pss_mgf1, RSA_sign_raw,
-    RSA_size, RSA_verify_pss_mgf1, RSA_verify_raw, CBS, EVP_MD, EVP_PKEY, RSA_PKCS1_PADDING,
+    EVP_sha1, EVP_sha224, EVP_sha256, EVP_sha384, EVP_sha512, RSA_decrypt, RSA_encrypt,
+    RSA_sign_pss_mgf1, RSA_sign_raw, RSA_size, RSA_verify_pss_mgf1, RSA_verify_raw, CBS, EVP_MD,
+    EVP_PKEY, RSA_NO_PADDING, RSA_PKCS1_PADDING,
 };
 use ferrohsm_core::mechanism::Hash;
+use ferrohsm_core::secret::SecretBytes;
 
 /// AWS-LC's digest for `h` (static, never freed).
 pub(crate) fn md(h: Hash) -> *const EVP_MD {
@@ -59,11 +61,12 @@ fn parse(der: &[u8], parse: unsafe extern "C" fn(*mut CBS) -> *mut EVP_PKEY) -> 
     (!p.is_null()).then_some(Pkey(p))
 }
 
-/// Runs `op` (RSA_sign_raw or RSA_verify_raw, PKCS#1 v1.5 padding) on `input` with the RSA
-/// key inside `key`; the output, if the operation succeeded.
+/// Runs `op` (RSA_sign_raw, RSA_verify_raw, RSA_encrypt or RSA_decrypt) with `padding` on
+/// `input` with the RSA key inside `key`; the output, if the operation succeeded.
 fn rsa_raw(
     key: &Pkey,
     input: &[u8],
+    padding: std::os::raw::c_int,
     op: unsafe extern "C" fn(
         *mut aws_lc_sys::RSA,
         *mut usize,
@@ -92,7 +95,7 @@ fn rsa_raw(
             k,
             input.as_ptr(),
             input.len(),
-            RSA_PKCS1_PADDING,
+            padding,
         )
     };
     if ok != 1 || n > k {
@@ -105,7 +108,7 @@ fn rsa_raw(
 impl ferrohsm_core::mechanism::RawRsa for AwsLcRawRsa {
     fn sign(&self, pkcs8: &[u8], data: &[u8]) -> Option<Vec<u8>> {
         let key = parse(pkcs8, EVP_parse_private_key)?;
-        rsa_raw(&key, data, RSA_sign_raw)
+        rsa_raw(&key, data, RSA_PKCS1_PADDING as _, RSA_sign_raw)
     }
 
     fn sign_pss(&self, pkcs8: &[u8], hash: Hash, digest: &[u8]) -> Option<Vec<u8>> {
@@ -165,8 +168,21 @@ impl ferrohsm_core::mechanism::RawRsa for AwsLcRawRsa {
         let key = parse(spki, EVP_parse_public_key)?;
         // A bad signature fails the padding check: that is an answer (false), not an error.
         Some(
-            rsa_raw(&key, sig, RSA_verify_raw)
+            rsa_raw(&key, sig, RSA_PKCS1_PADDING as _, RSA_verify_raw)
                 .is_some_and(|recovered| ferrohsm_core::crypto::ct_eq(&recovered, data)),
         )
+    }
+
+    fn decrypt_raw(&self, pkcs8: &[u8], ciphertext: &[u8]) -> Option<SecretBytes> {
+        let key = parse(pkcs8, EVP_parse_private_key)?;
+        // RSA_NO_PADDING: AWS-LC checks the length and that the value is below the modulus,
+        // and runs the blinded, constant-time private operation; the padding is the engine's.
+        let em = rsa_raw(&key, ciphertext, RSA_NO_PADDING as _, RSA_decrypt)?;
+        Some(SecretBytes::new(em))
+    }
+
+    fn encrypt_pkcs1(&self, spki: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+        let key = parse(spki, EVP_parse_public_key)?;
+        rsa_raw(&key, data, RSA_PKCS1_PADDING as _, RSA_encrypt)
     }
 }

@@ -13,6 +13,9 @@ pub enum Attr {
     Value(Vec<u8>),
     /// It exists but may not be revealed (`CKR_ATTRIBUTE_SENSITIVE`).
     Sensitive,
+    /// A secret key's value that reads in clear (the key is neither sensitive nor
+    /// unextractable): the engine hands it over, and records that it did.
+    Clear,
     /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
     Invalid,
 }
@@ -156,8 +159,12 @@ pub fn get(o: &ObjectInfo, t: CK_ATTRIBUTE_TYPE) -> Attr {
         CKA_PUBLIC_KEY_INFO if a.class != ObjectClass::SecretKey => {
             public.map_or(Attr::Invalid, |p| Attr::Value(p.to_vec()))
         }
-        // Secret values: never in clear. (This module does not yet export even extractable,
-        // non-sensitive keys in clear; they leave only wrapped, once wrapping lands.)
+        // A secret key made neither sensitive nor unextractable reads, as the standard says
+        // (partition policy non-sensitive-keys decides whether such keys exist); any other
+        // key's value never does.
+        CKA_VALUE if a.class == ObjectClass::SecretKey && !a.sensitive && a.extractable => {
+            Attr::Clear
+        }
         CKA_VALUE if secret_or_private => Attr::Sensitive,
         CKA_VALUE_LEN if a.class == ObjectClass::SecretKey => {
             Attr::Value(ulong(mechanism::key_bits(spec) as CK_ULONG / 8))
@@ -244,13 +251,20 @@ mod tests {
     }
 
     #[test]
-    fn secret_values_are_never_readable() {
+    fn secret_values_read_only_when_neither_sensitive_nor_unextractable() {
         for s in [true, false] {
-            assert_eq!(
-                get(&obj(ObjectClass::SecretKey, s), CKA_VALUE),
-                Attr::Sensitive
-            );
+            let mut o = obj(ObjectClass::SecretKey, s);
+            o.attrs.extractable = false;
+            assert_eq!(get(&o, CKA_VALUE), Attr::Sensitive);
         }
+        let mut sensitive_extractable = obj(ObjectClass::SecretKey, true);
+        sensitive_extractable.attrs.extractable = true;
+        assert_eq!(get(&sensitive_extractable, CKA_VALUE), Attr::Sensitive);
+        let mut open = obj(ObjectClass::SecretKey, false);
+        open.attrs.extractable = true;
+        assert_eq!(get(&open, CKA_VALUE), Attr::Clear);
+        open.attrs.class = ObjectClass::PrivateKey;
+        assert_eq!(get(&open, CKA_VALUE), Attr::Sensitive);
         assert_eq!(
             get(&obj(ObjectClass::SecretKey, true), CKA_MODULUS),
             Attr::Invalid

@@ -16,7 +16,13 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     ),
     (CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 255, CKF_GENERATE_KEY_PAIR),
     (CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE),
-    (CKM_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
+    // Decryption and unwrapping with implicit rejection (partition policy rsa-pkcs-decrypt).
+    (
+        CKM_RSA_PKCS,
+        2048,
+        4096,
+        CKF_SIGN | CKF_VERIFY | CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP,
+    ),
     (CKM_SHA1_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA224_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA256_RSA_PKCS, 2048, 4096, CKF_SIGN | CKF_VERIFY),
@@ -305,6 +311,15 @@ pub fn cipher_mechanism(
                 bits,
             ))
         }
+        CKM_RSA_PKCS => {
+            if crate::attrs::key_type(spec) != CKK_RSA {
+                return Err(CKR_KEY_TYPE_INCONSISTENT);
+            }
+            if !p.is_empty() {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            Ok((Mechanism::RsaPkcs1Raw, Params::default(), 128))
+        }
         CKM_RSA_PKCS_OAEP => {
             if crate::attrs::key_type(spec) != CKK_RSA {
                 return Err(CKR_KEY_TYPE_INCONSISTENT);
@@ -370,7 +385,7 @@ pub fn wrap_mechanism(code: CK_MECHANISM_TYPE, p: &[u8], spec: KeySpec) -> Rv<(M
             };
             Ok((m, Params::default()))
         }
-        CKM_RSA_PKCS_OAEP => {
+        CKM_RSA_PKCS | CKM_RSA_PKCS_OAEP => {
             let (m, params, _) = cipher_mechanism(code, p, spec).map_err(|e| {
                 if e == CKR_KEY_TYPE_INCONSISTENT {
                     CKR_WRAPPING_KEY_TYPE_INCONSISTENT

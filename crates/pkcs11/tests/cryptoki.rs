@@ -1157,12 +1157,22 @@ fn certificates_and_data_objects_create_find_read_relabel_and_destroy() {
             RvError::TemplateIncomplete,
         ),
         (
+            // A key in clear, where the partition's policy import-keys is off (the default).
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Value(vec![0x3c; 16]),
+            ],
+            RvError::ActionProhibited,
+        ),
+        (
             vec![
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Token(true),
-                Attribute::Value(vec![0; 16]),
+                Attribute::Value(vec![0x3c; 16]),
             ],
-            RvError::TemplateInconsistent,
+            RvError::TemplateIncomplete,
         ),
         (
             vec![

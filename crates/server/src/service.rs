@@ -78,6 +78,9 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::IssueEnrollment(_)) => "issue-enrollment",
         Some(Call::Enroll(_)) => "enroll",
         Some(Call::RekeyClient(_)) => "rekey-client",
+        Some(Call::KeyValue(_)) => "key-value",
+        Some(Call::ImportKey(_)) => "import-key",
+        Some(Call::SetKeyTrusted(_)) => "set-key-trusted",
     }
 }
 
@@ -599,6 +602,28 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             &convert::key_options_from_wire(i.key),
             &convert::key_template_from_wire(i.template),
         )?),
+        Call::KeyValue(k) => Reply::Bytes(v1::Bytes {
+            value: api.key_value(k.login, k.handle)?.to_vec(),
+        }),
+        Call::ImportKey(mut i) => {
+            let mut import = || {
+                api.import_key(
+                    i.login,
+                    ObjectClass::from_name(&i.class)?,
+                    i.key_type.as_deref().map(spec).transpose()?,
+                    &i.material,
+                    &convert::key_options_from_wire(i.key.clone()),
+                    &convert::key_template_from_wire(i.template.clone()),
+                )
+            };
+            let made = import();
+            // The clear key goes as soon as the engine has it.
+            zeroize::Zeroize::zeroize(&mut i.material);
+            handle_reply(made?)
+        }
+        Call::SetKeyTrusted(t) => Reply::Number(v1::Number {
+            value: api.set_key_trusted(t.login, &t.label, t.trusted)?,
+        }),
         Call::CopyObject(c) => Reply::Number(v1::Number {
             value: api.copy_object(
                 c.login,

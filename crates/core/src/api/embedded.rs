@@ -17,7 +17,7 @@ use crate::hsm::{
     AuthMode, ClientInfo, Credential, DomainChoice, Hsm, HsmInfo, InitOptions, NewSecret, Session,
 };
 use crate::mechanism::{KeySpec, Mechanism, Params};
-use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectFilter, ObjectInfo};
+use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo};
 use crate::ped::{Imprinted, PedAnswers, PresentedPed, WirePed};
 use crate::role::Role;
 use crate::secret::Pin;
@@ -673,6 +673,35 @@ impl HsmApi for Embedded {
         let s = self.session(login)?;
         self.hsm
             .import_public_key(&s, spec, spki.to_vec(), opts, tpl)
+    }
+
+    fn key_value(&mut self, login: LoginId, handle: u64) -> Result<Zeroizing<Vec<u8>>> {
+        let s = self.session(login)?;
+        let v = self.hsm.key_value(&s, handle)?;
+        Ok(Zeroizing::new(v.expose().to_vec()))
+    }
+
+    fn import_key(
+        &mut self,
+        login: LoginId,
+        class: ObjectClass,
+        spec: Option<KeySpec>,
+        material: &[u8],
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64> {
+        let s = self.session(login)?;
+        let key = crate::hsm::ClearKey {
+            class,
+            spec,
+            material: crate::secret::SecretBytes::new(material.to_vec()),
+        };
+        self.hsm.import_key(&s, key, opts, tpl)
+    }
+
+    fn set_key_trusted(&mut self, login: LoginId, label: &str, trusted: bool) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.set_key_trusted(&s, label, trusted)
     }
 
     fn copy_object(

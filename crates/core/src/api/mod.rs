@@ -387,6 +387,25 @@ pub trait HsmApi {
         label: Option<&str>,
         object_id: Option<&[u8]>,
     ) -> Result<()>;
+    /// The value of a secret key made neither sensitive nor unextractable (`CKA_VALUE`;
+    /// Crypto Officer or User), audited. Any other key is refused
+    /// ([`crate::HsmError::KeyUse`]).
+    fn key_value(&mut self, login: LoginId, handle: u64) -> Result<Zeroizing<Vec<u8>>>;
+    /// Stores a secret key (raw value) or private key (PKCS#8) given in clear (Crypto
+    /// Officer), if the partition's `import-keys` policy allows it; such a key never wraps.
+    /// `spec` names a secret key's type (`None`: AES, sized by the value).
+    fn import_key(
+        &mut self,
+        login: LoginId,
+        class: ObjectClass,
+        spec: Option<KeySpec>,
+        material: &[u8],
+        opts: &KeyOptions,
+        tpl: &KeyTemplate,
+    ) -> Result<u64>;
+    /// Marks the secret or public key labelled `label` trusted (`CKA_TRUSTED`) or not
+    /// (Partition SO); the key's handle.
+    fn set_key_trusted(&mut self, login: LoginId, label: &str, trusted: bool) -> Result<u64>;
     /// Copies a key within the login's partition (`C_CopyObject`); the copy's handle. A copy
     /// may only be more restricted than its original.
     fn copy_object(

@@ -45,6 +45,42 @@ impl Hsm {
             .ok_or_else(|| HsmError::State("no key was generated".into()))
     }
 
+    /// The effective policy (partition bounded by HSM) of the session's partition.
+    pub(super) fn partition_policy(&mut self, s: &Session) -> Result<Policy> {
+        let id = s
+            .partition
+            .ok_or_else(|| HsmError::State("no partition".into()))?;
+        self.store.read(|t| {
+            let d = Self::device(t)?;
+            let p = Self::partition_by_id(t, id)?;
+            Ok(p.policy.effective(&d.policy))
+        })
+    }
+
+    /// Refuses a new key asked to be born with `CKA_SENSITIVE` false: a private key always
+    /// (its parts are never read out of this HSM), a secret key unless the partition's
+    /// `non-sensitive-keys` policy allows it. The refusal is audited under `event`.
+    pub(super) fn non_sensitive_check(
+        &mut self,
+        s: &Session,
+        spec: KeySpec,
+        tpl: &KeyTemplate,
+        event: &str,
+    ) -> Result<()> {
+        if tpl.sensitive != Some(false) {
+            return Ok(());
+        }
+        let why = if !spec.is_symmetric() {
+            "a private key is always sensitive (CKA_SENSITIVE false is refused): its parts never leave the HSM in clear".to_string()
+        } else if self.partition_policy(s)?.non_sensitive_keys {
+            return Ok(());
+        } else {
+            "CKA_SENSITIVE false is refused: the partition's policy non-sensitive-keys is off (a key whose value any user can read is no HSM key; Partition SO: `ferrohsm partition policy set non-sensitive-keys on`)".to_string()
+        };
+        let e = HsmError::Refused(why);
+        Err(self.refuse(event, s.role.short(), s.partition(), e))
+    }
+
     /// Generates one key per entry of `each` (same spec and template) in one transaction:
     /// all are made, each with its own audit record, or none is. For provisioning many keys
     /// at once (card issuance batches); at most 100,000 per call. Returns each key's handles.
@@ -56,6 +92,7 @@ impl Hsm {
         tpl: &KeyTemplate,
     ) -> Result<Vec<Vec<u64>>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
+        self.non_sensitive_check(s, spec, tpl, "key-generate")?;
         if each.is_empty() || each.len() > 100_000 {
             return Err(HsmError::InvalidInput(
                 "generate 1 to 100000 keys at a time".into(),
@@ -124,6 +161,7 @@ impl Hsm {
         tpl: &KeyTemplate,
     ) -> Result<Vec<u64>> {
         let (id, pmk) = self.key_user(s, "creating keys", true)?;
+        self.non_sensitive_check(s, spec, tpl, "key-generate")?;
         let owner = session_owner(tpl)?;
         s.session_room(2)?;
         if opts.label.len() > 128 {

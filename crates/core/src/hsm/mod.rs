@@ -6,7 +6,8 @@
 //! operators are shown); [`Hsm`]'s methods are split by concept: `device` (open, info, init,
 //! zeroize, factory reset, tamper, restart), `login`, `partition` (policies, partitions),
 //! `roles` (imprinting, lockout resets, activation, secret changes), `keys` (generation,
-//! creation, relabelling, destruction), `wrapping` (wrap, unwrap, ECDH), `objects` (finding,
+//! creation, relabelling, destruction), `clear_keys` (keys in clear under policy, the trust
+//! mark), `wrapping` (wrap, unwrap, ECDH), `objects` (finding,
 //! loading, the key cache), `ops` (sign, verify, encrypt, decrypt) and `auditing`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +35,7 @@ use crate::time::{now_rfc3339, now_unix};
 use ferrohsm_audit::{Export, Record, Report};
 
 mod auditing;
+mod clear_keys;
 mod clients;
 mod device;
 mod keys;
@@ -44,6 +46,7 @@ mod partition;
 mod roles;
 mod wrapping;
 
+pub use clear_keys::ClearKey;
 pub use clients::{parse_enrollment_code, ClientInfo, Enrollment, MAX_ENROLLMENT_SECONDS};
 
 /// How the HSM's roles authenticate.

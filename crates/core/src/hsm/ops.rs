@@ -210,8 +210,23 @@ impl Hsm {
         data: &[u8],
     ) -> Result<SecretBytes> {
         self.may_use(s, k, "decrypt", k.info.attrs.decrypt, "CKA_DECRYPT")?;
+        if mech == Mechanism::RsaPkcs1Raw {
+            self.rsa_pkcs_decrypt_check(s, "key-use")?;
+        }
         let pt = mechanism::decrypt(k.material()?, mech, p, data)?;
         self.audit_key_use(s, k, KeyUse::Decrypt(mech))?;
         Ok(pt)
+    }
+
+    /// Refuses `CKM_RSA_PKCS` decryption and unwrapping where the partition's policy
+    /// `rsa-pkcs-decrypt` is off.
+    pub(super) fn rsa_pkcs_decrypt_check(&mut self, s: &Session, event: &str) -> Result<()> {
+        if self.partition_policy(s)?.rsa_pkcs_decrypt {
+            return Ok(());
+        }
+        let e = HsmError::Refused(
+            "CKM_RSA_PKCS (PKCS#1 v1.5) decryption and unwrapping are off in this partition (policy rsa-pkcs-decrypt); use RSA-OAEP".into(),
+        );
+        Err(self.refuse(event, s.role.short(), s.partition(), e))
     }
 }

@@ -238,8 +238,12 @@ impl Hsm {
         if let Some(e) = refusal {
             return Err(self.refuse("key-unwrap", s.role.short(), s.partition(), e));
         }
+        if mech == Mechanism::RsaPkcs1Raw {
+            self.rsa_pkcs_decrypt_check(s, "key-unwrap")?;
+        }
         // One answer for every way the bytes fail to unwrap (padding, length, integrity):
         // no padding oracle.
+        let uniform = || HsmError::Crypto("the wrapped key does not unwrap with this key".into());
         let m = mechanism::unwrap(
             attrs.key_spec()?,
             u.material()?.material(),
@@ -247,10 +251,14 @@ impl Hsm {
             p,
             wrapped,
         )
-        .map_err(|_| HsmError::Crypto("the wrapped key does not unwrap with this key".into()))?;
+        .map_err(|_| uniform())?;
+        // What unwrapped must also be a key of the kind asked for; when it is not, the answer
+        // is the same one, so that a synthetic message of an implicitly rejected CKM_RSA_PKCS
+        // padding is not told apart from a real one by its length.
         let (spec, public) = match class {
             ObjectClass::PrivateKey => {
-                let (spec, public) = mechanism::identify_private_key(m.expose())?;
+                let (spec, public) =
+                    mechanism::identify_private_key(m.expose()).map_err(|_| uniform())?;
                 (spec, Some(public))
             }
             ObjectClass::SecretKey => {
@@ -262,22 +270,10 @@ impl Hsm {
                         )))
                     }
                     // None: an AES key, sized by what unwraps.
-                    None => match m.len() {
-                        16 => KeySpec::Aes128,
-                        24 => KeySpec::Aes192,
-                        32 => KeySpec::Aes256,
-                        n => {
-                            return Err(HsmError::InvalidInput(format!(
-                                "the unwrapped key is {n} bytes, not an AES key"
-                            )))
-                        }
-                    },
+                    None => mechanism::aes_spec_for_len(m.len()).ok_or_else(uniform)?,
                 };
                 if m.len() * 8 != mechanism::key_bits(spec) as usize {
-                    return Err(HsmError::InvalidInput(format!(
-                        "the unwrapped key is {} bytes, not a {spec} key",
-                        m.len()
-                    )));
+                    return Err(uniform());
                 }
                 (spec, None)
             }
@@ -335,6 +331,15 @@ impl Hsm {
             ));
             return Err(self.refuse("key-derive", s.role.short(), s.partition(), e));
         }
+        if !k.info.attrs.extractable && opts.extractable {
+            // Nor more extractable: what comes of a key that never leaves does not leave.
+            let e = HsmError::KeyUse(format!(
+                "a key derived from unextractable key {:?} is not extractable (CKA_EXTRACTABLE true is refused)",
+                k.info.attrs.label
+            ));
+            return Err(self.refuse("key-derive", s.role.short(), s.partition(), e));
+        }
+        self.non_sensitive_check(s, spec, tpl, "key-derive")?;
         if !spec.is_symmetric() || spec == KeySpec::Des3 {
             return Err(HsmError::InvalidInput(format!(
                 "ECDH derives AES or generic secret keys, not {spec}"
@@ -385,15 +390,7 @@ impl Hsm {
         let Some(why) = crate::weak_keys::well_known(spec, value) else {
             return Ok(String::new());
         };
-        let id = s
-            .partition
-            .ok_or_else(|| HsmError::State("no partition".into()))?;
-        let test = self.store.read(|t| {
-            let d = Self::device(t)?;
-            let p = Self::partition_by_id(t, id)?;
-            Ok(p.policy.effective(&d.policy).test_keys)
-        })?;
-        if test {
+        if self.partition_policy(s)?.test_keys {
             return Ok(format!(
                 "; a well-known key value ({why}) accepted in test mode (policy test-keys)"
             ));

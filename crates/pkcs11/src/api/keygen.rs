@@ -144,10 +144,12 @@ pub(super) fn generate(
         !tpl.session_private || (pub_t.is_some() && !tpl.session_public),
     )?;
     tpl.session_owner = Some(h);
+    let officer = is_officer(&login);
     s.api()
         .generate_key_with(es, spec, &opts, &tpl)
         .map_err(|e| match e {
-            HsmError::Refused(_) => CKR_USER_NOT_LOGGED_IN,
+            // Only the Crypto Officer makes keys; a policy refusal is the officer's.
+            HsmError::Refused(_) if !officer => CKR_USER_NOT_LOGGED_IN,
             e => rv(&e),
         })
 }

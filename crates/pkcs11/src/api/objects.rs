@@ -15,6 +15,12 @@ pub(super) fn key_login(login: &Option<Arc<Login>>) -> Option<&Login> {
 }
 
 /// Token objects change only in a read/write session; session objects in any session.
+/// Whether the login is the Crypto Officer (`CKU_USER`), the one role that makes keys: a
+/// refusal of anyone else is a refusal of the role, not of a policy.
+pub(super) fn is_officer(login: &Option<Arc<Login>>) -> bool {
+    login.as_ref().is_some_and(|l| l.user == CKU_USER)
+}
+
 pub(super) fn may_change(s: &Session, token_object: bool) -> Rv {
     if token_object && s.flags & CKF_RW_SESSION == 0 {
         return Err(CKR_SESSION_READ_ONLY);
@@ -128,11 +134,8 @@ pub unsafe fn C_GetAttributeValue(
 ) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
-        let o = object(
-            &mut s.lock().unwrap_or_else(PoisonError::into_inner),
-            &login,
-            obj,
-        )?;
+        let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        let o = object(&mut s, &login, obj)?;
         if tpl.is_null() && n > 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -140,7 +143,19 @@ pub unsafe fn C_GetAttributeValue(
         for i in 0..n as usize {
             // SAFETY: `tpl` holds `n` attributes per contract (NULL refused above when n > 0).
             let a = unsafe { &mut *tpl.add(i) };
-            match attrs::get(&o, a.type_) {
+            let value = match attrs::get(&o, a.type_) {
+                // A non-sensitive key's value, from the engine (which audits the read).
+                Attr::Clear => match key_session(&login) {
+                    Some(es) => match s.api().key_value(es, obj) {
+                        Ok(v) => Attr::Value(v.to_vec()),
+                        Err(HsmError::KeyUse(_)) => Attr::Sensitive,
+                        Err(e) => return Err(rv(&e)),
+                    },
+                    None => Attr::Sensitive,
+                },
+                other => other,
+            };
+            match value {
                 Attr::Value(v) => {
                     if a.pValue.is_null() {
                         a.ulValueLen = v.len() as CK_ULONG;
@@ -155,7 +170,7 @@ pub unsafe fn C_GetAttributeValue(
                         a.ulValueLen = v.len() as CK_ULONG;
                     }
                 }
-                Attr::Sensitive => {
+                Attr::Sensitive | Attr::Clear => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     result = Err(CKR_ATTRIBUTE_SENSITIVE);
                 }
@@ -295,8 +310,15 @@ pub unsafe fn C_CreateObject(
         }
         let (s, login) = state::session(h)?;
         let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
-        if find_attr(&t, CKA_CLASS).map(|v| ffi::read_ulong(v)) == Some(Ok(CKO_PUBLIC_KEY)) {
-            let handle = create_public_key(&mut s, &login, h, &t)?;
+        let class = find_attr(&t, CKA_CLASS).map(|v| ffi::read_ulong(v));
+        let key = match class {
+            Some(Ok(CKO_PUBLIC_KEY)) => Some(create_public_key(&mut s, &login, h, &t)?),
+            Some(Ok(CKO_SECRET_KEY | CKO_PRIVATE_KEY)) => {
+                Some(create_clear_key(&mut s, &login, h, &t)?)
+            }
+            _ => None,
+        };
+        if let Some(handle) = key {
             // SAFETY: non-NULL per check.
             unsafe { *out = handle as CK_OBJECT_HANDLE };
             return Ok(());
@@ -364,6 +386,110 @@ pub(super) fn create_public_key(
     let es = key_session(login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     s.api()
         .import_public_key(es, spec, &spki, &opts, &tpl)
+        .map_err(|e| match e {
+            HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
+            e => rv(&e),
+        })
+}
+
+/// `C_CreateObject` of a secret key (`CKA_VALUE`) or private key (RSA by its components, EC
+/// by its scalar) given in clear, as Java's keytool stores keys it made in software. The
+/// engine decides (partition policy `import-keys`, off by default); such a key never wraps.
+pub(super) fn create_clear_key(
+    s: &mut Session,
+    login: &Option<Arc<Login>>,
+    h: CK_SESSION_HANDLE,
+    t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+) -> Rv<u64> {
+    use ferrohsm_core::private_parts::{pkcs8_from_parts, PrivateParts};
+    let class = find_attr(t, CKA_CLASS)
+        .ok_or(CKR_TEMPLATE_INCOMPLETE)
+        .and_then(|v| ffi::read_ulong(v))?;
+    let ktype = find_attr(t, CKA_KEY_TYPE)
+        .ok_or(CKR_TEMPLATE_INCOMPLETE)
+        .and_then(|v| ffi::read_ulong(v))?;
+    let need = |ty| {
+        find_attr(t, ty)
+            .map(|v| v.as_slice())
+            .ok_or(CKR_TEMPLATE_INCOMPLETE)
+    };
+    const RSA_PARTS: [CK_ATTRIBUTE_TYPE; 8] = [
+        CKA_MODULUS,
+        CKA_PUBLIC_EXPONENT,
+        CKA_PRIVATE_EXPONENT,
+        CKA_PRIME_1,
+        CKA_PRIME_2,
+        CKA_EXPONENT_1,
+        CKA_EXPONENT_2,
+        CKA_COEFFICIENT,
+    ];
+    let (engine_class, spec, material) = match (class, ktype) {
+        (CKO_SECRET_KEY, CKK_AES | CKK_GENERIC_SECRET | CKK_DES3) => {
+            let value = need(CKA_VALUE)?;
+            let spec = match ktype {
+                CKK_AES => None,
+                CKK_DES3 => Some(KeySpec::Des3),
+                _ => match value.len() {
+                    n @ 16..=64 => Some(KeySpec::Generic(n as u8)),
+                    _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+                },
+            };
+            (
+                ObjectClass::SecretKey,
+                spec,
+                zeroize::Zeroizing::new(value.to_vec()),
+            )
+        }
+        (CKO_PRIVATE_KEY, CKK_RSA | CKK_EC) => {
+            let parts = if ktype == CKK_RSA {
+                let mut c: [&[u8]; 8] = [&[]; 8];
+                for (slot, ty) in c.iter_mut().zip(RSA_PARTS) {
+                    *slot = need(ty)?;
+                }
+                PrivateParts::Rsa(c)
+            } else {
+                PrivateParts::Ec {
+                    params: need(CKA_EC_PARAMS)?,
+                    scalar: need(CKA_VALUE)?,
+                }
+            };
+            let (pkcs8, spec, _) =
+                pkcs8_from_parts(parts).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+            if attrs::key_type(spec) != ktype {
+                return Err(CKR_TEMPLATE_INCONSISTENT);
+            }
+            (
+                ObjectClass::PrivateKey,
+                None,
+                zeroize::Zeroizing::new(pkcs8.expose().to_vec()),
+            )
+        }
+        _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+    };
+    // What remains describes the key, read as a generation template reads it.
+    let rest: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> = t
+        .iter()
+        .filter(|(a, _)| {
+            !RSA_PARTS.contains(a)
+                && !matches!(
+                    *a,
+                    CKA_VALUE | CKA_EC_PARAMS | CKA_PUBLIC_KEY_INFO | CKA_EC_POINT
+                )
+        })
+        .cloned()
+        .collect();
+    let mut opts = KeyOptions {
+        label: String::new(),
+        id: vec![],
+        extractable: false,
+    };
+    let mut tpl = new_key_template();
+    read_key_template(&rest, false, &mut opts, &mut tpl, class, ktype)?;
+    may_change(s, !tpl.session_private)?;
+    tpl.session_owner = Some(h);
+    let es = key_session(login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
+    s.api()
+        .import_key(es, engine_class, spec, &material, &opts, &tpl)
         .map_err(|e| match e {
             HsmError::InvalidInput(_) => CKR_ATTRIBUTE_VALUE_INVALID,
             e => rv(&e),

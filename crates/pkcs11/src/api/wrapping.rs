@@ -27,8 +27,10 @@ pub unsafe fn C_WrapKey(
             &p,
             w.attrs.spec.ok_or(CKR_WRAPPING_KEY_HANDLE_INVALID)?,
         )?;
-        if matches!(mech, Mechanism::RsaOaep(_)) && k.attrs.class == ObjectClass::PrivateKey {
-            // RSA-OAEP cannot carry a whole private key.
+        if matches!(mech, Mechanism::RsaOaep(_) | Mechanism::RsaPkcs1Raw)
+            && k.attrs.class == ObjectClass::PrivateKey
+        {
+            // One RSA block cannot carry a whole private key.
             return Err(CKR_KEY_NOT_WRAPPABLE);
         }
         let map = |e: HsmError| match e {
@@ -138,9 +140,11 @@ pub unsafe fn C_UnwrapKey(
         let want_len = find_attr(&t, CKA_VALUE_LEN)
             .map(|v| ffi::read_ulong(v))
             .transpose()?;
+        let officer = is_officer(&login);
         let map = |e: HsmError| match e {
             HsmError::Crypto(_) => CKR_WRAPPED_KEY_INVALID,
-            HsmError::Refused(_) => CKR_KEY_FUNCTION_NOT_PERMITTED,
+            // A refusal of the role; a policy refusal (the officer's) says so as such.
+            HsmError::Refused(_) if !officer => CKR_KEY_FUNCTION_NOT_PERMITTED,
             HsmError::InvalidInput(_) => CKR_WRAPPED_KEY_INVALID,
             e => rv(&e),
         };

@@ -52,6 +52,42 @@ pub fn fixture_with(init_token: bool) -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Runs the `ferrohsm` CLI against this fixture's HSM (its server, or its directory) as
+    /// the Partition SO of [`token`]'s "tok" (password "so-pin-1"); `args` end before the
+    /// login. Panics unless it succeeds; its output.
+    pub fn as_partition_so(&self, args: &[&str]) -> String {
+        let mut c = std::process::Command::new(super::server_binary());
+        match &self._server {
+            Some(server) => c.arg("--server").arg(&server.socket),
+            None => c.arg("--data-dir").arg(self._tmp.path().join("data")),
+        };
+        let out = c
+            .args(args)
+            .args(["--password", "env:PSO_PASSWORD"])
+            .env("PSO_PASSWORD", "so-pin-1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ferrohsm {args:?}: {text}");
+        text
+    }
+
+    /// Sets a policy of partition "tok" as its Partition SO.
+    pub fn set_policy(&self, name: &str, value: &str) {
+        self.as_partition_so(&[
+            "partition",
+            "policy",
+            "set",
+            "--partition",
+            "tok",
+            name,
+            value,
+        ]);
+    }
+}
+
 /// A PIN as cryptoki takes it.
 pub fn pin(s: &str) -> AuthPin {
     AuthPin::new(s.into())

@@ -226,6 +226,39 @@ pub fn serve(data: &Path) -> ServerProcess {
     server
 }
 
+/// `CKA_EC_PARAMS` of P-256.
+pub const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// The eight components (n, e, d, p, q, dp, dq, qinv) of an RSA key in PKCS#8 DER, as
+/// PKCS#11 templates carry them.
+pub fn rsa_components(pkcs8: &[u8]) -> Vec<Vec<u8>> {
+    // One DER element at the start of `b`: (content, rest).
+    fn element(b: &[u8]) -> (&[u8], &[u8]) {
+        let (len, start) = match b[1] {
+            n if n < 0x80 => (n as usize, 2),
+            0x81 => (b[2] as usize, 3),
+            _ => (((b[2] as usize) << 8) | b[3] as usize, 4),
+        };
+        (&b[start..start + len], &b[start + len..])
+    }
+    let (body, _) = element(pkcs8);
+    let (_, rest) = element(body); // version
+    let (_, rest) = element(rest); // algorithm
+    let (key, _) = element(rest); // OCTET STRING
+    let (mut ints, _) = element(key);
+    let mut out = Vec::new();
+    while !ints.is_empty() {
+        let (v, rest) = element(ints);
+        let v = match v.iter().position(|b| *b != 0) {
+            Some(i) => v[i..].to_vec(),
+            None => vec![0],
+        };
+        out.push(v);
+        ints = rest;
+    }
+    out.split_off(1)
+}
+
 /// Generates a token P-256 key pair labelled `label`; the private key.
 pub fn ec_key(s: &cryptoki::session::Session, label: &str) -> cryptoki::object::ObjectHandle {
     use cryptoki::mechanism::Mechanism;
