@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod attr_template;
 pub mod audit;
 mod audit_writer;
 pub mod crypto;

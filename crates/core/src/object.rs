@@ -3,6 +3,7 @@
 //! master key (which only the Crypto Officer, Crypto User or an activation can unwrap) and
 //! the record as a whole under the store key.
 
+use crate::attr_template::AttrTemplate;
 use serde::{Deserialize, Serialize};
 
 use crate::mechanism::KeySpec;
@@ -168,6 +169,12 @@ pub struct Attributes {
     /// `CKA_COPYABLE`: `C_CopyObject` may copy it (true unless made otherwise).
     #[serde(default = "copyable_default")]
     pub copyable: bool,
+    /// `CKA_WRAP_TEMPLATE`: what a key must be for this key to wrap it.
+    #[serde(default, skip_serializing_if = "AttrTemplate::is_empty")]
+    pub wrap_template: AttrTemplate,
+    /// `CKA_UNWRAP_TEMPLATE`: what every key this key unwraps becomes.
+    #[serde(default, skip_serializing_if = "AttrTemplate::is_empty")]
+    pub unwrap_template: AttrTemplate,
     /// When created (UTC).
     pub created: String,
 }
@@ -295,6 +302,10 @@ pub struct KeyTemplate {
     pub wrap_with_trusted: Option<bool>,
     /// `CKA_COPYABLE`.
     pub copyable: Option<bool>,
+    /// `CKA_WRAP_TEMPLATE` of the secret or public key.
+    pub wrap_template: AttrTemplate,
+    /// `CKA_UNWRAP_TEMPLATE` of the secret or private key.
+    pub unwrap_template: AttrTemplate,
     /// Label of the public key, if it differs from the private key's.
     pub public_label: Option<String>,
     /// `CKA_ID` of the public key, if it differs.

@@ -1,6 +1,7 @@
 //! Object attributes as PKCS#11 sees them, from the engine's object description.
 
 use cryptoki_sys::*;
+use ferrohsm_core::attr_template::{AttrTemplate, Flag};
 use ferrohsm_core::mechanism::{self, KeySpec};
 use ferrohsm_core::object::{Content, ObjectClass, ObjectInfo};
 
@@ -18,6 +19,89 @@ pub enum Attr {
     Clear,
     /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
     Invalid,
+    /// An array attribute's attributes (`CKA_WRAP_TEMPLATE`, `CKA_UNWRAP_TEMPLATE`).
+    Array(Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>),
+}
+
+/// The boolean attributes a key's attribute template may name.
+const TEMPLATE_FLAGS: &[(CK_ATTRIBUTE_TYPE, Flag)] = &[
+    (CKA_TOKEN, Flag::Token),
+    (CKA_PRIVATE, Flag::Private),
+    (CKA_SENSITIVE, Flag::Sensitive),
+    (CKA_EXTRACTABLE, Flag::Extractable),
+    (CKA_ENCRYPT, Flag::Encrypt),
+    (CKA_DECRYPT, Flag::Decrypt),
+    (CKA_SIGN, Flag::Sign),
+    (CKA_VERIFY, Flag::Verify),
+    (CKA_WRAP, Flag::Wrap),
+    (CKA_UNWRAP, Flag::Unwrap),
+    (CKA_DERIVE, Flag::Derive),
+    (CKA_WRAP_WITH_TRUSTED, Flag::WrapWithTrusted),
+    (CKA_COPYABLE, Flag::Copyable),
+];
+
+/// The key families of [`ferrohsm_core::attr_template::family`], by `CKK_*`.
+const FAMILIES: &[(CK_KEY_TYPE, &str)] = &[
+    (CKK_AES, "aes"),
+    (CKK_GENERIC_SECRET, "generic-secret"),
+    (CKK_DES3, "des3"),
+    (CKK_RSA, "rsa"),
+    (CKK_EC, "ec"),
+    (CKK_EC_EDWARDS, "ec-edwards"),
+];
+
+/// The key family a `CKK_*` names, if the HSM holds such keys.
+pub fn family_of(k: CK_KEY_TYPE) -> Option<&'static str> {
+    FAMILIES.iter().find(|(c, _)| *c == k).map(|(_, f)| *f)
+}
+
+/// An attribute template as PKCS#11 reads it.
+pub fn template_items(t: &AttrTemplate) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Some(c) = t.class {
+        out.push((CKA_CLASS, ulong(class_code(c))));
+    }
+    if let Some(k) = FAMILIES
+        .iter()
+        .find(|(_, f)| Some(*f) == t.key_type.as_deref())
+    {
+        out.push((CKA_KEY_TYPE, ulong(k.0)));
+    }
+    for (ty, f) in TEMPLATE_FLAGS {
+        if let Some(v) = t.flags.get(f) {
+            out.push((*ty, vec![*v as u8]));
+        }
+    }
+    out
+}
+
+/// The template a caller gave as an array attribute's value (in
+/// [`crate::ffi::encode_nested`]'s form). Only the class, the key type and the boolean
+/// attributes of [`TEMPLATE_FLAGS`] are kept by the HSM; a template naming anything else is
+/// refused (`CKR_ATTRIBUTE_VALUE_INVALID`) rather than half honoured.
+pub fn parse_template(v: &[u8]) -> crate::ffi::Rv<AttrTemplate> {
+    let mut t = AttrTemplate::default();
+    for (ty, v) in crate::ffi::decode_nested(v)? {
+        match ty {
+            CKA_CLASS => {
+                t.class =
+                    Some(class_of(crate::ffi::read_ulong(&v)?).ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?)
+            }
+            CKA_KEY_TYPE => {
+                let f =
+                    family_of(crate::ffi::read_ulong(&v)?).ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+                t.key_type = Some(f.to_string());
+            }
+            _ => {
+                let (_, f) = TEMPLATE_FLAGS
+                    .iter()
+                    .find(|(c, _)| *c == ty)
+                    .ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+                t.flags.insert(*f, crate::ffi::read_bool(&v)?);
+            }
+        }
+    }
+    Ok(t)
 }
 
 fn b(v: bool) -> Attr {
@@ -154,6 +238,10 @@ pub fn get(o: &ObjectInfo, t: CK_ATTRIBUTE_TYPE) -> Attr {
         CKA_ALWAYS_SENSITIVE if secret_or_private => b(a.always_sensitive),
         CKA_NEVER_EXTRACTABLE if secret_or_private => b(a.never_extractable),
         CKA_WRAP_WITH_TRUSTED if secret_or_private => b(a.wrap_with_trusted),
+        CKA_WRAP_TEMPLATE if a.class != ObjectClass::PrivateKey => {
+            Attr::Array(template_items(&a.wrap_template))
+        }
+        CKA_UNWRAP_TEMPLATE if secret_or_private => Attr::Array(template_items(&a.unwrap_template)),
         CKA_ALWAYS_AUTHENTICATE if a.class == ObjectClass::PrivateKey => b(false),
         CKA_SUBJECT if a.class != ObjectClass::SecretKey => Attr::Value(vec![]),
         CKA_PUBLIC_KEY_INFO if a.class != ObjectClass::SecretKey => {
@@ -242,6 +330,8 @@ mod tests {
                 derive: false,
                 wrap_with_trusted: false,
                 trusted: false,
+                wrap_template: Default::default(),
+                unwrap_template: Default::default(),
                 copyable: true,
                 created: String::new(),
             },

@@ -178,14 +178,35 @@ pub fn read_bool(v: &[u8]) -> Rv<bool> {
     }
 }
 
-/// Copies a template in from the caller: (type, value) pairs.
+/// Copies a template in from the caller: (type, value) pairs. The value of an array
+/// attribute (`CKA_WRAP_TEMPLATE`, `CKA_UNWRAP_TEMPLATE`: `CKF_ARRAY_ATTRIBUTE` set) is the
+/// template it holds, copied in too and kept in [`encode_nested`]'s form; arrays do not nest
+/// further.
 ///
 /// # Safety
 /// `p` must be NULL (with `n == 0`) or point to `n` attributes whose value pointers are valid
-/// for their lengths.
+/// for their lengths (an array attribute's, for its attributes and theirs).
 pub unsafe fn template(
     p: *const CK_ATTRIBUTE,
     n: CK_ULONG,
+) -> Rv<Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>> {
+    // SAFETY: per the caller's contract.
+    unsafe { template_at(p, n, true) }
+}
+
+/// Whether an attribute's value is an array of attributes.
+pub fn is_array(t: CK_ATTRIBUTE_TYPE) -> bool {
+    t & CKF_ARRAY_ATTRIBUTE != 0
+}
+
+/// [`template`], with array attributes allowed (`nest`) or refused.
+///
+/// # Safety
+/// As [`template`].
+unsafe fn template_at(
+    p: *const CK_ATTRIBUTE,
+    n: CK_ULONG,
+    nest: bool,
 ) -> Rv<Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>> {
     if n > MAX_TEMPLATE {
         return Err(CKR_ARGUMENTS_BAD);
@@ -201,12 +222,96 @@ pub unsafe fn template(
     attrs
         .iter()
         .map(|a| {
+            if is_array(a.type_) {
+                let size = std::mem::size_of::<CK_ATTRIBUTE>();
+                let aligned =
+                    (a.pValue as usize).is_multiple_of(std::mem::align_of::<CK_ATTRIBUTE>());
+                if !nest || !(a.ulValueLen as usize).is_multiple_of(size) || !aligned {
+                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                }
+                let count = (a.ulValueLen as usize / size) as CK_ULONG;
+                // SAFETY: an array attribute's pValue holds `count` attributes per contract
+                // (its length is a whole number of them, its address aligned: checked).
+                let inner = unsafe { template_at(a.pValue as *const CK_ATTRIBUTE, count, false) }
+                    .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+                return Ok((a.type_, encode_nested(&inner)));
+            }
             // SAFETY: each attribute's pValue is valid for ulValueLen bytes per contract.
             let v = unsafe { slice(a.pValue as *const u8, a.ulValueLen) }
                 .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
             Ok((a.type_, v.to_vec()))
         })
         .collect()
+}
+
+/// The value kept for an array attribute: each inner attribute as its type (native width),
+/// its length (4 bytes) and its value. It never leaves the process.
+pub fn encode_nested(items: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (t, v) in items {
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The attributes [`encode_nested`] encoded.
+pub fn decode_nested(mut b: &[u8]) -> Rv<Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>> {
+    const W: usize = std::mem::size_of::<CK_ATTRIBUTE_TYPE>();
+    let bad = |_| CKR_ATTRIBUTE_VALUE_INVALID;
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < W + 4 {
+            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        }
+        let t = CK_ATTRIBUTE_TYPE::from_le_bytes(b[..W].try_into().map_err(bad)?);
+        let n = u32::from_le_bytes(b[W..W + 4].try_into().map_err(bad)?) as usize;
+        let v = b.get(W + 4..W + 4 + n).ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+        out.push((t, v.to_vec()));
+        b = &b[W + 4 + n..];
+    }
+    Ok(out)
+}
+
+/// Writes an array attribute's value out as `C_GetAttributeValue` does: with `pValue` NULL,
+/// only its length; otherwise each element's type, and its value (or, where the element's
+/// own `pValue` is NULL, its length).
+///
+/// # Safety
+/// `a.pValue` must be NULL or valid for `a.ulValueLen` bytes of attributes, each with a
+/// `pValue` NULL or valid for its `ulValueLen` bytes.
+pub unsafe fn put_array(a: &mut CK_ATTRIBUTE, items: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Rv {
+    let size = std::mem::size_of::<CK_ATTRIBUTE>();
+    let need = items.len() * size;
+    if a.pValue.is_null() {
+        a.ulValueLen = need as CK_ULONG;
+        return Ok(());
+    }
+    let aligned = (a.pValue as usize).is_multiple_of(std::mem::align_of::<CK_ATTRIBUTE>());
+    if (a.ulValueLen as usize) < need || !aligned {
+        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        return Err(CKR_BUFFER_TOO_SMALL);
+    }
+    // SAFETY: pValue holds at least `items.len()` attributes (length and alignment checked),
+    // per the caller's contract.
+    let out = unsafe { std::slice::from_raw_parts_mut(a.pValue as *mut CK_ATTRIBUTE, items.len()) };
+    let mut result = Ok(());
+    for (e, (t, v)) in out.iter_mut().zip(items) {
+        e.type_ = *t;
+        if e.pValue.is_null() {
+            e.ulValueLen = v.len() as CK_ULONG;
+        } else if (e.ulValueLen as usize) < v.len() {
+            e.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            result = Err(CKR_BUFFER_TOO_SMALL);
+        } else {
+            // SAFETY: the element's pValue holds ulValueLen >= v.len() bytes per contract.
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), e.pValue as *mut u8, v.len()) };
+            e.ulValueLen = v.len() as CK_ULONG;
+        }
+    }
+    a.ulValueLen = need as CK_ULONG;
+    result
 }
 
 #[cfg(test)]
@@ -237,5 +342,32 @@ mod tests {
         assert!(unsafe { output_with(std::ptr::null_mut(), 5, &input) }.is_none());
         // SAFETY: refused on length before any access.
         assert!(unsafe { output_with(out.as_mut_ptr(), 2, &input) }.is_none());
+    }
+
+    #[test]
+    fn nested_templates_round_trip_and_malformed_ones_are_refused() {
+        let items = vec![(CKA_SENSITIVE, vec![1u8]), (CKA_LABEL, b"kek".to_vec())];
+        assert_eq!(decode_nested(&encode_nested(&items)).unwrap(), items);
+        let enc = encode_nested(&items);
+        for cut in 1..enc.len() {
+            let _ = decode_nested(&enc[..cut]);
+        }
+        assert!(decode_nested(&enc[..enc.len() - 1]).is_err());
+        // A caller's array attribute whose length is not whole attributes is refused.
+        let inner = [CK_ATTRIBUTE {
+            type_: CKA_SENSITIVE,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        }];
+        let outer = [CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: inner.as_ptr() as *mut _,
+            ulValueLen: 5,
+        }];
+        // SAFETY: both arrays are live locals; the lengths are what is under test.
+        assert_eq!(
+            unsafe { template(outer.as_ptr(), 1) },
+            Err(CKR_ATTRIBUTE_VALUE_INVALID)
+        );
     }
 }

@@ -8,6 +8,7 @@ use ferrohsm_core::api::{
     AuditConfig, ClientInfo, Enrollment, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential,
     NewCredential, PedImprint, Witness,
 };
+use ferrohsm_core::attr_template::AttrTemplate;
 use ferrohsm_core::mechanism::KeySpec;
 use ferrohsm_core::object::{
     Attributes, Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectInfo,
@@ -48,6 +49,8 @@ pub fn object_to_wire(o: &ObjectInfo) -> v1::ObjectInfo {
             trusted: a.trusted,
             created: a.created.clone(),
             copyable: Some(a.copyable),
+            wrap_template: template_to_wire(&a.wrap_template),
+            unwrap_template: template_to_wire(&a.unwrap_template),
         }),
         public: o.public.clone(),
         content: o.content.as_ref().map(|c| match content_to_wire(c) {
@@ -86,6 +89,8 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
         wrap_with_trusted: a.wrap_with_trusted,
         trusted: a.trusted,
         copyable: a.copyable.unwrap_or(true),
+        wrap_template: template_from_wire(&a.wrap_template)?,
+        unwrap_template: template_from_wire(&a.unwrap_template)?,
         created: a.created,
     };
     let content = match o.content {
@@ -205,6 +210,8 @@ pub fn key_template_to_wire(t: &KeyTemplate) -> v1::KeyTemplate {
         derive: t.derive,
         wrap_with_trusted: t.wrap_with_trusted,
         copyable: t.copyable,
+        wrap_template: template_to_wire(&t.wrap_template),
+        unwrap_template: template_to_wire(&t.unwrap_template),
         public_label: t.public_label.clone(),
         public_id: t.public_id.clone(),
         unique_label: t.unique_label,
@@ -214,10 +221,27 @@ pub fn key_template_to_wire(t: &KeyTemplate) -> v1::KeyTemplate {
     }
 }
 
+/// An attribute template as the wire carries it (the engine's JSON; empty: none).
+fn template_to_wire(t: &AttrTemplate) -> String {
+    if t.is_empty() {
+        return String::new();
+    }
+    serde_json::to_string(t).unwrap_or_default()
+}
+
+/// An attribute template from the wire; a malformed one is an error, never ignored.
+fn template_from_wire(s: &str) -> Result<AttrTemplate> {
+    if s.is_empty() {
+        return Ok(AttrTemplate::default());
+    }
+    serde_json::from_str(s)
+        .map_err(|e| HsmError::InvalidInput(format!("a malformed attribute template: {e}")))
+}
+
 /// PKCS#11 template overrides as received (absent: the defaults).
-pub fn key_template_from_wire(t: Option<v1::KeyTemplate>) -> KeyTemplate {
+pub fn key_template_from_wire(t: Option<v1::KeyTemplate>) -> Result<KeyTemplate> {
     let t = t.unwrap_or_default();
-    KeyTemplate {
+    Ok(KeyTemplate {
         private: t.private,
         sensitive: t.sensitive,
         sign: t.sign,
@@ -235,7 +259,9 @@ pub fn key_template_from_wire(t: Option<v1::KeyTemplate>) -> KeyTemplate {
         session_private: t.session_private,
         session_public: t.session_public,
         session_owner: t.session_owner,
-    }
+        wrap_template: template_from_wire(&t.wrap_template)?,
+        unwrap_template: template_from_wire(&t.unwrap_template)?,
+    })
 }
 
 /// A PED PIN as received.

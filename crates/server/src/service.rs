@@ -588,7 +588,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
                 g.login,
                 spec(&g.key_type)?,
                 &convert::key_options_from_wire(g.key),
-                &convert::key_template_from_wire(g.template),
+                &convert::key_template_from_wire(g.template)?,
             )?,
         }),
         Call::CreateObject(c) => {
@@ -600,7 +600,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             spec(&i.key_type)?,
             &i.spki,
             &convert::key_options_from_wire(i.key),
-            &convert::key_template_from_wire(i.template),
+            &convert::key_template_from_wire(i.template)?,
         )?),
         Call::KeyValue(k) => Reply::Bytes(v1::Bytes {
             value: api.key_value(k.login, k.handle)?.to_vec(),
@@ -613,7 +613,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
                     i.key_type.as_deref().map(spec).transpose()?,
                     &i.material,
                     &convert::key_options_from_wire(i.key.clone()),
-                    &convert::key_template_from_wire(i.template.clone()),
+                    &convert::key_template_from_wire(i.template.clone())?,
                 )
             };
             let made = import();
@@ -662,7 +662,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::UnwrapKey(u) => {
             let p = wrap_params(u.iv, u.aad, u.label);
             let opts = convert::key_options_from_wire(u.key);
-            let tpl = convert::key_template_from_wire(u.template);
+            let tpl = convert::key_template_from_wire(u.template)?;
             handle_reply(api.unwrap_key(
                 u.login,
                 Unwrap {
@@ -683,7 +683,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             &d.peer_point,
             spec(&d.key_type)?,
             &convert::key_options_from_wire(d.key),
-            &convert::key_template_from_wire(d.template),
+            &convert::key_template_from_wire(d.template)?,
         )?),
     })
 }

@@ -311,6 +311,8 @@ impl Hsm {
             derive: false,
             wrap_with_trusted: tpl.wrap_with_trusted.unwrap_or(false),
             trusted: false,
+            wrap_template: tpl.wrap_template.clone(),
+            unwrap_template: tpl.unwrap_template.clone(),
             copyable: tpl.copyable.unwrap_or(true),
             created: now_rfc3339(),
         };
@@ -347,6 +349,7 @@ impl Hsm {
             wrap: tpl.wrap.unwrap_or(false),
             derive: tpl.derive.unwrap_or(false),
             wrap_with_trusted: false,
+            unwrap_template: Default::default(),
             ..base.clone()
         };
         let private = Attributes {
@@ -355,6 +358,7 @@ impl Hsm {
             decrypt: tpl.decrypt.unwrap_or(can_encrypt),
             unwrap: tpl.unwrap.unwrap_or(false),
             derive: tpl.derive.unwrap_or(false),
+            wrap_template: Default::default(),
             ..base
         };
         (private, Some(public))
@@ -466,6 +470,8 @@ impl Hsm {
             derive: false,
             wrap_with_trusted: false,
             trusted: false,
+            wrap_template: Default::default(),
+            unwrap_template: Default::default(),
             copyable: true,
             created: now_rfc3339(),
         };

@@ -522,6 +522,8 @@ mod tests {
             derive: false,
             wrap_with_trusted: false,
             trusted: false,
+            wrap_template: Default::default(),
+            unwrap_template: Default::default(),
             copyable: true,
             created: String::new(),
         };

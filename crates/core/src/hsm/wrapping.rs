@@ -76,6 +76,12 @@ impl Hsm {
                 k.label
             )));
         }
+        if !w.wrap_template.matches(k) {
+            return Some(HsmError::Refused(format!(
+                "key {:?} does not match the CKA_WRAP_TEMPLATE of wrapping key {:?}, so it is not wrapped with it",
+                k.label, w.label
+            )));
+        }
         if let Err(e) = Self::require_usage(w.wrap, &w.label, "wrap", "CKA_WRAP") {
             return Some(HsmError::KeyUse(e.to_string()));
         }
@@ -216,6 +222,12 @@ impl Hsm {
         let (id, pmk) = self.key_user(s, "unwrapping keys", true)?;
         let u = self.load_key(s, unwrapper)?;
         let attrs = &u.info.attrs;
+        // The unwrapping key's CKA_UNWRAP_TEMPLATE is what every key it unwraps becomes.
+        let (mut tpl, mut opts) = (tpl.clone(), opts.clone());
+        attrs
+            .unwrap_template
+            .apply_to(class, spec, &mut tpl, &mut opts)?;
+        let (tpl, opts) = (&tpl, &opts);
         let refusal = Self::require_usage(attrs.unwrap, &attrs.label, "unwrap", "CKA_UNWRAP")
             .err()
             .map(|e| HsmError::KeyUse(e.to_string()))
@@ -284,6 +296,10 @@ impl Hsm {
                 )))
             }
         };
+        // Now that the key's type is known, the template's CKA_KEY_TYPE is checked too.
+        attrs
+            .unwrap_template
+            .apply_to(class, Some(spec), &mut tpl.clone(), &mut opts.clone())?;
         let (a, _) = Self::key_attributes(spec, opts, tpl, false);
         let a = Attributes { class, ..a };
         let label = attrs.label.clone();

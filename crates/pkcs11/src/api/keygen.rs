@@ -78,6 +78,15 @@ pub(super) fn read_key_template(
             CKA_DERIVE => tpl.derive = Some(ffi::read_bool(v)?),
             CKA_WRAP_WITH_TRUSTED if !public => tpl.wrap_with_trusted = Some(ffi::read_bool(v)?),
             CKA_COPYABLE if !public => tpl.copyable = Some(ffi::read_bool(v)?),
+            // A wrap template belongs to the key that wraps (secret or public), an unwrap
+            // template to the one that unwraps (secret or private).
+            CKA_WRAP_TEMPLATE if class != CKO_PRIVATE_KEY => {
+                tpl.wrap_template = attrs::parse_template(v)?
+            }
+            CKA_UNWRAP_TEMPLATE if !public => tpl.unwrap_template = attrs::parse_template(v)?,
+            CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE => {
+                attrs::parse_template(v)?;
+            }
             CKA_COPYABLE => {
                 ffi::read_bool(v)?;
             }

@@ -174,6 +174,13 @@ pub unsafe fn C_GetAttributeValue(
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     result = Err(CKR_ATTRIBUTE_SENSITIVE);
                 }
+                Attr::Array(items) => {
+                    // SAFETY: the caller's attribute (and, for an array, its elements) is
+                    // valid for its stated lengths per contract.
+                    if let Err(e) = unsafe { ffi::put_array(a, &items) } {
+                        result = Err(e);
+                    }
+                }
                 Attr::Invalid => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     result = Err(CKR_ATTRIBUTE_TYPE_INVALID);

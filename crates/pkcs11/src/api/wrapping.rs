@@ -27,6 +27,10 @@ pub unsafe fn C_WrapKey(
             &p,
             w.attrs.spec.ok_or(CKR_WRAPPING_KEY_HANDLE_INVALID)?,
         )?;
+        // The wrapping key's CKA_WRAP_TEMPLATE names what it may wrap.
+        if !w.attrs.wrap_template.matches(&k.attrs) {
+            return Err(CKR_KEY_NOT_WRAPPABLE);
+        }
         if matches!(mech, Mechanism::RsaOaep(_) | Mechanism::RsaPkcs1Raw)
             && k.attrs.class == ObjectClass::PrivateKey
         {
@@ -165,6 +169,16 @@ pub unsafe fn C_UnwrapKey(
             },
             _ => spec,
         };
+        // What the unwrapping key's CKA_UNWRAP_TEMPLATE sets, the caller may not set otherwise.
+        let ut = &u.attrs.unwrap_template;
+        let kind_differs = matches!((kt, &ut.key_type), (Some(k), Some(f)) if attrs::family_of(k) != Some(f.as_str()));
+        if kind_differs
+            || ut
+                .apply_to(class, spec, &mut ktpl.clone(), &mut opts.clone())
+                .is_err()
+        {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
         let handle = s
             .api()
             .unwrap_key(
