@@ -24,6 +24,10 @@ pub struct Export {
     /// The HSM's audit verifier key, in signed-note form (`name+id+base64`). A careful
     /// verifier pins the key it obtained out of band instead of trusting this field.
     pub public_key: String,
+    /// The first record's sequence number: the export holds records `first..=size` of the
+    /// checkpoint. (0 in exports made before it was written: read from the records.)
+    #[serde(default)]
+    pub first: u64,
     /// The latest checkpoint as a signed note (HSM signature and any witness cosignatures).
     pub checkpoint: String,
     /// Consecutive records, each with its inclusion proof in the checkpoint's tree, up to the
@@ -54,8 +58,16 @@ pub struct EarlierCheckpoint {
 }
 
 impl Export {
-    /// Parses an export file's bytes.
+    /// Parses an export file's bytes. JSON with a key twice in one object is refused: a
+    /// reader that keeps the first copy and one that keeps the last would see two logs.
     pub fn from_bytes(b: &[u8]) -> Result<Export, AuditError> {
+        no_duplicate_keys(b).map_err(|e| {
+            AuditError::Malformed(if e.contains("appears twice") {
+                format!("not an audit export (ambiguous JSON: {e})")
+            } else {
+                format!("not an audit export (damaged or truncated JSON: {e})")
+            })
+        })?;
         let v: serde_json::Value = serde_json::from_slice(b).map_err(|e| {
             AuditError::Malformed(format!(
                 "not an audit export (damaged or truncated JSON: {e})"
@@ -81,6 +93,65 @@ impl Export {
         v.push(b'\n');
         v
     }
+}
+
+/// Walks JSON, refusing an object with a key twice (serde_json itself keeps the last).
+fn no_duplicate_keys(b: &[u8]) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+
+    struct Check;
+
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Check)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            while s.next_element_seed(Check)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if !seen.insert(k.clone()) {
+                    return Err(A::Error::custom(format!(
+                        "the key {k:?} appears twice in one object"
+                    )));
+                }
+                m.next_value_seed(Check)?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(b);
+    Check.deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())
 }
 
 /// Encodes a hash for the export.

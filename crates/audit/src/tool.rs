@@ -108,6 +108,8 @@ pub struct VerifyFiles<'a> {
     pub require_cosignatures: usize,
     /// Record to prove included.
     pub prove: Option<u64>,
+    /// Verify a part of the log starting at this record (default: the whole log, from #1).
+    pub from: Option<u64>,
 }
 
 /// Verifies an export file; returns the report, printable.
@@ -128,6 +130,7 @@ pub fn verify_file(export: &Path, f: &VerifyFiles<'_>) -> Result<Report, ToolErr
             .collect::<Result<_, _>>()?,
         require_cosignatures: f.require_cosignatures,
         prove: f.prove,
+        from: f.from,
     };
     verify_export(&ex, &opts).map_err(|e| ToolError::Failed(e.to_string()))
 }

@@ -45,6 +45,13 @@ pub enum VerifyError {
     /// A record asked for with `prove` is not in the export.
     #[error("record #{0} is not in this export")]
     NotInExport(u64),
+    /// The export holds no records at all.
+    #[error("empty: the export holds no records (every record was deleted, or none was exported)")]
+    Empty,
+    /// A checkpoint the verifier holds cannot be checked: the export carries no consistency
+    /// proof for it and not the records from #1 to compute one.
+    #[error("no consistency proof: {0}")]
+    MissingProof(String),
 }
 
 /// What the verifier is given besides the export.
@@ -61,6 +68,9 @@ pub struct VerifyOptions {
     pub require_cosignatures: usize,
     /// A record whose inclusion to prove and report.
     pub prove: Option<u64>,
+    /// Verify a part of the log starting at this record. Without it the export must start
+    /// at #1: a log whose first records are missing is refused.
+    pub from: Option<u64>,
 }
 
 /// What was verified.
@@ -154,19 +164,44 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
     }
     let (size, root) = (cp.size(), *cp.hash());
 
-    // Records: consecutive, each proven at its own position.
-    let from = match ex.records.first() {
-        Some(r) => Record::from_bytes(r.record.as_bytes())
-            .map(|r| r.seq)
-            .unwrap_or(0),
-        None => size + 1,
+    // Records: consecutive from where the verifier expects them (#1 unless told), each
+    // proven at its own position.
+    let Some(first) = ex.records.first() else {
+        return Err(VerifyError::Empty);
     };
-    if !ex.records.is_empty() && (from == 0 || from > size) {
+    let from = opts.from.unwrap_or(1);
+    if let Ok(r) = Record::from_bytes(first.record.as_bytes()) {
+        if r.seq > from {
+            let hint = if opts.from.is_none() {
+                format!(
+                    " (to verify only a part of the log, say where it starts: --from {})",
+                    r.seq
+                )
+            } else {
+                String::new()
+            };
+            return Err(VerifyError::Record {
+                seq: from,
+                reason: format!(
+                    "missing: the export starts at #{}, so its first records were deleted{hint}",
+                    r.seq
+                ),
+            });
+        }
+    }
+    if ex.first != 0 && ex.first != from {
+        return Err(VerifyError::Malformed(format!(
+            "the export says it starts at #{} but its records are checked from #{from}",
+            ex.first
+        )));
+    }
+    if from == 0 || from > size {
         return Err(VerifyError::Record {
             seq: from,
-            reason: "first record does not parse or lies outside the checkpoint".into(),
+            reason: format!("lies outside the checkpoint's {size} records"),
         });
     }
+    let mut leaves: Vec<Hash> = Vec::with_capacity(ex.records.len());
     let mut expected = from;
     let mut ceremonies = Vec::new();
     for r in &ex.records {
@@ -204,9 +239,10 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
         if rec.is_ceremony() {
             ceremonies.push((rec.seq, rec.event.clone()));
         }
+        leaves.push(rec.leaf_hash());
         expected += 1;
     }
-    if !ex.records.is_empty() && expected != size + 1 {
+    if expected != size + 1 {
         return Err(VerifyError::Truncated {
             size,
             last: expected - 1,
@@ -242,8 +278,20 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
         match proven.iter().find(|(s, _)| *s == old.size()) {
             Some((_, h)) if h == old.hash() => {}
             Some(_) => return Err(VerifyError::Fork(format!("two checkpoints of size {} with different trees", old.size()))),
-            None => return Err(VerifyError::Fork(format!(
-                "the export carries no consistency proof for your checkpoint of size {}; export with --earlier that checkpoint", old.size()))),
+            None if old.size() == 0 => proven.push((0, *old.hash())),
+            // The records from #1 are all here: the tree of the first records is computed.
+            None if from == 1 => {
+                if tree_root(&leaves[..old.size() as usize]) != *old.hash() {
+                    return Err(VerifyError::Fork(format!(
+                        "your checkpoint of size {} has another tree than records #1..#{} of the export: the log was rewritten",
+                        old.size(),
+                        old.size()
+                    )));
+                }
+                proven.push((old.size(), *old.hash()));
+            }
+            None => return Err(VerifyError::MissingProof(format!(
+                "the export starts at #{from} and carries no proof for your checkpoint of size {}: export from #1, or with --earlier that checkpoint", old.size()))),
         }
     }
 
@@ -283,6 +331,21 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
         ceremonies,
         proved: opts.prove,
     })
+}
+
+/// The RFC 6962 tree hash of `leaves` (record hashes).
+fn tree_root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        // (Only ever asked for a non-empty prefix: a held checkpoint of size 0 is extended
+        // by every log.)
+        0 => Hash([0; 32]),
+        1 => leaves[0],
+        n => {
+            // The largest power of two below n splits the tree.
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            tlog::node_hash(tree_root(&leaves[..k]), tree_root(&leaves[k..]))
+        }
+    }
 }
 
 fn check_extends(

@@ -45,6 +45,7 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             earlier,
             witness,
             prove,
+            from,
             ..
         } => {
             let files = VerifyFiles {
@@ -53,6 +54,7 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 witnesses: &witness,
                 require_cosignatures: 0,
                 prove,
+                from,
             };
             return match verify_file(&file, &files) {
                 Ok(r) => {
@@ -163,6 +165,30 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                     );
                 }
                 let ex = api.audit_export(s, from, &sizes)?;
+                // The checkpoints given are checked before anything is written: signed by
+                // this HSM, and extended by its log (or it was rolled back or forked).
+                if !earlier.is_empty() {
+                    let opts = ferrohsm_audit::VerifyOptions {
+                        public_key: Some(api.audit_public_key()?),
+                        earlier: earlier.iter().map(|f| text(f)).collect::<R<_>>()?,
+                        from: Some(from.max(1)),
+                        ..Default::default()
+                    };
+                    use ferrohsm_audit::VerifyError as V;
+                    match ferrohsm_audit::verify_export(&ex, &opts) {
+                        Ok(_) => {}
+                        Err(e @ (V::Signature(_) | V::Malformed(_) | V::Key(_))) => {
+                            return Err(HsmError::InvalidInput(format!(
+                                "a checkpoint given with --earlier is not one this HSM signed ({e}); nothing was exported"
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(HsmError::Tamper(format!(
+                                "rollback or fork: the log does not extend a checkpoint given with --earlier ({e}); nothing was exported"
+                            )))
+                        }
+                    }
+                }
                 write(&out, &ex.to_bytes())?;
                 println!(
                     "exported records #{}..#{} with proofs to {}",

@@ -630,6 +630,10 @@ Examples:
         /// With --export: prove this record is included.
         #[arg(long)]
         prove: Option<u64>,
+        /// With --export: verify only a part of the log, starting at this record (an export
+        /// made with --from). Without it the export must start at #1.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
         #[command(flatten)]
         login: Login,
     },

@@ -947,3 +947,86 @@ fn audit_trail_export_verify_and_witnesses_from_the_cli() {
         .success()
         .stdout(predicate::str::contains("strict"));
 }
+
+/// `audit export --earlier` checks the checkpoint it is given: one its log extends is proven;
+/// one taken before the data directory was put back to an older copy is a rollback, refused
+/// with nothing written; a forged one is refused as not this HSM's. And the README's
+/// sequence (keep a checkpoint, export later, verify against it) works as written.
+#[test]
+fn audit_export_against_a_held_checkpoint_catches_a_rolled_back_directory() {
+    let e = Env::new();
+    e.run(&["audit", "init"]).success();
+    e.run(&["hsm", "init", "--label", "hsm1"]).success();
+    e.run(&["audit", "public-key", "--out", "hsm-audit.vkey"])
+        .success();
+    e.run(&["audit", "checkpoint", "--out", "last.checkpoint"])
+        .success();
+    // A copy of the directory as it is now: what a rollback would put back.
+    let old = e.tmp.path().join("data-old");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in std::fs::read_dir(e.data()).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, old.join(p.file_name().unwrap())).unwrap();
+    }
+    e.run(&["partition", "create", "--label", "p1"]).success();
+    e.run(&[
+        "audit",
+        "export",
+        "--out",
+        "audit.json",
+        "--earlier",
+        "last.checkpoint",
+    ])
+    .success();
+    Command::cargo_bin("ferrohsm-audit")
+        .unwrap()
+        .current_dir(e.tmp.path())
+        .args([
+            "verify",
+            "audit.json",
+            "--public-key",
+            "hsm-audit.vkey",
+            "--earlier",
+            "last.checkpoint",
+            "--prove",
+            "2",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("record #2 is included"));
+    // Later: a checkpoint of the longer log; then the directory is put back.
+    e.run(&["audit", "checkpoint", "--out", "newer.checkpoint"])
+        .success();
+    std::fs::remove_dir_all(e.data()).unwrap();
+    std::fs::rename(&old, e.data()).unwrap();
+    e.run(&[
+        "audit",
+        "export",
+        "--out",
+        "rolled.json",
+        "--earlier",
+        "newer.checkpoint",
+    ])
+    .code(5)
+    .stderr(predicate::str::contains("rollback or fork"));
+    assert!(!e.file("rolled.json").exists(), "nothing is written");
+    // A checkpoint whose root was changed is not one this HSM signed.
+    let cp = std::fs::read_to_string(e.file("last.checkpoint")).unwrap();
+    let root = cp.lines().nth(2).unwrap().to_string();
+    let flipped = if root.starts_with('A') { "B" } else { "A" };
+    std::fs::write(
+        e.file("forged.checkpoint"),
+        cp.replacen(&root, &format!("{flipped}{}", &root[1..]), 1),
+    )
+    .unwrap();
+    e.run(&[
+        "audit",
+        "export",
+        "--out",
+        "x.json",
+        "--earlier",
+        "forged.checkpoint",
+    ])
+    .code(2)
+    .stderr(predicate::str::contains("not one this HSM signed"));
+}

@@ -99,8 +99,8 @@ impl AuditKeys {
 /// Makes a new audit signing key for `serial`: (private signed-note key, verifier key, origin).
 pub(crate) fn new_signing_key(serial: &str) -> (zeroize::Zeroizing<String>, String, String) {
     let origin = format!("ferrohsm/{serial}/audit");
-    let name = format!("ferrohsm-{serial}-audit");
-    let (skey, vkey) = signed_note::generate_key(&mut rand_core::OsRng, &name);
+    // The key is named by the log's origin, as C2SP tlog-checkpoint asks.
+    let (skey, vkey) = signed_note::generate_key(&mut rand_core::OsRng, &origin);
     (zeroize::Zeroizing::new(skey), vkey, origin)
 }
 
@@ -293,9 +293,9 @@ pub(crate) fn export(
                 |r| r.get(0),
             )
             .optional()?;
-        let cp = cp.ok_or_else(|| {
-            HsmError::NotFound(format!("this HSM issued no checkpoint of size {s}"))
-        })?;
+        // A size this HSM never signed gets no proof; the verifier then says what is wrong
+        // with the checkpoint that named it.
+        let Some(cp) = cp else { continue };
         let proof = tlog::prove_tree(size, s, &reader).map_err(log_err)?;
         out_earlier.push(EarlierCheckpoint {
             checkpoint: cp,
@@ -307,6 +307,7 @@ pub(crate) fn export(
         version: ferrohsm_audit::export::VERSION,
         origin: keys.origin.clone(),
         public_key: keys.vkey.clone(),
+        first: from,
         checkpoint: note,
         records: recs,
         earlier: out_earlier,

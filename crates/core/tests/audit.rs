@@ -648,3 +648,112 @@ fn key_use_strict_refuses_and_batched_recovers_when_the_log_fails() {
     );
     hsm.audit_verify(&aud).unwrap();
 }
+
+#[test]
+fn deletions_at_either_end_an_emptied_export_and_ambiguous_json_are_caught() {
+    let (_f, mut hsm, s) = with_auditor();
+    let ex = hsm.audit_export(&s, 1, &[]).unwrap();
+    let o = opts(&hsm);
+    let n = ex.records.len() as u64;
+    // The first record deleted (the ceremony that began the log disappears).
+    let mut m = ex.clone();
+    m.records.remove(0);
+    m.first = 0;
+    let e = err(&m, &o);
+    assert!(
+        matches!(&e, VerifyError::Record { seq: 1, reason } if reason.contains("deleted")),
+        "{e}"
+    );
+    // The first three, with the export's own claim of where it starts rewritten to match.
+    let mut m = ex.clone();
+    m.records.drain(..3);
+    m.first = 4;
+    assert!(matches!(err(&m, &o), VerifyError::Record { seq: 1, .. }));
+    // The last record deleted.
+    let mut m = ex.clone();
+    m.records.pop();
+    assert_eq!(
+        err(&m, &o),
+        VerifyError::Truncated {
+            size: n,
+            last: n - 1
+        }
+    );
+    // Every record deleted.
+    let mut m = ex.clone();
+    m.records.clear();
+    assert_eq!(err(&m, &o), VerifyError::Empty);
+    // The checkpoint removed.
+    let mut m = ex.clone();
+    m.checkpoint.clear();
+    assert!(matches!(err(&m, &o), VerifyError::Signature(_)));
+    // The checkpoint's root changed.
+    let mut m = ex.clone();
+    let lines: Vec<&str> = ex.checkpoint.split('\n').collect();
+    let other_root = if lines[2].starts_with('A') { "B" } else { "A" };
+    m.checkpoint = ex
+        .checkpoint
+        .replacen(lines[2], &format!("{other_root}{}", &lines[2][1..]), 1);
+    assert!(matches!(err(&m, &o), VerifyError::Signature(_)));
+    // A changed byte in the origin or the embedded key.
+    let mut m = ex.clone();
+    m.origin.push('x');
+    assert!(matches!(err(&m, &o), VerifyError::Malformed(_)));
+    let mut m = ex.clone();
+    m.public_key = m.public_key.replacen('+', "x+", 1);
+    assert!(matches!(err(&m, &o), VerifyError::Key(_)));
+
+    // As files: a key twice (forged records first, genuine last), garbage appended.
+    let bytes = String::from_utf8(ex.to_bytes()).unwrap();
+    let mut forged = ex.clone();
+    forged.records.truncate(1);
+    let forged_records = serde_json::to_string(&forged.records).unwrap();
+    let twice = bytes.replacen(
+        "\"records\":",
+        &format!("\"records\": {forged_records},\n  \"records\":"),
+        1,
+    );
+    let e = Export::from_bytes(twice.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"records\" appears twice"), "{e}");
+    let e = Export::from_bytes(format!("{bytes}garbage").as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("damaged or truncated"), "{e}");
+    // And the genuine file reads back and verifies.
+    verify_export(&Export::from_bytes(bytes.as_bytes()).unwrap(), &o).unwrap();
+}
+
+#[test]
+fn a_complete_export_proves_consistency_itself_and_a_partial_one_says_what_is_missing() {
+    let (f, mut hsm, s) = with_auditor();
+    let early = hsm.audit_checkpoint(&s).unwrap();
+    let early_size = ferrohsm_audit::verify::checkpoint_size(&early).unwrap();
+    login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    // From #1, without a consistency proof: the records themselves show the log extends it.
+    let ex = hsm.audit_export(&s, 1, &[]).unwrap();
+    assert_eq!(ex.first, 1);
+    let mut o = opts(&hsm);
+    o.earlier = vec![early.clone()];
+    let r = verify_export(&ex, &o).unwrap();
+    assert!(r.extends.contains(&early_size));
+    // A part of the log: refused unless asked for, and then it needs the proof.
+    let part = hsm.audit_export(&s, 3, &[]).unwrap();
+    assert_eq!(part.first, 3);
+    let e = err(&part, &opts(&hsm));
+    assert!(
+        matches!(&e, VerifyError::Record { seq: 1, reason } if reason.contains("--from 3")),
+        "{e}"
+    );
+    let mut o = opts(&hsm);
+    o.from = Some(3);
+    verify_export(&part, &o).unwrap();
+    o.earlier = vec![early.clone()];
+    assert!(matches!(err(&part, &o), VerifyError::MissingProof(_)));
+    // With the proof, the part verifies against the held checkpoint too.
+    let proved = hsm.audit_export(&s, 3, &[early_size]).unwrap();
+    verify_export(&proved, &o).unwrap();
+    // (A held checkpoint the complete records contradict is a fork:
+    // later_checkpoint_extends_earlier_and_a_fork_is_caught.)
+}

@@ -49,6 +49,10 @@ enum Cmd {
         /// Prove that this record (sequence number) is included.
         #[arg(long, value_name = "SEQ")]
         prove: Option<u64>,
+        /// Verify only a part of the log, starting at this record (an export made with
+        /// `ferrohsm audit export --from SEQ`). Without it the export must start at #1.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
     },
     /// Witness tools.
     #[command(subcommand)]
@@ -64,6 +68,7 @@ fn run(cli: Cli) -> Result<String, ToolError> {
             witness,
             require_cosignatures,
             prove,
+            from,
         } => {
             let files = VerifyFiles {
                 public_key: public_key.as_deref(),
@@ -71,6 +76,7 @@ fn run(cli: Cli) -> Result<String, ToolError> {
                 witnesses: &witness,
                 require_cosignatures,
                 prove,
+                from,
             };
             let r = verify_file(&export, &files)?;
             let mut out = r.to_string();
