@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cosignature;
 pub mod export;
 pub mod record;
 pub mod tool;

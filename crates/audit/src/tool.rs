@@ -21,20 +21,27 @@ pub enum WitnessTool {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Cosign a checkpoint with a witness key, after checking the HSM's signature on it.
+    /// Cosign a checkpoint with a witness key (C2SP tlog-cosignature/v1), after checking the
+    /// HSM's signature on it and that it extends the last checkpoint this witness cosigned
+    /// for the log (kept in the witness's state file).
     #[command(
-        after_help = "Example:\n  cosign --key alice.key --checkpoint cp.txt --public-key hsm-audit.vkey"
+        after_help = "Examples:\n  cosign --key alice.key --checkpoint cp.txt --public-key hsm-audit.vkey\n  cosign --key alice.key --checkpoint request.txt --public-key hsm-audit.vkey --state alice.state"
     )]
     Cosign {
         /// Witness private key file.
         #[arg(long)]
         key: PathBuf,
-        /// Checkpoint (signed note) file.
+        /// The checkpoint (signed note), or a witness request with a consistency proof from
+        /// the last size this witness cosigned (`ferrohsm audit checkpoint --old-size N`).
         #[arg(long)]
         checkpoint: PathBuf,
         /// The HSM's audit public key file.
         #[arg(long)]
         public_key: PathBuf,
+        /// The witness's state file: the last checkpoint it cosigned, per log (default: the
+        /// key file's name with .state).
+        #[arg(long)]
+        state: Option<PathBuf>,
         /// Output file (default: over --checkpoint).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -79,17 +86,30 @@ pub fn run_witness(t: &WitnessTool) -> Result<String, ToolError> {
             key,
             checkpoint,
             public_key,
+            state,
             out,
         } => {
             let skey = zeroize::Zeroizing::new(text(key)?);
-            let signed = witness::cosign(&text(checkpoint)?, &skey, &text(public_key)?)
+            let state_file = state.clone().unwrap_or_else(|| key.with_extension("state"));
+            let mut st = witness::WitnessState::load(&state_file)
+                .map_err(|e| ToolError::Usage(e.to_string()))?;
+            let request = witness::CosignRequest::parse(&text(checkpoint)?)
+                .map_err(|e| ToolError::Usage(e.to_string()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let signed = witness::cosign(&request, &skey, &text(public_key)?, &mut st, now)
                 .map_err(|e| ToolError::Failed(e.to_string()))?;
             let dest = out.as_ref().unwrap_or(checkpoint);
             std::fs::write(dest, signed)
                 .map_err(|e| ToolError::Usage(format!("{}: {e}", dest.display())))?;
+            // Remembered only once the cosignature is out: a failed write cosigned nothing.
+            st.save(&state_file)
+                .map_err(|e| ToolError::Usage(e.to_string()))?;
             Ok(format!(
-                "cosigned checkpoint written to {}\n",
-                dest.display()
+                "cosigned checkpoint written to {} (witness state: {})\n",
+                dest.display(),
+                state_file.display()
             ))
         }
     }

@@ -154,7 +154,7 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
             "the export names another key than the one you pinned".into(),
         ));
     }
-    let (note, cp) = open_checkpoint(&ex.checkpoint, &hsm)?;
+    let (_, cp) = open_checkpoint(&ex.checkpoint, &hsm)?;
     if cp.origin() != ex.origin {
         return Err(VerifyError::Malformed(format!(
             "checkpoint origin {:?} is not the export's {:?}",
@@ -295,13 +295,26 @@ pub fn verify_export(ex: &Export, opts: &VerifyOptions) -> Result<Report, Verify
         }
     }
 
-    // Witnesses.
+    // Witnesses: a cosignature counts on the latest checkpoint, or on an earlier one the
+    // latest is proven to extend (witnesses cosign a checkpoint some time after it is made).
     let mut cosigned_by = Vec::new();
+    let mut cosigned_notes = vec![ex.checkpoint.clone()];
+    for e in &ex.earlier {
+        if let Some(s) = checkpoint_size(&e.checkpoint) {
+            if proven.iter().any(|(p, _)| *p == s) {
+                cosigned_notes.push(e.checkpoint.clone());
+            }
+        }
+    }
     for w in &opts.witnesses {
-        let v = verifier(w)?;
-        let list = VerifierList::new(vec![Box::new(v.clone())]);
-        if note.verify(&list).is_ok() {
-            cosigned_by.push(v.name().to_string());
+        let v = crate::witness::any_verifier(w)
+            .ok_or_else(|| VerifyError::Key(format!("{w:?} is not a witness verifier key")))?;
+        let name = v.name().to_string();
+        if cosigned_notes
+            .iter()
+            .any(|n| !crate::witness::cosigners(n, std::slice::from_ref(w)).is_empty())
+        {
+            cosigned_by.push(name);
         }
     }
     if cosigned_by.len() < opts.require_cosignatures {

@@ -204,15 +204,57 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 print!("{r}");
                 Ok(exit::OK)
             }
-            AuditCmd::Checkpoint { out, login: l } => {
+            AuditCmd::Checkpoint {
+                out,
+                old_size,
+                login: l,
+            } => {
                 let s = crate::front::login(api, ped_dir, &l, Role::Auditor, None)?;
-                let cp = api.audit_checkpoint(s)?;
+                let mut cp = api.audit_checkpoint(s)?;
+                if let Some(old) = old_size {
+                    // The proof comes from an export of the last record only; its checkpoint
+                    // is the one the proof is to.
+                    let size = ferrohsm_audit::verify::checkpoint_size(&cp).unwrap_or(0);
+                    if old > size {
+                        return Err(HsmError::Tamper(format!(
+                            "rollback or fork: the witness cosigned size {old}, but the log has {size} records"
+                        )));
+                    }
+                    let ex = api.audit_export(s, size.max(1), &[old])?;
+                    let proof = if old == 0
+                        || Some(old) == ferrohsm_audit::verify::checkpoint_size(&ex.checkpoint)
+                    {
+                        vec![]
+                    } else {
+                        ex.earlier
+                            .iter()
+                            .find(|e| ferrohsm_audit::verify::checkpoint_size(&e.checkpoint) == Some(old))
+                            .map(|e| e.consistency.clone())
+                            .ok_or_else(|| {
+                                HsmError::NotFound(format!(
+                                    "this HSM issued no checkpoint of size {old}: the witness state is not this log's"
+                                ))
+                            })?
+                    };
+                    cp = ferrohsm_audit::witness::CosignRequest {
+                        old,
+                        proof,
+                        note: ex.checkpoint,
+                    }
+                    .to_text();
+                }
                 write(&out, cp.as_bytes())?;
-                println!(
-                    "checkpoint of size {} written to {}",
-                    ferrohsm_audit::verify::checkpoint_size(&cp).unwrap_or(0),
-                    out.display()
-                );
+                let note = ferrohsm_audit::witness::CosignRequest::parse(&cp)
+                    .map(|r| r.note)
+                    .unwrap_or_default();
+                let size = ferrohsm_audit::verify::checkpoint_size(&note).unwrap_or(0);
+                match old_size {
+                    Some(old) => println!(
+                        "witness request for the checkpoint of size {size}, proven to extend size {old}, written to {}",
+                        out.display()
+                    ),
+                    None => println!("checkpoint of size {size} written to {}", out.display()),
+                }
                 Ok(exit::OK)
             }
             _ => Err(HsmError::State("not a reading of the log".into())),

@@ -637,12 +637,19 @@ Examples:
         #[command(flatten)]
         login: Login,
     },
-    /// Write the latest signed checkpoint (Auditor), e.g. for witnesses to cosign.
-    #[command(after_help = "Example:\n  ferrohsm audit checkpoint --out cp.txt")]
+    /// Write the latest signed checkpoint (Auditor), e.g. for witnesses to cosign; with
+    /// --old-size, a witness request (C2SP tlog-witness) carrying the consistency proof from
+    /// the size the witness last cosigned.
+    #[command(
+        after_help = "Examples:\n  ferrohsm audit checkpoint --out cp.txt\n  ferrohsm audit checkpoint --out request.txt --old-size 42"
+    )]
     Checkpoint {
         /// File to write.
         #[arg(long)]
         out: PathBuf,
+        /// The size of the checkpoint the witness last cosigned (its state file says).
+        #[arg(long, value_name = "SIZE")]
+        old_size: Option<u64>,
         #[command(flatten)]
         login: Login,
     },

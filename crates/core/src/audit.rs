@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS audit_log(idx INTEGER PRIMARY KEY, record BLOB NOT NU
 CREATE TABLE IF NOT EXISTS audit_hashes(idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints(size INTEGER PRIMARY KEY, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_state(kind TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_cosigned(size INTEGER PRIMARY KEY);
 ";
 
 /// How key use (sign, verify, encrypt, decrypt) is audited.
@@ -240,6 +241,10 @@ pub(crate) fn store_cosigned(tx: &Transaction<'_>, size: u64, note: &str) -> Res
         "UPDATE audit_checkpoints SET note = ?2 WHERE size = ?1",
         params![size as i64, note],
     )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO audit_cosigned(size) VALUES (?1)",
+        [size as i64],
+    )?;
     Ok(())
 }
 
@@ -281,8 +286,21 @@ pub(crate) fn export(
             proof: proof.iter().map(hash_to_string).collect(),
         });
     }
+    // The newest checkpoint witnesses cosigned travels with every export, with the proof
+    // that the latest extends it: cosignatures can then be counted offline.
+    let cosigned: Option<i64> = tx
+        .query_row(
+            "SELECT size FROM audit_cosigned WHERE size < ?1 ORDER BY size DESC LIMIT 1",
+            [size as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut sizes: Vec<u64> = earlier.to_vec();
+    sizes.extend(cosigned.map(|s| s as u64));
+    sizes.sort_unstable();
+    sizes.dedup();
     let mut out_earlier = Vec::new();
-    for &s in earlier {
+    for &s in &sizes {
         if s >= size || s == 0 {
             continue;
         }

@@ -551,7 +551,7 @@ impl Store {
 
     /// Destroys the whole audit log and its keys, and starts a new one (factory reset only).
     pub fn reset_audit(&mut self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM audit_log; DELETE FROM audit_hashes; DELETE FROM audit_checkpoints; DELETE FROM audit_state; COMMIT;")?;
+        self.conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM audit_log; DELETE FROM audit_hashes; DELETE FROM audit_checkpoints; DELETE FROM audit_cosigned; DELETE FROM audit_state; COMMIT;")?;
         let path = self.dir.join(AUDIT_KEY_FILE);
         if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) {
             let _ = f.write_all(&[0u8; 48]);

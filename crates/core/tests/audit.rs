@@ -757,3 +757,95 @@ fn a_complete_export_proves_consistency_itself_and_a_partial_one_says_what_is_mi
     // (A held checkpoint the complete records contradict is a fork:
     // later_checkpoint_extends_earlier_and_a_fork_is_caught.)
 }
+
+/// A witness in the C2SP form: cosignatures are tlog-cosignature/v1 (a timestamp and a type
+/// 0x04 key), and the witness's state refuses a smaller tree (rollback), a second tree of the
+/// same size (fork), a larger one without a proof, and a proof that does not hold. An export
+/// carries the cosigned checkpoint, so a verifier counts cosignatures offline.
+#[test]
+fn a_witness_remembers_what_it_cosigned_and_refuses_rollbacks_and_forks() {
+    use ferrohsm_audit::witness::{cosign, CosignRequest, WitnessState};
+    let (f, mut hsm, s) = with_auditor();
+    let hsm_key = hsm.audit_public_key().unwrap();
+    let (skey, wkey) = ferrohsm_audit::witness::generate("witness.example/alice").unwrap();
+    hsm.add_witness(&s, &wkey).unwrap();
+    let mut st = WitnessState::default();
+    let small = hsm.audit_checkpoint(&s).unwrap();
+    login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let big = hsm.audit_checkpoint(&s).unwrap();
+    let big_size = ferrohsm_audit::verify::checkpoint_size(&big).unwrap();
+    let req = |t: &str| CosignRequest::parse(t).unwrap();
+    let signed = cosign(&req(&big), &skey, &hsm_key, &mut st, 1_800_000_000).unwrap();
+    // The cosignature line: key hash (4), big-endian timestamp (8), signature (64).
+    use base64::Engine as _;
+    let line = signed.lines().last().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(line.rsplit(' ').next().unwrap())
+        .unwrap();
+    assert_eq!(raw.len(), 4 + 8 + 64);
+    assert_eq!(
+        u64::from_be_bytes(raw[4..12].try_into().unwrap()),
+        1_800_000_000
+    );
+    // Rolled back: a smaller tree is refused.
+    let e = cosign(&req(&small), &skey, &hsm_key, &mut st, 1_800_000_001).unwrap_err();
+    assert!(
+        matches!(&e, VerifyError::Fork(m) if m.contains("rolled back")),
+        "{e}"
+    );
+    // A second tree of the same size is a fork.
+    let mut forked = st.clone();
+    let origin = forked.logs.keys().next().unwrap().clone();
+    forked.logs.insert(
+        origin,
+        (
+            big_size,
+            ferrohsm_audit::export::hash_to_string(&ferrohsm_audit::Hash([7; 32])),
+        ),
+    );
+    let e = cosign(&req(&big), &skey, &hsm_key, &mut forked, 1).unwrap_err();
+    assert!(matches!(e, VerifyError::Fork(_)), "{e}");
+    // A larger tree with no proof from the last cosigned size: refused, saying what to ask.
+    login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let bigger = hsm.audit_checkpoint(&s).unwrap();
+    let e = cosign(&req(&bigger), &skey, &hsm_key, &mut st, 2).unwrap_err();
+    assert!(
+        matches!(&e, VerifyError::MissingProof(m) if m.contains(&format!("--old-size {big_size}"))),
+        "{e}"
+    );
+    // With the proof (as `ferrohsm audit checkpoint --old-size` writes it): cosigned.
+    let ex = hsm.audit_export(&s, 1, &[big_size]).unwrap();
+    let proof = ex
+        .earlier
+        .iter()
+        .find(|e| ferrohsm_audit::verify::checkpoint_size(&e.checkpoint) == Some(big_size))
+        .unwrap()
+        .consistency
+        .clone();
+    let good = CosignRequest {
+        old: big_size,
+        proof: proof.clone(),
+        note: ex.checkpoint.clone(),
+    };
+    let mut bad_proof = CosignRequest::parse(&good.to_text()).unwrap();
+    bad_proof.proof[0] = ex.records[0].proof[0].clone();
+    let e = cosign(&bad_proof, &skey, &hsm_key, &mut st.clone(), 3).unwrap_err();
+    assert!(matches!(e, VerifyError::Fork(_)), "{e}");
+    let cosigned = cosign(&good, &skey, &hsm_key, &mut st, 3).unwrap();
+    let new_size = ferrohsm_audit::verify::checkpoint_size(&ex.checkpoint).unwrap();
+    assert_eq!(st.logs.values().next().unwrap().0, new_size);
+    // Kept by the HSM, then carried by every export: counted offline.
+    assert_eq!(
+        hsm.submit_cosigned(&s, &cosigned).unwrap(),
+        vec!["witness.example/alice".to_string()]
+    );
+    let later = hsm.audit_export(&s, 1, &[]).unwrap();
+    let mut o = opts(&hsm);
+    o.witnesses = vec![wkey.clone()];
+    o.require_cosignatures = 1;
+    let r = verify_export(&later, &o).unwrap();
+    assert_eq!(r.cosigned_by, vec!["witness.example/alice".to_string()]);
+    // Without the witness's key given, one cosignature required: refused.
+    o.witnesses.clear();
+    assert!(matches!(err(&later, &o), VerifyError::Witness(_)));
+}

@@ -208,15 +208,18 @@ impl Hsm {
         self.read_witnesses()
     }
 
-    /// Registers a witness by its signed-note verifier key (Auditor only).
+    /// Registers a witness by its verifier key: C2SP cosignature/v1 (type 0x04, what `witness
+    /// keygen` makes) or a plain signed-note Ed25519 key (Auditor only).
     pub fn add_witness(&mut self, s: &Session, vkey: &str) -> Result<Witness> {
         self.auditor_only(s, "registering witnesses")?;
         let vkey = vkey.trim();
-        let v = signed_note::StandardVerifier::new(vkey).map_err(|e| {
-            HsmError::InvalidInput(format!("not a signed-note Ed25519 verifier key ({e:?})"))
+        let v = ferrohsm_audit::witness::any_verifier(vkey).ok_or_else(|| {
+            HsmError::InvalidInput(
+                "not a witness verifier key (C2SP cosignature/v1, or signed-note Ed25519)".into(),
+            )
         })?;
         let w = Witness {
-            name: signed_note::Verifier::name(&v).to_string(),
+            name: v.name().to_string(),
             vkey: vkey.to_string(),
             added: now_rfc3339(),
         };
