@@ -26,6 +26,8 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 command -v p11tool >/dev/null 2>&1 && command -v certtool >/dev/null 2>&1 || need+=(gnutls-bin)
 [ -f "$ENGINE" ] || need+=(libengine-pkcs11-openssl)
 command -v keytool >/dev/null 2>&1 && command -v jarsigner >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || need+=(golang-golang-x-mod-dev)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1
 fi
@@ -33,7 +35,7 @@ if ! python3 -c 'import pkcs11' >/dev/null 2>&1; then
   python3 -m pip install --quiet python-pkcs11 >/dev/null 2>&1 ||
     python3 -m pip install --quiet --break-system-packages python-pkcs11 >/dev/null 2>&1
 fi
-for t in pkcs11-tool openssl p11tool certtool keytool jarsigner jar python3; do
+for t in pkcs11-tool openssl p11tool certtool keytool jarsigner jar python3 go; do
   command -v "$t" >/dev/null 2>&1 || { echo "FAIL prerequisite: $t is not installed"; echo "0 passed, 1 failed"; exit 1; }
 done
 [ -x "$BIN" ] && [ -f "$MOD" ] || { echo "FAIL prerequisite: build first (cargo build)"; echo "0 passed, 1 failed"; exit 1; }
@@ -319,6 +321,25 @@ if [ "$MODE" != embedded ]; then
 fi
 check "the Auditor, imprinted afterwards, sees the token's whole history" \
   bash -c "'$BIN' --ped-dir '$W/ped' audit init --auth password --new-password env:SO_PW >/dev/null && '$BIN' --ped-dir '$W/ped' audit show --password env:SO_PW | grep -q 'partition-create .*e2e-token'"
+
+# The audit export read by Go's golang.org/x/mod/sumdb/note and sumdb/tlog (Debian's
+# golang-golang-x-mod-dev), with a witness's C2SP cosignature on a checkpoint it carries.
+A=("$BIN" --ped-dir "$W/ped" audit)
+GO=(env GOCACHE="$W/gocache" GO111MODULE=off GOPATH=/usr/share/gocode go run "$ROOT/tests/e2e/tlogcheck/main.go")
+check "a witness cosigns a checkpoint (C2SP tlog-cosignature/v1) and the Auditor submits it" bash -c "
+  ${A[*]} public-key --out hsm-audit.vkey >/dev/null &&
+  ${A[*]} witness keygen --name e2e.example/witness --out w.key > w.vkey &&
+  ${A[*]} witness add --public-key w.vkey --password env:SO_PW >/dev/null &&
+  ${A[*]} checkpoint --out cp.txt --password env:SO_PW >/dev/null &&
+  ${A[*]} witness cosign --key w.key --checkpoint cp.txt --public-key hsm-audit.vkey >/dev/null &&
+  ${A[*]} witness submit --checkpoint cp.txt --password env:SO_PW | grep -q e2e.example/witness"
+check "the export verifies offline with that witness's cosignature required" bash -c "
+  ${A[*]} export --out audit.json --earlier cp.txt --password env:SO_PW >/dev/null &&
+  '$ROOT/target/debug/ferrohsm-audit' verify audit.json --public-key hsm-audit.vkey --earlier cp.txt --witness w.vkey --require-cosignatures 1 | grep -q 'cosigned by: e2e.example/witness'"
+check "Go's sumdb/note opens the checkpoints with the HSM's key and sumdb/tlog checks every proof" \
+  bash -c "${GO[*]} audit.json hsm-audit.vkey | grep -q '^OK size=.* earlier=[1-9]'"
+sed 's/partition-create/partition-creatf/' audit.json > altered.json
+refused "Go's sumdb/tlog catches a changed record" "FAILED: record" "${GO[@]}" altered.json hsm-audit.vkey
 
 [ -n "${SRV:-}" ] && kill "$SRV" 2>/dev/null
 SRV=
