@@ -435,11 +435,12 @@ fn partition_info(api: &mut dyn HsmApi, label: &str) -> R<ferrohsm_core::hsm::Pa
         .ok_or_else(|| HsmError::NotFound(format!("no partition labelled {label:?}")))
 }
 
-fn partition_role(s: &str) -> R<Role> {
+/// A partition role named with `flag` (`--role` or `--as`): co or cu.
+fn partition_role(s: &str, flag: &str) -> R<Role> {
     let r = Role::parse(s)?;
     if !matches!(r, Role::CryptoOfficer | Role::CryptoUser) {
         return Err(HsmError::InvalidInput(format!(
-            "--role takes co or cu here, not {s}"
+            "{flag} takes co or cu here, not {s}"
         )));
     }
     Ok(r)
@@ -458,7 +459,7 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             confirm_destroy,
             login: l,
         } => {
-            let role = partition_role(&role)?;
+            let role = partition_role(&role, "--role")?;
             let by = if role == Role::CryptoOfficer {
                 Role::PartitionSo
             } else {
@@ -492,7 +493,7 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             set_challenge,
             login: l,
         } => {
-            let role = partition_role(&role)?;
+            let role = partition_role(&role, "--role")?;
             let s = crate::front::login(api, ped_dir, &l, role, Some(&partition))?;
             let src = set_challenge.unwrap_or_else(|| "prompt".into());
             let ch = input::read(&src, Kind::Password, "new challenge secret")?;
@@ -505,7 +506,7 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             as_role,
             login: l,
         } => {
-            let role = partition_role(&role)?;
+            let role = partition_role(&role, "--role")?;
             let by = match as_role {
                 Some(a) => Role::parse(&a)?,
                 None => role,
@@ -523,7 +524,7 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             role,
             login: l,
         } => {
-            let role = partition_role(&role)?;
+            let role = partition_role(&role, "--role")?;
             let s = crate::front::login(api, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
             api.reset_role(s, role)?;
             done(format!(
@@ -841,7 +842,7 @@ fn find_key(
 
 /// Logs the Crypto Officer (or, with --as cu, the Crypto User) of the command's partition in.
 fn key_login(hsm: &mut dyn HsmApi, ped_dir: &Path, u: &KeyUser) -> R<LoginId> {
-    let role = partition_role(&u.as_role)?;
+    let role = partition_role(&u.as_role, "--as")?;
     crate::front::login(hsm, ped_dir, &u.login, role, Some(&u.partition))
 }
 

@@ -82,7 +82,19 @@ pub fn login(
     role: Role,
     partition: Option<&str>,
 ) -> R<LoginId> {
-    let password = password_mode(api)?;
+    // The Auditor authenticates as it was imprinted, whatever state the HSM is in (it must
+    // read the log of a zeroized or never-initialised HSM too).
+    let password = match role {
+        Role::Auditor => match api.info()?.auditor {
+            Some(a) => a.auth == "password",
+            None => {
+                return Err(HsmError::State(
+                    "no Auditor is imprinted; run `ferrohsm audit init`".into(),
+                ))
+            }
+        },
+        _ => password_mode(api)?,
+    };
     let prefix = key_prefix(&api.summary()?.serial, partition, role.short());
     let credential = l.credential(ped_dir, &prefix, password, &who(role, partition))?;
     api.login(role, partition, credential)

@@ -112,11 +112,12 @@ macro_rules! imprint_args {
         #[doc = concat!("PED dialogue answers for ", $what, ".")]
         #[derive(Args, Debug, Clone, Default)]
         pub struct $name {
-            #[doc = concat!("Key file(s) to write ", $what, " on (N of them), or to read it from with --", $p, "reuse. Default: files in the PED directory.")]
-            #[arg(long = concat!($p, "key"), id = concat!($p, "key"), value_name = "FILE")]
+            // (clap reads help from literal doc comments only; these are built, so `help`.)
+            #[arg(long = concat!($p, "key"), id = concat!($p, "key"), value_name = "FILE",
+                help = concat!("Key file(s) to write ", $what, " on (N of them; repeat the flag), or to read it from with --", $p, "reuse. Default: <serial>-…-N.pedkey in the PED directory. Example: --", $p, "key a.pedkey --", $p, "key b.pedkey"))]
             pub key: Vec<PathBuf>,
-            #[doc = concat!("Reuse the secret already on the --", $p, "key file(s) (same type only) instead of generating one.")]
-            #[arg(long = concat!($p, "reuse"), id = concat!($p, "reuse"))]
+            #[arg(long = concat!($p, "reuse"), id = concat!($p, "reuse"),
+                help = concat!("Reuse the secret already on the --", $p, "key file(s) (a key of the same colour, e.g. from another HSM) instead of generating a new one. Example: --", $p, "reuse --", $p, "key old.pedkey"))]
             pub reuse: bool,
             #[doc = "M: shares needed to rebuild the secret (1-16)."]
             #[arg(long = concat!($p, "m"), id = concat!($p, "m"), value_name = "M")]

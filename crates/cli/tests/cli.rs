@@ -1030,3 +1030,30 @@ fn audit_export_against_a_held_checkpoint_catches_a_rolled_back_directory() {
     .code(2)
     .stderr(predicate::str::contains("not one this HSM signed"));
 }
+
+/// The Auditor reads, exports, verifies and checkpoints the log whatever state the HSM is
+/// in: before it is initialised, after a zeroize, and after the tamper switch.
+#[test]
+fn the_auditor_reads_the_log_of_an_uninitialised_zeroized_or_tampered_hsm() {
+    let e = Env::new();
+    e.run(&["audit", "init"]).success();
+    let reads = |e: &Env, what: &str| {
+        e.run(&["audit", "show"])
+            .success()
+            .stdout(predicate::str::contains(what));
+        e.run(&["audit", "export", "--out", "ex.json"]).success();
+        e.run(&["audit", "verify"])
+            .success()
+            .stdout(predicate::str::contains("verified"));
+        e.run(&["audit", "checkpoint", "--out", "cp.txt"]).success();
+        e.run(&["audit", "config", "show"]).success();
+    };
+    reads(&e, "audit-init");
+    e.run(&["hsm", "init", "--label", "hsm1"]).success();
+    e.run(&["hsm", "zeroize", "--yes"]).success();
+    reads(&e, "zeroize");
+    e.run(&["hsm", "init", "--label", "hsm2", "--overwrite"])
+        .success();
+    e.run(&["hsm", "tamper", "--yes"]).success();
+    reads(&e, "tamper");
+}

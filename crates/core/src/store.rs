@@ -89,6 +89,9 @@ pub struct Store {
     shm: Option<Arc<ShmFile>>,
     /// Its header when `seen` was last confirmed.
     seen_wal: Option<WalHeader>,
+    /// Set while a detected tamper is being recorded, so that a failure to record it is not
+    /// itself recorded (and so on).
+    noting_tamper: bool,
 }
 
 /// A read-only view of the start of a file that other processes rewrite in place (the WAL
@@ -286,6 +289,7 @@ impl Store {
             seen: None,
             shm: shm_handle(&db),
             seen_wal: None,
+            noting_tamper: false,
         };
         if store.meta("format")?.is_none() {
             store.set_meta("format", STORE_FORMAT)?;
@@ -429,6 +433,7 @@ impl Store {
             seen: None,
             shm: shm_handle(&db),
             seen_wal: None,
+            noting_tamper: false,
         };
         // Keep auditing if the audit key is sound; the store itself is about to be destroyed.
         let _ = store.load_audit_key();
@@ -591,6 +596,26 @@ impl Store {
 
     /// Records a tamper event (best effort: the store may be unwritable) and returns the error.
     fn tamper(&mut self, reason: &str) -> HsmError {
+        self.note_tamper(reason);
+        HsmError::Tamper(format!("{reason}; the HSM refuses to use this store"))
+    }
+
+    /// Passes `r` on; a tamper it reports is first recorded: a `tamper-detected` audit record
+    /// and the tamper note `hsm show` reports. When the log itself is what failed, the record
+    /// cannot be written: the note and the error (on the console, in the server's log) say it.
+    fn noticed<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(HsmError::Tamper(m)) = &r {
+            let m = m.clone();
+            self.note_tamper(&m);
+        }
+        r
+    }
+
+    fn note_tamper(&mut self, reason: &str) {
+        if self.noting_tamper {
+            return;
+        }
+        self.noting_tamper = true;
         let serial = self.meta("serial").ok().flatten().unwrap_or_default();
         let e = Event {
             seq: 0,
@@ -603,9 +628,9 @@ impl Store {
             outcome: format!("failure: {reason}"),
         };
         // Best effort: a store this damaged may not take the record.
-        let _ = self.write(|t| t.event(&e));
+        let _ = self.append_events([&e]);
         let _ = self.set_meta("tamper", reason);
-        HsmError::Tamper(format!("{reason}; the HSM refuses to use this store"))
+        self.noting_tamper = false;
     }
 
     /// Makes a new device key (at initialisation): writes `device.key` atomically with
@@ -668,13 +693,16 @@ impl Store {
     ) -> Result<T> {
         self.seen = None;
         self.seen_wal = None;
-        let mut t = self.begin(TransactionBehavior::Immediate)?;
-        let out = f(&mut t)?;
-        if state_change {
-            bump_generation(&t.tx)?;
-        }
-        t.finish()?;
-        Ok(out)
+        let r = (|| {
+            let mut t = self.begin(TransactionBehavior::Immediate)?;
+            let out = f(&mut t)?;
+            if state_change {
+                bump_generation(&t.tx)?;
+            }
+            t.finish()?;
+            Ok(out)
+        })();
+        self.noticed(r)
     }
 
     /// Appends audit events in one transaction, changing no other state (the state generation
@@ -690,8 +718,10 @@ impl Store {
 
     /// Runs `f` over a consistent snapshot; nothing is written.
     pub fn read<T>(&mut self, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
-        let mut t = self.begin(TransactionBehavior::Deferred)?;
-        f(&mut t)
+        let r = self
+            .begin(TransactionBehavior::Deferred)
+            .and_then(|mut t| f(&mut t));
+        self.noticed(r)
     }
 
     fn begin(&mut self, behavior: TransactionBehavior) -> Result<Txn<'_>> {

@@ -74,6 +74,17 @@ fn inv2_edited_object_and_moved_rows_are_detected() {
         .sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap_err();
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
+    // What was detected is recorded: in the log, and in what `hsm show` reports.
+    let tamper = hsm.info().unwrap().tamper;
+    assert!(tamper.is_some(), "hsm show reports no tamper");
+    let recorded: i64 = db(&f)
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE CAST(record AS TEXT) LIKE '%tamper-detected%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(recorded, 1, "one tamper-detected record");
     // The AES key itself is untouched and still works.
     let p = Params {
         iv: vec![0; 12],

@@ -27,6 +27,20 @@ fn activation_challenge_restart_and_auto_activation() {
     let ec = hsm.find_key(&s, "ec", ObjectClass::PrivateKey).unwrap();
     hsm.sign(&s, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
         .unwrap();
+    // But it does not replace the CO's secret: that would lock out the PED key's holder.
+    let replacement = f.tmp.path().join("new-co.pedkey");
+    let e = hsm
+        .change_secret(
+            &s,
+            NewSecret::Ped(&mut new_ped(vec![replacement.clone()], 1, 1, None)),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Refused(m) if m.contains("challenge secret")),
+        "{e}"
+    );
+    assert!(!replacement.exists(), "no key file was written");
+    login(&f, &mut hsm, Role::CryptoOfficer, "co");
     // A wrong challenge counts as a failed login of the CO.
     let e = hsm
         .login(

@@ -269,6 +269,7 @@ impl Hsm {
                     partition: part_id,
                     partition_label: partition.map(str::to_owned),
                     pmk,
+                    via_activation,
                     cache: KeyCache::default(),
                     session_objects: Mutex::new(BTreeMap::new()),
                 })

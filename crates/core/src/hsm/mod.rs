@@ -177,6 +177,9 @@ pub struct Session {
     partition: Option<u32>,
     partition_label: Option<String>,
     pmk: Option<Secret32>,
+    /// Logged in with an activated role's challenge secret rather than the role's own
+    /// secret: such a login uses keys but never replaces the secret it stands in for.
+    via_activation: bool,
     cache: KeyCache,
     /// Session objects (`CKA_TOKEN` false) by handle, with the PKCS#11 session owning each.
     /// Never written anywhere; dropped (and so zeroized) with their owner or the login.
@@ -545,6 +548,7 @@ mod tests {
             partition: Some(1),
             partition_label: None,
             pmk: None,
+            via_activation: false,
             cache: KeyCache::default(),
             session_objects: Mutex::new(full),
         };

@@ -166,8 +166,9 @@ impl Hsm {
             return Err(HsmError::Refused("activation applies to PED-authenticated HSMs; on this HSM the password is the login".into()));
         }
         if !eff.activation {
-            return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(
-                "partition policy activation is off; the Partition SO must allow it (`ferrohsm partition policy set activation on`)".into())));
+            return Err(self.refuse("activate", s.role.short(), s.partition(), HsmError::Refused(format!(
+                "partition policy activation is off; the Partition SO must allow it (`ferrohsm partition policy set --partition {} activation on`)",
+                s.partition_label.as_deref().unwrap_or("<partition>")))));
         }
         let kdf = KdfParams::fresh();
         let auth = kdf.derive(challenge.expose())?;
@@ -223,6 +224,15 @@ impl Hsm {
         s: &Session,
         secret: NewSecret<'_>,
     ) -> Result<Option<Imprinted>> {
+        if s.via_activation {
+            // Whoever holds only the challenge secret would otherwise lock out the holder of
+            // the physical key.
+            let e = HsmError::Refused(format!(
+                "the {}'s secret is replaced only by a login with its own PED key (or password), not with the challenge secret of an activation",
+                s.role
+            ));
+            return Err(self.refuse("role-change-secret", s.role.short(), s.partition(), e));
+        }
         let (mode, allow) = self.store.read(|t| {
             let d = Self::device(t)?;
             let allow = match s.partition {
