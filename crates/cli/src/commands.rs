@@ -496,7 +496,7 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             let role = partition_role(&role, "--role")?;
             let s = crate::front::login(api, ped_dir, &l, role, Some(&partition))?;
             let src = set_challenge.unwrap_or_else(|| "prompt".into());
-            let ch = input::read(&src, Kind::Password, "new challenge secret")?;
+            let ch = input::read_new(&src, Kind::Password, "new challenge secret")?;
             api.activate(s, ch)?;
             done(format!("{role} of {partition} activated: its challenge secret now logs it in (`--challenge`)"))
         }
@@ -542,8 +542,8 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
             let s = crate::front::login(api, ped_dir, &l, role, partition.as_deref())?;
             let pin = match (new_pin, remove_pin) {
                 (_, true) => None,
-                (Some(src), false) => Some(input::read(&src, Kind::PedPin, "new PED PIN")?),
-                (None, false) => Some(input::prompt_secret(Kind::PedPin, "new PED PIN")?),
+                (Some(src), false) => Some(input::read_new(&src, Kind::PedPin, "new PED PIN")?),
+                (None, false) => Some(input::prompt_new(Kind::PedPin, "new PED PIN")?),
             };
             let who = crate::front::who(role, partition.as_deref());
             // The role's keys again, so the HSM can re-mix their secret with the new PIN.

@@ -72,22 +72,140 @@ pub fn interactive() -> bool {
     std::io::stdin().is_terminal() && std::env::var_os("CI").is_none()
 }
 
-/// Asks a question at the terminal; empty answer gives `default`.
-pub fn ask(question: &str, default: &str) -> String {
+/// Reads a new secret (a PIN, password or challenge being set): from a variable or file once,
+/// at the terminal twice, so that a typo does not become the secret.
+pub fn read_new(source: &str, kind: Kind, what: &str) -> Result<Pin, HsmError> {
+    if source == "prompt" {
+        return prompt_new(kind, what);
+    }
+    read(source, kind, what)
+}
+
+/// Asks for a secret twice at the terminal until both entries agree (three tries).
+pub fn prompt_new(kind: Kind, what: &str) -> Result<Pin, HsmError> {
+    agreed(
+        || {
+            let a = prompt_secret(kind, what)?;
+            let b = prompt_secret(kind, &format!("{what} again, to confirm"))?;
+            Ok((a, b))
+        },
+        what,
+    )
+}
+
+/// The secret of the first pair `entries` gives whose two halves agree, within three pairs.
+fn agreed(
+    mut entries: impl FnMut() -> Result<(Pin, Pin), HsmError>,
+    what: &str,
+) -> Result<Pin, HsmError> {
+    for _ in 0..3 {
+        let (a, b) = entries()?;
+        if a.expose() == b.expose() {
+            return Ok(a);
+        }
+        eprintln!("the two entries of the {what} differ; enter it again");
+    }
+    Err(HsmError::InvalidInput(format!(
+        "the {what} was entered differently three times; nothing was changed"
+    )))
+}
+
+/// Asks a question on `r` (the terminal's input); an empty answer gives `default`; `None` at
+/// end of input.
+fn ask_from(r: &mut impl BufRead, question: &str, default: &str) -> Option<String> {
     eprint!("{question} [{default}]: ");
     let mut s = String::new();
-    if std::io::stdin().lock().read_line(&mut s).is_err() {
-        return default.to_string();
-    }
-    let s = s.trim();
-    if s.is_empty() {
-        default.to_string()
-    } else {
-        s.to_string()
+    match r.read_line(&mut s) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => {
+            let s = s.trim();
+            Some(if s.is_empty() { default } else { s }.to_string())
+        }
     }
 }
 
-/// Asks a yes/no question; only "y" or "yes" count as yes.
+/// Asks a yes/no question: "y"/"yes" or "n"/"no" (an empty answer is no); anything else is
+/// asked again, so that a PIN typed too early is not taken for "no".
 pub fn confirm(question: &str) -> bool {
-    matches!(ask(question, "no").to_lowercase().as_str(), "y" | "yes")
+    confirm_from(&mut std::io::stdin().lock(), question)
+}
+
+fn confirm_from(r: &mut impl BufRead, question: &str) -> bool {
+    loop {
+        match ask_from(r, question, "no")
+            .map(|a| a.to_lowercase())
+            .as_deref()
+        {
+            Some("y" | "yes") => return true,
+            Some("n" | "no") | None => return false,
+            Some(_) => eprintln!("answer yes or no"),
+        }
+    }
+}
+
+/// Asks for a number in `lo..=hi` until one is given; `default` on an empty answer.
+pub fn ask_number(question: &str, default: u8, lo: u8, hi: u8) -> Result<u8, HsmError> {
+    ask_number_from(&mut std::io::stdin().lock(), question, default, lo, hi)
+}
+
+fn ask_number_from(
+    r: &mut impl BufRead,
+    question: &str,
+    default: u8,
+    lo: u8,
+    hi: u8,
+) -> Result<u8, HsmError> {
+    loop {
+        let Some(a) = ask_from(r, question, &default.to_string()) else {
+            return Err(HsmError::InvalidInput(format!(
+                "{question}: no answer (end of input)"
+            )));
+        };
+        match a.parse::<u8>() {
+            Ok(n) if (lo..=hi).contains(&n) => return Ok(n),
+            _ => eprintln!("{a:?} is not a number from {lo} to {hi}; again"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yes_no_takes_only_yes_or_no_and_asks_again_otherwise() {
+        let mut typed = "123456\nmaybe\nyes\n".as_bytes();
+        assert!(confirm_from(&mut typed, "q"));
+        let mut typed = "\n".as_bytes();
+        assert!(!confirm_from(&mut typed, "q"));
+        let mut typed = "1234\nN\n".as_bytes();
+        assert!(!confirm_from(&mut typed, "q"));
+        // End of input is no.
+        let mut typed = "what\n".as_bytes();
+        assert!(!confirm_from(&mut typed, "q"));
+    }
+
+    #[test]
+    fn numbers_are_checked_when_typed() {
+        let mut typed = "xyz\n0\n17\n3\n".as_bytes();
+        assert_eq!(ask_number_from(&mut typed, "M", 1, 1, 16).unwrap(), 3);
+        let mut typed = "\n".as_bytes();
+        assert_eq!(ask_number_from(&mut typed, "M", 2, 1, 16).unwrap(), 2);
+        let mut typed = "xyz\n".as_bytes();
+        assert!(ask_number_from(&mut typed, "M", 1, 1, 16).is_err());
+    }
+
+    #[test]
+    fn a_new_secret_is_taken_only_when_both_entries_agree() {
+        let pin = |s: &str| Pin::ped_pin(s).unwrap();
+        let mut tries = vec![
+            (pin("123456"), pin("123465")),
+            (pin("123456"), pin("123456")),
+        ]
+        .into_iter();
+        let got = agreed(|| Ok(tries.next().unwrap()), "PED PIN").unwrap();
+        assert_eq!(got.expose(), pin("123456").expose());
+        let mut always_differ = || Ok((pin("111111"), pin("222222")));
+        assert!(agreed(&mut always_differ, "PED PIN").is_err());
+    }
 }

@@ -243,7 +243,7 @@ fn imprint(
 ) -> Result<NewSecretOwned, HsmError> {
     if password_mode {
         let src = f.password.clone().unwrap_or_else(|| "prompt".into());
-        return Ok(NewSecretOwned::Password(input::read(
+        return Ok(NewSecretOwned::Password(input::read_new(
             &src,
             Kind::Password,
             &format!("new password of the {what}"),
@@ -263,24 +263,21 @@ fn imprint(
     let (m, n) = if reuse {
         (1, 1)
     } else {
-        let m = f.m.unwrap_or_else(|| {
-            if tty {
-                input::ask(&format!("PED: M (keys needed to rebuild the {what})"), "1")
-                    .parse()
-                    .unwrap_or(0)
-            } else {
-                1
-            }
-        });
-        let n = f.n.unwrap_or_else(|| {
-            if tty && f.m.is_none() {
-                input::ask("PED: N (keys to make)", &m.to_string())
-                    .parse()
-                    .unwrap_or(0)
-            } else {
-                m.max(1)
-            }
-        });
+        let m = match f.m {
+            Some(m) => m,
+            None if tty => input::ask_number(
+                &format!("PED: M (keys needed to rebuild the {what})"),
+                1,
+                1,
+                16,
+            )?,
+            None => 1,
+        };
+        let n = match f.n {
+            Some(n) => n,
+            None if tty && f.m.is_none() => input::ask_number("PED: N (keys to make)", m, m, 16)?,
+            None => m.max(1),
+        };
         (m, n)
     };
     let keys = if !f.key.is_empty() {
@@ -293,7 +290,9 @@ fn imprint(
             .collect()
     };
     let pin = match (&f.pin, f.no_pin) {
-        (Some(src), _) => Some(input::read(
+        // A new PIN, or the PIN of keys reused (a typo there would become the PIN the new
+        // HSM accepts): typed twice at a terminal.
+        (Some(src), _) => Some(input::read_new(
             src,
             Kind::PedPin,
             &format!("PED PIN for the {what}"),
@@ -301,12 +300,7 @@ fn imprint(
         (None, true) => None,
         (None, false) if tty && !reuse => {
             if input::confirm(&format!("PED: protect the {what} with a PED PIN?")) {
-                let a = input::prompt_secret(Kind::PedPin, "new PED PIN")?;
-                let b = input::prompt_secret(Kind::PedPin, "new PED PIN again")?;
-                if a.expose() != b.expose() {
-                    return Err(HsmError::InvalidInput("the two PED PINs differ".into()));
-                }
-                Some(a)
+                Some(input::prompt_new(Kind::PedPin, "new PED PIN")?)
             } else {
                 None
             }
@@ -317,7 +311,7 @@ fn imprint(
                 .and_then(|k| PedKey::read(k).ok().flatten())
                 .is_some_and(|k| k.info.pin_protected);
             if needs {
-                Some(input::prompt_secret(
+                Some(input::prompt_new(
                     Kind::PedPin,
                     "PED PIN of the reused key",
                 )?)
