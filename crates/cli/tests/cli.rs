@@ -1057,3 +1057,34 @@ fn the_auditor_reads_the_log_of_an_uninitialised_zeroized_or_tampered_hsm() {
     e.run(&["hsm", "tamper", "--yes"]).success();
     reads(&e, "tamper");
 }
+
+/// The HSM SO's third failed login and the zeroize it causes are one step: a process that
+/// dies between them (here made to abort right after the count is stored) leaves an HSM that
+/// the next command zeroizes before doing anything else.
+#[test]
+fn a_crash_between_the_third_so_failure_and_its_zeroize_is_finished_at_the_next_start() {
+    let e = ready();
+    let (so1, so2) = (e.key("hsm-so-1"), e.key("hsm-so-2"));
+    let wrong = |crash: bool| {
+        let mut c = e.cmd();
+        if crash {
+            c.env("FERROHSM_TEST_CRASH_AT", "so-lockout-before-zeroize");
+        }
+        c.args(["hsm", "zeroize", "--yes", "--key", &so1, "--key", &so2])
+            .args(["--pin", "env:WRONG_PIN"])
+            .assert()
+    };
+    wrong(false).code(3);
+    wrong(false).code(3);
+    let died = wrong(true).get_output().status;
+    assert!(
+        !died.success() && died.code().is_none(),
+        "the process aborted: {died:?}"
+    );
+    assert!(e.data().join("device.key").exists(), "not zeroized yet");
+    e.run(&["hsm", "show"])
+        .success()
+        .stdout(predicate::str::contains("state:      zeroized"))
+        .stdout(predicate::str::contains("3 failed HSM SO logins"));
+    assert!(!e.data().join("device.key").exists());
+}

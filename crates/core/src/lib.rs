@@ -34,3 +34,12 @@ pub mod x509;
 pub use error::{HsmError, Result};
 pub use hsm::{AuthMode, Credential, DomainChoice, Hsm, InitOptions, NewSecret, Session};
 pub use role::Role;
+
+/// Where a test may make the process die, as a crash or `kill -9` would, between two steps
+/// that must look like one: with `FERROHSM_TEST_CRASH_AT` naming the point, in debug builds
+/// only (release builds compile this to nothing).
+pub fn crash_point(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("FERROHSM_TEST_CRASH_AT").is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
+}

@@ -58,7 +58,7 @@ pub struct PresentRequest {
 }
 
 /// A secret rebuilt from presented keys.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Presented {
     /// The rebuilt secret.
     pub secret: Secret32,

@@ -849,3 +849,39 @@ fn a_witness_remembers_what_it_cosigned_and_refuses_rollbacks_and_forks() {
     o.witnesses.clear();
     assert!(matches!(err(&later, &o), VerifyError::Witness(_)));
 }
+
+/// Every login refused before any secret is checked is still an audit record: the wrong
+/// kind of role for a partition, an unknown partition, a PIN-protected key given no PIN.
+#[test]
+fn early_login_refusals_are_recorded() {
+    let (f, mut hsm, aud) = with_auditor();
+    let before = hsm.audit_records(&aud).unwrap().len();
+    assert!(hsm
+        .login(
+            Role::HsmSo,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "so1")], None))
+        )
+        .is_err());
+    assert!(hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("no-such-partition"),
+            Credential::Ped(&mut ped(vec![key(&f, "co")], None))
+        )
+        .is_err());
+    let e = hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(vec![key(&f, "so1"), key(&f, "so2")], None)),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("--pin"), "{e}");
+    let recs = hsm.audit_records(&aud).unwrap();
+    let refusals: Vec<_> = recs[before..]
+        .iter()
+        .filter(|r| r.event == "login" && r.outcome.starts_with("failure"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:#?}");
+}

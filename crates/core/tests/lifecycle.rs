@@ -221,6 +221,25 @@ fn change_pin_and_change_secret_touch_only_that_role() {
         )),
     )
     .unwrap();
+    // A wrong current PIN at change-pin is a failed login: counted and recorded. Two of them
+    // and a wrong login make three: the HSM SO's third failure zeroizes.
+    let so = hsm_so_with(&f, &mut hsm, &new_pin);
+    let wrong = Pin::ped_pin("1111").unwrap();
+    for left in [2, 1] {
+        let e = hsm
+            .change_pin(
+                &so,
+                &mut ped(vec![key(&f, "so1"), key(&f, "so2")], Some(&wrong)),
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, HsmError::AuthFailed { remaining: Some(r), .. } if r == left),
+            "{e}"
+        );
+    }
+    // A right login clears the count (as any login does) before the CO's part below.
+    hsm_so_with(&f, &mut hsm, &new_pin);
     // CO: new secret on a new key; keys stay usable.
     let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
     hsm.change_secret(
@@ -691,4 +710,13 @@ fn init_token_needs_the_hsm_policy_and_a_refusal_is_audited() {
     hsm.set_hsm_policy(&so, "init-token", "on").unwrap();
     hsm.init_token("app", pw("so-pin-app")).unwrap();
     assert_eq!(hsm.info().unwrap().partitions.len(), before + 1);
+}
+
+fn hsm_so_with(f: &Fixture, hsm: &mut Hsm, pin: &Pin) -> ferrohsm_core::Session {
+    hsm.login(
+        Role::HsmSo,
+        None,
+        Credential::Ped(&mut ped(vec![key(f, "so1"), key(f, "so2")], Some(pin))),
+    )
+    .unwrap()
 }

@@ -16,12 +16,41 @@ impl Hsm {
 
     pub(super) fn with_store(store: Store) -> Result<Hsm> {
         let serial = store.serial()?;
-        Ok(Hsm {
+        let mut hsm = Hsm {
             store,
             serial,
             writer: None,
             audit_cfg: None,
-        })
+        };
+        hsm.finish_interrupted_zeroize()?;
+        Ok(hsm)
+    }
+
+    /// The HSM SO's last failed login and the zeroize it causes are one step: a store whose
+    /// HSM SO has used up its attempts but still holds key material (the process died between
+    /// the two) is zeroized before anything else is done with it.
+    fn finish_interrupted_zeroize(&mut self) -> Result<()> {
+        if self.store.key_state() == KeyState::Absent {
+            return Ok(());
+        }
+        let failed = match self.store.read(|t| Ok(Self::device(t)?.so.failed)) {
+            Ok(n) => n,
+            // Not initialised, or unreadable: the usual checks say so when it is used.
+            Err(_) => return Ok(()),
+        };
+        let limit = Role::HsmSo.failed_login_limit(0);
+        if failed < limit {
+            return Ok(());
+        }
+        let e = self.ev(
+            "zeroize",
+            "device",
+            None,
+            None,
+            &format!("{limit} failed HSM SO logins: zeroized at start (the process stopped before it could)"),
+        );
+        let _ = self.store.event(&e);
+        self.store.destroy_key_material("3 failed HSM SO logins")
     }
 
     /// The store's state generation: it moves on with every change of state made through

@@ -17,11 +17,12 @@ impl Hsm {
         cred: Credential<'_>,
     ) -> Result<Session> {
         if role.in_partition() != partition.is_some() {
-            return Err(HsmError::InvalidInput(if role.in_partition() {
+            let e = HsmError::InvalidInput(if role.in_partition() {
                 format!("the {role} logs in to a partition; name it with --partition")
             } else {
                 format!("the {role} is not a partition role; do not name a partition")
-            }));
+            });
+            return Err(self.refuse("login", role.short(), partition, e));
         }
         let who = match partition {
             Some(p) => format!("{role} of {p}"),
@@ -35,7 +36,7 @@ impl Hsm {
             activation: Option<Activation>,
             policy: Option<Policy>,
         }
-        let pre = self.store.read(|t| {
+        let pre = match self.store.read(|t| {
             if role == Role::Auditor {
                 let root = &t.audit_keys()?.root;
                 let a: Option<RoleAuth> = audit::get_state(&t.tx, root, "auditor")?;
@@ -75,7 +76,14 @@ impl Hsm {
                     })
                 }
             }
-        })?;
+        }) {
+            Ok(pre) => pre,
+            // An unknown partition, an HSM not initialised: refused, and recorded.
+            Err(e @ (HsmError::NotFound(_) | HsmError::State(_))) => {
+                return Err(self.refuse("login", role.short(), partition, e))
+            }
+            Err(e) => return Err(e),
+        };
         let Some(auth_state) = pre.auth else {
             let e = HsmError::State(format!("the {who} is not initialised"));
             return Err(self.refuse("login", role.short(), partition, e));
@@ -99,9 +107,10 @@ impl Hsm {
         let candidate = match cred {
             Credential::Ped(ped) => {
                 if pre.mode != AuthMode::Ped {
-                    return Err(HsmError::InvalidInput(format!(
+                    let e = HsmError::InvalidInput(format!(
                         "the {who} logs in with a password, not PED keys"
-                    )));
+                    ));
+                    return Err(self.refuse("login", role.short(), partition, e));
                 }
                 let presented = match ped.present(&PresentRequest {
                     secret_type: role.secret_type(),
@@ -128,9 +137,10 @@ impl Hsm {
                 }
                 match (pin_kdf, &presented.pin) {
                     (Some(_), None) => {
-                        return Err(HsmError::InvalidInput(format!(
+                        let e = HsmError::InvalidInput(format!(
                             "the {who} key is protected by a PED PIN; give it with --pin"
-                        )))
+                        ));
+                        return Err(self.refuse("login", role.short(), partition, e));
                     }
                     (Some(k), Some(pin)) => crypto::mix_pin(&presented.secret, Some(pin), k)?,
                     (None, _) => crypto::mix_pin(&presented.secret, None, &KdfParams::fresh())?,
@@ -143,9 +153,10 @@ impl Hsm {
                 }
                 (_, AuthMode::Ped) => {
                     if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
-                        return Err(HsmError::InvalidInput(format!(
+                        let e = HsmError::InvalidInput(format!(
                             "the {who} logs in with PED keys, not a secret"
-                        )));
+                        ));
+                        return Err(self.refuse("login", role.short(), partition, e));
                     }
                     let Some(act) = &pre.activation else {
                         let off = pre.policy.as_ref().is_some_and(|p| !p.activation);
@@ -276,6 +287,7 @@ impl Hsm {
             }
             Err((e, zeroize_hsm)) => {
                 if zeroize_hsm {
+                    crate::crash_point("so-lockout-before-zeroize");
                     self.store.destroy_key_material("3 failed HSM SO logins")?;
                 }
                 Err(e)

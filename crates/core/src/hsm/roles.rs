@@ -270,16 +270,13 @@ impl Hsm {
             secret_type: s.role.secret_type(),
             role: who.clone(),
         })?;
-        let (method, dk) = {
-            let cur = self.current_auth(s)?;
-            (cur.method, self.store.device_key()?.clone())
-        };
+        let method = self.current_auth(s)?.method;
         let AuthMethod::Ped {
             secret_id,
             origin_serial,
             m,
             n,
-            pin_kdf,
+            pin_kdf: _,
         } = method
         else {
             return Err(HsmError::Refused(
@@ -291,25 +288,13 @@ impl Hsm {
                 "the presented key holds another secret than the {who}'s"
             )));
         }
-        // Prove the old PIN before replacing it.
-        let old = crypto::mix_pin(
-            &presented.secret,
-            if pin_kdf.is_some() {
-                presented.pin.as_ref()
-            } else {
-                None
-            },
-            pin_kdf.as_ref().unwrap_or(&KdfParams::fresh()),
+        // Prove the keys and the old PIN as a login does: a wrong PIN counts toward the
+        // role's lockout (and the HSM SO's zeroize) and is recorded, like any login.
+        self.login(
+            s.role,
+            s.partition_label.as_deref(),
+            Credential::Ped(&mut PresentedOnce(Some(presented.clone()))),
         )?;
-        let cur = self.current_auth(s)?;
-        let tag = role_tag(s.role, s.partition);
-        if !cur.matches(&dk, &tag, &old) {
-            return Err(HsmError::AuthFailed {
-                role: who,
-                reason: "the current PED PIN is wrong".into(),
-                remaining: None,
-            });
-        }
         let new_kdf = new_pin.as_ref().map(|_| KdfParams::fresh());
         let auth = crypto::mix_pin(
             &presented.secret,
@@ -400,5 +385,21 @@ impl Hsm {
         }
         s.partition
             .ok_or_else(|| HsmError::State("no partition".into()))
+    }
+}
+
+/// Keys already presented, presented once more (so a second check of them is a login).
+struct PresentedOnce(Option<crate::ped::Presented>);
+
+impl Ped for PresentedOnce {
+    fn imprint(&mut self, _req: &ImprintRequest, _fresh: Secret32) -> Result<Imprinted> {
+        Err(HsmError::InvalidInput(
+            "presented keys are not imprinted".into(),
+        ))
+    }
+    fn present(&mut self, _req: &PresentRequest) -> Result<crate::ped::Presented> {
+        self.0
+            .take()
+            .ok_or_else(|| HsmError::InvalidInput("the keys were presented already".into()))
     }
 }
