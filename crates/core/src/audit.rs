@@ -235,6 +235,20 @@ pub(crate) fn checkpoints(tx: &Transaction<'_>) -> Result<Vec<(u64, String)>> {
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
+/// Whether the log holds a successful record of `event` (the Auditor's imprint, say): what
+/// must exist in the audit state if the log says it was made.
+pub(crate) fn log_has(tx: &Transaction<'_>, event: &str) -> Result<bool> {
+    let pattern = format!("%\"event\":\"{event}\"%\"outcome\":\"success%");
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM audit_log WHERE CAST(record AS TEXT) LIKE ?1 LIMIT 1",
+            [pattern],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Replaces a stored checkpoint's note (same text, more signatures).
 pub(crate) fn store_cosigned(tx: &Transaction<'_>, size: u64, note: &str) -> Result<()> {
     tx.execute(

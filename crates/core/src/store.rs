@@ -11,6 +11,7 @@
 //! check value in the database catches a store or key file swapped for another HSM's. A
 //! detected tamper is recorded in the event table and the store refuses to open.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,10 +60,26 @@ struct Keys {
     device: Secret32,
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 struct Manifest {
     records: i64,
     objects: i64,
+    /// Each record's fingerprint (a hash of its sealed bytes, fresh at every write), by
+    /// `kind/id`: a row put back from an older copy of itself seals differently and is caught.
+    /// Absent in stores written before it existed (filled in at the next open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rows: Option<BTreeMap<String, String>>,
+}
+
+/// The manifest's name for a record.
+fn row_key(kind: &str, id: &str) -> String {
+    format!("{kind}/{id}")
+}
+
+/// A record's fingerprint: the start of the SHA-256 of its sealed bytes (sealing draws a fresh
+/// nonce, so every write gives a new one).
+fn row_print(sealed: &[u8]) -> String {
+    hex::encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sealed).as_ref()[..12])
 }
 
 /// Whether the data directory holds a usable device key.
@@ -591,6 +608,22 @@ impl Store {
                 m.records, m.objects
             )));
         }
+        // Each record is checked against the manifest's fingerprint when it is read (so a
+        // row put back from an older copy is tamper at its first use, recorded, while the
+        // Auditor can still open the store); a store written before fingerprints existed
+        // gets them now.
+        match &m.rows {
+            Some(_) => {}
+            None => {
+                let rows = match self.read(|t| t.all_row_prints()) {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.tamper(&e.to_string())),
+                };
+                let mut m = m;
+                m.rows = Some(rows);
+                self.write_inner(false, |t| t.put("manifest", "", &m))?;
+            }
+        }
         Ok(())
     }
 
@@ -735,6 +768,8 @@ impl Store {
             d_records: 0,
             d_objects: 0,
             force_manifest: false,
+            manifest: None,
+            rows_changed: false,
         })
     }
 
@@ -787,6 +822,10 @@ pub struct Txn<'a> {
     d_records: i64,
     d_objects: i64,
     force_manifest: bool,
+    /// The manifest as this transaction sees it (read once), and whether its row
+    /// fingerprints changed.
+    manifest: Option<Manifest>,
+    rows_changed: bool,
 }
 
 /// The audit keys, or the error every caller reports when the audit key did not load.
@@ -803,6 +842,70 @@ fn obj_aad(partition: u32, handle: u64) -> Vec<u8> {
 }
 
 impl<'a> Txn<'a> {
+    /// The manifest, read (and opened) once per transaction.
+    fn read_manifest(&mut self) -> Result<Manifest> {
+        if self.manifest.is_none() {
+            let m: Manifest = self
+                .get("manifest", "")?
+                .ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))?;
+            self.manifest = Some(m);
+        }
+        self.manifest
+            .clone()
+            .ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))
+    }
+
+    /// The manifest's row fingerprints, to change (`None` in a store that has none yet, or
+    /// before a device key exists).
+    fn manifest_rows(&mut self) -> Result<Option<&mut BTreeMap<String, String>>> {
+        if self.keys.is_none() {
+            return Ok(None);
+        }
+        if self.manifest.is_none() {
+            match self.get::<Manifest>("manifest", "")? {
+                Some(m) => self.manifest = Some(m),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.manifest.as_mut().and_then(|m| m.rows.as_mut()))
+    }
+
+    /// Refuses a record whose sealed bytes are not the ones the manifest names.
+    fn check_row(&mut self, kind: &str, id: &str, sealed: &[u8]) -> Result<()> {
+        let Some(rows) = self.manifest_rows()? else {
+            return Ok(());
+        };
+        match rows.get(&row_key(kind, id)) {
+            Some(p) if *p == row_print(sealed) => Ok(()),
+            Some(_) => Err(HsmError::Tamper(format!(
+                "record {kind}/{id} is not the one the sealed manifest names: an older copy of it was put back, or it was replaced"
+            ))),
+            None => Err(HsmError::Tamper(format!(
+                "record {kind}/{id} is not in the sealed manifest: it was inserted by hand"
+            ))),
+        }
+    }
+
+    /// Every record's fingerprint as the table holds it now.
+    fn all_row_prints(&mut self) -> Result<BTreeMap<String, String>> {
+        let mut st = self
+            .tx
+            .prepare("SELECT kind, id, sealed FROM records WHERE kind != 'manifest'")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (kind, id, sealed) = row?;
+            out.insert(row_key(&kind, &id), row_print(&sealed));
+        }
+        Ok(out)
+    }
+
     /// The audit keys of this store; an error when the audit key did not load.
     pub(crate) fn audit_keys(&self) -> Result<&'a AuditKeys> {
         audit_available(self.audit)
@@ -825,6 +928,9 @@ impl<'a> Txn<'a> {
         let Some(sealed) = sealed else {
             return Ok(None);
         };
+        if kind != "manifest" {
+            self.check_row(kind, id, &sealed)?;
+        }
         let pt = crypto::open(
             &self.keys()?.store,
             &rec_aad(kind, id),
@@ -859,6 +965,12 @@ impl<'a> Txn<'a> {
         let pt =
             Zeroizing::new(serde_json::to_vec(value).map_err(|e| HsmError::Store(e.to_string()))?);
         let sealed = crypto::seal(&self.keys()?.store, &rec_aad(kind, id), &pt);
+        if kind != "manifest" {
+            if let Some(rows) = self.manifest_rows()? {
+                rows.insert(row_key(kind, id), row_print(&sealed));
+                self.rows_changed = true;
+            }
+        }
         let n = self.tx.execute(
             "INSERT INTO records(kind, id, sealed) VALUES (?1, ?2, ?3) ON CONFLICT(kind, id) DO NOTHING",
             params![kind, id, sealed],
@@ -883,6 +995,12 @@ impl<'a> Txn<'a> {
             params![kind, id],
         )?;
         self.d_records -= n as i64;
+        if n > 0 {
+            if let Some(rows) = self.manifest_rows()? {
+                rows.remove(&row_key(kind, id));
+                self.rows_changed = true;
+            }
+        }
         Ok(())
     }
 
@@ -1038,12 +1156,14 @@ impl<'a> Txn<'a> {
     }
 
     fn finish(mut self) -> Result<()> {
-        if self.d_records != 0 || self.d_objects != 0 || self.force_manifest {
+        if self.d_records != 0 || self.d_objects != 0 || self.force_manifest || self.rows_changed {
             let mut m: Manifest = if self.force_manifest {
-                Manifest::default()
+                Manifest {
+                    rows: Some(self.all_row_prints()?),
+                    ..Manifest::default()
+                }
             } else {
-                self.get("manifest", "")?
-                    .ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))?
+                self.read_manifest()?
             };
             if self.force_manifest {
                 m.records = self.tx.query_row(

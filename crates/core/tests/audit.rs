@@ -885,3 +885,51 @@ fn early_login_refusals_are_recorded() {
         .collect();
     assert_eq!(refusals.len(), 3, "{refusals:#?}");
 }
+
+/// Deleting the audit state's rows by hand does not make room for a new Auditor, nor turn
+/// key-use auditing off: both are tamper, while the log says an Auditor was imprinted.
+#[test]
+fn removing_the_audit_state_is_tamper_never_a_fresh_auditor() {
+    let (f, mut hsm, aud) = with_auditor();
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Strict,
+            ..AuditConfig::default()
+        },
+    )
+    .unwrap();
+    drop(hsm);
+    rusqlite::Connection::open(f.data.join("hsm.db"))
+        .unwrap()
+        .execute("DELETE FROM audit_state", [])
+        .unwrap();
+    let mut hsm = Hsm::open(&f.data).unwrap();
+    // Key use would no longer be recorded: refused.
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
+    let e = hsm
+        .sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("removed by hand")),
+        "{e}"
+    );
+    // And nobody imprints a new Auditor in the gap.
+    let e = hsm
+        .audit_init(
+            NewSecret::Ped(&mut new_ped(
+                vec![f.tmp.path().join("thief.pedkey")],
+                1,
+                1,
+                None,
+            )),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("removed by hand")),
+        "{e}"
+    );
+    assert!(!f.tmp.path().join("thief.pedkey").exists());
+}

@@ -859,3 +859,82 @@ fn inv1_keys_leave_only_wrapped_and_only_when_attributes_allow() {
         "a refused export must be recorded"
     );
 }
+
+/// Inv 2: a sealed row put back from an older copy of itself (a valid seal, an older value)
+/// is tamper, not the older state: it would reset a lockout count or bring back a changed PIN.
+#[test]
+fn inv2_an_older_copy_of_one_row_put_back_is_tamper() {
+    let (f, mut hsm) = fixture();
+    let row = |kind: &str| -> Vec<u8> {
+        db(&f)
+            .query_row("SELECT sealed FROM records WHERE kind=?1", [kind], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let put_back = |kind: &str, blob: &[u8]| {
+        db(&f)
+            .execute(
+                "UPDATE records SET sealed=?1 WHERE kind=?2",
+                rusqlite::params![blob, kind],
+            )
+            .unwrap();
+    };
+    // The Partition SO lowers the CO's failed-login limit (kept in the partition's record).
+    let before = row("partition");
+    let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
+    hsm.set_partition_policy(&pso, "failed-login-limit", "3")
+        .unwrap();
+    assert_ne!(row("partition"), before);
+    // Putting the earlier record back would undo that: refused as tamper, recorded.
+    put_back("partition", &before);
+    let e = hsm
+        .login(
+            Role::CryptoOfficer,
+            Some("p"),
+            Credential::Ped(&mut ped(vec![key(&f, "co")], None)),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("older copy")),
+        "{e}"
+    );
+    assert!(hsm.info().is_err() || hsm.info().unwrap().tamper.is_some());
+    drop(hsm);
+    // The same for the device record (an HSM SO PIN changed, then the old record put back).
+    let (g, mut hsm) = fixture();
+    let old_device: Vec<u8> = rusqlite::Connection::open(g.data.join("hsm.db"))
+        .unwrap()
+        .query_row("SELECT sealed FROM records WHERE kind='device'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let so = hsm_so(&g, &mut hsm);
+    hsm.change_pin(
+        &so,
+        &mut ped(vec![key(&g, "so1"), key(&g, "so2")], Some(&g.so_pin)),
+        Some(Pin::ped_pin("97531").unwrap()),
+    )
+    .unwrap();
+    rusqlite::Connection::open(g.data.join("hsm.db"))
+        .unwrap()
+        .execute(
+            "UPDATE records SET sealed=?1 WHERE kind='device'",
+            [&old_device],
+        )
+        .unwrap();
+    let e = hsm
+        .login(
+            Role::HsmSo,
+            None,
+            Credential::Ped(&mut ped(
+                vec![key(&g, "so1"), key(&g, "so2")],
+                Some(&g.so_pin),
+            )),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, HsmError::Tamper(_)),
+        "the old PIN must not come back: {e}"
+    );
+}

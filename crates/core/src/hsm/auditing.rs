@@ -26,6 +26,12 @@ impl Hsm {
         let (exists, allow_mofn) = self.store.read(|t| {
             let root = &t.audit_keys()?.root;
             let exists = audit::get_state::<RoleAuth>(&t.tx, root, "auditor")?.is_some();
+            if !exists && audit::log_has(&t.tx, "audit-init")? {
+                // Removing the Auditor's row must not make room for a new Auditor.
+                return Err(HsmError::Tamper(
+                    "the log records an Auditor's imprint, but the Auditor's sealed state is gone: the audit state was removed by hand".into(),
+                ));
+            }
             let allow = if t.get::<Device>("device", "").ok().flatten().is_some() {
                 Self::device(t)?.policy.m_of_n
             } else {
@@ -80,7 +86,15 @@ impl Hsm {
         }
         let c = self.store.read(|t| {
             let root = &t.audit_keys()?.root;
-            Ok(audit::get_state::<AuditConfig>(&t.tx, root, "config")?.unwrap_or_default())
+            match audit::get_state::<AuditConfig>(&t.tx, root, "config")? {
+                Some(c) => Ok(c),
+                // Made with the Auditor: gone while the log says there was one is tamper (it
+                // would silently turn key-use auditing off).
+                None if audit::log_has(&t.tx, "audit-init")? => Err(HsmError::Tamper(
+                    "the audit configuration's sealed state is gone although an Auditor was imprinted: the audit state was removed by hand".into(),
+                )),
+                None => Ok(AuditConfig::default()),
+            }
         })?;
         self.audit_cfg = Some((version, c.clone()));
         Ok(c)
