@@ -5,6 +5,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1110,5 +1111,83 @@ fn the_auditor_works_through_the_server_and_sigterm_finishes_requests_and_flushe
     assert!(
         outcomes.iter().any(|o| o.contains("sign ed25519 x5")),
         "{outcomes:?}"
+    );
+}
+
+/// The server keeps the latest checkpoint outside the data directory; when an older copy of
+/// the directory is put back (its own log, consistent but shorter), it refuses to serve it.
+#[test]
+fn a_rolled_back_data_directory_is_refused_against_the_checkpoint_kept_outside() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let copy_dir = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    };
+    let old = lab.tmp.path().join("data-old");
+    copy_dir(&lab.data(), &old);
+    let outside = lab.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let kept = outside.join("last.checkpoint");
+    let extra = format!("checkpoint_file = {kept:?}\n");
+    let server = lab.start_with(&extra);
+    let size = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|n| ferrohsm_audit::verify::checkpoint_size(&n))
+    };
+    let t = Instant::now();
+    while size(&kept).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no checkpoint kept");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = size(&kept).unwrap();
+    let mut c = lab.cli();
+    c.arg("--server").arg(&server.socket);
+    let out = c
+        .args([
+            "partition",
+            "create",
+            "--label",
+            "more",
+            "--password",
+            "env:SO_PW",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    while size(&kept) == Some(first) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the kept checkpoint never grew"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.stop().success());
+    // An unchanged directory starts again.
+    let server = lab.start_with(&extra);
+    assert!(server.stop().success());
+    // The older copy put back: refused, and the refusal is the tamper `hsm show` reports.
+    std::fs::remove_dir_all(lab.data()).unwrap();
+    copy_dir(&old, &lab.data());
+    let conf = lab.config("server.toml", &lab.socket(), &extra);
+    let (code, said) = support::refused_start(&conf);
+    assert_ne!(code, Some(0));
+    assert!(said.contains("rollback"), "{said}");
+    let show = lab.cli().args(["hsm", "show"]).output().unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("TAMPER") && text.contains("rollback"),
+        "{text}"
     );
 }

@@ -228,6 +228,41 @@ pub(crate) fn latest_checkpoint(tx: &Transaction<'_>) -> Result<Option<(u64, Str
         .optional()?)
 }
 
+/// Checks that the log extends a checkpoint signed by this HSM's audit key (kept outside the
+/// data directory, or cosigned by witnesses): its size is not beyond the log, and the log's
+/// tree of that size has its root. Returns the checkpoint's size; a log behind it is
+/// [`HsmError::Tamper`] (a rollback), another tree of that size too (a fork).
+pub(crate) fn check_extends(tx: &Transaction<'_>, keys: &AuditKeys, note: &str) -> Result<u64> {
+    let hsm = signed_note::StandardVerifier::new(keys.vkey.trim())
+        .map_err(|e| HsmError::Store(format!("the audit key does not load ({e:?})")))?;
+    let (_, cp) = ferrohsm_audit::verify::open_checkpoint(note, &hsm)
+        .map_err(|e| HsmError::InvalidInput(format!("not a checkpoint this HSM signed: {e}")))?;
+    if cp.origin() != keys.origin {
+        return Err(HsmError::InvalidInput(format!(
+            "the checkpoint is of log {:?}, not this HSM's {:?}",
+            cp.origin(),
+            keys.origin
+        )));
+    }
+    let size = latest_checkpoint(tx)?.map_or(0, |(s, _)| s);
+    if cp.size() > size {
+        return Err(HsmError::Tamper(format!(
+            "rollback: a checkpoint this HSM signed has {} records, but its log has {size}: the data directory is an older copy",
+            cp.size()
+        )));
+    }
+    if cp.size() > 0 {
+        let root = tlog::tree_hash(cp.size(), &Reader(tx)).map_err(log_err)?;
+        if root != *cp.hash() {
+            return Err(HsmError::Tamper(format!(
+                "fork: the log's first {} records are not the ones a checkpoint this HSM signed covers",
+                cp.size()
+            )));
+        }
+    }
+    Ok(cp.size())
+}
+
 /// All checkpoints, oldest first.
 pub(crate) fn checkpoints(tx: &Transaction<'_>) -> Result<Vec<(u64, String)>> {
     let mut st = tx.prepare("SELECT size, note FROM audit_checkpoints ORDER BY size")?;

@@ -55,6 +55,11 @@ pub struct ServerConfig {
     /// Where to serve `/metrics` (Prometheus text) and `/health` over plain HTTP, e.g.
     /// "127.0.0.1:9792"; empty: not served. Nothing secret is in them.
     pub metrics_listen: String,
+    /// A file outside the data directory (another disk, a mount the HSM's backups do not
+    /// restore) where the server keeps the latest signed audit checkpoint; at start it
+    /// refuses to serve a log that does not extend it (an older copy of the data directory
+    /// put back, or another history). Empty: not kept.
+    pub checkpoint_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +76,7 @@ impl Default for ServerConfig {
             shutdown_grace_s: 30,
             log: "info".into(),
             metrics_listen: String::new(),
+            checkpoint_file: PathBuf::new(),
             tls_listen: String::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
@@ -173,6 +179,18 @@ impl ServerConfig {
                 self.metrics_listen
             ));
         }
+        if !self.checkpoint_file.as_os_str().is_empty() {
+            let (file, dir) = (
+                std::path::absolute(&self.checkpoint_file).unwrap_or_default(),
+                std::path::absolute(&self.data_dir).unwrap_or_default(),
+            );
+            if file.starts_with(&dir) {
+                return bad(format!(
+                    "checkpoint_file = {:?} is inside data_dir: a copy of the directory put back would bring its own older checkpoint",
+                    self.checkpoint_file
+                ));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(format!("log = {:?} is not a valid filter", self.log));
         }
@@ -213,6 +231,11 @@ mod tests {
             ("max_handshakes = 0\n", "max_handshakes"),
             ("lease_s = 7200\n", "lease_s"),
             ("handshake_timeout_s = 0\n", "handshake_timeout_s"),
+            // Inside the data directory, a copy put back would bring its own checkpoint.
+            (
+                "data_dir = \"/d\"\ncheckpoint_file = \"/d/last.checkpoint\"\n",
+                "checkpoint_file",
+            ),
         ] {
             let e = ServerConfig::parse(text, p).unwrap_err();
             assert!(e.to_string().contains(key), "{e}");

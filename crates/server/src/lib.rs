@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checkpoint_file;
 pub mod config;
 pub mod hardening;
 pub mod listener;
@@ -69,6 +70,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
         let mut hsm = Hsm::open_or_create(&dir)?;
         let s = hsm.info()?;
         info!(serial = %s.serial, state = %s.state, dir = %dir.display(), "HSM opened");
+        checkpoint_file::check(&mut hsm, &config.checkpoint_file)?;
         s.serial
     };
     dir_lock::check_private(&dir)?;
@@ -96,6 +98,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
         tls::housekeeping(shared.clone());
         info!(address = %addr, fingerprint = %tls::fingerprint(&shared.config)?, "listening for TLS clients");
     }
+    checkpoint_file::keep(shared.clone());
     let signals = watch_signals(&shared, &socket)?;
     info!(socket = %socket.display(), serial = %serial, "listening");
     ready(&socket);

@@ -111,7 +111,7 @@ impl Shared {
         self.with_registry(|h| h.enrollment_open())
     }
 
-    fn with_registry<T>(
+    pub(crate) fn with_registry<T>(
         &self,
         f: impl Fn(&mut Hsm) -> ferrohsm_core::Result<T>,
     ) -> ferrohsm_core::Result<T> {

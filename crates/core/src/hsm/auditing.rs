@@ -156,6 +156,26 @@ impl Hsm {
             .ok_or_else(|| HsmError::State("the audit log is empty".into()))
     }
 
+    /// The latest signed checkpoint (public: anyone may keep it to check the log later).
+    pub fn latest_checkpoint(&mut self) -> Result<Option<String>> {
+        self.flush_key_use()?;
+        Ok(self
+            .store
+            .read(|t| audit::latest_checkpoint(&t.tx))?
+            .map(|(_, n)| n))
+    }
+
+    /// Checks that the log extends `note`, a checkpoint this HSM signed and someone kept
+    /// outside the data directory (the server's `checkpoint_file`, a witness, the Auditor):
+    /// an older copy of the directory, or another history, is tamper — refused, recorded and
+    /// shown by `hsm show`. Returns the checkpoint's size.
+    pub fn check_extends(&mut self, note: &str) -> Result<u64> {
+        self.store.read(|t| {
+            let keys = t.audit_keys()?;
+            audit::check_extends(&t.tx, keys, note)
+        })
+    }
+
     /// Exports records from `from` (1-based) to the latest checkpoint with their proofs, and
     /// consistency proofs for the earlier checkpoints of the given sizes plus every checkpoint
     /// a witness cosigned (Auditor only).
