@@ -11,7 +11,6 @@
 //! check value in the database catches a store or key file swapped for another HSM's. A
 //! detected tamper is recorded in the event table and the store refuses to open.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,10 +20,13 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditKeys};
+
+mod manifest;
 use crate::crypto::{self, hkdf32, hmac_sha256};
 use crate::dir_lock::{self, DirLock, LockMode};
 use crate::error::{HsmError, Result};
 use crate::secret::Secret32;
+use manifest::{row_key, row_print, Manifest};
 
 const DEVICE_KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "hsm.db";
@@ -58,28 +60,6 @@ struct Keys {
     store: Secret32,
     index: Secret32,
     device: Secret32,
-}
-
-#[derive(Clone, Serialize, Deserialize, Default)]
-struct Manifest {
-    records: i64,
-    objects: i64,
-    /// Each record's fingerprint (a hash of its sealed bytes, fresh at every write), by
-    /// `kind/id`: a row put back from an older copy of itself seals differently and is caught.
-    /// Absent in stores written before it existed (filled in at the next open).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rows: Option<BTreeMap<String, String>>,
-}
-
-/// The manifest's name for a record.
-fn row_key(kind: &str, id: &str) -> String {
-    format!("{kind}/{id}")
-}
-
-/// A record's fingerprint: the start of the SHA-256 of its sealed bytes (sealing draws a fresh
-/// nonce, so every write gives a new one).
-fn row_print(sealed: &[u8]) -> String {
-    hex::encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sealed).as_ref()[..12])
 }
 
 /// Whether the data directory holds a usable device key.
@@ -588,45 +568,6 @@ impl Store {
         self.load_audit_key()
     }
 
-    fn verify_manifest(&mut self) -> Result<()> {
-        let m: Manifest = match self.read(|t| t.get("manifest", "")) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(self.tamper("the sealed manifest is missing")),
-            Err(e) => return Err(self.tamper(&e.to_string())),
-        };
-        let records: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM records WHERE kind != 'manifest'",
-            [],
-            |r| r.get(0),
-        )?;
-        let objects: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))?;
-        if records != m.records || objects != m.objects {
-            return Err(self.tamper(&format!(
-                "the store holds {records} records and {objects} objects but its sealed manifest says {} and {}: rows were deleted or inserted by hand",
-                m.records, m.objects
-            )));
-        }
-        // Each record is checked against the manifest's fingerprint when it is read (so a
-        // row put back from an older copy is tamper at its first use, recorded, while the
-        // Auditor can still open the store); a store written before fingerprints existed
-        // gets them now.
-        match &m.rows {
-            Some(_) => {}
-            None => {
-                let rows = match self.read(|t| t.all_row_prints()) {
-                    Ok(r) => r,
-                    Err(e) => return Err(self.tamper(&e.to_string())),
-                };
-                let mut m = m;
-                m.rows = Some(rows);
-                self.write_inner(false, |t| t.put("manifest", "", &m))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Records a tamper event (best effort: the store may be unwritable) and returns the error.
     fn tamper(&mut self, reason: &str) -> HsmError {
         self.note_tamper(reason);
@@ -842,70 +783,6 @@ fn obj_aad(partition: u32, handle: u64) -> Vec<u8> {
 }
 
 impl<'a> Txn<'a> {
-    /// The manifest, read (and opened) once per transaction.
-    fn read_manifest(&mut self) -> Result<Manifest> {
-        if self.manifest.is_none() {
-            let m: Manifest = self
-                .get("manifest", "")?
-                .ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))?;
-            self.manifest = Some(m);
-        }
-        self.manifest
-            .clone()
-            .ok_or_else(|| HsmError::Tamper("the sealed manifest is missing".into()))
-    }
-
-    /// The manifest's row fingerprints, to change (`None` in a store that has none yet, or
-    /// before a device key exists).
-    fn manifest_rows(&mut self) -> Result<Option<&mut BTreeMap<String, String>>> {
-        if self.keys.is_none() {
-            return Ok(None);
-        }
-        if self.manifest.is_none() {
-            match self.get::<Manifest>("manifest", "")? {
-                Some(m) => self.manifest = Some(m),
-                None => return Ok(None),
-            }
-        }
-        Ok(self.manifest.as_mut().and_then(|m| m.rows.as_mut()))
-    }
-
-    /// Refuses a record whose sealed bytes are not the ones the manifest names.
-    fn check_row(&mut self, kind: &str, id: &str, sealed: &[u8]) -> Result<()> {
-        let Some(rows) = self.manifest_rows()? else {
-            return Ok(());
-        };
-        match rows.get(&row_key(kind, id)) {
-            Some(p) if *p == row_print(sealed) => Ok(()),
-            Some(_) => Err(HsmError::Tamper(format!(
-                "record {kind}/{id} is not the one the sealed manifest names: an older copy of it was put back, or it was replaced"
-            ))),
-            None => Err(HsmError::Tamper(format!(
-                "record {kind}/{id} is not in the sealed manifest: it was inserted by hand"
-            ))),
-        }
-    }
-
-    /// Every record's fingerprint as the table holds it now.
-    fn all_row_prints(&mut self) -> Result<BTreeMap<String, String>> {
-        let mut st = self
-            .tx
-            .prepare("SELECT kind, id, sealed FROM records WHERE kind != 'manifest'")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (kind, id, sealed) = row?;
-            out.insert(row_key(&kind, &id), row_print(&sealed));
-        }
-        Ok(out)
-    }
-
     /// The audit keys of this store; an error when the audit key did not load.
     pub(crate) fn audit_keys(&self) -> Result<&'a AuditKeys> {
         audit_available(self.audit)
