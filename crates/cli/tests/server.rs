@@ -1191,3 +1191,14 @@ fn a_rolled_back_data_directory_is_refused_against_the_checkpoint_kept_outside()
         "{text}"
     );
 }
+
+/// A server stopped the moment its socket appears (as a supervisor or an impatient client
+/// may) stops cleanly: SIGTERM is handled from before the socket exists.
+#[test]
+fn sigterm_right_after_the_socket_appears_is_a_clean_stop() {
+    let lab = Lab::new();
+    for _ in 0..5 {
+        let server = lab.start();
+        assert!(server.stop().success());
+    }
+}

@@ -76,10 +76,14 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
     dir_lock::check_private(&dir)?;
 
     let socket = config.socket.clone();
+    let shared = Arc::new(listener::Shared::new(config));
+    // SIGTERM is handled from before the socket exists: a client (or a supervisor) that sees
+    // the socket may stop the server at once, and must get a clean stop, not the default
+    // action. (A signal before the bind is seen below, before accepting.)
+    let signals = watch_signals(&shared, &socket)?;
     let listener = bind(&socket)?;
     let absolute = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
     lock.announce(&absolute)?;
-    let shared = Arc::new(listener::Shared::new(config));
     if !shared.config.metrics_listen.is_empty() {
         let addr = shared.config.metrics_listen.clone();
         let l = std::net::TcpListener::bind(&addr).map_err(io(format!("binding {addr}")))?;
@@ -99,10 +103,11 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(&Path)) -> Result<(), Server
         info!(address = %addr, fingerprint = %tls::fingerprint(&shared.config)?, "listening for TLS clients");
     }
     checkpoint_file::keep(shared.clone());
-    let signals = watch_signals(&shared, &socket)?;
     info!(socket = %socket.display(), serial = %serial, "listening");
     ready(&socket);
-    listener::accept_loop(&listener, &shared);
+    if !shared.stopping.load(Ordering::SeqCst) {
+        listener::accept_loop(&listener, &shared);
+    }
 
     // Stopping: no new connections; idle ones close; busy ones answer first.
     drop(listener);
