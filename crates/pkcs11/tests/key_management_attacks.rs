@@ -13,7 +13,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 
 mod harness;
-use harness::fixture::{err, fixture, token};
+use harness::fixture::{err, fixture, rsa_pair, token};
 
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -97,18 +97,7 @@ fn rsa_wrapping_pair(
     bits: u64,
     private: &[Attribute],
 ) -> (ObjectHandle, ObjectHandle) {
-    let mut priv_tpl = vec![Attribute::Token(true)];
-    priv_tpl.extend_from_slice(private);
-    s.generate_key_pair(
-        &Mechanism::RsaPkcsKeyPairGen,
-        &[
-            Attribute::Token(true),
-            Attribute::ModulusBits(bits.into()),
-            Attribute::Wrap(true),
-        ],
-        &priv_tpl,
-    )
-    .unwrap()
+    rsa_pair(s, bits, &[Attribute::Wrap(true)], private)
 }
 
 /// RSA-OAEP with SHA-256 throughout.

@@ -13,7 +13,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 
 mod harness;
-use harness::fixture::{err, fixture, token};
+use harness::fixture::{err, fixture, rsa_pair, token};
 
 /// The module is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -236,25 +236,18 @@ fn rsa_private_keys_enter_by_their_components() {
     assert_eq!(err(e), RvError::AttributeValueInvalid);
 }
 
-/// An RSA pair whose private half decrypts (CKM_RSA_PKCS is on by default).
+/// An RSA pair whose public half encrypts and wraps (CKM_RSA_PKCS is on by default).
 fn rsa_decrypting_pair(
     s: &Session,
     bits: u64,
     private: &[Attribute],
 ) -> (ObjectHandle, ObjectHandle) {
-    let mut priv_tpl = vec![Attribute::Token(true)];
-    priv_tpl.extend_from_slice(private);
-    s.generate_key_pair(
-        &Mechanism::RsaPkcsKeyPairGen,
-        &[
-            Attribute::Token(true),
-            Attribute::ModulusBits(bits.into()),
-            Attribute::Encrypt(true),
-            Attribute::Wrap(true),
-        ],
-        &priv_tpl,
+    rsa_pair(
+        s,
+        bits,
+        &[Attribute::Encrypt(true), Attribute::Wrap(true)],
+        private,
     )
-    .unwrap()
 }
 
 /// PKCS#1 v1.5 decryption gives the message of a good ciphertext; a ciphertext altered so

@@ -73,41 +73,9 @@ impl Hsm {
             return Err(self.refuse("key-import", s.role.short(), s.partition(), e));
         }
         let m = &key.material;
-        let (spec, public) = match key.class {
-            ObjectClass::PrivateKey => {
-                let (spec, public) = mechanism::identify_private_key(m.expose())?;
-                (spec, Some(public))
-            }
-            ObjectClass::SecretKey => {
-                let spec = match key.spec {
-                    Some(sp) if sp.is_symmetric() => sp,
-                    Some(sp) => {
-                        return Err(HsmError::InvalidInput(format!(
-                            "{sp} is not a secret key type"
-                        )))
-                    }
-                    None => mechanism::aes_spec_for_len(m.len()).ok_or_else(|| {
-                        HsmError::InvalidInput(format!(
-                            "a {}-byte value is not an AES key (16, 24 or 32 bytes)",
-                            m.len()
-                        ))
-                    })?,
-                };
-                if m.len() * 8 != mechanism::key_bits(spec) as usize {
-                    return Err(HsmError::InvalidInput(format!(
-                        "a {spec} key is {} bytes, not {}",
-                        mechanism::key_bits(spec) / 8,
-                        m.len()
-                    )));
-                }
-                (spec, None)
-            }
-            other => {
-                return Err(HsmError::InvalidInput(format!(
-                    "only secret and private keys are imported in clear, not {} objects",
-                    other.name()
-                )))
-            }
+        let (spec, public) = match Self::key_of_value(key.class, key.spec, m, "imported in clear") {
+            Err(HsmError::Crypto(why)) => return Err(HsmError::InvalidInput(why)),
+            other => other?,
         };
         self.non_sensitive_check(s, spec, tpl, "key-import")?;
         let note = self.key_value_firewall(s, spec, m.expose(), "key-import")?;
@@ -138,6 +106,57 @@ impl Hsm {
             t.event(&e)?;
             Ok(h)
         })
+    }
+
+    /// What a key value is, for a new key of `class` (a secret key of `spec`, or AES sized by
+    /// the value when `None`; a private key as PKCS#8): its spec and, for a private key, its
+    /// public key. A request that cannot be met (a class or spec that is not a key's) is
+    /// [`HsmError::InvalidInput`]; a value that is not such a key is [`HsmError::Crypto`], which
+    /// unwrapping turns into its one answer for every bad input.
+    pub(super) fn key_of_value(
+        class: ObjectClass,
+        spec: Option<KeySpec>,
+        value: &SecretBytes,
+        how: &str,
+    ) -> Result<(KeySpec, Option<Vec<u8>>)> {
+        match class {
+            ObjectClass::PrivateKey => {
+                let (spec, public) =
+                    mechanism::identify_private_key(value.expose()).map_err(|e| match e {
+                        HsmError::InvalidInput(why) => HsmError::Crypto(why),
+                        other => other,
+                    })?;
+                Ok((spec, Some(public)))
+            }
+            ObjectClass::SecretKey => {
+                let spec = match spec {
+                    Some(sp) if sp.is_symmetric() => sp,
+                    Some(sp) => {
+                        return Err(HsmError::InvalidInput(format!(
+                            "{sp} is not a secret key type"
+                        )))
+                    }
+                    None => mechanism::aes_spec_for_len(value.len()).ok_or_else(|| {
+                        HsmError::Crypto(format!(
+                            "a {}-byte value is not an AES key (16, 24 or 32 bytes)",
+                            value.len()
+                        ))
+                    })?,
+                };
+                if value.len() * 8 != mechanism::key_bits(spec) as usize {
+                    return Err(HsmError::Crypto(format!(
+                        "a {spec} key is {} bytes, not {}",
+                        mechanism::key_bits(spec) / 8,
+                        value.len()
+                    )));
+                }
+                Ok((spec, None))
+            }
+            other => Err(HsmError::InvalidInput(format!(
+                "only secret and private keys are {how}, not {} objects",
+                other.name()
+            ))),
+        }
     }
 
     /// Marks the secret or public key labelled `label` trusted (`CKA_TRUSTED`) or not

@@ -267,34 +267,9 @@ impl Hsm {
         // What unwrapped must also be a key of the kind asked for; when it is not, the answer
         // is the same one, so that a synthetic message of an implicitly rejected CKM_RSA_PKCS
         // padding is not told apart from a real one by its length.
-        let (spec, public) = match class {
-            ObjectClass::PrivateKey => {
-                let (spec, public) =
-                    mechanism::identify_private_key(m.expose()).map_err(|_| uniform())?;
-                (spec, Some(public))
-            }
-            ObjectClass::SecretKey => {
-                let spec = match spec {
-                    Some(sp) if sp.is_symmetric() => sp,
-                    Some(sp) => {
-                        return Err(HsmError::InvalidInput(format!(
-                            "{sp} is not a secret key type"
-                        )))
-                    }
-                    // None: an AES key, sized by what unwraps.
-                    None => mechanism::aes_spec_for_len(m.len()).ok_or_else(uniform)?,
-                };
-                if m.len() * 8 != mechanism::key_bits(spec) as usize {
-                    return Err(uniform());
-                }
-                (spec, None)
-            }
-            ObjectClass::PublicKey | ObjectClass::Certificate | ObjectClass::Data => {
-                return Err(HsmError::InvalidInput(format!(
-                    "only secret and private keys are unwrapped, not {} objects",
-                    class.name()
-                )))
-            }
+        let (spec, public) = match Self::key_of_value(class, spec, &m, "unwrapped") {
+            Err(HsmError::Crypto(_)) => return Err(uniform()),
+            other => other?,
         };
         // Now that the key's type is known, the template's CKA_KEY_TYPE is checked too.
         attrs

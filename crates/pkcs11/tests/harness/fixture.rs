@@ -123,3 +123,27 @@ pub fn err(e: Error) -> RvError {
         other => panic!("expected a PKCS#11 error, got {other:?}"),
     }
 }
+
+/// A token RSA key pair of `bits`: the public half with `public` added to its template, the
+/// private half with `private`. (public, private).
+pub fn rsa_pair(
+    s: &Session,
+    bits: u64,
+    public: &[cryptoki::object::Attribute],
+    private: &[cryptoki::object::Attribute],
+) -> (
+    cryptoki::object::ObjectHandle,
+    cryptoki::object::ObjectHandle,
+) {
+    use cryptoki::object::Attribute;
+    let mut pub_tpl = vec![Attribute::Token(true), Attribute::ModulusBits(bits.into())];
+    pub_tpl.extend_from_slice(public);
+    let mut priv_tpl = vec![Attribute::Token(true)];
+    priv_tpl.extend_from_slice(private);
+    s.generate_key_pair(
+        &cryptoki::mechanism::Mechanism::RsaPkcsKeyPairGen,
+        &pub_tpl,
+        &priv_tpl,
+    )
+    .unwrap()
+}
