@@ -8,8 +8,8 @@ use ferrohsm_core::audit::{AuditConfig, KeyUseAudit};
 use ferrohsm_core::{HsmError, Role};
 
 use crate::commands::key_prefix;
-use crate::pedargs::write_imprints;
 use crate::{exit, output, AuditCmd, AuditConfigCmd, AuthArg, KeyUseArg, WitnessCmd};
+use ferrohsm_core::pedkey::SecretType;
 
 type R<T> = Result<T, HsmError>;
 
@@ -287,8 +287,14 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 password,
                 "Auditor",
             )?;
-            let made = api.audit_init(secret.into_credential()?, current)?;
-            write_imprints(&made.into_iter().collect::<Vec<_>>())?;
+            let (secret, pending) = secret.stage(
+                api,
+                ped_dir,
+                SecretType::Auditor,
+                &format!("Auditor of {serial}"),
+            )?;
+            let made = api.audit_init(secret, current);
+            pending.settle(api, made)?;
             println!(
                 "Auditor of HSM {serial} imprinted ({})",
                 if password {

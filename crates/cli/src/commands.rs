@@ -10,11 +10,11 @@ use ferrohsm_core::pedkey::PedKey;
 use ferrohsm_core::{AuthMode, HsmError, Role};
 
 use crate::input::{self, Kind};
-use crate::pedargs::write_imprints;
 use crate::{
     exit, output, AuthArg, Cli, Cmd, DomainArg, HsmCmd, HsmPolicyCmd, KeyCmd, KeyUser,
     PartitionCmd, PartitionPolicyCmd, PedCmd, RoleCmd,
 };
+use ferrohsm_core::pedkey::SecretType;
 
 type R<T> = Result<T, HsmError>;
 
@@ -163,15 +163,28 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
                 password,
                 "HSM cloning domain",
             )?;
+            let (so, mut pending) = so.stage(
+                api.as_mut(),
+                ped_dir,
+                SecretType::So,
+                &format!("HSM SO of {serial}"),
+            )?;
+            let (domain, more) = domain.stage(
+                api.as_mut(),
+                ped_dir,
+                SecretType::Domain,
+                &format!("cloning domain of {serial}"),
+            )?;
+            pending.join(more);
             let made = api.init_hsm(InitHsm {
                 label,
                 mode,
-                so: so.into_credential()?,
-                domain: domain.into_credential()?,
+                so,
+                domain,
                 current_so,
                 confirm_destroy,
-            })?;
-            write_imprints(&made)?;
+            });
+            pending.settle(api.as_mut(), made)?;
             done(format!(
                 "HSM {serial} initialised ({})",
                 if password {
@@ -373,10 +386,16 @@ fn partition_cmd(
                 password,
                 &format!("Partition SO of {partition}"),
             )?;
+            let (so, mut pending) = so.stage(
+                api,
+                ped_dir,
+                SecretType::So,
+                &format!("Partition SO of {partition}"),
+            )?;
             let domain = match domain {
                 DomainArg::Hsm => None,
-                DomainArg::New => Some(
-                    domain_imprint
+                DomainArg::New => {
+                    let (d, more) = domain_imprint
                         .build(
                             &common,
                             ped_dir,
@@ -384,11 +403,18 @@ fn partition_cmd(
                             password,
                             &format!("cloning domain of {partition}"),
                         )?
-                        .into_credential()?,
-                ),
+                        .stage(
+                            api,
+                            ped_dir,
+                            SecretType::Domain,
+                            &format!("cloning domain of {partition}"),
+                        )?;
+                    pending.join(more);
+                    Some(d)
+                }
             };
-            let made = api.init_partition(&partition, so.into_credential()?, domain, current)?;
-            write_imprints(&made)?;
+            let made = api.init_partition(&partition, so, domain, current);
+            pending.settle(api, made)?;
             done(format!("partition {partition} initialised; next: `ferrohsm role init --partition {partition} --role co`"))
         }
         PartitionCmd::Policy(PartitionPolicyCmd::Show { partition }) => {
@@ -474,8 +500,14 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 password,
                 &format!("{role} of {partition}"),
             )?;
-            let made = api.init_role(s, role, secret.into_credential()?, confirm_destroy)?;
-            write_imprints(&made.into_iter().collect::<Vec<_>>())?;
+            let (secret, pending) = secret.stage(
+                api,
+                ped_dir,
+                role.secret_type(),
+                &format!("{role} of {partition}"),
+            )?;
+            let made = api.init_role(s, role, secret, confirm_destroy);
+            pending.settle(api, made)?;
             done(format!("{role} of {partition} initialised"))
         }
         RoleCmd::Show { partition } => {
@@ -576,8 +608,9 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 password,
                 &who,
             )?;
-            let made = api.change_secret(s, secret.into_credential()?)?;
-            write_imprints(&made.into_iter().collect::<Vec<_>>())?;
+            let (secret, pending) = secret.stage(api, ped_dir, role.secret_type(), &who)?;
+            let made = api.change_secret(s, secret);
+            pending.settle(api, made)?;
             done(format!(
                 "secret of the {who} replaced; the old keys no longer log in"
             ))

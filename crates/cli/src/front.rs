@@ -95,6 +95,11 @@ pub fn login(
         },
         _ => password_mode(api)?,
     };
+    if !password {
+        // Keys an interrupted imprint left under temporary names are settled first, so that
+        // the default key files are the ones the HSM accepts.
+        crate::pedargs::settle_leftovers(api, ped_dir);
+    }
     let prefix = key_prefix(&api.summary()?.serial, partition, role.short());
     let credential = l.credential(ped_dir, &prefix, password, &who(role, partition))?;
     api.login(role, partition, credential)

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use ferrohsm_core::api::{ImprintReport, LoginCredential, NewCredential, PedImprint};
+use ferrohsm_core::api::{HsmApi, ImprintReport, LoginCredential, NewCredential, PedImprint};
 use ferrohsm_core::ped::{LocalPed, PedAnswers};
-use ferrohsm_core::pedkey::PedKey;
+use ferrohsm_core::pedkey::{PedKey, SecretType};
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::HsmError;
 use zeroize::Zeroizing;
@@ -182,14 +182,21 @@ pub enum NewSecretOwned {
 }
 
 impl NewSecretOwned {
-    /// The new secret as the HSM API takes it. For PED keys, the target files are checked
-    /// first (an occupied key is overwritten only with --overwrite or a yes), and a reused
-    /// secret's key files are read; the HSM returns the new keys, [`write_imprints`] writes
-    /// them.
-    pub fn into_credential(self) -> Result<NewCredential, HsmError> {
+    /// Readies the new secret for its operation. For PED keys, the target files are checked
+    /// first (an occupied key is overwritten only with --overwrite or a yes), the HSM stages
+    /// the imprint ([`HsmApi::stage_imprint`]) and its key files are written under temporary
+    /// names; [`PendingKeys::settle`] puts them in place once the operation has committed.
+    pub fn stage(
+        self,
+        api: &mut dyn HsmApi,
+        ped_dir: &Path,
+        secret_type: SecretType,
+        label: &str,
+    ) -> Result<(NewCredential, PendingKeys), HsmError> {
         match self {
-            NewSecretOwned::Password(p) => Ok(NewCredential::Password(p)),
+            NewSecretOwned::Password(p) => Ok((NewCredential::Password(p), PendingKeys::default())),
             NewSecretOwned::Ped(mut ped) => {
+                settle_leftovers(api, ped_dir);
                 ped.check_targets()?;
                 let a = ped.answers().clone();
                 let name = |p: &PathBuf| p.display().to_string();
@@ -200,37 +207,209 @@ impl NewSecretOwned {
                         reuse.push((name(k), Zeroizing::new(bytes)));
                     }
                 }
-                Ok(NewCredential::Ped(PedImprint {
-                    keys: a.keys.iter().map(name).collect(),
-                    reuse,
-                    m: a.m,
-                    n: a.n,
-                    pin: a.pin,
-                    duplicates: a.duplicates,
-                }))
+                let staged = api.stage_imprint(
+                    PedImprint {
+                        keys: a.keys.iter().map(name).collect(),
+                        reuse,
+                        m: a.m,
+                        n: a.n,
+                        pin: a.pin,
+                        duplicates: a.duplicates,
+                    },
+                    secret_type,
+                    label,
+                )?;
+                let mut pending = PendingKeys::default();
+                pending.write(staged.report)?;
+                Ok((NewCredential::Staged(staged.stage), pending))
             }
         }
     }
 }
 
-/// Writes the key files the HSM imprinted (each file once, atomically, owner-only) and says
-/// what was written or reused.
-pub fn write_imprints(reports: &[ImprintReport]) -> Result<(), HsmError> {
-    for r in reports {
+/// The suffix of a key file written ahead of the operation that adopts its secret.
+const PENDING: &str = ".pending";
+
+fn pending_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(PENDING);
+    PathBuf::from(p)
+}
+
+/// Key files written under temporary names (`<name>.pending`) while their operation runs.
+/// Dropped unsettled (a refused or failed step before the operation), they are removed.
+#[derive(Default)]
+pub struct PendingKeys {
+    /// Final names, each with its file waiting at `<name>.pending`.
+    files: Vec<PathBuf>,
+    /// The secrets the files hold.
+    secret_ids: Vec<String>,
+    /// What to say once they are in place.
+    notes: Vec<String>,
+}
+
+impl PendingKeys {
+    /// Writes a staged imprint's files under their temporary names.
+    fn write(&mut self, r: ImprintReport) -> Result<(), HsmError> {
         if r.reused {
-            eprintln!(
+            self.notes.push(format!(
                 "PED: reused existing secret {} (from HSM {})",
                 r.secret_id.get(..8).unwrap_or(&r.secret_id),
                 r.origin_serial
-            );
+            ));
         }
+        self.secret_ids.push(r.secret_id);
         for (name, bytes) in &r.files {
-            let path = Path::new(name);
-            PedKey::from_bytes(path, bytes)?.write(path)?;
-            eprintln!("PED: wrote {name}");
+            let path = PathBuf::from(name);
+            PedKey::from_bytes(&path, bytes)?.write(&pending_path(&path))?;
+            self.files.push(path);
+            ferrohsm_core::crash_point("imprint-staged-file");
+        }
+        Ok(())
+    }
+
+    /// Adds another imprint's pending files (a command that imprints twice).
+    pub fn join(&mut self, mut other: PendingKeys) {
+        self.files.append(&mut other.files);
+        self.secret_ids.append(&mut other.secret_ids);
+        self.notes.append(&mut other.notes);
+    }
+
+    /// Settles the files after their operation answered `result`: in place when the HSM
+    /// adopted their secrets (also when the answer is an error but the HSM committed first,
+    /// say a connection lost after the commit), removed when it did not, and left waiting
+    /// (settled by a later command, [`settle_leftovers`]) when the HSM cannot say.
+    pub fn settle<T>(
+        mut self,
+        api: &mut dyn HsmApi,
+        result: Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let e = match result {
+            Ok(v) => {
+                ferrohsm_core::crash_point("imprint-committed");
+                self.put_in_place()?;
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        if self.files.is_empty() {
+            return Err(e);
+        }
+        let adopted: Result<Vec<bool>, HsmError> = self
+            .secret_ids
+            .iter()
+            .map(|id| api.secret_in_use(id))
+            .collect();
+        match adopted {
+            Ok(a) if a.contains(&true) => {
+                self.put_in_place()?;
+                eprintln!(
+                    "PED: the HSM adopted the new keys before the error below; they are in place"
+                );
+            }
+            Ok(_) => self.discard(),
+            Err(_) => {
+                eprintln!(
+                    "PED: the new keys wait as <name>.pending beside {}: the HSM could not say whether it adopted them; the next command that logs in settles them",
+                    self.files.first().map(|f| f.display().to_string()).unwrap_or_default()
+                );
+                self.files.clear();
+            }
+        }
+        Err(e)
+    }
+
+    fn put_in_place(&mut self) -> Result<(), HsmError> {
+        for n in std::mem::take(&mut self.notes) {
+            eprintln!("{n}");
+        }
+        for (i, path) in std::mem::take(&mut self.files).into_iter().enumerate() {
+            if i > 0 {
+                ferrohsm_core::crash_point("imprint-renaming");
+            }
+            put_in_place(&pending_path(&path), &path)?;
+            eprintln!("PED: wrote {}", path.display());
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        for path in std::mem::take(&mut self.files) {
+            let _ = std::fs::remove_file(pending_path(&path));
+        }
+    }
+}
+
+impl Drop for PendingKeys {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Renames a pending key file to its final name, durably.
+fn put_in_place(pending: &Path, path: &Path) -> Result<(), HsmError> {
+    std::fs::rename(pending, path).map_err(|e| HsmError::io(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable once the directory is.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
     }
     Ok(())
+}
+
+/// Settles key files an interrupted imprint left in the PED directory: each whose secret the
+/// HSM uses is put in place (the operation committed; only the rename was lost); each the HSM
+/// does not use and that is older than a stage lives is removed (it can never be adopted).
+/// Younger ones may belong to an imprint still running, and stay.
+pub fn settle_leftovers(api: &mut dyn HsmApi, ped_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(ped_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pending = e.path();
+        let Some(name) = pending.to_str().and_then(|n| n.strip_suffix(PENDING)) else {
+            continue;
+        };
+        if !name.ends_with(".pedkey") {
+            continue;
+        }
+        let path = PathBuf::from(name);
+        let id = match PedKey::read(&pending) {
+            Ok(Some(k)) => k.info.secret_id,
+            _ => {
+                eprintln!(
+                    "PED: {} is not a readable key file; left alone",
+                    pending.display()
+                );
+                continue;
+            }
+        };
+        match api.secret_in_use(&id) {
+            Ok(true) => match put_in_place(&pending, &path) {
+                Ok(()) => eprintln!(
+                    "PED: finished an interrupted imprint: {} is in place",
+                    path.display()
+                ),
+                Err(e) => eprintln!("PED: could not finish an interrupted imprint: {e}"),
+            },
+            Ok(false) => {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > ferrohsm_core::ped_stage::STAGE_LIFETIME);
+                if old && std::fs::remove_file(&pending).is_ok() {
+                    eprintln!(
+                        "PED: removed {}, left by an imprint the HSM never adopted",
+                        pending.display()
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn imprint(

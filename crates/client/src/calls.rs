@@ -4,12 +4,14 @@
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
     AuditConfig, AuthMode, ClientInfo, Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm,
-    LoginCredential, LoginId, NewCredential, PartitionSummary, Summary, Unwrap, Witness,
+    LoginCredential, LoginId, NewCredential, PartitionSummary, PedImprint, StagedImprint, Summary,
+    Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{
     KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo,
 };
+use ferrohsm_core::pedkey::SecretType;
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{HsmError, Result, Role};
 use ferrohsm_proto::v1::{self, request::Call, response::Result as Reply};
@@ -48,6 +50,11 @@ pub(crate) fn wipe(req: Request) {
         }
         Some(Call::InitRole(mut i)) => wipe_new(i.secret.take()),
         Some(Call::ChangeSecret(mut c)) => wipe_new(c.secret.take()),
+        Some(Call::StageImprint(mut st)) => {
+            wipe_new(st.imprint.take().map(|i| v1::NewCredential {
+                kind: Some(v1::new_credential::Kind::Ped(i)),
+            }))
+        }
         Some(Call::AuditInit(mut a)) => {
             wipe_new(a.secret.take());
             wipe_credential(a.current.take());
@@ -87,7 +94,7 @@ fn wipe_new(c: Option<v1::NewCredential>) {
                 p.zeroize();
             }
         }
-        None => {}
+        Some(v1::new_credential::Kind::Staged(_)) | None => {}
     }
 }
 
@@ -289,6 +296,36 @@ impl HsmApi for Remote {
             code: code.into(),
             fingerprint: fingerprint.into(),
         }))?)
+    }
+
+    fn stage_imprint(
+        &mut self,
+        imprint: PedImprint,
+        secret_type: SecretType,
+        label: &str,
+    ) -> Result<StagedImprint> {
+        match self.call(Call::StageImprint(v1::StageImprint {
+            imprint: Some(convert::ped_imprint_to_wire(&imprint)),
+            secret_type: convert::secret_type_to_wire(secret_type),
+            label: label.into(),
+        }))? {
+            Reply::Staged(s) => Ok(StagedImprint {
+                stage: s.stage,
+                report: convert::imprint_from_wire(
+                    s.imprint.ok_or_else(|| unexpected("a staged imprint"))?,
+                )?,
+            }),
+            _ => Err(unexpected("a staged imprint")),
+        }
+    }
+
+    fn secret_in_use(&mut self, secret_id: &str) -> Result<bool> {
+        match self.call(Call::SecretInUse(v1::Text {
+            value: secret_id.into(),
+        }))? {
+            Reply::Verified(v) => Ok(v.valid),
+            _ => Err(unexpected("a secret-in-use answer")),
+        }
     }
 
     fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>> {

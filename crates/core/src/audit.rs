@@ -165,6 +165,31 @@ pub(crate) fn size(tx: &Transaction<'_>) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// The latest time any record of the log was written at (Unix seconds; 0 before the first):
+/// a floor under the clock for timed lockouts, so that setting the clock back, before failing
+/// or during a lockout, does not shorten them. Kept in `meta` as records are appended.
+pub(crate) fn clock_floor(tx: &Transaction<'_>) -> Result<u64> {
+    let v: Option<String> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'clock_floor'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Raises the clock floor to a record's time.
+fn raise_clock_floor(tx: &Transaction<'_>, time: &str) -> Result<()> {
+    if let Some(t) = crate::time::parse_rfc3339(time) {
+        tx.prepare_cached(
+            "INSERT INTO meta(name, value) VALUES ('clock_floor', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)",
+        )?
+        .execute([t.to_string()])?;
+    }
+    Ok(())
+}
+
 /// Appends one record (its `seq` is assigned here) and the tree hashes it completes.
 /// `batch` carries what earlier appends of the same transaction wrote.
 pub(crate) fn append(tx: &Transaction<'_>, batch: &mut Appending, rec: &mut Record) -> Result<u64> {
@@ -185,6 +210,7 @@ pub(crate) fn append(tx: &Transaction<'_>, batch: &mut Appending, rec: &mut Reco
     batch.size = Some(n + 1);
     tx.prepare_cached("INSERT INTO audit_log(idx, record) VALUES (?1, ?2)")?
         .execute(params![n as i64, bytes])?;
+    raise_clock_floor(tx, &rec.time)?;
     Ok(rec.seq)
 }
 

@@ -19,6 +19,7 @@ pub mod login_memo;
 pub mod mechanism;
 pub mod object;
 pub mod ped;
+pub mod ped_stage;
 pub mod pedkey;
 pub mod policy;
 pub mod private_parts;

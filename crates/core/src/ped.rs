@@ -561,8 +561,10 @@ pub fn duplicate_keys(
         ..Default::default()
     });
     ped.check_writable(to)?;
+    // Each copy is written whole or not at all ([`PedKey::write`]); the sources never change.
     for (k, t) in keys.iter().zip(to) {
         k.write(t)?;
+        crate::crash_point("duplicate-wrote");
     }
     Ok(keys.into_iter().map(|k| k.info.clone()).collect())
 }

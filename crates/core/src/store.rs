@@ -243,7 +243,12 @@ fn derive_keys(dk: &Secret32) -> Keys {
 }
 
 fn dk_check(dk: &Secret32) -> String {
-    hex::encode(&hmac_sha256(dk.expose(), &[b"ferrohsm device key check v1"])[..16])
+    key_check(dk, b"ferrohsm device key check v1")
+}
+
+/// A value the database keeps to recognise its key file by (reveals nothing of the key).
+fn key_check(k: &Secret32, label: &[u8]) -> String {
+    hex::encode(&hmac_sha256(k.expose(), &[label])[..16])
 }
 
 impl Store {
@@ -469,9 +474,8 @@ impl Store {
         match expected {
             Some(c) if crypto::ct_eq(c.as_bytes(), dk_check(&dk).as_bytes()) => {}
             Some(_) => {
-                return Err(self.tamper(
-                    "the device key does not belong to this store (store or key file swapped)",
-                ))
+                let m = self.foreign(DEVICE_KEY_FILE);
+                return Err(self.tamper(&m));
             }
             None => {
                 return Err(self
@@ -507,6 +511,17 @@ impl Store {
             }
             Err(KeyFileError::Io(e)) => return Err(e),
         };
+        // The audit key file and the database must belong together: a database copied in
+        // from another HSM is named as that, not as a failed integrity check.
+        let check = key_check(&root, b"ferrohsm audit key check v1");
+        let known = self.meta("ak_check")?;
+        if known
+            .as_ref()
+            .is_some_and(|c| !crypto::ct_eq(c.as_bytes(), check.as_bytes()))
+        {
+            let m = self.foreign(AUDIT_KEY_FILE);
+            return Err(self.tamper(&m));
+        }
         let serial = self.serial()?;
         // Read without the write lock: opening the store must not queue behind writers.
         let existing: Option<SignerState> = {
@@ -537,6 +552,10 @@ impl Store {
             }
         };
         tx.commit()?;
+        if known.is_none() {
+            // First open (or a store from before the check): the state just verified.
+            self.set_meta("ak_check", &check)?;
+        }
         self.audit = Some(AuditKeys::new(
             root,
             &signer.skey,
@@ -553,7 +572,7 @@ impl Store {
 
     /// Destroys the whole audit log and its keys, and starts a new one (factory reset only).
     pub fn reset_audit(&mut self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM audit_log; DELETE FROM audit_hashes; DELETE FROM audit_checkpoints; DELETE FROM audit_cosigned; DELETE FROM audit_state; COMMIT;")?;
+        self.conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM audit_log; DELETE FROM audit_hashes; DELETE FROM audit_checkpoints; DELETE FROM audit_cosigned; DELETE FROM audit_state; DELETE FROM meta WHERE name = 'ak_check'; COMMIT;")?;
         let path = self.dir.join(AUDIT_KEY_FILE);
         if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) {
             let _ = f.write_all(&[0u8; 48]);
@@ -566,6 +585,15 @@ impl Store {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         self.load_audit_key()
+    }
+
+    /// Says that the database and a key file of the data directory are not a pair.
+    fn foreign(&self, key_file: &str) -> String {
+        let serial = self.meta("serial").ok().flatten().unwrap_or_default();
+        format!(
+            "hsm.db in {} is from another HSM ({serial}, by the database) than its {key_file}: a database copied from another HSM, or the key file swapped; put back this HSM's own hsm.db",
+            self.dir.display()
+        )
     }
 
     /// Records a tamper event (best effort: the store may be unwritable) and returns the error.

@@ -154,6 +154,12 @@ fn inv2_swapped_store_or_key_fails_open() {
         .err()
         .expect("swapped store must not open");
     assert!(matches!(e, HsmError::Tamper(_)), "{e}");
+    // Named for what it is: the database of another HSM (by its serial).
+    let b_serial = Hsm::open(&b.data).unwrap().serial().to_string();
+    assert!(
+        e.to_string().contains("from another HSM") && e.to_string().contains(&b_serial),
+        "{e}"
+    );
     // The device key file truncated.
     let k = std::fs::read(b.data.join("device.key")).unwrap();
     std::fs::write(b.data.join("device.key"), &k[..20]).unwrap();

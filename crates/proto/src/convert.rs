@@ -13,6 +13,7 @@ use ferrohsm_core::mechanism::KeySpec;
 use ferrohsm_core::object::{
     Attributes, Content, KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectInfo,
 };
+use ferrohsm_core::pedkey::SecretType;
 use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{HsmError, Result};
 use zeroize::Zeroizing;
@@ -387,23 +388,43 @@ pub fn new_credential_to_wire(c: &NewCredential) -> v1::NewCredential {
     v1::NewCredential {
         kind: Some(match c {
             NewCredential::Password(p) => Kind::Password(p.expose().to_vec()),
-            NewCredential::Ped(i) => Kind::Ped(v1::PedImprint {
-                keys: i.keys.clone(),
-                reuse: i
-                    .reuse
-                    .iter()
-                    .map(|(name, b)| v1::PedKeyFile {
-                        name: name.clone(),
-                        contents: b.to_vec(),
-                    })
-                    .collect(),
-                m: u32::from(i.m),
-                n: u32::from(i.n),
-                pin: i.pin.as_ref().map(|p| p.expose().to_vec()),
-                duplicates: u32::from(i.duplicates),
-            }),
+            NewCredential::Ped(i) => Kind::Ped(ped_imprint_to_wire(i)),
+            NewCredential::Staged(id) => Kind::Staged(id.clone()),
         }),
     }
+}
+
+/// A PED dialogue's answers as sent.
+pub fn ped_imprint_to_wire(i: &PedImprint) -> v1::PedImprint {
+    v1::PedImprint {
+        keys: i.keys.clone(),
+        reuse: i
+            .reuse
+            .iter()
+            .map(|(name, b)| v1::PedKeyFile {
+                name: name.clone(),
+                contents: b.to_vec(),
+            })
+            .collect(),
+        m: u32::from(i.m),
+        n: u32::from(i.n),
+        pin: i.pin.as_ref().map(|p| p.expose().to_vec()),
+        duplicates: u32::from(i.duplicates),
+    }
+}
+
+/// A PED secret type as sent: its name in key files.
+pub fn secret_type_to_wire(t: SecretType) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A PED secret type as received.
+pub fn secret_type_from_wire(name: &str) -> Result<SecretType> {
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .map_err(|_| HsmError::InvalidInput(format!("unknown PED secret type {name:?}")))
 }
 
 fn small(v: u32, what: &str) -> Result<u8> {
@@ -421,48 +442,61 @@ pub fn new_credential_from_wire(c: Option<v1::NewCredential>) -> Result<NewCrede
             p,
             "a new password",
         )?)),
-        Some(Kind::Ped(i)) => {
-            if i.keys.len() > 16 || i.reuse.len() > 16 {
+        Some(Kind::Ped(i)) => Ok(NewCredential::Ped(ped_imprint_from_wire(i)?)),
+        Some(Kind::Staged(id)) => {
+            if id.is_empty() || id.len() > 64 {
                 return Err(HsmError::InvalidInput(
-                    "a PED secret has at most 16 keys".into(),
+                    "a stage id is 1 to 64 characters".into(),
                 ));
             }
-            Ok(NewCredential::Ped(PedImprint {
-                keys: i.keys,
-                reuse: i
-                    .reuse
-                    .into_iter()
-                    .map(|f| (f.name, Zeroizing::new(f.contents)))
-                    .collect(),
-                m: small(i.m, "M")?,
-                n: small(i.n, "N")?,
-                pin: i.pin.map(ped_pin_from_wire).transpose()?,
-                duplicates: small(i.duplicates, "duplicates")?,
-            }))
+            Ok(NewCredential::Staged(id))
         }
     }
+}
+
+/// A PED dialogue's answers as received, checked for form.
+pub fn ped_imprint_from_wire(i: v1::PedImprint) -> Result<PedImprint> {
+    if i.keys.len() > 16 || i.reuse.len() > 16 {
+        return Err(HsmError::InvalidInput(
+            "a PED secret has at most 16 keys".into(),
+        ));
+    }
+    Ok(PedImprint {
+        keys: i.keys,
+        reuse: i
+            .reuse
+            .into_iter()
+            .map(|f| (f.name, Zeroizing::new(f.contents)))
+            .collect(),
+        m: small(i.m, "M")?,
+        n: small(i.n, "N")?,
+        pin: i.pin.map(ped_pin_from_wire).transpose()?,
+        duplicates: small(i.duplicates, "duplicates")?,
+    })
 }
 
 /// What imprints made, as sent.
 pub fn imprints_to_wire(reports: Vec<ImprintReport>) -> v1::Imprints {
     v1::Imprints {
-        imprints: reports
+        imprints: reports.into_iter().map(imprint_to_wire).collect(),
+    }
+}
+
+/// What one imprint made, as sent.
+pub fn imprint_to_wire(r: ImprintReport) -> v1::Imprint {
+    v1::Imprint {
+        secret_id: r.secret_id,
+        origin_serial: r.origin_serial,
+        m: u32::from(r.m),
+        n: u32::from(r.n),
+        pin: r.pin,
+        reused: r.reused,
+        files: r
+            .files
             .into_iter()
-            .map(|r| v1::Imprint {
-                secret_id: r.secret_id,
-                origin_serial: r.origin_serial,
-                m: u32::from(r.m),
-                n: u32::from(r.n),
-                pin: r.pin,
-                reused: r.reused,
-                files: r
-                    .files
-                    .into_iter()
-                    .map(|(name, b)| v1::PedKeyFile {
-                        name,
-                        contents: b.to_vec(),
-                    })
-                    .collect(),
+            .map(|(name, b)| v1::PedKeyFile {
+                name,
+                contents: b.to_vec(),
             })
             .collect(),
     }
@@ -470,24 +504,24 @@ pub fn imprints_to_wire(reports: Vec<ImprintReport>) -> v1::Imprints {
 
 /// What imprints made, as received.
 pub fn imprints_from_wire(i: v1::Imprints) -> Result<Vec<ImprintReport>> {
-    i.imprints
-        .into_iter()
-        .map(|r| {
-            Ok(ImprintReport {
-                secret_id: r.secret_id,
-                origin_serial: r.origin_serial,
-                m: small(r.m, "M")?,
-                n: small(r.n, "N")?,
-                pin: r.pin,
-                reused: r.reused,
-                files: r
-                    .files
-                    .into_iter()
-                    .map(|f| (f.name, Zeroizing::new(f.contents)))
-                    .collect(),
-            })
-        })
-        .collect()
+    i.imprints.into_iter().map(imprint_from_wire).collect()
+}
+
+/// What one imprint made, as received.
+pub fn imprint_from_wire(r: v1::Imprint) -> Result<ImprintReport> {
+    Ok(ImprintReport {
+        secret_id: r.secret_id,
+        origin_serial: r.origin_serial,
+        m: small(r.m, "M")?,
+        n: small(r.n, "N")?,
+        pin: r.pin,
+        reused: r.reused,
+        files: r
+            .files
+            .into_iter()
+            .map(|f| (f.name, Zeroizing::new(f.contents)))
+            .collect(),
+    })
 }
 
 /// The Auditor's configuration as sent.

@@ -81,6 +81,8 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::KeyValue(_)) => "key-value",
         Some(Call::ImportKey(_)) => "import-key",
         Some(Call::SetKeyTrusted(_)) => "set-key-trusted",
+        Some(Call::StageImprint(_)) => "stage-imprint",
+        Some(Call::SecretInUse(_)) => "secret-in-use",
     }
 }
 
@@ -621,6 +623,20 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             zeroize::Zeroize::zeroize(&mut i.material);
             handle_reply(made?)
         }
+        Call::StageImprint(st) => {
+            let staged = api.stage_imprint(
+                convert::ped_imprint_from_wire(st.imprint.unwrap_or_default())?,
+                convert::secret_type_from_wire(&st.secret_type)?,
+                &st.label,
+            )?;
+            Reply::Staged(v1::Staged {
+                stage: staged.stage,
+                imprint: Some(convert::imprint_to_wire(staged.report)),
+            })
+        }
+        Call::SecretInUse(t) => Reply::Verified(v1::Verified {
+            valid: api.secret_in_use(&t.value)?,
+        }),
         Call::SetKeyTrusted(t) => Reply::Number(v1::Number {
             value: api.set_key_trusted(t.login, &t.label, t.trusted)?,
         }),

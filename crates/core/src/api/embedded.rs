@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     Enrollment, HsmApi, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential,
-    PartitionSummary, Summary, Unwrap, MAX_RANDOM,
+    PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap, MAX_RANDOM,
 };
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
@@ -18,9 +18,12 @@ use crate::hsm::{
 };
 use crate::mechanism::{KeySpec, Mechanism, Params};
 use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo};
-use crate::ped::{Imprinted, PedAnswers, PresentedPed, WirePed};
+use crate::ped::{Imprinted, Ped, PedAnswers, PresentedPed, WirePed};
+use crate::ped_stage::{self, StagedPed};
+use crate::pedkey::SecretType;
 use crate::role::Role;
 use crate::secret::Pin;
+use crate::secret::Secret32;
 use ferrohsm_audit::{Export, Record, Report};
 use zeroize::Zeroizing;
 
@@ -243,30 +246,39 @@ impl Presented {
 enum Imprinting {
     Password(Pin),
     Ped(WirePed),
+    /// Keys the front end already wrote: no files come back.
+    Staged(StagedPed),
+}
+
+/// The PED of a front end's imprint answers: it imprints into memory (the front end writes
+/// the files it returns).
+fn wire_ped(i: PedImprint) -> WirePed {
+    WirePed::new(
+        PedAnswers {
+            keys: match i.reuse.is_empty() {
+                true => i.keys.iter().map(PathBuf::from).collect(),
+                false => i.reuse.iter().map(|(n, _)| PathBuf::from(n)).collect(),
+            },
+            reuse: !i.reuse.is_empty(),
+            m: i.m,
+            n: i.n,
+            pin: i.pin,
+            overwrite: true,
+            duplicates: i.duplicates,
+        },
+        i.reuse
+            .into_iter()
+            .map(|(n, b)| (PathBuf::from(n), b))
+            .collect(),
+    )
 }
 
 impl From<NewCredential> for Imprinting {
     fn from(c: NewCredential) -> Imprinting {
         match c {
             NewCredential::Password(p) => Imprinting::Password(p),
-            NewCredential::Ped(i) => Imprinting::Ped(WirePed::new(
-                PedAnswers {
-                    keys: match i.reuse.is_empty() {
-                        true => i.keys.iter().map(PathBuf::from).collect(),
-                        false => i.reuse.iter().map(|(n, _)| PathBuf::from(n)).collect(),
-                    },
-                    reuse: !i.reuse.is_empty(),
-                    m: i.m,
-                    n: i.n,
-                    pin: i.pin,
-                    overwrite: true,
-                    duplicates: i.duplicates,
-                },
-                i.reuse
-                    .into_iter()
-                    .map(|(n, b)| (PathBuf::from(n), b))
-                    .collect(),
-            )),
+            NewCredential::Ped(i) => Imprinting::Ped(wire_ped(i)),
+            NewCredential::Staged(id) => Imprinting::Staged(StagedPed::new(id)),
         }
     }
 }
@@ -276,12 +288,13 @@ impl Imprinting {
         match self {
             Imprinting::Password(p) => NewSecret::Password(p.clone()),
             Imprinting::Ped(p) => NewSecret::Ped(p),
+            Imprinting::Staged(p) => NewSecret::Ped(p),
         }
     }
 
     fn files(&mut self) -> Vec<(PathBuf, Zeroizing<Vec<u8>>)> {
         match self {
-            Imprinting::Password(_) => Vec::new(),
+            Imprinting::Password(_) | Imprinting::Staged(_) => Vec::new(),
             Imprinting::Ped(p) => p.take_files(),
         }
     }
@@ -294,25 +307,30 @@ fn reports(
     mut files: Vec<(PathBuf, Zeroizing<Vec<u8>>)>,
 ) -> Vec<ImprintReport> {
     imprinted
-        .into_iter()
+        .iter()
         .map(|i| {
             let (mine, rest): (Vec<_>, Vec<_>) =
                 files.drain(..).partition(|(n, _)| i.written.contains(n));
             files = rest;
-            ImprintReport {
-                secret_id: i.secret_id,
-                origin_serial: i.origin_serial,
-                m: i.m,
-                n: i.n,
-                pin: i.pin.is_some(),
-                reused: i.reused,
-                files: mine
-                    .into_iter()
-                    .map(|(n, b)| (n.display().to_string(), b))
-                    .collect(),
-            }
+            report(i, mine)
         })
         .collect()
+}
+
+/// The report of one imprint, with the key files it wrote.
+fn report(i: &Imprinted, files: Vec<(PathBuf, Zeroizing<Vec<u8>>)>) -> ImprintReport {
+    ImprintReport {
+        secret_id: i.secret_id.clone(),
+        origin_serial: i.origin_serial.clone(),
+        m: i.m,
+        n: i.n,
+        pin: i.pin.is_some(),
+        reused: i.reused,
+        files: files
+            .into_iter()
+            .map(|(n, b)| (n.display().to_string(), b))
+            .collect(),
+    }
 }
 
 fn not_logged_in() -> HsmError {
@@ -409,6 +427,24 @@ impl HsmApi for Embedded {
         self.hsm
             .change_secret(&s, NewSecret::Password(new))
             .map(drop)
+    }
+
+    fn stage_imprint(
+        &mut self,
+        imprint: PedImprint,
+        secret_type: SecretType,
+        label: &str,
+    ) -> Result<StagedImprint> {
+        let req = self.hsm.stage_request(secret_type, label)?;
+        let mut ped = wire_ped(imprint);
+        let imprinted = ped.imprint(&req, Secret32::random())?;
+        let report = report(&imprinted, ped.take_files());
+        let stage = ped_stage::keep(secret_type, imprinted)?;
+        Ok(StagedImprint { stage, report })
+    }
+
+    fn secret_in_use(&mut self, secret_id: &str) -> Result<bool> {
+        self.hsm.secret_in_use(secret_id)
     }
 
     fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>> {

@@ -105,6 +105,9 @@ pub enum NewCredential {
     /// PED keys: the HSM makes the secret (or takes a reused one from keys the front end
     /// read) and returns the key files, which the front end writes.
     Ped(PedImprint),
+    /// PED keys staged by [`HsmApi::stage_imprint`] and already written by the front end under
+    /// temporary names: the stage id. The operation adopts the staged secret.
+    Staged(String),
 }
 
 /// The PED dialogue's answers, as a front end sends them.
@@ -152,6 +155,16 @@ impl std::fmt::Debug for ImprintReport {
             self.files.len()
         )
     }
+}
+
+/// A staged PED imprint ([`HsmApi::stage_imprint`]): the key files to write under temporary
+/// names, and the stage id that the operation adopting them names.
+#[derive(Debug)]
+pub struct StagedImprint {
+    /// Names the stage in [`NewCredential::Staged`].
+    pub stage: String,
+    /// The keys made (or reused) and their files.
+    pub report: ImprintReport,
 }
 
 /// What `hsm init` asks ([`HsmApi::init_hsm`]).
@@ -212,6 +225,20 @@ pub trait HsmApi {
     fn reinit_token(&mut self, label: &str, so_password: Pin) -> Result<()>;
     /// Replaces a role's password after checking (and counting) the old one (`C_SetPIN`).
     fn change_password(&mut self, role: Role, partition: &str, old: Pin, new: Pin) -> Result<()>;
+    /// Runs a PED imprint dialogue ahead of the operation that will adopt it: makes (or, to
+    /// reuse, rebuilds) a secret of `secret_type`, returns its key files, labelled `label`,
+    /// and keeps the secret for one operation naming the stage ([`NewCredential::Staged`]).
+    /// Nothing is stored; the front end writes the files under temporary names and puts them
+    /// in place once the operation has committed ([`crate::ped_stage`]).
+    fn stage_imprint(
+        &mut self,
+        imprint: PedImprint,
+        secret_type: crate::pedkey::SecretType,
+        label: &str,
+    ) -> Result<StagedImprint>;
+    /// Whether any role or cloning domain of this HSM is the PED secret `secret_id` (what a
+    /// front end asks to settle key files an interrupted imprint left). Reveals only that.
+    fn secret_in_use(&mut self, secret_id: &str) -> Result<bool>;
     /// Initialises (or, with the current HSM SO, re-initialises) the HSM.
     fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>>;
     /// Initialises a partition: its Partition SO, and its cloning domain (`None`: the

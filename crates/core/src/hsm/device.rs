@@ -285,6 +285,56 @@ impl Hsm {
         }
     }
 
+    /// What a staged imprint ([`crate::ped_stage`]) asks of the PED: keys of `secret_type`
+    /// labelled `label`, made by this HSM. M of N is allowed here; the operation that adopts
+    /// the stage checks its own policy.
+    pub fn stage_request(
+        &self,
+        secret_type: crate::pedkey::SecretType,
+        label: &str,
+    ) -> Result<ImprintRequest> {
+        let label = label.trim();
+        if label.is_empty() || label.len() > 96 || label.chars().any(char::is_control) {
+            return Err(HsmError::InvalidInput(
+                "a PED key label is 1 to 96 printable characters".into(),
+            ));
+        }
+        Ok(ImprintRequest {
+            secret_type,
+            label: label.to_string(),
+            origin_serial: self.serial.clone(),
+            allow_m_of_n: true,
+        })
+    }
+
+    /// Whether the HSM SO, a partition's roles, the Auditor or a cloning domain is the PED
+    /// secret `secret_id`.
+    pub fn secret_in_use(&mut self, secret_id: &str) -> Result<bool> {
+        if self.store.key_state() == KeyState::Absent {
+            return Ok(false);
+        }
+        let is = |a: Option<&RoleAuth>| matches!(a.map(|a| &a.method), Some(AuthMethod::Ped { secret_id: id, .. }) if id == secret_id);
+        self.store.read(|t| {
+            if let Some(keys) = t.audit {
+                if is(audit::get_state::<RoleAuth>(&t.tx, &keys.root, "auditor")?.as_ref()) {
+                    return Ok(true);
+                }
+            }
+            let Some(d) = t.get::<Device>("device", "")? else {
+                return Ok(false);
+            };
+            if is(Some(&d.so)) || d.domain_id == secret_id {
+                return Ok(true);
+            }
+            Ok(t.list::<Partition>("partition")?.iter().any(|(_, p)| {
+                [Role::PartitionSo, Role::CryptoOfficer, Role::CryptoUser]
+                    .into_iter()
+                    .any(|r| is(p.role(r)))
+                    || p.domain_id.as_deref() == Some(secret_id)
+            }))
+        })
+    }
+
     /// Imprints a cloning domain: the domain secret itself (shared by every HSM or partition
     /// in the domain) and its id.
     pub(super) fn imprint_domain(

@@ -35,8 +35,10 @@ impl Hsm {
             auth: Option<RoleAuth>,
             activation: Option<Activation>,
             policy: Option<Policy>,
+            clock_floor: u64,
         }
         let pre = match self.store.read(|t| {
+            let clock_floor = audit::clock_floor(&t.tx)?;
             if role == Role::Auditor {
                 let root = &t.audit_keys()?.root;
                 let a: Option<RoleAuth> = audit::get_state(&t.tx, root, "auditor")?;
@@ -50,6 +52,7 @@ impl Hsm {
                     auth: a,
                     activation: None,
                     policy: None,
+                    clock_floor,
                 });
             }
             let d = Self::device(t)?;
@@ -60,6 +63,7 @@ impl Hsm {
                     auth: Some(d.so.clone()),
                     activation: None,
                     policy: None,
+                    clock_floor,
                 }),
                 Some(l) => {
                     let p = Self::partition_by_label(t, l)?;
@@ -73,6 +77,7 @@ impl Hsm {
                         auth: p.role(role).cloned(),
                         activation: act,
                         policy: Some(eff),
+                        clock_floor,
                     })
                 }
             }
@@ -88,7 +93,7 @@ impl Hsm {
             let e = HsmError::State(format!("the {who} is not initialised"));
             return Err(self.refuse("login", role.short(), partition, e));
         };
-        if let Err(e) = auth_state.check_not_locked(&who, now_unix()) {
+        if let Err(e) = auth_state.check_not_locked(&who, now_unix().max(pre.clock_floor)) {
             return Err(self.refuse("login", role.short(), partition, e));
         }
         let tag = role_tag(role, pre.part_id);
@@ -199,7 +204,10 @@ impl Hsm {
                 (_, Some(d), None) => Some(d.so.clone()),
                 _ => None,
             }.ok_or_else(|| HsmError::State(format!("the {who2} is not initialised")))?;
-            state.check_not_locked(&who2, now_unix())?;
+            // The clock as the HSM last saw it, at least: a clock set back (before failing, or
+            // during a lockout) neither shortens nor skips the Auditor's timed lockout.
+            let now = now_unix().max(audit::clock_floor(&t.tx)?);
+            state.check_not_locked(&who2, now)?;
             let (ok, pmk) = if via_activation {
                 let act = part.as_ref().and_then(|p| p.activations.get(role.short()))
                     .ok_or_else(|| HsmError::Refused(format!("the {who2} is no longer activated")))?;
@@ -243,7 +251,7 @@ impl Hsm {
                         HsmError::Locked(format!("{limit} failed Partition SO logins: partition {} has been zeroized", partition.unwrap_or_default()))
                     }
                     Role::Auditor => {
-                        new_state.lock_until = Some(now_unix() + AUDITOR_LOCKOUT_S);
+                        new_state.lock_until = Some(now + AUDITOR_LOCKOUT_S);
                         HsmError::Locked(format!("{reason}: the Auditor is locked out for {} minutes after {limit} failed logins", AUDITOR_LOCKOUT_S / 60))
                     }
                     Role::CryptoOfficer | Role::CryptoUser => {
