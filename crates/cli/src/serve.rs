@@ -11,8 +11,8 @@ use ferrohsm_server::{ServerConfig, ServerError};
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// The configuration file (TOML). Without it, /etc/ferrohsm/server.toml if present, else
-    /// the defaults with the data directory from --data-dir.
-    #[arg(long, value_name = "FILE")]
+    /// the defaults with the data directory from --data-dir. Also after `fingerprint`.
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Listen on this socket instead of the configured one.
     #[arg(long, value_name = "PATH")]

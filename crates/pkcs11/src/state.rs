@@ -87,7 +87,12 @@ impl Config {
             let Some((k, v)) = line.split_once('=') else {
                 return Err(format!("{shown} line {}: expected key = \"value\"", n + 1));
             };
-            let v = v.trim().trim_matches('"');
+            let v = config_value(v).ok_or_else(|| {
+                format!(
+                    "{shown} line {}: a value is \"text\" or a number, then at most a # comment",
+                    n + 1
+                )
+            })?;
             match k.trim() {
                 "server" => match (v.strip_prefix("unix:"), v.strip_prefix("tls://")) {
                     (Some(socket), _) => c.target = Target::Server(socket.into()),
@@ -150,6 +155,21 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// The value of a `key = value` line: a double-quoted string (no escapes) or a bare word, then
+/// nothing but an optional `# comment`.
+fn config_value(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let (value, rest) = match v.strip_prefix('"') {
+        Some(quoted) => quoted.split_once('"')?,
+        None => match v.split_once('#') {
+            Some((word, comment)) => (word.trim_end(), &v[v.len() - comment.len() - 1..]),
+            None => (v, ""),
+        },
+    };
+    let rest = rest.trim();
+    (rest.is_empty() || rest.starts_with('#')).then_some(value)
 }
 
 /// Writes one line to the module's log (the configured file, else stderr). Never a secret:
@@ -590,5 +610,30 @@ pub fn rv(e: &HsmError) -> CK_RV {
         | HsmError::Io { .. }
         | HsmError::State(_)
         | HsmError::InUse(_) => CKR_DEVICE_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_value;
+
+    #[test]
+    fn values_take_quotes_words_and_trailing_comments() {
+        assert_eq!(
+            config_value(r#" "unix:/run/x.sock"   # the default; or: embedded = "/d""#),
+            Some("unix:/run/x.sock")
+        );
+        assert_eq!(
+            config_value(" 10000    # each call's deadline"),
+            Some("10000")
+        );
+        assert_eq!(
+            config_value(r#""a # not a comment""#),
+            Some("a # not a comment")
+        );
+        assert_eq!(config_value(" 250"), Some("250"));
+        // Anything after the value but a comment is refused, as is an unclosed quote.
+        assert_eq!(config_value(r#" "a" b"#), None);
+        assert_eq!(config_value(r#" "unclosed"#), None);
     }
 }
