@@ -6,6 +6,8 @@
 //! re-initialisation destroy the device key but not the log, its signing key or the Auditor,
 //! so the log stays verifiable across them. Factory reset destroys both.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use signed_note::{Note, StandardSigner};
@@ -407,45 +409,126 @@ pub(crate) fn export(
     })
 }
 
-/// Seals an audit state value under the audit root.
+/// The audit state row that lists a fingerprint of every other row's sealed bytes (fresh at
+/// every write), so that one row put back from an older copy of itself is caught.
+pub(crate) const STATE_PRINTS: &str = "prints";
+
+fn state_key(root: &Secret32) -> Secret32 {
+    crate::crypto::hkdf32(&[], root.expose(), &[b"ferrohsm audit state v1"])
+}
+
+fn state_print(sealed: &[u8]) -> String {
+    hex::encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sealed).as_ref()[..12])
+}
+
+fn read_sealed_state(tx: &Transaction<'_>, kind: &str) -> Result<Option<Vec<u8>>> {
+    Ok(tx
+        .query_row(
+            "SELECT sealed FROM audit_state WHERE kind = ?1",
+            [kind],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn write_state<T: Serialize>(
+    tx: &Transaction<'_>,
+    root: &Secret32,
+    kind: &str,
+    v: &T,
+) -> Result<Vec<u8>> {
+    let pt =
+        zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(|e| HsmError::Store(e.to_string()))?);
+    let sealed = crate::crypto::seal(&state_key(root), format!("audit\0{kind}").as_bytes(), &pt);
+    tx.execute("INSERT INTO audit_state(kind, sealed) VALUES (?1, ?2) ON CONFLICT(kind) DO UPDATE SET sealed = excluded.sealed", params![kind, sealed])?;
+    Ok(sealed)
+}
+
+fn open_state<T: serde::de::DeserializeOwned>(
+    root: &Secret32,
+    kind: &str,
+    sealed: &[u8],
+) -> Result<T> {
+    let pt = crate::crypto::open(
+        &state_key(root),
+        format!("audit\0{kind}").as_bytes(),
+        sealed,
+        &format!("audit state {kind}"),
+    )?;
+    serde_json::from_slice(pt.expose())
+        .map_err(|e| HsmError::Tamper(format!("audit state {kind} does not decode: {e}")))
+}
+
+/// The fingerprint list, if this store keeps one.
+fn state_prints(tx: &Transaction<'_>, root: &Secret32) -> Result<Option<BTreeMap<String, String>>> {
+    read_sealed_state(tx, STATE_PRINTS)?
+        .map(|s| open_state(root, STATE_PRINTS, &s))
+        .transpose()
+}
+
+/// Whether the store keeps the fingerprint list.
+pub(crate) fn has_state_prints(tx: &Transaction<'_>) -> Result<bool> {
+    Ok(read_sealed_state(tx, STATE_PRINTS)?.is_some())
+}
+
+/// Makes the fingerprint list from the rows as they are (a store from before it, or a new
+/// log), unless there is one.
+pub(crate) fn ensure_state_prints(tx: &Transaction<'_>, root: &Secret32) -> Result<()> {
+    if read_sealed_state(tx, STATE_PRINTS)?.is_some() {
+        return Ok(());
+    }
+    let mut st = tx.prepare("SELECT kind, sealed FROM audit_state WHERE kind != ?1")?;
+    let rows = st.query_map([STATE_PRINTS], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut prints = BTreeMap::new();
+    for row in rows {
+        let (kind, sealed) = row?;
+        prints.insert(kind, state_print(&sealed));
+    }
+    write_state(tx, root, STATE_PRINTS, &prints)?;
+    Ok(())
+}
+
+/// Seals an audit state value under the audit root (and names its fingerprint in the list).
 pub(crate) fn put_state<T: Serialize>(
     tx: &Transaction<'_>,
     root: &Secret32,
     kind: &str,
     v: &T,
 ) -> Result<()> {
-    let key = crate::crypto::hkdf32(&[], root.expose(), &[b"ferrohsm audit state v1"]);
-    let pt =
-        zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(|e| HsmError::Store(e.to_string()))?);
-    let sealed = crate::crypto::seal(&key, format!("audit\0{kind}").as_bytes(), &pt);
-    tx.execute("INSERT INTO audit_state(kind, sealed) VALUES (?1, ?2) ON CONFLICT(kind) DO UPDATE SET sealed = excluded.sealed", params![kind, sealed])?;
+    let sealed = write_state(tx, root, kind, v)?;
+    if let Some(mut prints) = state_prints(tx, root)? {
+        prints.insert(kind.to_string(), state_print(&sealed));
+        write_state(tx, root, STATE_PRINTS, &prints)?;
+    }
     Ok(())
 }
 
-/// Opens an audit state value.
+/// Opens an audit state value; one that is not the copy the fingerprint list names (an older
+/// one put back) or that the list does not name (inserted by hand) is tamper.
 pub(crate) fn get_state<T: serde::de::DeserializeOwned>(
     tx: &Transaction<'_>,
     root: &Secret32,
     kind: &str,
 ) -> Result<Option<T>> {
-    let sealed: Option<Vec<u8>> = tx
-        .query_row(
-            "SELECT sealed FROM audit_state WHERE kind = ?1",
-            [kind],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(sealed) = sealed else {
+    let Some(sealed) = read_sealed_state(tx, kind)? else {
         return Ok(None);
     };
-    let key = crate::crypto::hkdf32(&[], root.expose(), &[b"ferrohsm audit state v1"]);
-    let pt = crate::crypto::open(
-        &key,
-        format!("audit\0{kind}").as_bytes(),
-        &sealed,
-        &format!("audit state {kind}"),
-    )?;
-    serde_json::from_slice(pt.expose())
-        .map(Some)
-        .map_err(|e| HsmError::Tamper(format!("audit state {kind} does not decode: {e}")))
+    if let Some(prints) = state_prints(tx, root)? {
+        match prints.get(kind) {
+            Some(p) if *p == state_print(&sealed) => {}
+            Some(_) => {
+                return Err(HsmError::Tamper(format!(
+                    "audit state {kind} is not the copy the audit state's sealed list names: an older copy of it was put back, or it was replaced"
+                )))
+            }
+            None => {
+                return Err(HsmError::Tamper(format!(
+                    "audit state {kind} is not in the audit state's sealed list: it was inserted by hand"
+                )))
+            }
+        }
+    }
+    open_state(root, kind, &sealed).map(Some)
 }

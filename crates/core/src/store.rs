@@ -11,6 +11,7 @@
 //! check value in the database catches a store or key file swapped for another HSM's. A
 //! detected tamper is recorded in the event table and the store refuses to open.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -546,11 +547,27 @@ impl Store {
                     skey: skey.to_string(),
                     vkey,
                     origin,
+                    prints_kept: true,
                 };
+                audit::ensure_state_prints(&tx, &root)?;
                 audit::put_state(&tx, &root, "signer", &st)?;
                 st
             }
         };
+        // The audit state's fingerprint list: made once (a store from before it), and from
+        // then on its removal is tamper, never a way to put older rows back unnoticed.
+        let mut signer = signer;
+        if !audit::has_state_prints(&tx)? {
+            if signer.prints_kept {
+                drop(tx);
+                return Err(
+                    self.tamper("the audit state's sealed list of fingerprints was removed")
+                );
+            }
+            audit::ensure_state_prints(&tx, &root)?;
+            signer.prints_kept = true;
+            audit::put_state(&tx, &root, "signer", &signer)?;
+        }
         tx.commit()?;
         if known.is_none() {
             // First open (or a store from before the check): the state just verified.
@@ -739,6 +756,7 @@ impl Store {
             force_manifest: false,
             manifest: None,
             rows_changed: false,
+            buckets: BTreeMap::new(),
         })
     }
 
@@ -795,6 +813,8 @@ pub struct Txn<'a> {
     /// fingerprints changed.
     manifest: Option<Manifest>,
     rows_changed: bool,
+    /// Buckets of object fingerprints read by this transaction, each with whether it changed.
+    buckets: BTreeMap<String, (bool, manifest::Bucket)>,
 }
 
 /// The audit keys, or the error every caller reports when the audit key did not load.
@@ -927,6 +947,7 @@ impl<'a> Txn<'a> {
         plaintext: &[u8],
     ) -> Result<()> {
         let sealed = crypto::seal(&self.keys()?.store, &obj_aad(partition, handle), plaintext);
+        self.note_object(partition, handle, Some(&sealed))?;
         let lt = self.tag(partition, b"label", idx.label.as_bytes())?;
         let it = self.tag(partition, b"id", idx.id)?;
         let n = self.tx.execute(
@@ -958,6 +979,7 @@ impl<'a> Txn<'a> {
         let Some(sealed) = sealed else {
             return Ok(None);
         };
+        self.check_object(partition, handle, &sealed)?;
         let pt = crypto::open(
             &self.keys()?.store,
             &obj_aad(partition, handle),
@@ -1023,6 +1045,9 @@ impl<'a> Txn<'a> {
             params![partition, handle as i64],
         )?;
         self.d_objects -= n as i64;
+        if n > 0 {
+            self.note_object(partition, handle, None)?;
+        }
         Ok(())
     }
 
@@ -1033,6 +1058,7 @@ impl<'a> Txn<'a> {
             params![partition],
         )?;
         self.d_objects -= n as i64;
+        self.forget_partition_objects(partition)?;
         Ok(n)
     }
 
@@ -1061,10 +1087,13 @@ impl<'a> Txn<'a> {
     }
 
     fn finish(mut self) -> Result<()> {
+        self.flush_object_prints()?;
         if self.d_records != 0 || self.d_objects != 0 || self.force_manifest || self.rows_changed {
             let mut m: Manifest = if self.force_manifest {
+                // A new device key: the tables are empty, so every object (none) is printed.
                 Manifest {
                     rows: Some(self.all_row_prints()?),
+                    objects_printed: true,
                     ..Manifest::default()
                 }
             } else {
@@ -1108,6 +1137,9 @@ struct SignerState {
     skey: String,
     vkey: String,
     origin: String,
+    /// Whether the audit state keeps its fingerprint list (absent in older stores).
+    #[serde(default)]
+    prints_kept: bool,
 }
 
 impl Drop for SignerState {
@@ -1172,6 +1204,62 @@ fn write_key_file(dir: &Path, path: &Path, magic: &[u8; 8], key: &Secret32) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store from before object fingerprints gets them at its next open, and checks them
+    /// from then on.
+    #[test]
+    fn a_store_without_object_prints_gets_them_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = ObjectIndex {
+            class: "secret-key",
+            label: "k",
+            id: b"",
+        };
+        {
+            let mut st = Store::open(dir.path(), true).unwrap();
+            st.new_device_key().unwrap();
+            st.write(|t| {
+                t.put_object(1, 7, &idx, b"first")?;
+                t.put_object(1, 8, &idx, b"second")
+            })
+            .unwrap();
+            // Back to the older form: no buckets, the manifest not marking objects printed.
+            st.write(|t| {
+                t.forget_partition_objects(1)?;
+                let mut m = t.read_manifest()?;
+                m.objects_printed = false;
+                t.manifest = Some(m.clone());
+                t.rows_changed = true;
+                Ok(())
+            })
+            .unwrap();
+            let m: Manifest = st.read(|t| t.read_manifest()).unwrap();
+            assert!(!m.objects_printed);
+        }
+        let old_row: Vec<u8> = {
+            let c = open_conn(&dir.path().join(DB_FILE)).unwrap();
+            c.query_row("SELECT sealed FROM objects WHERE handle = 7", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let mut st = Store::open(dir.path(), false).unwrap();
+        assert!(st.read(|t| t.read_manifest()).unwrap().objects_printed);
+        assert!(st.read(|t| t.get_object(1, 7)).unwrap().is_some());
+        // From now on an older copy put back is caught.
+        st.write(|t| t.put_object(1, 7, &idx, b"changed")).unwrap();
+        open_conn(&dir.path().join(DB_FILE))
+            .unwrap()
+            .execute(
+                "UPDATE objects SET sealed = ?1 WHERE handle = 7",
+                [&old_row],
+            )
+            .unwrap();
+        assert!(matches!(
+            st.read(|t| t.get_object(1, 7)),
+            Err(HsmError::Tamper(_))
+        ));
+    }
 
     /// C_FindObjects by label, id or class must not scan the partition: every lookup the
     /// store runs is a SEARCH through an index on that value, with no sort step.

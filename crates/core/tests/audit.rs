@@ -933,3 +933,57 @@ fn removing_the_audit_state_is_tamper_never_a_fresh_auditor() {
     );
     assert!(!f.tmp.path().join("thief.pedkey").exists());
 }
+
+/// An older copy of one audit state row put back (key-use auditing set to strict, then the
+/// row from before put back to turn it off unnoticed) is tamper at its first use.
+#[test]
+fn an_older_audit_state_row_put_back_is_tamper() {
+    let (f, mut hsm, aud) = with_auditor();
+    let row = || -> Vec<u8> {
+        rusqlite::Connection::open(f.data.join("hsm.db"))
+            .unwrap()
+            .query_row(
+                "SELECT sealed FROM audit_state WHERE kind = 'config'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let off = row();
+    hsm.set_audit_config(
+        &aud,
+        AuditConfig {
+            key_use: KeyUseAudit::Strict,
+            ..AuditConfig::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(row(), off);
+    rusqlite::Connection::open(f.data.join("hsm.db"))
+        .unwrap()
+        .execute(
+            "UPDATE audit_state SET sealed = ?1 WHERE kind = 'config'",
+            [&off],
+        )
+        .unwrap();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let ec = hsm.find_key(&co, "ec", ObjectClass::PrivateKey).unwrap();
+    let e = hsm
+        .sign(&co, ec.handle, Mechanism::Ecdsa(Some(Hash::Sha256)), b"m")
+        .unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("older copy")),
+        "{e}"
+    );
+    // Nor does removing the list of fingerprints make room for it: the store refuses to open.
+    drop(hsm);
+    rusqlite::Connection::open(f.data.join("hsm.db"))
+        .unwrap()
+        .execute("DELETE FROM audit_state WHERE kind = 'prints'", [])
+        .unwrap();
+    let e = Hsm::open(&f.data).err().expect("must not open");
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("fingerprints was removed")),
+        "{e}"
+    );
+}

@@ -944,3 +944,85 @@ fn inv2_an_older_copy_of_one_row_put_back_is_tamper() {
         "the old PIN must not come back: {e}"
     );
 }
+
+#[test]
+fn inv2_an_older_copy_of_one_object_put_back_is_tamper() {
+    let (f, mut hsm) = fixture();
+    let co = login(&f, &mut hsm, Role::CryptoOfficer, "co");
+    let h = hsm
+        .generate_key(
+            &co,
+            KeySpec::Aes256,
+            &KeyOptions {
+                label: "wrapper".into(),
+                id: vec![],
+                extractable: false,
+            },
+        )
+        .unwrap()[0];
+    let object = || -> Vec<u8> {
+        db(&f)
+            .query_row(
+                "SELECT sealed FROM objects WHERE handle=?1",
+                [h as i64],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // The Partition SO marks the key trusted, then takes the mark away again.
+    let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
+    hsm.set_key_trusted(&pso, "wrapper", true).unwrap();
+    let trusted = object();
+    hsm.set_key_trusted(&pso, "wrapper", false).unwrap();
+    assert_ne!(object(), trusted);
+    // Putting the trusted copy back would make it a trusted wrapping key again: tamper.
+    db(&f)
+        .execute(
+            "UPDATE objects SET sealed=?1 WHERE handle=?2",
+            rusqlite::params![trusted, h as i64],
+        )
+        .unwrap();
+    let e = hsm.object_info(Some(&co), "p", h).unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("older copy")),
+        "{e}"
+    );
+    drop(hsm);
+    // A destroyed key brought back from an older copy (another object deleted so that the
+    // counts agree) is not in the manifest: tamper, never a live key again.
+    let (g, mut hsm) = fixture();
+    let co = login(&g, &mut hsm, Role::CryptoOfficer, "co");
+    let opts = |l: &str| KeyOptions {
+        label: l.into(),
+        id: vec![],
+        extractable: false,
+    };
+    let a = hsm.generate_key(&co, KeySpec::Aes128, &opts("a")).unwrap()[0];
+    let b = hsm.generate_key(&co, KeySpec::Aes128, &opts("b")).unwrap()[0];
+    type Row = (i64, String, Vec<u8>, Vec<u8>, Vec<u8>);
+    let saved: Row = db(&g)
+        .query_row(
+            "SELECT partition, class, label_tag, id_tag, sealed FROM objects WHERE handle=?1",
+            [a as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    hsm.destroy_object(&co, a).unwrap();
+    drop(hsm);
+    let c = db(&g);
+    c.execute("DELETE FROM objects WHERE handle=?1", [b as i64])
+        .unwrap();
+    c.execute(
+        "INSERT INTO objects(partition, handle, class, label_tag, id_tag, sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![saved.0, a as i64, saved.1, saved.2, saved.3, saved.4],
+    )
+    .unwrap();
+    drop(c);
+    let mut hsm = Hsm::open(&g.data).unwrap();
+    let co = login(&g, &mut hsm, Role::CryptoOfficer, "co");
+    let e = hsm.object_info(Some(&co), "p", a).unwrap_err();
+    assert!(
+        matches!(&e, HsmError::Tamper(m) if m.contains("not in the sealed manifest")),
+        "{e}"
+    );
+}
