@@ -198,10 +198,21 @@ pub fn run(c: AuditCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 );
                 Ok(exit::OK)
             }
-            AuditCmd::Verify { login: l, .. } => {
+            AuditCmd::Verify {
+                login: l, earlier, ..
+            } => {
                 let s = crate::front::login(api, ped_dir, &l, Role::Auditor, None)?;
                 let r = api.audit_verify(s)?;
                 print!("{r}");
+                // The checkpoints the Auditor kept outside the HSM: the HSM checks that its
+                // log extends each (a rollback or fork is tamper, which it records).
+                for f in &earlier {
+                    let size = api.audit_check_extends(s, &text(f)?)?;
+                    println!(
+                        "the log extends the checkpoint of {size} records in {}",
+                        f.display()
+                    );
+                }
                 Ok(exit::OK)
             }
             AuditCmd::Checkpoint {

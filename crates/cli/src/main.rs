@@ -621,7 +621,9 @@ Examples:
         /// With --export: the HSM's audit public key file.
         #[arg(long)]
         public_key: Option<PathBuf>,
-        /// With --export: a checkpoint held before, which the export must extend.
+        /// A checkpoint held before (e.g. from `audit checkpoint --out`), which the export, or
+        /// the live log, must extend: a rollback or fork fails (exit 5; on the live log the
+        /// HSM records it as tamper). Repeatable.
         #[arg(long, value_name = "FILE")]
         earlier: Vec<PathBuf>,
         /// With --export: a witness public key file to check.

@@ -954,6 +954,13 @@ impl HsmApi for Remote {
         text(self.call(Call::AuditCheckpoint(v1::AuditorCall { login }))?)
     }
 
+    fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {
+        number(self.call(Call::AuditCheckExtends(v1::CheckpointNote {
+            login,
+            note: note.into(),
+        }))?)
+    }
+
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {
         let b = bytes(self.call(Call::AuditExport(v1::AuditExport {
             login,

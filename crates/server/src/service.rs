@@ -33,6 +33,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::AuditRecords(_)) => "audit-records",
         Some(Call::PendingCeremonies(_)) => "pending-ceremonies",
         Some(Call::AuditCheckpoint(_)) => "audit-checkpoint",
+        Some(Call::AuditCheckExtends(_)) => "audit-check-extends",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
         Some(Call::Info(_)) => "info",
@@ -543,6 +544,9 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         }),
         Call::AuditCheckpoint(a) => Reply::Text(v1::Text {
             value: api.audit_checkpoint(a.login)?,
+        }),
+        Call::AuditCheckExtends(a) => Reply::Number(v1::Number {
+            value: api.audit_check_extends(a.login, &a.note)?,
         }),
         Call::AuditExport(a) => bytes(api.audit_export(a.login, a.from, &a.earlier)?.to_bytes()),
         Call::AuditVerify(a) => Reply::Report(convert::report_to_wire(&api.audit_verify(a.login)?)),

@@ -1004,6 +1004,11 @@ impl HsmApi for Embedded {
         self.hsm.audit_checkpoint(&s)
     }
 
+    fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {
+        let s = self.session(login)?;
+        self.hsm.audit_check_extends(&s, note)
+    }
+
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {
         let s = self.session(login)?;
         self.hsm.audit_export(&s, from, earlier)

@@ -520,6 +520,9 @@ pub trait HsmApi {
     fn pending_ceremonies(&mut self, login: LoginId) -> Result<Vec<(Record, usize)>>;
     /// The latest signed checkpoint (Auditor).
     fn audit_checkpoint(&mut self, login: LoginId) -> Result<String>;
+    /// Checks that the log extends `note`, a checkpoint this HSM signed that the Auditor kept
+    /// outside it (Auditor); returns its size. A rollback or fork is tamper, recorded.
+    fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64>;
     /// Records from `from` with inclusion proofs and consistency proofs to the `earlier`
     /// checkpoint sizes (Auditor).
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export>;

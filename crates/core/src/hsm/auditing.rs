@@ -176,6 +176,13 @@ impl Hsm {
         })
     }
 
+    /// [`Hsm::check_extends`] when the Auditor asks, with a checkpoint they kept.
+    pub fn audit_check_extends(&mut self, s: &Session, note: &str) -> Result<u64> {
+        self.auditor_only(s, "checking the log against a kept checkpoint")?;
+        self.flush_key_use()?;
+        self.check_extends(note)
+    }
+
     /// Exports records from `from` (1-based) to the latest checkpoint with their proofs, and
     /// consistency proofs for the earlier checkpoints of the given sizes plus every checkpoint
     /// a witness cosigned (Auditor only).
