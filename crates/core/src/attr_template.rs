@@ -193,6 +193,7 @@ mod tests {
             wrap_template: AttrTemplate::default(),
             unwrap_template: AttrTemplate::default(),
             created: String::new(),
+            unique_id: String::new(),
         }
     }
 

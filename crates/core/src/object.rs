@@ -177,6 +177,22 @@ pub struct Attributes {
     pub unwrap_template: AttrTemplate,
     /// When created (UTC).
     pub created: String,
+    /// `CKA_UNIQUE_ID`: set when the object is made, never changed, the same on every HSM
+    /// the object is cloned to (empty in records from before it; see [`Attributes::unique_id`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unique_id: String,
+}
+
+impl Attributes {
+    /// The object's unique id; for an object made before unique ids were kept, one derived
+    /// from where it was made (its HSM, partition and handle), stable from then on.
+    pub fn unique_id(&self, serial: &str, partition: u32, handle: u64) -> String {
+        if self.unique_id.is_empty() {
+            format!("{serial}-{partition}-{handle}")
+        } else {
+            self.unique_id.clone()
+        }
+    }
 }
 
 fn copyable_default() -> bool {
@@ -351,7 +367,7 @@ mod hex_bytes {
     }
 }
 
-mod hex_opt {
+pub(crate) mod hex_opt {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {

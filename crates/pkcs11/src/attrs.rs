@@ -164,6 +164,9 @@ fn get_content(o: &ObjectInfo, content: &Content, t: CK_ATTRIBUTE_TYPE) -> Attr 
         (CKA_MODIFIABLE, _) => b(a.modifiable),
         (CKA_COPYABLE, _) => b(false),
         (CKA_DESTROYABLE, _) => b(a.destroyable),
+        (CKA_UNIQUE_ID, _) if !a.unique_id.is_empty() => {
+            Attr::Value(a.unique_id.as_bytes().to_vec())
+        }
         (CKA_LABEL, _) => Attr::Value(a.label.as_bytes().to_vec()),
         (CKA_VALUE, Content::Certificate { value, .. } | Content::Data { value, .. }) => {
             Attr::Value(value.clone())
@@ -213,6 +216,8 @@ pub fn get(o: &ObjectInfo, t: CK_ATTRIBUTE_TYPE) -> Attr {
         CKA_MODIFIABLE => b(a.modifiable),
         CKA_COPYABLE => b(a.copyable),
         CKA_DESTROYABLE => b(a.destroyable),
+        // The same on every HSM the object is cloned to (none kept for session objects).
+        CKA_UNIQUE_ID if !a.unique_id.is_empty() => Attr::Value(a.unique_id.as_bytes().to_vec()),
         CKA_LABEL => Attr::Value(a.label.as_bytes().to_vec()),
         CKA_KEY_TYPE => Attr::Value(ulong(key_type(spec))),
         CKA_ID => Attr::Value(a.id.clone()),
@@ -334,10 +339,21 @@ mod tests {
                 unwrap_template: Default::default(),
                 copyable: true,
                 created: String::new(),
+                unique_id: "1f2e".into(),
             },
             public: None,
             content: None,
         }
+    }
+
+    #[test]
+    fn the_unique_id_reads_as_kept_and_searches_match_it() {
+        let mut o = obj(ObjectClass::SecretKey, true);
+        assert_eq!(get(&o, CKA_UNIQUE_ID), Attr::Value(b"1f2e".to_vec()));
+        assert!(matches(&o, &[(CKA_UNIQUE_ID, b"1f2e".to_vec())]));
+        assert!(!matches(&o, &[(CKA_UNIQUE_ID, b"other".to_vec())]));
+        o.attrs.unique_id.clear();
+        assert_eq!(get(&o, CKA_UNIQUE_ID), Attr::Invalid);
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub fn object_to_wire(o: &ObjectInfo) -> v1::ObjectInfo {
             copyable: Some(a.copyable),
             wrap_template: template_to_wire(&a.wrap_template),
             unwrap_template: template_to_wire(&a.unwrap_template),
+            unique_id: a.unique_id.clone(),
         }),
         public: o.public.clone(),
         content: o.content.as_ref().map(|c| match content_to_wire(c) {
@@ -93,6 +94,7 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
         wrap_template: template_from_wire(&a.wrap_template)?,
         unwrap_template: template_from_wire(&a.unwrap_template)?,
         created: a.created,
+        unique_id: a.unique_id,
     };
     let content = match o.content {
         None => None,

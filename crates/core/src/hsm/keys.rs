@@ -315,6 +315,8 @@ impl Hsm {
             unwrap_template: tpl.unwrap_template.clone(),
             copyable: tpl.copyable.unwrap_or(true),
             created: now_rfc3339(),
+            // Given by `put_key`, for each object it stores.
+            unique_id: String::new(),
         };
         if spec.is_symmetric() {
             // A generic secret is for MACs; AES and 3DES keys are for encryption.
@@ -376,6 +378,11 @@ impl Hsm {
         let id = p.id;
         let h = p.next_handle;
         p.next_handle += 1;
+        // Every new object is a new object, copies included: a fresh unique id.
+        let attrs = Attributes {
+            unique_id: crypto::random_hex_id(16),
+            ..attrs
+        };
         let material = secret.map(|m| crypto::seal(pmk, &Self::material_aad(id, h), m.expose()));
         Self::put_record(
             t,
@@ -474,6 +481,7 @@ impl Hsm {
             unwrap_template: Default::default(),
             copyable: true,
             created: now_rfc3339(),
+            unique_id: crypto::random_hex_id(16),
         };
         let e = self.ev(
             "object-create",

@@ -37,6 +37,7 @@ use ferrohsm_audit::{Export, Record, Report};
 mod auditing;
 mod clear_keys;
 mod clients;
+mod cloning;
 mod device;
 mod keys;
 mod login;
@@ -48,6 +49,7 @@ mod wrapping;
 
 pub use clear_keys::ClearKey;
 pub use clients::{parse_enrollment_code, ClientInfo, Enrollment, MAX_ENROLLMENT_SECONDS};
+pub use cloning::{CloneBatch, CloneHello, CloneProgress, CloneSelect, MAX_CLONE_BATCH};
 
 /// How the HSM's roles authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -529,6 +531,7 @@ mod tests {
             unwrap_template: Default::default(),
             copyable: true,
             created: String::new(),
+            unique_id: String::new(),
         };
         let one = Arc::new(LoadedKey {
             info: ObjectInfo {
