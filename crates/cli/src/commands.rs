@@ -304,6 +304,34 @@ fn partition_cmd(
     let mut boxed = crate::front::open(dir, server)?;
     let api = boxed.as_mut();
     match c {
+        PartitionCmd::Clone {
+            from,
+            to,
+            to_server,
+            label,
+            id,
+            class,
+            batch,
+            login,
+            to_login,
+        } => {
+            crate::cloning::run(
+                api,
+                ped_dir,
+                crate::cloning::CloneArgs {
+                    from: &from,
+                    to: &to,
+                    to_server: to_server.as_deref(),
+                    labels: label,
+                    ids: id,
+                    classes: class,
+                    batch,
+                    login: &login,
+                    to_login: &to_login,
+                },
+            )?;
+            Ok(exit::OK)
+        }
         PartitionCmd::Create { label, login: l } => {
             let s = crate::front::login(api, ped_dir, &l, Role::HsmSo, None)?;
             let id = api.create_partition(s, &label)?;

@@ -3,6 +3,7 @@
 
 mod audit;
 mod clients;
+mod cloning;
 mod commands;
 mod demo;
 mod front;
@@ -302,6 +303,44 @@ pub enum PartitionCmd {
     /// List partitions.
     #[command(after_help = "Example:\n  ferrohsm partition list --json")]
     List,
+    /// Clone objects into a partition of the same cloning domain, on this HSM or on another
+    /// server: both HSMs prove the domain before the first object moves, the target takes all
+    /// or nothing, and both audit each object. Needs the Crypto Officer of each partition.
+    #[command(
+        after_help = "Examples:\n  ferrohsm partition clone --from payments --to payments-dr --to-server /run/ferrohsm/dr.sock --challenge env:CO --to-challenge env:DR_CO\n  ferrohsm partition clone --from payments --to spare --label signer --challenge env:CO --to-challenge env:SPARE_CO"
+    )]
+    Clone {
+        /// The partition to clone from; its Crypto Officer logs in with --key/--pin, --password
+        /// or --challenge. Example: --from payments
+        #[arg(long, value_name = "PARTITION")]
+        from: String,
+        /// The partition to clone into; its Crypto Officer logs in with --to-key/--to-pin,
+        /// --to-password or --to-challenge. Example: --to payments-dr
+        #[arg(long, value_name = "PARTITION")]
+        to: String,
+        /// The HSM the target partition is on: a server's socket, or tls://host:port with this
+        /// command's TLS settings. Default: the same HSM. Example: --to-server /run/ferrohsm/dr.sock
+        #[arg(long, value_name = "SERVER")]
+        to_server: Option<PathBuf>,
+        /// Clone only objects with this label (repeatable; with --id and --class, objects
+        /// matching any of them). Default: every object. Example: --label signer
+        #[arg(long)]
+        label: Vec<String>,
+        /// Clone only objects with this CKA_ID, in hex (repeatable). Example: --id 01a2
+        #[arg(long, value_name = "HEX")]
+        id: Vec<String>,
+        /// Clone only objects of this class: secret-key, private-key, public-key,
+        /// certificate, data (repeatable). Example: --class private-key
+        #[arg(long, value_name = "CLASS")]
+        class: Vec<String>,
+        /// Objects per batch (1-1000). Example: --batch 100
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+        #[command(flatten)]
+        login: Login,
+        #[command(flatten)]
+        to_login: crate::pedargs::TargetLogin,
+    },
     /// Show one partition: policies, domain, roles, object count.
     #[command(after_help = "Example:\n  ferrohsm partition show --partition payments")]
     Show {

@@ -30,6 +30,39 @@ pub struct Login {
     pub challenge: Option<String>,
 }
 
+/// How the Crypto Officer of the other partition of a two-sided command (a clone's target)
+/// logs in: the same choices as [`Login`], with `--to-` names.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TargetLogin {
+    /// PED key file(s) of the target partition's Crypto Officer (repeat for M of N). Default:
+    /// its files in the PED directory. Example: --to-key dr-co-1.pedkey
+    #[arg(long = "to-key", id = "to-key", value_name = "FILE")]
+    pub key: Vec<PathBuf>,
+    /// PED PIN for those keys: env:NAME, file:PATH, - or prompt. Example: --to-pin prompt
+    #[arg(long = "to-pin", id = "to-pin", value_name = "SRC")]
+    pub pin: Option<String>,
+    /// Password of the target partition's Crypto Officer (password-authenticated HSM):
+    /// env:NAME, file:PATH, - or prompt. Example: --to-password env:DR_CO_PW
+    #[arg(long = "to-password", id = "to-password", value_name = "SRC")]
+    pub password: Option<String>,
+    /// Challenge secret of the activated target Crypto Officer: env:NAME, file:PATH, - or
+    /// prompt. Example: --to-challenge env:DR_CO
+    #[arg(long = "to-challenge", id = "to-challenge", value_name = "SRC", conflicts_with_all = ["to-key", "to-pin", "to-password"])]
+    pub challenge: Option<String>,
+}
+
+impl TargetLogin {
+    /// The same login as [`Login`] flags.
+    pub fn as_login(&self) -> Login {
+        Login {
+            key: self.key.clone(),
+            pin: self.pin.clone(),
+            password: self.password.clone(),
+            challenge: self.challenge.clone(),
+        }
+    }
+}
+
 /// The PED keys for logging in as `prefix` (a role): the default files.
 pub fn default_keys(ped_dir: &Path, prefix: &str) -> Vec<PathBuf> {
     ferrohsm_core::ped::default_keys(ped_dir, prefix)

@@ -3,9 +3,9 @@
 
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, AuthMode, ClientInfo, Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm,
-    LoginCredential, LoginId, NewCredential, PartitionSummary, PedImprint, StagedImprint, Summary,
-    Unwrap, Witness,
+    AuditConfig, AuthMode, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect,
+    Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential,
+    PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{
@@ -952,6 +952,74 @@ impl HsmApi for Remote {
 
     fn audit_checkpoint(&mut self, login: LoginId) -> Result<String> {
         text(self.call(Call::AuditCheckpoint(v1::AuditorCall { login }))?)
+    }
+
+    fn clone_accept(&mut self, login: LoginId) -> Result<CloneHello> {
+        let t = text(self.call(Call::CloneAccept(v1::CloneCall {
+            login,
+            ..Default::default()
+        }))?)?;
+        convert::clone_from_json(t.as_bytes(), "hello")
+    }
+
+    fn clone_offer(
+        &mut self,
+        login: LoginId,
+        target: &CloneHello,
+        select: &CloneSelect,
+    ) -> Result<CloneHello> {
+        let mut c = v1::CloneCall {
+            login,
+            hello: convert::clone_json(target)?,
+            ..Default::default()
+        };
+        convert::clone_select_to_wire(select, &mut c);
+        let t = text(self.call(Call::CloneOffer(c))?)?;
+        convert::clone_from_json(t.as_bytes(), "hello")
+    }
+
+    fn clone_confirm(&mut self, login: LoginId, source: &CloneHello) -> Result<String> {
+        text(self.call(Call::CloneConfirm(v1::CloneCall {
+            login,
+            hello: convert::clone_json(source)?,
+            ..Default::default()
+        }))?)
+    }
+
+    fn clone_export(
+        &mut self,
+        login: LoginId,
+        session: &str,
+        target_proof: &str,
+        from: u64,
+        max: u32,
+    ) -> Result<CloneBatch> {
+        match self.call(Call::CloneExport(v1::CloneCall {
+            login,
+            session: session.into(),
+            proof: target_proof.into(),
+            from,
+            max,
+            ..Default::default()
+        }))? {
+            Reply::Bytes(b) => convert::clone_from_json(&b.value, "batch"),
+            _ => Err(unexpected("a clone batch")),
+        }
+    }
+
+    fn clone_import(
+        &mut self,
+        login: LoginId,
+        session: &str,
+        batch: &CloneBatch,
+    ) -> Result<CloneProgress> {
+        let t = text(self.call(Call::CloneImport(v1::CloneCall {
+            login,
+            session: session.into(),
+            batch: convert::clone_json(batch)?.into_bytes(),
+            ..Default::default()
+        }))?)?;
+        convert::clone_from_json(t.as_bytes(), "progress")
     }
 
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {

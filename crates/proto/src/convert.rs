@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use ferrohsm_audit::{Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, ClientInfo, Enrollment, HsmInfo, ImprintReport, KeyUseAudit, LoginCredential,
-    NewCredential, PedImprint, Witness,
+    AuditConfig, ClientInfo, CloneSelect, Enrollment, HsmInfo, ImprintReport, KeyUseAudit,
+    LoginCredential, NewCredential, PedImprint, Witness,
 };
 use ferrohsm_core::attr_template::AttrTemplate;
 use ferrohsm_core::mechanism::KeySpec;
@@ -413,6 +413,42 @@ pub fn ped_imprint_to_wire(i: &PedImprint) -> v1::PedImprint {
         pin: i.pin.as_ref().map(|p| p.expose().to_vec()),
         duplicates: u32::from(i.duplicates),
     }
+}
+
+/// A clone step's JSON (hello, batch, progress) as sent.
+pub fn clone_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| HsmError::Store(format!("a clone message: {e}")))
+}
+
+/// A clone step's JSON as received.
+pub fn clone_from_json<T: serde::de::DeserializeOwned>(s: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(s)
+        .map_err(|e| HsmError::InvalidInput(format!("the clone's {what} does not decode: {e}")))
+}
+
+/// What to clone, as sent.
+pub fn clone_select_to_wire(s: &CloneSelect, c: &mut v1::CloneCall) {
+    c.labels = s.labels.clone();
+    c.ids = s.ids.clone();
+    c.classes = s.classes.iter().map(|k| k.name().to_string()).collect();
+}
+
+/// What to clone, as received.
+pub fn clone_select_from_wire(c: &v1::CloneCall) -> Result<CloneSelect> {
+    if c.labels.len() + c.ids.len() + c.classes.len() > 10_000 {
+        return Err(HsmError::InvalidInput(
+            "a clone selects by at most 10000 names".into(),
+        ));
+    }
+    Ok(CloneSelect {
+        labels: c.labels.clone(),
+        ids: c.ids.clone(),
+        classes: c
+            .classes
+            .iter()
+            .map(|k| ObjectClass::from_name(k))
+            .collect::<Result<_>>()?,
+    })
 }
 
 /// A PED secret type as sent: its name in key files.

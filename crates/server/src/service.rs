@@ -34,6 +34,11 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::PendingCeremonies(_)) => "pending-ceremonies",
         Some(Call::AuditCheckpoint(_)) => "audit-checkpoint",
         Some(Call::AuditCheckExtends(_)) => "audit-check-extends",
+        Some(Call::CloneAccept(_)) => "clone-accept",
+        Some(Call::CloneOffer(_)) => "clone-offer",
+        Some(Call::CloneConfirm(_)) => "clone-confirm",
+        Some(Call::CloneExport(_)) => "clone-export",
+        Some(Call::CloneImport(_)) => "clone-import",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
         Some(Call::Info(_)) => "info",
@@ -545,6 +550,32 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::AuditCheckpoint(a) => Reply::Text(v1::Text {
             value: api.audit_checkpoint(a.login)?,
         }),
+        Call::CloneAccept(c) => Reply::Text(v1::Text {
+            value: convert::clone_json(&api.clone_accept(c.login)?)?,
+        }),
+        Call::CloneOffer(c) => {
+            let target = convert::clone_from_json(c.hello.as_bytes(), "hello")?;
+            let select = convert::clone_select_from_wire(&c)?;
+            Reply::Text(v1::Text {
+                value: convert::clone_json(&api.clone_offer(c.login, &target, &select)?)?,
+            })
+        }
+        Call::CloneConfirm(c) => {
+            let source = convert::clone_from_json(c.hello.as_bytes(), "hello")?;
+            Reply::Text(v1::Text {
+                value: api.clone_confirm(c.login, &source)?,
+            })
+        }
+        Call::CloneExport(c) => bytes(
+            convert::clone_json(&api.clone_export(c.login, &c.session, &c.proof, c.from, c.max)?)?
+                .into_bytes(),
+        ),
+        Call::CloneImport(c) => {
+            let batch = convert::clone_from_json(&c.batch, "batch")?;
+            Reply::Text(v1::Text {
+                value: convert::clone_json(&api.clone_import(c.login, &c.session, &batch)?)?,
+            })
+        }
         Call::AuditCheckExtends(a) => Reply::Number(v1::Number {
             value: api.audit_check_extends(a.login, &a.note)?,
         }),

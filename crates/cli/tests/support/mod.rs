@@ -35,22 +35,38 @@ pub fn bin() -> PathBuf {
 impl Lab {
     /// An HSM with partition "app" initialised and a Crypto Officer (passwords).
     pub fn new() -> Lab {
+        Lab::with_domain("domain-words-1")
+    }
+
+    /// [`Lab::new`] with the cloning domain made from other words (labs of the same words
+    /// share a domain).
+    pub fn with_domain(words: &str) -> Lab {
         let lab = Lab {
             tmp: tempfile::tempdir().unwrap(),
         };
         std::fs::create_dir_all(lab.run_dir()).unwrap();
-        lab.ok(&[
-            "hsm",
-            "init",
-            "--label",
-            "lab",
-            "--auth",
-            "password",
-            "--so-password",
-            "env:SO_PW",
-            "--domain-password",
-            "env:DOM",
-        ]);
+        let out = lab
+            .cli()
+            .env("DOM", words)
+            .args([
+                "hsm",
+                "init",
+                "--label",
+                "lab",
+                "--auth",
+                "password",
+                "--so-password",
+                "env:SO_PW",
+                "--domain-password",
+                "env:DOM",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         lab.ok(&[
             "partition",
             "create",

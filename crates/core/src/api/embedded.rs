@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    Enrollment, HsmApi, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential,
-    PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap, MAX_RANDOM,
+    CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmApi, ImprintReport, InitHsm,
+    LoginCredential, LoginId, NewCredential, PartitionSummary, PedImprint, StagedImprint, Summary,
+    Unwrap, MAX_RANDOM,
 };
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
@@ -1002,6 +1003,48 @@ impl HsmApi for Embedded {
     fn audit_checkpoint(&mut self, login: LoginId) -> Result<String> {
         let s = self.session(login)?;
         self.hsm.audit_checkpoint(&s)
+    }
+
+    fn clone_accept(&mut self, login: LoginId) -> Result<CloneHello> {
+        let s = self.session(login)?;
+        self.hsm.clone_accept(&s)
+    }
+
+    fn clone_offer(
+        &mut self,
+        login: LoginId,
+        target: &CloneHello,
+        select: &CloneSelect,
+    ) -> Result<CloneHello> {
+        let s = self.session(login)?;
+        self.hsm.clone_offer(&s, target, select)
+    }
+
+    fn clone_confirm(&mut self, login: LoginId, source: &CloneHello) -> Result<String> {
+        let s = self.session(login)?;
+        self.hsm.clone_confirm(&s, source)
+    }
+
+    fn clone_export(
+        &mut self,
+        login: LoginId,
+        session: &str,
+        target_proof: &str,
+        from: u64,
+        max: u32,
+    ) -> Result<CloneBatch> {
+        let s = self.session(login)?;
+        self.hsm.clone_export(&s, session, target_proof, from, max)
+    }
+
+    fn clone_import(
+        &mut self,
+        login: LoginId,
+        session: &str,
+        batch: &CloneBatch,
+    ) -> Result<CloneProgress> {
+        let s = self.session(login)?;
+        self.hsm.clone_import(&s, session, batch)
     }
 
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {

@@ -15,7 +15,9 @@
 mod embedded;
 
 pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
-pub use crate::hsm::{AuthMode, ClientInfo, Enrollment, HsmInfo};
+pub use crate::hsm::{
+    AuthMode, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmInfo,
+};
 pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
@@ -520,6 +522,33 @@ pub trait HsmApi {
     fn pending_ceremonies(&mut self, login: LoginId) -> Result<Vec<(Record, usize)>>;
     /// The latest signed checkpoint (Auditor).
     fn audit_checkpoint(&mut self, login: LoginId) -> Result<String>;
+    /// Cloning, step 1 on the target ([`crate::hsm::Hsm::clone_accept`]; its Crypto Officer).
+    fn clone_accept(&mut self, login: LoginId) -> Result<CloneHello>;
+    /// Cloning, step 2 on the source ([`crate::hsm::Hsm::clone_offer`]).
+    fn clone_offer(
+        &mut self,
+        login: LoginId,
+        target: &CloneHello,
+        select: &CloneSelect,
+    ) -> Result<CloneHello>;
+    /// Cloning, step 3 on the target ([`crate::hsm::Hsm::clone_confirm`]): its proof.
+    fn clone_confirm(&mut self, login: LoginId, source: &CloneHello) -> Result<String>;
+    /// Cloning, step 4 on the source ([`crate::hsm::Hsm::clone_export`]).
+    fn clone_export(
+        &mut self,
+        login: LoginId,
+        session: &str,
+        target_proof: &str,
+        from: u64,
+        max: u32,
+    ) -> Result<CloneBatch>;
+    /// Cloning, step 5 on the target ([`crate::hsm::Hsm::clone_import`]).
+    fn clone_import(
+        &mut self,
+        login: LoginId,
+        session: &str,
+        batch: &CloneBatch,
+    ) -> Result<CloneProgress>;
     /// Checks that the log extends `note`, a checkpoint this HSM signed that the Auditor kept
     /// outside it (Auditor); returns its size. A rollback or fork is tamper, recorded.
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64>;

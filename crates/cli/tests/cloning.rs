@@ -1,0 +1,264 @@
+//! `ferrohsm partition clone` with the real binary: into a real `ferrohsm server` of the same
+//! cloning domain (the cloned key signs what the original's public key verifies), within one
+//! HSM, and refused — nothing written — towards a server of another domain.
+
+mod support;
+
+use std::process::Output;
+
+use support::*;
+
+fn run(lab: &Lab, args: &[&str]) -> Output {
+    lab.cli().args(args).output().unwrap()
+}
+
+fn ok(lab: &Lab, args: &[&str]) -> String {
+    let o = run(lab, args);
+    assert!(
+        o.status.success(),
+        "ferrohsm {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn co(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.extend(["--password".into(), "env:CO_PW".into()]);
+    v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn keys(lab: &Lab, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--json", "key", "list", "--partition", "app"];
+    args.extend_from_slice(extra);
+    let out = ok(lab, &refs(&co(&args)));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut labels: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["attrs"]["label"].as_str().unwrap().to_string())
+        .collect();
+    labels.sort();
+    labels
+}
+
+#[test]
+fn a_partition_clones_into_a_server_of_its_domain_and_not_of_another() {
+    let a = Lab::new();
+    for (t, l) in [("ec-p256", "signer"), ("aes-256", "wrapper")] {
+        ok(
+            &a,
+            &refs(&co(&[
+                "key",
+                "generate",
+                "--partition",
+                "app",
+                "--type",
+                t,
+                "--label",
+                l,
+            ])),
+        );
+    }
+    // B: another HSM, initialised with the same domain words (password HSMs derive the domain
+    // from them), served by a real server.
+    let b = Lab::new();
+    let server = b.start();
+    let sock = b.socket().display().to_string();
+    let out = ok(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "clone",
+            "--from",
+            "app",
+            "--to",
+            "app",
+            "--to-server",
+            &sock,
+            "--to-password",
+            "env:CO_PW",
+            "--batch",
+            "1",
+        ])),
+    );
+    assert!(out.contains("cloned 3 object(s)"), "{out}");
+    assert_eq!(
+        keys(&b, &["--server", &sock]),
+        vec!["signer", "signer", "wrapper"]
+    );
+    // The clone signs what A's key verifies: one key in two HSMs.
+    let doc = b.tmp.path().join("doc.txt");
+    std::fs::write(&doc, b"cloned key test").unwrap();
+    let sig = b.tmp.path().join("doc.sig");
+    let (doc_s, sig_s) = (doc.display().to_string(), sig.display().to_string());
+    ok(
+        &b,
+        &refs(&co(&[
+            "--server",
+            &sock,
+            "key",
+            "sign",
+            "--partition",
+            "app",
+            "--label",
+            "signer",
+            "--in",
+            &doc_s,
+            "--out",
+            &sig_s,
+        ])),
+    );
+    ok(
+        &a,
+        &refs(&co(&[
+            "key",
+            "verify",
+            "--partition",
+            "app",
+            "--label",
+            "signer",
+            "--in",
+            &doc_s,
+            "--signature",
+            &sig_s,
+        ])),
+    );
+    // Cloned again: nothing new (same unique ids).
+    let again = ok(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "clone",
+            "--from",
+            "app",
+            "--to",
+            "app",
+            "--to-server",
+            &sock,
+            "--to-password",
+            "env:CO_PW",
+        ])),
+    );
+    assert!(
+        again.contains("cloned 0 object(s)") && again.contains("3 already there"),
+        "{again}"
+    );
+    drop(server);
+
+    // C: an HSM of another domain. Refused with the reason; nothing reaches it.
+    let c = Lab::with_domain("other-domain-words");
+    let server_c = c.start();
+    let sock_c = c.socket().display().to_string();
+    let refused = run(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "clone",
+            "--from",
+            "app",
+            "--to",
+            "app",
+            "--to-server",
+            &sock_c,
+            "--to-password",
+            "env:CO_PW",
+        ])),
+    );
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains("cloning domain") && e.contains("nothing was transferred"),
+        "{e}"
+    );
+    assert!(keys(&c, &["--server", &sock_c]).is_empty());
+    drop(server_c);
+}
+
+#[test]
+fn a_partition_clones_into_another_of_the_same_hsm_by_label() {
+    let a = Lab::new();
+    ok(
+        &a,
+        &refs(&co(&[
+            "key",
+            "generate",
+            "--partition",
+            "app",
+            "--type",
+            "aes-256",
+            "--label",
+            "k1",
+        ])),
+    );
+    ok(
+        &a,
+        &refs(&co(&[
+            "key",
+            "generate",
+            "--partition",
+            "app",
+            "--type",
+            "aes-256",
+            "--label",
+            "k2",
+        ])),
+    );
+    a.ok(&[
+        "partition",
+        "create",
+        "--label",
+        "spare",
+        "--password",
+        "env:SO_PW",
+    ]);
+    a.ok(&[
+        "partition",
+        "init",
+        "--partition",
+        "spare",
+        "--so-password",
+        "env:PSO_PW",
+    ]);
+    a.ok(&[
+        "role",
+        "init",
+        "--partition",
+        "spare",
+        "--role",
+        "co",
+        "--password",
+        "env:PSO_PW",
+        "--new-password",
+        "env:CO_PW",
+    ]);
+    let out = ok(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "clone",
+            "--from",
+            "app",
+            "--to",
+            "spare",
+            "--label",
+            "k2",
+            "--to-password",
+            "env:CO_PW",
+        ])),
+    );
+    assert!(out.contains("cloned 1 object(s)"), "{out}");
+    let listed = ok(
+        &a,
+        &refs(&co(&["--json", "key", "list", "--partition", "spare"])),
+    );
+    assert!(
+        listed.contains("\"k2\"") && !listed.contains("\"k1\""),
+        "{listed}"
+    );
+}
