@@ -262,3 +262,100 @@ fn a_partition_clones_into_another_of_the_same_hsm_by_label() {
         "{listed}"
     );
 }
+
+/// Objects in partition "app" of a server's HSM, by asking it.
+fn count(lab: &Lab, sock: &str) -> usize {
+    keys(lab, &["--server", sock]).len()
+}
+
+/// A clone of 2,000 keys killed at several points — the command (kill -9) and the target's
+/// server (kill -9, then restarted) — leaves the target with none of them or all of them.
+#[test]
+fn a_clone_killed_at_any_point_leaves_the_target_empty_or_complete() {
+    let a = Lab::new();
+    ok(
+        &a,
+        &refs(&co(&[
+            "key",
+            "generate",
+            "--partition",
+            "app",
+            "--type",
+            "aes-128",
+            "--label",
+            "bulk",
+            "--count",
+            "2000",
+        ])),
+    );
+    let b = Lab::new();
+    let sock = b.socket().display().to_string();
+    let clone_args = co(&[
+        "partition",
+        "clone",
+        "--from",
+        "app",
+        "--to",
+        "app",
+        "--to-server",
+        &sock,
+        "--to-password",
+        "env:CO_PW",
+        "--batch",
+        "1",
+    ]);
+    let mut server = b.start();
+    let mut mid_transfer = 0;
+    for delay_ms in [300u64, 900, 1800] {
+        let progress = b.tmp.path().join(format!("progress-{delay_ms}.txt"));
+        let mut child = a
+            .cli()
+            .args(refs(&clone_args))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&progress).unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let n = count(&b, &sock);
+        assert!(
+            n == 0 || n == 2000,
+            "the command killed after {delay_ms} ms left {n} keys"
+        );
+        // Killed with some objects received and not all: the case that matters.
+        let said = std::fs::read_to_string(&progress).unwrap_or_default();
+        if said.contains(" received") && !said.contains("2000/2000") {
+            mid_transfer += 1;
+        }
+        if n == 2000 {
+            break;
+        }
+    }
+    assert!(mid_transfer > 0, "no kill landed while objects were moving");
+    // The target's server killed mid-clone, then started again: nothing partial either.
+    if count(&b, &sock) == 0 {
+        let mut child = a
+            .cli()
+            .args(refs(&clone_args))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        server.signal("KILL");
+        let _ = server.wait(std::time::Duration::from_secs(10));
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the clone cannot have finished without its target"
+        );
+        server = b.start();
+        let n = count(&b, &sock);
+        assert!(n == 0 || n == 2000, "a killed target server kept {n} keys");
+    }
+    // And a clone left alone completes.
+    ok(&a, &refs(&clone_args));
+    assert_eq!(count(&b, &sock), 2000);
+    drop(server);
+}
