@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clone_bench;
 mod module_transport;
 mod tls_transport;
 mod transport;
@@ -87,6 +88,11 @@ struct Args {
     /// connection (needs the `ferrohsm` binary beside this one).
     #[arg(long)]
     tls: bool,
+    /// Cloning throughput instead: this many keys cloned between two HSMs of one domain,
+    /// engine to engine and between two real servers (needs the `ferrohsm` binary beside this
+    /// one).
+    #[arg(long, value_name = "KEYS")]
+    clone: Option<usize>,
 }
 
 /// Labels of the objects the C_FindObjects rows look up.
@@ -805,6 +811,10 @@ fn main() {
     }
     if args.tls {
         tls_transport::run(&args);
+        return;
+    }
+    if let Some(count) = args.clone {
+        clone_bench::run(count, args.rounds);
         return;
     }
     // Each module gets a fresh, temporary home that touches no real token.

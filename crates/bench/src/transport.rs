@@ -22,16 +22,16 @@ use ferrohsm_core::{AuthMode, Credential, DomainChoice, Hsm, NewSecret, Role};
 
 use crate::{rate, stats};
 
-const CO_PW: &str = "bench-co-password";
+pub(crate) const CO_PW: &str = "bench-co-password";
 const THREADS: [usize; 3] = [1, 2, 8];
 
-fn pw(s: &str) -> Pin {
+pub(crate) fn pw(s: &str) -> Pin {
     Pin::password(s).expect("password")
 }
 
 /// The keys every row uses, by handle (the same in both directories: made in the same order).
 #[derive(Clone, Copy)]
-struct Handles {
+pub(crate) struct Handles {
     p256: u64,
     ed25519: u64,
     rsa: u64,
@@ -40,7 +40,7 @@ struct Handles {
 }
 
 /// A password HSM with partition "bench" and its Crypto Officer, and the rows' keys.
-fn provision(dir: &Path) -> Handles {
+pub(crate) fn provision(dir: &Path) -> Handles {
     let mut h = Hsm::open_or_create(dir).expect("data dir");
     h.init(InitOptions {
         label: "bench".into(),
@@ -280,7 +280,7 @@ pub(crate) fn start_server_with(tmp: &Path, data: &Path, extra: &str) -> (Server
 }
 
 /// Logs the Crypto Officer in on an API.
-fn co_login(a: &mut dyn HsmApi) -> LoginId {
+pub(crate) fn co_login(a: &mut dyn HsmApi) -> LoginId {
     a.login(
         Role::CryptoOfficer,
         Some("bench"),

@@ -1,9 +1,10 @@
-//! `ferrohsm partition clone`: carries a clone's five messages between the source partition's
-//! HSM and the target's (the same HSM, or another server), with a progress line.
+//! `ferrohsm partition clone`: runs a clone ([`ferrohsm_core::api::clone_between`]) between
+//! the source partition's HSM and the target's (another server, or the same HSM through a
+//! second front end), with a progress line.
 
 use std::path::Path;
 
-use ferrohsm_core::api::{CloneSelect, HsmApi};
+use ferrohsm_core::api::{clone_between, CloneSelect, HsmApi};
 use ferrohsm_core::object::ObjectClass;
 use ferrohsm_core::{HsmError, Role};
 
@@ -22,19 +23,14 @@ pub struct CloneArgs<'a> {
     pub to_login: &'a TargetLogin,
 }
 
-/// The target's HSM: another server, or the source's own.
-fn target<'a>(
-    api: &'a mut dyn HsmApi,
-    other: &'a mut Option<Box<dyn HsmApi>>,
-) -> &'a mut dyn HsmApi {
-    match other {
-        Some(o) => o.as_mut(),
-        None => api,
-    }
-}
-
-/// Runs the clone; prints what it did.
-pub fn run(api: &mut dyn HsmApi, ped_dir: &Path, a: CloneArgs<'_>) -> Result<(), HsmError> {
+/// Runs the clone; prints what it did. `open_same` opens another front end on the source's HSM
+/// (for a target partition on the same HSM).
+pub fn run(
+    api: &mut dyn HsmApi,
+    open_same: impl FnOnce() -> Result<Box<dyn HsmApi>, HsmError>,
+    ped_dir: &Path,
+    a: CloneArgs<'_>,
+) -> Result<(), HsmError> {
     if a.to_server.is_none() && a.from == a.to {
         return Err(HsmError::InvalidInput(
             "--from and --to name the same partition of the same HSM".into(),
@@ -61,57 +57,58 @@ pub fn run(api: &mut dyn HsmApi, ped_dir: &Path, a: CloneArgs<'_>) -> Result<(),
             .map(|c| ObjectClass::from_name(c))
             .collect::<Result<_, _>>()?,
     };
-    let mut other: Option<Box<dyn HsmApi>> = match a.to_server {
-        Some(s) => Some(Box::new(ferrohsm_client::Remote::connect_to(
+    let mut target: Box<dyn HsmApi> = match a.to_server {
+        Some(s) => Box::new(ferrohsm_client::Remote::connect_to(
             &s.to_string_lossy(),
             crate::front::tls(),
-        )?)),
-        None => None,
+        )?),
+        None => open_same()?,
     };
     let source = crate::front::login(api, ped_dir, a.login, Role::CryptoOfficer, Some(a.from))?;
-    let to_login = a.to_login.as_login();
     let sink = crate::front::login(
-        target(api, &mut other),
+        target.as_mut(),
         ped_dir,
-        &to_login,
+        &a.to_login.as_login(),
         Role::CryptoOfficer,
         Some(a.to),
     )?;
-    let hello_t = target(api, &mut other).clone_accept(sink)?;
-    let hello_s = api.clone_offer(source, &hello_t, &select)?;
-    let proof = target(api, &mut other).clone_confirm(sink, &hello_s)?;
-    let total = hello_s.objects();
-    eprintln!(
-        "clone: {} -> {}/{}: both in one cloning domain; {total} object(s) to move",
-        hello_s.partition, hello_t.serial, hello_t.partition
+    let mut said = false;
+    let done = clone_between(
+        api,
+        source,
+        target.as_mut(),
+        sink,
+        &select,
+        a.batch,
+        |s, t, p| {
+            if !said {
+                eprintln!(
+                    "clone: {}/{} -> {}/{}: one cloning domain; {} object(s) to move",
+                    s.serial, s.partition, t.serial, t.partition, p.total
+                );
+                said = true;
+            }
+            eprint!("\rclone: {}/{} received", p.received, p.total);
+        },
     );
-    let mut from = 0u64;
-    loop {
-        let batch = api.clone_export(source, &hello_s.session, &proof, from, a.batch)?;
-        from += batch.sealed.len() as u64;
-        let progress = target(api, &mut other).clone_import(sink, &hello_s.session, &batch)?;
-        eprint!("\rclone: {}/{} received", progress.received, progress.total);
-        if let Some((added, skipped)) = progress.committed {
-            eprintln!();
-            println!(
-                "cloned {added} object(s) from {} into {} on HSM {}{}",
-                a.from,
-                a.to,
-                hello_t.serial,
-                if skipped > 0 {
-                    format!("; {skipped} already there (same unique id) left as they were")
-                } else {
-                    String::new()
-                }
-            );
-            return Ok(());
-        }
-        if batch.sealed.is_empty() {
-            eprintln!();
-            return Err(HsmError::State(
-                "the source sent an empty batch before the clone was complete; nothing was written"
-                    .into(),
-            ));
-        }
+    if said {
+        eprintln!();
     }
+    let done = done?;
+    println!(
+        "cloned {} object(s) from {} into {} on HSM {}{}",
+        done.added,
+        a.from,
+        a.to,
+        done.target.serial,
+        if done.skipped > 0 {
+            format!(
+                "; {} already there (same unique id) left as they were",
+                done.skipped
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }

@@ -317,6 +317,7 @@ fn partition_cmd(
         } => {
             crate::cloning::run(
                 api,
+                || crate::front::open(dir, server),
                 ped_dir,
                 crate::cloning::CloneArgs {
                     from: &from,

@@ -299,3 +299,29 @@ fn a_clone_cut_off_or_tampered_with_leaves_the_target_as_it_was() {
     assert!(b.clone_import(&sq, &hello_s.session, &later).is_err());
     assert!(b.list_objects(&sq, None).unwrap().is_empty());
 }
+
+#[test]
+fn only_a_crypto_officer_clones_never_a_security_officer_or_the_crypto_user() {
+    let (fa, mut a) = fixture();
+    let co = login(&fa, &mut a, Role::CryptoOfficer, "co");
+    let mut b = Hsm::open(&fa.data).unwrap();
+    let sq = partition(&fa, &mut b, "q", None);
+    let hello_t = b.clone_accept(&sq).unwrap();
+    let cu = login(&fa, &mut a, Role::CryptoUser, "cu");
+    let pso = login(&fa, &mut a, Role::PartitionSo, "pso");
+    let so = hsm_so(&fa, &mut a);
+    for (who, s) in [("cu", &cu), ("pso", &pso), ("hsm so", &so)] {
+        let e = a
+            .clone_offer(s, &hello_t, &CloneSelect::default())
+            .unwrap_err();
+        assert!(
+            matches!(&e, HsmError::Refused(m) if m.contains("Crypto Officer")),
+            "{who}: {e}"
+        );
+        assert!(a.clone_accept(s).is_err(), "{who} accepted a clone");
+    }
+    // The Crypto Officer may.
+    assert!(a
+        .clone_offer(&co, &hello_t, &CloneSelect::default())
+        .is_ok());
+}

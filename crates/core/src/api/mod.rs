@@ -12,12 +12,14 @@
 //! derivation, random) and what the CLI's key, device-action and audit-reading commands
 //! need. Public PKCS#11 sessions call with no login (`None`) and see only public objects.
 
+mod clone_flow;
 mod embedded;
 
 pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
 pub use crate::hsm::{
     AuthMode, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmInfo,
 };
+pub use clone_flow::{clone_between, CloneDone};
 pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
