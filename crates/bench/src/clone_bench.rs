@@ -61,7 +61,7 @@ fn clone_rate(src: &mut dyn HsmApi, dst: &mut dyn HsmApi, batch: u32) -> (f64, u
 /// Runs the clone rows.
 pub fn run(count: usize, rounds: usize) {
     println!(
-        "ferrohsm-bench --clone: {count} AES-128 keys (plus the bench's 6 objects) per clone, {rounds} rounds, batches of 500; objects/s median [min..max]; goal 2000/s"
+        "ferrohsm-bench --clone: {count} AES-128 keys (plus the bench's own few) per clone, {rounds} rounds, batches of 500; objects/s median [min..max]; goal 2000/s"
     );
     let (mut engine, mut served) = (Vec::new(), Vec::new());
     let mut moved = 0;
