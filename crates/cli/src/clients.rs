@@ -3,8 +3,6 @@
 //! `enroll`), assigns it partitions and revokes it; `keygen` makes a key and a self-signed
 //! certificate for a host that has none.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -207,16 +205,6 @@ fn show(c: &ClientInfo) {
     );
 }
 
-fn write_new(path: &Path, data: &[u8], mode: u32) -> R<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| HsmError::io(path, e))?;
-    f.write_all(data).map_err(|e| HsmError::io(path, e))
-}
-
 /// Runs a client command.
 pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bool) -> R<u8> {
     let keygen_err = |e: rcgen::Error| HsmError::Crypto(format!("making the certificate: {e}"));
@@ -232,8 +220,8 @@ pub fn run(c: ClientCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json
                 .and_then(|p| p.self_signed(&pair))
                 .map_err(keygen_err)?;
             let pem = zeroize::Zeroizing::new(pair.serialize_pem());
-            write_new(&key, pem.as_bytes(), 0o600)?;
-            write_new(&cert, made.pem().as_bytes(), 0o644)?;
+            crate::output::write_new(&key, pem.as_bytes(), 0o600)?;
+            crate::output::write_new(&cert, made.pem().as_bytes(), 0o644)?;
             println!(
                 "key {} and certificate {} for {name}; fingerprint {}",
                 key.display(),

@@ -42,21 +42,7 @@ pub fn run(
             ferrohsm_core::hsm::MAX_CLONE_BATCH
         )));
     }
-    let select = CloneSelect {
-        labels: a.labels,
-        ids: a
-            .ids
-            .iter()
-            .map(|h| {
-                hex::decode(h).map_err(|_| HsmError::InvalidInput(format!("--id {h:?} is not hex")))
-            })
-            .collect::<Result<_, _>>()?,
-        classes: a
-            .classes
-            .iter()
-            .map(|c| ObjectClass::from_name(c))
-            .collect::<Result<_, _>>()?,
-    };
+    let select = select(a.labels, &a.ids, &a.classes)?;
     let mut target: Box<dyn HsmApi> = match a.to_server {
         Some(s) => Box::new(ferrohsm_client::Remote::connect_to(
             &s.to_string_lossy(),
@@ -111,4 +97,112 @@ pub fn run(
         }
     );
     Ok(())
+}
+
+/// What `--label`, `--id HEX` and `--class` name (everything if none).
+pub fn select(
+    labels: Vec<String>,
+    ids: &[String],
+    classes: &[String],
+) -> Result<CloneSelect, HsmError> {
+    Ok(CloneSelect {
+        labels,
+        ids: ids
+            .iter()
+            .map(|h| {
+                hex::decode(h).map_err(|_| HsmError::InvalidInput(format!("--id {h:?} is not hex")))
+            })
+            .collect::<Result<_, _>>()?,
+        classes: classes
+            .iter()
+            .map(|c| ObjectClass::from_name(c))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// `partition backup`: writes the file (owner-only) and says what it holds.
+pub fn backup(
+    api: &mut dyn HsmApi,
+    ped_dir: &Path,
+    partition: &str,
+    out: &Path,
+    select: &CloneSelect,
+    login: &Login,
+) -> Result<(), HsmError> {
+    let s = crate::front::login(api, ped_dir, login, Role::CryptoOfficer, Some(partition))?;
+    let file = api.backup_export(s, select)?;
+    let objects = serde_json::from_slice::<serde_json::Value>(&file)
+        .ok()
+        .and_then(|v| v["objects"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    crate::output::write_new(out, &file, 0o600)?;
+    println!(
+        "backed up {objects} object(s) of {partition} to {} (sealed under its cloning domain; `ferrohsm backup verify` checks it)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `partition restore`.
+pub fn restore(
+    api: &mut dyn HsmApi,
+    ped_dir: &Path,
+    partition: &str,
+    input: &Path,
+    replace: bool,
+    login: &Login,
+) -> Result<(), HsmError> {
+    let file = read_backup(input)?;
+    let s = crate::front::login(api, ped_dir, login, Role::CryptoOfficer, Some(partition))?;
+    let (added, replaced, skipped) = api.backup_restore(s, &file, replace)?;
+    println!(
+        "restored {} into {partition}: {added} added, {replaced} replaced, {skipped} already there and left as they were",
+        input.display()
+    );
+    Ok(())
+}
+
+/// `backup verify`.
+pub fn verify(
+    api: &mut dyn HsmApi,
+    ped_dir: &Path,
+    partition: &str,
+    input: &Path,
+    login: &Login,
+) -> Result<(), HsmError> {
+    let file = read_backup(input)?;
+    let s = crate::front::login(api, ped_dir, login, Role::CryptoOfficer, Some(partition))?;
+    let sum = api.backup_verify(s, &file)?;
+    let classes: Vec<String> = sum
+        .classes
+        .iter()
+        .map(|(c, n)| format!("{n} {c}"))
+        .collect();
+    println!(
+        "{}: a good backup of {}/{} made {} ({}), in the cloning domain of {partition}",
+        input.display(),
+        sum.serial,
+        sum.partition,
+        sum.created,
+        if classes.is_empty() {
+            "no objects".to_string()
+        } else {
+            classes.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn read_backup(path: &Path) -> Result<Vec<u8>, HsmError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| HsmError::io(path, e))?
+        .len();
+    if len > ferrohsm_core::hsm::MAX_BACKUP_BYTES as u64 {
+        return Err(HsmError::InvalidInput(format!(
+            "{} is larger than a backup can be ({} bytes)",
+            path.display(),
+            ferrohsm_core::hsm::MAX_BACKUP_BYTES
+        )));
+    }
+    std::fs::read(path).map_err(|e| HsmError::io(path, e))
 }

@@ -80,6 +80,15 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Client(c) => crate::clients::run(c, &data_dir, server.as_deref(), &ped_dir, json),
+        Cmd::Backup(crate::BackupCmd::Verify {
+            file,
+            partition,
+            login,
+        }) => {
+            let mut api = crate::front::open(&data_dir, server.as_deref())?;
+            crate::cloning::verify(api.as_mut(), &ped_dir, &partition, &file, &login)?;
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -331,6 +340,27 @@ fn partition_cmd(
                     to_login: &to_login,
                 },
             )?;
+            Ok(exit::OK)
+        }
+        PartitionCmd::Backup {
+            partition,
+            out,
+            label,
+            id,
+            class,
+            login,
+        } => {
+            let select = crate::cloning::select(label, &id, &class)?;
+            crate::cloning::backup(api, ped_dir, &partition, &out, &select, &login)?;
+            Ok(exit::OK)
+        }
+        PartitionCmd::Restore {
+            partition,
+            input,
+            replace,
+            login,
+        } => {
+            crate::cloning::restore(api, ped_dir, &partition, &input, replace, &login)?;
             Ok(exit::OK)
         }
         PartitionCmd::Create { label, login: l } => {

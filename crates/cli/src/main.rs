@@ -127,6 +127,12 @@ pub enum Cmd {
     )]
     #[command(subcommand)]
     Role(RoleCmd),
+    /// Partition backup files: check one without restoring it.
+    #[command(
+        after_help = "Example:\n  ferrohsm backup verify payments.backup --partition spare --challenge prompt"
+    )]
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// PED key files: inspect and duplicate.
     #[command(
         after_help = "Example:\n  ferrohsm ped show ped-keys/*.pedkey\n  ferrohsm ped duplicate --from a.pedkey --to backup/a.pedkey"
@@ -286,6 +292,27 @@ pub enum AuthArg {
     Password,
 }
 
+/// `ferrohsm backup …`.
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Check a backup file (`partition backup`) without restoring it: its format, that it was
+    /// made in the cloning domain of the partition named, its MAC, every object. Needs the
+    /// Crypto Officer of a partition of that domain.
+    #[command(
+        after_help = "Example:\n  ferrohsm backup verify payments.backup --partition spare --challenge prompt"
+    )]
+    Verify {
+        /// The backup file. Example: payments.backup
+        file: PathBuf,
+        /// A partition of the backup's cloning domain, whose Crypto Officer checks it.
+        /// Example: --partition spare
+        #[arg(long)]
+        partition: String,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
 /// `ferrohsm partition …`
 #[derive(Subcommand, Debug)]
 pub enum PartitionCmd {
@@ -303,6 +330,51 @@ pub enum PartitionCmd {
     /// List partitions.
     #[command(after_help = "Example:\n  ferrohsm partition list --json")]
     List,
+    /// Write a backup file of a partition (or of the objects named): each object sealed under
+    /// keys derived from the partition's cloning domain, so that only a partition of that
+    /// domain can check or restore it. Needs the partition's Crypto Officer.
+    #[command(
+        after_help = "Example:\n  ferrohsm partition backup --partition payments --out payments.backup --challenge prompt"
+    )]
+    Backup {
+        /// The partition to back up (its Crypto Officer logs in). Example: --partition payments
+        #[arg(long)]
+        partition: String,
+        /// The backup file to write (owner-only). Example: --out payments.backup
+        #[arg(long)]
+        out: PathBuf,
+        /// Back up only objects with this label (repeatable; with --id and --class, objects
+        /// matching any of them). Default: every object. Example: --label signer
+        #[arg(long)]
+        label: Vec<String>,
+        /// Only objects with this CKA_ID, in hex (repeatable). Example: --id 01a2
+        #[arg(long, value_name = "HEX")]
+        id: Vec<String>,
+        /// Only objects of this class (repeatable). Example: --class private-key
+        #[arg(long, value_name = "CLASS")]
+        class: Vec<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Restore a backup file into a partition of the same cloning domain, all or nothing:
+    /// objects the partition holds (same unique id) stay as they are, or with --replace are
+    /// replaced. Needs the partition's Crypto Officer.
+    #[command(
+        after_help = "Example:\n  ferrohsm partition restore --partition spare --in payments.backup --challenge prompt"
+    )]
+    Restore {
+        /// The partition to restore into. Example: --partition spare
+        #[arg(long)]
+        partition: String,
+        /// The backup file. Example: --in payments.backup
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Replace objects the partition already holds (same unique id).
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Clone objects into a partition of the same cloning domain, on this HSM or on another
     /// server: both HSMs prove the domain before the first object moves, the target takes all
     /// or nothing, and both audit each object. Needs the Crypto Officer of each partition.

@@ -132,3 +132,23 @@ pub fn objects(list: &[ObjectInfo]) {
         );
     }
 }
+
+/// Writes a new file with `mode` (refusing one that exists, so nothing is overwritten), and
+/// syncs it.
+pub fn write_new(
+    path: &std::path::Path,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), ferrohsm_core::HsmError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| ferrohsm_core::HsmError::io(path, e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ferrohsm_core::HsmError::io(path, e))
+}

@@ -359,3 +359,128 @@ fn a_clone_killed_at_any_point_leaves_the_target_empty_or_complete() {
     assert_eq!(count(&b, &sock), 2000);
     drop(server);
 }
+
+/// A partition backed up to a file, checked and restored on another HSM of the domain (through
+/// its server), refused by a partition of another domain; the file is owner-only and holds no
+/// attribute or key in clear.
+#[test]
+fn a_backup_file_restores_on_another_hsm_of_the_domain_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Lab::new();
+    ok(
+        &a,
+        &refs(&co(&[
+            "key",
+            "generate",
+            "--partition",
+            "app",
+            "--type",
+            "ec-p256",
+            "--label",
+            "label-in-the-backup",
+        ])),
+    );
+    let file = a.tmp.path().join("app.backup");
+    let file_s = file.display().to_string();
+    let out = ok(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "backup",
+            "--partition",
+            "app",
+            "--out",
+            &file_s,
+        ])),
+    );
+    assert!(out.contains("backed up 2 object(s)"), "{out}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains("label-in-the-backup"));
+    // Not written over.
+    assert!(!run(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "backup",
+            "--partition",
+            "app",
+            "--out",
+            &file_s
+        ]))
+    )
+    .status
+    .success());
+
+    let b = Lab::new();
+    let server = b.start();
+    let sock = b.socket().display().to_string();
+    let checked = ok(
+        &b,
+        &refs(&co(&[
+            "--server",
+            &sock,
+            "backup",
+            "verify",
+            &file_s,
+            "--partition",
+            "app",
+        ])),
+    );
+    assert!(
+        checked.contains("a good backup") && checked.contains("1 private-key"),
+        "{checked}"
+    );
+    assert!(keys(&b, &["--server", &sock]).is_empty());
+    let restored = ok(
+        &b,
+        &refs(&co(&[
+            "--server",
+            &sock,
+            "partition",
+            "restore",
+            "--partition",
+            "app",
+            "--in",
+            &file_s,
+        ])),
+    );
+    assert!(restored.contains("2 added"), "{restored}");
+    assert_eq!(
+        keys(&b, &["--server", &sock]),
+        vec!["label-in-the-backup", "label-in-the-backup"]
+    );
+    drop(server);
+
+    let c = Lab::with_domain("other-domain-words");
+    let refused = run(
+        &c,
+        &refs(&co(&["backup", "verify", &file_s, "--partition", "app"])),
+    );
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("another cloning domain"));
+    // A changed file: tamper (exit 5), nothing restored.
+    let mut changed = bytes.clone();
+    let at = changed.len() / 2;
+    changed[at] = if changed[at] == b'0' { b'1' } else { b'0' };
+    let bad = a.tmp.path().join("changed.backup");
+    std::fs::write(&bad, &changed).unwrap();
+    let bad_s = bad.display().to_string();
+    let b2 = Lab::new();
+    let e = run(
+        &b2,
+        &refs(&co(&[
+            "partition",
+            "restore",
+            "--partition",
+            "app",
+            "--in",
+            &bad_s,
+        ])),
+    );
+    assert!(matches!(e.status.code(), Some(2) | Some(5)), "{e:?}");
+    assert!(keys(&b2, &[]).is_empty());
+}

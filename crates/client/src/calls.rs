@@ -3,9 +3,9 @@
 
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
-    AuditConfig, AuthMode, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect,
-    Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential,
-    PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap, Witness,
+    AuditConfig, AuthMode, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress,
+    CloneSelect, Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId,
+    NewCredential, PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{
@@ -1020,6 +1020,42 @@ impl HsmApi for Remote {
             ..Default::default()
         }))?)?;
         convert::clone_from_json(t.as_bytes(), "progress")
+    }
+
+    fn backup_export(&mut self, login: LoginId, select: &CloneSelect) -> Result<Vec<u8>> {
+        let mut c = v1::CloneCall {
+            login,
+            ..Default::default()
+        };
+        convert::clone_select_to_wire(select, &mut c);
+        match self.call(Call::BackupExport(c))? {
+            Reply::Bytes(b) => Ok(b.value),
+            _ => Err(unexpected("a backup")),
+        }
+    }
+
+    fn backup_verify(&mut self, login: LoginId, file: &[u8]) -> Result<BackupSummary> {
+        let t = text(self.call(Call::BackupVerify(v1::CloneCall {
+            login,
+            batch: file.to_vec(),
+            ..Default::default()
+        }))?)?;
+        convert::clone_from_json(t.as_bytes(), "backup summary")
+    }
+
+    fn backup_restore(
+        &mut self,
+        login: LoginId,
+        file: &[u8],
+        replace: bool,
+    ) -> Result<(u64, u64, u64)> {
+        let t = text(self.call(Call::BackupRestore(v1::CloneCall {
+            login,
+            batch: file.to_vec(),
+            replace,
+            ..Default::default()
+        }))?)?;
+        convert::clone_from_json(t.as_bytes(), "restore counts")
     }
 
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {

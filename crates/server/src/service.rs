@@ -39,6 +39,9 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::CloneConfirm(_)) => "clone-confirm",
         Some(Call::CloneExport(_)) => "clone-export",
         Some(Call::CloneImport(_)) => "clone-import",
+        Some(Call::BackupExport(_)) => "backup-export",
+        Some(Call::BackupVerify(_)) => "backup-verify",
+        Some(Call::BackupRestore(_)) => "backup-restore",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
         Some(Call::Info(_)) => "info",
@@ -576,6 +579,16 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
                 value: convert::clone_json(&api.clone_import(c.login, &c.session, &batch)?)?,
             })
         }
+        Call::BackupExport(c) => {
+            let select = convert::clone_select_from_wire(&c)?;
+            bytes(api.backup_export(c.login, &select)?)
+        }
+        Call::BackupVerify(c) => Reply::Text(v1::Text {
+            value: convert::clone_json(&api.backup_verify(c.login, &c.batch)?)?,
+        }),
+        Call::BackupRestore(c) => Reply::Text(v1::Text {
+            value: convert::clone_json(&api.backup_restore(c.login, &c.batch, c.replace)?)?,
+        }),
         Call::AuditCheckExtends(a) => Reply::Number(v1::Number {
             value: api.audit_check_extends(a.login, &a.note)?,
         }),

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmApi, ImprintReport, InitHsm,
-    LoginCredential, LoginId, NewCredential, PartitionSummary, PedImprint, StagedImprint, Summary,
-    Unwrap, MAX_RANDOM,
+    BackupSummary, CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmApi,
+    ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PartitionSummary, PedImprint,
+    StagedImprint, Summary, Unwrap, MAX_RANDOM,
 };
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
@@ -1045,6 +1045,26 @@ impl HsmApi for Embedded {
     ) -> Result<CloneProgress> {
         let s = self.session(login)?;
         self.hsm.clone_import(&s, session, batch)
+    }
+
+    fn backup_export(&mut self, login: LoginId, select: &CloneSelect) -> Result<Vec<u8>> {
+        let s = self.session(login)?;
+        self.hsm.backup_export(&s, select)
+    }
+
+    fn backup_verify(&mut self, login: LoginId, file: &[u8]) -> Result<BackupSummary> {
+        let s = self.session(login)?;
+        self.hsm.backup_verify(&s, file)
+    }
+
+    fn backup_restore(
+        &mut self,
+        login: LoginId,
+        file: &[u8],
+        replace: bool,
+    ) -> Result<(u64, u64, u64)> {
+        let s = self.session(login)?;
+        self.hsm.backup_restore(&s, file, replace)
     }
 
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {

@@ -17,7 +17,8 @@ mod embedded;
 
 pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
 pub use crate::hsm::{
-    AuthMode, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmInfo,
+    AuthMode, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect,
+    Enrollment, HsmInfo,
 };
 pub use clone_flow::{clone_between, CloneDone};
 pub use embedded::{Embedded, Logins, OwnerHold};
@@ -551,6 +552,19 @@ pub trait HsmApi {
         session: &str,
         batch: &CloneBatch,
     ) -> Result<CloneProgress>;
+    /// A backup file of what `select` names in the login's partition
+    /// ([`crate::hsm::Hsm::backup_export`]; Crypto Officer).
+    fn backup_export(&mut self, login: LoginId, select: &CloneSelect) -> Result<Vec<u8>>;
+    /// Checks a backup file without restoring it ([`crate::hsm::Hsm::backup_verify`]).
+    fn backup_verify(&mut self, login: LoginId, file: &[u8]) -> Result<BackupSummary>;
+    /// Restores a backup file, all or nothing ([`crate::hsm::Hsm::backup_restore`]): (added,
+    /// replaced, skipped).
+    fn backup_restore(
+        &mut self,
+        login: LoginId,
+        file: &[u8],
+        replace: bool,
+    ) -> Result<(u64, u64, u64)>;
     /// Checks that the log extends `note`, a checkpoint this HSM signed that the Auditor kept
     /// outside it (Auditor); returns its size. A rollback or fork is tamper, recorded.
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64>;

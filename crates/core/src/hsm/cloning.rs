@@ -18,7 +18,7 @@
 //! and on a fresh agreement, and only HMACs and ciphertexts travel. Objects keep every
 //! attribute and their unique id; both HSMs write an audit record per object naming the peer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -98,13 +98,13 @@ pub struct CloneProgress {
 
 /// One object as it travels (inside the seal).
 #[derive(Serialize, Deserialize)]
-struct Travelling {
-    attrs: Attributes,
+pub(super) struct Travelling {
+    pub(super) attrs: Attributes,
     #[serde(with = "crate::object::hex_opt")]
-    public: Option<Vec<u8>>,
+    pub(super) public: Option<Vec<u8>>,
     #[serde(with = "crate::object::hex_opt")]
-    material: Option<Vec<u8>>,
-    content: Option<crate::object::Content>,
+    pub(super) material: Option<Vec<u8>>,
+    pub(super) content: Option<crate::object::Content>,
 }
 
 impl Drop for Travelling {
@@ -266,7 +266,7 @@ fn object_aad(transcript: &[u8; 32], index: u64) -> Vec<u8> {
     [transcript.as_slice(), b"object", &index.to_be_bytes()].concat()
 }
 
-fn class_allowed(policy: &Policy, class: ObjectClass) -> Option<&'static str> {
+pub(super) fn class_allowed(policy: &Policy, class: ObjectClass) -> Option<&'static str> {
     match class {
         ObjectClass::PrivateKey if !policy.clone_private_keys => Some("clone-private-keys"),
         ObjectClass::SecretKey if !policy.clone_secret_keys => Some("clone-secret-keys"),
@@ -276,7 +276,7 @@ fn class_allowed(policy: &Policy, class: ObjectClass) -> Option<&'static str> {
 
 impl Hsm {
     /// The partition of a Crypto Officer who clones, with its domain and effective policy.
-    fn clone_party(
+    pub(super) fn clone_party(
         &mut self,
         s: &Session,
         action: &str,
@@ -333,38 +333,7 @@ impl Hsm {
         select: &CloneSelect,
     ) -> Result<CloneHello> {
         let (id, label, domain, policy) = self.clone_party(s, "cloning out of a partition")?;
-        let records = self.store.read(|t| {
-            let mut out = Vec::new();
-            for h in t.find_handles(id, None, None, None)? {
-                let rec = Self::load(t, id, h)?;
-                let a = &rec.attrs;
-                let wanted = (select.labels.is_empty()
-                    && select.ids.is_empty()
-                    && select.classes.is_empty())
-                    || select.labels.contains(&a.label)
-                    || select.ids.contains(&a.id)
-                    || select.classes.contains(&a.class);
-                if wanted {
-                    out.push((h, a.class));
-                }
-            }
-            Ok(out)
-        })?;
-        if records.is_empty() {
-            return Err(HsmError::NotFound(format!(
-                "nothing in partition {label} matches what is to be cloned"
-            )));
-        }
-        if let Some((_, class, why)) = records
-            .iter()
-            .find_map(|(h, c)| class_allowed(&policy, *c).map(|w| (h, c, w)))
-        {
-            let e = HsmError::Refused(format!(
-                "partition {label}'s policy {why} is off: its {} objects are not cloned; nothing was transferred",
-                class.name()
-            ));
-            return Err(self.refuse("clone-out", s.role.short(), s.partition(), e));
-        }
+        let records = self.selected(s, id, &label, &policy, select, "clone-out")?;
         let mut classes = BTreeMap::new();
         for (_, c) in &records {
             *classes.entry(c.name().to_string()).or_insert(0u64) += 1;
@@ -491,23 +460,7 @@ impl Hsm {
         let result = (|| -> Result<()> {
             for i in from..end {
                 let h = handles[i as usize];
-                let rec = self.store.read(|t| Self::load(t, id, h))?;
-                let material = match rec.material {
-                    Some(_) => Some(Self::open_material(id, &pmk, h, &rec)?.expose().to_vec()),
-                    None => None,
-                };
-                let mut attrs = rec.attrs.clone();
-                attrs.unique_id = rec.attrs.unique_id(&self.serial, id, h);
-                let uid = attrs.unique_id.clone();
-                let t = Travelling {
-                    attrs,
-                    public: rec.public.clone(),
-                    material,
-                    content: rec.content.clone(),
-                };
-                let pt = zeroize::Zeroizing::new(
-                    serde_json::to_vec(&t).map_err(|e| HsmError::Store(e.to_string()))?,
-                );
+                let (uid, pt) = self.travelling(id, &pmk, h)?;
                 sealed.push(hex::encode(crypto::seal(
                     &keys.wrap,
                     &object_aad(&keys.transcript, i),
@@ -617,22 +570,84 @@ impl Hsm {
                 committed: None,
             });
         }
-        let pmk = s.pmk()?.clone();
+        let (added, _, skipped) =
+            self.commit_objects(s, &staged, "clone-in", &format!("from {peer}"), false)?;
+        Ok(CloneProgress {
+            received,
+            total,
+            committed: Some((added, skipped)),
+        })
+    }
+
+    /// One object of partition `id` as it travels (its unique id, and its JSON, which holds
+    /// the key material in clear: to be sealed at once).
+    pub(super) fn travelling(
+        &mut self,
+        id: u32,
+        pmk: &Secret32,
+        h: u64,
+    ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>)> {
+        let rec = self.store.read(|t| Self::load(t, id, h))?;
+        let material = match rec.material {
+            Some(_) => Some(Self::open_material(id, pmk, h, &rec)?.expose().to_vec()),
+            None => None,
+        };
+        let mut attrs = rec.attrs.clone();
+        attrs.unique_id = rec.attrs.unique_id(&self.serial, id, h);
+        let uid = attrs.unique_id.clone();
+        let t = Travelling {
+            attrs,
+            public: rec.public.clone(),
+            material,
+            content: rec.content.clone(),
+        };
+        let pt = zeroize::Zeroizing::new(
+            serde_json::to_vec(&t).map_err(|e| HsmError::Store(e.to_string()))?,
+        );
+        Ok((uid, pt))
+    }
+
+    /// Writes travelled objects into the session's partition in one transaction, one audit
+    /// record `event` each (`whence` names the peer or file). An object whose unique id the
+    /// partition holds is left as it is, or with `replace` destroyed and replaced. Returns
+    /// (added, replaced, skipped).
+    pub(super) fn commit_objects(
+        &mut self,
+        s: &Session,
+        objects: &[Travelling],
+        event: &str,
+        whence: &str,
+        replace: bool,
+    ) -> Result<(u64, u64, u64)> {
+        let (id, pmk) = self.key_user(s, "writing objects", true)?;
         let role = s.role.short();
         let part_label = s.partition().map(str::to_owned);
         let serial = self.serial.clone();
-        let (added, skipped) = self.store.write(|t| {
+        self.store.write(|t| {
             let mut p = Self::partition_by_id(t, id)?;
-            let mut present = HashSet::new();
+            let mut present: HashMap<String, u64> = HashMap::new();
             for h in t.find_handles(id, None, None, None)? {
-                present.insert(Self::load(t, id, h)?.attrs.unique_id(&serial, id, h));
+                present.insert(Self::load(t, id, h)?.attrs.unique_id(&serial, id, h), h);
             }
-            let (mut added, mut skipped) = (0u64, 0u64);
-            for o in &staged {
+            let (mut added, mut replaced, mut skipped) = (0u64, 0u64, 0u64);
+            let mut seen = HashSet::new();
+            for o in objects {
                 let uid = o.attrs.unique_id.clone();
-                if uid.is_empty() || !present.insert(uid.clone()) {
+                if uid.is_empty() || !seen.insert(uid.clone()) {
                     skipped += 1;
                     continue;
+                }
+                let old = present.get(&uid).copied();
+                match (old, replace) {
+                    (Some(_), false) => {
+                        skipped += 1;
+                        continue;
+                    }
+                    (Some(h), true) => {
+                        t.delete_object(id, h)?;
+                        replaced += 1;
+                    }
+                    (None, _) => added += 1,
                 }
                 let h = p.next_handle;
                 p.next_handle += 1;
@@ -655,21 +670,64 @@ impl Hsm {
                     seq: 0,
                     time: now_rfc3339(),
                     serial: serial.clone(),
-                    event: "clone-in".into(),
+                    event: event.into(),
                     role: role.into(),
                     partition: part_label.clone(),
                     object: Some(uid),
-                    outcome: format!("success: from {peer}"),
+                    outcome: format!(
+                        "success: {}{whence}",
+                        if old.is_some() { "replaced, " } else { "" }
+                    ),
                 })?;
-                added += 1;
             }
             t.put("partition", &pid(id), &p)?;
-            Ok((added, skipped))
-        })?;
-        Ok(CloneProgress {
-            received,
-            total,
-            committed: Some((added, skipped)),
+            Ok((added, replaced, skipped))
         })
+    }
+
+    /// The objects of partition `id` that `select` names, each with its class, once the
+    /// partition's policy is checked for every one of them (a refusal is audited as `event`).
+    pub(super) fn selected(
+        &mut self,
+        s: &Session,
+        id: u32,
+        label: &str,
+        policy: &Policy,
+        select: &CloneSelect,
+        event: &str,
+    ) -> Result<Vec<(u64, ObjectClass)>> {
+        let records = self.store.read(|t| {
+            let mut out = Vec::new();
+            for h in t.find_handles(id, None, None, None)? {
+                let rec = Self::load(t, id, h)?;
+                let a = &rec.attrs;
+                let wanted = (select.labels.is_empty()
+                    && select.ids.is_empty()
+                    && select.classes.is_empty())
+                    || select.labels.contains(&a.label)
+                    || select.ids.contains(&a.id)
+                    || select.classes.contains(&a.class);
+                if wanted {
+                    out.push((h, a.class));
+                }
+            }
+            Ok(out)
+        })?;
+        if records.is_empty() {
+            return Err(HsmError::NotFound(format!(
+                "nothing in partition {label} matches what is to be cloned"
+            )));
+        }
+        if let Some((_, class, why)) = records
+            .iter()
+            .find_map(|(h, c)| class_allowed(policy, *c).map(|w| (h, c, w)))
+        {
+            let e = HsmError::Refused(format!(
+                "partition {label}'s policy {why} is off: its {} objects are not cloned; nothing was transferred",
+                class.name()
+            ));
+            return Err(self.refuse(event, s.role.short(), s.partition(), e));
+        }
+        Ok(records)
     }
 }

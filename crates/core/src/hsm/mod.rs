@@ -35,6 +35,7 @@ use crate::time::{now_rfc3339, now_unix};
 use ferrohsm_audit::{Export, Record, Report};
 
 mod auditing;
+mod backup;
 mod clear_keys;
 mod clients;
 mod cloning;
@@ -47,6 +48,7 @@ mod partition;
 mod roles;
 mod wrapping;
 
+pub use backup::{BackupSummary, BACKUP_FORMAT, BACKUP_VERSION, MAX_BACKUP_BYTES};
 pub use clear_keys::ClearKey;
 pub use clients::{parse_enrollment_code, ClientInfo, Enrollment, MAX_ENROLLMENT_SECONDS};
 pub use cloning::{CloneBatch, CloneHello, CloneProgress, CloneSelect, MAX_CLONE_BATCH};
