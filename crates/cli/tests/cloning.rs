@@ -28,6 +28,25 @@ fn co(args: &[&str]) -> Vec<String> {
     v
 }
 
+/// `partition clone` of partition app into app on the server at `sock`, both Crypto Officers
+/// by password, `batch` objects a round trip.
+fn clone_to(sock: &str, batch: &str) -> Vec<String> {
+    co(&[
+        "partition",
+        "clone",
+        "--from",
+        "app",
+        "--to",
+        "app",
+        "--to-server",
+        sock,
+        "--to-password",
+        "env:CO_PW",
+        "--batch",
+        batch,
+    ])
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -70,23 +89,7 @@ fn a_partition_clones_into_a_server_of_its_domain_and_not_of_another() {
     let b = Lab::new();
     let server = b.start();
     let sock = b.socket().display().to_string();
-    let out = ok(
-        &a,
-        &refs(&co(&[
-            "partition",
-            "clone",
-            "--from",
-            "app",
-            "--to",
-            "app",
-            "--to-server",
-            &sock,
-            "--to-password",
-            "env:CO_PW",
-            "--batch",
-            "1",
-        ])),
-    );
+    let out = ok(&a, &refs(&clone_to(&sock, "1")));
     assert!(out.contains("cloned 3 object(s)"), "{out}");
     assert_eq!(
         keys(&b, &["--server", &sock]),
@@ -130,21 +133,7 @@ fn a_partition_clones_into_a_server_of_its_domain_and_not_of_another() {
         ])),
     );
     // Cloned again: nothing new (same unique ids).
-    let again = ok(
-        &a,
-        &refs(&co(&[
-            "partition",
-            "clone",
-            "--from",
-            "app",
-            "--to",
-            "app",
-            "--to-server",
-            &sock,
-            "--to-password",
-            "env:CO_PW",
-        ])),
-    );
+    let again = ok(&a, &refs(&clone_to(&sock, "500")));
     assert!(
         again.contains("cloned 0 object(s)") && again.contains("3 already there"),
         "{again}"
@@ -155,21 +144,7 @@ fn a_partition_clones_into_a_server_of_its_domain_and_not_of_another() {
     let c = Lab::with_domain("other-domain-words");
     let server_c = c.start();
     let sock_c = c.socket().display().to_string();
-    let refused = run(
-        &a,
-        &refs(&co(&[
-            "partition",
-            "clone",
-            "--from",
-            "app",
-            "--to",
-            "app",
-            "--to-server",
-            &sock_c,
-            "--to-password",
-            "env:CO_PW",
-        ])),
-    );
+    let refused = run(&a, &refs(&clone_to(&sock_c, "500")));
     assert_eq!(refused.status.code(), Some(4), "{refused:?}");
     let e = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -290,20 +265,7 @@ fn a_clone_killed_at_any_point_leaves_the_target_empty_or_complete() {
     );
     let b = Lab::new();
     let sock = b.socket().display().to_string();
-    let clone_args = co(&[
-        "partition",
-        "clone",
-        "--from",
-        "app",
-        "--to",
-        "app",
-        "--to-server",
-        &sock,
-        "--to-password",
-        "env:CO_PW",
-        "--batch",
-        "1",
-    ]);
+    let clone_args = clone_to(&sock, "1");
     let mut server = b.start();
     let mut mid_transfer = 0;
     for delay_ms in [300u64, 900, 1800] {

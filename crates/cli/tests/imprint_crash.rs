@@ -17,6 +17,33 @@ struct Lab {
 }
 
 impl Lab {
+    /// A PED-authenticated HSM (no PINs) with partition "app" and its Crypto Officer.
+    fn ped_hsm(label: &str) -> Lab {
+        let lab = Lab {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        lab.ok(&[
+            "hsm",
+            "init",
+            "--label",
+            label,
+            "--so-no-pin",
+            "--domain-no-pin",
+        ]);
+        lab.ok(&["partition", "create", "--label", "app"]);
+        lab.ok(&["partition", "init", "--partition", "app", "--so-no-pin"]);
+        lab.ok(&[
+            "role",
+            "init",
+            "--partition",
+            "app",
+            "--role",
+            "co",
+            "--new-no-pin",
+        ]);
+        lab
+    }
+
     fn peds(&self) -> PathBuf {
         self.tmp.path().join("peds")
     }
@@ -157,28 +184,7 @@ fn kill_and_check(
 
 #[test]
 fn every_imprint_killed_between_steps_leaves_a_set_that_logs_in() {
-    let lab = Lab {
-        tmp: tempfile::tempdir().unwrap(),
-    };
-    lab.ok(&[
-        "hsm",
-        "init",
-        "--label",
-        "crash",
-        "--so-no-pin",
-        "--domain-no-pin",
-    ]);
-    lab.ok(&["partition", "create", "--label", "app"]);
-    lab.ok(&["partition", "init", "--partition", "app", "--so-no-pin"]);
-    lab.ok(&[
-        "role",
-        "init",
-        "--partition",
-        "app",
-        "--role",
-        "co",
-        "--new-no-pin",
-    ]);
+    let lab = Lab::ped_hsm("crash");
     lab.ok(&[
         "role",
         "init",
@@ -451,28 +457,7 @@ fn every_imprint_killed_between_steps_leaves_a_set_that_logs_in() {
 
 #[test]
 fn a_refused_imprint_leaves_no_files() {
-    let lab = Lab {
-        tmp: tempfile::tempdir().unwrap(),
-    };
-    lab.ok(&[
-        "hsm",
-        "init",
-        "--label",
-        "refuse",
-        "--so-no-pin",
-        "--domain-no-pin",
-    ]);
-    lab.ok(&["partition", "create", "--label", "app"]);
-    lab.ok(&["partition", "init", "--partition", "app", "--so-no-pin"]);
-    lab.ok(&[
-        "role",
-        "init",
-        "--partition",
-        "app",
-        "--role",
-        "co",
-        "--new-no-pin",
-    ]);
+    let lab = Lab::ped_hsm("refuse");
     let co = lab.keys("-app-co-");
     let co_s = co[0].display().to_string();
     let so_before = contents(&lab.keys("-hsm-so-"));
