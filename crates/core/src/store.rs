@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -23,11 +23,16 @@ use zeroize::Zeroizing;
 use crate::audit::{self, AuditKeys};
 
 mod manifest;
+mod objects;
+mod wal_view;
 use crate::crypto::{self, hkdf32, hmac_sha256};
 use crate::dir_lock::{self, DirLock, LockMode};
 use crate::error::{HsmError, Result};
 use crate::secret::Secret32;
 use manifest::{row_key, row_print, Manifest};
+pub use objects::{ObjectIndex, SecretBytesRow};
+use wal_view::shm_handle;
+pub use wal_view::{install_shared_view, SharedView, SharedViewMaker, ShmFile, WalHeader};
 
 const DEVICE_KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "hsm.db";
@@ -92,112 +97,6 @@ pub struct Store {
     noting_tamper: bool,
 }
 
-/// A read-only view of the start of a file that other processes rewrite in place (the WAL
-/// index), read without a system call. Mapping memory needs `unsafe`, which this crate
-/// forbids: the PKCS#11 module, where every operation pays for the check, installs a maker
-/// ([`install_shared_view`]); without one the store reads the file with `pread`.
-pub trait SharedView: Send + Sync {
-    /// The first 48 bytes as they are now, as six native-order words. The copy may be torn by
-    /// a concurrent writer; the caller only ever treats a header equal to an earlier one as
-    /// "nothing committed".
-    fn header(&self) -> WalHeader;
-}
-
-/// Makes a [`SharedView`] of an open WAL-index file, or `None` when it cannot (the file is
-/// shorter than the view, or mapping failed). Called only while a connection of this process
-/// has the file open, so that SQLite neither truncates nor replaces it meanwhile.
-pub type SharedViewMaker = fn(&std::fs::File) -> Option<Box<dyn SharedView>>;
-
-static SHARED_VIEW_MAKER: std::sync::OnceLock<SharedViewMaker> = std::sync::OnceLock::new();
-
-/// Installs the maker of [`SharedView`]s (the first call wins).
-pub fn install_shared_view(maker: SharedViewMaker) {
-    let _ = SHARED_VIEW_MAKER.set(maker);
-}
-
-/// One WAL-index file: a read-only handle and, once made, a view of its header.
-pub struct ShmFile {
-    /// Declared first so that it is dropped (unmapped) before the handle closes.
-    view: std::sync::OnceLock<Box<dyn SharedView>>,
-    file: std::fs::File,
-}
-
-impl ShmFile {
-    /// The header as it is now, if it can be read.
-    fn header(&self) -> Option<WalHeader> {
-        if let Some(v) = self.view.get() {
-            return Some(v.header());
-        }
-        use std::os::unix::fs::FileExt;
-        let mut b = [0u8; 48];
-        self.file.read_exact_at(&mut b, 0).ok()?;
-        let mut h: WalHeader = [0; 6];
-        for (w, chunk) in h.iter_mut().zip(b.chunks_exact(8)) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            *w = u64::from_ne_bytes(word);
-        }
-        Some(h)
-    }
-
-    /// Makes the view if a maker is installed and none exists yet (the caller's connection
-    /// has just read the database, so SQLite has the file open and sized).
-    fn try_view(&self) {
-        if self.view.get().is_none() {
-            if let Some(view) = SHARED_VIEW_MAKER.get().and_then(|make| make(&self.file)) {
-                let _ = self.view.set(view);
-            }
-        }
-    }
-}
-
-/// Read-only handles on WAL-index files, one per file (path and inode). A handle is closed
-/// only once the file has been replaced and no store uses it: closing any descriptor of a
-/// file drops every POSIX lock the process holds on it, SQLite's own included, so a handle
-/// opened and closed per store would break SQLite's locking for the other connections.
-static SHM_FILES: Mutex<Vec<(PathBuf, u64, Arc<ShmFile>)>> = Mutex::new(Vec::new());
-
-/// The shared handle on the WAL index of the database at `db`, which a connection of the
-/// caller holds open (so the file cannot be deleted and replaced meanwhile).
-fn shm_handle(db: &Path) -> Option<Arc<ShmFile>> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let path = PathBuf::from(format!("{}-shm", db.display()));
-    let ino = std::fs::metadata(&path).ok()?.ino();
-    let mut files = SHM_FILES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, f)) = files.iter().find(|(p, i, _)| *p == path && *i == ino) {
-        return Some(f.clone());
-    }
-    // O_NOATIME: without a view this file is read once per operation; updating its access
-    // time each time would cost more than the read.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(&path)
-        .ok()?;
-    if f.metadata().ok()?.ino() != ino {
-        // Replaced between the two looks: keep the handle (closing it is what must not
-        // happen) but do not use it.
-        std::mem::forget(f);
-        return None;
-    }
-    let f = Arc::new(ShmFile {
-        view: std::sync::OnceLock::new(),
-        file: f,
-    });
-    // An entry for an older file at this path: every connection to that file is gone (it
-    // was deleted when the last one closed); stores still holding it close it when dropped.
-    files.retain(|(p, _, _)| *p != path);
-    files.push((path, ino, f.clone()));
-    Some(f)
-}
-
-/// The first copy of the WAL-index header (SQLite's documented `-shm` layout: 48 bytes at
-/// offset 0, rewritten by every commit with its change counter, frame count, salts and
-/// checksum), as six native-order words so that comparing two is six word compares. Equal
-/// headers mean no commit in between; a torn or unreadable header only sends the caller to
-/// the full check.
-pub type WalHeader = [u64; 6];
-
 /// Moves the state generation on (in the caller's transaction, if any). It starts at a random
 /// value so that a store made afresh at the same path never repeats a generation that a cache
 /// elsewhere may still hold.
@@ -211,16 +110,6 @@ fn bump_generation(conn: &Connection) -> Result<()> {
         [start.to_string()],
     )?;
     Ok(())
-}
-
-/// Index values for an object, in clear (class) or as blind tags (label, id).
-pub struct ObjectIndex<'a> {
-    /// Object class name.
-    pub class: &'a str,
-    /// Label (indexed as an HMAC tag).
-    pub label: &'a str,
-    /// CKA_ID bytes (indexed as an HMAC tag).
-    pub id: &'a [u8],
 }
 
 fn open_conn(path: &Path) -> Result<Connection> {
@@ -771,21 +660,6 @@ impl Store {
     }
 }
 
-/// The lookup `Txn::find_handles` runs: the partition's objects with the given index
-/// values, in handle order.
-fn find_sql(label: bool, id: bool, class: bool) -> String {
-    let mut sql = String::from("SELECT handle FROM objects WHERE partition = ?1");
-    let mut n = 1;
-    for (given, column) in [(label, "label_tag"), (id, "id_tag"), (class, "class")] {
-        if given {
-            n += 1;
-            sql.push_str(&format!(" AND {column} = ?{n}"));
-        }
-    }
-    sql.push_str(" ORDER BY handle");
-    sql
-}
-
 fn zeroized() -> HsmError {
     HsmError::State(
         "the HSM holds no key material (never initialised, or zeroized); run `ferrohsm hsm init`"
@@ -824,10 +698,6 @@ fn audit_available(keys: Option<&AuditKeys>) -> Result<&AuditKeys> {
 
 fn rec_aad(kind: &str, id: &str) -> Vec<u8> {
     [b"rec\0".as_slice(), kind.as_bytes(), b"\0", id.as_bytes()].concat()
-}
-
-fn obj_aad(partition: u32, handle: u64) -> Vec<u8> {
-    format!("obj\0{partition}\0{handle}").into_bytes()
 }
 
 impl<'a> Txn<'a> {
@@ -929,149 +799,6 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    /// Blind index tag of a value within a partition.
-    fn tag(&self, partition: u32, what: &[u8], value: &[u8]) -> Result<Vec<u8>> {
-        Ok(hmac_sha256(
-            self.keys()?.index.expose(),
-            &[&partition.to_be_bytes(), what, b"\0", value],
-        )[..16]
-            .to_vec())
-    }
-
-    /// Seals and writes an object record with its index.
-    pub fn put_object(
-        &mut self,
-        partition: u32,
-        handle: u64,
-        idx: &ObjectIndex<'_>,
-        plaintext: &[u8],
-    ) -> Result<()> {
-        let sealed = crypto::seal(&self.keys()?.store, &obj_aad(partition, handle), plaintext);
-        self.note_object(partition, handle, Some(&sealed))?;
-        let lt = self.tag(partition, b"label", idx.label.as_bytes())?;
-        let it = self.tag(partition, b"id", idx.id)?;
-        let n = self.tx.execute(
-            "INSERT INTO objects(partition, handle, class, label_tag, id_tag, sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(partition, handle) DO NOTHING",
-            params![partition, handle as i64, idx.class, lt, it, sealed],
-        )?;
-        if n == 1 {
-            self.d_objects += 1;
-        } else {
-            self.tx.execute(
-                "UPDATE objects SET class = ?3, label_tag = ?4, id_tag = ?5, sealed = ?6 WHERE partition = ?1 AND handle = ?2",
-                params![partition, handle as i64, idx.class, lt, it, sealed],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Opens one object's sealed record.
-    pub fn get_object(&mut self, partition: u32, handle: u64) -> Result<Option<SecretBytesRow>> {
-        let sealed: Option<Vec<u8>> = self
-            .tx
-            .query_row(
-                "SELECT sealed FROM objects WHERE partition = ?1 AND handle = ?2",
-                params![partition, handle as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(sealed) = sealed else {
-            return Ok(None);
-        };
-        self.check_object(partition, handle, &sealed)?;
-        let pt = crypto::open(
-            &self.keys()?.store,
-            &obj_aad(partition, handle),
-            &sealed,
-            &format!("object {handle}"),
-        )?;
-        Ok(Some(SecretBytesRow {
-            handle,
-            plaintext: pt,
-        }))
-    }
-
-    /// Handles of a partition's objects, optionally only those with a label (by index).
-    pub fn object_handles(&mut self, partition: u32, label: Option<&str>) -> Result<Vec<u64>> {
-        let rows: Vec<i64> = match label {
-            Some(l) => {
-                let t = self.tag(partition, b"label", l.as_bytes())?;
-                let mut st = self.tx.prepare_cached("SELECT handle FROM objects WHERE partition = ?1 AND label_tag = ?2 ORDER BY handle")?;
-                let r = st.query_map(params![partition, t], |r| r.get(0))?;
-                r.collect::<std::result::Result<_, _>>()?
-            }
-            None => {
-                let mut st = self.tx.prepare_cached(
-                    "SELECT handle FROM objects WHERE partition = ?1 ORDER BY handle",
-                )?;
-                let r = st.query_map(params![partition], |r| r.get(0))?;
-                r.collect::<std::result::Result<_, _>>()?
-            }
-        };
-        Ok(rows.into_iter().map(|h| h as u64).collect())
-    }
-
-    /// Handles of a partition's objects matching every given index value (label, id, class),
-    /// found through the indexes.
-    pub fn find_handles(
-        &mut self,
-        partition: u32,
-        label: Option<&str>,
-        id: Option<&[u8]>,
-        class: Option<&str>,
-    ) -> Result<Vec<u64>> {
-        let mut args: Vec<rusqlite::types::Value> = vec![(partition as i64).into()];
-        if let Some(l) = label {
-            args.push(self.tag(partition, b"label", l.as_bytes())?.into());
-        }
-        if let Some(i) = id {
-            args.push(self.tag(partition, b"id", i)?.into());
-        }
-        if let Some(c) = class {
-            args.push(c.to_string().into());
-        }
-        let sql = find_sql(label.is_some(), id.is_some(), class.is_some());
-        let mut st = self.tx.prepare_cached(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))?;
-        let v: Vec<i64> = rows.collect::<std::result::Result<_, _>>()?;
-        Ok(v.into_iter().map(|h| h as u64).collect())
-    }
-
-    /// Deletes one object.
-    pub fn delete_object(&mut self, partition: u32, handle: u64) -> Result<()> {
-        let n = self.tx.execute(
-            "DELETE FROM objects WHERE partition = ?1 AND handle = ?2",
-            params![partition, handle as i64],
-        )?;
-        self.d_objects -= n as i64;
-        if n > 0 {
-            self.note_object(partition, handle, None)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes every object of a partition; returns how many.
-    pub fn delete_partition_objects(&mut self, partition: u32) -> Result<usize> {
-        let n = self.tx.execute(
-            "DELETE FROM objects WHERE partition = ?1",
-            params![partition],
-        )?;
-        self.d_objects -= n as i64;
-        self.forget_partition_objects(partition)?;
-        Ok(n)
-    }
-
-    /// Counts a partition's objects.
-    pub fn count_objects(&mut self, partition: u32) -> Result<u64> {
-        let n: i64 = self.tx.query_row(
-            "SELECT COUNT(*) FROM objects WHERE partition = ?1",
-            [partition],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
     /// Appends an audit record in this transaction, so it lands with the change it describes
     /// (or not at all). Fails, and so fails the transaction, if the log is unavailable.
     pub fn event(&mut self, e: &Event) -> Result<()> {
@@ -1122,14 +849,6 @@ impl<'a> Txn<'a> {
         self.tx.commit()?;
         Ok(())
     }
-}
-
-/// An opened object record (plaintext JSON, zeroized on drop).
-pub struct SecretBytesRow {
-    /// Handle.
-    pub handle: u64,
-    /// The opened record.
-    pub plaintext: crate::secret::SecretBytes,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1259,43 +978,5 @@ mod tests {
             st.read(|t| t.get_object(1, 7)),
             Err(HsmError::Tamper(_))
         ));
-    }
-
-    /// C_FindObjects by label, id or class must not scan the partition: every lookup the
-    /// store runs is a SEARCH through an index on that value, with no sort step.
-    #[test]
-    fn object_lookups_search_an_index_and_never_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open_conn(&dir.path().join(DB_FILE)).unwrap();
-        for label in [false, true] {
-            for id in [false, true] {
-                for class in [false, true] {
-                    if !(label || id || class) {
-                        continue;
-                    }
-                    let sql = find_sql(label, id, class);
-                    let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-                    let plan: Vec<String> = st
-                        .query_map(
-                            rusqlite::params_from_iter(std::iter::repeat_n(
-                                rusqlite::types::Value::Null,
-                                1 + label as usize + id as usize + class as usize,
-                            )),
-                            |r| r.get::<_, String>(3),
-                        )
-                        .unwrap()
-                        .collect::<std::result::Result<_, _>>()
-                        .unwrap();
-                    let text = plan.join(" | ");
-                    assert!(
-                        text.starts_with("SEARCH objects USING ")
-                            && text.contains("INDEX objects_by_")
-                            && !text.contains("SCAN")
-                            && !text.contains("TEMP B-TREE"),
-                        "{sql}: {text}"
-                    );
-                }
-            }
-        }
     }
 }
