@@ -47,6 +47,22 @@ fn clone_to(sock: &str, batch: &str) -> Vec<String> {
     ])
 }
 
+/// Generates a key (or `--count` keys) in partition app as its Crypto Officer.
+fn generate(lab: &Lab, kind: &str, label: &str, extra: &[&str]) {
+    let mut args = vec![
+        "key",
+        "generate",
+        "--partition",
+        "app",
+        "--type",
+        kind,
+        "--label",
+        label,
+    ];
+    args.extend_from_slice(extra);
+    ok(lab, &refs(&co(&args)));
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -70,19 +86,7 @@ fn keys(lab: &Lab, extra: &[&str]) -> Vec<String> {
 fn a_partition_clones_into_a_server_of_its_domain_and_not_of_another() {
     let a = Lab::new();
     for (t, l) in [("ec-p256", "signer"), ("aes-256", "wrapper")] {
-        ok(
-            &a,
-            &refs(&co(&[
-                "key",
-                "generate",
-                "--partition",
-                "app",
-                "--type",
-                t,
-                "--label",
-                l,
-            ])),
-        );
+        generate(&a, t, l, &[]);
     }
     // B: another HSM, initialised with the same domain words (password HSMs derive the domain
     // from them), served by a real server.
@@ -158,32 +162,8 @@ fn a_partition_clones_into_a_server_of_its_domain_and_not_of_another() {
 #[test]
 fn a_partition_clones_into_another_of_the_same_hsm_by_label() {
     let a = Lab::new();
-    ok(
-        &a,
-        &refs(&co(&[
-            "key",
-            "generate",
-            "--partition",
-            "app",
-            "--type",
-            "aes-256",
-            "--label",
-            "k1",
-        ])),
-    );
-    ok(
-        &a,
-        &refs(&co(&[
-            "key",
-            "generate",
-            "--partition",
-            "app",
-            "--type",
-            "aes-256",
-            "--label",
-            "k2",
-        ])),
-    );
+    generate(&a, "aes-256", "k1", &[]);
+    generate(&a, "aes-256", "k2", &[]);
     a.ok(&[
         "partition",
         "create",
@@ -248,21 +228,7 @@ fn count(lab: &Lab, sock: &str) -> usize {
 #[test]
 fn a_clone_killed_at_any_point_leaves_the_target_empty_or_complete() {
     let a = Lab::new();
-    ok(
-        &a,
-        &refs(&co(&[
-            "key",
-            "generate",
-            "--partition",
-            "app",
-            "--type",
-            "aes-128",
-            "--label",
-            "bulk",
-            "--count",
-            "2000",
-        ])),
-    );
+    generate(&a, "aes-128", "bulk", &["--count", "2000"]);
     let b = Lab::new();
     let sock = b.socket().display().to_string();
     let clone_args = clone_to(&sock, "1");
@@ -329,19 +295,7 @@ fn a_clone_killed_at_any_point_leaves_the_target_empty_or_complete() {
 fn a_backup_file_restores_on_another_hsm_of_the_domain_only() {
     use std::os::unix::fs::PermissionsExt;
     let a = Lab::new();
-    ok(
-        &a,
-        &refs(&co(&[
-            "key",
-            "generate",
-            "--partition",
-            "app",
-            "--type",
-            "ec-p256",
-            "--label",
-            "label-in-the-backup",
-        ])),
-    );
+    generate(&a, "ec-p256", "label-in-the-backup", &[]);
     let file = a.tmp.path().join("app.backup");
     let file_s = file.display().to_string();
     let out = ok(

@@ -179,8 +179,10 @@ impl Hsm {
         let k = keys(&domain, &salt);
         let mut objects = Vec::with_capacity(records.len());
         let mut events = Vec::with_capacity(records.len());
-        for (i, (h, class)) in records.iter().enumerate() {
-            let (uid, pt) = self.travelling(id, &pmk, *h)?;
+        let handles: Vec<u64> = records.iter().map(|(h, _)| *h).collect();
+        let loaded = self.load_all(id, &handles)?;
+        for (i, ((h, class), rec)) in records.iter().zip(&loaded).enumerate() {
+            let (uid, pt) = self.travelling(id, &pmk, *h, rec)?;
             objects.push(BackupObject {
                 unique_id: uid.clone(),
                 class: class.name().into(),

@@ -458,9 +458,10 @@ impl Hsm {
         let mut sealed = Vec::new();
         let mut events = Vec::new();
         let result = (|| -> Result<()> {
-            for i in from..end {
-                let h = handles[i as usize];
-                let (uid, pt) = self.travelling(id, &pmk, h)?;
+            let batch = &handles[from.min(end) as usize..end as usize];
+            let records = self.load_all(id, batch)?;
+            for ((i, h), rec) in (from..end).zip(batch).zip(&records) {
+                let (uid, pt) = self.travelling(id, &pmk, *h, rec)?;
                 sealed.push(hex::encode(crypto::seal(
                     &keys.wrap,
                     &object_aad(&keys.transcript, i),
@@ -579,17 +580,24 @@ impl Hsm {
         })
     }
 
-    /// One object of partition `id` as it travels (its unique id, and its JSON, which holds
-    /// the key material in clear: to be sealed at once).
+    /// The records of `handles` in partition `id`, read in one transaction (so each bucket of
+    /// object fingerprints is opened once, not once per object).
+    pub(super) fn load_all(&mut self, id: u32, handles: &[u64]) -> Result<Vec<ObjectRecord>> {
+        self.store
+            .read(|t| handles.iter().map(|h| Self::load(t, id, *h)).collect())
+    }
+
+    /// Object `h` of partition `id` (its record `rec`) as it travels: its unique id, and its
+    /// JSON, which holds the key material in clear (to be sealed at once).
     pub(super) fn travelling(
-        &mut self,
+        &self,
         id: u32,
         pmk: &Secret32,
         h: u64,
+        rec: &ObjectRecord,
     ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>)> {
-        let rec = self.store.read(|t| Self::load(t, id, h))?;
         let material = match rec.material {
-            Some(_) => Some(Self::open_material(id, pmk, h, &rec)?.expose().to_vec()),
+            Some(_) => Some(Self::open_material(id, pmk, h, rec)?.expose().to_vec()),
             None => None,
         };
         let mut attrs = rec.attrs.clone();
