@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod clone_bench;
+mod ha_bench;
 mod module_transport;
 mod tls_transport;
 mod transport;
@@ -93,6 +94,11 @@ struct Args {
     /// one).
     #[arg(long, value_name = "KEYS")]
     clone: Option<usize>,
+    /// HA group rows: signing through groups of 2 and 3 members against one member alone,
+    /// and the time a member stopped while KEYS keys were made takes to be back in sync
+    /// (needs the `ferrohsm` binary beside this one).
+    #[arg(long, value_name = "KEYS")]
+    ha: Option<usize>,
 }
 
 /// Labels of the objects the C_FindObjects rows look up.
@@ -815,6 +821,10 @@ fn main() {
     }
     if let Some(count) = args.clone {
         clone_bench::run(count, args.rounds);
+        return;
+    }
+    if let Some(keys) = args.ha {
+        ha_bench::run(args.seconds, args.rounds, keys);
         return;
     }
     // Each module gets a fresh, temporary home that touches no real token.

@@ -117,6 +117,7 @@ pub fn select(
             .iter()
             .map(|c| ObjectClass::from_name(c))
             .collect::<Result<_, _>>()?,
+        unique_ids: vec![],
     })
 }
 

@@ -80,6 +80,7 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Client(c) => crate::clients::run(c, &data_dir, server.as_deref(), &ped_dir, json),
+        Cmd::Ha(c) => crate::ha::run(c, json),
         Cmd::Backup(crate::BackupCmd::Verify {
             file,
             partition,

@@ -7,6 +7,7 @@ mod cloning;
 mod commands;
 mod demo;
 mod front;
+mod ha;
 mod input;
 mod output;
 mod pedargs;
@@ -133,6 +134,13 @@ pub enum Cmd {
     )]
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// HA groups (as the PKCS#11 module's configuration names them): members, state, lag;
+    /// bring them in sync.
+    #[command(
+        after_help = "Example:\n  ferrohsm ha show --config /etc/ferrohsm/pkcs11.conf --password env:CO_PW"
+    )]
+    #[command(subcommand)]
+    Ha(ha::HaCmd),
     /// PED key files: inspect and duplicate.
     #[command(
         after_help = "Example:\n  ferrohsm ped show ped-keys/*.pedkey\n  ferrohsm ped duplicate --from a.pedkey --to backup/a.pedkey"

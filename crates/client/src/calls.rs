@@ -1065,6 +1065,15 @@ impl HsmApi for Remote {
         }))?)
     }
 
+    fn ha_note(&mut self, login: LoginId, group: &str, event: &str, member: &str) -> Result<()> {
+        done(self.call(Call::HaNote(v1::HaNote {
+            login,
+            group: group.into(),
+            event: event.into(),
+            member: member.into(),
+        }))?)
+    }
+
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {
         let b = bytes(self.call(Call::AuditExport(v1::AuditExport {
             login,

@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 mod calls;
+pub mod conf;
+pub mod ha;
 mod tls;
 
 pub use tls::TlsClient;
@@ -241,6 +243,12 @@ impl Remote {
             .ok_or_else(|| HsmError::State("no connection".into()))
     }
 
+    /// Makes sure there is a connection (a closed one is replaced) without sending anything:
+    /// an error here means no call could have reached the server.
+    pub fn ready(&mut self) -> Result<()> {
+        self.stream().map(|_| ())
+    }
+
     /// Sends one call and waits (up to the deadline) for its answer.
     fn call(&mut self, call: Call) -> Result<Reply> {
         let id = self.next_id;
@@ -295,13 +303,26 @@ impl Remote {
                 ),
             ),
             FrameError::Io(e) => HsmError::io(&socket, e),
-            other => HsmError::Store(format!("bad answer from the server: {other}")),
+            // A garbled stream is this connection's failure, like a broken one.
+            other => HsmError::io(
+                &socket,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad answer from the server: {other}"),
+                ),
+            ),
         })?;
         if resp.id != req.id && resp.id != 0 {
-            return Err(HsmError::Store(format!(
-                "the server answered request {} to request {}",
-                resp.id, req.id
-            )));
+            return Err(HsmError::io(
+                &socket,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the server answered request {} to request {}",
+                        resp.id, req.id
+                    ),
+                ),
+            ));
         }
         Ok(resp)
     }

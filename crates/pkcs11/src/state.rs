@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use cryptoki_sys::*;
+use ferrohsm_client::ha::{Group, GroupFront};
 use ferrohsm_client::Remote;
 use ferrohsm_core::api::{Embedded, HsmApi, LoginId, Logins, OwnerHold};
 use ferrohsm_core::hsm::KeyMemo;
@@ -26,6 +27,8 @@ pub enum Target {
     /// The data directory, opened in this process: no boundary (tests, demos, single-process
     /// tools).
     Embedded(PathBuf),
+    /// An HA group: partitions on several servers, as one slot.
+    Group(ferrohsm_client::ha::GroupConfig),
 }
 
 impl std::fmt::Display for Target {
@@ -34,6 +37,7 @@ impl std::fmt::Display for Target {
             Target::Server(p) => write!(f, "server unix:{}", p.display()),
             Target::Tls(a, _) => write!(f, "server tls://{a}"),
             Target::Embedded(p) => write!(f, "embedded HSM in {}", p.display()),
+            Target::Group(g) => write!(f, "HA group {} ({} members)", g.label, g.members.len()),
         }
     }
 }
@@ -75,39 +79,27 @@ impl Config {
             return Ok(c);
         };
         let shown = PathBuf::from(&path).display().to_string();
-        let (mut tls_addr, mut cert, mut key, mut fingerprint, mut ca) =
-            (None, None, None, None, None);
+        let (mut tls_addr, mut fingerprint) = (None, None);
+        let mut tls = ferrohsm_client::ha::SharedTls::default();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read the configuration {shown}: {e}"))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(format!("{shown} line {}: expected key = \"value\"", n + 1));
-            };
-            let v = config_value(v).ok_or_else(|| {
-                format!(
-                    "{shown} line {}: a value is \"text\" or a number, then at most a # comment",
-                    n + 1
-                )
-            })?;
-            match k.trim() {
+        let entries = ferrohsm_client::conf::entries(&shown, &text)?;
+        for e in &entries {
+            let (v, line) = (e.value, e.line);
+            match e.key {
                 "server" => match (v.strip_prefix("unix:"), v.strip_prefix("tls://")) {
                     (Some(socket), _) => c.target = Target::Server(socket.into()),
                     (_, Some(addr)) => tls_addr = Some(addr.to_string()),
                     _ => {
                         return Err(format!(
-                            "{shown} line {}: server is \"unix:/path/to/socket\" or \"tls://host:port\"",
-                            n + 1
+                            "{shown} line {line}: server is \"unix:/path/to/socket\" or \"tls://host:port\""
                         ))
                     }
                 },
-                "client_cert" => cert = Some(PathBuf::from(v)),
-                "client_key" => key = Some(PathBuf::from(v)),
+                "client_cert" => tls.cert = Some(PathBuf::from(v)),
+                "client_key" => tls.key = Some(PathBuf::from(v)),
                 "server_fingerprint" => fingerprint = Some(v.to_string()),
-                "server_ca" => ca = Some(PathBuf::from(v)),
+                "server_ca" => tls.ca = Some(PathBuf::from(v)),
                 // `data_dir` is the older name of `embedded`.
                 "embedded" | "data_dir" => c.target = Target::Embedded(v.into()),
                 "ped_dir" => c.ped_dir = v.into(),
@@ -118,22 +110,26 @@ impl Config {
                     }
                     _ => {
                         return Err(format!(
-                            "{shown} line {}: deadline_ms is a number of milliseconds, 100 to 600000",
-                            n + 1
+                            "{shown} line {line}: deadline_ms is a number of milliseconds, 100 to 600000"
                         ))
                     }
                 },
+                k if ferrohsm_client::ha::KEYS.contains(&k) => {}
                 other => {
                     return Err(format!(
-                        "{shown} line {}: unknown key {other:?} (known: server, embedded, \
-                         ped_dir, log, client_cert, client_key, server_fingerprint, server_ca, deadline_ms)",
-                        n + 1
+                        "{shown} line {line}: unknown key {other:?} (known: server, embedded, \
+                         ped_dir, log, client_cert, client_key, server_fingerprint, server_ca, \
+                         deadline_ms, ha_group, ha_member, ha_durable, ha_slot)"
                     ))
                 }
             }
         }
         if let Some(addr) = tls_addr {
-            match (cert, key, fingerprint.is_some() || ca.is_some()) {
+            match (
+                tls.cert.clone(),
+                tls.key.clone(),
+                fingerprint.is_some() || tls.ca.is_some(),
+            ) {
                 (Some(cert), Some(key), true) => {
                     c.target = Target::Tls(
                         addr,
@@ -141,7 +137,7 @@ impl Config {
                             cert,
                             key,
                             server_fingerprint: fingerprint.unwrap_or_default(),
-                            server_ca: ca,
+                            server_ca: tls.ca.clone(),
                         },
                     )
                 }
@@ -153,23 +149,21 @@ impl Config {
                 }
             }
         }
+        if let Some(group) =
+            ferrohsm_client::ha::GroupConfig::from_entries(&shown, &entries, &tls, c.deadline)?
+        {
+            if entries
+                .iter()
+                .any(|e| matches!(e.key, "server" | "embedded" | "data_dir"))
+            {
+                return Err(format!(
+                    "{shown}: an HA group (ha_group) is the module's HSM: it takes no server or embedded line"
+                ));
+            }
+            c.target = Target::Group(group);
+        }
         Ok(c)
     }
-}
-
-/// The value of a `key = value` line: a double-quoted string (no escapes) or a bare word, then
-/// nothing but an optional `# comment`.
-fn config_value(v: &str) -> Option<&str> {
-    let v = v.trim();
-    let (value, rest) = match v.strip_prefix('"') {
-        Some(quoted) => quoted.split_once('"')?,
-        None => match v.split_once('#') {
-            Some((word, comment)) => (word.trim_end(), &v[v.len() - comment.len() - 1..]),
-            None => (v, ""),
-        },
-    };
-    let rest = rest.trim();
-    (rest.is_empty() || rest.starts_with('#')).then_some(value)
 }
 
 /// Writes one line to the module's log (the configured file, else stderr). Never a secret:
@@ -202,6 +196,8 @@ pub enum Front {
     Embedded(Embedded),
     /// A connection to a server (its logins are this process's, shared by its connections).
     Remote(Remote),
+    /// Connections to an HA group's members.
+    Group(GroupFront),
 }
 
 impl Front {
@@ -210,6 +206,7 @@ impl Front {
         match self {
             Front::Embedded(e) => e,
             Front::Remote(r) => r,
+            Front::Group(g) => g,
         }
     }
 
@@ -217,7 +214,7 @@ impl Front {
     pub fn engine(&mut self) -> Option<&mut Hsm> {
         match self {
             Front::Embedded(e) => Some(e.engine()),
-            Front::Remote(_) => None,
+            Front::Remote(_) | Front::Group(_) => None,
         }
     }
 }
@@ -231,6 +228,8 @@ pub struct Opener {
     logins: Logins,
     /// Their owner: one for the whole module, so that a login is every session's.
     owner: u64,
+    /// The HA group, when the module serves one (shared by all its fronts).
+    group: Option<Arc<Group>>,
 }
 
 impl Opener {
@@ -241,6 +240,10 @@ impl Opener {
                 .map(|h| Front::Embedded(Embedded::for_owner(h, self.logins.clone(), self.owner))),
             Target::Server(socket) => Remote::connect(socket).map(|r| self.remote(r)),
             Target::Tls(addr, tls) => Remote::connect_tls(addr, tls).map(|r| self.remote(r)),
+            Target::Group(_) => match &self.group {
+                Some(g) => Ok(Front::Group(g.front())),
+                None => Err(HsmError::State("the HA group was not started".into())),
+            },
         };
         r.map_err(|e| {
             log(
@@ -397,12 +400,23 @@ impl Module {
         let hold =
             matches!(config.target, Target::Embedded(_)).then(|| logins.hold(Logins::new_owner()));
         let owner = hold.as_ref().map(OwnerHold::owner).unwrap_or_default();
+        let group = match &config.target {
+            Target::Group(g) => {
+                let log_to = config.log.clone();
+                Some(Group::start(
+                    g.clone(),
+                    Arc::new(move |m: &str| log(log_to.as_deref(), m)),
+                ))
+            }
+            _ => None,
+        };
         Module {
             pid: current_pid(),
             opener: Opener {
                 config,
                 logins,
                 owner,
+                group,
             },
             _hold: hold,
             sessions: Default::default(),
@@ -610,30 +624,5 @@ pub fn rv(e: &HsmError) -> CK_RV {
         | HsmError::Io { .. }
         | HsmError::State(_)
         | HsmError::InUse(_) => CKR_DEVICE_ERROR,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::config_value;
-
-    #[test]
-    fn values_take_quotes_words_and_trailing_comments() {
-        assert_eq!(
-            config_value(r#" "unix:/run/x.sock"   # the default; or: embedded = "/d""#),
-            Some("unix:/run/x.sock")
-        );
-        assert_eq!(
-            config_value(" 10000    # each call's deadline"),
-            Some("10000")
-        );
-        assert_eq!(
-            config_value(r#""a # not a comment""#),
-            Some("a # not a comment")
-        );
-        assert_eq!(config_value(" 250"), Some("250"));
-        // Anything after the value but a comment is refused, as is an unclosed quote.
-        assert_eq!(config_value(r#" "a" b"#), None);
-        assert_eq!(config_value(r#" "unclosed"#), None);
     }
 }

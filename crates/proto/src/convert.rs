@@ -431,11 +431,12 @@ pub fn clone_select_to_wire(s: &CloneSelect, c: &mut v1::CloneCall) {
     c.labels = s.labels.clone();
     c.ids = s.ids.clone();
     c.classes = s.classes.iter().map(|k| k.name().to_string()).collect();
+    c.unique_ids = s.unique_ids.clone();
 }
 
 /// What to clone, as received.
 pub fn clone_select_from_wire(c: &v1::CloneCall) -> Result<CloneSelect> {
-    if c.labels.len() + c.ids.len() + c.classes.len() > 10_000 {
+    if c.labels.len() + c.ids.len() + c.classes.len() + c.unique_ids.len() > 10_000 {
         return Err(HsmError::InvalidInput(
             "a clone selects by at most 10000 names".into(),
         ));
@@ -448,6 +449,7 @@ pub fn clone_select_from_wire(c: &v1::CloneCall) -> Result<CloneSelect> {
             .iter()
             .map(|k| ObjectClass::from_name(k))
             .collect::<Result<_>>()?,
+        unique_ids: c.unique_ids.clone(),
     })
 }
 

@@ -42,6 +42,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::BackupExport(_)) => "backup-export",
         Some(Call::BackupVerify(_)) => "backup-verify",
         Some(Call::BackupRestore(_)) => "backup-restore",
+        Some(Call::HaNote(_)) => "ha-note",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
         Some(Call::Info(_)) => "info",
@@ -589,6 +590,10 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::BackupRestore(c) => Reply::Text(v1::Text {
             value: convert::clone_json(&api.backup_restore(c.login, &c.batch, c.replace)?)?,
         }),
+        Call::HaNote(n) => {
+            api.ha_note(n.login, &n.group, &n.event, &n.member)?;
+            Reply::Done(v1::Empty {})
+        }
         Call::AuditCheckExtends(a) => Reply::Number(v1::Number {
             value: api.audit_check_extends(a.login, &a.note)?,
         }),

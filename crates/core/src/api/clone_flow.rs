@@ -18,6 +18,15 @@ pub struct CloneDone {
     pub skipped: u64,
 }
 
+/// The side of a clone a step ran on (which one failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloneSide {
+    /// The HSM the objects come from.
+    Source,
+    /// The HSM they go to.
+    Target,
+}
+
 /// Clones what `select` names from the source (logged in as `source_login` on `source`) to
 /// the target, `batch` objects per round trip; `progress` hears after each batch.
 pub fn clone_between(
@@ -27,16 +36,47 @@ pub fn clone_between(
     target_login: LoginId,
     select: &CloneSelect,
     batch: u32,
-    mut progress: impl FnMut(&CloneHello, &CloneHello, &CloneProgress),
+    progress: impl FnMut(&CloneHello, &CloneHello, &CloneProgress),
 ) -> Result<CloneDone> {
-    let hello_t = target.clone_accept(target_login)?;
-    let hello_s = source.clone_offer(source_login, &hello_t, select)?;
-    let proof = target.clone_confirm(target_login, &hello_s)?;
+    clone_sided(
+        source,
+        source_login,
+        target,
+        target_login,
+        select,
+        batch,
+        progress,
+    )
+    .map_err(|(_, e)| e)
+}
+
+/// [`clone_between`], saying on failure which side's step failed (a refusal by the target,
+/// such as another cloning domain, is the target's; one by the source's policy, the source's).
+pub fn clone_sided(
+    source: &mut dyn HsmApi,
+    source_login: LoginId,
+    target: &mut dyn HsmApi,
+    target_login: LoginId,
+    select: &CloneSelect,
+    batch: u32,
+    mut progress: impl FnMut(&CloneHello, &CloneHello, &CloneProgress),
+) -> std::result::Result<CloneDone, (CloneSide, HsmError)> {
+    let src = |e| (CloneSide::Source, e);
+    let dst = |e| (CloneSide::Target, e);
+    let hello_t = target.clone_accept(target_login).map_err(dst)?;
+    let hello_s = source
+        .clone_offer(source_login, &hello_t, select)
+        .map_err(src)?;
+    let proof = target.clone_confirm(target_login, &hello_s).map_err(dst)?;
     let mut from = 0u64;
     loop {
-        let b = source.clone_export(source_login, &hello_s.session, &proof, from, batch)?;
+        let b = source
+            .clone_export(source_login, &hello_s.session, &proof, from, batch)
+            .map_err(src)?;
         from += b.sealed.len() as u64;
-        let p = target.clone_import(target_login, &hello_s.session, &b)?;
+        let p = target
+            .clone_import(target_login, &hello_s.session, &b)
+            .map_err(dst)?;
         progress(&hello_s, &hello_t, &p);
         if let Some((added, skipped)) = p.committed {
             return Ok(CloneDone {
@@ -47,10 +87,10 @@ pub fn clone_between(
             });
         }
         if b.sealed.is_empty() {
-            return Err(HsmError::State(
+            return Err(src(HsmError::State(
                 "the source sent an empty batch before the clone was complete; nothing was written"
                     .into(),
-            ));
+            )));
         }
     }
 }

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     BackupSummary, CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmApi,
-    ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PartitionSummary, PedImprint,
-    StagedImprint, Summary, Unwrap, MAX_RANDOM,
+    ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PedImprint, StagedImprint,
+    Summary, Unwrap, MAX_RANDOM,
 };
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
 use crate::hsm::{
-    AuthMode, ClientInfo, Credential, DomainChoice, Hsm, HsmInfo, InitOptions, NewSecret, Session,
+    ClientInfo, Credential, DomainChoice, Hsm, HsmInfo, InitOptions, NewSecret, Session,
 };
 use crate::mechanism::{KeySpec, Mechanism, Params};
 use crate::object::{KeyOptions, KeyTemplate, NewObject, ObjectClass, ObjectFilter, ObjectInfo};
@@ -824,29 +824,7 @@ impl HsmApi for Embedded {
     }
 
     fn summary(&mut self) -> Result<Summary> {
-        let i = self.hsm.info()?;
-        Ok(Summary {
-            serial: i.serial,
-            state: i.state,
-            label: i.label,
-            auth_mode: i.auth_mode.map(|m| {
-                match m {
-                    AuthMode::Ped => "ped",
-                    AuthMode::Password => "password",
-                }
-                .to_string()
-            }),
-            partitions: i
-                .partitions
-                .into_iter()
-                .map(|p| PartitionSummary {
-                    id: p.id,
-                    label: p.label,
-                    initialised: p.initialised,
-                })
-                .collect(),
-            tamper: i.tamper,
-        })
+        Ok(Summary::from(self.hsm.info()?))
     }
 
     fn login(
@@ -1070,6 +1048,11 @@ impl HsmApi for Embedded {
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {
         let s = self.session(login)?;
         self.hsm.audit_check_extends(&s, note)
+    }
+
+    fn ha_note(&mut self, login: LoginId, group: &str, event: &str, member: &str) -> Result<()> {
+        let s = self.session(login)?;
+        self.hsm.ha_note(&s, group, event, member)
     }
 
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {

@@ -20,7 +20,7 @@ pub use crate::hsm::{
     AuthMode, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect,
     Enrollment, HsmInfo,
 };
-pub use clone_flow::{clone_between, CloneDone};
+pub use clone_flow::{clone_between, clone_sided, CloneDone, CloneSide};
 pub use embedded::{Embedded, Logins, OwnerHold};
 
 use crate::error::Result;
@@ -60,6 +60,33 @@ pub struct Summary {
     pub partitions: Vec<PartitionSummary>,
     /// A tamper event not yet cleared.
     pub tamper: Option<String>,
+}
+
+impl From<HsmInfo> for Summary {
+    fn from(i: HsmInfo) -> Summary {
+        Summary {
+            serial: i.serial,
+            state: i.state,
+            label: i.label,
+            auth_mode: i.auth_mode.map(|m| {
+                match m {
+                    AuthMode::Ped => "ped",
+                    AuthMode::Password => "password",
+                }
+                .to_string()
+            }),
+            partitions: i
+                .partitions
+                .into_iter()
+                .map(|p| PartitionSummary {
+                    id: p.id,
+                    label: p.label,
+                    initialised: p.initialised,
+                })
+                .collect(),
+            tamper: i.tamper,
+        }
+    }
 }
 
 /// How a role proves itself through the API.
@@ -573,6 +600,9 @@ pub trait HsmApi {
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export>;
     /// The live log verified inside the HSM against every checkpoint it signed (Auditor).
     fn audit_verify(&mut self, login: LoginId) -> Result<Report>;
+    /// Records an HA group's membership change in the log ([`crate::hsm::Hsm::ha_note`];
+    /// Crypto Officer).
+    fn ha_note(&mut self, login: LoginId, group: &str, event: &str, member: &str) -> Result<()>;
 }
 
 /// Most random bytes one call returns.

@@ -71,6 +71,8 @@ pub struct CloneSelect {
     pub ids: Vec<Vec<u8>>,
     /// By class.
     pub classes: Vec<ObjectClass>,
+    /// By unique id (`CKA_UNIQUE_ID`): what an HA group replicates.
+    pub unique_ids: Vec<String>,
 }
 
 /// A batch of sealed objects from `clone_export`.
@@ -711,10 +713,15 @@ impl Hsm {
                 let a = &rec.attrs;
                 let wanted = (select.labels.is_empty()
                     && select.ids.is_empty()
-                    && select.classes.is_empty())
+                    && select.classes.is_empty()
+                    && select.unique_ids.is_empty())
                     || select.labels.contains(&a.label)
                     || select.ids.contains(&a.id)
-                    || select.classes.contains(&a.class);
+                    || select.classes.contains(&a.class)
+                    || (!select.unique_ids.is_empty()
+                        && select
+                            .unique_ids
+                            .contains(&a.unique_id(&self.serial, id, h)));
                 if wanted {
                     out.push((h, a.class));
                 }

@@ -40,6 +40,7 @@ mod clear_keys;
 mod clients;
 mod cloning;
 mod device;
+mod ha;
 mod keys;
 mod login;
 mod objects;

@@ -278,7 +278,7 @@ pub unsafe fn C_Login(
                 })?;
             let engine = match &front {
                 Front::Embedded(e) => Some(e.engine_session(id).map_err(|e| rv(&e))?),
-                Front::Remote(_) => None,
+                Front::Remote(_) | Front::Group(_) => None,
             };
             Ok(Login { user, id, engine })
         })();

@@ -16,6 +16,7 @@ use ferrohsm_core::secret::Pin;
 use ferrohsm_core::{AuthMode, Credential, Hsm, NewSecret, Role};
 
 pub mod fixture;
+pub mod ha;
 pub mod network;
 
 /// The HSM SO's password of [`password_hsm`].
@@ -24,12 +25,17 @@ pub const HSM_SO_PW: &str = "hsm-so-pw";
 /// Makes a password-authenticated HSM with nothing in it in `data`; with `init_token`, its
 /// HSM SO lets `C_InitToken` create partitions (plain PKCS#11 set-ups).
 pub fn password_hsm(data: &Path, init_token: bool) {
+    password_hsm_in(data, init_token, "domain-pw")
+}
+
+/// [`password_hsm`] with the cloning domain made from `domain`.
+pub fn password_hsm_in(data: &Path, init_token: bool, domain: &str) {
     let mut hsm = Hsm::open_or_create(data).unwrap();
     hsm.init(InitOptions {
         label: "p11".into(),
         mode: AuthMode::Password,
         so: NewSecret::Password(Pin::password(HSM_SO_PW).unwrap()),
-        domain: NewSecret::Password(Pin::password("domain-pw").unwrap()),
+        domain: NewSecret::Password(Pin::password(domain).unwrap()),
         current_so: None,
         confirm_destroy: vec![],
     })

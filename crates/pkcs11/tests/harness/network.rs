@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{password_hsm, server_binary, start_server_with, ServerProcess, HSM_SO_PW};
+use super::{password_hsm_in, server_binary, start_server_with, ServerProcess, HSM_SO_PW};
 
 /// A password the partitions' officers and users share in these tests.
 pub const USER_PIN: &str = "user-pin-1";
@@ -41,9 +41,14 @@ pub fn free_port() -> u16 {
 impl TlsHsm {
     /// Sets it up; `extra` are more lines of the server's configuration.
     pub fn new(extra: &str) -> TlsHsm {
+        TlsHsm::in_domain(extra, "domain-pw")
+    }
+
+    /// [`TlsHsm::new`], with the cloning domain made from `domain`.
+    pub fn in_domain(extra: &str, domain: &str) -> TlsHsm {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        password_hsm(&data, false);
+        password_hsm_in(&data, false, domain);
         let addr = format!("127.0.0.1:{}", free_port());
         let socket = tmp.path().join("ferrohsm.sock");
         let extra = format!("tls_listen = \"{addr}\"\n{extra}");
