@@ -5,6 +5,7 @@
 //! the ratio says what a group costs here, not what more machines would add.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ use crate::transport::{co_login, provision, start_server, ServerProcess};
 use crate::{rate, stats};
 
 const THREADS: usize = 8;
+
+/// Whether the groups' messages are still wanted (not once the servers are stopping).
+static TALK: AtomicBool = AtomicBool::new(true);
 
 fn group_of(sockets: &[PathBuf]) -> Arc<Group> {
     Group::start(
@@ -35,7 +39,11 @@ fn group_of(sockets: &[PathBuf]) -> Arc<Group> {
             durable: 2,
             deadline: GROUP_DEADLINE,
         },
-        Arc::new(|m: &str| eprintln!("{m}")),
+        Arc::new(|m: &str| {
+            if TALK.load(Ordering::Relaxed) {
+                eprintln!("{m}")
+            }
+        }),
     )
 }
 
@@ -188,4 +196,5 @@ pub fn run(secs: f64, rounds: usize, keys: usize) {
         caught_up.as_secs_f64(),
         check.as_secs_f64()
     );
+    TALK.store(false, Ordering::Relaxed);
 }

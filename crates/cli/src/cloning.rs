@@ -1,6 +1,6 @@
 //! `ferrohsm partition clone`: runs a clone ([`ferrohsm_core::api::clone_between`]) between
 //! the source partition's HSM and the target's (another server, or the same HSM through a
-//! second front end), with a progress line.
+//! second front end), with a progress bar.
 
 use std::path::Path;
 
@@ -58,7 +58,7 @@ pub fn run(
         Role::CryptoOfficer,
         Some(a.to),
     )?;
-    let mut said = false;
+    let mut bar: Option<indicatif::ProgressBar> = None;
     let done = clone_between(
         api,
         source,
@@ -67,18 +67,27 @@ pub fn run(
         &select,
         a.batch,
         |s, t, p| {
-            if !said {
+            let bar = bar.get_or_insert_with(|| {
                 eprintln!(
                     "clone: {}/{} -> {}/{}: one cloning domain; {} object(s) to move",
                     s.serial, s.partition, t.serial, t.partition, p.total
                 );
-                said = true;
+                progress_bar(p.total, "received")
+            });
+            bar.set_position(p.received);
+            if bar.is_hidden() {
+                // Not a terminal: a line per batch, for logs.
+                eprintln!("clone: {}/{} received", p.received, p.total);
             }
-            eprint!("\rclone: {}/{} received", p.received, p.total);
         },
     );
-    if said {
-        eprintln!();
+    if let Some(bar) = bar {
+        // Left on screen when complete; cleared when the clone failed (nothing was written).
+        if done.is_ok() {
+            bar.finish();
+        } else {
+            bar.abandon();
+        }
     }
     let done = done?;
     println!(
@@ -97,6 +106,21 @@ pub fn run(
         }
     );
     Ok(())
+}
+
+/// A progress bar on stderr for `total` objects (drawn only on a terminal, so scripts and
+/// logs see the summary lines alone).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, {{eta}} left)"
+    )) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// What `--label`, `--id HEX` and `--class` name (everything if none).

@@ -325,3 +325,74 @@ fn only_a_crypto_officer_clones_never_a_security_officer_or_the_crypto_user() {
         .clone_offer(&co, &hello_t, &CloneSelect::default())
         .is_ok());
 }
+
+#[test]
+fn a_clone_by_unique_id_moves_just_those_objects() {
+    let (fa, mut a) = fixture();
+    let (fb, mut b) = fixture();
+    let sa = login(&fa, &mut a, Role::CryptoOfficer, "co");
+    let sb = partition(&fb, &mut b, "q", Some(&key(&fa, "dom")));
+    let before = a.list_objects(&sa, None).unwrap();
+    assert!(before.len() >= 2);
+    let chosen = before[1].attrs.unique_id.clone();
+    let select = CloneSelect {
+        unique_ids: vec![chosen.clone()],
+        ..Default::default()
+    };
+    let progress = clone(&mut a, &sa, &mut b, &sb, &select, 10).unwrap();
+    assert_eq!(progress.committed, Some((1, 0)));
+    let after = b.list_objects(&sb, None).unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|o| o.attrs.unique_id.clone())
+            .collect::<Vec<_>>(),
+        vec![chosen]
+    );
+    // An id the partition does not hold selects nothing: refused, nothing sent.
+    let none = CloneSelect {
+        unique_ids: vec!["no-such-object".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        clone(&mut a, &sa, &mut b, &sb, &none, 10),
+        Err(HsmError::NotFound(_))
+    ));
+}
+
+#[test]
+fn an_ha_note_records_only_the_membership_events_and_only_for_the_crypto_officer() {
+    let (fa, mut a) = fixture();
+    let co = login(&fa, &mut a, Role::CryptoOfficer, "co");
+    a.ha_note(&co, "pay", "member-down", "tls://hsm2:1792/p")
+        .unwrap();
+    let recs = records(&fa);
+    assert!(recs.iter().any(|r| r.event == "ha-member-down"
+        && r.outcome == "success: group pay, member tls://hsm2:1792/p"));
+    // Free text, other event names and control characters never reach the log.
+    for (event, member) in [
+        ("key-use", "m"),
+        ("member-down\nforged", "m"),
+        ("member-down", "m\nha-member-rejoined"),
+        ("member-down", ""),
+    ] {
+        let n = records(&fa).len();
+        assert!(
+            matches!(
+                a.ha_note(&co, "pay", event, member),
+                Err(HsmError::InvalidInput(_))
+            ),
+            "{event:?} {member:?}"
+        );
+        assert_eq!(records(&fa).len(), n);
+    }
+    // Not the Crypto User nor a Security Officer.
+    let cu = login(&fa, &mut a, Role::CryptoUser, "cu");
+    let pso = login(&fa, &mut a, Role::PartitionSo, "pso");
+    for s in [&cu, &pso] {
+        assert!(matches!(
+            a.ha_note(s, "pay", "member-down", "m"),
+            Err(HsmError::Refused(_))
+        ));
+    }
+}

@@ -4,8 +4,9 @@
 //! 3 s); a member stopped while keys are made, which catches up by itself; a link cut and
 //! healed; a member of another cloning domain refused before anything reaches it.
 //!
-//! `FERROHSM_HA_KILLS=100 cargo test -p ferrohsm-pkcs11 --test ha -- --nocapture` runs the
-//! long form (see the README's "HA groups").
+//! `FERROHSM_HA_KILLS=100 cargo test -p ferrohsm-pkcs11 --test ha -- --nocapture --test-threads 1`
+//! runs the long form: 100 kills under load, 200 keys each followed by a kill (see the
+//! README's "HA groups").
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -267,7 +268,12 @@ fn a_key_acknowledged_survives_losing_any_one_member_right_after() {
     let p11 = harness::load_module();
     let _fin = Finalize(p11.clone());
     let (_, s) = logged_in(&p11);
-    let rounds = kills(3);
+    // Twice the kills of the load test in the long form (200 for FERROHSM_HA_KILLS=100).
+    let rounds = if std::env::var_os("FERROHSM_HA_KILLS").is_some() {
+        2 * kills(3)
+    } else {
+        3
+    };
     let mut labels = Vec::new();
     for k in 0..rounds {
         let label = format!("acked-{k}");

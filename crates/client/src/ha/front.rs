@@ -792,8 +792,10 @@ impl HsmApi for GroupFront {
         self.find(Some(login), &p, &filter)
     }
 
-    /// Asks one member (one with nothing left to receive, when there is one); session objects
-    /// that live on other members are added from them.
+    /// Asks one member with nothing left to receive, adding session objects that live on
+    /// other members from them; while every member still waits for some object, asks them
+    /// all and merges what they hold (a key acknowledged on K members is found whichever
+    /// answers).
     fn find(
         &mut self,
         login: Option<LoginId>,
@@ -801,46 +803,72 @@ impl HsmApi for GroupFront {
         filter: &ObjectFilter,
     ) -> Result<Vec<ObjectInfo>> {
         let mut failure = None;
-        let mut order = self.group.candidates(login)?;
-        order.sort_by_key(|(i, _)| !self.group.member(*i).replicate.is_empty());
-        for (i, ml) in order.clone() {
+        let order = self.group.candidates(login)?;
+        let complete = order
+            .iter()
+            .position(|(i, _)| self.group.member(*i).replicate.is_empty());
+        let pinned: Vec<usize> = {
+            let t = lock(&self.group.table);
+            let mut v: Vec<usize> = t.by_pin.keys().map(|(m, _)| *m).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        // Each member asked, in order, and whether to take only its session objects.
+        let mut asked: Vec<(usize, Option<LoginId>, bool)> = match complete {
+            Some(k) => {
+                let (first, ml) = order[k];
+                std::iter::once((first, ml, false))
+                    .chain(
+                        order
+                            .iter()
+                            .filter(|(j, _)| *j != first && pinned.contains(j))
+                            .map(|(j, l)| (*j, *l, true)),
+                    )
+                    .collect()
+            }
+            None => order.iter().map(|(i, l)| (*i, *l, false)).collect(),
+        };
+        let mut out: Vec<ObjectInfo> = Vec::new();
+        let mut answered = false;
+        let mut seen = std::collections::HashSet::new();
+        while !asked.is_empty() {
+            let (i, ml, session_only) = asked.remove(0);
             let partition = self.partition(i);
             let found = match self.on(i, |r| r.find(ml, &partition, filter)) {
                 Ok(f) => f,
                 Err(e) if member_failure(&e) => {
+                    // The member that was to answer for all failed: ask the next in full.
+                    if !session_only && !answered {
+                        let full = |j: &usize| asked.iter().any(|(a, _, s)| a == j && !s);
+                        if let Some((j, l)) = order.iter().find(|(j, _)| *j != i && !full(j)) {
+                            let (j, l) = (*j, *l);
+                            asked.retain(|(a, _, _)| *a != j);
+                            asked.insert(0, (j, l, false));
+                        }
+                    }
                     failure = Some(e);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let pinned_elsewhere: Vec<usize> = {
-                let t = lock(&self.group.table);
-                let mut v: Vec<usize> = t
-                    .by_pin
-                    .keys()
-                    .map(|(m, _)| *m)
-                    .filter(|&m| m != i)
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                v
+            let found = if session_only {
+                found.into_iter().filter(|o| !o.attrs.token).collect()
+            } else {
+                answered = true;
+                found
             };
-            let mut out = self.translate(i, found);
-            for (j, mlj) in order
-                .iter()
-                .copied()
-                .filter(|(j, _)| pinned_elsewhere.contains(j))
-            {
-                let partition = self.partition(j);
-                if let Ok(more) = self.on(j, |r| r.find(mlj, &partition, filter)) {
-                    let session: Vec<ObjectInfo> =
-                        more.into_iter().filter(|o| !o.attrs.token).collect();
-                    out.extend(self.translate(j, session));
+            for o in self.translate(i, found) {
+                if seen.insert(o.handle) {
+                    out.push(o);
                 }
             }
-            return Ok(out);
         }
-        Err(self.none_left(failure, &[]))
+        if answered {
+            Ok(out)
+        } else {
+            Err(self.none_left(failure, &[]))
+        }
     }
 
     fn object_info(

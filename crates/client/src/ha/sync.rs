@@ -237,10 +237,16 @@ impl GroupFront {
                 }
             }
         }
+        let mut cloned = BTreeSet::new();
         for (j, uids) in missing {
             let Some(lj) = on[j] else { continue };
             self.clone_to(j, lj, i, li, &uids).map_err(|(_, e)| e)?;
+            cloned.extend(uids);
         }
+        // What it now holds is no longer waiting for it (creates made meanwhile still are).
+        g.member(i)
+            .replicate
+            .retain(|u, _| !have.contains_key(u) && !cloned.contains(u));
         // What only it holds (made while the others could not be reached): theirs too.
         let only: Vec<&String> = have
             .keys()
