@@ -309,6 +309,60 @@ check "pkcs11-tool reads the same value back" \
   bash -c "${U[*]} --read-object --type secrkey --id 05 -o open.bin && [ \$(stat -c %s open.bin) = 32 ] && cmp open.bin open.py.bin"
 refused "a wrong user PIN is refused" "CKR_PIN_INCORRECT" "${P[@]}" --slot 1 --login --pin 000000 -O
 check "the right PIN still works after a wrong one" "${U[@]}" -O
+if [ "$MODE" = tls ]; then
+  # An HA group: this server's token and the same partition on two more HSMs of the same
+  # cloning domain, each served over mutual TLS to the same host, seen as one token.
+  HA_PIDS=()
+  MEMBERS=$(printf 'ha_member = "tls://127.0.0.1:%s e2e-token %s"' "$PORT" "$FP")
+  for n in 2 3; do
+    D=$W/ha$n
+    mkdir -p "$D"
+    HPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    S=("$BIN" --server "$D/s.sock")
+    env -u FERROHSM_SERVER "$BIN" --data-dir "$D/data" hsm init --label ha$n --auth password --so-password env:SO_PW --domain-password env:DOMAIN_PW >/dev/null
+    chmod -R go-rwx "$D/data"
+    printf 'data_dir = "%s"\nsocket = "%s"\ntls_listen = "127.0.0.1:%s"\n' "$D/data" "$D/s.sock" "$HPORT" > "$D/server.toml"
+    "$BIN" server --config "$D/server.toml" 2>"$D/server.log" &
+    HA_PIDS+=($!)
+    for _ in $(seq 300); do [ -S "$D/s.sock" ] && break; sleep 0.1; done
+    check "HA member $n: a partition of the same cloning domain, its CO, the host registered" bash -c "
+      export PSO=87654321 UPIN=123456
+      ${S[*]} partition create --label e2e-token --password env:SO_PW &&
+      ${S[*]} partition init --partition e2e-token --so-password env:PSO &&
+      ${S[*]} role init --partition e2e-token --role co --password env:PSO --new-password env:UPIN &&
+      ${S[*]} client register --name e2e-host --cert host.crt --password env:SO_PW &&
+      ${S[*]} client assign --client e2e-host --partition e2e-token --password env:SO_PW"
+    MEMBERS=$(printf '%s\nha_member = "tls://127.0.0.1:%s e2e-token %s"' "$MEMBERS" "$HPORT" "$("$BIN" server --config "$D/server.toml" fingerprint)")
+  done
+  printf 'ha_group = "e2e-ha"\n%s\nclient_cert = "%s"\nclient_key = "%s"\nlog = "%s"\n' \
+    "$MEMBERS" "$W/host.crt" "$W/host.key" "$W/ha.log" > ha.conf
+  H=(env FERROHSM_PKCS11_CONF="$W/ha.conf" pkcs11-tool --module "$MOD")
+  HU=("${H[@]}" --slot 1 --login --pin 123456)
+  check "pkcs11-tool sees the HA group of three as one token" \
+    bash -c "${H[*]} -L | grep -c 'token label' | grep -qx 1 && ${H[*]} -L | grep -q e2e-ha"
+  check "an EC key pair generated through the group" \
+    "${HU[@]}" --keypairgen --key-type EC:prime256v1 --id 09 --label ha-ec
+  on_members() {
+    local c=0
+    for s in "$W/ferrohsm.sock" "$W/ha2/s.sock" "$W/ha3/s.sock"; do
+      UPIN=123456 "$BIN" --server "$s" key list --partition e2e-token --password env:UPIN 2>/dev/null | grep -q ha-ec && c=$((c + 1))
+    done
+    echo "$c"
+  }
+  check "the key pair is on at least two of the three members" test "$(on_members)" -ge 2
+  check "its public key, read from one member" \
+    env UPIN=123456 "$BIN" --server "$W/ha2/s.sock" key public --partition e2e-token --label ha-ec --password env:UPIN --out ha-ec.pem
+  check "ECDSA through the group, verified by OpenSSL" bash -c "
+    ${HU[*]} --sign -m ECDSA-SHA256 --id 09 -i msg.txt -o ha.sig --signature-format openssl &&
+    openssl dgst -sha256 -verify ha-ec.pem -signature ha.sig msg.txt"
+  kill -9 "${HA_PIDS[0]}"
+  check "a member killed with SIGKILL: the group signs on, OpenSSL verifies" bash -c "
+    for i in 1 2 3 4; do ${HU[*]} --sign -m ECDSA-SHA256 --id 09 -i msg.txt -o ha\$i.sig --signature-format openssl &&
+      openssl dgst -sha256 -verify ha-ec.pem -signature ha\$i.sig msg.txt || exit 1; done"
+  refused "ferrohsm ha show reports the killed member down (exit 6)" "down" \
+    env UPIN=123456 "$BIN" ha show --config ha.conf --password env:UPIN
+  kill "${HA_PIDS[1]}" 2>/dev/null
+fi
 if [ "$MODE" != embedded ]; then
   kill -TERM "$SRV"
   wait "$SRV"
