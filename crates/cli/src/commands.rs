@@ -138,6 +138,7 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
             domain,
             common,
             confirm_destroy,
+            backup,
             login: l,
         } => {
             let mut api = crate::front::open_or_create(dir, server)?;
@@ -193,14 +194,20 @@ fn hsm_cmd(c: HsmCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: b
                 domain,
                 current_so,
                 confirm_destroy,
+                backup,
             });
             pending.settle(api.as_mut(), made)?;
             done(format!(
-                "HSM {serial} initialised ({})",
+                "HSM {serial} initialised ({}{})",
                 if password {
                     "password-authenticated"
                 } else {
                     "PED-authenticated"
+                },
+                if backup {
+                    "; a backup HSM: it keeps objects and never uses them"
+                } else {
+                    ""
                 }
             ))
         }

@@ -206,6 +206,10 @@ Examples:
         /// Re-initialisation: the partitions it destroys, all named (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "LABELS")]
         confirm_destroy: Vec<String>,
+        /// A backup HSM: its partitions keep other partitions' objects (cloned in with
+        /// `partition clone`, and cloned back out to restore) and never use them.
+        #[arg(long)]
+        backup: bool,
         /// Re-initialisation: the current HSM SO's credential.
         #[command(flatten)]
         login: Login,

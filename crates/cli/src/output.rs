@@ -78,6 +78,9 @@ pub fn hsm(i: &HsmInfo) {
             }
         );
     }
+    if i.backup {
+        println!("  role:       backup HSM (keeps partitions' objects, never uses them)");
+    }
     if let Some(so) = &i.hsm_so {
         println!(
             "  HSM SO:     {}",

@@ -400,3 +400,90 @@ fn a_backup_file_restores_on_another_hsm_of_the_domain_only() {
     assert!(matches!(e.status.code(), Some(2) | Some(5)), "{e:?}");
     assert!(keys(&b2, &[]).is_empty());
 }
+
+/// A backup HSM keeps a partition's keys cloned into it, refuses to use them or make any,
+/// and gives them back: a restore to a fresh partition of the domain signs with the same key.
+#[test]
+fn a_backup_hsm_keeps_keys_without_using_them_and_gives_them_back() {
+    let a = Lab::new();
+    generate(&a, "ec-p256", "signer", &[]);
+    let backup = Lab::backup();
+    let shown = ok(&backup, &["hsm", "show"]);
+    assert!(shown.contains("backup HSM"), "{shown}");
+    let bsock = backup.socket().display().to_string();
+    let _bserver = backup.start();
+    // Into the backup HSM: a clone, with progress and the usual proofs.
+    let out = ok(&a, &refs(&clone_to(&bsock, "10")));
+    assert!(out.contains("cloned"), "{out}");
+    assert_eq!(count(&a, &bsock), keys(&a, &[]).len());
+    // Kept, not used: no signature, no new key, no value read; listing and deleting work.
+    for (what, args) in [
+        (
+            "sign",
+            vec![
+                "key",
+                "sign",
+                "--partition",
+                "app",
+                "--label",
+                "signer",
+                "--in",
+                "Cargo.toml",
+                "--out",
+                "sig.bin",
+            ],
+        ),
+        (
+            "generate",
+            vec![
+                "key",
+                "generate",
+                "--partition",
+                "app",
+                "--type",
+                "aes-256",
+                "--label",
+                "new",
+            ],
+        ),
+    ] {
+        std::fs::write(backup.tmp.path().join("Cargo.toml"), b"data").unwrap();
+        let o = run(
+            &backup,
+            &refs(&co(&[&["--server", &bsock][..], &args[..]].concat())),
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(4),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("backup HSM"), "{what}: {e}");
+    }
+    // Restored from the backup HSM (its CO the source) into a fresh HSM of the domain.
+    let fresh = Lab::new();
+    let fsock = fresh.socket().display().to_string();
+    let _fserver = fresh.start();
+    let restore = co(&[
+        "--server",
+        &bsock,
+        "partition",
+        "clone",
+        "--from",
+        "app",
+        "--to",
+        "app",
+        "--to-server",
+        &fsock,
+        "--to-password",
+        "env:CO_PW",
+    ]);
+    let out = ok(&backup, &refs(&restore));
+    assert!(out.contains("cloned"), "{out}");
+    let before: Vec<String> = keys(&a, &[]);
+    let after: Vec<String> = keys(&fresh, &["--server", &fsock]);
+    for k in &before {
+        assert!(after.contains(k), "{k} was not restored: {after:?}");
+    }
+}

@@ -344,6 +344,7 @@ impl HsmApi for Remote {
                     .as_ref()
                     .map(convert::bare_credential_to_wire),
                 confirm_destroy: init.confirm_destroy,
+                backup: init.backup,
             }))?,
         )
     }

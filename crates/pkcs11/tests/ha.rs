@@ -330,7 +330,8 @@ fn a_stopped_member_catches_up_by_itself_when_it_returns() {
 #[test]
 fn a_cut_or_frozen_link_takes_the_member_out_and_healing_brings_it_back() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = HaLab::new(&["domain-pw"; 3], &[2], "");
+    // A silent link stalls a call for the deadline before it runs elsewhere: one second here.
+    let lab = HaLab::new(&["domain-pw"; 3], &[2], "deadline_ms = 1000\n");
     let p11 = harness::load_module();
     let _fin = Finalize(p11.clone());
     let (slot, s) = logged_in(&p11);
@@ -350,8 +351,8 @@ fn a_cut_or_frozen_link_takes_the_member_out_and_healing_brings_it_back() {
         std::thread::sleep(Duration::from_millis(500));
         proxy.restore();
         lab.wait_for(2, &labels, Duration::from_secs(30));
-        // A link that silently stalls: calls on it wait out the group's deadline (2 s),
-        // then run on another member.
+        // A link that silently stalls: calls on it wait out the deadline (1 s here), then
+        // run on another member.
         proxy.freeze();
         std::thread::sleep(Duration::from_millis(2_500));
         proxy.cut();

@@ -352,6 +352,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
                     .map(|c| convert::bare_credential_from_wire(Some(c)))
                     .transpose()?,
                 confirm_destroy: i.confirm_destroy,
+                backup: i.backup,
             };
             Reply::Imprints(convert::imprints_to_wire(api.init_hsm(init)?))
         }

@@ -41,6 +41,16 @@ impl Lab {
     /// [`Lab::new`] with the cloning domain made from other words (labs of the same words
     /// share a domain).
     pub fn with_domain(words: &str) -> Lab {
+        Lab::made(words, &[])
+    }
+
+    /// [`Lab::new`] initialised as a backup HSM (`hsm init --backup`).
+    pub fn backup() -> Lab {
+        Lab::made("domain-words-1", &["--backup"])
+    }
+
+    /// An HSM of the domain made from `words`, `hsm init` given `more` arguments.
+    fn made(words: &str, more: &[&str]) -> Lab {
         let lab = Lab {
             tmp: tempfile::tempdir().unwrap(),
         };
@@ -60,6 +70,7 @@ impl Lab {
                 "--domain-password",
                 "env:DOM",
             ])
+            .args(more)
             .output()
             .unwrap();
         assert!(

@@ -451,14 +451,17 @@ impl HsmApi for Embedded {
     fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>> {
         let (mut so, mut domain) = (Imprinting::from(init.so), Imprinting::from(init.domain));
         let mut current = init.current_so.map(Presented::from);
-        let imprinted = self.hsm.init(InitOptions {
-            label: init.label,
-            mode: init.mode,
-            so: so.as_new_secret(),
-            domain: domain.as_new_secret(),
-            current_so: current.as_mut().map(Presented::as_credential),
-            confirm_destroy: init.confirm_destroy,
-        })?;
+        let imprinted = self.hsm.init_as(
+            InitOptions {
+                label: init.label,
+                mode: init.mode,
+                so: so.as_new_secret(),
+                domain: domain.as_new_secret(),
+                current_so: current.as_mut().map(Presented::as_credential),
+                confirm_destroy: init.confirm_destroy,
+            },
+            init.backup,
+        )?;
         let mut files = so.files();
         files.extend(domain.files());
         Ok(reports(imprinted, files))

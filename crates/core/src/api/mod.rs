@@ -213,6 +213,8 @@ pub struct InitHsm {
     pub current_so: Option<LoginCredential>,
     /// On an initialised HSM with partitions: their labels, confirming their destruction.
     pub confirm_destroy: Vec<String>,
+    /// A backup HSM ([`crate::hsm::Hsm::init_as`]): keeps partitions' objects, never uses them.
+    pub backup: bool,
 }
 
 /// A wrapped key to import ([`HsmApi::unwrap_key`]).

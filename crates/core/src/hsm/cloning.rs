@@ -283,7 +283,7 @@ impl Hsm {
         s: &Session,
         action: &str,
     ) -> Result<(u32, String, Secret32, Policy)> {
-        let id = self.key_role(s, action, true)?;
+        let id = self.partition_role(s, action, true)?;
         let (label, domain, policy) = self.store.read(|t| {
             let d = Self::device(t)?;
             let p = Self::partition_by_id(t, id)?;
@@ -629,7 +629,7 @@ impl Hsm {
         whence: &str,
         replace: bool,
     ) -> Result<(u64, u64, u64)> {
-        let (id, pmk) = self.key_user(s, "writing objects", true)?;
+        let (id, pmk) = self.object_keeper(s, "writing objects", true)?;
         let role = s.role.short();
         let part_label = s.partition().map(str::to_owned);
         let serial = self.serial.clone();

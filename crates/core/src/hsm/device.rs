@@ -21,6 +21,7 @@ impl Hsm {
             serial,
             writer: None,
             audit_cfg: None,
+            backup_role: None,
         };
         hsm.finish_interrupted_zeroize()?;
         Ok(hsm)
@@ -180,6 +181,7 @@ impl Hsm {
                 tamper,
                 boot_epoch: 0,
                 next_partition_id: 0,
+                backup: false,
             });
         }
         self.store.read(|t| {
@@ -234,6 +236,7 @@ impl Hsm {
                 tamper,
                 boot_epoch: d.boot_epoch,
                 next_partition_id: d.next_partition,
+                backup: d.backup,
             })
         })
     }
@@ -372,6 +375,13 @@ impl Hsm {
     /// exist, their labels in `confirm_destroy`. The dialogues run before anything is
     /// destroyed, so a refused or failed dialogue leaves the HSM as it was.
     pub fn init(&mut self, opts: InitOptions<'_>) -> Result<Vec<Imprinted>> {
+        self.init_as(opts, false)
+    }
+
+    /// [`Hsm::init`], as a backup HSM when `backup`: its partitions receive objects by
+    /// cloning (and give them back the same way) and never use them: every operation with a
+    /// key, and every new key, is refused on it.
+    pub fn init_as(&mut self, opts: InitOptions<'_>, backup: bool) -> Result<Vec<Imprinted>> {
         let label = opts.label.trim().to_string();
         if label.is_empty() || label.len() > 32 {
             return Err(HsmError::InvalidInput(
@@ -437,6 +447,7 @@ impl Hsm {
             domain_id,
             boot_epoch: 1,
             next_partition: 1,
+            backup,
         };
         let e = self.ev("hsm-init", "hsm-so", None, Some(&label), "success");
         self.store.write(|t| {

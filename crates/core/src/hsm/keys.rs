@@ -592,7 +592,7 @@ impl Hsm {
 
     /// Destroys an object (Crypto Officer only).
     pub fn destroy_object(&mut self, s: &Session, handle: u64) -> Result<()> {
-        let (id, _) = self.key_user(s, "deleting keys", true)?;
+        let (id, _) = self.object_keeper(s, "deleting keys", true)?;
         if crate::object::is_session_handle(handle) {
             let k = s.session_object(handle)?;
             if !k.info.attrs.destroyable {

@@ -117,6 +117,9 @@ struct Device {
     domain_id: String,
     boot_epoch: u64,
     next_partition: u32,
+    /// A backup HSM: it keeps partitions' objects (cloned in and out) and never uses them.
+    #[serde(default)]
+    backup: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -461,6 +464,9 @@ pub struct HsmInfo {
     /// The id the next partition will get (a PKCS#11 module shows it as the spare,
     /// uninitialised token on password-authenticated HSMs).
     pub next_partition_id: u32,
+    /// A backup HSM (`hsm init --backup`): keeps partitions' objects, never uses them.
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// How long the Auditor is locked out after 3 failed logins.
@@ -490,6 +496,8 @@ pub struct Hsm {
     writer: Option<(KeyUseAudit, AuditWriter)>,
     /// The audit configuration and the state generation it was read at.
     audit_cfg: Option<(u64, AuditConfig)>,
+    /// Whether this is a backup HSM, and the state generation it was read at.
+    backup_role: Option<(u64, bool)>,
 }
 
 impl Drop for Hsm {

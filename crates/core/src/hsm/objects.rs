@@ -16,7 +16,7 @@ impl Hsm {
     /// Lists the session's partition's objects (Crypto Officer or Crypto User), optionally
     /// only those with a label (found through the index, not by scanning).
     pub fn list_objects(&mut self, s: &Session, label: Option<&str>) -> Result<Vec<ObjectInfo>> {
-        let (id, _) = self.key_user(s, "listing keys", false)?;
+        let (id, _) = self.object_keeper(s, "listing keys", false)?;
         self.store.read(|t| {
             let mut out = Vec::new();
             for h in t.object_handles(id, label)? {
@@ -47,7 +47,7 @@ impl Hsm {
         f: &ObjectFilter,
     ) -> Result<Vec<ObjectInfo>> {
         let (id, only_public) = match s {
-            Some(s) => (self.key_user(s, "finding keys", false)?.0, false),
+            Some(s) => (self.object_keeper(s, "finding keys", false)?.0, false),
             None => (
                 self.store
                     .read(|t| Self::partition_by_label(t, public_partition))?
@@ -108,7 +108,7 @@ impl Hsm {
         handle: u64,
     ) -> Result<ObjectInfo> {
         let (id, only_public) = match s {
-            Some(s) => (self.key_user(s, "reading keys", false)?.0, false),
+            Some(s) => (self.object_keeper(s, "reading keys", false)?.0, false),
             None => (
                 self.store
                     .read(|t| Self::partition_by_label(t, public_partition))?

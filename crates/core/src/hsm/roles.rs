@@ -363,8 +363,53 @@ impl Hsm {
         Ok((id, s.pmk()?.clone()))
     }
 
+    /// [`Hsm::key_user`] on any HSM, a backup HSM included: what keeping objects needs
+    /// (listing, reading attributes, deleting, writing what a clone brought).
+    pub(super) fn object_keeper(
+        &mut self,
+        s: &Session,
+        action: &str,
+        write: bool,
+    ) -> Result<(u32, Secret32)> {
+        let id = self.partition_role(s, action, write)?;
+        Ok((id, s.pmk()?.clone()))
+    }
+
     /// Checks that the session may use (or, with `write`, create) keys; its partition's id.
     pub(super) fn key_role(&mut self, s: &Session, action: &str, write: bool) -> Result<u32> {
+        let id = self.partition_role(s, action, write)?;
+        if self.is_backup_hsm()? {
+            return Err(self.refuse(
+                if write { "key-create" } else { "key-use" },
+                s.role.short(),
+                s.partition(),
+                HsmError::Refused(format!(
+                    "{action} is refused on a backup HSM: it keeps partitions' objects and never uses them; clone them to a working partition (`ferrohsm partition clone`)"
+                )),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Whether this is a backup HSM (read again only when the store's state moved on: key
+    /// use asks on every operation).
+    pub(super) fn is_backup_hsm(&mut self) -> Result<bool> {
+        let generation = self.store.last_generation()?;
+        if let Some((g, b)) = self.backup_role {
+            if g == generation {
+                return Ok(b);
+            }
+        }
+        let b = self
+            .store
+            .read(|t| Ok(t.get::<Device>("device", "")?.is_some_and(|d| d.backup)))?;
+        self.backup_role = Some((generation, b));
+        Ok(b)
+    }
+
+    /// [`Hsm::key_role`] on any HSM, a backup HSM included: the role checks of cloning, which
+    /// is how objects reach a backup HSM and leave it.
+    pub(super) fn partition_role(&mut self, s: &Session, action: &str, write: bool) -> Result<u32> {
         let ok = match s.role {
             Role::CryptoOfficer => true,
             Role::CryptoUser => !write,
