@@ -393,3 +393,38 @@ fn a_member_of_another_cloning_domain_gets_nothing() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("lag      3"), "{out}");
 }
+
+#[test]
+fn a_group_of_more_than_32_members_is_refused_when_the_module_loads() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("ha.conf");
+    let members: String = (0..33)
+        .map(|i| format!("ha_member = \"unix:/run/m{i}.sock mine\"\n"))
+        .collect();
+    std::fs::write(&conf, format!("ha_group = \"big\"\n{members}")).unwrap();
+    std::env::set_var("FERROHSM_PKCS11_CONF", &conf);
+    let p11 = cryptoki::context::Pkcs11::new(harness::module_path()).unwrap();
+    let r = p11.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    assert!(
+        matches!(
+            r,
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::GeneralError,
+                _
+            ))
+        ),
+        "{r:?}"
+    );
+    // Thirty-two load.
+    let members: String = (0..32)
+        .map(|i| format!("ha_member = \"unix:/run/m{i}.sock mine\"\n"))
+        .collect();
+    std::fs::write(&conf, format!("ha_group = \"big\"\n{members}")).unwrap();
+    let p11 = harness::load_module();
+    let _fin = Finalize(p11.clone());
+    // No member answers: no slot, and no error.
+    assert!(p11.get_slots_with_token().unwrap().is_empty());
+}

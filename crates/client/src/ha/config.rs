@@ -135,6 +135,12 @@ impl GroupConfig {
                 members.len()
             ));
         }
+        if durable > members.len() {
+            return Err(format!(
+                "{shown}: ha_durable = {durable}, but HA group {label} has {} member(s)",
+                members.len()
+            ));
+        }
         let names: std::collections::BTreeSet<String> =
             members.iter().map(MemberConfig::name).collect();
         if names.len() != members.len() {
@@ -284,6 +290,10 @@ mod tests {
             (
                 "ha_group = g\nha_member = \"unix:/s p\"\nha_durable = 0\n",
                 "ha_durable",
+            ),
+            (
+                "ha_group = g\nha_member = \"unix:/s p\"\nha_durable = 2\n",
+                "has 1 member",
             ),
             (
                 "ha_group = g\nha_member = \"unix:/s p\"\nha_member = \"unix:/s p\"\n",

@@ -40,6 +40,13 @@ pub(super) fn hsm_info(m: &Module) -> Rv<Option<HsmInfo>> {
                 *control = None;
                 if attempt == 1 {
                     m.log(&format!("cannot read the HSM ({}): {e}", m.config().target));
+                    // No server (or no member of a group) answers: no slots, as when none
+                    // could be connected to.
+                    if matches!(e, HsmError::Io { .. })
+                        && !matches!(m.config().target, state::Target::Embedded(_))
+                    {
+                        return Ok(None);
+                    }
                     return Err(rv(&e));
                 }
             }
