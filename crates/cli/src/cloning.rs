@@ -36,6 +36,27 @@ pub fn run(
             "--from and --to name the same partition of the same HSM".into(),
         ));
     }
+    let mut target: Box<dyn HsmApi> = match a.to_server {
+        Some(s) => Box::new(connect(s)?),
+        None => open_same()?,
+    };
+    transfer(api, target.as_mut(), ped_dir, a)
+}
+
+/// A server named on the command line (`tls://host:port` with this command's TLS settings,
+/// or a socket).
+pub fn connect(server: &Path) -> Result<ferrohsm_client::Remote, HsmError> {
+    ferrohsm_client::Remote::connect_to(&server.to_string_lossy(), crate::front::tls())
+}
+
+/// The clone itself, from `api` (its Crypto Officer logs in with `a.login`) to `target`
+/// (with `a.to_login`).
+pub fn transfer(
+    api: &mut dyn HsmApi,
+    target: &mut dyn HsmApi,
+    ped_dir: &Path,
+    a: CloneArgs<'_>,
+) -> Result<(), HsmError> {
     if !(1..=ferrohsm_core::hsm::MAX_CLONE_BATCH).contains(&a.batch) {
         return Err(HsmError::InvalidInput(format!(
             "--batch is 1 to {}",
@@ -43,44 +64,29 @@ pub fn run(
         )));
     }
     let select = select(a.labels, &a.ids, &a.classes)?;
-    let mut target: Box<dyn HsmApi> = match a.to_server {
-        Some(s) => Box::new(ferrohsm_client::Remote::connect_to(
-            &s.to_string_lossy(),
-            crate::front::tls(),
-        )?),
-        None => open_same()?,
-    };
     let source = crate::front::login(api, ped_dir, a.login, Role::CryptoOfficer, Some(a.from))?;
     let sink = crate::front::login(
-        target.as_mut(),
+        target,
         ped_dir,
         &a.to_login.as_login(),
         Role::CryptoOfficer,
         Some(a.to),
     )?;
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let done = clone_between(
-        api,
-        source,
-        target.as_mut(),
-        sink,
-        &select,
-        a.batch,
-        |s, t, p| {
-            let bar = bar.get_or_insert_with(|| {
-                eprintln!(
-                    "clone: {}/{} -> {}/{}: one cloning domain; {} object(s) to move",
-                    s.serial, s.partition, t.serial, t.partition, p.total
-                );
-                progress_bar(p.total, "received")
-            });
-            bar.set_position(p.received);
-            if bar.is_hidden() {
-                // Not a terminal: a line per batch, for logs.
-                eprintln!("clone: {}/{} received", p.received, p.total);
-            }
-        },
-    );
+    let done = clone_between(api, source, target, sink, &select, a.batch, |s, t, p| {
+        let bar = bar.get_or_insert_with(|| {
+            eprintln!(
+                "clone: {}/{} -> {}/{}: one cloning domain; {} object(s) to move",
+                s.serial, s.partition, t.serial, t.partition, p.total
+            );
+            progress_bar(p.total, "received")
+        });
+        bar.set_position(p.received);
+        if bar.is_hidden() {
+            // Not a terminal: a line per batch, for logs.
+            eprintln!("clone: {}/{} received", p.received, p.total);
+        }
+    });
     if let Some(bar) = bar {
         // Left on screen when complete; cleared when the clone failed (nothing was written).
         if done.is_ok() {

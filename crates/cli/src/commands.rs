@@ -353,22 +353,87 @@ fn partition_cmd(
         PartitionCmd::Backup {
             partition,
             out,
+            to_server,
+            to,
+            to_login,
             label,
             id,
             class,
             login,
         } => {
-            let select = crate::cloning::select(label, &id, &class)?;
-            crate::cloning::backup(api, ped_dir, &partition, &out, &select, &login)?;
+            match (out, to_server) {
+                (_, Some(server)) => {
+                    let mut vault = crate::cloning::connect(&server)?;
+                    crate::cloning::transfer(
+                        api,
+                        &mut vault,
+                        ped_dir,
+                        crate::cloning::CloneArgs {
+                            from: &partition,
+                            to: to.as_deref().unwrap_or(&partition),
+                            to_server: Some(&server),
+                            labels: label,
+                            ids: id,
+                            classes: class,
+                            batch: 500,
+                            login: &login,
+                            to_login: &to_login,
+                        },
+                    )?;
+                }
+                (Some(out), None) => {
+                    let select = crate::cloning::select(label, &id, &class)?;
+                    crate::cloning::backup(api, ped_dir, &partition, &out, &select, &login)?;
+                }
+                (None, None) => {
+                    return Err(HsmError::InvalidInput(
+                        "name where the backup goes: --out FILE or --to-server SERVER".into(),
+                    ))
+                }
+            }
             Ok(exit::OK)
         }
         PartitionCmd::Restore {
             partition,
             input,
+            from_server,
+            from,
             replace,
+            to_login,
             login,
         } => {
-            crate::cloning::restore(api, ped_dir, &partition, &input, replace, &login)?;
+            match (input, from_server) {
+                (_, Some(server)) => {
+                    // The backup HSM is the clone's source: its Crypto Officer logs in with
+                    // the --to-… flags, this partition's with the usual ones.
+                    let mut vault = crate::cloning::connect(&server)?;
+                    let source = from.unwrap_or_else(|| partition.clone());
+                    crate::cloning::transfer(
+                        &mut vault,
+                        api,
+                        ped_dir,
+                        crate::cloning::CloneArgs {
+                            from: &source,
+                            to: &partition,
+                            to_server: None,
+                            labels: vec![],
+                            ids: vec![],
+                            classes: vec![],
+                            batch: 500,
+                            login: &to_login.as_login(),
+                            to_login: &crate::pedargs::TargetLogin::from_login(&login),
+                        },
+                    )?;
+                }
+                (Some(input), None) => {
+                    crate::cloning::restore(api, ped_dir, &partition, &input, replace, &login)?
+                }
+                (None, None) => {
+                    return Err(HsmError::InvalidInput(
+                        "name where the backup is: --in FILE or --from-server SERVER".into(),
+                    ))
+                }
+            }
             Ok(exit::OK)
         }
         PartitionCmd::Create { label, login: l } => {

@@ -342,19 +342,35 @@ pub enum PartitionCmd {
     /// List partitions.
     #[command(after_help = "Example:\n  ferrohsm partition list --json")]
     List,
-    /// Write a backup file of a partition (or of the objects named): each object sealed under
-    /// keys derived from the partition's cloning domain, so that only a partition of that
-    /// domain can check or restore it. Needs the partition's Crypto Officer.
+    /// Back up a partition (or the objects named): into a backup file (--out), each object
+    /// sealed under keys derived from the partition's cloning domain, so that only a
+    /// partition of that domain can check or restore it; or into a partition of a backup HSM
+    /// (--to-server), by cloning. Needs the partition's Crypto Officer (and, on the backup
+    /// HSM, its partition's: --to-key/--to-pin, --to-password or --to-challenge).
     #[command(
-        after_help = "Example:\n  ferrohsm partition backup --partition payments --out payments.backup --challenge prompt"
+        after_help = "Examples:\n  ferrohsm partition backup --partition payments --out payments.backup --challenge prompt\n  ferrohsm partition backup --partition payments --to-server tls://vault:1792 --challenge prompt --to-password prompt"
     )]
     Backup {
         /// The partition to back up (its Crypto Officer logs in). Example: --partition payments
         #[arg(long)]
         partition: String,
         /// The backup file to write (owner-only). Example: --out payments.backup
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "to_server",
+            conflicts_with = "to_server"
+        )]
+        out: Option<PathBuf>,
+        /// A backup HSM's server (a socket, or tls://host:port with this command's TLS
+        /// settings): the objects are cloned into its partition --to. Objects it already holds
+        /// (same unique id) stay; new ones are added. Example: --to-server tls://vault:1792
+        #[arg(long, value_name = "SERVER")]
+        to_server: Option<PathBuf>,
+        /// The partition on the backup HSM (default: the same label). Example: --to payments
+        #[arg(long, value_name = "PARTITION", requires = "to_server")]
+        to: Option<String>,
+        #[command(flatten)]
+        to_login: crate::pedargs::TargetLogin,
         /// Back up only objects with this label (repeatable; with --id and --class, objects
         /// matching any of them). Default: every object. Example: --label signer
         #[arg(long)]
@@ -368,22 +384,39 @@ pub enum PartitionCmd {
         #[command(flatten)]
         login: Login,
     },
-    /// Restore a backup file into a partition of the same cloning domain, all or nothing:
-    /// objects the partition holds (same unique id) stay as they are, or with --replace are
-    /// replaced. Needs the partition's Crypto Officer.
+    /// Restore a backup into a partition of the same cloning domain, all or nothing: from a
+    /// backup file (--in), where objects the partition holds (same unique id) stay as they
+    /// are or with --replace are replaced; or from a backup HSM's partition (--from-server),
+    /// by cloning, where objects the partition holds stay. Needs the partition's Crypto
+    /// Officer (and the backup HSM's partition's: --to-key/--to-pin, --to-password or
+    /// --to-challenge name the other HSM's Crypto Officer in both directions).
     #[command(
-        after_help = "Example:\n  ferrohsm partition restore --partition spare --in payments.backup --challenge prompt"
+        after_help = "Examples:\n  ferrohsm partition restore --partition spare --in payments.backup --challenge prompt\n  ferrohsm partition restore --partition payments --from-server tls://vault:1792 --challenge prompt --to-password prompt"
     )]
     Restore {
         /// The partition to restore into. Example: --partition spare
         #[arg(long)]
         partition: String,
         /// The backup file. Example: --in payments.backup
-        #[arg(long = "in", value_name = "FILE")]
-        input: PathBuf,
-        /// Replace objects the partition already holds (same unique id).
-        #[arg(long)]
+        #[arg(
+            long = "in",
+            value_name = "FILE",
+            required_unless_present = "from_server",
+            conflicts_with = "from_server"
+        )]
+        input: Option<PathBuf>,
+        /// A backup HSM's server whose partition --from is cloned back here.
+        /// Example: --from-server tls://vault:1792
+        #[arg(long, value_name = "SERVER")]
+        from_server: Option<PathBuf>,
+        /// The partition on the backup HSM (default: the same label). Example: --from payments
+        #[arg(long, value_name = "PARTITION", requires = "from_server")]
+        from: Option<String>,
+        /// Replace objects the partition already holds (same unique id; backup files only).
+        #[arg(long, conflicts_with = "from_server")]
         replace: bool,
+        #[command(flatten)]
+        to_login: crate::pedargs::TargetLogin,
         #[command(flatten)]
         login: Login,
     },

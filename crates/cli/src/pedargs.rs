@@ -61,6 +61,17 @@ impl TargetLogin {
             challenge: self.challenge.clone(),
         }
     }
+
+    /// [`Login`] flags, as the other side's (a restore from a backup HSM, where this
+    /// partition is the clone's target).
+    pub fn from_login(l: &Login) -> TargetLogin {
+        TargetLogin {
+            key: l.key.clone(),
+            pin: l.pin.clone(),
+            password: l.password.clone(),
+            challenge: l.challenge.clone(),
+        }
+    }
 }
 
 /// The PED keys for logging in as `prefix` (a role): the default files.

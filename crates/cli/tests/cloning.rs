@@ -413,9 +413,24 @@ fn a_backup_hsm_keeps_keys_without_using_them_and_gives_them_back() {
     let bsock = backup.socket().display().to_string();
     let _bserver = backup.start();
     // Into the backup HSM: a clone, with progress and the usual proofs.
-    let out = ok(&a, &refs(&clone_to(&bsock, "10")));
+    let out = ok(
+        &a,
+        &refs(&co(&[
+            "partition",
+            "backup",
+            "--partition",
+            "app",
+            "--to-server",
+            &bsock,
+            "--to-password",
+            "env:CO_PW",
+        ])),
+    );
     assert!(out.contains("cloned"), "{out}");
     assert_eq!(count(&a, &bsock), keys(&a, &[]).len());
+    // Again: nothing new to add.
+    let again = ok(&a, &refs(&clone_to(&bsock, "10")));
+    assert!(again.contains("cloned 0 object(s)"), "{again}");
     // Kept, not used: no signature, no new key, no value read; listing and deleting work.
     for (what, args) in [
         (
@@ -467,19 +482,17 @@ fn a_backup_hsm_keeps_keys_without_using_them_and_gives_them_back() {
     let _fserver = fresh.start();
     let restore = co(&[
         "--server",
-        &bsock,
-        "partition",
-        "clone",
-        "--from",
-        "app",
-        "--to",
-        "app",
-        "--to-server",
         &fsock,
+        "partition",
+        "restore",
+        "--partition",
+        "app",
+        "--from-server",
+        &bsock,
         "--to-password",
         "env:CO_PW",
     ]);
-    let out = ok(&backup, &refs(&restore));
+    let out = ok(&fresh, &refs(&restore));
     assert!(out.contains("cloned"), "{out}");
     let before: Vec<String> = keys(&a, &[]);
     let after: Vec<String> = keys(&fresh, &["--server", &fsock]);
