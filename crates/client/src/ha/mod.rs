@@ -21,6 +21,7 @@
 //! Replication needs the Crypto Officer's login (the role that may clone); the group keeps
 //! the login's secret in memory (zeroized on logout) to log in again on a returning member.
 
+mod api;
 mod config;
 mod front;
 mod sync;
