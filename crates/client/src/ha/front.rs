@@ -434,7 +434,10 @@ impl GroupFront {
         };
         let mut done = 0;
         let mut failure = None;
-        let served: Vec<usize> = {
+        // The members the change was made on; every other gets it when it is next brought
+        // up to date (one that lacks the object yet, as well as one that is away).
+        let mut served: Vec<usize> = Vec::new();
+        {
             let mut order = self.group.candidates(Some(login))?;
             order.sort_by_key(|(i, _)| *i);
             for (i, ml) in order.iter().copied() {
@@ -449,7 +452,10 @@ impl GroupFront {
                     Err(e) => return Err(e),
                 };
                 match self.on(i, |r| f(r, ml, h)) {
-                    Ok(()) => done += 1,
+                    Ok(()) => {
+                        done += 1;
+                        served.push(i);
+                    }
                     Err(e) if member_failure(&e) => failure = Some(e),
                     Err(e) if done == 0 => return Err(e),
                     Err(e) => (self.group.log)(&format!(
@@ -459,16 +465,12 @@ impl GroupFront {
                     )),
                 }
             }
-            order.iter().map(|(i, _)| *i).collect()
-        };
+        }
         if done == 0 {
             return Err(self.none_left(failure, &[vh]));
         }
-        for j in 0..self.group.members.len() {
-            let mut m = self.group.member(j);
-            if !served.contains(&j) || !m.up {
-                away(&mut m, &uid);
-            }
+        for j in (0..self.group.members.len()).filter(|j| !served.contains(j)) {
+            away(&mut self.group.member(j), &uid);
         }
         Ok(())
     }

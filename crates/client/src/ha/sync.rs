@@ -301,7 +301,10 @@ impl GroupFront {
         let g = self.group.clone();
         for j in 0..g.members.len() {
             let pending: BTreeMap<usize, Vec<String>> = {
-                let m = g.member(j);
+                let tomb = lock(&g.tombstones).clone();
+                let mut m = g.member(j);
+                // A destroyed object is never sent on.
+                m.replicate.retain(|u, _| !tomb.contains(u));
                 if !m.up || m.replicate.is_empty() {
                     continue;
                 }
