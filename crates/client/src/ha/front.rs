@@ -90,7 +90,7 @@ impl GroupFront {
     }
 
     /// Member `i`'s handle for the group handle `vh`, if it holds the object.
-    pub(super) fn resolve(
+    fn resolve(
         &mut self,
         i: usize,
         ml: Option<LoginId>,
@@ -124,7 +124,7 @@ impl GroupFront {
     }
 
     /// Member `i`'s handles for `handles`, or `None` when it lacks one of them.
-    pub(super) fn resolve_all(
+    fn resolve_all(
         &mut self,
         i: usize,
         ml: Option<LoginId>,
@@ -138,6 +138,25 @@ impl GroupFront {
             }
         }
         Ok(Some(real))
+    }
+
+    /// [`GroupFront::resolve_all`] as the loops over members use it: `None` when member `i`
+    /// lacks an object, or failed (recorded in `failure`, and the member out), so that the
+    /// next member is tried; any other error stops the call.
+    fn held_on(
+        &mut self,
+        i: usize,
+        ml: Option<LoginId>,
+        handles: &[u64],
+        failure: &mut Option<HsmError>,
+    ) -> Result<Option<Vec<u64>>> {
+        match self.resolve_all(i, ml, handles) {
+            Err(e) if member_failure(&e) => {
+                *failure = Some(e);
+                Ok(None)
+            }
+            r => r,
+        }
     }
 
     /// The error when no member could answer: the last member failure, or (every live member
@@ -172,14 +191,8 @@ impl GroupFront {
     ) -> Result<T> {
         let mut failure = None;
         for (i, ml) in self.group.candidates(login)? {
-            let real = match self.resolve_all(i, ml, handles) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) if member_failure(&e) => {
-                    failure = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(real) = self.held_on(i, ml, handles, &mut failure)? else {
+                continue;
             };
             let partition = self.partition(i);
             match self.on(i, |r| f(r, ml, &partition, &real)) {
@@ -202,14 +215,8 @@ impl GroupFront {
         let mut failure = None;
         for (i, ml) in self.group.candidates(Some(login))? {
             let Some(ml) = ml else { continue };
-            let real = match self.resolve_all(i, Some(ml), handles) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) if member_failure(&e) => {
-                    failure = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(real) = self.held_on(i, Some(ml), handles, &mut failure)? else {
+                continue;
             };
             // A call that changes something is tried on another member only when it cannot
             // have reached this one: no connection could be made for it.
@@ -442,15 +449,10 @@ impl GroupFront {
             order.sort_by_key(|(i, _)| *i);
             for (i, ml) in order.iter().copied() {
                 let Some(ml) = ml else { continue };
-                let h = match self.resolve(i, Some(ml), vh) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => continue,
-                    Err(e) if member_failure(&e) => {
-                        failure = Some(e);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                let Some(h) = self.held_on(i, Some(ml), &[vh], &mut failure)? else {
+                    continue;
                 };
+                let h = h[0];
                 match self.on(i, |r| f(r, ml, h)) {
                     Ok(()) => {
                         done += 1;
