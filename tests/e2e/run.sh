@@ -310,10 +310,23 @@ check "pkcs11-tool reads the same value back" \
 refused "a wrong user PIN is refused" "CKR_PIN_INCORRECT" "${P[@]}" --slot 1 --login --pin 000000 -O
 check "the right PIN still works after a wrong one" "${U[@]}" -O
 if [ "$MODE" = tls ]; then
-  # An HA group: this server's token and the same partition on two more HSMs of the same
-  # cloning domain, each served over mutual TLS to the same host, seen as one token.
+  # An HA group: a partition on this server and the same partition on two more HSMs of the
+  # same cloning domain, each served over mutual TLS to the same host, seen as one token.
+  # C_InitToken's token is in no cloning domain (nothing it is given opens one), so the
+  # group's partitions are made with the domain password.
+  OP=("$BIN" --server "$W/ferrohsm.sock")   # the operator, on the HSM's machine
+  check "C_InitToken's token is in no cloning domain" \
+    bash -c "${OP[*]} partition show --partition e2e-token | grep -q 'domain: *none'"
+  check "a partition in the HSM's cloning domain (its domain password given), its CO, the host assigned" bash -c "
+    export PSO=87654321 UPIN=123456
+    ${OP[*]} partition create --label ha-token --password env:SO_PW &&
+    ${OP[*]} partition init --partition ha-token --so-password env:PSO --domain-password env:DOMAIN_PW &&
+    ${OP[*]} role init --partition ha-token --role co --password env:PSO --new-password env:UPIN &&
+    ${OP[*]} client assign --client e2e-host --partition ha-token --password env:SO_PW"
+  refused "a wrong domain password is refused" "not this HSM's cloning domain" \
+    env PSO=87654321 "${OP[@]}" partition init --partition ha-token --so-password env:PSO --domain-password env:PSO --confirm-destroy --password env:PSO
   HA_PIDS=()
-  MEMBERS=$(printf 'ha_member = "tls://127.0.0.1:%s e2e-token %s"' "$PORT" "$FP")
+  MEMBERS=$(printf 'ha_member = "tls://127.0.0.1:%s ha-token %s"' "$PORT" "$FP")
   for n in 2 3; do
     D=$W/ha$n
     mkdir -p "$D"
@@ -327,12 +340,12 @@ if [ "$MODE" = tls ]; then
     for _ in $(seq 300); do [ -S "$D/s.sock" ] && break; sleep 0.1; done
     check "HA member $n: a partition of the same cloning domain, its CO, the host registered" bash -c "
       export PSO=87654321 UPIN=123456
-      ${S[*]} partition create --label e2e-token --password env:SO_PW &&
-      ${S[*]} partition init --partition e2e-token --so-password env:PSO &&
-      ${S[*]} role init --partition e2e-token --role co --password env:PSO --new-password env:UPIN &&
+      ${S[*]} partition create --label ha-token --password env:SO_PW &&
+      ${S[*]} partition init --partition ha-token --so-password env:PSO --domain-password env:DOMAIN_PW &&
+      ${S[*]} role init --partition ha-token --role co --password env:PSO --new-password env:UPIN &&
       ${S[*]} client register --name e2e-host --cert host.crt --password env:SO_PW &&
-      ${S[*]} client assign --client e2e-host --partition e2e-token --password env:SO_PW"
-    MEMBERS=$(printf '%s\nha_member = "tls://127.0.0.1:%s e2e-token %s"' "$MEMBERS" "$HPORT" "$("$BIN" server --config "$D/server.toml" fingerprint)")
+      ${S[*]} client assign --client e2e-host --partition ha-token --password env:SO_PW"
+    MEMBERS=$(printf '%s\nha_member = "tls://127.0.0.1:%s ha-token %s"' "$MEMBERS" "$HPORT" "$("$BIN" server --config "$D/server.toml" fingerprint)")
   done
   printf 'ha_group = "e2e-ha"\n%s\nclient_cert = "%s"\nclient_key = "%s"\nlog = "%s"\n' \
     "$MEMBERS" "$W/host.crt" "$W/host.key" "$W/ha.log" > ha.conf
@@ -345,13 +358,13 @@ if [ "$MODE" = tls ]; then
   on_members() {
     local c=0
     for s in "$W/ferrohsm.sock" "$W/ha2/s.sock" "$W/ha3/s.sock"; do
-      UPIN=123456 "$BIN" --server "$s" key list --partition e2e-token --password env:UPIN 2>/dev/null | grep -q ha-ec && c=$((c + 1))
+      UPIN=123456 "$BIN" --server "$s" key list --partition ha-token --password env:UPIN 2>/dev/null | grep -q ha-ec && c=$((c + 1))
     done
     echo "$c"
   }
   check "the key pair is on at least two of the three members" test "$(on_members)" -ge 2
   check "its public key, read from one member" \
-    env UPIN=123456 "$BIN" --server "$W/ha2/s.sock" key public --partition e2e-token --label ha-ec --password env:UPIN --out ha-ec.pem
+    env UPIN=123456 "$BIN" --server "$W/ha2/s.sock" key public --partition ha-token --label ha-ec --password env:UPIN --out ha-ec.pem
   check "ECDSA through the group, verified by OpenSSL" bash -c "
     ${HU[*]} --sign -m ECDSA-SHA256 --id 09 -i msg.txt -o ha.sig --signature-format openssl &&
     openssl dgst -sha256 -verify ha-ec.pem -signature ha.sig msg.txt"

@@ -58,7 +58,7 @@ pub(crate) fn provision(dir: &Path) -> Handles {
     h.init_partition(
         "bench",
         NewSecret::Password(pw("bench-pso")),
-        DomainChoice::Hsm,
+        DomainChoice::None,
         None,
     )
     .expect("partition init");

@@ -19,6 +19,8 @@ pub struct CloneArgs<'a> {
     pub ids: Vec<String>,
     pub classes: Vec<String>,
     pub batch: u32,
+    /// Objects the target holds already (same unique id) are replaced, not left.
+    pub replace: bool,
     pub login: &'a Login,
     pub to_login: &'a TargetLogin,
 }
@@ -63,7 +65,10 @@ pub fn transfer(
             ferrohsm_core::hsm::MAX_CLONE_BATCH
         )));
     }
-    let select = select(a.labels, &a.ids, &a.classes)?;
+    let select = CloneSelect {
+        replace: a.replace,
+        ..select(a.labels, &a.ids, &a.classes)?
+    };
     let source = crate::front::login(api, ped_dir, a.login, Role::CryptoOfficer, Some(a.from))?;
     let sink = crate::front::login(
         target,
@@ -97,11 +102,19 @@ pub fn transfer(
     }
     let done = done?;
     println!(
-        "cloned {} object(s) from {} into {} on HSM {}{}",
+        "cloned {} object(s) from {} into {} on HSM {}{}{}",
         done.added,
         a.from,
         a.to,
         done.target.serial,
+        if done.replaced > 0 {
+            format!(
+                "; {} already there (same unique id) replaced",
+                done.replaced
+            )
+        } else {
+            String::new()
+        },
         if done.skipped > 0 {
             format!(
                 "; {} already there (same unique id) left as they were",
@@ -148,6 +161,7 @@ pub fn select(
             .map(|c| ObjectClass::from_name(c))
             .collect::<Result<_, _>>()?,
         unique_ids: vec![],
+        replace: false,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferrohsm_core::api::{Embedded, HsmApi, InitHsm, LoginId};
+use ferrohsm_core::api::{Embedded, HsmApi, InitHsm, LoginId, PartitionDomain};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass};
 use ferrohsm_core::pedkey::PedKey;
@@ -329,6 +329,7 @@ fn partition_cmd(
             id,
             class,
             batch,
+            replace,
             login,
             to_login,
         } => {
@@ -344,6 +345,7 @@ fn partition_cmd(
                     ids: id,
                     classes: class,
                     batch,
+                    replace,
                     login: &login,
                     to_login: &to_login,
                 },
@@ -359,6 +361,7 @@ fn partition_cmd(
             label,
             id,
             class,
+            replace,
             login,
         } => {
             match (out, to_server) {
@@ -376,6 +379,7 @@ fn partition_cmd(
                             ids: id,
                             classes: class,
                             batch: 500,
+                            replace,
                             login: &login,
                             to_login: &to_login,
                         },
@@ -420,6 +424,7 @@ fn partition_cmd(
                             ids: vec![],
                             classes: vec![],
                             batch: 500,
+                            replace,
                             login: &to_login.as_login(),
                             to_login: &crate::pedargs::TargetLogin::from_login(&login),
                         },
@@ -525,7 +530,20 @@ fn partition_cmd(
                 &format!("Partition SO of {partition}"),
             )?;
             let domain = match domain {
-                DomainArg::Hsm => None,
+                DomainArg::None => PartitionDomain::None,
+                DomainArg::Hsm => {
+                    if password && domain_imprint.password.is_none() && !crate::input::interactive()
+                    {
+                        return Err(HsmError::InvalidInput(
+                            "joining the HSM's cloning domain takes its domain password: --domain-password SRC (or --domain none, or --domain new)".into()));
+                    }
+                    PartitionDomain::Hsm(domain_imprint.presented(
+                        ped_dir,
+                        &key_prefix(&serial, None, "domain"),
+                        password,
+                        &format!("cloning domain of {serial}"),
+                    )?)
+                }
                 DomainArg::New => {
                     let (d, more) = domain_imprint
                         .build(
@@ -542,7 +560,7 @@ fn partition_cmd(
                             &format!("cloning domain of {partition}"),
                         )?;
                     pending.join(more);
-                    Some(d)
+                    PartitionDomain::New(d)
                 }
             };
             let made = api.init_partition(&partition, so, domain, current);

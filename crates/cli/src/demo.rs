@@ -307,7 +307,7 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
 
     step(
         &mut n,
-        "Partition SO initialises \"payments\" (one blue key, no PIN) in the HSM's cloning domain",
+        "Partition SO initialises \"payments\" (one blue key, no PIN); the HSM's red key joins it to the HSM's cloning domain",
     );
     let pso_prefix = key_prefix(&serial, Some("payments"), "so");
     let mut pso_ped = LocalPed::new(PedAnswers {
@@ -317,7 +317,12 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
     hsm.init_partition(
         "payments",
         NewSecret::Ped(&mut pso_ped),
-        DomainChoice::Hsm,
+        // The HSM keeps no copy of its domain that its device key alone opens: joining it
+        // takes the red key again.
+        DomainChoice::Hsm(Credential::Ped(&mut ped(
+            keys(&peds, &dom_prefix, &[1]),
+            None,
+        ))),
         None,
     )?;
     let pso = hsm.login(

@@ -95,7 +95,7 @@ pub fn run(c: HaCmd, json: bool) -> R<u8> {
     let healthy = report
         .members
         .iter()
-        .all(|m| m.state == "up" && m.missing.is_empty());
+        .all(|m| m.state == "up" && m.missing.is_empty() && m.destroyed_elsewhere.is_empty());
     Ok(if healthy { exit::OK } else { exit::STATE })
 }
 
@@ -128,6 +128,12 @@ fn print(r: &SyncReport, json: bool) {
         }
         if m.missing.len() > 5 {
             println!("      … and {} more", m.missing.len() - 5);
+        }
+        for (uid, label) in m.destroyed_elsewhere.iter().take(5) {
+            println!("      to destroy (destroyed on another member): {uid} ({label})");
+        }
+        if m.destroyed_elsewhere.len() > 5 {
+            println!("      … and {} more", m.destroyed_elsewhere.len() - 5);
         }
     }
 }

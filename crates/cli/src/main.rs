@@ -363,9 +363,14 @@ pub enum PartitionCmd {
         out: Option<PathBuf>,
         /// A backup HSM's server (a socket, or tls://host:port with this command's TLS
         /// settings): the objects are cloned into its partition --to. Objects it already holds
-        /// (same unique id) stay; new ones are added. Example: --to-server tls://vault:1792
+        /// (same unique id) stay, or with --replace are replaced; new ones are added.
+        /// Example: --to-server tls://vault:1792
         #[arg(long, value_name = "SERVER")]
         to_server: Option<PathBuf>,
+        /// Replace the objects the backup partition already holds (same unique id) with
+        /// their current versions (attributes, labels), all or nothing (--to-server only).
+        #[arg(long, requires = "to_server")]
+        replace: bool,
         /// The partition on the backup HSM (default: the same label). Example: --to payments
         #[arg(long, value_name = "PARTITION", requires = "to_server")]
         to: Option<String>,
@@ -385,9 +390,9 @@ pub enum PartitionCmd {
         login: Login,
     },
     /// Restore a backup into a partition of the same cloning domain, all or nothing: from a
-    /// backup file (--in), where objects the partition holds (same unique id) stay as they
-    /// are or with --replace are replaced; or from a backup HSM's partition (--from-server),
-    /// by cloning, where objects the partition holds stay. Needs the partition's Crypto
+    /// backup file (--in) or from a backup HSM's partition (--from-server, by cloning);
+    /// objects the partition holds (same unique id) stay as they are, or with --replace are
+    /// replaced. Needs the partition's Crypto
     /// Officer (and the backup HSM's partition's: --to-key/--to-pin, --to-password or
     /// --to-challenge name the other HSM's Crypto Officer in both directions).
     #[command(
@@ -412,8 +417,8 @@ pub enum PartitionCmd {
         /// The partition on the backup HSM (default: the same label). Example: --from payments
         #[arg(long, value_name = "PARTITION", requires = "from_server")]
         from: Option<String>,
-        /// Replace objects the partition already holds (same unique id; backup files only).
-        #[arg(long, conflicts_with = "from_server")]
+        /// Replace objects the partition already holds (same unique id).
+        #[arg(long)]
         replace: bool,
         #[command(flatten)]
         to_login: crate::pedargs::TargetLogin,
@@ -453,6 +458,10 @@ pub enum PartitionCmd {
         /// Objects per batch (1-1000). Example: --batch 100
         #[arg(long, default_value_t = 500)]
         batch: u32,
+        /// Replace the objects the target already holds (same unique id) with the ones that
+        /// come, instead of leaving them as they are.
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         login: Login,
         #[command(flatten)]
@@ -513,10 +522,13 @@ Examples:
 /// Which cloning domain.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum DomainArg {
-    /// The HSM's cloning domain.
+    /// The HSM's cloning domain, presented again: its red key (--domain-key, default the
+    /// HSM's red key files; --domain-pin) or its domain password (--domain-password).
     Hsm,
     /// A new domain, or an existing red key's with --domain-reuse.
     New,
+    /// No cloning domain: the partition can neither clone nor back up.
+    None,
 }
 
 /// `ferrohsm partition policy …`

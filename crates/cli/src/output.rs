@@ -37,15 +37,13 @@ pub fn partition(p: &PartitionInfo) {
             "created (not initialised)"
         }
     );
-    if let Some(d) = &p.domain {
-        println!(
-            "  domain:   {}",
-            if d == "hsm" {
-                "the HSM's cloning domain".to_string()
-            } else {
-                format!("own cloning domain {d}")
-            }
-        );
+    match &p.domain {
+        Some(d) if d == "hsm" => println!("  domain:   the HSM's cloning domain"),
+        Some(d) => println!("  domain:   own cloning domain {d}"),
+        None if p.initialised => {
+            println!("  domain:   none (this partition can neither clone nor back up)")
+        }
+        None => {}
     }
     println!("  objects:  {}", p.objects);
     for r in &p.roles {

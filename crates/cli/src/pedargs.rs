@@ -188,6 +188,13 @@ macro_rules! imprint_args {
                     no_pin: self.no_pin, password: self.password.clone(),
                 }, common, ped_dir, prefix, password_mode, what)
             }
+
+            /// The same flags as a secret presented rather than imprinted: key files (the
+            /// default ones of `prefix`) and PED PIN, or a password.
+            pub fn presented(&self, ped_dir: &Path, prefix: &str, password_mode: bool, what: &str) -> Result<LoginCredential, HsmError> {
+                Login { key: self.key.clone(), pin: self.pin.clone(), password: self.password.clone(), challenge: None }
+                    .credential(ped_dir, prefix, password_mode, what)
+            }
         }
     };
 }

@@ -17,6 +17,7 @@ const CHALLENGE: &str = "co-challenge-words";
 fn empty_lab() -> (Lab, Server) {
     let lab = Lab {
         tmp: tempfile::tempdir().unwrap(),
+        words: "domain-words-1".into(),
     };
     std::fs::create_dir_all(lab.run_dir()).unwrap();
     let server = lab.start();

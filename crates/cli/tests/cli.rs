@@ -739,6 +739,8 @@ fn password_mode_from_the_cli() {
         "env:SO_PW",
     ])
     .success();
+    // Joining the HSM's cloning domain takes its domain password: the HSM keeps none of it
+    // that its device key alone opens.
     run(&[
         "partition",
         "init",
@@ -747,7 +749,41 @@ fn password_mode_from_the_cli() {
         "--so-password",
         "env:PSO_PW",
     ])
-    .success();
+    .failure()
+    .stderr(predicate::str::contains("--domain-password"));
+    run(&[
+        "partition",
+        "init",
+        "--partition",
+        "t",
+        "--so-password",
+        "env:PSO_PW",
+        "--domain-password",
+        "env:PSO_PW",
+    ])
+    .failure()
+    .stderr(predicate::str::contains("is not this HSM's cloning domain"));
+    run(&["partition", "show", "--partition", "t"])
+        .success()
+        .stdout(predicate::str::contains("created (not initialised)"));
+    let mut c = e.cmd();
+    c.env("PSO_PW", "pso-password-1")
+        .env("DOM", "domain-words-1")
+        .args([
+            "partition",
+            "init",
+            "--partition",
+            "t",
+            "--so-password",
+            "env:PSO_PW",
+            "--domain-password",
+            "env:DOM",
+        ])
+        .assert()
+        .success();
+    run(&["partition", "show", "--partition", "t"])
+        .success()
+        .stdout(predicate::str::contains("the HSM's cloning domain"));
     run(&[
         "role",
         "init",

@@ -179,6 +179,8 @@ fn a_partition_clones_into_another_of_the_same_hsm_by_label() {
         "spare",
         "--so-password",
         "env:PSO_PW",
+        "--domain-password",
+        "env:DOM",
     ]);
     a.ok(&[
         "role",
@@ -499,4 +501,99 @@ fn a_backup_hsm_keeps_keys_without_using_them_and_gives_them_back() {
     for k in &before {
         assert!(after.contains(k), "{k} was not restored: {after:?}");
     }
+}
+
+/// Whether `label` is marked trusted in partition app (listed through `extra`).
+fn trusted(lab: &Lab, extra: &[&str], label: &str) -> bool {
+    let mut args = vec!["--json", "key", "list", "--partition", "app"];
+    args.extend_from_slice(extra);
+    let out = ok(lab, &refs(&co(&args)));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let k = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["attrs"]["label"] == label)
+        .unwrap_or_else(|| panic!("no {label}: {out}"));
+    k["attrs"]["trusted"].as_bool().unwrap()
+}
+
+#[test]
+fn a_backup_on_a_backup_hsm_is_added_to_or_replaced_in_place() {
+    let a = Lab::new();
+    generate(&a, "aes-256", "wrapper", &[]);
+    let backup = Lab::backup();
+    let bsock = backup.socket().display().to_string();
+    let _bserver = backup.start();
+    let to_backup = |more: &[&str]| {
+        let mut args = co(&[
+            "partition",
+            "backup",
+            "--partition",
+            "app",
+            "--to-server",
+            &bsock,
+            "--to-password",
+            "env:CO_PW",
+        ]);
+        args.extend(more.iter().map(|s| s.to_string()));
+        ok(&a, &refs(&args))
+    };
+    to_backup(&[]);
+    let on_backup = ["--server", bsock.as_str()];
+    assert!(!trusted(&a, &on_backup, "wrapper"));
+    // The key changes on the working HSM (its Partition SO marks it trusted).
+    a.ok(&[
+        "key",
+        "trust",
+        "--partition",
+        "app",
+        "--label",
+        "wrapper",
+        "--password",
+        "env:PSO_PW",
+    ]);
+    assert!(trusted(&a, &[], "wrapper"));
+    // Added to: the backup keeps its copy as it was, and a new key is added.
+    generate(&a, "aes-128", "later", &[]);
+    let out = to_backup(&[]);
+    assert!(
+        out.contains("cloned 1 object(s)") && out.contains("1 already there"),
+        "{out}"
+    );
+    assert!(!trusted(&a, &on_backup, "wrapper"), "left as it was");
+    assert_eq!(count(&a, &bsock), 2);
+    // Replaced: the copy on the backup HSM is now the key as it is.
+    let out = to_backup(&["--replace"]);
+    assert!(
+        out.contains("2 already there (same unique id) replaced"),
+        "{out}"
+    );
+    assert!(trusted(&a, &on_backup, "wrapper"), "replaced in place");
+    assert_eq!(count(&a, &bsock), 2, "replaced, not duplicated");
+    // And back: restored with --replace over a partition that holds the old version.
+    let fresh = Lab::new();
+    let fsock = fresh.socket().display().to_string();
+    let _fserver = fresh.start();
+    let restore = |more: &[&str]| {
+        let mut args = co(&[
+            "--server",
+            &fsock,
+            "partition",
+            "restore",
+            "--partition",
+            "app",
+            "--from-server",
+            &bsock,
+            "--to-password",
+            "env:CO_PW",
+        ]);
+        args.extend(more.iter().map(|s| s.to_string()));
+        ok(&fresh, &refs(&args))
+    };
+    restore(&[]);
+    assert!(trusted(&fresh, &["--server", &fsock], "wrapper"));
+    let out = restore(&["--replace"]);
+    assert!(out.contains("replaced"), "{out}");
+    assert_eq!(keys(&fresh, &["--server", &fsock]), ["later", "wrapper"]);
 }

@@ -5,7 +5,8 @@ use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
     AuditConfig, AuthMode, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress,
     CloneSelect, Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId,
-    NewCredential, PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap, Witness,
+    NewCredential, PartitionDomain, PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap,
+    Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{
@@ -47,6 +48,7 @@ pub(crate) fn wipe(req: Request) {
             wipe_new(i.so.take());
             wipe_new(i.domain.take());
             wipe_credential(i.current_so.take());
+            wipe_credential(i.hsm_domain.take());
         }
         Some(Call::InitRole(mut i)) => wipe_new(i.secret.take()),
         Some(Call::ChangeSecret(mut c)) => wipe_new(c.secret.take()),
@@ -353,14 +355,20 @@ impl HsmApi for Remote {
         &mut self,
         label: &str,
         so: NewCredential,
-        domain: Option<NewCredential>,
+        domain: PartitionDomain,
         current_so: Option<LoginCredential>,
     ) -> Result<Vec<ImprintReport>> {
+        let (new, hsm) = match &domain {
+            PartitionDomain::None => (None, None),
+            PartitionDomain::Hsm(c) => (None, Some(convert::bare_credential_to_wire(c))),
+            PartitionDomain::New(n) => (Some(convert::new_credential_to_wire(n)), None),
+        };
         imprints(self.call(Call::InitPartition(v1::InitPartition {
             label: label.into(),
             so: Some(convert::new_credential_to_wire(&so)),
-            domain: domain.as_ref().map(convert::new_credential_to_wire),
+            domain: new,
             current_so: current_so.as_ref().map(convert::bare_credential_to_wire),
+            hsm_domain: hsm,
         }))?)
     }
 
@@ -955,9 +963,10 @@ impl HsmApi for Remote {
         text(self.call(Call::AuditCheckpoint(v1::AuditorCall { login }))?)
     }
 
-    fn clone_accept(&mut self, login: LoginId) -> Result<CloneHello> {
+    fn clone_accept(&mut self, login: LoginId, replace: bool) -> Result<CloneHello> {
         let t = text(self.call(Call::CloneAccept(v1::CloneCall {
             login,
+            replace,
             ..Default::default()
         }))?)?;
         convert::clone_from_json(t.as_bytes(), "hello")
@@ -1073,6 +1082,11 @@ impl HsmApi for Remote {
             event: event.into(),
             member: member.into(),
         }))?)
+    }
+
+    fn destroyed_objects(&mut self, login: LoginId) -> Result<Vec<String>> {
+        let t = text(self.call(Call::DestroyedObjects(v1::AuditorCall { login }))?)?;
+        convert::clone_from_json(t.as_bytes(), "list of destroyed objects")
     }
 
     fn audit_export(&mut self, login: LoginId, from: u64, earlier: &[u64]) -> Result<Export> {

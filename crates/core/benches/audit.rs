@@ -45,7 +45,7 @@ fn setup(dir: &Path) {
     h.init_partition(
         "p",
         NewSecret::Ped(&mut ped(dir, "pso")),
-        DomainChoice::Hsm,
+        DomainChoice::None,
         None,
     )
     .unwrap();

@@ -126,7 +126,8 @@ pub struct RoleAuth {
     pub method: AuthMethod,
     /// HMAC of the authenticator under a device-derived key (hex).
     pub verifier: String,
-    /// The partition master key wrapped under this role's key (CO and CU only; hex).
+    /// The partition master key wrapped under this role's key (CO and CU), or the
+    /// partition's cloning domain (Partition SO); hex.
     pub wrapped_pmk: Option<String>,
     /// Consecutive failed logins.
     pub failed: u32,
@@ -170,21 +171,29 @@ impl RoleAuth {
         auth: &Secret32,
         pmk: Option<&Secret32>,
     ) -> Self {
-        RoleAuth {
+        let mut ra = RoleAuth {
             method,
             verifier: verifier(dk, tag, auth),
-            wrapped_pmk: pmk.map(|k| {
-                hex::encode(crate::crypto::seal(
-                    &role_kek(dk, tag, auth),
-                    tag.as_bytes(),
-                    k.expose(),
-                ))
-            }),
+            wrapped_pmk: None,
             failed: 0,
             locked: false,
             lock_until: None,
             changed: crate::time::now_rfc3339(),
+        };
+        if let Some(k) = pmk {
+            ra.wrap(dk, tag, auth, k);
         }
+        ra
+    }
+
+    /// Wraps `key` under this role's key (what [`RoleAuth::unwrap_pmk`] opens), replacing
+    /// what the slot held.
+    pub fn wrap(&mut self, dk: &Secret32, tag: &str, auth: &Secret32, key: &Secret32) {
+        self.wrapped_pmk = Some(hex::encode(crate::crypto::seal(
+            &role_kek(dk, tag, auth),
+            tag.as_bytes(),
+            key.expose(),
+        )));
     }
 
     /// Whether `auth` is this role's authenticator (constant time).

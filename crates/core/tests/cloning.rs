@@ -24,6 +24,7 @@ fn partition(f: &Fixture, hsm: &mut Hsm, label: &str, red: Option<&std::path::Pa
         })
     });
     let mut dp = domain_ped;
+    let mut hsm_red = ped(vec![key(f, "dom")], None);
     hsm.init_partition(
         label,
         NewSecret::Ped(&mut new_ped(
@@ -34,7 +35,7 @@ fn partition(f: &Fixture, hsm: &mut Hsm, label: &str, red: Option<&std::path::Pa
         )),
         match dp.as_mut() {
             Some(p) => DomainChoice::Imprint(NewSecret::Ped(p)),
-            None => DomainChoice::Hsm,
+            None => DomainChoice::Hsm(Credential::Ped(&mut hsm_red)),
         },
         None,
     )
@@ -89,7 +90,7 @@ fn clone(
     select: &CloneSelect,
     batch: u32,
 ) -> Result<CloneProgress, HsmError> {
-    let hello_t = b.clone_accept(sb)?;
+    let hello_t = b.clone_accept(sb, false)?;
     let hello_s = a.clone_offer(sa, &hello_t, select)?;
     let proof_t = b.clone_confirm(sb, &hello_s)?;
     let mut from = 0;
@@ -170,7 +171,7 @@ fn another_domain_is_refused_before_any_object_moves() {
     let sb = login(&fb, &mut b, Role::CryptoOfficer, "co");
     let count = b.list_objects(&sb, None).unwrap().len();
     // B's partition p is in B's domain, not A's.
-    let hello_t = b.clone_accept(&sb).unwrap();
+    let hello_t = b.clone_accept(&sb, false).unwrap();
     let hello_s = a
         .clone_offer(&sa, &hello_t, &CloneSelect::default())
         .unwrap();
@@ -264,7 +265,7 @@ fn a_clone_cut_off_or_tampered_with_leaves_the_target_as_it_was() {
     let total = a.list_objects(&sa, None).unwrap().len() as u64;
     assert!(total >= 3);
     // Cut off after the first batch: nothing is in the target.
-    let hello_t = b.clone_accept(&sq).unwrap();
+    let hello_t = b.clone_accept(&sq, false).unwrap();
     let hello_s = a
         .clone_offer(&sa, &hello_t, &CloneSelect::default())
         .unwrap();
@@ -288,7 +289,7 @@ fn a_clone_cut_off_or_tampered_with_leaves_the_target_as_it_was() {
         .is_err());
     assert!(b.list_objects(&sq, None).unwrap().is_empty());
     // A batch from another position is refused too (no reordering or replay).
-    let hello_t = b.clone_accept(&sq).unwrap();
+    let hello_t = b.clone_accept(&sq, false).unwrap();
     let hello_s = a
         .clone_offer(&sa, &hello_t, &CloneSelect::default())
         .unwrap();
@@ -306,7 +307,7 @@ fn only_a_crypto_officer_clones_never_a_security_officer_or_the_crypto_user() {
     let co = login(&fa, &mut a, Role::CryptoOfficer, "co");
     let mut b = Hsm::open(&fa.data).unwrap();
     let sq = partition(&fa, &mut b, "q", None);
-    let hello_t = b.clone_accept(&sq).unwrap();
+    let hello_t = b.clone_accept(&sq, false).unwrap();
     let cu = login(&fa, &mut a, Role::CryptoUser, "cu");
     let pso = login(&fa, &mut a, Role::PartitionSo, "pso");
     let so = hsm_so(&fa, &mut a);
@@ -318,7 +319,7 @@ fn only_a_crypto_officer_clones_never_a_security_officer_or_the_crypto_user() {
             matches!(&e, HsmError::Refused(m) if m.contains("Crypto Officer")),
             "{who}: {e}"
         );
-        assert!(a.clone_accept(s).is_err(), "{who} accepted a clone");
+        assert!(a.clone_accept(s, false).is_err(), "{who} accepted a clone");
     }
     // The Crypto Officer may.
     assert!(a
@@ -395,4 +396,48 @@ fn an_ha_note_records_only_the_membership_events_and_only_for_the_crypto_officer
             Err(HsmError::Refused(_))
         ));
     }
+}
+
+/// A destroyed token object's unique id is kept (what an HA group's sync reads on each
+/// member), dropped when the object is brought back deliberately, and with the partition's
+/// objects when its Crypto Officer is re-initialised.
+#[test]
+fn destroyed_objects_are_remembered_until_brought_back() {
+    let (f, mut a) = fixture();
+    let co = login(&f, &mut a, Role::CryptoOfficer, "co");
+    assert!(a.destroyed_objects(&co).unwrap().is_empty());
+    let before = a.list_objects(&co, None).unwrap();
+    let file = a.backup_export(&co, &CloneSelect::default()).unwrap();
+    let victim = before.iter().find(|o| o.attrs.token).unwrap();
+    a.destroy_object(&co, victim.handle).unwrap();
+    assert_eq!(
+        a.destroyed_objects(&co).unwrap(),
+        vec![victim.attrs.unique_id.as_str()]
+    );
+    // Security officers never read a partition's objects, this list included.
+    let pso = login(&f, &mut a, Role::PartitionSo, "pso");
+    assert!(a.destroyed_objects(&pso).is_err());
+    // Restored from the backup: it is back, and no longer listed as destroyed.
+    let (added, _, _) = a.backup_restore(&co, &file, false).unwrap();
+    assert_eq!(added, 1);
+    assert!(a.destroyed_objects(&co).unwrap().is_empty());
+    // Destroyed again, then a new Crypto Officer (which destroys every object): the list
+    // goes with the objects.
+    let again = a
+        .list_objects(&co, None)
+        .unwrap()
+        .into_iter()
+        .find(|o| o.attrs.unique_id == victim.attrs.unique_id)
+        .unwrap();
+    a.destroy_object(&co, again.handle).unwrap();
+    assert_eq!(a.destroyed_objects(&co).unwrap().len(), 1);
+    a.init_role(
+        &pso,
+        Role::CryptoOfficer,
+        NewSecret::Ped(&mut new_ped(vec![key(&f, "co2")], 1, 1, None)),
+        true,
+    )
+    .unwrap();
+    let co = login(&f, &mut a, Role::CryptoOfficer, "co2");
+    assert!(a.destroyed_objects(&co).unwrap().is_empty());
 }

@@ -414,7 +414,7 @@ fn inv4_crypto_officer_locks_at_policy_limit_until_pso_resets() {
     hsm.init_partition(
         "q",
         NewSecret::Ped(&mut new_ped(vec![key(&f, "qso")], 1, 1, None)),
-        ferrohsm_core::DomainChoice::Hsm,
+        ferrohsm_core::DomainChoice::None,
         None,
     )
     .unwrap();

@@ -614,7 +614,7 @@ fn ped_authenticated_partition_challenge_and_ped_key_logins() {
     hsm.init_partition(
         "app",
         NewSecret::Ped(&mut ped(key("app-so"))),
-        DomainChoice::Hsm,
+        DomainChoice::Hsm(Credential::Ped(&mut ped(key("domain")))),
         None,
     )
     .unwrap();

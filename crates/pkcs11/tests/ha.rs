@@ -327,6 +327,49 @@ fn a_stopped_member_catches_up_by_itself_when_it_returns() {
     eprintln!("caught up with 20 keys in {took:?}\n{out}");
 }
 
+/// A key deleted by a process outside the group (here the command line, on each member it
+/// can reach) while a member was away is not brought back by a later sync, a process that
+/// never saw the deletion: every member keeps the ids of what was destroyed in it.
+#[test]
+fn a_deletion_made_elsewhere_is_not_undone_by_a_later_sync() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = HaLab::new(&["domain-pw"; 3], &[], "");
+    let co = |lab: &HaLab, i: usize, args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--partition", "mine", "--password", "env:CO_PW"]);
+        lab.hsms[i].cli(&a)
+    };
+    co(
+        &lab,
+        0,
+        &["key", "generate", "--type", "aes-256", "--label", "doomed"],
+    );
+    co(
+        &lab,
+        0,
+        &["key", "generate", "--type", "aes-256", "--label", "kept"],
+    );
+    let (code, out) = lab.ha(&["sync"]);
+    assert_eq!(code, 0, "{out}");
+    let both = ["doomed".to_string(), "kept".to_string()];
+    for i in 0..3 {
+        assert_eq!(lab.holds(i, &both), 2, "member {i}");
+    }
+    lab.hsms[2].server.kill();
+    for i in 0..2 {
+        co(&lab, i, &["key", "delete", "--label", "doomed"]);
+    }
+    lab.hsms[2].restart();
+    let (code, out) = lab.ha(&["show"]);
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("to destroy"), "{out}");
+    let (code, out) = lab.ha(&["sync"]);
+    assert_eq!(code, 0, "{out}");
+    for i in 0..3 {
+        assert_eq!(lab.labels(i), ["kept"], "member {i}");
+    }
+}
+
 #[test]
 fn a_cut_or_frozen_link_takes_the_member_out_and_healing_brings_it_back() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -450,6 +450,8 @@ pub fn clone_select_from_wire(c: &v1::CloneCall) -> Result<CloneSelect> {
             .map(|k| ObjectClass::from_name(k))
             .collect::<Result<_>>()?,
         unique_ids: c.unique_ids.clone(),
+        // The target's choice (its clone_accept), never the source's.
+        replace: false,
     })
 }
 

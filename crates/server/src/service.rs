@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use ferrohsm_core::api::{AuthMode, HsmApi, InitHsm, Unwrap};
+use ferrohsm_core::api::{AuthMode, HsmApi, InitHsm, PartitionDomain, Unwrap};
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{KeyOptions, ObjectClass, ObjectFilter};
 use ferrohsm_core::{HsmError, Result, Role};
@@ -43,6 +43,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::BackupVerify(_)) => "backup-verify",
         Some(Call::BackupRestore(_)) => "backup-restore",
         Some(Call::HaNote(_)) => "ha-note",
+        Some(Call::DestroyedObjects(_)) => "destroyed-objects",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
         Some(Call::Info(_)) => "info",
@@ -358,10 +359,20 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         }
         Call::InitPartition(i) => {
             let so = convert::new_credential_from_wire(i.so)?;
-            let domain = i
-                .domain
-                .map(|d| convert::new_credential_from_wire(Some(d)))
-                .transpose()?;
+            let domain =
+                match (i.domain, i.hsm_domain) {
+                    (None, None) => PartitionDomain::None,
+                    (Some(d), None) => {
+                        PartitionDomain::New(convert::new_credential_from_wire(Some(d))?)
+                    }
+                    (None, Some(c)) => {
+                        PartitionDomain::Hsm(convert::bare_credential_from_wire(Some(c))?)
+                    }
+                    (Some(_), Some(_)) => return Err(HsmError::InvalidInput(
+                        "a partition joins one cloning domain: a new one or the HSM's, not both"
+                            .into(),
+                    )),
+                };
             let current = i
                 .current_so
                 .map(|c| convert::bare_credential_from_wire(Some(c)))
@@ -556,7 +567,7 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             value: api.audit_checkpoint(a.login)?,
         }),
         Call::CloneAccept(c) => Reply::Text(v1::Text {
-            value: convert::clone_json(&api.clone_accept(c.login)?)?,
+            value: convert::clone_json(&api.clone_accept(c.login, c.replace)?)?,
         }),
         Call::CloneOffer(c) => {
             let target = convert::clone_from_json(c.hello.as_bytes(), "hello")?;
@@ -595,6 +606,9 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
             api.ha_note(n.login, &n.group, &n.event, &n.member)?;
             Reply::Done(v1::Empty {})
         }
+        Call::DestroyedObjects(a) => Reply::Text(v1::Text {
+            value: convert::clone_json(&api.destroyed_objects(a.login)?)?,
+        }),
         Call::AuditCheckExtends(a) => Reply::Number(v1::Number {
             value: api.audit_check_extends(a.login, &a.note)?,
         }),

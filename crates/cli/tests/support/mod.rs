@@ -12,6 +12,9 @@ pub const CO_PW: &str = "co-password-1";
 
 pub struct Lab {
     pub tmp: tempfile::TempDir,
+    /// The words of the HSM's cloning domain (`DOM` in the environment of every command,
+    /// as `partition init --domain hsm` presents it).
+    pub words: String,
 }
 
 /// Whether the tests run as root (needed to connect as another user).
@@ -53,11 +56,11 @@ impl Lab {
     fn made(words: &str, more: &[&str]) -> Lab {
         let lab = Lab {
             tmp: tempfile::tempdir().unwrap(),
+            words: words.to_string(),
         };
         std::fs::create_dir_all(lab.run_dir()).unwrap();
         let out = lab
             .cli()
-            .env("DOM", words)
             .args([
                 "hsm",
                 "init",
@@ -93,6 +96,8 @@ impl Lab {
             "app",
             "--so-password",
             "env:PSO_PW",
+            "--domain-password",
+            "env:DOM",
         ]);
         lab.ok(&[
             "role",
@@ -126,7 +131,7 @@ impl Lab {
         c.env("FERROHSM_HOME", self.data())
             .env("FERROHSM_PED_DIR", self.tmp.path().join("peds"))
             .env("SO_PW", SO_PW)
-            .env("DOM", "domain-words-1")
+            .env("DOM", &self.words)
             .env("PSO_PW", PSO_PW)
             .env("CO_PW", CO_PW)
             .current_dir(self.tmp.path());

@@ -9,7 +9,7 @@ use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
     AuditConfig, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect,
     Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential,
-    PedImprint, StagedImprint, Summary, Unwrap, Witness,
+    PartitionDomain, PedImprint, StagedImprint, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{
@@ -104,7 +104,7 @@ impl HsmApi for GroupFront {
         &mut self,
         _: &str,
         _: NewCredential,
-        _: Option<NewCredential>,
+        _: PartitionDomain,
         _: Option<LoginCredential>,
     ) -> Result<Vec<ImprintReport>> {
         not_in_group("Initialising a partition")
@@ -691,7 +691,7 @@ impl HsmApi for GroupFront {
         not_in_group("Reading a checkpoint")
     }
 
-    fn clone_accept(&mut self, _: LoginId) -> Result<CloneHello> {
+    fn clone_accept(&mut self, _: LoginId, _: bool) -> Result<CloneHello> {
         not_in_group("Cloning")
     }
 
@@ -737,5 +737,9 @@ impl HsmApi for GroupFront {
 
     fn ha_note(&mut self, _: LoginId, _: &str, _: &str, _: &str) -> Result<()> {
         not_in_group("Recording an HA event")
+    }
+
+    fn destroyed_objects(&mut self, _: LoginId) -> Result<Vec<String>> {
+        not_in_group("Listing destroyed objects")
     }
 }

@@ -90,12 +90,7 @@ impl GroupFront {
     }
 
     /// Member `i`'s handle for the group handle `vh`, if it holds the object.
-    fn resolve(
-        &mut self,
-        i: usize,
-        ml: Option<LoginId>,
-        vh: u64,
-    ) -> Result<Option<u64>> {
+    fn resolve(&mut self, i: usize, ml: Option<LoginId>, vh: u64) -> Result<Option<u64>> {
         let entry = lock(&self.group.table).entries.get(&vh).cloned();
         let Some(entry) = entry else {
             return Err(HsmError::NotFound(format!(

@@ -60,6 +60,9 @@ pub struct MemberReport {
     pub objects: Option<usize>,
     /// Objects the group holds that it lacks: its lag (unique id and label).
     pub missing: Vec<(String, String)>,
+    /// Objects it holds that were destroyed on another member (by any process): what a sync
+    /// destroys here (unique id and label).
+    pub destroyed_elsewhere: Vec<(String, String)>,
 }
 
 /// The whole group as `ferrohsm ha show` reports it.
@@ -183,9 +186,36 @@ impl GroupFront {
             .collect())
     }
 
-    /// Brings member `i` (not yet serving) up to date: what was destroyed or relabelled while
-    /// it was away, then every object a live member holds that it lacks. Objects only it
-    /// holds are handed to the others.
+    /// The unique ids member `j` says were destroyed in its partition (by any process).
+    fn destroyed(&mut self, j: usize, login: LoginId) -> Result<BTreeSet<String>> {
+        Ok(self
+            .on(j, |r| r.destroyed_objects(login))?
+            .into_iter()
+            .collect())
+    }
+
+    /// Destroys on member `j` (logged in as `login`) what it holds (`have`) of `gone`.
+    fn destroy_on(
+        &mut self,
+        j: usize,
+        login: LoginId,
+        have: &Listing,
+        gone: &BTreeSet<String>,
+    ) -> Result<()> {
+        for uid in gone.iter().filter(|u| have.contains_key(*u)) {
+            let h = have[uid].handle;
+            match self.on(j, |r| r.destroy_object(login, h)) {
+                Ok(()) | Err(HsmError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings member `i` (not yet serving) up to date: what was destroyed (here, or by any
+    /// process on any member: each keeps the ids) or relabelled while it was away, then every
+    /// object a live member holds that it lacks. Objects only it holds are handed to the
+    /// others.
     fn catch_up(&mut self, i: usize, co: &GroupLogin) -> Result<()> {
         let g = self.group.clone();
         let on = lock(&co.on).clone();
@@ -195,17 +225,33 @@ impl GroupFront {
             ));
         };
         let have = self.list(i, li)?;
-        let (destroy, relabel) = {
-            let m = g.member(i);
-            let mut d: BTreeSet<String> = m.destroy.clone();
-            d.extend(lock(&g.tombstones).iter().cloned());
-            (d, m.relabel.clone())
-        };
-        for uid in destroy.iter().filter(|u| have.contains_key(*u)) {
-            let h = have[uid].handle;
-            match self.on(i, |r| r.destroy_object(li, h)) {
-                Ok(()) | Err(HsmError::NotFound(_)) => {}
+        // What the serving members hold, and what any member says was destroyed.
+        let mut theirs: Vec<(usize, LoginId, Listing)> = Vec::new();
+        let mut destroy = self.destroyed(i, li)?;
+        for j in (0..g.members.len()).filter(|&j| j != i && g.member(j).up) {
+            let Some(lj) = on[j] else { continue };
+            match self
+                .list(j, lj)
+                .and_then(|l| Ok((l, self.destroyed(j, lj)?)))
+            {
+                Ok((l, d)) => {
+                    destroy.extend(d);
+                    theirs.push((j, lj, l));
+                }
+                Err(e) if member_failure(&e) => continue,
                 Err(e) => return Err(e),
+            }
+        }
+        let relabel = {
+            let m = g.member(i);
+            destroy.extend(m.destroy.iter().cloned());
+            destroy.extend(lock(&g.tombstones).iter().cloned());
+            m.relabel.clone()
+        };
+        self.destroy_on(i, li, &have, &destroy)?;
+        for (j, lj, l) in &theirs {
+            if let Err(e) = self.destroy_on(*j, *lj, l, &destroy) {
+                self.note_error(&format!("destroying on {}: {e}", g.name(*j)));
             }
         }
         for (uid, (label, id)) in relabel.iter().filter(|(u, _)| have.contains_key(*u)) {
@@ -219,16 +265,10 @@ impl GroupFront {
             m.destroy.retain(|u| !destroy.contains(u));
             m.relabel.retain(|u, _| !relabel.contains_key(u));
         }
-        // What the serving members hold.
         let mut missing: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         let mut anywhere: BTreeSet<String> = BTreeSet::new();
-        for j in (0..g.members.len()).filter(|&j| j != i && g.member(j).up) {
-            let Some(lj) = on[j] else { continue };
-            let theirs = match self.list(j, lj) {
-                Ok(t) => t,
-                Err(e) if member_failure(&e) => continue,
-                Err(e) => return Err(e),
-            };
+        for (j, _, theirs) in &theirs {
+            let j = *j;
             for uid in theirs.keys() {
                 anywhere.insert(uid.clone());
                 let claimed = missing.values().any(|v| v.contains(uid));
@@ -277,10 +317,25 @@ impl GroupFront {
                 Err(e) => return Err(e),
             }
         }
-        let tomb = lock(&g.tombstones).clone();
+        // Destroyed on any member, by any process: destroyed on every member, never sent on.
+        let mut tomb = lock(&g.tombstones).clone();
+        for (j, _) in &lists {
+            let Some(lj) = on[*j] else { continue };
+            match self.destroyed(*j, lj) {
+                Ok(d) => tomb.extend(d),
+                Err(e) if member_failure(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        for (j, l) in &lists {
+            let Some(lj) = on[*j] else { continue };
+            if let Err(e) = self.destroy_on(*j, lj, l, &tomb) {
+                self.note_error(&format!("destroying on {}: {e}", g.name(*j)));
+            }
+        }
         let mut holder: BTreeMap<&String, usize> = BTreeMap::new();
         for (j, l) in &lists {
-            for uid in l.keys() {
+            for uid in l.keys().filter(|u| !tomb.contains(*u)) {
                 holder.entry(uid).or_insert(*j);
             }
         }
@@ -377,15 +432,22 @@ impl GroupFront {
         let g = self.group.clone();
         let on = lock(&g.login(login)?.on).clone();
         let mut lists: Vec<Option<Listing>> = Vec::new();
+        let mut gone: BTreeSet<String> = lock(&g.tombstones).clone();
         for (i, l) in on.iter().enumerate() {
             lists.push(match l {
-                Some(l) if g.member(i).up => self.list(i, *l).ok(),
+                Some(l) if g.member(i).up => {
+                    let listed = self.list(i, *l).ok();
+                    if listed.is_some() {
+                        gone.extend(self.destroyed(i, *l).unwrap_or_default());
+                    }
+                    listed
+                }
                 _ => None,
             });
         }
         let mut union: BTreeMap<String, String> = BTreeMap::new();
         for l in lists.iter().flatten() {
-            for (uid, o) in l {
+            for (uid, o) in l.iter().filter(|(u, _)| !gone.contains(*u)) {
                 union
                     .entry(uid.clone())
                     .or_insert_with(|| o.attrs.label.clone());
@@ -406,6 +468,14 @@ impl GroupFront {
                             .iter()
                             .filter(|(u, _)| !l.contains_key(*u))
                             .map(|(u, lb)| (u.clone(), lb.clone()))
+                            .collect(),
+                        None => vec![],
+                    },
+                    destroyed_elsewhere: match l {
+                        Some(l) => l
+                            .iter()
+                            .filter(|(u, _)| gone.contains(*u))
+                            .map(|(u, o)| (u.clone(), o.attrs.label.clone()))
                             .collect(),
                         None => vec![],
                     },

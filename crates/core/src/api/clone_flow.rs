@@ -16,6 +16,8 @@ pub struct CloneDone {
     pub added: u64,
     /// Objects the target already held (same unique id), left as they were.
     pub skipped: u64,
+    /// Objects the target already held and replaced (`CloneSelect::replace`).
+    pub replaced: u64,
 }
 
 /// The side of a clone a step ran on (which one failed).
@@ -63,7 +65,9 @@ pub fn clone_sided(
 ) -> std::result::Result<CloneDone, (CloneSide, HsmError)> {
     let src = |e| (CloneSide::Source, e);
     let dst = |e| (CloneSide::Target, e);
-    let hello_t = target.clone_accept(target_login).map_err(dst)?;
+    let hello_t = target
+        .clone_accept(target_login, select.replace)
+        .map_err(dst)?;
     let hello_s = source
         .clone_offer(source_login, &hello_t, select)
         .map_err(src)?;
@@ -84,6 +88,7 @@ pub fn clone_sided(
                 target: hello_t,
                 added,
                 skipped,
+                replaced: p.replaced,
             });
         }
         if b.sealed.is_empty() {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     BackupSummary, CloneBatch, CloneHello, CloneProgress, CloneSelect, Enrollment, HsmApi,
-    ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PedImprint, StagedImprint,
-    Summary, Unwrap, MAX_RANDOM,
+    ImprintReport, InitHsm, LoginCredential, LoginId, NewCredential, PartitionDomain, PedImprint,
+    StagedImprint, Summary, Unwrap, MAX_RANDOM,
 };
 use crate::audit::{AuditConfig, Witness};
 use crate::error::{HsmError, Result};
@@ -414,7 +414,7 @@ impl HsmApi for Embedded {
             .init_partition(
                 label,
                 NewSecret::Password(so_password.clone()),
-                DomainChoice::Hsm,
+                DomainChoice::None,
                 Some(Credential::Secret(so_password)),
             )
             .map(drop)
@@ -471,19 +471,25 @@ impl HsmApi for Embedded {
         &mut self,
         label: &str,
         so: NewCredential,
-        domain: Option<NewCredential>,
+        domain: PartitionDomain,
         current_so: Option<LoginCredential>,
     ) -> Result<Vec<ImprintReport>> {
         let mut so = Imprinting::from(so);
-        let mut domain = domain.map(Imprinting::from);
+        let (mut domain, mut hsm_domain) = match domain {
+            PartitionDomain::None => (None, None),
+            PartitionDomain::Hsm(c) => (None, Some(Presented::from(c))),
+            PartitionDomain::New(n) => (Some(Imprinting::from(n)), None),
+        };
         let mut current = current_so.map(Presented::from);
+        let choice = match (domain.as_mut(), hsm_domain.as_mut()) {
+            (Some(d), _) => DomainChoice::Imprint(d.as_new_secret()),
+            (None, Some(c)) => DomainChoice::Hsm(c.as_credential()),
+            (None, None) => DomainChoice::None,
+        };
         let imprinted = self.hsm.init_partition(
             label,
             so.as_new_secret(),
-            match domain.as_mut() {
-                None => DomainChoice::Hsm,
-                Some(d) => DomainChoice::Imprint(d.as_new_secret()),
-            },
+            choice,
             current.as_mut().map(Presented::as_credential),
         )?;
         let mut files = so.files();
@@ -986,9 +992,9 @@ impl HsmApi for Embedded {
         self.hsm.audit_checkpoint(&s)
     }
 
-    fn clone_accept(&mut self, login: LoginId) -> Result<CloneHello> {
+    fn clone_accept(&mut self, login: LoginId, replace: bool) -> Result<CloneHello> {
         let s = self.session(login)?;
-        self.hsm.clone_accept(&s)
+        self.hsm.clone_accept(&s, replace)
     }
 
     fn clone_offer(
@@ -1051,6 +1057,11 @@ impl HsmApi for Embedded {
     fn audit_check_extends(&mut self, login: LoginId, note: &str) -> Result<u64> {
         let s = self.session(login)?;
         self.hsm.audit_check_extends(&s, note)
+    }
+
+    fn destroyed_objects(&mut self, login: LoginId) -> Result<Vec<String>> {
+        let s = self.session(login)?;
+        self.hsm.destroyed_objects(&s)
     }
 
     fn ha_note(&mut self, login: LoginId, group: &str, event: &str, member: &str) -> Result<()> {

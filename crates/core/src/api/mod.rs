@@ -89,6 +89,17 @@ impl From<HsmInfo> for Summary {
     }
 }
 
+/// Which cloning domain [`HsmApi::init_partition`] puts a partition in.
+pub enum PartitionDomain {
+    /// None: the partition cannot clone (or back up) until re-initialised into one.
+    None,
+    /// The HSM's own domain, presented again (its red key files and PED PIN, or its domain
+    /// password); refused unless it is the HSM's.
+    Hsm(LoginCredential),
+    /// A new domain, or another red key's or domain password's, imprinted.
+    New(NewCredential),
+}
+
 /// How a role proves itself through the API.
 pub enum LoginCredential {
     /// A password (password-authenticated HSM) or an activated role's challenge secret.
@@ -275,13 +286,13 @@ pub trait HsmApi {
     fn secret_in_use(&mut self, secret_id: &str) -> Result<bool>;
     /// Initialises (or, with the current HSM SO, re-initialises) the HSM.
     fn init_hsm(&mut self, init: InitHsm) -> Result<Vec<ImprintReport>>;
-    /// Initialises a partition: its Partition SO, and its cloning domain (`None`: the
-    /// HSM's). Re-initialising needs the current Partition SO and destroys its objects.
+    /// Initialises a partition: its Partition SO, and its cloning domain. Re-initialising
+    /// needs the current Partition SO and destroys its objects.
     fn init_partition(
         &mut self,
         label: &str,
         so: NewCredential,
-        domain: Option<NewCredential>,
+        domain: PartitionDomain,
         current_so: Option<LoginCredential>,
     ) -> Result<Vec<ImprintReport>>;
     /// Initialises a Crypto Officer (Partition SO) or Crypto User (Crypto Officer).
@@ -554,8 +565,9 @@ pub trait HsmApi {
     fn pending_ceremonies(&mut self, login: LoginId) -> Result<Vec<(Record, usize)>>;
     /// The latest signed checkpoint (Auditor).
     fn audit_checkpoint(&mut self, login: LoginId) -> Result<String>;
-    /// Cloning, step 1 on the target ([`crate::hsm::Hsm::clone_accept`]; its Crypto Officer).
-    fn clone_accept(&mut self, login: LoginId) -> Result<CloneHello>;
+    /// Cloning, step 1 on the target ([`crate::hsm::Hsm::clone_accept`]; its Crypto Officer);
+    /// with `replace`, objects it holds already are replaced by the ones that come.
+    fn clone_accept(&mut self, login: LoginId, replace: bool) -> Result<CloneHello>;
     /// Cloning, step 2 on the source ([`crate::hsm::Hsm::clone_offer`]).
     fn clone_offer(
         &mut self,
@@ -605,6 +617,10 @@ pub trait HsmApi {
     /// Records an HA group's membership change in the log ([`crate::hsm::Hsm::ha_note`];
     /// Crypto Officer).
     fn ha_note(&mut self, login: LoginId, group: &str, event: &str, member: &str) -> Result<()>;
+    /// The unique ids of token objects destroyed in the login's partition and not brought
+    /// back since ([`crate::hsm::Hsm::destroyed_objects`]): what an HA group's sync destroys
+    /// on every member instead of cloning it back from one that was away.
+    fn destroyed_objects(&mut self, login: LoginId) -> Result<Vec<String>>;
 }
 
 /// Most random bytes one call returns.

@@ -73,6 +73,10 @@ pub struct CloneSelect {
     pub classes: Vec<ObjectClass>,
     /// By unique id (`CKA_UNIQUE_ID`): what an HA group replicates.
     pub unique_ids: Vec<String>,
+    /// For the target, not sent to the source: objects it already holds (same unique id)
+    /// are destroyed and replaced by the ones that come, rather than left as they are (a
+    /// backup brought up to date on a backup HSM).
+    pub replace: bool,
 }
 
 /// A batch of sealed objects from `clone_export`.
@@ -96,6 +100,10 @@ pub struct CloneProgress {
     /// Once committed: objects added, and objects already there (same unique id) left as
     /// they were.
     pub committed: Option<(u64, u64)>,
+    /// Once committed: objects already there that were replaced (a clone accepted with
+    /// `replace`).
+    #[serde(default)]
+    pub replaced: u64,
 }
 
 /// One object as it travels (inside the seal).
@@ -130,6 +138,7 @@ enum CloneSession {
         partition: u32,
         private: PrivateKey,
         hello: CloneHello,
+        replace: bool,
     },
     Receiving {
         partition: u32,
@@ -137,6 +146,7 @@ enum CloneSession {
         peer: String,
         total: u64,
         staged: Vec<Travelling>,
+        replace: bool,
     },
     Source {
         partition: u32,
@@ -284,25 +294,23 @@ impl Hsm {
         action: &str,
     ) -> Result<(u32, String, Secret32, Policy)> {
         let id = self.partition_role(s, action, true)?;
-        let (label, domain, policy) = self.store.read(|t| {
+        let (label, policy) = self.store.read(|t| {
             let d = Self::device(t)?;
             let p = Self::partition_by_id(t, id)?;
-            Ok((
-                p.label.clone(),
-                p.domain.clone(),
-                p.policy.effective(&d.policy),
-            ))
+            Ok((p.label.clone(), p.policy.effective(&d.policy)))
         })?;
-        let domain = domain.ok_or_else(|| {
+        let domain = self.partition_domain(s, id)?.ok_or_else(|| {
             HsmError::State(format!(
-                "partition {label} has no cloning domain; its Partition SO gives it one with `ferrohsm partition init`"
+                "partition {label} is in no cloning domain; its Partition SO puts it in one with `ferrohsm partition init --domain hsm|new` (which destroys its keys)"
             ))
         })?;
         Ok((id, label, domain, policy))
     }
 
     /// Step 1, on the target: a hello for the source (Crypto Officer of the target partition).
-    pub fn clone_accept(&mut self, s: &Session) -> Result<CloneHello> {
+    /// With `replace`, objects the partition already holds (same unique id) are replaced by
+    /// the ones that come; otherwise left as they are.
+    pub fn clone_accept(&mut self, s: &Session, replace: bool) -> Result<CloneHello> {
         let (id, label, _, _) = self.clone_party(s, "cloning into a partition")?;
         let (private, ephemeral, nonce) = new_ephemeral()?;
         let hello = CloneHello {
@@ -318,6 +326,7 @@ impl Hsm {
             partition: id,
             private,
             hello: hello.clone(),
+            replace,
         })?;
         let hello = CloneHello {
             session: sid,
@@ -374,7 +383,13 @@ impl Hsm {
         let (target_sid, _) = source.session.split_once(':').ok_or_else(|| {
             HsmError::InvalidInput("the source's hello names no clone of this HSM".into())
         })?;
-        let CloneSession::Target { private, hello, .. } = take(target_sid, id)? else {
+        let CloneSession::Target {
+            private,
+            hello,
+            replace,
+            ..
+        } = take(target_sid, id)?
+        else {
             return Err(HsmError::State("that clone is past its first step".into()));
         };
         let t = transcript(&hello, source);
@@ -412,6 +427,7 @@ impl Hsm {
                 peer,
                 total: source.objects(),
                 staged: Vec::new(),
+                replace,
             },
         );
         Ok(answer)
@@ -518,6 +534,7 @@ impl Hsm {
             peer,
             total,
             mut staged,
+            replace,
         } = take(sid, id)?
         else {
             return Err(HsmError::State(
@@ -565,20 +582,23 @@ impl Hsm {
                     peer,
                     total,
                     staged,
+                    replace,
                 },
             );
             return Ok(CloneProgress {
                 received,
                 total,
                 committed: None,
+                replaced: 0,
             });
         }
-        let (added, _, skipped) =
-            self.commit_objects(s, &staged, "clone-in", &format!("from {peer}"), false)?;
+        let (added, replaced, skipped) =
+            self.commit_objects(s, &staged, "clone-in", &format!("from {peer}"), replace)?;
         Ok(CloneProgress {
             received,
             total,
             committed: Some((added, skipped)),
+            replaced,
         })
     }
 
@@ -657,7 +677,11 @@ impl Hsm {
                         t.delete_object(id, h)?;
                         replaced += 1;
                     }
-                    (None, _) => added += 1,
+                    (None, _) => {
+                        // Brought back deliberately (a restore, a clone): no longer destroyed.
+                        t.delete("destroyed", &super::ha::tombstone(id, &uid))?;
+                        added += 1;
+                    }
                 }
                 let h = p.next_handle;
                 p.next_handle += 1;

@@ -24,6 +24,7 @@ impl Hsm {
             backup_role: None,
         };
         hsm.finish_interrupted_zeroize()?;
+        hsm.migrate_device_domain()?;
         Ok(hsm)
     }
 
@@ -351,19 +352,11 @@ impl Hsm {
             (NewSecret::Ped(ped), AuthMode::Ped) => {
                 let req = ImprintRequest { secret_type: crate::pedkey::SecretType::Domain, label, origin_serial: self.serial.clone(), allow_m_of_n };
                 let imp = ped.imprint(&req, Secret32::random())?;
-                // A PIN on a red key protects the key, and the domain value includes it, so
-                // every member HSM must be given the same PIN.
-                let value = match &imp.pin {
-                    Some(pin) => hkdf32(pin.expose(), imp.secret.expose(), &[b"ferrohsm domain with pin v1"]),
-                    None => imp.secret.clone(),
-                };
+                let value = domain::red_key_value(&imp.secret, imp.pin.as_ref());
                 Ok((value, imp.secret_id.clone(), Some(imp)))
             }
             (NewSecret::Password(pw), AuthMode::Password) => {
-                // Deterministic, so the same domain string gives the same domain everywhere.
-                let kdf = KdfParams { m_kib: 19 * 1024, t: 2, p: 1, salt: hex::encode(b"ferrohsm domain") };
-                let value = kdf.derive(pw.expose())?;
-                let id = hex::encode(&crypto::hmac_sha256(value.expose(), &[b"domain id"])[..16]);
+                let (value, id) = domain::password_domain(&pw)?;
                 Ok((value, id, None))
             }
             _ => Err(HsmError::InvalidInput("the cloning domain must be given the way this HSM authenticates (PED key or password)".into())),
@@ -443,7 +436,8 @@ impl Hsm {
             initialised: now_rfc3339(),
             policy: Policy::hsm_default(),
             so: RoleAuth::new(&dk, &role_tag(Role::HsmSo, None), so_method, &so_auth, None),
-            domain,
+            legacy_domain: None,
+            domain_check: Some(domain::domain_check(&domain)),
             domain_id,
             boot_epoch: 1,
             next_partition: 1,

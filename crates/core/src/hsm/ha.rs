@@ -20,7 +20,29 @@ fn checked_name<'a>(what: &str, v: &'a str) -> Result<&'a str> {
     Ok(v)
 }
 
+/// The record naming a destroyed object of a partition (its unique id), kept so that an HA
+/// group's members, and any process syncing them later, destroy it everywhere rather than
+/// bring it back from a member that was away (kind `destroyed`; dropped with the partition's
+/// objects).
+pub(super) fn tombstone(partition: u32, unique_id: &str) -> String {
+    format!("{}/{unique_id}", pid(partition))
+}
+
 impl Hsm {
+    /// The unique ids of the token objects destroyed in the session's partition (Crypto
+    /// Officer or Crypto User), oldest record first by id. An object cloned or restored back
+    /// in since is not among them.
+    pub fn destroyed_objects(&mut self, s: &Session) -> Result<Vec<String>> {
+        let id = self.partition_role(s, "listing destroyed objects", false)?;
+        let prefix = tombstone(id, "");
+        self.store.read(|t| {
+            Ok(t.list::<String>("destroyed")?
+                .into_iter()
+                .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
+                .collect())
+        })
+    }
+
     /// Records `event` (one of [`HA_EVENTS`]) about `member` of the HA group `group` in the
     /// audit log, as `ha-<event>`, for the session's partition (its Crypto Officer: the role
     /// that replicates). Only those fixed events: a client cannot write free text into the log.

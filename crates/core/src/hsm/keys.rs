@@ -624,6 +624,8 @@ impl Hsm {
                 )));
             }
             t.delete_object(id, handle)?;
+            let uid = rec.attrs.unique_id(&serial, id, handle);
+            t.put("destroyed", &ha::tombstone(id, &uid), &now_rfc3339())?;
             t.event(&Event {
                 seq: 0,
                 time: now_rfc3339(),

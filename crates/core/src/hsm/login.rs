@@ -220,8 +220,24 @@ impl Hsm {
             let limit = role.failed_login_limit(co_cu_limit);
             // A success on a role with no failures to clear changes no state: only its audit
             // record is written (and key caches keyed on the state generation stay valid).
-            let state_changes = !ok || state.failed != 0 || state.lock_until.is_some();
+            let mut state_changes = !ok || state.failed != 0 || state.lock_until.is_some();
             let mut new_state = state.clone();
+            // A Partition SO's first login since its domain was kept in the clear (records
+            // before 0.9): the domain goes under its role key; the clear copy goes once the
+            // Crypto Officer's seal holds it too.
+            let mut pmk = pmk;
+            if ok && role == Role::PartitionSo && pmk.is_none() {
+                if let Some(p) = part.as_mut() {
+                    if let Some(d) = p.legacy_domain.clone() {
+                        new_state.wrap(&dk, &tag, &candidate, &d);
+                        if p.domain_sealed.is_some() || p.co.is_none() {
+                            p.legacy_domain = None;
+                        }
+                        pmk = Some(d);
+                        state_changes = true;
+                    }
+                }
+            }
             let mut zeroize_hsm = false;
             let result = if ok {
                 new_state.failed = 0;
@@ -279,15 +295,21 @@ impl Hsm {
             Ok(result.map_err(|e| (e, zeroize_hsm)))
         })?;
         match outcome {
-            Ok(pmk) => {
+            Ok(unwrapped) => {
                 if let Some((kdf, input)) = memo {
                     login_memo::remember(kdf, input, &candidate, memo_ttl);
                 }
+                // The Partition SO's slot holds the domain, never a partition key.
+                let (pmk, domain) = match role {
+                    Role::PartitionSo => (None, unwrapped),
+                    _ => (unwrapped, None),
+                };
                 Ok(Session {
                     role,
                     partition: part_id,
                     partition_label: partition.map(str::to_owned),
                     pmk,
+                    domain,
                     via_activation,
                     cache: KeyCache::default(),
                     session_objects: Mutex::new(BTreeMap::new()),

@@ -40,6 +40,7 @@ mod clear_keys;
 mod clients;
 mod cloning;
 mod device;
+mod domain;
 mod ha;
 mod keys;
 mod login;
@@ -83,8 +84,12 @@ pub enum NewSecret<'a> {
 
 /// Which cloning domain a partition joins.
 pub enum DomainChoice<'a> {
-    /// The HSM's own cloning domain.
-    Hsm,
+    /// None: the partition cannot clone (what `C_InitToken` makes).
+    None,
+    /// The HSM's own cloning domain, presented again (its red key, or its domain password):
+    /// the HSM does not keep the domain where its device key alone would open it, so joining
+    /// it takes the credential. Refused unless it is the HSM's domain.
+    Hsm(Credential<'a>),
     /// A new domain, or an existing red key's (the PED dialogue's reuse answer), or a
     /// domain password on a password-authenticated HSM.
     Imprint(NewSecret<'a>),
@@ -113,8 +118,17 @@ struct Device {
     initialised: String,
     policy: Policy,
     so: RoleAuth,
-    domain: Secret32,
+    /// The cloning domain as records before 0.9 kept it, in the clear under the device key.
+    /// Read only to be moved out at [`Hsm::open`]; never written.
+    #[serde(default, rename = "domain", skip_serializing)]
+    legacy_domain: Option<Secret32>,
+    /// The id of the HSM's cloning domain (the red key's secret id, or a hash of the domain
+    /// password's value). The domain itself is not kept: partitions joining it present it.
     domain_id: String,
+    /// A check value of the domain (HMAC under the domain, 16 bytes hex): what the red key or
+    /// password presented at `partition init --domain hsm` is compared with.
+    #[serde(default)]
+    domain_check: Option<String>,
     boot_epoch: u64,
     next_partition: u32,
     /// A backup HSM: it keeps partitions' objects (cloned in and out) and never uses them.
@@ -140,7 +154,15 @@ struct Partition {
     so: Option<RoleAuth>,
     co: Option<RoleAuth>,
     cu: Option<RoleAuth>,
-    domain: Option<Secret32>,
+    /// The cloning domain as records before 0.9 kept it (in the clear under the device key);
+    /// moved under the Partition SO's and the Crypto Officer's keys at their next logins.
+    #[serde(default, rename = "domain", skip_serializing_if = "Option::is_none")]
+    legacy_domain: Option<Secret32>,
+    /// The cloning domain, sealed under a key derived from the partition master key: what a
+    /// Crypto Officer's login opens to clone. The Partition SO's role key wraps it too (its
+    /// `wrapped_pmk` slot), for the next Crypto Officer. The device key alone opens neither.
+    #[serde(default)]
+    domain_sealed: Option<String>,
     domain_id: Option<String>,
     activations: BTreeMap<String, Activation>,
     next_handle: u64,
@@ -169,7 +191,8 @@ impl Partition {
         self.so = None;
         self.co = None;
         self.cu = None;
-        self.domain = None;
+        self.legacy_domain = None;
+        self.domain_sealed = None;
         self.domain_id = None;
         self.activations.clear();
     }
@@ -185,6 +208,10 @@ pub struct Session {
     partition: Option<u32>,
     partition_label: Option<String>,
     pmk: Option<Secret32>,
+    /// The partition's cloning domain, held by a Partition SO's login (unwrapped with the
+    /// Partition SO's secret) to seal it for a new Crypto Officer and re-wrap it when the
+    /// Partition SO's secret changes. Wiped on drop.
+    domain: Option<Secret32>,
     /// Logged in with an activated role's challenge secret rather than the role's own
     /// secret: such a login uses keys but never replaces the secret it stands in for.
     via_activation: bool,
@@ -562,6 +589,7 @@ mod tests {
             partition: Some(1),
             partition_label: None,
             pmk: None,
+            domain: None,
             via_activation: false,
             cache: KeyCache::default(),
             session_objects: Mutex::new(full),

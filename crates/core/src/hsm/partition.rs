@@ -92,7 +92,7 @@ impl Hsm {
 
     /// `C_InitToken` on the spare token of a password-authenticated HSM: creates the partition
     /// labelled `label` (with the next id) and makes `so_password` its Partition SO's password,
-    /// in the HSM's cloning domain. Refused on PED-authenticated HSMs, where partitions are
+    /// in no cloning domain. Refused on PED-authenticated HSMs, where partitions are
     /// created by the HSM SO with PED keys.
     pub fn init_token(&mut self, label: &str, so_password: Pin) -> Result<u32> {
         // Credentials or the rules for remembering them change: remembered logins go.
@@ -110,10 +110,12 @@ impl Hsm {
                 "tokens of a PED-authenticated HSM are created by the HSM SO (`ferrohsm partition create`)".into())));
         }
         let id = self.insert_partition(label, "none")?;
+        // No credential here opens a cloning domain: such a token clones only once its
+        // Partition SO re-initialises it into one (`ferrohsm partition init`).
         self.init_partition(
             label,
             NewSecret::Password(so_password),
-            DomainChoice::Hsm,
+            DomainChoice::None,
             None,
         )?;
         Ok(id)
@@ -149,7 +151,8 @@ impl Hsm {
                 so: None,
                 co: None,
                 cu: None,
-                domain: None,
+                legacy_domain: None,
+                domain_sealed: None,
                 domain_id: None,
                 activations: BTreeMap::new(),
                 next_handle: 1,
@@ -191,15 +194,10 @@ impl Hsm {
         domain: DomainChoice<'_>,
         current_so: Option<Credential<'_>>,
     ) -> Result<Vec<Imprinted>> {
-        let (mode, hsm_policy, initialised, hsm_domain) = self.store.read(|t| {
+        let (mode, hsm_policy, initialised) = self.store.read(|t| {
             let d = Self::device(t)?;
             let p = Self::partition_by_label(t, label)?;
-            Ok((
-                d.mode,
-                d.policy.clone(),
-                p.initialised.is_some(),
-                (d.domain.clone(), d.domain_id.clone()),
-            ))
+            Ok((d.mode, d.policy.clone(), p.initialised.is_some()))
         })?;
         if initialised {
             let Some(cred) = current_so else {
@@ -215,14 +213,18 @@ impl Hsm {
             mode,
             hsm_policy.m_of_n,
         )?;
-        let (dom, dom_id, dom_imp) = match domain {
-            DomainChoice::Hsm => (hsm_domain.0, hsm_domain.1, None),
-            DomainChoice::Imprint(secret) => self.imprint_domain(
-                secret,
-                format!("cloning domain of {label}"),
-                mode,
-                hsm_policy.m_of_n,
-            )?,
+        let (dom, dom_imp) = match domain {
+            DomainChoice::None => (None, None),
+            DomainChoice::Hsm(cred) => (Some(self.present_hsm_domain(cred, label)?), None),
+            DomainChoice::Imprint(secret) => {
+                let (v, id, imp) = self.imprint_domain(
+                    secret,
+                    format!("cloning domain of {label}"),
+                    mode,
+                    hsm_policy.m_of_n,
+                )?;
+                (Some((v, id)), imp)
+            }
         };
         let dk = self.store.device_key()?.clone();
         let e = self.ev("partition-init", "so", Some(label), None, "success");
@@ -230,15 +232,16 @@ impl Hsm {
             let mut p = Self::partition_by_label(t, label)?;
             t.delete_partition_objects(p.id)?;
             p.wipe();
+            // The Partition SO's role key wraps the domain (in the slot a Crypto Officer's
+            // wraps the partition key): only its secret opens it, to seal it for a CO.
             p.so = Some(RoleAuth::new(
                 &dk,
                 &role_tag(Role::PartitionSo, Some(p.id)),
                 so_method,
                 &so_auth,
-                None,
+                dom.as_ref().map(|(v, _)| v),
             ));
-            p.domain = Some(dom);
-            p.domain_id = Some(dom_id);
+            p.domain_id = dom.map(|(_, id)| id);
             p.initialised = Some(now_rfc3339());
             t.put("partition", &pid(p.id), &p)?;
             t.event(&e)

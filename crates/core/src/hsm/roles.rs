@@ -90,6 +90,9 @@ impl Hsm {
                 p.cu = None;
                 p.activations.clear();
                 p.co = Some(ra);
+                // The domain the Partition SO's login holds, sealed under the new partition
+                // key for the Crypto Officer's clones.
+                p.domain_sealed = s.domain.as_ref().map(|d| domain::seal_domain(&pmk, id, d));
             } else {
                 p.activations.remove(role.short());
                 p.cu = Some(ra);
@@ -331,7 +334,13 @@ impl Hsm {
         login_memo::forget_all();
         let dk = self.store.device_key()?.clone();
         let tag = role_tag(s.role, s.partition);
-        let ra = RoleAuth::new(&dk, &tag, method, auth, s.pmk.as_ref());
+        // What the role's key wraps goes under the new one: the partition key (Crypto
+        // Officer, Crypto User) or the cloning domain (Partition SO).
+        let wrapped = match s.role {
+            Role::PartitionSo => s.domain.as_ref(),
+            _ => s.pmk.as_ref(),
+        };
+        let ra = RoleAuth::new(&dk, &tag, method, auth, wrapped);
         let e = self.ev(event, s.role.short(), s.partition(), None, "success");
         self.store.write(|t| {
             match s.partition {

@@ -176,6 +176,18 @@ impl Txn<'_> {
         )?;
         self.d_objects -= n as i64;
         self.forget_partition_objects(partition)?;
+        // The destroyed objects' ids go with them (`Hsm::destroyed_objects`).
+        let prefix = format!("{partition:05}/");
+        let gone: Vec<String> = {
+            let mut st = self.tx.prepare(
+                "SELECT id FROM records WHERE kind = 'destroyed' AND substr(id, 1, 6) = ?1",
+            )?;
+            let r = st.query_map([&prefix], |r| r.get(0))?;
+            r.collect::<std::result::Result<_, _>>()?
+        };
+        for id in gone {
+            self.delete("destroyed", &id)?;
+        }
         Ok(n)
     }
 

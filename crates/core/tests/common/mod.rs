@@ -68,7 +68,7 @@ pub fn fixture() -> (Fixture, Hsm) {
     hsm.init_partition(
         "p",
         NewSecret::Ped(&mut new_ped(vec![key(&f, "pso")], 1, 1, None)),
-        DomainChoice::Hsm,
+        DomainChoice::Hsm(Credential::Ped(&mut ped(vec![key(&f, "dom")], None))),
         None,
     )
     .unwrap();
@@ -174,7 +174,7 @@ pub fn password_hsm() -> (tempfile::TempDir, Hsm) {
     hsm.init_partition(
         "tok",
         NewSecret::Password(pw("partition-so-pw")),
-        DomainChoice::Hsm,
+        DomainChoice::Hsm(Credential::Secret(pw("domain-string-1"))),
         None,
     )
     .unwrap();

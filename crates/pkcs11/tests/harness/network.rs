@@ -69,14 +69,19 @@ impl TlsHsm {
                 "--password",
                 "env:SO_PW",
             ]);
-            h.cli(&[
-                "partition",
-                "init",
-                "--partition",
-                p,
-                "--so-password",
-                "env:PSO_PW",
-            ]);
+            h.cli_with(
+                &[
+                    "partition",
+                    "init",
+                    "--partition",
+                    p,
+                    "--so-password",
+                    "env:PSO_PW",
+                    "--domain-password",
+                    "env:DOM",
+                ],
+                &[("DOM", domain)],
+            );
             h.cli(&[
                 "role",
                 "init",
@@ -132,10 +137,16 @@ impl TlsHsm {
 
     /// Runs the CLI as the operator, over the local socket; its output.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.cli_with(args, &[])
+    }
+
+    /// [`TlsHsm::cli`] with more variables in its environment.
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let out = Command::new(server_binary())
             .arg("--server")
             .arg(&self.server.socket)
             .args(args)
+            .envs(env.iter().copied())
             .env("SO_PW", HSM_SO_PW)
             .env("PSO_PW", "partition-so-1")
             .env("CO_PW", USER_PIN)
