@@ -81,6 +81,7 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Client(c) => crate::clients::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Ha(c) => crate::ha::run(c, json),
+        Cmd::Gp(c) => crate::gp::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Backup(crate::BackupCmd::Verify {
             file,
             partition,
@@ -1024,7 +1025,7 @@ fn find_key(
 }
 
 /// Logs the Crypto Officer (or, with --as cu, the Crypto User) of the command's partition in.
-fn key_login(hsm: &mut dyn HsmApi, ped_dir: &Path, u: &KeyUser) -> R<LoginId> {
+pub(crate) fn key_login(hsm: &mut dyn HsmApi, ped_dir: &Path, u: &KeyUser) -> R<LoginId> {
     let role = partition_role(&u.as_role, "--as")?;
     crate::front::login(hsm, ped_dir, &u.login, role, Some(&u.partition))
 }

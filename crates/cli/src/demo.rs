@@ -435,6 +435,12 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
 
     step(
         &mut n,
+        "GlobalPlatform: a card's transport keys entered by two custodians, the issuer's masters made inside, the card personalised over SCP03",
+    );
+    gp_card(&mut hsm, &co)?;
+
+    step(
+        &mut n,
         "Crypto Officer initialises the Crypto User (gray key); the Crypto User signs",
     );
     let cu_prefix = key_prefix(&serial, Some("payments"), "cu");
@@ -619,4 +625,91 @@ pub fn run(dir: Option<PathBuf>) -> R<u8> {
 
     println!("\ndemo complete: {n} steps, every refusal refused, every signature checked.");
     Ok(crate::exit::OK)
+}
+
+/// Opens an SCP03 channel (every protection) to `card` through the engine with `keys`.
+fn gp_open(
+    hsm: &mut Hsm,
+    co: &ferrohsm_core::Session,
+    card: &mut ferrohsm_gp::card::SimCard,
+    keys: &ferrohsm_core::hsm::GpKeysRef,
+    p1: u8,
+) -> R<String> {
+    let mut host = [0u8; 8];
+    ferrohsm_core::crypto::fill_random(&mut host);
+    let gpe = |e: ferrohsm_gp::GpError| HsmError::State(format!("demo card: {e}"));
+    let iu = ferrohsm_gp::apdu::initialize_update(p1, &host)
+        .to_bytes()
+        .map_err(gpe)?;
+    let r = ferrohsm_gp::apdu::Response::parse(&card.transmit(&iu)).map_err(gpe)?;
+    let data = r.expect_ok("INITIALIZE UPDATE").map_err(gpe)?;
+    let (ch, ea) = hsm.gp_open(co, keys, &host, &data, "c-mac,c-dec,r-mac,r-enc", 0x55)?;
+    if card.transmit(&ea) != [0x90, 0x00] {
+        return Err(HsmError::State(
+            "demo: the card refused EXTERNAL AUTHENTICATE".into(),
+        ));
+    }
+    Ok(ch)
+}
+
+/// The GlobalPlatform step: transport keys by ceremony, masters generated, the card given
+/// its own KDF3 keys by PUT KEY, and the proof.
+fn gp_card(hsm: &mut Hsm, co: &ferrohsm_core::Session) -> R<()> {
+    use ferrohsm_core::hsm::{GpKeysRef, GpNewSet};
+    let mut kdd = [0u8; 10];
+    ferrohsm_core::crypto::fill_random(&mut kdd);
+    let kind = ferrohsm_gp::block::KeyType::Aes128;
+    let (mut card, [a, b]) = crate::gp::transport_card(3, kind, kdd)?;
+    let comps: Vec<_> = a.into_iter().chain(b).collect();
+    hsm.gp_import(
+        co,
+        &GpNewSet::new("transport", "aes-128", 1, "vendor batch 7"),
+        &comps,
+        &[],
+    )?;
+    ok("transport keys of the card's batch imported from two custodians' components, each checked against its KCV");
+    let m = hsm.gp_generate(
+        co,
+        &GpNewSet::new("issuer", "aes-128", 1, "payment cards 2026"),
+    )?;
+    let kcvs: Vec<String> = m.kcvs.iter().map(|(r, _, v)| format!("{r} {v}")).collect();
+    ok(format!(
+        "master set issuer v1 generated inside: KCV (aes-gp) {}; never extractable",
+        kcvs.join(", ")
+    ));
+    let transport = GpKeysRef {
+        set: "transport".into(),
+        version: None,
+        method: None,
+    };
+    let issuer = GpKeysRef {
+        set: "issuer".into(),
+        version: None,
+        method: Some("kdf3".into()),
+    };
+    let ch = gp_open(hsm, co, &mut card, &transport, 0)?;
+    let put = hsm.gp_put_key(co, &ch, &issuer, 1, 1)?;
+    let answer = hsm.gp_unwrap(co, &ch, &card.transmit(&put))?;
+    hsm.gp_close(co, &ch)?;
+    if answer.ends_with(&[0x90, 0x00]) {
+        ok(format!(
+            "card {}: PUT KEY over SCP03 (C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION); the card confirmed KCVs {}",
+            hex::encode_upper(kdd),
+            answer[1..answer.len() - 2]
+                .chunks(3)
+                .map(hex::encode_upper)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    } else {
+        return Err(HsmError::State("demo: the card refused PUT KEY".into()));
+    }
+    let proof = gp_open(hsm, co, &mut card, &issuer, 1)?;
+    hsm.gp_close(co, &proof)?;
+    refused(
+        "a channel with the card's old transport keys",
+        gp_open(hsm, co, &mut card, &transport, 1),
+    )?;
+    ok("a new channel opens with the card's own keys (diversified by KDF3 from issuer, inside the HSM)");
+    Ok(())
 }

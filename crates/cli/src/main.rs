@@ -7,6 +7,7 @@ mod cloning;
 mod commands;
 mod demo;
 mod front;
+mod gp;
 mod ha;
 mod input;
 mod output;
@@ -141,6 +142,14 @@ pub enum Cmd {
     )]
     #[command(subcommand)]
     Ha(ha::HaCmd),
+    /// GlobalPlatform card keys: master key sets (generate, import by ceremony, list,
+    /// rotate, retire), key check values, card keys diversified inside, and personalising a
+    /// card over a secure channel the HSM computes.
+    #[command(
+        after_help = "Example:\n  ferrohsm gp master generate --partition issuing --set issuer --type aes-128 --population \"cards 2026\" --password env:CO_PW\n  ferrohsm gp personalise --partition issuing --card card.json --from transport --to issuer --method kdf3 --password env:CO_PW"
+    )]
+    #[command(subcommand)]
+    Gp(gp::GpCmd),
     /// PED key files: inspect and duplicate.
     #[command(
         after_help = "Example:\n  ferrohsm ped show ped-keys/*.pedkey\n  ferrohsm ped duplicate --from a.pedkey --to backup/a.pedkey"

@@ -831,6 +831,10 @@ fn demo_runs_and_every_group_has_help_with_examples() {
         &["role", "activate"],
         &["key", "sign"],
         &["ped", "duplicate"],
+        &["gp", "master", "import"],
+        &["gp", "kcv"],
+        &["gp", "personalise"],
+        &["gp", "sim-card", "new"],
     ] {
         e.run(&[g, &["--help"][..]].concat())
             .success()

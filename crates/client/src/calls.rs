@@ -4,9 +4,9 @@
 use ferrohsm_audit::{Export, Record, Report};
 use ferrohsm_core::api::{
     AuditConfig, AuthMode, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress,
-    CloneSelect, Enrollment, HsmApi, HsmInfo, ImprintReport, InitHsm, LoginCredential, LoginId,
-    NewCredential, PartitionDomain, PartitionSummary, PedImprint, StagedImprint, Summary, Unwrap,
-    Witness,
+    CloneSelect, Enrollment, GpAnswer, GpCall, HsmApi, HsmInfo, ImprintReport, InitHsm,
+    LoginCredential, LoginId, NewCredential, PartitionDomain, PartitionSummary, PedImprint,
+    StagedImprint, Summary, Unwrap, Witness,
 };
 use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
 use ferrohsm_core::object::{
@@ -51,6 +51,7 @@ pub(crate) fn wipe(req: Request) {
             wipe_credential(i.hsm_domain.take());
         }
         Some(Call::InitRole(mut i)) => wipe_new(i.secret.take()),
+        Some(Call::Gp(mut g)) => g.json.zeroize(),
         Some(Call::ChangeSecret(mut c)) => wipe_new(c.secret.take()),
         Some(Call::StageImprint(mut st)) => {
             wipe_new(st.imprint.take().map(|i| v1::NewCredential {
@@ -1082,6 +1083,12 @@ impl HsmApi for Remote {
             event: event.into(),
             member: member.into(),
         }))?)
+    }
+
+    fn gp(&mut self, login: LoginId, call: GpCall) -> Result<GpAnswer> {
+        let json = convert::clone_json(&call)?;
+        let t = text(self.call(Call::Gp(v1::GpRequest { login, json }))?)?;
+        convert::clone_from_json(t.as_bytes(), "GlobalPlatform answer")
     }
 
     fn destroyed_objects(&mut self, login: LoginId) -> Result<Vec<String>> {

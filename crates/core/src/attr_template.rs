@@ -194,6 +194,7 @@ mod tests {
             unwrap_template: AttrTemplate::default(),
             created: String::new(),
             unique_id: String::new(),
+            gp: None,
         }
     }
 

@@ -181,6 +181,28 @@ pub struct Attributes {
     /// the object is cloned to (empty in records from before it; see [`Attributes::unique_id`]).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub unique_id: String,
+    /// A GlobalPlatform master key: which set, version and key of it. Such a key has no
+    /// PKCS#11 usage (every usage flag false): only the GlobalPlatform functions use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gp: Option<GpMaster>,
+}
+
+/// What makes a secret key one of a GlobalPlatform master key set's three.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpMaster {
+    /// The set's name.
+    pub set: String,
+    /// The set's version (1-127).
+    pub version: u8,
+    /// `enc`, `mac` or `dek`.
+    pub role: String,
+    /// `des3` (two-key), `aes-128`, `aes-192` or `aes-256`.
+    pub key_type: String,
+    /// The card population the set is defined for.
+    pub population: String,
+    /// Retired by the Crypto Officer: kept and listed, never used again.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 impl Attributes {

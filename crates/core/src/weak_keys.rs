@@ -67,7 +67,8 @@ pub fn well_known(spec: KeySpec, value: &[u8]) -> Option<&'static str> {
     }
     if spec == KeySpec::Des3 {
         let parts: Vec<Vec<u8>> = value.chunks(8).map(without_parity).collect();
-        if parts.len() == 3 && (parts[0] == parts[1] || parts[1] == parts[2]) {
+        // Two-key (K1 K2) or three-key: equal neighbouring parts make it single DES.
+        if parts.windows(2).any(|w| w[0] == w[1]) {
             return Some("a triple-DES key whose parts repeat (it is single DES)");
         }
         if parts

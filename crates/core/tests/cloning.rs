@@ -69,16 +69,7 @@ fn partition(f: &Fixture, hsm: &mut Hsm, label: &str, red: Option<&std::path::Pa
 
 /// The audit log's records, read from the database (the fixture has no Auditor).
 fn records(f: &Fixture) -> Vec<ferrohsm_audit::Record> {
-    let c = rusqlite::Connection::open(f.data.join("hsm.db")).unwrap();
-    let mut st = c
-        .prepare("SELECT record FROM audit_log ORDER BY idx")
-        .unwrap();
-    let rows = st
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|b| ferrohsm_audit::Record::from_bytes(&b.unwrap()).unwrap())
-        .collect();
-    rows
+    audit_records(&f.data)
 }
 
 /// Runs a whole clone from (a, sa) to (b, sb) in batches of `batch`.

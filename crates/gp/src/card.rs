@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::apdu::{
     Command, InitUpdate, Response, SW_CONDITIONS, SW_INS, SW_LENGTH, SW_NOT_FOUND, SW_OK,
     SW_SECURITY, SW_WRONG_DATA,
@@ -29,6 +31,32 @@ struct Pending {
     card: Vec<u8>,
     seq: Vec<u8>,
     authenticated: bool,
+}
+
+/// A simulated card's memory, as saved between runs.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SimCardState {
+    /// 2 or 3.
+    pub scp: u8,
+    /// The protocol option.
+    pub i: u8,
+    /// Key diversification data (hex).
+    pub kdd: String,
+    /// The sequence counter.
+    pub seq: u32,
+    /// Key sets.
+    pub sets: Vec<SavedSet>,
+}
+
+/// One key set of a simulated card.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SavedSet {
+    /// Version.
+    pub version: u8,
+    /// Key type.
+    pub key_type: String,
+    /// ENC, MAC, DEK (hex).
+    pub keys: Vec<String>,
 }
 
 /// A card with its key sets by version.
@@ -83,6 +111,57 @@ impl SimCard {
                 && s.mac.expose() == set.mac.expose()
                 && s.dek.expose() == set.dek.expose()
         })
+    }
+
+    /// What the card holds, to keep it between runs (its keys in clear: a simulated card's
+    /// memory, for tests and the demo, never a real card's). A channel does not survive.
+    pub fn state(&self) -> SimCardState {
+        SimCardState {
+            scp: self.scp,
+            i: self.i,
+            kdd: hex::encode_upper(self.kdd),
+            seq: self.seq,
+            sets: self
+                .sets
+                .values()
+                .map(|s| SavedSet {
+                    version: s.version,
+                    key_type: s.enc.kind().name().into(),
+                    keys: [&s.enc, &s.mac, &s.dek]
+                        .iter()
+                        .map(|k| hex::encode_upper(k.expose()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The card as [`SimCard::state`] kept it.
+    pub fn from_state(st: &SimCardState) -> crate::Result<SimCard> {
+        let bad = |w: &str| GpError::Malformed(format!("simulated card: {w}"));
+        let kdd: [u8; 10] = hex::decode(&st.kdd)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("kdd is 10 bytes of hex"))?;
+        let mut sets = BTreeMap::new();
+        for s in &st.sets {
+            let kind = KeyType::parse(&s.key_type)?;
+            let k = |i: usize| -> crate::Result<crate::block::Key> {
+                let v = s.keys.get(i).ok_or_else(|| bad("three keys per set"))?;
+                let v = zeroize::Zeroizing::new(hex::decode(v).map_err(|_| bad("keys are hex"))?);
+                crate::block::Key::new(kind, &v)
+            };
+            sets.insert(s.version, KeySet::new(s.version, k(0)?, k(1)?, k(2)?)?);
+        }
+        let first = sets
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| bad("no key set"))?;
+        let mut card = SimCard::new(st.scp, st.i, kdd, first)?;
+        card.sets = sets;
+        card.seq = st.seq;
+        Ok(card)
     }
 
     /// Answers one APDU (bytes in, bytes out).

@@ -340,6 +340,7 @@ mod tests {
                 copyable: true,
                 created: String::new(),
                 unique_id: "1f2e".into(),
+                gp: None,
             },
             public: None,
             content: None,

@@ -95,6 +95,7 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
         unwrap_template: template_from_wire(&a.unwrap_template)?,
         created: a.created,
         unique_id: a.unique_id,
+        gp: None,
     };
     let content = match o.content {
         None => None,

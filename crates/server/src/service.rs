@@ -44,6 +44,7 @@ pub fn call_name(call: &Option<Call>) -> &'static str {
         Some(Call::BackupRestore(_)) => "backup-restore",
         Some(Call::HaNote(_)) => "ha-note",
         Some(Call::DestroyedObjects(_)) => "destroyed-objects",
+        Some(Call::Gp(_)) => "gp",
         Some(Call::AuditExport(_)) => "audit-export",
         Some(Call::AuditVerify(_)) => "audit-verify",
         Some(Call::Info(_)) => "info",
@@ -609,6 +610,13 @@ fn answer(api: &mut dyn HsmApi, call: Call) -> Result<Reply> {
         Call::DestroyedObjects(a) => Reply::Text(v1::Text {
             value: convert::clone_json(&api.destroyed_objects(a.login)?)?,
         }),
+        Call::Gp(mut g) => {
+            let call = convert::clone_from_json(g.json.as_bytes(), "GlobalPlatform call");
+            zeroize::Zeroize::zeroize(&mut g.json);
+            Reply::Text(v1::Text {
+                value: convert::clone_json(&api.gp(g.login, call?)?)?,
+            })
+        }
         Call::AuditCheckExtends(a) => Reply::Number(v1::Number {
             value: api.audit_check_extends(a.login, &a.note)?,
         }),

@@ -739,6 +739,14 @@ impl HsmApi for GroupFront {
         not_in_group("Recording an HA event")
     }
 
+    fn gp(
+        &mut self,
+        _: LoginId,
+        _: ferrohsm_core::api::GpCall,
+    ) -> Result<ferrohsm_core::api::GpAnswer> {
+        not_in_group("GlobalPlatform functions")
+    }
+
     fn destroyed_objects(&mut self, _: LoginId) -> Result<Vec<String>> {
         not_in_group("Listing destroyed objects")
     }

@@ -1059,6 +1059,11 @@ impl HsmApi for Embedded {
         self.hsm.audit_check_extends(&s, note)
     }
 
+    fn gp(&mut self, login: LoginId, call: super::GpCall) -> Result<super::GpAnswer> {
+        let s = self.session(login)?;
+        super::gp_call::answer(&mut self.hsm, &s, call)
+    }
+
     fn destroyed_objects(&mut self, login: LoginId) -> Result<Vec<String>> {
         let s = self.session(login)?;
         self.hsm.destroyed_objects(&s)

@@ -14,14 +14,17 @@
 
 mod clone_flow;
 mod embedded;
+mod gp_call;
 
 pub use crate::audit::{AuditConfig, KeyUseAudit, Witness};
 pub use crate::hsm::{
     AuthMode, BackupSummary, ClientInfo, CloneBatch, CloneHello, CloneProgress, CloneSelect,
     Enrollment, HsmInfo,
 };
+pub use crate::hsm::{GpComponent, GpKeysRef, GpSetInfo};
 pub use clone_flow::{clone_between, clone_sided, CloneDone, CloneSide};
 pub use embedded::{Embedded, Logins, OwnerHold};
+pub use gp_call::{GpAnswer, GpCall};
 
 use crate::error::Result;
 use crate::mechanism::{KeySpec, Mechanism, Params};
@@ -621,6 +624,9 @@ pub trait HsmApi {
     /// back since ([`crate::hsm::Hsm::destroyed_objects`]): what an HA group's sync destroys
     /// on every member instead of cloning it back from one that was away.
     fn destroyed_objects(&mut self, login: LoginId) -> Result<Vec<String>>;
+    /// GlobalPlatform master key sets and secure channels to cards ([`GpCall`]); keys,
+    /// card keys and session keys stay in the HSM.
+    fn gp(&mut self, login: LoginId, call: GpCall) -> Result<GpAnswer>;
 }
 
 /// Most random bytes one call returns.

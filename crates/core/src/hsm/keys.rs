@@ -317,6 +317,7 @@ impl Hsm {
             created: now_rfc3339(),
             // Given by `put_key`, for each object it stores.
             unique_id: String::new(),
+            gp: None,
         };
         if spec.is_symmetric() {
             // A generic secret is for MACs; AES and 3DES keys are for encryption.
@@ -482,6 +483,7 @@ impl Hsm {
             copyable: true,
             created: now_rfc3339(),
             unique_id: crypto::random_hex_id(16),
+            gp: None,
         };
         let e = self.ev(
             "object-create",

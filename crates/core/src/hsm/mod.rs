@@ -41,6 +41,8 @@ mod clients;
 mod cloning;
 mod device;
 mod domain;
+mod gp;
+mod gp_channel;
 mod ha;
 mod keys;
 mod login;
@@ -54,6 +56,7 @@ pub use backup::{BackupSummary, BACKUP_FORMAT, BACKUP_VERSION, MAX_BACKUP_BYTES}
 pub use clear_keys::ClearKey;
 pub use clients::{parse_enrollment_code, ClientInfo, Enrollment, MAX_ENROLLMENT_SECONDS};
 pub use cloning::{CloneBatch, CloneHello, CloneProgress, CloneSelect, MAX_CLONE_BATCH};
+pub use gp::{GpComponent, GpKeysRef, GpNewSet, GpSetInfo};
 
 /// How the HSM's roles authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -570,6 +573,7 @@ mod tests {
             copyable: true,
             created: String::new(),
             unique_id: String::new(),
+            gp: None,
         };
         let one = Arc::new(LoadedKey {
             info: ObjectInfo {

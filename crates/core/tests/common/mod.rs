@@ -194,3 +194,19 @@ pub fn password_hsm() -> (tempfile::TempDir, Hsm) {
     .unwrap();
     (tmp, hsm)
 }
+
+/// The audit log's records of the data directory `data`, read from its database (for
+/// fixtures without an Auditor).
+#[allow(dead_code)]
+pub fn audit_records(data: &Path) -> Vec<ferrohsm_audit::Record> {
+    let c = rusqlite::Connection::open(data.join("hsm.db")).unwrap();
+    let mut st = c
+        .prepare("SELECT record FROM audit_log ORDER BY idx")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|b| ferrohsm_audit::Record::from_bytes(&b.unwrap()).unwrap())
+        .collect();
+    rows
+}
