@@ -116,6 +116,15 @@ mod tests {
                 ]
                 .concat(),
             ),
+            // Two-key 3DES (GlobalPlatform's), K1 = K2 up to parity: single DES.
+            (
+                KeySpec::Des3,
+                [
+                    [0x13u8, 0x34, 0x57, 0x79, 0x9b, 0xbc, 0xdf, 0xf1].as_slice(),
+                    &[0x12, 0x35, 0x56, 0x78, 0x9a, 0xbd, 0xde, 0xf0],
+                ]
+                .concat(),
+            ),
             // 3DES with a DES weak part.
             (
                 KeySpec::Des3,
