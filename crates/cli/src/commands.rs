@@ -1,18 +1,16 @@
 //! Runs one parsed command through the HSM API (a server's, or the engine on the data
 //! directory).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ferrohsm_core::api::{Embedded, HsmApi, InitHsm, LoginId, PartitionDomain};
-use ferrohsm_core::mechanism::{KeySpec, Mechanism, Params};
-use ferrohsm_core::object::{KeyOptions, ObjectClass};
+use ferrohsm_core::api::{Embedded, HsmApi, InitHsm, PartitionDomain};
 use ferrohsm_core::pedkey::PedKey;
 use ferrohsm_core::{AuthMode, HsmError, Role};
 
 use crate::input::{self, Kind};
 use crate::{
-    exit, output, AuthArg, Cli, Cmd, DomainArg, HsmCmd, HsmPolicyCmd, KeyCmd, KeyUser,
-    PartitionCmd, PartitionPolicyCmd, PedCmd, RoleCmd,
+    exit, output, AuthArg, Cli, Cmd, DomainArg, HsmCmd, HsmPolicyCmd, PartitionCmd,
+    PartitionPolicyCmd, PedCmd, RoleCmd,
 };
 use ferrohsm_core::pedkey::SecretType;
 
@@ -23,7 +21,7 @@ pub fn key_prefix(serial: &str, partition: Option<&str>, what: &str) -> String {
     ferrohsm_core::ped::default_key_prefix(serial, partition, what)
 }
 
-fn done(msg: impl AsRef<str>) -> R<u8> {
+pub(crate) fn done(msg: impl AsRef<str>) -> R<u8> {
     println!("{}", msg.as_ref());
     Ok(exit::OK)
 }
@@ -77,7 +75,7 @@ pub fn run(cli: Cli) -> R<u8> {
         Cmd::Hsm(c) => hsm_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Partition(c) => partition_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Role(c) => role_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
-        Cmd::Key(c) => key_cmd(c, &data_dir, server.as_deref(), &ped_dir, json),
+        Cmd::Key(c) => crate::keys::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Audit(c) => crate::audit::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Client(c) => crate::clients::run(c, &data_dir, server.as_deref(), &ped_dir, json),
         Cmd::Ha(c) => crate::ha::run(c, json),
@@ -613,7 +611,7 @@ fn partition_info(api: &mut dyn HsmApi, label: &str) -> R<ferrohsm_core::hsm::Pa
 }
 
 /// A partition role named with `flag` (`--role` or `--as`): co or cu.
-fn partition_role(s: &str, flag: &str) -> R<Role> {
+pub(crate) fn partition_role(s: &str, flag: &str) -> R<Role> {
     let r = Role::parse(s)?;
     if !matches!(r, Role::CryptoOfficer | Role::CryptoUser) {
         return Err(HsmError::InvalidInput(format!(
@@ -766,287 +764,5 @@ fn role_cmd(c: RoleCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json:
                 "secret of the {who} replaced; the old keys no longer log in"
             ))
         }
-    }
-}
-
-fn read_file(p: &PathBuf) -> R<Vec<u8>> {
-    std::fs::read(p).map_err(|e| HsmError::io(p, e))
-}
-
-fn write_file(p: &PathBuf, data: &[u8]) -> R<()> {
-    std::fs::write(p, data).map_err(|e| HsmError::io(p, e))
-}
-
-/// Key commands go through the HSM API: to the server that holds the directory (or the one
-/// named by --server), or to the engine on the directory.
-fn key_cmd(c: KeyCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bool) -> R<u8> {
-    let mut api = crate::front::open(dir, server)?;
-    let hsm = api.as_mut();
-    match c {
-        KeyCmd::Generate {
-            user,
-            key_type,
-            label,
-            id,
-            extractable,
-            count,
-        } => {
-            let spec: KeySpec = key_type.parse()?;
-            let id =
-                hex::decode(&id).map_err(|_| HsmError::InvalidInput("--id takes hex".into()))?;
-            let s = key_login(hsm, ped_dir, &user)?;
-            if let Some(n) = count {
-                let each: Vec<KeyOptions> = (1..=n)
-                    .map(|i| KeyOptions {
-                        label: format!("{label}-{i:05}"),
-                        id: i.to_be_bytes().to_vec(),
-                        extractable,
-                    })
-                    .collect();
-                let made = hsm.generate_keys(s, spec, &each)?;
-                return done(format!(
-                    "generated {} {spec} keys {label}-00001 … {label}-{n:05}",
-                    made.len()
-                ));
-            }
-            let handles = hsm.generate_key(
-                s,
-                spec,
-                &KeyOptions {
-                    label: label.clone(),
-                    id,
-                    extractable,
-                },
-            )?;
-            let hs: Vec<String> = handles.iter().map(u64::to_string).collect();
-            done(format!(
-                "generated {spec} key {label:?} (handle(s) {})",
-                hs.join(", ")
-            ))
-        }
-        KeyCmd::List { user } => {
-            let s = key_login(hsm, ped_dir, &user)?;
-            let list = hsm.find_objects(s, None)?;
-            if json {
-                output::json(&list)
-            } else {
-                output::objects(&list)
-            }
-            Ok(exit::OK)
-        }
-        KeyCmd::Public {
-            user,
-            label,
-            output,
-        } => {
-            let s = key_login(hsm, ped_dir, &user)?;
-            let key = find_key(hsm, s, &label, ObjectClass::PublicKey)?;
-            let der = key
-                .public
-                .ok_or_else(|| HsmError::State(format!("{label:?} has no public key")))?;
-            write_file(&output, pem("PUBLIC KEY", &der).as_bytes())?;
-            done(format!(
-                "public key of {label:?} written to {}",
-                output.display()
-            ))
-        }
-        KeyCmd::Trust {
-            partition,
-            label,
-            remove,
-            login: l,
-        } => {
-            let s = crate::front::login(hsm, ped_dir, &l, Role::PartitionSo, Some(&partition))?;
-            hsm.set_key_trusted(s, &label, !remove)?;
-            done(if remove {
-                format!("key {label:?} in {partition} is no longer trusted")
-            } else {
-                format!("key {label:?} in {partition} is trusted: it may wrap (CKA_TRUSTED)")
-            })
-        }
-        KeyCmd::Delete { user, label } => {
-            let s = key_login(hsm, ped_dir, &user)?;
-            let found = hsm.find_objects(s, Some(&label))?;
-            if found.is_empty() {
-                return Err(HsmError::NotFound(format!("no key labelled {label:?}")));
-            }
-            for o in &found {
-                hsm.destroy_object(s, o.handle)?;
-            }
-            done(format!(
-                "deleted {} object(s) labelled {label:?}",
-                found.len()
-            ))
-        }
-        KeyCmd::Sign {
-            user,
-            label,
-            mechanism,
-            input,
-            output,
-        } => {
-            let data = read_file(&input)?;
-            let s = key_login(hsm, ped_dir, &user)?;
-            let key = find_key(hsm, s, &label, ObjectClass::PrivateKey)?;
-            let mech = pick(mechanism, Use::Sign, key.attrs.key_spec()?)?;
-            let sig = hsm.sign(s, key.handle, mech, &data)?;
-            write_file(&output, &sig)?;
-            done(format!(
-                "signed {} with {label:?} ({mech}): {} bytes to {}",
-                input.display(),
-                sig.len(),
-                output.display()
-            ))
-        }
-        KeyCmd::Verify {
-            user,
-            label,
-            mechanism,
-            input,
-            signature,
-        } => {
-            let data = read_file(&input)?;
-            let sig = read_file(&signature)?;
-            let s = key_login(hsm, ped_dir, &user)?;
-            let key = find_key(hsm, s, &label, ObjectClass::PublicKey)?;
-            let mech = pick(mechanism, Use::Sign, key.attrs.key_spec()?)?;
-            if hsm.verify(s, key.handle, mech, &data, &sig)? {
-                done(format!("signature valid ({mech}, key {label:?})"))
-            } else {
-                println!("signature INVALID ({mech}, key {label:?})");
-                Ok(exit::FAILURE)
-            }
-        }
-        KeyCmd::Encrypt {
-            user,
-            label,
-            input,
-            output,
-            aad,
-        } => {
-            let data = read_file(&input)?;
-            let s = key_login(hsm, ped_dir, &user)?;
-            let key = find_cipher_key(hsm, s, &label, true)?;
-            let mech = pick(None, Use::Encrypt, key.attrs.key_spec()?)?;
-            let mut iv = vec![0u8; if mech == Mechanism::AesGcm { 12 } else { 0 }];
-            ferrohsm_core::crypto::fill_random(&mut iv);
-            let p = Params {
-                iv: iv.clone(),
-                aad: hex::decode(&aad)
-                    .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
-                label: vec![],
-            };
-            let ct = hsm.encrypt(s, key.handle, mech, &p, &data)?;
-            write_file(&output, &[iv, ct].concat())?;
-            done(format!(
-                "encrypted {} with {label:?} ({mech}) to {}",
-                input.display(),
-                output.display()
-            ))
-        }
-        KeyCmd::Decrypt {
-            user,
-            label,
-            input,
-            output,
-            aad,
-        } => {
-            let data = read_file(&input)?;
-            let s = key_login(hsm, ped_dir, &user)?;
-            let key = find_cipher_key(hsm, s, &label, false)?;
-            let mech = pick(None, Use::Encrypt, key.attrs.key_spec()?)?;
-            let (iv, ct) = if mech == Mechanism::AesGcm {
-                if data.len() < 12 + 16 {
-                    return Err(HsmError::InvalidInput(format!(
-                        "{} is too short to be AES-GCM output",
-                        input.display()
-                    )));
-                }
-                data.split_at(12)
-            } else {
-                (&data[..0], &data[..])
-            };
-            let p = Params {
-                iv: iv.to_vec(),
-                aad: hex::decode(&aad)
-                    .map_err(|_| HsmError::InvalidInput("--aad takes hex".into()))?,
-                label: vec![],
-            };
-            let pt = hsm.decrypt(s, key.handle, mech, &p, ct)?;
-            write_file(&output, &pt)?;
-            done(format!(
-                "decrypted {} with {label:?} ({mech}) to {}",
-                input.display(),
-                output.display()
-            ))
-        }
-    }
-}
-
-/// PEM armour (RFC 7468) around DER.
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn find_cipher_key(
-    hsm: &mut dyn HsmApi,
-    s: LoginId,
-    label: &str,
-    encrypt: bool,
-) -> R<ferrohsm_core::object::ObjectInfo> {
-    let all = hsm.find_objects(s, Some(label))?;
-    let want = |c: ObjectClass| all.iter().find(|o| o.attrs.class == c).cloned();
-    want(ObjectClass::SecretKey)
-        .or_else(|| {
-            want(if encrypt {
-                ObjectClass::PublicKey
-            } else {
-                ObjectClass::PrivateKey
-            })
-        })
-        .ok_or_else(|| HsmError::NotFound(format!("no key labelled {label:?}")))
-}
-
-fn find_key(
-    hsm: &mut dyn HsmApi,
-    s: LoginId,
-    label: &str,
-    class: ObjectClass,
-) -> R<ferrohsm_core::object::ObjectInfo> {
-    ferrohsm_core::object::one_labelled(hsm.find_objects(s, Some(label))?, label, class)
-}
-
-/// Logs the Crypto Officer (or, with --as cu, the Crypto User) of the command's partition in.
-pub(crate) fn key_login(hsm: &mut dyn HsmApi, ped_dir: &Path, u: &KeyUser) -> R<LoginId> {
-    let role = partition_role(&u.as_role, "--as")?;
-    crate::front::login(hsm, ped_dir, &u.login, role, Some(&u.partition))
-}
-
-/// What a key is used for, to pick its default mechanism.
-enum Use {
-    Sign,
-    Encrypt,
-}
-
-fn pick(given: Option<String>, usage: Use, spec: KeySpec) -> R<Mechanism> {
-    let default = match usage {
-        Use::Sign => spec.default_sign(),
-        Use::Encrypt => spec.default_encrypt(),
-    };
-    match given {
-        Some(m) => m.parse(),
-        None => default.ok_or_else(|| {
-            HsmError::InvalidInput(format!(
-                "a {spec} key has no default mechanism for this; name one with --mechanism"
-            ))
-        }),
     }
 }

@@ -292,7 +292,7 @@ pub fn run(c: GpCmd, dir: &Path, server: Option<&Path>, ped_dir: &Path, json: bo
         | GpCmd::Personalise { user, .. } => user,
         GpCmd::SimCard(_) => return Ok(exit::OK),
     };
-    let login = crate::commands::key_login(hsm, ped_dir, user)?;
+    let login = crate::keys::key_login(hsm, ped_dir, user)?;
     let r = gp_cmd(hsm, login, c, json);
     let _ = hsm.logout(login);
     r

@@ -10,9 +10,12 @@ mod front;
 mod gp;
 mod ha;
 mod input;
+mod keys;
 mod output;
 mod pedargs;
 mod serve;
+
+pub use keys::{KeyCmd, KeyUser};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -908,178 +911,6 @@ pub enum WitnessCmd {
         checkpoint: PathBuf,
         #[command(flatten)]
         login: Login,
-    },
-}
-
-/// Who uses keys: Crypto Officer or Crypto User.
-#[derive(clap::Args, Debug, Clone)]
-pub struct KeyUser {
-    /// Partition label.
-    #[arg(long)]
-    pub partition: String,
-    /// Log in as co (default) or cu.
-    #[arg(long = "as", default_value = "co")]
-    pub as_role: String,
-    #[command(flatten)]
-    pub login: Login,
-}
-
-/// `ferrohsm key …`
-#[derive(Subcommand, Debug)]
-pub enum KeyCmd {
-    /// Generate a key in the partition (Crypto Officer).
-    #[command(
-        after_help = "Examples:\n  ferrohsm key generate --partition payments --type ec-p256 --label signer --challenge env:CO_CHALLENGE\n  ferrohsm key generate --partition issuing --type aes-128 --label card-batch-7 --count 5000 --challenge env:CO_CHALLENGE"
-    )]
-    Generate {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Key type: aes-128, aes-192, aes-256, ec-p256, ec-p384, ec-p521, rsa-2048, rsa-3072, rsa-4096, ed25519.
-        #[arg(long = "type")]
-        key_type: String,
-        /// Label (with --count, the prefix of each label: LABEL-00001, LABEL-00002, …).
-        #[arg(long)]
-        label: String,
-        /// CKA_ID, hex (with --count, the keys' ids are their numbers).
-        #[arg(long, default_value = "")]
-        id: String,
-        /// Allow the key to leave the HSM wrapped (CKA_EXTRACTABLE). Default: never.
-        #[arg(long)]
-        extractable: bool,
-        /// Generate this many keys in one transaction (all or none; each one audited).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        count: Option<u32>,
-    },
-    /// List the partition's keys.
-    #[command(
-        after_help = "Example:\n  ferrohsm key list --partition payments --challenge env:CO_CHALLENGE --json"
-    )]
-    List {
-        #[command(flatten)]
-        user: KeyUser,
-    },
-    /// Write a key pair's public key (X.509 SubjectPublicKeyInfo, PEM) for use outside the HSM.
-    #[command(
-        after_help = "Example:\n  ferrohsm key public --partition payments --label signer --out signer.pem --as cu"
-    )]
-    Public {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Key label.
-        #[arg(long)]
-        label: String,
-        /// PEM file to write.
-        #[arg(long = "out")]
-        output: PathBuf,
-    },
-    /// Delete a key (both halves of a pair) (Crypto Officer).
-    #[command(
-        after_help = "Example:\n  ferrohsm key delete --partition payments --label old-signer --challenge env:CO_CHALLENGE"
-    )]
-    Delete {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Label.
-        #[arg(long)]
-        label: String,
-    },
-    /// Mark a secret or public key trusted (CKA_TRUSTED), so that it may wrap although it was
-    /// not generated in the HSM (Partition SO login). Every other wrapping rule still holds.
-    #[command(
-        after_help = "Examples:\n  ferrohsm key trust --partition payments --label zone-kek\n  ferrohsm key trust --partition payments --label zone-kek --remove"
-    )]
-    Trust {
-        /// Partition label.
-        #[arg(long)]
-        partition: String,
-        /// The key's label.
-        #[arg(long)]
-        label: String,
-        /// Take the mark away instead.
-        #[arg(long)]
-        remove: bool,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Sign a file.
-    #[command(
-        after_help = "Example:\n  ferrohsm key sign --partition payments --label signer --in msg.txt --out msg.sig --challenge env:CO_CHALLENGE"
-    )]
-    Sign {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Key label.
-        #[arg(long)]
-        label: String,
-        /// Mechanism (default per key type: ecdsa-sha256, rsa-pkcs1-sha256, ed25519).
-        #[arg(long)]
-        mechanism: Option<String>,
-        /// Data to sign.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// Where to write the signature.
-        #[arg(long = "out")]
-        output: PathBuf,
-    },
-    /// Verify a signature (exit 0 if valid, 1 if not).
-    #[command(
-        after_help = "Example:\n  ferrohsm key verify --partition payments --label signer --in msg.txt --signature msg.sig --as cu"
-    )]
-    Verify {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Key label.
-        #[arg(long)]
-        label: String,
-        /// Mechanism (default per key type).
-        #[arg(long)]
-        mechanism: Option<String>,
-        /// Signed data.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// Signature file.
-        #[arg(long)]
-        signature: PathBuf,
-    },
-    /// Encrypt a file (AES-GCM with a fresh random IV stored in front of the output, or RSA-OAEP).
-    #[command(
-        after_help = "Example:\n  ferrohsm key encrypt --partition payments --label data-key --in plain.bin --out cipher.bin --aad 0102"
-    )]
-    Encrypt {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Key label.
-        #[arg(long)]
-        label: String,
-        /// Plaintext file.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// Ciphertext file.
-        #[arg(long = "out")]
-        output: PathBuf,
-        /// Additional authenticated data for AES-GCM, as hex.
-        #[arg(long, default_value = "")]
-        aad: String,
-    },
-    /// Decrypt a file made by `key encrypt`.
-    #[command(
-        after_help = "Example:\n  ferrohsm key decrypt --partition payments --label data-key --in cipher.bin --out plain.bin --aad 0102"
-    )]
-    Decrypt {
-        #[command(flatten)]
-        user: KeyUser,
-        /// Key label.
-        #[arg(long)]
-        label: String,
-        /// Ciphertext file.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// Plaintext file.
-        #[arg(long = "out")]
-        output: PathBuf,
-        /// Additional authenticated data for AES-GCM, as hex.
-        #[arg(long, default_value = "")]
-        aad: String,
     },
 }
 
