@@ -333,10 +333,20 @@ impl Hsm {
             t.put("partition", &pid(id), &p)?;
             t.event(&e)
         })?;
-        let sets = self.gp_sets(id, &pmk)?;
-        sets.into_iter()
-            .find(|i| i.set == set && i.version == version)
-            .ok_or_else(|| HsmError::State("the new set is not there".into()))
+        // What was stored, with the check values already computed for the record.
+        let method = KcvMethod::gp_default(kind).name().to_string();
+        Ok(GpSetInfo {
+            set: set.into(),
+            version,
+            key_type: kind.name().into(),
+            population: population.into(),
+            retired: false,
+            kcvs: KeyRole::ALL
+                .into_iter()
+                .zip(kcvs)
+                .map(|(r, v)| (r.name().to_string(), method.clone(), v))
+                .collect(),
+        })
     }
 
     fn gp_attributes(
@@ -474,12 +484,14 @@ impl Hsm {
 
     /// A new version of `set` (the next number), generated inside (Crypto Officer).
     pub fn gp_rotate(&mut self, s: &Session, set: &str) -> Result<GpSetInfo> {
-        let (id, pmk) = self.key_user(s, "rotating GlobalPlatform master keys", true)?;
+        let id = self.key_role(s, "rotating GlobalPlatform master keys", true)?;
+        // The markers say all that is needed: no key is opened to find the latest version.
         let latest = self
-            .gp_sets(id, &pmk)?
+            .gp_keys(id)?
             .into_iter()
-            .filter(|i| i.set == set)
-            .max_by_key(|i| i.version)
+            .filter_map(|(_, rec)| rec.attrs.gp)
+            .filter(|g| g.set == set)
+            .max_by_key(|g| g.version)
             .ok_or_else(|| HsmError::NotFound(format!("no GlobalPlatform key set {set:?}")))?;
         if latest.version >= MAX_VERSION {
             return Err(HsmError::InvalidInput(format!(
