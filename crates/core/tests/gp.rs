@@ -179,27 +179,13 @@ fn a_ceremony_checks_every_component_and_refuses_well_known_values() {
             assert_eq!(v, &hex::encode_upper(kcv(want.get(role), m).unwrap()));
         }
     }
-    // Every kind of well-known value, whichever components make it up.
-    let gp_default = hex::decode("404142434445464748494A4B4C4D4E4F").unwrap();
-    let mut seq = (0u8..16).collect::<Vec<_>>();
-    seq.reverse();
-    let k1k1 = [&[0x13u8, 0x34, 0x57, 0x79, 0x9b, 0xbc, 0xdf, 0xf1][..]; 2].concat();
-    let weak = [
-        &[0x01u8; 8][..],
-        &[0x13, 0x34, 0x57, 0x79, 0x9b, 0xbc, 0xdf, 0xf1],
-    ]
-    .concat();
-    for (kind, value) in [
-        (KeyType::Aes128, gp_default.clone()),
-        (KeyType::Des3, gp_default.clone()),
-        (KeyType::Aes128, vec![0u8; 16]),
-        (KeyType::Aes128, vec![0x5a; 16]),
-        (KeyType::Aes128, [0x11, 0x22].repeat(8)),
-        (KeyType::Aes256, (0u8..32).collect()),
-        (KeyType::Aes128, seq.clone()),
-        (KeyType::Des3, k1k1.clone()),
-        (KeyType::Des3, weak.clone()),
-    ] {
+    // Every kind of well-known value (the list's samples), whichever components make it up.
+    let gp_default = ferrohsm_core::weak_keys::GP_DEFAULT_KEY.to_vec();
+    for (spec, value) in ferrohsm_core::weak_keys::samples() {
+        let kind = match spec {
+            ferrohsm_core::mechanism::KeySpec::Des3 => KeyType::Des3,
+            _ => KeyType::aes(value.len()).unwrap(),
+        };
         let good = random_set(kind, 1);
         let mut comps = set_components(kind, &good);
         comps.retain(|c| c.role != "mac");
@@ -375,12 +361,20 @@ fn a_card_is_personalised_through_the_engine_and_every_step_is_audited() {
             h.gp_unwrap(&s, &ch2, &card.transmit(&wire)).unwrap(),
             [1, 2, 3, 0x90, 0x00]
         );
+        // A channel is its login's: another login of the same partition, knowing its id,
+        // cannot use or close it.
+        let other = co(&mut h);
+        let e = h.gp_wrap(&other, &ch2, &echo).unwrap_err();
+        assert!(matches!(e, HsmError::NotFound(_)), "{e}");
+        h.gp_close(&other, &ch2).unwrap();
+        let wire = h.gp_wrap(&s, &ch2, &echo).unwrap();
+        h.gp_unwrap(&s, &ch2, &card.transmit(&wire)).unwrap();
         assert!(open(&mut h, &s, &mut card, &keys(&tname, None, None), 1, level).is_err());
         // Another card's keys (the masters without diversification) are refused by the card's
         // cryptogram, and audited.
         let e = open(&mut h, &s, &mut card, &keys(&mname, None, None), 2, level).unwrap_err();
         assert!(matches!(e, HsmError::Refused(_)), "{e}");
-        // A channel of this partition is not usable after closing it.
+        // A channel is not usable after closing it.
         h.gp_close(&s, &ch2).unwrap();
         assert!(h.gp_wrap(&s, &ch2, &echo).is_err());
     }

@@ -209,6 +209,19 @@ pub fn get(o: &ObjectInfo, t: CK_ATTRIBUTE_TYPE) -> Attr {
     };
     let secret_or_private = a.class != ObjectClass::PublicKey;
     let public = o.public.as_deref();
+    if let Some(g) = &a.gp {
+        use crate::gp_mech::*;
+        match t {
+            CKA_FERROHSM_GP_SET => return Attr::Value(g.set.as_bytes().to_vec()),
+            CKA_FERROHSM_GP_VERSION => return Attr::Value(ulong(g.version.into())),
+            CKA_FERROHSM_GP_ROLE => return Attr::Value(ulong(role_code(&g.role))),
+            CKA_FERROHSM_GP_POPULATION => return Attr::Value(g.population.as_bytes().to_vec()),
+            CKA_FERROHSM_GP_RETIRED => return b(g.retired),
+            // Two-key 3DES, held as a 16-byte secret.
+            CKA_KEY_TYPE if g.key_type == "des3" => return Attr::Value(ulong(CKK_DES2)),
+            _ => {}
+        }
+    }
     match t {
         CKA_CLASS => Attr::Value(ulong(class_code(a.class))),
         CKA_TOKEN => b(a.token),

@@ -24,6 +24,7 @@ pub mod attrs;
 #[allow(unsafe_op_in_unsafe_fn)]
 pub mod entry;
 pub mod ffi;
+pub mod gp_mech;
 pub mod mech;
 pub mod shared_view;
 pub mod state;

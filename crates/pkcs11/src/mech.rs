@@ -107,6 +107,45 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (CKM_SHA256, 0, 0, CKF_DIGEST),
     (CKM_SHA384, 0, 0, CKF_DIGEST),
     (CKM_SHA512, 0, 0, CKF_DIGEST),
+    // GlobalPlatform (vendor-defined; the README lists their parameters). Sizes in bytes.
+    (crate::gp_mech::CKM_FERROHSM_GP_KCV, 16, 32, CKF_SIGN),
+    (
+        crate::gp_mech::CKM_FERROHSM_GP_SET_GENERATE,
+        16,
+        32,
+        CKF_GENERATE,
+    ),
+    (
+        crate::gp_mech::CKM_FERROHSM_GP_SET_IMPORT,
+        16,
+        32,
+        CKF_GENERATE,
+    ),
+    (
+        crate::gp_mech::CKM_FERROHSM_GP_SET_ROTATE,
+        16,
+        32,
+        CKF_GENERATE,
+    ),
+    (
+        crate::gp_mech::CKM_FERROHSM_GP_CHANNEL_OPEN,
+        16,
+        32,
+        CKF_DERIVE,
+    ),
+    (
+        crate::gp_mech::CKM_FERROHSM_GP_CHANNEL_WRAP,
+        0,
+        0,
+        CKF_ENCRYPT,
+    ),
+    (
+        crate::gp_mech::CKM_FERROHSM_GP_CHANNEL_UNWRAP,
+        0,
+        0,
+        CKF_DECRYPT,
+    ),
+    (crate::gp_mech::CKM_FERROHSM_GP_PUT_KEY, 16, 32, CKF_WRAP),
 ];
 
 /// The hash of a `CKM_SHA*` digest mechanism or `CKM_SHA*` hash-algorithm parameter.

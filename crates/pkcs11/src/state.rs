@@ -342,6 +342,8 @@ pub struct Session {
     pub remote_memo: Option<(u64, ferrohsm_core::object::Attributes)>,
     /// The HMAC context of the last key it MACed with (keyed state: cleared with the memo).
     pub mac: ferrohsm_core::mechanism::MacSlot,
+    /// GlobalPlatform operations in progress and the secure channels this session opened.
+    pub gp: crate::api::gp::GpState,
 }
 
 impl Session {
@@ -361,6 +363,7 @@ impl Session {
         self.key_memo.clear();
         self.remote_memo = None;
         self.mac.clear();
+        self.gp.end_operations();
     }
 }
 

@@ -53,6 +53,11 @@ pub fn object_to_wire(o: &ObjectInfo) -> v1::ObjectInfo {
             wrap_template: template_to_wire(&a.wrap_template),
             unwrap_template: template_to_wire(&a.unwrap_template),
             unique_id: a.unique_id.clone(),
+            gp: a
+                .gp
+                .as_ref()
+                .and_then(|g| serde_json::to_string(g).ok())
+                .unwrap_or_default(),
         }),
         public: o.public.clone(),
         content: o.content.as_ref().map(|c| match content_to_wire(c) {
@@ -95,7 +100,13 @@ pub fn object_from_wire(o: v1::ObjectInfo) -> Result<ObjectInfo> {
         unwrap_template: template_from_wire(&a.unwrap_template)?,
         created: a.created,
         unique_id: a.unique_id,
-        gp: None,
+        gp: if a.gp.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&a.gp).map_err(|e| {
+                HsmError::InvalidInput(format!("a malformed GlobalPlatform marker: {e}"))
+            })?)
+        },
     };
     let content = match o.content {
         None => None,
@@ -720,5 +731,38 @@ pub fn report_from_wire(r: v1::AuditReport) -> Report {
         cosigned_by: r.cosigned_by,
         ceremonies: r.ceremonies.into_iter().map(|c| (c.seq, c.event)).collect(),
         proved: r.proved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GlobalPlatform master key's marker crosses the wire whole; a malformed one is an
+    /// error, never a key without its marker (which would lose the rules that go with it).
+    #[test]
+    fn a_gp_marker_crosses_the_wire_or_is_refused() {
+        let marker = r#"{"set":"issuer","version":3,"role":"mac","key_type":"aes-128","population":"cards","retired":false}"#;
+        let wire = |gp: &str| v1::ObjectInfo {
+            handle: 7,
+            attributes: Some(v1::Attributes {
+                class: ObjectClass::SecretKey.name().into(),
+                key_type: Some("aes-128".into()),
+                gp: gp.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let o = object_from_wire(wire(marker)).unwrap();
+        let g = o.attrs.gp.clone().unwrap();
+        assert_eq!(
+            (g.set.as_str(), g.version, g.role.as_str()),
+            ("issuer", 3, "mac")
+        );
+        let back = object_to_wire(&o);
+        assert_eq!(object_from_wire(back).unwrap().attrs.gp, Some(g));
+        assert!(object_from_wire(wire("")).unwrap().attrs.gp.is_none());
+        let e = object_from_wire(wire("{not json")).unwrap_err();
+        assert!(e.to_string().contains("GlobalPlatform"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{HsmError, Result};
 use crate::hsm::{GpComponent, GpKeysRef, GpNewSet, GpSetInfo, Hsm, Session};
 
 /// What is asked (Crypto Officer, or for reads the Crypto User too).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "kebab-case")]
 pub enum GpCall {
     /// The partition's master key sets.

@@ -85,6 +85,13 @@ pub struct GpComponent {
     pub kcv: String,
 }
 
+/// A component's value is wiped wherever one is dropped (a ceremony's request, a parsed file).
+impl Drop for GpComponent {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
 impl std::fmt::Debug for GpComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "GpComponent({}, kcv {})", self.role, self.kcv)

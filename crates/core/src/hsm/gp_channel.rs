@@ -1,7 +1,8 @@
 //! Secure channels to cards, computed in the HSM: opened with the keys a set names for the
 //! card (its own, or diversified from its KDD), commands protected and answers checked at the
 //! channel's level, PUT KEY of the card's new keys. Session keys never leave; each channel
-//! belongs to the partition that opened it, and is dropped after ten idle minutes.
+//! belongs to the login that opened it (no other login can use it, and it ends with the
+//! login), and is dropped after ten idle minutes.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,13 +16,12 @@ use super::gp::gp_err;
 use super::*;
 use crate::hsm::GpKeysRef;
 
-/// Open channels the HSM keeps, all logins together.
+/// Open channels one login keeps.
 const MAX_CHANNELS: usize = 256;
 /// A channel unused this long is dropped.
 const CHANNEL_IDLE: Duration = Duration::from_secs(600);
 
-struct OpenChannel {
-    partition: u32,
+pub(super) struct OpenChannel {
     channel: Channel,
     kdd: [u8; 10],
     used: Instant,
@@ -29,10 +29,21 @@ struct OpenChannel {
     last: Option<Command>,
 }
 
-static CHANNELS: Mutex<Vec<(String, OpenChannel)>> = Mutex::new(Vec::new());
+/// A login's open channels, by id.
+#[derive(Default)]
+pub(super) struct Channels(Mutex<Vec<(String, OpenChannel)>>);
 
-fn channels() -> std::sync::MutexGuard<'static, Vec<(String, OpenChannel)>> {
-    CHANNELS.lock().unwrap_or_else(|e| e.into_inner())
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} secure channel(s)", self.lock().len())
+    }
+}
+
+impl Channels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, OpenChannel)>> {
+        // Only pushes, removals and in-place steps happen under it: a poisoned list is whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Hsm {
@@ -75,7 +86,7 @@ impl Hsm {
         let ea = ea.to_bytes().map_err(gp_err)?;
         let sid = crypto::random_hex_id(16);
         {
-            let mut all = channels();
+            let mut all = s.gp_channels.lock();
             all.retain(|(_, c)| c.used.elapsed() < CHANNEL_IDLE);
             if all.len() >= MAX_CHANNELS {
                 return Err(HsmError::Exhausted(format!(
@@ -85,7 +96,6 @@ impl Hsm {
             all.push((
                 sid.clone(),
                 OpenChannel {
-                    partition: id,
                     channel,
                     kdd: iu.kdd,
                     used: Instant::now(),
@@ -109,21 +119,22 @@ impl Hsm {
         Ok((sid, ea))
     }
 
-    /// Runs `f` on the login's partition's open channel `sid`.
+    /// Runs `f` on the login's open channel `sid`.
     fn gp_with<T>(
         &mut self,
         s: &Session,
         sid: &str,
         f: impl FnOnce(&mut OpenChannel) -> Result<T>,
     ) -> Result<T> {
-        let id = self.partition_role(s, "using a secure channel", false)?;
-        let mut all = channels();
+        self.partition_role(s, "using a secure channel", false)?;
+        let mut all = s.gp_channels.lock();
+        all.retain(|(_, c)| c.used.elapsed() < CHANNEL_IDLE);
         let c = all
             .iter_mut()
-            .find(|(k, c)| k == sid && c.partition == id)
+            .find(|(k, _)| k == sid)
             .map(|(_, c)| c)
             .ok_or_else(|| {
-                HsmError::NotFound(format!("no open secure channel {sid} in this partition"))
+                HsmError::NotFound(format!("no open secure channel {sid} in this login"))
             })?;
         c.used = Instant::now();
         f(c)
@@ -212,8 +223,8 @@ impl Hsm {
 
     /// Closes channel `sid` (its session keys dropped).
     pub fn gp_close(&mut self, s: &Session, sid: &str) -> Result<()> {
-        let id = self.partition_role(s, "closing a secure channel", false)?;
-        channels().retain(|(k, c)| !(k == sid && c.partition == id));
+        self.partition_role(s, "closing a secure channel", false)?;
+        s.gp_channels.lock().retain(|(k, _)| k != sid);
         Ok(())
     }
 }

@@ -313,6 +313,7 @@ impl Hsm {
                     via_activation,
                     cache: KeyCache::default(),
                     session_objects: Mutex::new(BTreeMap::new()),
+                    gp_channels: Default::default(),
                 })
             }
             Err((e, zeroize_hsm)) => {

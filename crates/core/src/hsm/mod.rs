@@ -222,6 +222,9 @@ pub struct Session {
     /// Session objects (`CKA_TOKEN` false) by handle, with the PKCS#11 session owning each.
     /// Never written anywhere; dropped (and so zeroized) with their owner or the login.
     session_objects: Mutex<BTreeMap<u64, (u64, Arc<LoadedKey>)>>,
+    /// Secure channels to cards this login opened, by id: theirs alone, and their session
+    /// keys go (zeroized) with the login.
+    gp_channels: gp_channel::Channels,
 }
 
 impl Session {
@@ -597,6 +600,7 @@ mod tests {
             via_activation: false,
             cache: KeyCache::default(),
             session_objects: Mutex::new(full),
+            gp_channels: Default::default(),
         };
         assert!(matches!(s.session_room(1), Err(HsmError::Exhausted(_))));
         s.drop_session_objects(1);

@@ -172,9 +172,16 @@ pub unsafe fn C_GenerateKey(
 ) -> CK_RV {
     done((|| {
         // SAFETY: mech::read and ffi::template check for NULL; validity per contract.
-        let ((code, _), t) = unsafe { (mech::read(m)?, ffi::template(tpl, n)?) };
+        let ((code, p), t) = unsafe { (mech::read(m)?, ffi::template(tpl, n)?) };
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
+        }
+        if crate::gp_mech::is_gp(code) {
+            // SAFETY: the parameter's pointers are valid per contract.
+            let handle = unsafe { super::gp::generate(h, code, &p, &t)? };
+            // SAFETY: non-NULL per check.
+            unsafe { *out = handle };
+            return Ok(());
         }
         let len = || {
             find_attr(&t, CKA_VALUE_LEN)
@@ -215,6 +222,13 @@ pub unsafe fn C_DeriveKey(
         let ((code, p), t) = unsafe { (mech::read(m)?, ffi::template(tpl, n)?) };
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
+        }
+        if crate::gp_mech::is_gp(code) {
+            // SAFETY: the parameter's pointers are valid per contract.
+            let handle = unsafe { super::gp::open_channel(h, code, &p, base, &t)? };
+            // SAFETY: non-NULL per check.
+            unsafe { *out = handle };
+            return Ok(());
         }
         if code != CKM_ECDH1_DERIVE {
             return Err(CKR_MECHANISM_INVALID);

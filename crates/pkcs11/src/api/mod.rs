@@ -29,6 +29,7 @@ use crate::state::{
 pub const CKU_CRYPTO_USER: CK_USER_TYPE = 0x8000_0001;
 
 mod digest;
+pub(crate) mod gp;
 mod keygen;
 mod objects;
 mod ops;

@@ -135,7 +135,11 @@ pub unsafe fn C_GetAttributeValue(
     done((|| {
         let (s, login) = state::session(h)?;
         let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
-        let o = object(&mut s, &login, obj)?;
+        // A secure channel is this session's alone and no HSM object.
+        let o = match s.gp.is_channel(obj) {
+            true => None,
+            false => Some(object(&mut s, &login, obj)?),
+        };
         if tpl.is_null() && n > 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -143,7 +147,17 @@ pub unsafe fn C_GetAttributeValue(
         for i in 0..n as usize {
             // SAFETY: `tpl` holds `n` attributes per contract (NULL refused above when n > 0).
             let a = unsafe { &mut *tpl.add(i) };
-            let value = match attrs::get(&o, a.type_) {
+            let Some(o) = &o else {
+                match super::gp::channel_attr(a.type_) {
+                    Attr::Value(v) => put_value(a, &v, &mut result),
+                    _ => {
+                        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                        result = Err(CKR_ATTRIBUTE_TYPE_INVALID);
+                    }
+                }
+                continue;
+            };
+            let value = match attrs::get(o, a.type_) {
                 // A non-sensitive key's value, from the engine (which audits the read).
                 Attr::Clear => match key_session(&login) {
                     Some(es) => match s.api().key_value(es, obj) {
@@ -156,20 +170,7 @@ pub unsafe fn C_GetAttributeValue(
                 other => other,
             };
             match value {
-                Attr::Value(v) => {
-                    if a.pValue.is_null() {
-                        a.ulValueLen = v.len() as CK_ULONG;
-                    } else if (a.ulValueLen as usize) < v.len() {
-                        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                        result = Err(CKR_BUFFER_TOO_SMALL);
-                    } else {
-                        // SAFETY: pValue holds ulValueLen >= v.len() bytes per contract.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len())
-                        };
-                        a.ulValueLen = v.len() as CK_ULONG;
-                    }
-                }
+                Attr::Value(v) => put_value(a, &v, &mut result),
                 Attr::Sensitive | Attr::Clear => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     result = Err(CKR_ATTRIBUTE_SENSITIVE);
@@ -191,10 +192,27 @@ pub unsafe fn C_GetAttributeValue(
     })())
 }
 
+/// Writes one attribute's value into the caller's attribute (or its length, or why not).
+fn put_value(a: &mut CK_ATTRIBUTE, v: &[u8], result: &mut Rv) {
+    if a.pValue.is_null() {
+        a.ulValueLen = v.len() as CK_ULONG;
+    } else if (a.ulValueLen as usize) < v.len() {
+        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        *result = Err(CKR_BUFFER_TOO_SMALL);
+    } else {
+        // SAFETY: pValue holds ulValueLen >= v.len() bytes per the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len()) };
+        a.ulValueLen = v.len() as CK_ULONG;
+    }
+}
+
 pub unsafe fn C_DestroyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> CK_RV {
     done((|| {
         let (s, login) = state::session(h)?;
         let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(closed) = super::gp::destroy(&mut s, obj) {
+            return closed;
+        }
         may_change(&s, !ferrohsm_core::object::is_session_handle(obj))?;
         object(&mut s, &login, obj)?;
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;

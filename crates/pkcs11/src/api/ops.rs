@@ -5,7 +5,7 @@ use super::*;
 
 /// Which operation slot of a session.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Sign,
     Verify,
     Encrypt,
@@ -30,11 +30,15 @@ pub(super) unsafe fn op_init(
     let s = state::session_only(h)?;
     let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
-    if slot_of(s, k).is_some() {
+    if slot_of(s, k).is_some() || s.gp.busy(k) {
         return Err(CKR_OPERATION_ACTIVE);
     }
     // SAFETY: mech::read checks for NULL; validity per contract.
     let (code, p) = unsafe { mech::read(m)? };
+    if crate::gp_mech::is_gp(code) {
+        // SAFETY: the parameter's pointers are valid per contract.
+        return unsafe { super::gp::op_init(s, code, &p, key, k) };
+    }
     let login = key_login(&s.login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
     let key_err = |e: HsmError| match e {
         HsmError::NotFound(_) | HsmError::Refused(_) => CKR_KEY_HANDLE_INVALID,
@@ -134,6 +138,11 @@ pub unsafe fn C_DecryptInit(
 pub(super) unsafe fn update(h: CK_SESSION_HANDLE, k: Kind, data: *const u8, len: CK_ULONG) -> Rv {
     let s = state::session_only(h)?;
     let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+    if s.gp.busy(k) {
+        // The GlobalPlatform mechanisms are single-part.
+        s.gp.end(k);
+        return Err(CKR_FUNCTION_NOT_SUPPORTED);
+    }
     let op = slot_of(&mut s, k)
         .as_mut()
         .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -187,6 +196,12 @@ pub(super) unsafe fn sign_out(
     let s = state::session_only(h)?;
     let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
+    if s.gp.busy(Kind::Sign) {
+        // SAFETY: out/out_len validity per contract.
+        return unsafe {
+            super::gp::finish(s, Kind::Sign, extra.unwrap_or_default(), out, out_len)
+        };
+    }
     let op = s.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     let res = (|| {
         // SAFETY: out/out_len validity per contract; checked for NULL inside.
@@ -336,6 +351,17 @@ pub(super) unsafe fn cipher(
     let s = state::session_only(h)?;
     let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
     let s = &mut *guard;
+    if s.gp.busy(k) {
+        if final_part {
+            s.gp.end(k);
+            return Err(CKR_FUNCTION_NOT_SUPPORTED);
+        }
+        // SAFETY: valid for `len` bytes per contract; out/out_len likewise.
+        return unsafe {
+            let d = ffi::slice(data, len)?;
+            super::gp::finish(s, k, d, out, out_len)
+        };
+    }
     let op = match k {
         Kind::Encrypt => s.encrypt.as_ref(),
         _ => s.decrypt.as_ref(),

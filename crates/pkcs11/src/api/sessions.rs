@@ -51,6 +51,7 @@ pub unsafe fn C_OpenSession(
                 key_memo: Default::default(),
                 remote_memo: None,
                 mac: Default::default(),
+                gp: Default::default(),
             };
             m.sessions.insert(h, Arc::new(Mutex::new(session)));
             Ok(h)
@@ -76,6 +77,7 @@ pub(super) fn close(m: &mut Module, h: CK_SESSION_HANDLE) -> Rv {
     };
     {
         let mut session = s.lock().unwrap_or_else(PoisonError::into_inner);
+        super::gp::close_channels(&mut session);
         if let Some(l) = &login {
             // Its session objects go with it (the login may have ended already: then they
             // went with it).
@@ -335,11 +337,11 @@ pub unsafe fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
         let slot = s.lock().unwrap_or_else(PoisonError::into_inner).slot;
         with_module_mut(|m| {
             let login = m.logins.remove(&slot).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-            // The HSM drops the login's keys and session objects now.
-            end_login(
-                &mut s.lock().unwrap_or_else(PoisonError::into_inner),
-                &login,
-            );
+            // The HSM drops the login's keys, session objects and secure channels now.
+            let mut session = s.lock().unwrap_or_else(PoisonError::into_inner);
+            super::gp::close_channels(&mut session);
+            end_login(&mut session, &login);
+            drop(session);
             clear_login(m, slot)?;
             drop(login);
             ferrohsm_core::login_memo::purge_expired();

@@ -12,11 +12,15 @@ pub unsafe fn C_WrapKey(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     done((|| {
+        // SAFETY: mech::read checks for NULL; validity per contract.
+        let (code, p) = unsafe { mech::read(m)? };
+        if crate::gp_mech::is_gp(code) {
+            // SAFETY: forwarded; validity per contract.
+            return unsafe { super::gp::put_key(h, code, &p, wrapping, key, out, out_len) };
+        }
         let (s, login) = state::session(h)?;
         let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         let es = key_session(&login).ok_or(CKR_USER_NOT_LOGGED_IN)?;
-        // SAFETY: mech::read checks for NULL; validity per contract.
-        let (code, p) = unsafe { mech::read(m)? };
         let w = object(&mut s, &login, wrapping).map_err(|_| CKR_WRAPPING_KEY_HANDLE_INVALID)?;
         let k = object(&mut s, &login, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
         if k.attrs.class == ObjectClass::PublicKey {
