@@ -204,3 +204,81 @@ fn a_card_is_personalised_through_the_server_and_mistakes_change_nothing() {
     );
     assert!(k.trim().ends_with("(des3-zeros)"), "{k}");
 }
+
+/// Every kind of well-known value on the list, entered by a key ceremony at the command line
+/// (whatever the components that make it up), is refused and nothing is stored.
+#[test]
+fn a_ceremony_of_a_well_known_key_is_refused_at_the_command_line() {
+    use ferrohsm_gp::block::{Key, KeyType};
+    use ferrohsm_gp::kcv::{kcv, KcvMethod};
+    let lab = Lab::new();
+    let sock = lab.socket().display().to_string();
+    let _server = lab.start();
+    let random = |n: usize| {
+        let mut b = vec![0u8; n];
+        ferrohsm_core::crypto::fill_random(&mut b);
+        b
+    };
+    for (i, (spec, value)) in ferrohsm_core::weak_keys::samples().into_iter().enumerate() {
+        let kind = match spec {
+            ferrohsm_core::mechanism::KeySpec::Des3 => KeyType::Des3,
+            _ => KeyType::aes(value.len()).unwrap(),
+        };
+        let m = KcvMethod::gp_default(kind);
+        // Two custodians' files: random ENC and DEK, the well-known value as MAC.
+        let (mut a, mut b) = (vec![], vec![]);
+        for role in ["enc", "mac", "dek"] {
+            let whole = if role == "mac" {
+                value.clone()
+            } else {
+                random(kind.key_len())
+            };
+            let ca = random(kind.key_len());
+            let cb: Vec<u8> = ca.iter().zip(&whole).map(|(x, y)| x ^ y).collect();
+            for (list, c) in [(&mut a, ca), (&mut b, cb)] {
+                let check = kcv(&Key::new(kind, &c).unwrap(), m).unwrap();
+                list.push(serde_json::json!({
+                    "role": role,
+                    "value": hex::encode(&c),
+                    "kcv": hex::encode(check),
+                }));
+            }
+        }
+        for (name, list) in [("weak-a.json", a), ("weak-b.json", b)] {
+            std::fs::write(
+                lab.tmp.path().join(name),
+                serde_json::to_vec(&list).unwrap(),
+            )
+            .unwrap();
+        }
+        let set = format!("weak{i}");
+        let o = run(
+            &lab,
+            &co(
+                &sock,
+                &[
+                    "gp",
+                    "master",
+                    "import",
+                    "--set",
+                    &set,
+                    "--type",
+                    kind.name(),
+                    "--population",
+                    "test",
+                    "--component",
+                    "weak-a.json",
+                    "--component",
+                    "weak-b.json",
+                ],
+            ),
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("well known"),
+            "{spec:?}: {e}"
+        );
+    }
+    let listed = ok(&lab, &co(&sock, &["--json", "gp", "master", "list"]));
+    assert!(!listed.contains("weak"), "{listed}");
+}

@@ -102,6 +102,12 @@ fn clones_between_hsms_of_one_domain_keep_attributes_and_ids() {
     let sa = login(&fa, &mut a, Role::CryptoOfficer, "co");
     // B's partition joins A's cloning domain with A's red key.
     let sb = partition(&fb, &mut b, "q", Some(&key(&fa, "dom")));
+    // A GlobalPlatform master key set goes too, its marker with it.
+    a.gp_generate(
+        &sa,
+        &ferrohsm_core::hsm::GpNewSet::new("issuer", "aes-128", 1, "cards"),
+    )
+    .unwrap();
     let before = a.list_objects(&sa, None).unwrap();
     let progress = clone(&mut a, &sa, &mut b, &sb, &CloneSelect::default(), 2).unwrap();
     assert_eq!(progress.committed, Some((before.len() as u64, 0)));
@@ -117,6 +123,10 @@ fn clones_between_hsms_of_one_domain_keep_attributes_and_ids() {
         assert_eq!(c.attrs, o.attrs);
         assert_eq!(c.public, o.public);
     }
+    // The set is the same set on B: listed with the same check values.
+    let sets = b.gp_list(&sb).unwrap();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets, a.gp_list(&sa).unwrap());
     // The cloned private key signs on B what A's public key verifies: the same key.
     let ec_b = b.find_key(&sb, "ec", ObjectClass::PrivateKey).unwrap();
     let sig = b

@@ -1,6 +1,8 @@
-//! The firewall of well-known key values: a key whose value is no secret (all zero, the
-//! GlobalPlatform default key, …) does not enter a partition by unwrapping, outside the test
-//! mode only its Partition SO turns on; each acceptance in test mode is audited.
+//! The firewall of well-known key values: a key whose value is no secret (every kind on the
+//! list: all zero, the GlobalPlatform default key, …) does not enter a partition by unwrapping
+//! or by import in clear, outside the test mode only its Partition SO turns on; each
+//! acceptance in test mode is audited. (The GlobalPlatform ceremony import is tried in
+//! `gp.rs`, and through PKCS#11 in the module's tests.)
 
 mod common;
 
@@ -48,14 +50,50 @@ fn a_well_known_key_value_is_refused_outside_test_mode() {
         )
     };
     let gp_default: Vec<u8> = (0x40u8..=0x4f).collect();
-    for (value, label) in [(vec![0u8; 32], "zero"), (gp_default.clone(), "gp")] {
+    let unwrap_as = |hsm: &mut ferrohsm_core::Hsm, blob: &[u8], spec: KeySpec| {
+        hsm.unwrap_key(
+            &co,
+            private,
+            oaep,
+            &p,
+            blob,
+            ObjectClass::SecretKey,
+            Some(spec),
+            &opts("weak"),
+            &KeyTemplate::default(),
+        )
+    };
+    // Every kind on the list, by unwrapping and by import in clear (the partition allows
+    // clear import: only the list stops them). Two-key 3DES enters as three-key (K3 = K1).
+    let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
+    hsm.set_partition_policy(&pso, "import-keys", "on").unwrap();
+    let mut tried = 0;
+    for (spec, mut value) in ferrohsm_core::weak_keys::samples() {
+        if spec == KeySpec::Des3 {
+            let k1 = value[..8].to_vec();
+            value.extend(k1);
+        }
         let blob = hsm.encrypt(&co, public, oaep, &p, &value).unwrap();
-        let e = unwrap(&mut hsm, &blob, label).unwrap_err();
+        let e = unwrap_as(&mut hsm, &blob, spec).unwrap_err();
         assert!(
             matches!(&e, HsmError::KeyUse(m) if m.contains("well known")),
-            "{e}"
+            "unwrap {spec:?} {value:02x?}: {e}"
         );
+        let clear = ferrohsm_core::hsm::ClearKey {
+            class: ObjectClass::SecretKey,
+            spec: Some(spec),
+            material: ferrohsm_core::secret::SecretBytes::new(value.clone()),
+        };
+        let e = hsm
+            .import_key(&co, clear, &opts("weak"), &KeyTemplate::default())
+            .unwrap_err();
+        assert!(
+            matches!(&e, HsmError::KeyUse(m) if m.contains("well known")),
+            "import {spec:?} {value:02x?}: {e}"
+        );
+        tried += 1;
     }
+    assert!(tried >= 10);
     // A random value enters.
     let mut random = [0u8; 32];
     ferrohsm_core::crypto::fill_random(&mut random);
@@ -64,7 +102,6 @@ fn a_well_known_key_value_is_refused_outside_test_mode() {
 
     // Test mode is the Partition SO's alone; in it the value enters, and the record says so.
     assert!(hsm.set_partition_policy(&co, "test-keys", "on").is_err());
-    let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
     hsm.set_partition_policy(&pso, "test-keys", "on").unwrap();
     let blob = hsm.encrypt(&co, public, oaep, &p, &gp_default).unwrap();
     unwrap(&mut hsm, &blob, "gp-test").unwrap();
