@@ -243,7 +243,7 @@ fn a_ceremony_checks_every_component_and_refuses_well_known_values() {
 
 #[test]
 fn card_keys_are_diversified_inside_and_only_their_check_values_leave() {
-    let (_tmp, mut h) = password_hsm();
+    let (tmp, mut h) = password_hsm();
     let s = co(&mut h);
     let master = random_set(KeyType::Des3, 1);
     h.gp_import(
@@ -280,6 +280,11 @@ fn card_keys_are_diversified_inside_and_only_their_check_values_leave() {
         .unwrap();
     let d = diversify(Method::Visa2, &master.dek, KeyRole::Dek, &kdd).unwrap();
     assert_eq!(v, hex::encode_upper(kcv(&d, KcvMethod::Des3Zeros).unwrap()));
+    // Each check value computed is on the record, with the card it was for.
+    let recs = audit_records(&tmp.path().join("d"));
+    assert!(recs.iter().any(|r| r.event == "gp-kcv"
+        && r.outcome.contains(&v)
+        && r.outcome.contains("visa2, KDD 000074746E6E6E626262")));
     assert!(h
         .gp_kcv(&s, &keys("m", None, None), "enc", "aes-cmac", None)
         .is_err());

@@ -570,9 +570,25 @@ impl Hsm {
             )?,
         };
         let m = KcvMethod::parse(method).map_err(gp_err)?;
-        Ok(hex::encode_upper(
-            kcv(set.get(role_of(role)?), m).map_err(gp_err)?,
-        ))
+        let value = hex::encode_upper(kcv(set.get(role_of(role)?), m).map_err(gp_err)?);
+        // A use of the master key like any other: on the record, with what was computed.
+        let e = self.ev(
+            "gp-kcv",
+            s.role.short(),
+            s.partition(),
+            Some(&format!("{} v{}", keys.set, set.version)),
+            &format!(
+                "success: {role} {}{}: {value}",
+                m.name(),
+                match (kdd, &keys.method) {
+                    (Some(kdd), Some(d)) =>
+                        format!(" of the card key ({d}, KDD {})", hex::encode_upper(kdd)),
+                    _ => String::new(),
+                }
+            ),
+        );
+        self.store.event(&e)?;
+        Ok(value)
     }
 
     /// The check values of the three card keys diversified from a set for the card of `kdd`;
