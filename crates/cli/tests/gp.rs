@@ -30,6 +30,31 @@ fn co<'a>(sock: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// `gp master import` of set `set` of `key_type` from two custodians' component files.
+fn import(lab: &Lab, sock: &str, set: &str, key_type: &str, files: [&str; 2]) -> Output {
+    run(
+        lab,
+        &co(
+            sock,
+            &[
+                "gp",
+                "master",
+                "import",
+                "--set",
+                set,
+                "--type",
+                key_type,
+                "--population",
+                "vendor batch 7",
+                "--component",
+                files[0],
+                "--component",
+                files[1],
+            ],
+        ),
+    )
+}
+
 #[test]
 fn a_card_is_personalised_through_the_server_and_mistakes_change_nothing() {
     let lab = Lab::new();
@@ -64,29 +89,7 @@ fn a_card_is_personalised_through_the_server_and_mistakes_change_nothing() {
     let flipped = format!("{}{}", if &v[..1] == "0" { "1" } else { "0" }, &v[1..]);
     comps[1]["value"] = flipped.into();
     std::fs::write(lab.tmp.path().join("typo.json"), comps.to_string()).unwrap();
-    let import = |files: [&str; 2]| {
-        run(
-            &lab,
-            &co(
-                &sock,
-                &[
-                    "gp",
-                    "master",
-                    "import",
-                    "--set",
-                    "transport",
-                    "--type",
-                    "des3",
-                    "--population",
-                    "vendor batch 7",
-                    "--component",
-                    files[0],
-                    "--component",
-                    files[1],
-                ],
-            ),
-        )
-    };
+    let import = |files: [&str; 2]| import(&lab, &sock, "transport", "des3", files);
     let o = import(["typo.json", "cer/custodian-b.json"]);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
@@ -252,26 +255,12 @@ fn a_ceremony_of_a_well_known_key_is_refused_at_the_command_line() {
             .unwrap();
         }
         let set = format!("weak{i}");
-        let o = run(
+        let o = import(
             &lab,
-            &co(
-                &sock,
-                &[
-                    "gp",
-                    "master",
-                    "import",
-                    "--set",
-                    &set,
-                    "--type",
-                    kind.name(),
-                    "--population",
-                    "test",
-                    "--component",
-                    "weak-a.json",
-                    "--component",
-                    "weak-b.json",
-                ],
-            ),
+            &sock,
+            &set,
+            kind.name(),
+            ["weak-a.json", "weak-b.json"],
         );
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(

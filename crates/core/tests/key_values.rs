@@ -36,33 +36,24 @@ fn a_well_known_key_value_is_refused_outside_test_mode() {
     let (private, public) = (handles[0], handles[1]);
     let oaep = Mechanism::RsaOaep(Hash::Sha256);
     let p = Params::default();
-    let unwrap = |hsm: &mut ferrohsm_core::Hsm, blob: &[u8], label: &str| {
-        hsm.unwrap_key(
-            &co,
-            private,
-            oaep,
-            &p,
-            blob,
-            ObjectClass::SecretKey,
-            None,
-            &opts(label),
-            &KeyTemplate::default(),
-        )
-    };
+    // Unwrapped as a secret key of type `spec` (none: AES, sized by the value).
+    let unwrap_as =
+        |hsm: &mut ferrohsm_core::Hsm, blob: &[u8], spec: Option<KeySpec>, label: &str| {
+            hsm.unwrap_key(
+                &co,
+                private,
+                oaep,
+                &p,
+                blob,
+                ObjectClass::SecretKey,
+                spec,
+                &opts(label),
+                &KeyTemplate::default(),
+            )
+        };
+    let unwrap =
+        |hsm: &mut ferrohsm_core::Hsm, blob: &[u8], label: &str| unwrap_as(hsm, blob, None, label);
     let gp_default: Vec<u8> = (0x40u8..=0x4f).collect();
-    let unwrap_as = |hsm: &mut ferrohsm_core::Hsm, blob: &[u8], spec: KeySpec| {
-        hsm.unwrap_key(
-            &co,
-            private,
-            oaep,
-            &p,
-            blob,
-            ObjectClass::SecretKey,
-            Some(spec),
-            &opts("weak"),
-            &KeyTemplate::default(),
-        )
-    };
     // Every kind on the list, by unwrapping and by import in clear (the partition allows
     // clear import: only the list stops them). Two-key 3DES enters as three-key (K3 = K1).
     let pso = login(&f, &mut hsm, Role::PartitionSo, "pso");
@@ -74,7 +65,7 @@ fn a_well_known_key_value_is_refused_outside_test_mode() {
             value.extend(k1);
         }
         let blob = hsm.encrypt(&co, public, oaep, &p, &value).unwrap();
-        let e = unwrap_as(&mut hsm, &blob, spec).unwrap_err();
+        let e = unwrap_as(&mut hsm, &blob, Some(spec), "weak").unwrap_err();
         assert!(
             matches!(&e, HsmError::KeyUse(m) if m.contains("well known")),
             "unwrap {spec:?} {value:02x?}: {e}"

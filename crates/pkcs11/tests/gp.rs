@@ -326,25 +326,7 @@ fn a_card_is_personalised_through_pkcs11() {
     // SAFETY (whole test): every pointer passed is to a live local of the stated length, as
     // the PKCS#11 contract asks of callers.
     unsafe {
-        assert_eq!(C_Initialize(null_mut()), CKR_OK);
-        let mut slots = [0 as CK_SLOT_ID; 4];
-        let mut n = slots.len() as CK_ULONG;
-        assert_eq!(C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n), CKR_OK);
-        let slot = slots[0];
-        let (mut so, mut user) = (*b"so-pin-1", *b"user-pin-1");
-        let mut label = [b' '; 32];
-        label[..6].copy_from_slice(b"issuer");
-        assert_eq!(
-            C_InitToken(slot, so.as_mut_ptr(), 8, label.as_mut_ptr()),
-            CKR_OK
-        );
-        let mut h = 0;
-        let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
-        assert_eq!(C_OpenSession(slot, flags, null_mut(), None, &mut h), CKR_OK);
-        assert_eq!(C_Login(h, CKU_SO, so.as_mut_ptr(), 8), CKR_OK);
-        assert_eq!(C_InitPIN(h, user.as_mut_ptr(), 10), CKR_OK);
-        assert_eq!(C_Logout(h), CKR_OK);
-        assert_eq!(C_Login(h, CKU_USER, user.as_mut_ptr(), 10), CKR_OK);
+        let (slot, h) = harness::c_officer_session("issuer");
 
         // The mechanisms are listed.
         let mut info: CK_MECHANISM_INFO = std::mem::zeroed();
@@ -581,7 +563,13 @@ fn a_card_is_personalised_through_pkcs11() {
         let ch = open(h, &mut card, issuer, CK_FERROHSM_GP_DIV_KDF3, 2, 0x01).unwrap();
         let mut h2 = 0;
         assert_eq!(
-            C_OpenSession(slot, flags, null_mut(), None, &mut h2),
+            C_OpenSession(
+                slot,
+                CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                null_mut(),
+                None,
+                &mut h2
+            ),
             CKR_OK
         );
         assert_eq!(

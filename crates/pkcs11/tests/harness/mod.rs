@@ -287,3 +287,40 @@ pub fn ec_key(s: &cryptoki::session::Session, label: &str) -> cryptoki::object::
         .unwrap();
     private
 }
+
+/// Through the module's own C functions (this test binary's copy): initialises it, makes a
+/// token labelled `label` in the first slot (`C_InitToken`, `C_InitPIN`) and opens a
+/// read/write session logged in as its Crypto Officer. The slot and the session.
+///
+/// # Safety
+/// The module must not be initialised already; the caller finalises it.
+pub unsafe fn c_officer_session(
+    label: &str,
+) -> (cryptoki_sys::CK_SLOT_ID, cryptoki_sys::CK_SESSION_HANDLE) {
+    use cryptoki_sys::*;
+    use ferrohsm_pkcs11::entry::*;
+    use std::ptr::null_mut;
+    // SAFETY (whole function): every pointer passed is to a live local of the stated length.
+    unsafe {
+        assert_eq!(C_Initialize(null_mut()), CKR_OK);
+        let mut slots = [0 as CK_SLOT_ID; 4];
+        let mut n = slots.len() as CK_ULONG;
+        assert_eq!(C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n), CKR_OK);
+        let slot = slots[0];
+        let (mut so, mut user) = (*b"so-pin-1", *b"user-pin-1");
+        let mut padded = [b' '; 32];
+        padded[..label.len()].copy_from_slice(label.as_bytes());
+        assert_eq!(
+            C_InitToken(slot, so.as_mut_ptr(), 8, padded.as_mut_ptr()),
+            CKR_OK
+        );
+        let mut h = 0;
+        let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+        assert_eq!(C_OpenSession(slot, flags, null_mut(), None, &mut h), CKR_OK);
+        assert_eq!(C_Login(h, CKU_SO, so.as_mut_ptr(), 8), CKR_OK);
+        assert_eq!(C_InitPIN(h, user.as_mut_ptr(), 10), CKR_OK);
+        assert_eq!(C_Logout(h), CKR_OK);
+        assert_eq!(C_Login(h, CKU_USER, user.as_mut_ptr(), 10), CKR_OK);
+        (slot, h)
+    }
+}
