@@ -89,6 +89,10 @@ struct Args {
     /// connection (needs the `ferrohsm` binary beside this one).
     #[arg(long)]
     tls: bool,
+    /// Internal: serve a bare TLS echo from this process (its identity written in DIR), print
+    /// its address and key fingerprint, and stop when standard input closes.
+    #[arg(long, hide = true, value_name = "DIR")]
+    tls_echo: Option<PathBuf>,
     /// Cloning throughput instead: this many keys cloned between two HSMs of one domain,
     /// engine to engine and between two real servers (needs the `ferrohsm` binary beside this
     /// one).
@@ -813,6 +817,10 @@ fn main() {
     }
     if args.module_transport {
         module_transport::run(&args);
+        return;
+    }
+    if let Some(dir) = &args.tls_echo {
+        tls_transport::serve_echo(dir);
         return;
     }
     if args.tls {

@@ -2,12 +2,15 @@
 //! workload against the module embedded, against a real `ferrohsm server` over its Unix
 //! socket, and against that server over TCP with mutual TLS on loopback (a third copy of the
 //! library, configured as a registered host), alternating round by round at 1, 2 and 8
-//! threads; a bare TLS 1.3 echo of a request-sized frame is the floor; then one thread's
-//! latencies and the cost of setting up a connection (TCP + handshake + first login).
-//! Figures, not tests: nothing is asserted.
+//! threads; a bare TLS 1.3 echo of a request-sized frame is the floor (served by another
+//! process, as the HSM is; the same echo served by a thread of this process is shown beside
+//! it); then one thread's latencies and the cost of setting up a connection (TCP + handshake
+//! + first login). Figures, not tests: nothing is asserted.
 
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -77,6 +80,47 @@ fn tls_echo_server(dir: &Path) -> (String, String) {
         }
     });
     (addr, fp)
+}
+
+/// The child's half of [`echo_process`]: serves the echo until the parent goes.
+pub fn serve_echo(dir: &Path) {
+    let (addr, fp) = tls_echo_server(dir);
+    println!("{addr} {fp}");
+    let _ = std::io::stdout().flush();
+    // Standard input closes when the parent ends (or kills this process first).
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// The echo process; stopped when dropped.
+struct EchoProcess(Child);
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A bare TLS echo served by a child process (this benchmark, `--tls-echo`): the floor the
+/// HSM's own process is compared with, since waking another process can cost more than
+/// waking a thread of one's own. Its address and key fingerprint.
+fn echo_process(dir: &Path) -> (EchoProcess, String, String) {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--tls-echo")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the echo process");
+    let mut line = String::new();
+    let out = child.stdout.take().expect("its output");
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("the echo's address");
+    let mut it = line.split_whitespace();
+    let addr = it.next().expect("an address").to_string();
+    let fp = it.next().expect("a fingerprint").to_string();
+    (EchoProcess(child), addr, fp)
 }
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -154,9 +198,16 @@ pub fn run(args: &Args) {
     let slot = p11.get_slots_with_token().expect("slots")[0];
     let networked = keys_in("TLS", p11, slot);
 
-    let (echo, echo_fp) = tls_echo_server(tmp.path());
+    let echo_dir = tmp.path().join("echo");
+    std::fs::create_dir_all(&echo_dir).expect("echo dir");
+    let (_echo_process, echo, echo_fp) = echo_process(&echo_dir);
     let echo_client = TlsClient {
         server_fingerprint: echo_fp,
+        ..client.clone()
+    };
+    let (echo_here, here_fp) = tls_echo_server(tmp.path());
+    let here_client = TlsClient {
+        server_fingerprint: here_fp,
         ..client.clone()
     };
     let frame = echo_frame();
@@ -217,7 +268,8 @@ pub fn run(args: &Args) {
         // One thread, call by call, the three and the TLS echo in the same stretch of time.
         let (se, sn) = (session(&embedded), session(&networked));
         let mut es = tls_connect(&echo, &echo_client);
-        let (mut le, mut ln, mut lx) = (Vec::new(), Vec::new(), Vec::new());
+        let mut eh = tls_connect(&echo_here, &here_client);
+        let (mut le, mut ln, mut lx, mut lh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.rounds {
             le.extend(latencies(args.seconds / 2.0, |i| {
                 (row.p11)(&se, &embedded.keys, i)
@@ -229,11 +281,15 @@ pub fn run(args: &Args) {
             lx.extend(latencies(args.seconds / 4.0, |_| {
                 echo_once(&mut es, &frame, &mut back)
             }));
+            lh.extend(latencies(args.seconds / 4.0, |_| {
+                echo_once(&mut eh, &frame, &mut back)
+            }));
         }
         let (me, mn, mx) = (pct(&mut le, 0.5), pct(&mut ln, 0.5), pct(&mut lx, 0.5));
+        let mh = pct(&mut lh, 0.5);
         let p99 = pct(&mut ln, 0.99);
         latency_lines.push(format!(
-            "{:<36} embedded {me:>8.1} µs  via TLS {mn:>8.1} µs  added {:>7.1} µs = {:>5.2} x TLS echo ({mx:.1} µs)  p99 {p99:>8.1} µs = {:>5.2} x median",
+            "{:<36} embedded {me:>8.1} µs  via TLS {mn:>8.1} µs  added {:>7.1} µs = {:>5.2} x TLS echo ({mx:.1} µs; {mh:.1} µs in-process)  p99 {p99:>8.1} µs = {:>5.2} x median",
             row.name,
             mn - me,
             (mn - me) / mx,

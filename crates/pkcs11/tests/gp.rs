@@ -25,7 +25,10 @@ mod harness;
 /// The module (this test binary's own copy) is one per process: tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-both_ways!(a_card_is_personalised_through_pkcs11);
+both_ways!(
+    a_card_is_personalised_through_pkcs11,
+    an_scp02_card_is_personalised_through_pkcs11
+);
 
 const KDD: [u8; 10] = [0x00, 0x00, 0x50, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
 
@@ -203,7 +206,7 @@ unsafe fn open(
     let mut p = CK_FERROHSM_GP_OPEN_PARAMS {
         diversification: div,
         securityLevel: level,
-        scp02Option: 0,
+        scp02Option: 0x55, // the simulated SCP02 card's option (SCP03 ignores it)
         hostChallenge: host,
         pCardAnswer: answer.as_mut_ptr(),
         ulCardAnswerLen: answer.len() as CK_ULONG,
@@ -472,25 +475,7 @@ fn a_card_is_personalised_through_pkcs11() {
 
         // PUT KEY: the issuer keys diversified for this card (KDF3), as version 2 in place of
         // the transport keys; the length first, then the command.
-        let mut pk = CK_FERROHSM_GP_PUT_KEY_PARAMS {
-            diversification: CK_FERROHSM_GP_DIV_KDF3,
-            oldVersion: 1,
-            newVersion: 2,
-        };
-        let mut m = mech_with(CKM_FERROHSM_GP_PUT_KEY, &mut pk);
-        let mut len = 0;
-        assert_eq!(
-            C_WrapKey(h, &mut m, ch, issuer, null_mut(), &mut len),
-            CKR_OK
-        );
-        let mut put = vec![0u8; len as usize];
-        assert_eq!(
-            C_WrapKey(h, &mut m, ch, issuer, put.as_mut_ptr(), &mut len),
-            CKR_OK
-        );
-        put.truncate(len as usize);
-        let answer = card.transmit(&put);
-        let plain = Response::parse(&over(h, ch, false, &answer).unwrap()).unwrap();
+        let plain = put_key(h, &mut card, ch, issuer, CK_FERROHSM_GP_DIV_KDF3);
         assert_eq!(plain.sw, 0x9000, "PUT KEY");
         assert_eq!(C_DestroyObject(h, ch), CKR_OK);
         assert_eq!(
@@ -577,6 +562,104 @@ fn a_card_is_personalised_through_pkcs11() {
             CKR_KEY_HANDLE_INVALID
         );
         assert_eq!(C_CloseSession(h2), CKR_OK);
+        assert_eq!(C_CloseSession(h), CKR_OK);
+        assert_eq!(C_Finalize(null_mut()), CKR_OK);
+    }
+}
+
+/// PUT KEY over channel `ch` of the keys of `key`'s set diversified for the card by `div`, as
+/// version 2 in place of 1 (the length first, then the command), sent to `card`; its answer,
+/// checked and opened.
+///
+/// # Safety
+/// `h` a logged-in session; `ch` its channel.
+unsafe fn put_key(
+    h: CK_SESSION_HANDLE,
+    card: &mut SimCard,
+    ch: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    div: CK_ULONG,
+) -> Response {
+    let mut pk = CK_FERROHSM_GP_PUT_KEY_PARAMS {
+        diversification: div,
+        oldVersion: 1,
+        newVersion: 2,
+    };
+    let mut m = mech_with(CKM_FERROHSM_GP_PUT_KEY, &mut pk);
+    let mut len = 0;
+    // SAFETY (whole function): live locals.
+    unsafe {
+        assert_eq!(C_WrapKey(h, &mut m, ch, key, null_mut(), &mut len), CKR_OK);
+        let mut put = vec![0u8; len as usize];
+        assert_eq!(
+            C_WrapKey(h, &mut m, ch, key, put.as_mut_ptr(), &mut len),
+            CKR_OK
+        );
+        put.truncate(len as usize);
+        let answer = card.transmit(&put);
+        Response::parse(&over(h, ch, false, &answer).unwrap()).unwrap()
+    }
+}
+
+/// An SCP02 card (two-key 3DES, option 55) at C-MAC, C-DECRYPTION and R-MAC: transport keys
+/// from a ceremony, issuer keys by VISA2, and the proof.
+fn an_scp02_card_is_personalised_through_pkcs11() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    harness::password_hsm(&data, true);
+    let _server = harness::reach(&data);
+    let kind = KeyType::Des3;
+    let key = || Key::new(kind, &random(16)).unwrap();
+    let transport = KeySet::new(1, key(), key(), key()).unwrap();
+    let mut card = SimCard::new(2, 0x55, KDD, transport.clone()).unwrap();
+    // SAFETY (whole test): every pointer passed is to a live local of the stated length.
+    unsafe {
+        let (_, h) = harness::c_officer_session("scp02");
+        let (mut name, mut pop) = (b"issuer".to_vec(), b"transit cards".to_vec());
+        let mut p = set_params(kind, 1, &mut name, &mut pop);
+        let mut m = mech_with(CKM_FERROHSM_GP_SET_GENERATE, &mut p);
+        let mut issuer = 0;
+        assert_eq!(C_GenerateKey(h, &mut m, null_mut(), 0, &mut issuer), CKR_OK);
+        assert_eq!(attr(h, issuer, CKA_KEY_TYPE).unwrap(), ulong(CKK_DES2));
+        let transport_key = import(h, "transport", kind, &mut components(&transport)).unwrap();
+        assert_eq!(
+            check_value(h, transport_key, CK_FERROHSM_GP_KCV_DES3_ZEROS, 0, &mut []).unwrap(),
+            kcv(&transport.enc, KcvMethod::Des3Zeros).unwrap()
+        );
+        let ch = open(
+            h,
+            &mut card,
+            transport_key,
+            CK_FERROHSM_GP_DIV_NONE,
+            1,
+            0x13,
+        )
+        .unwrap();
+        let plain = put_key(h, &mut card, ch, issuer, CK_FERROHSM_GP_DIV_VISA2);
+        assert_eq!(plain.sw, 0x9000, "PUT KEY");
+        assert_eq!(C_DestroyObject(h, ch), CKR_OK);
+        let mut kdd = KDD.to_vec();
+        let enc = check_value(
+            h,
+            issuer,
+            CK_FERROHSM_GP_KCV_DES3_ZEROS,
+            CK_FERROHSM_GP_DIV_VISA2,
+            &mut kdd,
+        )
+        .unwrap();
+        assert_eq!(
+            &plain.data[1..4],
+            enc.as_slice(),
+            "the card checked the HSM's keys"
+        );
+        let proof = open(h, &mut card, issuer, CK_FERROHSM_GP_DIV_VISA2, 2, 0x13).unwrap();
+        assert_eq!(C_DestroyObject(h, proof), CKR_OK);
+        // EMV CPS 1.1 keys are other keys: the card refuses them.
+        assert_eq!(
+            open(h, &mut card, issuer, CK_FERROHSM_GP_DIV_EMV_CPS11, 2, 0x13),
+            Err(CKR_FUNCTION_REJECTED)
+        );
         assert_eq!(C_CloseSession(h), CKR_OK);
         assert_eq!(C_Finalize(null_mut()), CKR_OK);
     }
