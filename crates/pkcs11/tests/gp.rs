@@ -431,6 +431,21 @@ fn a_card_is_personalised_through_pkcs11() {
                 kcv(&transport.enc, method).unwrap()
             );
         }
+        // A check value begun and cancelled leaves room for the next.
+        let mut kp = CK_FERROHSM_GP_KCV_PARAMS {
+            kcvMethod: CK_FERROHSM_GP_KCV_AES_GP,
+            diversification: CK_FERROHSM_GP_DIV_NONE,
+            pKdd: null_mut(),
+            ulKddLen: 0,
+        };
+        let mut km = mech_with(CKM_FERROHSM_GP_KCV, &mut kp);
+        assert_eq!(C_SignInit(h, &mut km, transport_key), CKR_OK);
+        assert_eq!(C_SignInit(h, &mut km, transport_key), CKR_OPERATION_ACTIVE);
+        assert_eq!(C_SessionCancel(h, CKF_SIGN), CKR_OK);
+        assert_eq!(
+            check_value(h, transport_key, CK_FERROHSM_GP_KCV_AES_GP, 0, &mut []).unwrap(),
+            kcv(&transport.enc, KcvMethod::AesGp).unwrap()
+        );
         // A 3DES method for an AES key: refused.
         assert_eq!(
             check_value(h, transport_key, CK_FERROHSM_GP_KCV_DES3_ZEROS, 0, &mut []),

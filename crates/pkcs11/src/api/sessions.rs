@@ -356,15 +356,18 @@ pub unsafe fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
         let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
         if flags & CKF_SIGN != 0 {
             s.sign = None;
+            s.gp.end(super::ops::Kind::Sign);
         }
         if flags & CKF_VERIFY != 0 {
             s.verify = None;
         }
         if flags & CKF_ENCRYPT != 0 {
             s.encrypt = None;
+            s.gp.end(super::ops::Kind::Encrypt);
         }
         if flags & CKF_DECRYPT != 0 {
             s.decrypt = None;
+            s.gp.end(super::ops::Kind::Decrypt);
         }
         if flags & CKF_DIGEST != 0 {
             s.digest = None;
