@@ -2,9 +2,9 @@
 //! catches panics and forwards to [`api`], which converts and checks arguments ([`ffi`]),
 //! maps attributes ([`attrs`]) and mechanisms ([`mech`]), and calls the engine. No panic
 //! crosses the ABI; every entry point returns a `CKR_*` code. No cryptography is done here:
-//! `C_Initialize` installs `ferrohsm-crypto`'s providers (raw RSA, HMAC contexts) in the
-//! engine; [`shared_view`] maps the store's WAL index so that the engine's per-operation
-//! change check needs no system call.
+//! `C_Initialize` installs `ferrohsm-crypto`'s providers (raw RSA, HMAC contexts, the map of
+//! the store's WAL index that makes the engine's per-operation change check free of system
+//! calls) in the engine.
 //!
 //! Every call goes through the HSM API ([`ferrohsm_core::api::HsmApi`]): to a `ferrohsm
 //! server` over its Unix socket (the default; the application then holds no key and opens no
@@ -26,7 +26,6 @@ pub mod entry;
 pub mod ffi;
 pub mod gp_mech;
 pub mod mech;
-pub mod shared_view;
 pub mod state;
 
 use cryptoki_sys::{CKR_GENERAL_ERROR, CK_RV};

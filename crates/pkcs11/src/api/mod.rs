@@ -76,7 +76,6 @@ pub unsafe fn C_Initialize(args: *mut c_void) -> CK_RV {
         }
         state::watch_forks();
         ferrohsm_crypto::install();
-        ferrohsm_core::store::install_shared_view(crate::shared_view::map);
         let mut g = state::MODULE
             .write()
             .unwrap_or_else(PoisonError::into_inner);
