@@ -403,8 +403,9 @@ pub fn accept_loop(l: TcpListener, shared: Arc<Shared>, tls: Arc<rustls::ServerC
         }
         let slot = HandshakeSlot(handshaking.clone());
         let (sh, tls) = (shared.clone(), tls.clone());
+        // One thread per connection: the handshake, then the requests.
         let spawned = std::thread::Builder::new()
-            .name("tls-handshake".into())
+            .name("tls-conn".into())
             .stack_size(1 << 20)
             .spawn(move || handshake_and_serve(tcp, sh, tls, slot));
         if let Err(e) = spawned {
