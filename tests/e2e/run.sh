@@ -28,6 +28,7 @@ command -v p11tool >/dev/null 2>&1 && command -v certtool >/dev/null 2>&1 || nee
 command -v keytool >/dev/null 2>&1 && command -v jarsigner >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || need+=(golang-golang-x-mod-dev)
+[ -f /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || need+=(libp11-kit-dev)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1
 fi
@@ -35,7 +36,7 @@ if ! python3 -c 'import pkcs11' >/dev/null 2>&1; then
   python3 -m pip install --quiet python-pkcs11 >/dev/null 2>&1 ||
     python3 -m pip install --quiet --break-system-packages python-pkcs11 >/dev/null 2>&1
 fi
-for t in pkcs11-tool openssl p11tool certtool keytool jarsigner jar python3 go; do
+for t in pkcs11-tool openssl p11tool certtool keytool jarsigner jar python3 go cc; do
   command -v "$t" >/dev/null 2>&1 || { echo "FAIL prerequisite: $t is not installed"; echo "0 passed, 1 failed"; exit 1; }
 done
 [ -x "$BIN" ] && [ -f "$MOD" ] || { echo "FAIL prerequisite: build first (cargo build)"; echo "0 passed, 1 failed"; exit 1; }
@@ -388,6 +389,20 @@ if [ "$MODE" != embedded ]; then
 fi
 check "the Auditor, imprinted afterwards, sees the token's whole history" \
   bash -c "'$BIN' --ped-dir '$W/ped' audit init --auth password --new-password env:SO_PW >/dev/null && '$BIN' --ped-dir '$W/ped' audit show --password env:SO_PW | grep -q 'partition-create .*e2e-token'"
+
+# A C application of a card-management system, compiled against p11-kit's pkcs11.h and the
+# README's own declarations of the GlobalPlatform vendor mechanisms (extracted as they stand).
+python3 -c "import sys; s=open(sys.argv[1]).read(); i=s.index('\x60\x60\x60c\n#define CKM_FERROHSM_GP_KCV '); b=s[i+5:]; print(b[:b.index('\x60\x60\x60')])" \
+  "$ROOT/README.md" > gp_decls.h
+check "a C application builds against the README's GlobalPlatform declarations" \
+  cc -std=c99 -Wall -Werror -I/usr/include/p11-kit-1 -I"$W" -o gp_client "$ROOT/tests/e2e/gp_client.c" -ldl
+check "it generates a master key set, finds its three keys, and prints their check values" \
+  bash -c "./gp_client '$MOD' 123456 c-issuer 0000112233445566778A > gp.out && grep -q '^aes-cmac [0-9A-F]\{10\}$' gp.out"
+check "the ferrohsm command reports the same check values, the card key's too" bash -c "
+  G=(env UPIN=123456 '$BIN' gp kcv --partition e2e-token --set c-issuer --role enc --password env:UPIN) &&
+  grep -qx \"aes-gp \$(\"\${G[@]}\" --method aes-gp | cut -d' ' -f1)\" gp.out &&
+  grep -qx \"aes-cmac \$(\"\${G[@]}\" --method aes-cmac | cut -d' ' -f1)\" gp.out &&
+  grep -qx \"card-enc \$(\"\${G[@]}\" --method aes-gp --kdd 0000112233445566778A --diversify kdf3 | cut -d' ' -f1)\" gp.out"
 
 # The audit export read by Go's golang.org/x/mod/sumdb/note and sumdb/tlog (Debian's
 # golang-golang-x-mod-dev), with a witness's C2SP cosignature on a checkpoint it carries.

@@ -688,7 +688,7 @@ fn the_readme_declarations_are_the_modules() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let start = readme
-        .find("```c\n#define CK_FERROHSM_GP_DIV_NONE")
+        .find("```c\n#define CKM_FERROHSM_GP_KCV ")
         .expect("the README declares the parameter structures");
     let block = &readme[start + 5..];
     let block = &block[..block.find("```").unwrap()];
@@ -870,6 +870,40 @@ fn the_readme_declarations_are_the_modules() {
             size_of::<CK_FERROHSM_GP_PUT_KEY_PARAMS>(),
         ),
     ];
+    // And every code the README defines is the module's.
+    let codes: &[(&str, CK_ULONG)] = &[
+        ("CKM_FERROHSM_GP_KCV", CKM_FERROHSM_GP_KCV),
+        ("CKM_FERROHSM_GP_SET_GENERATE", CKM_FERROHSM_GP_SET_GENERATE),
+        ("CKM_FERROHSM_GP_SET_IMPORT", CKM_FERROHSM_GP_SET_IMPORT),
+        ("CKM_FERROHSM_GP_SET_ROTATE", CKM_FERROHSM_GP_SET_ROTATE),
+        ("CKM_FERROHSM_GP_CHANNEL_OPEN", CKM_FERROHSM_GP_CHANNEL_OPEN),
+        ("CKM_FERROHSM_GP_CHANNEL_WRAP", CKM_FERROHSM_GP_CHANNEL_WRAP),
+        (
+            "CKM_FERROHSM_GP_CHANNEL_UNWRAP",
+            CKM_FERROHSM_GP_CHANNEL_UNWRAP,
+        ),
+        ("CKM_FERROHSM_GP_PUT_KEY", CKM_FERROHSM_GP_PUT_KEY),
+        ("CKA_FERROHSM_GP_SET", CKA_FERROHSM_GP_SET),
+        ("CKA_FERROHSM_GP_VERSION", CKA_FERROHSM_GP_VERSION),
+        ("CKA_FERROHSM_GP_ROLE", CKA_FERROHSM_GP_ROLE),
+        ("CKA_FERROHSM_GP_POPULATION", CKA_FERROHSM_GP_POPULATION),
+        ("CKA_FERROHSM_GP_RETIRED", CKA_FERROHSM_GP_RETIRED),
+        ("CKK_FERROHSM_GP_CHANNEL", CKK_FERROHSM_GP_CHANNEL),
+        ("CK_FERROHSM_GP_ENC", CK_FERROHSM_GP_ENC),
+        ("CK_FERROHSM_GP_MAC", CK_FERROHSM_GP_MAC),
+        ("CK_FERROHSM_GP_DEK", CK_FERROHSM_GP_DEK),
+        ("CK_FERROHSM_GP_DIV_NONE", CK_FERROHSM_GP_DIV_NONE),
+        ("CK_FERROHSM_GP_DIV_VISA2", CK_FERROHSM_GP_DIV_VISA2),
+        ("CK_FERROHSM_GP_DIV_EMV_CPS11", CK_FERROHSM_GP_DIV_EMV_CPS11),
+        ("CK_FERROHSM_GP_DIV_KDF3", CK_FERROHSM_GP_DIV_KDF3),
+        (
+            "CK_FERROHSM_GP_KCV_DES3_ZEROS",
+            CK_FERROHSM_GP_KCV_DES3_ZEROS,
+        ),
+        ("CK_FERROHSM_GP_KCV_AES_GP", CK_FERROHSM_GP_KCV_AES_GP),
+        ("CK_FERROHSM_GP_KCV_AES_ZEROS", CK_FERROHSM_GP_KCV_AES_ZEROS),
+        ("CK_FERROHSM_GP_KCV_AES_CMAC", CK_FERROHSM_GP_KCV_AES_CMAC),
+    ];
     let mut c = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n\
          typedef unsigned long CK_ULONG; typedef CK_ULONG *CK_ULONG_PTR;\n\
@@ -885,6 +919,11 @@ fn the_readme_declarations_are_the_modules() {
     for (s, f, _) in fields {
         c.push_str(&format!(
             "printf(\"{s}.{f} %zu\\n\", offsetof({s}, {f}));\n"
+        ));
+    }
+    for (name, _) in codes {
+        c.push_str(&format!(
+            "printf(\"{name} %lu\\n\", (unsigned long)({name}));\n"
         ));
     }
     c.push_str("return 0; }\n");
@@ -909,6 +948,9 @@ fn the_readme_declarations_are_the_modules() {
     }
     for (s, f, o) in fields {
         want.push_str(&format!("{s}.{f} {o}\n"));
+    }
+    for (name, v) in codes {
+        want.push_str(&format!("{name} {v}\n"));
     }
     assert_eq!(out, want);
 }
