@@ -10,8 +10,10 @@
 #![forbid(unsafe_code)]
 
 mod clone_bench;
+mod find_rows;
 mod ha_bench;
 mod module_transport;
+mod rows;
 mod tls_transport;
 mod transport;
 
@@ -30,6 +32,8 @@ use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use find_rows::{find_rate, populate_ferrohsm, populate_here, populate_p11};
+use rows::{rows, P11Op, RawSetup, Row};
 
 #[derive(Parser)]
 #[command(about = "Benchmark ferrohsm's PKCS#11 module against SoftHSMv2 and raw aws-lc-rs")]
@@ -105,26 +109,6 @@ struct Args {
     ha: Option<usize>,
 }
 
-/// Labels of the objects the C_FindObjects rows look up.
-fn find_label(n: usize) -> String {
-    format!("find-{n}")
-}
-
-/// Adds keys `find-<from>`.. to ferrohsm's bench partition from a child process (the bulk
-/// path of the engine, one transaction per 10,000 keys, each key audited).
-fn populate_ferrohsm(data: &std::path::Path, from: usize, count: usize) {
-    run_self(
-        &[
-            "--populate",
-            &count.to_string(),
-            "--from",
-            &from.to_string(),
-        ],
-        data,
-        "populating ferrohsm",
-    );
-}
-
 /// Runs this benchmark again as a child process with `args` and `--data DATA`: the engine
 /// must not open the data directory in this process while the module has it open (two
 /// copies of SQLite would break each other's locks).
@@ -137,66 +121,6 @@ fn run_self(args: &[&str], data: &std::path::Path, what: &str) {
         .status()
         .expect("run self");
     assert!(st.success(), "{what} failed");
-}
-
-/// The child's half of [`populate_ferrohsm`].
-fn populate_here(data: &std::path::Path, from: usize, count: usize) {
-    use ferrohsm_core::mechanism::KeySpec;
-    use ferrohsm_core::object::{KeyOptions, KeyTemplate};
-    use ferrohsm_core::{secret::Pin, Credential, Hsm, Role};
-    let mut h = Hsm::open(data).expect("ferrohsm data dir");
-    let co = h
-        .login(
-            Role::CryptoOfficer,
-            Some("bench"),
-            Credential::Secret(Pin::password(USER_PIN).expect("pin")),
-        )
-        .expect("Crypto Officer login");
-    let all: Vec<KeyOptions> = (from..from + count)
-        .map(|n| KeyOptions {
-            label: find_label(n),
-            id: n.to_be_bytes().to_vec(),
-            extractable: false,
-        })
-        .collect();
-    for chunk in all.chunks(10_000) {
-        h.generate_keys_with(&co, KeySpec::Aes128, chunk, &KeyTemplate::default())
-            .expect("bulk keys");
-    }
-}
-
-/// Adds keys `find-<from>`.. to SoftHSMv2's token through PKCS#11.
-fn populate_p11(t: &Target, from: usize, count: usize) {
-    let s = session(t);
-    for n in from..from + count {
-        s.generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Token(true),
-                Attribute::ValueLen(16.into()),
-                Attribute::Label(find_label(n).into_bytes()),
-            ],
-        )
-        .expect("AES key");
-    }
-}
-
-/// Lookups by label per second, each a C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal
-/// round for one of `n` labels that matches exactly one object.
-fn find_rate(t: &Target, n: usize, threads: usize, secs: f64) -> f64 {
-    let (p11, slot) = (t.p11.clone(), t.slot);
-    rate(
-        threads,
-        secs,
-        move || p11.open_ro_session(slot).expect("session"),
-        move |s: &mut Session, i| {
-            let label = find_label((i as usize).wrapping_mul(7919) % n);
-            let found = s
-                .find_objects(&[Attribute::Label(label.into_bytes())])
-                .expect("find");
-            assert_eq!(found.len(), 1, "one object per label");
-        },
-    )
 }
 
 /// A key-pair mechanism and its public-key template (the private key is a token object).
@@ -492,17 +416,6 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// A PKCS#11 operation on one target's keys.
-type P11Op = Arc<dyn Fn(&Session, &Keys, u64) + Send + Sync>;
-/// A raw aws-lc-rs operation and its per-thread state.
-type RawSetup = Arc<dyn Fn() -> Box<dyn FnMut(u64) + Send> + Send + Sync>;
-
-struct Row {
-    name: String,
-    p11: P11Op,
-    raw: Option<RawSetup>,
-}
-
 fn session(t: &Target) -> Session {
     t.p11.open_rw_session(t.slot).expect("session")
 }
@@ -536,215 +449,6 @@ fn measure_raw(threads: usize, secs: f64, raw: &RawSetup) -> f64 {
         move || raw(),
         |f: &mut Box<dyn FnMut(u64) + Send>, n| f(n),
     )
-}
-
-fn gcm_iv(n: u64) -> [u8; 12] {
-    let mut iv = [0u8; 12];
-    iv[4..].copy_from_slice(&n.to_be_bytes());
-    iv
-}
-
-fn rows(only: &Option<String>) -> Vec<Row> {
-    use aws_lc_rs::{aead, hmac, rand::SystemRandom, rsa, signature};
-    let msg: &'static [u8] = MSG;
-    let pss = PkcsPssParams {
-        hash_alg: MechanismType::SHA256,
-        mgf: PkcsMgfType::MGF1_SHA256,
-        s_len: 32.into(),
-    };
-    let rsa_raw: RawSetup = Arc::new(|| {
-        let kp = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa");
-        let rng = SystemRandom::new();
-        Box::new(move |_| {
-            let mut sig = vec![0u8; kp.public_modulus_len()];
-            kp.sign(
-                &signature::RSA_PKCS1_SHA256,
-                &rng,
-                b"benchmark message, 32 bytes long",
-                &mut sig,
-            )
-            .expect("sign");
-        })
-    });
-    let pss_raw: RawSetup = Arc::new(|| {
-        let kp = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa");
-        let rng = SystemRandom::new();
-        Box::new(move |_| {
-            let mut sig = vec![0u8; kp.public_modulus_len()];
-            kp.sign(
-                &signature::RSA_PSS_SHA256,
-                &rng,
-                b"benchmark message, 32 bytes long",
-                &mut sig,
-            )
-            .expect("sign");
-        })
-    });
-    let ec_raw: RawSetup = Arc::new(|| {
-        let kp = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-            .expect("ec");
-        let rng = SystemRandom::new();
-        Box::new(move |_| {
-            kp.sign(&rng, b"benchmark message, 32 bytes long")
-                .expect("sign");
-        })
-    });
-    let ed_raw: RawSetup = Arc::new(|| {
-        let kp = signature::Ed25519KeyPair::generate().expect("ed");
-        Box::new(move |_| {
-            std::hint::black_box(kp.sign(b"benchmark message, 32 bytes long"));
-        })
-    });
-    let rsa_v_raw: RawSetup = Arc::new(|| {
-        let kp = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa");
-        let mut sig = vec![0u8; kp.public_modulus_len()];
-        kp.sign(
-            &signature::RSA_PKCS1_SHA256,
-            &SystemRandom::new(),
-            b"benchmark message, 32 bytes long",
-            &mut sig,
-        )
-        .expect("sign");
-        let pk = kp.public_key().as_ref().to_vec();
-        Box::new(move |_| {
-            signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &pk)
-                .verify(b"benchmark message, 32 bytes long", &sig)
-                .expect("verify");
-        })
-    });
-    let ec_v_raw: RawSetup = Arc::new(|| {
-        let kp = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-            .expect("ec");
-        let sig = kp
-            .sign(&SystemRandom::new(), b"benchmark message, 32 bytes long")
-            .expect("sign")
-            .as_ref()
-            .to_vec();
-        let pk = kp.public_key().as_ref().to_vec();
-        Box::new(move |_| {
-            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &pk)
-                .verify(b"benchmark message, 32 bytes long", &sig)
-                .expect("verify");
-        })
-    });
-    let gcm_raw = |len: usize| -> RawSetup {
-        Arc::new(move || {
-            let k = aead::LessSafeKey::new(
-                aead::UnboundKey::new(&aead::AES_256_GCM, &[7u8; 32]).expect("aes"),
-            );
-            let data = vec![0x5au8; len];
-            Box::new(move |n| {
-                let mut buf = data.clone();
-                k.seal_in_place_append_tag(
-                    aead::Nonce::assume_unique_for_key(gcm_iv(n)),
-                    aead::Aad::empty(),
-                    &mut buf,
-                )
-                .expect("seal");
-            })
-        })
-    };
-    let hmac_raw: RawSetup = Arc::new(|| {
-        let k = hmac::Key::new(hmac::HMAC_SHA256, &[9u8; 32]);
-        Box::new(move |_| {
-            std::hint::black_box(hmac::sign(&k, &[0x5a; 64]));
-        })
-    });
-    let all = vec![
-        Row {
-            name: "C_Sign RSA-2048 PKCS#1 v1.5 SHA-256".into(),
-            raw: Some(rsa_raw),
-            p11: Arc::new(move |s, k, _| {
-                s.sign(&Mechanism::Sha256RsaPkcs, k.rsa.1, msg)
-                    .expect("sign");
-            }),
-        },
-        Row {
-            name: "C_Sign RSA-2048 PSS SHA-256".into(),
-            raw: Some(pss_raw),
-            p11: Arc::new(move |s, k, _| {
-                s.sign(&Mechanism::Sha256RsaPkcsPss(pss), k.rsa.1, msg)
-                    .expect("sign");
-            }),
-        },
-        // SoftHSMv2 2.6 has no CKM_ECDSA_SHA256: both modules sign the client's SHA-256 digest.
-        Row {
-            name: "C_Sign ECDSA P-256 (SHA-256 digest)".into(),
-            raw: Some(ec_raw),
-            p11: Arc::new(move |s, k, _| {
-                s.sign(&Mechanism::Ecdsa, k.ec.1, &DIGEST).expect("sign");
-            }),
-        },
-        Row {
-            name: "C_Sign Ed25519".into(),
-            raw: Some(ed_raw),
-            p11: Arc::new(move |s, k, _| {
-                if let Some(ed) = k.ed {
-                    s.sign(
-                        &Mechanism::Eddsa(cryptoki::mechanism::eddsa::EddsaParams::new(
-                            cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
-                        )),
-                        ed.1,
-                        msg,
-                    )
-                    .expect("sign");
-                }
-            }),
-        },
-        Row {
-            name: "C_Verify RSA-2048 PKCS#1 v1.5 SHA-256".into(),
-            raw: Some(rsa_v_raw),
-            p11: Arc::new(move |s, k, _| {
-                s.verify(&Mechanism::Sha256RsaPkcs, k.rsa.0, msg, &k.rsa_sig)
-                    .expect("verify");
-            }),
-        },
-        Row {
-            name: "C_Verify ECDSA P-256 (SHA-256 digest)".into(),
-            raw: Some(ec_v_raw),
-            p11: Arc::new(move |s, k, _| {
-                s.verify(&Mechanism::Ecdsa, k.ec.0, &DIGEST, &k.ec_sig)
-                    .expect("verify");
-            }),
-        },
-        Row {
-            name: "C_Encrypt AES-256-GCM 64 B".into(),
-            raw: Some(gcm_raw(64)),
-            p11: Arc::new(move |s, k, n| {
-                let mut iv = gcm_iv(n);
-                s.encrypt(
-                    &Mechanism::AesGcm(GcmParams::new(&mut iv, &[], 128.into()).expect("gcm")),
-                    k.aes,
-                    &[0x5a; 64],
-                )
-                .expect("encrypt");
-            }),
-        },
-        Row {
-            name: "C_Encrypt AES-256-GCM 4 KiB".into(),
-            raw: Some(gcm_raw(4096)),
-            p11: Arc::new(move |s, k, n| {
-                let mut iv = gcm_iv(n);
-                s.encrypt(
-                    &Mechanism::AesGcm(GcmParams::new(&mut iv, &[], 128.into()).expect("gcm")),
-                    k.aes,
-                    &[0x5a; 4096],
-                )
-                .expect("encrypt");
-            }),
-        },
-        Row {
-            name: "C_Sign HMAC-SHA-256 64 B".into(),
-            raw: Some(hmac_raw),
-            p11: Arc::new(move |s, k, _| {
-                s.sign(&Mechanism::Sha256Hmac, k.hmac, &[0x5a; 64])
-                    .expect("hmac");
-            }),
-        },
-    ];
-    all.into_iter()
-        .filter(|r| only.as_ref().is_none_or(|o| r.name.contains(o.as_str())))
-        .collect()
 }
 
 /// A password HSM in `fdata` with an Auditor, whose HSM SO lets C_InitToken make the bench's
